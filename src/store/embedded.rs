@@ -1,0 +1,739 @@
+//! The single-machine default store: one redb file, so keys, sessions and
+//! their histories survive a restart with no service to run beside the core.
+//!
+//! Layout (values are JSON; keys are redb tuples, so no separator inside a
+//! client-chosen session id can make one row look like another's):
+//! - `keys`: key id → [`KeyRecord`]; `keys_by_hash`: secret hash → key id.
+//! - `sessions`: (owner, session id) → [`SessionRecord`], whose `message_count`
+//!   is kept equal to the number of stored messages.
+//! - `sessions_by_age`: (owner, creation time, session id) → (), the listing
+//!   index: one owner's sessions are one contiguous range.
+//! - `messages`: (owner, session id, seq) → [`StoredMessage`], seq dense from 0.
+//!
+//! Every change that touches several rows is one write transaction. redb is
+//! blocking, so every database call runs on the blocking pool.
+//!
+//! Turn locks serve one process, so they live in memory beside the database
+//! and vanish with it: after a restart no turn is in flight.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redb::backends::InMemoryBackend;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{
+    AppendOutcome, KeyRecord, LockOutcome, Page, SessionRecord, Store, StoreError, StoreResult,
+    StoredMessage,
+};
+
+type SessionKey = (&'static str, &'static str);
+type AgeKey = (&'static str, u128, &'static str);
+type MessageKey = (&'static str, &'static str, u32);
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+const KEYS_BY_HASH: TableDefinition<&str, &str> = TableDefinition::new("keys_by_hash");
+const SESSIONS: TableDefinition<SessionKey, &[u8]> = TableDefinition::new("sessions");
+const SESSIONS_BY_AGE: TableDefinition<AgeKey, ()> = TableDefinition::new("sessions_by_age");
+const MESSAGES: TableDefinition<MessageKey, &[u8]> = TableDefinition::new("messages");
+
+const SCHEMA_VERSION_KEY: &str = "schema_version";
+const SCHEMA_VERSION: u64 = 1;
+
+/// Above this many entries, taking a lock first drops the expired ones.
+const LOCK_PRUNE_THRESHOLD: usize = 1024;
+
+/// The store backed by a redb database; see the module docs for the layout.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    locks: Arc<LockTable>,
+}
+
+type LockTable = Mutex<HashMap<(String, String), TurnLock>>;
+
+/// A session's turn lock.
+struct TurnLock {
+    token: String,
+    expires: Instant,
+    /// An `append_turn` with this token is writing: nobody may take the lock
+    /// (even if its lease runs out meanwhile) until that write has finished.
+    committing: bool,
+}
+
+impl TurnLock {
+    fn live(&self, now: Instant) -> bool {
+        self.committing || self.expires > now
+    }
+
+    /// Whether `token` must wait for this lock.
+    fn blocks(&self, token: &str, now: Instant) -> bool {
+        self.committing || (self.token != token && self.expires > now)
+    }
+}
+
+impl fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+/// Maps any redb failure to [`StoreError::Unavailable`].
+trait OrUnavailable<T> {
+    fn or_unavailable(self) -> StoreResult<T>;
+}
+
+impl<T, E: Into<redb::Error>> OrUnavailable<T> for Result<T, E> {
+    fn or_unavailable(self) -> StoreResult<T> {
+        self.map_err(|e| StoreError::Unavailable(format!("embedded store: {}", e.into())))
+    }
+}
+
+fn encode<T: Serialize>(what: &str, value: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(format!("cannot encode {what}: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(what: &str, raw: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(format!("stored {what}: {e}")))
+}
+
+fn lock_table(locks: &LockTable) -> MutexGuard<'_, HashMap<(String, String), TurnLock>> {
+    // The map holds no invariant a panicking holder could have broken halfway.
+    locks.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Orders creation times as unsigned integers (nanosecond precision), so the
+/// index's natural order is oldest first.
+fn age_key(created_at: DateTime<Utc>) -> u128 {
+    let nanos = i128::from(created_at.timestamp()) * 1_000_000_000
+        + i128::from(created_at.timestamp_subsec_nanos());
+    (nanos as u128) ^ (1 << 127)
+}
+
+fn too_long() -> StoreError {
+    StoreError::Unavailable(
+        "embedded store: a session cannot hold more than u32::MAX messages".into(),
+    )
+}
+
+/// Commits when `keep`, otherwise abandons every change of the transaction.
+fn finish(txn: WriteTransaction, keep: bool) -> StoreResult<()> {
+    if keep {
+        txn.commit().or_unavailable()
+    } else {
+        txn.abort().or_unavailable()
+    }
+}
+
+fn read_key(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> StoreResult<Option<KeyRecord>> {
+    match table.get(id).or_unavailable()? {
+        Some(raw) => decode("key", raw.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn read_session(
+    table: &impl ReadableTable<SessionKey, &'static [u8]>,
+    owner: &str,
+    id: &str,
+) -> StoreResult<Option<SessionRecord>> {
+    match table.get((owner, id)).or_unavailable()? {
+        Some(raw) => decode("session", raw.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Up to `limit` messages of one session, from sequence number `from` on.
+fn read_messages(
+    table: &impl ReadableTable<MessageKey, &'static [u8]>,
+    owner: &str,
+    id: &str,
+    from: u32,
+    limit: usize,
+) -> StoreResult<Vec<StoredMessage>> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    for entry in table
+        .range((owner, id, from)..=(owner, id, u32::MAX))
+        .or_unavailable()?
+    {
+        let (_, raw) = entry.or_unavailable()?;
+        out.push(decode("message", raw.value())?);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The session and its whole history, from one snapshot.
+fn read_session_with_history(
+    db: &Database,
+    owner: &str,
+    id: &str,
+) -> StoreResult<Option<(SessionRecord, Vec<StoredMessage>)>> {
+    let txn = db.begin_read().or_unavailable()?;
+    let sessions = txn.open_table(SESSIONS).or_unavailable()?;
+    let Some(session) = read_session(&sessions, owner, id)? else {
+        return Ok(None);
+    };
+    let messages = txn.open_table(MESSAGES).or_unavailable()?;
+    let history = read_messages(&messages, owner, id, 0, usize::MAX)?;
+    Ok(Some((session, history)))
+}
+
+fn session_exists(db: &Database, owner: &str, id: &str) -> StoreResult<bool> {
+    let txn = db.begin_read().or_unavailable()?;
+    let sessions = txn.open_table(SESSIONS).or_unavailable()?;
+    Ok(sessions.get((owner, id)).or_unavailable()?.is_some())
+}
+
+/// Appends already-encoded messages and bumps the session row, in one transaction.
+fn write_turn(
+    db: &Database,
+    owner: &str,
+    id: &str,
+    encoded: &[Vec<u8>],
+    at: DateTime<Utc>,
+) -> StoreResult<AppendOutcome> {
+    let txn = db.begin_write().or_unavailable()?;
+    let outcome = {
+        let mut sessions = txn.open_table(SESSIONS).or_unavailable()?;
+        match read_session(&sessions, owner, id)? {
+            None => AppendOutcome::SessionGone,
+            Some(mut session) => {
+                let mut messages = txn.open_table(MESSAGES).or_unavailable()?;
+                for raw in encoded {
+                    messages
+                        .insert((owner, id, session.message_count), raw.as_slice())
+                        .or_unavailable()?;
+                    session.message_count =
+                        session.message_count.checked_add(1).ok_or_else(too_long)?;
+                }
+                session.updated_at = at;
+                sessions
+                    .insert((owner, id), encode("session", &session)?.as_slice())
+                    .or_unavailable()?;
+                AppendOutcome::Appended
+            }
+        }
+    };
+    finish(txn, outcome == AppendOutcome::Appended)?;
+    Ok(outcome)
+}
+
+/// Ends the "committing" state of a turn lock however the write ends (even
+/// by a panic): the lock is released after a completed write, and handed
+/// back to its holder after a failed one.
+struct CommitGuard<'a> {
+    locks: &'a LockTable,
+    key: &'a (String, String),
+    token: &'a str,
+    release: bool,
+}
+
+impl Drop for CommitGuard<'_> {
+    fn drop(&mut self) {
+        let mut locks = lock_table(self.locks);
+        let ours = matches!(
+            locks.get(self.key),
+            Some(lock) if lock.token == self.token && lock.committing
+        );
+        if !ours {
+            return;
+        }
+        if self.release {
+            locks.remove(self.key);
+        } else if let Some(lock) = locks.get_mut(self.key) {
+            lock.committing = false;
+        }
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating it and its parent directories if needed) the database file at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "embedded store: cannot create {}: {e}",
+                    parent.display()
+                ))
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "embedded store: cannot open {}: {e}",
+                path.display()
+            ))
+        })?;
+        Self::init(db)
+    }
+
+    /// A store kept in memory only, gone when dropped (for tests).
+    pub fn open_temporary() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .or_unavailable()?;
+        Self::init(db)
+    }
+
+    /// Creates the tables and checks the file's schema version.
+    fn init(db: Database) -> StoreResult<Self> {
+        let txn = db.begin_write().or_unavailable()?;
+        {
+            let mut meta = txn.open_table(META).or_unavailable()?;
+            let version = meta
+                .get(SCHEMA_VERSION_KEY)
+                .or_unavailable()?
+                .map(|v| v.value());
+            match version {
+                None => {
+                    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)
+                        .or_unavailable()?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(other) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "embedded store has schema version {other}; this build reads version {SCHEMA_VERSION}"
+                    )));
+                }
+            }
+            txn.open_table(KEYS).or_unavailable()?;
+            txn.open_table(KEYS_BY_HASH).or_unavailable()?;
+            txn.open_table(SESSIONS).or_unavailable()?;
+            txn.open_table(SESSIONS_BY_AGE).or_unavailable()?;
+            txn.open_table(MESSAGES).or_unavailable()?;
+        }
+        txn.commit().or_unavailable()?;
+        Ok(Self {
+            db: Arc::new(db),
+            locks: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// Runs blocking database work off the async workers.
+    async fn blocking<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database, &LockTable) -> StoreResult<T> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        let locks = Arc::clone(&self.locks);
+        tokio::task::spawn_blocking(move || work(&db, &locks))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("embedded store task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn name(&self) -> &'static str {
+        "embedded-store"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.blocking(|db, _| {
+            let txn = db.begin_read().or_unavailable()?;
+            let meta = txn.open_table(META).or_unavailable()?;
+            meta.get(SCHEMA_VERSION_KEY).or_unavailable()?;
+            Ok(())
+        })
+        .await
+    }
+
+    // ---- API keys ----
+
+    async fn insert_key(&self, key: &KeyRecord) -> StoreResult<()> {
+        let raw = encode("key", key)?;
+        let id = key.id.clone();
+        let hash = key.secret_hash.clone();
+        self.blocking(move |db, _| {
+            let txn = db.begin_write().or_unavailable()?;
+            {
+                let mut keys = txn.open_table(KEYS).or_unavailable()?;
+                let mut by_hash = txn.open_table(KEYS_BY_HASH).or_unavailable()?;
+                // Ids are fresh by construction; should one repeat, its old
+                // hash must not keep pointing at the new record.
+                if let Some(previous) = read_key(&keys, &id)?
+                    && previous.secret_hash != hash
+                {
+                    by_hash
+                        .remove(previous.secret_hash.as_str())
+                        .or_unavailable()?;
+                }
+                keys.insert(id.as_str(), raw.as_slice()).or_unavailable()?;
+                by_hash
+                    .insert(hash.as_str(), id.as_str())
+                    .or_unavailable()?;
+            }
+            txn.commit().or_unavailable()
+        })
+        .await
+    }
+
+    async fn key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<KeyRecord>> {
+        let hash = secret_hash.to_owned();
+        self.blocking(move |db, _| {
+            let txn = db.begin_read().or_unavailable()?;
+            let by_hash = txn.open_table(KEYS_BY_HASH).or_unavailable()?;
+            let Some(id) = by_hash
+                .get(hash.as_str())
+                .or_unavailable()?
+                .map(|id| id.value().to_owned())
+            else {
+                return Ok(None);
+            };
+            let keys = txn.open_table(KEYS).or_unavailable()?;
+            read_key(&keys, &id)
+        })
+        .await
+    }
+
+    async fn key_by_id(&self, id: &str) -> StoreResult<Option<KeyRecord>> {
+        let id = id.to_owned();
+        self.blocking(move |db, _| {
+            let txn = db.begin_read().or_unavailable()?;
+            let keys = txn.open_table(KEYS).or_unavailable()?;
+            read_key(&keys, &id)
+        })
+        .await
+    }
+
+    async fn list_keys(&self) -> StoreResult<Vec<KeyRecord>> {
+        self.blocking(|db, _| {
+            let txn = db.begin_read().or_unavailable()?;
+            let table = txn.open_table(KEYS).or_unavailable()?;
+            let mut keys = Vec::new();
+            for entry in table.iter().or_unavailable()? {
+                let (_, raw) = entry.or_unavailable()?;
+                keys.push(decode::<KeyRecord>("key", raw.value())?);
+            }
+            keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn update_key(&self, key: &KeyRecord) -> StoreResult<bool> {
+        let mut record = key.clone();
+        self.blocking(move |db, _| {
+            let txn = db.begin_write().or_unavailable()?;
+            let updated = {
+                let mut keys = txn.open_table(KEYS).or_unavailable()?;
+                match read_key(&keys, &record.id)? {
+                    None => false,
+                    Some(current) => {
+                        // The secret hash never changes, so the hash index stays valid.
+                        record.secret_hash = current.secret_hash;
+                        // Revocation is permanent: a stale read-modify-write
+                        // (say, recording a last use) cannot undo it.
+                        if record.revoked_at.is_none() {
+                            record.revoked_at = current.revoked_at;
+                        }
+                        keys.insert(record.id.as_str(), encode("key", &record)?.as_slice())
+                            .or_unavailable()?;
+                        true
+                    }
+                }
+            };
+            finish(txn, updated)?;
+            Ok(updated)
+        })
+        .await
+    }
+
+    // ---- sessions ----
+
+    async fn create_session(
+        &self,
+        session: &SessionRecord,
+        messages: &[StoredMessage],
+    ) -> StoreResult<bool> {
+        let mut record = session.clone();
+        record.message_count = u32::try_from(messages.len()).map_err(|_| too_long())?;
+        let row = encode("session", &record)?;
+        let encoded = messages
+            .iter()
+            .map(|m| encode("message", m))
+            .collect::<StoreResult<Vec<_>>>()?;
+        self.blocking(move |db, _| {
+            let (owner, id) = (record.owner.as_str(), record.id.as_str());
+            let txn = db.begin_write().or_unavailable()?;
+            let created = {
+                let mut sessions = txn.open_table(SESSIONS).or_unavailable()?;
+                if sessions.get((owner, id)).or_unavailable()?.is_some() {
+                    false
+                } else {
+                    sessions
+                        .insert((owner, id), row.as_slice())
+                        .or_unavailable()?;
+                    txn.open_table(SESSIONS_BY_AGE)
+                        .or_unavailable()?
+                        .insert((owner, age_key(record.created_at), id), ())
+                        .or_unavailable()?;
+                    let mut table = txn.open_table(MESSAGES).or_unavailable()?;
+                    for (seq, raw) in (0u32..).zip(&encoded) {
+                        table
+                            .insert((owner, id, seq), raw.as_slice())
+                            .or_unavailable()?;
+                    }
+                    true
+                }
+            };
+            finish(txn, created)?;
+            Ok(created)
+        })
+        .await
+    }
+
+    async fn get_session(&self, owner: &str, id: &str) -> StoreResult<Option<SessionRecord>> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        self.blocking(move |db, _| {
+            let txn = db.begin_read().or_unavailable()?;
+            let sessions = txn.open_table(SESSIONS).or_unavailable()?;
+            read_session(&sessions, &owner, &id)
+        })
+        .await
+    }
+
+    async fn list_sessions(
+        &self,
+        owner: &str,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<Page<SessionRecord>> {
+        let owner = owner.to_owned();
+        self.blocking(move |db, _| {
+            let txn = db.begin_read().or_unavailable()?;
+            let index = txn.open_table(SESSIONS_BY_AGE).or_unavailable()?;
+            // `owner` followed by NUL is the least string above `owner`, so
+            // this range is exactly the owner's entries.
+            let after_owner = format!("{owner}\0");
+            let range = index
+                .range((owner.as_str(), 0u128, "")..(after_owner.as_str(), 0u128, ""))
+                .or_unavailable()?;
+            let limit = limit as usize;
+            let mut ids = Vec::new();
+            let mut skipped = 0u64;
+            let mut more = false;
+            // Newest first: the index runs oldest first, so walk it backwards
+            // (equal creation times therefore come by descending id).
+            for entry in range.rev() {
+                let (key, _) = entry.or_unavailable()?;
+                if skipped < offset {
+                    skipped += 1;
+                    continue;
+                }
+                if ids.len() == limit {
+                    more = true;
+                    break;
+                }
+                ids.push(key.value().2.to_owned());
+            }
+            let sessions = txn.open_table(SESSIONS).or_unavailable()?;
+            let mut items = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let session = read_session(&sessions, &owner, id)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("session index names missing session {id:?}"))
+                })?;
+                items.push(session);
+            }
+            let next = more.then(|| offset + items.len() as u64);
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn list_messages(
+        &self,
+        owner: &str,
+        id: &str,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<Page<StoredMessage>> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        self.blocking(move |db, _| {
+            let txn = db.begin_read().or_unavailable()?;
+            let sessions = txn.open_table(SESSIONS).or_unavailable()?;
+            let count = match read_session(&sessions, &owner, &id)? {
+                Some(session) => u64::from(session.message_count),
+                None => 0,
+            };
+            if offset >= count {
+                return Ok(Page {
+                    items: Vec::new(),
+                    next: None,
+                });
+            }
+            let messages = txn.open_table(MESSAGES).or_unavailable()?;
+            // offset < count <= u32::MAX
+            let items = read_messages(&messages, &owner, &id, offset as u32, limit as usize)?;
+            let end = offset + items.len() as u64;
+            Ok(Page {
+                items,
+                next: (end < count).then_some(end),
+            })
+        })
+        .await
+    }
+
+    async fn delete_session(&self, owner: &str, id: &str) -> StoreResult<bool> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        self.blocking(move |db, _| {
+            let (owner, id) = (owner.as_str(), id.as_str());
+            let txn = db.begin_write().or_unavailable()?;
+            let deleted = {
+                let mut sessions = txn.open_table(SESSIONS).or_unavailable()?;
+                let removed = match sessions.remove((owner, id)).or_unavailable()? {
+                    Some(raw) => Some(decode::<SessionRecord>("session", raw.value())?),
+                    None => None,
+                };
+                match removed {
+                    None => false,
+                    Some(session) => {
+                        txn.open_table(SESSIONS_BY_AGE)
+                            .or_unavailable()?
+                            .remove((owner, age_key(session.created_at), id))
+                            .or_unavailable()?;
+                        txn.open_table(MESSAGES)
+                            .or_unavailable()?
+                            .retain_in((owner, id, 0u32)..=(owner, id, u32::MAX), |_, _| false)
+                            .or_unavailable()?;
+                        true
+                    }
+                }
+            };
+            // A turn in flight keeps its lock: its append then finds the
+            // session gone and says so.
+            finish(txn, deleted)?;
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn lock_session(
+        &self,
+        owner: &str,
+        id: &str,
+        token: &str,
+        lease: Duration,
+    ) -> StoreResult<LockOutcome> {
+        let key = (owner.to_owned(), id.to_owned());
+        let token = token.to_owned();
+        self.blocking(move |db, locks| {
+            let now = Instant::now();
+            let expires = now
+                .checked_add(lease)
+                .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+            let taken = {
+                let mut table = lock_table(locks);
+                if table.len() > LOCK_PRUNE_THRESHOLD {
+                    table.retain(|_, lock| lock.live(now));
+                }
+                match table.get(&key) {
+                    Some(lock) if lock.blocks(&token, now) => false,
+                    _ => {
+                        table.insert(
+                            key.clone(),
+                            TurnLock {
+                                token: token.clone(),
+                                expires,
+                                committing: false,
+                            },
+                        );
+                        true
+                    }
+                }
+            };
+            if !taken {
+                // A deleted session is reported as such, not as a lock worth waiting for.
+                return Ok(if session_exists(db, &key.0, &key.1)? {
+                    LockOutcome::Busy
+                } else {
+                    LockOutcome::NoSession
+                });
+            }
+            // Read under the lock: every earlier holder's append has committed.
+            let read = read_session_with_history(db, &key.0, &key.1);
+            if !matches!(read, Ok(Some(_))) {
+                // No session (or no answer): take no lock.
+                let mut table = lock_table(locks);
+                let ours = matches!(
+                    table.get(&key),
+                    Some(lock) if lock.token == token && lock.expires == expires && !lock.committing
+                );
+                if ours {
+                    table.remove(&key);
+                }
+            }
+            Ok(match read? {
+                Some((session, history)) => LockOutcome::Acquired { session, history },
+                None => LockOutcome::NoSession,
+            })
+        })
+        .await
+    }
+
+    async fn append_turn(
+        &self,
+        owner: &str,
+        id: &str,
+        token: &str,
+        messages: &[StoredMessage],
+        at: DateTime<Utc>,
+    ) -> StoreResult<AppendOutcome> {
+        let encoded = messages
+            .iter()
+            .map(|m| encode("message", m))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let key = (owner.to_owned(), id.to_owned());
+        let token = token.to_owned();
+        // All in one blocking task, so a caller that gives up half way cannot
+        // leave the lock in the committing state.
+        self.blocking(move |db, locks| {
+            let now = Instant::now();
+            {
+                let mut table = lock_table(locks);
+                match table.get_mut(&key) {
+                    Some(lock) if lock.token == token && !lock.committing && lock.expires > now => {
+                        lock.committing = true;
+                    }
+                    _ => return Ok(AppendOutcome::LockLost),
+                }
+            }
+            let mut guard = CommitGuard {
+                locks,
+                key: &key,
+                token: &token,
+                release: false,
+            };
+            let outcome = write_turn(db, &key.0, &key.1, &encoded, at)?;
+            guard.release = true;
+            drop(guard);
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn unlock_session(&self, owner: &str, id: &str, token: &str) -> StoreResult<()> {
+        let key = (owner.to_owned(), id.to_owned());
+        let mut table = lock_table(&self.locks);
+        if matches!(table.get(&key), Some(lock) if lock.token == token && !lock.committing) {
+            table.remove(&key);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1340 @@
+//! One conformance suite for every `Store` implementation: each check below
+//! runs against the embedded store (in memory and on a file) and against
+//! `RedisStore` talking to a real `redis-server` that the test starts itself.
+//! A test is named `<backend>::<check>`, so a failure names both.
+//!
+//! The Redis tests need `redis-server` on PATH and fail (never skip) without it.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use futures::future::join_all;
+use openclaw_gateway::store::{
+    AppendOutcome, EmbeddedStore, KeyLimits, KeyRecord, LockOutcome, RedisStore, RedisStoreConfig,
+    SessionRecord, Store, StoredMessage,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+// ---------------------------------------------------------------- fixtures
+
+fn uid(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4())
+}
+
+/// A fixed instant with sub-millisecond digits, plus `secs` seconds.
+fn at(secs: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 3, 14, 15, 9, 26).unwrap()
+        + chrono::Duration::nanoseconds(535_897_932)
+        + chrono::Duration::seconds(secs)
+}
+
+fn key(created_at: DateTime<Utc>) -> KeyRecord {
+    let hash = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    KeyRecord {
+        id: uid("key"),
+        name: "test key".into(),
+        prefix: format!("oc_{}", &hash[..8]),
+        secret_hash: hash,
+        scopes: vec!["chat".into(), "sessions".into()],
+        limits: KeyLimits::default(),
+        created_at,
+        last_used_at: None,
+        revoked_at: None,
+    }
+}
+
+fn session(owner: &str, id: &str, created_at: DateTime<Utc>) -> SessionRecord {
+    SessionRecord {
+        owner: owner.into(),
+        id: id.into(),
+        model: "test-model".into(),
+        status: "active".into(),
+        created_at,
+        updated_at: created_at,
+        temperature: Some(0.5),
+        max_tokens: Some(256),
+        message_count: 0,
+    }
+}
+
+/// `session` as a read returns it: with the real message count.
+fn counted(session: &SessionRecord, count: u32) -> SessionRecord {
+    SessionRecord {
+        message_count: count,
+        ..session.clone()
+    }
+}
+
+fn msg(role: &str, content: &str, created_at: DateTime<Utc>) -> StoredMessage {
+    StoredMessage {
+        role: role.into(),
+        content: content.into(),
+        created_at,
+    }
+}
+
+/// A user message and its reply, both tagged with `n`.
+fn turn(n: usize, created_at: DateTime<Utc>) -> Vec<StoredMessage> {
+    vec![
+        msg("user", &format!("question {n}"), created_at),
+        msg("assistant", &format!("answer {n}"), created_at),
+    ]
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn all_messages(store: &dyn Store, owner: &str, id: &str) -> Vec<StoredMessage> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = store
+            .list_messages(owner, id, offset, 50)
+            .await
+            .expect("list_messages");
+        out.extend(page.items);
+        match page.next {
+            Some(next) => {
+                assert!(next > offset, "paging must advance");
+                offset = next;
+            }
+            None => return out,
+        }
+    }
+}
+
+async fn all_sessions(store: &dyn Store, owner: &str) -> Vec<SessionRecord> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = store
+            .list_sessions(owner, offset, 50)
+            .await
+            .expect("list_sessions");
+        out.extend(page.items);
+        match page.next {
+            Some(next) => {
+                assert!(next > offset, "paging must advance");
+                offset = next;
+            }
+            None => return out,
+        }
+    }
+}
+
+fn ids(sessions: &[SessionRecord]) -> Vec<String> {
+    sessions.iter().map(|s| s.id.clone()).collect()
+}
+
+fn contents(messages: &[StoredMessage]) -> Vec<String> {
+    messages.iter().map(|m| m.content.clone()).collect()
+}
+
+async fn acquire(
+    store: &dyn Store,
+    owner: &str,
+    id: &str,
+    token: &str,
+    lease: Duration,
+) -> (SessionRecord, Vec<StoredMessage>) {
+    match store
+        .lock_session(owner, id, token, lease)
+        .await
+        .expect("lock_session")
+    {
+        LockOutcome::Acquired { session, history } => (session, history),
+        other => panic!("expected to acquire the lock of {owner}/{id}, got {other:?}"),
+    }
+}
+
+async fn lock_outcome(store: &dyn Store, owner: &str, id: &str, token: &str) -> LockOutcome {
+    store
+        .lock_session(owner, id, token, LEASE)
+        .await
+        .expect("lock_session")
+}
+
+/// Everything a reader can see of one owner's session (and the owner's listing).
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    session: Option<SessionRecord>,
+    history: Vec<StoredMessage>,
+    listing: Vec<SessionRecord>,
+}
+
+async fn snapshot(store: &dyn Store, owner: &str, id: &str) -> Snapshot {
+    Snapshot {
+        session: store.get_session(owner, id).await.expect("get_session"),
+        history: all_messages(store, owner, id).await,
+        listing: all_sessions(store, owner).await,
+    }
+}
+
+// ---------------------------------------------------------------- checks
+
+/// The backend answers a ping and names itself.
+async fn check_ping_and_name(store: &dyn Store) {
+    store.ping().await.expect("ping");
+    assert!(
+        ["embedded-store", "redis"].contains(&store.name()),
+        "unexpected backend name {:?}",
+        store.name()
+    );
+}
+
+/// Keys: insert, get by id and by hash, list oldest first, update (revoke,
+/// limits, name, last use), and an update of an unknown id is refused.
+async fn check_keys(store: &dyn Store) {
+    let (k1, k2, k3) = (key(at(0)), key(at(1)), key(at(2)));
+    for k in [&k2, &k3, &k1] {
+        store.insert_key(k).await.expect("insert_key");
+    }
+
+    assert_eq!(store.key_by_id(&k1.id).await.unwrap(), Some(k1.clone()));
+    assert_eq!(store.key_by_id(&k3.id).await.unwrap(), Some(k3.clone()));
+    assert_eq!(
+        store.key_by_hash(&k2.secret_hash).await.unwrap(),
+        Some(k2.clone())
+    );
+    assert_eq!(store.key_by_id(&uid("key")).await.unwrap(), None);
+    assert_eq!(store.key_by_hash(&"0".repeat(64)).await.unwrap(), None);
+    // An id is not a hash, nor the other way round.
+    assert_eq!(store.key_by_hash(&k1.id).await.unwrap(), None);
+    assert_eq!(store.key_by_id(&k1.secret_hash).await.unwrap(), None);
+
+    let ours = |keys: Vec<KeyRecord>| -> Vec<KeyRecord> {
+        keys.into_iter()
+            .filter(|k| [&k1.id, &k2.id, &k3.id].contains(&&k.id))
+            .collect()
+    };
+    assert_eq!(
+        ours(store.list_keys().await.unwrap()),
+        vec![k1.clone(), k2.clone(), k3.clone()],
+        "list_keys is oldest first"
+    );
+
+    let mut updated = k2.clone();
+    updated.name = "renamed ✓".into();
+    updated.limits = KeyLimits {
+        requests_per_minute: Some(60),
+        tokens_per_minute: Some(10_000),
+        context_tokens_per_minute: Some(5_000),
+    };
+    updated.last_used_at = Some(at(10));
+    updated.revoked_at = Some(at(20));
+    assert!(store.update_key(&updated).await.unwrap());
+    assert_eq!(
+        store.key_by_id(&k2.id).await.unwrap(),
+        Some(updated.clone())
+    );
+    assert_eq!(
+        store.key_by_hash(&k2.secret_hash).await.unwrap(),
+        Some(updated.clone()),
+        "the hash still finds the updated key"
+    );
+    assert!(store.key_by_id(&k2.id).await.unwrap().unwrap().is_revoked());
+    assert_eq!(store.key_by_id(&k1.id).await.unwrap(), Some(k1.clone()));
+    assert_eq!(
+        ours(store.list_keys().await.unwrap()),
+        vec![k1.clone(), updated.clone(), k3.clone()],
+        "an update keeps the key's place and replaces its record"
+    );
+
+    let ghost = key(at(3));
+    assert!(
+        !store.update_key(&ghost).await.unwrap(),
+        "update of an unknown id is false"
+    );
+    assert_eq!(store.key_by_id(&ghost.id).await.unwrap(), None);
+    assert_eq!(store.key_by_hash(&ghost.secret_hash).await.unwrap(), None);
+    assert!(
+        !store
+            .list_keys()
+            .await
+            .unwrap()
+            .iter()
+            .any(|k| k.id == ghost.id)
+    );
+}
+
+/// A revoked key stays revoked when a later update (a stale copy) carries no
+/// revocation; the rest of that update still applies.
+async fn check_revocation_is_permanent(store: &dyn Store) {
+    let original = key(at(0));
+    store.insert_key(&original).await.unwrap();
+    let mut revoked = original.clone();
+    revoked.revoked_at = Some(at(5));
+    assert!(store.update_key(&revoked).await.unwrap());
+
+    let mut stale = original.clone();
+    stale.last_used_at = Some(at(6));
+    assert!(store.update_key(&stale).await.unwrap());
+    let stored = store.key_by_id(&original.id).await.unwrap().unwrap();
+    assert_eq!(stored.revoked_at, Some(at(5)), "revocation was undone");
+    assert_eq!(stored.last_used_at, Some(at(6)));
+}
+
+/// Creating a session returns true; a second create of the same (owner, id)
+/// returns false and leaves the first session and its history untouched.
+async fn check_create_session_once(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let original = session(&owner, &id, at(0));
+    let history = turn(0, at(0));
+    assert!(store.create_session(&original, &history).await.unwrap());
+
+    let mut impostor = session(&owner, &id, at(50));
+    impostor.model = "other-model".into();
+    impostor.status = "closed".into();
+    impostor.temperature = None;
+    assert!(
+        !store
+            .create_session(&impostor, &[msg("user", "intruder", at(50))])
+            .await
+            .unwrap()
+    );
+
+    assert_eq!(
+        store.get_session(&owner, &id).await.unwrap(),
+        Some(counted(&original, 2))
+    );
+    assert_eq!(all_messages(store, &owner, &id).await, history);
+    assert_eq!(
+        all_sessions(store, &owner).await,
+        vec![counted(&original, 2)]
+    );
+}
+
+/// The same session id under two owners is two separate sessions: reads,
+/// locks, appends and deletes of one never touch the other.
+async fn check_owners_are_separate(store: &dyn Store) {
+    let (alice, bob, id) = (uid("alice"), uid("bob"), uid("session"));
+    let mut a = session(&alice, &id, at(0));
+    a.model = "model-a".into();
+    let mut b = session(&bob, &id, at(1));
+    b.model = "model-b".into();
+    let a_history = vec![msg("user", "alice's secret", at(0))];
+    let b_history = vec![msg("user", "bob's secret", at(1))];
+    assert!(store.create_session(&a, &a_history).await.unwrap());
+    assert!(
+        store.create_session(&b, &b_history).await.unwrap(),
+        "another owner's session with the same id must not block creation"
+    );
+
+    assert_eq!(
+        store.get_session(&alice, &id).await.unwrap(),
+        Some(counted(&a, 1))
+    );
+    assert_eq!(
+        store.get_session(&bob, &id).await.unwrap(),
+        Some(counted(&b, 1))
+    );
+    assert_eq!(all_messages(store, &alice, &id).await, a_history);
+    assert_eq!(all_messages(store, &bob, &id).await, b_history);
+    assert_eq!(ids(&all_sessions(store, &alice).await), vec![id.clone()]);
+    assert_eq!(all_sessions(store, &bob).await, vec![counted(&b, 1)]);
+
+    // Alice's lock does not lock Bob's session.
+    let (_, history) = acquire(store, &alice, &id, "alice-token", LEASE).await;
+    assert_eq!(history, a_history);
+    let (_, history) = acquire(store, &bob, &id, "bob-token", LEASE).await;
+    assert_eq!(history, b_history);
+
+    let reply = vec![msg("assistant", "for alice only", at(2))];
+    assert_eq!(
+        store
+            .append_turn(&alice, &id, "alice-token", &reply, at(2))
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    assert_eq!(all_messages(store, &bob, &id).await, b_history);
+    assert_eq!(
+        store
+            .get_session(&bob, &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .message_count,
+        1
+    );
+    store.unlock_session(&bob, &id, "bob-token").await.unwrap();
+
+    assert!(store.delete_session(&alice, &id).await.unwrap());
+    assert_eq!(
+        store.get_session(&bob, &id).await.unwrap(),
+        Some(counted(&b, 1))
+    );
+    assert_eq!(all_messages(store, &bob, &id).await, b_history);
+}
+
+/// Another owner sees nothing of a session: get is None, listings are empty,
+/// lock finds no session, delete finds nothing (and deletes nothing).
+async fn check_other_owner_sees_nothing(store: &dyn Store) {
+    let (owner, stranger, id) = (uid("owner"), uid("stranger"), uid("session"));
+    let s = session(&owner, &id, at(0));
+    let history = turn(1, at(0));
+    assert!(store.create_session(&s, &history).await.unwrap());
+    let before = snapshot(store, &owner, &id).await;
+
+    assert_eq!(store.get_session(&stranger, &id).await.unwrap(), None);
+    let page = store.list_messages(&stranger, &id, 0, 10).await.unwrap();
+    assert!(page.items.is_empty());
+    assert_eq!(page.next, None);
+    let page = store.list_sessions(&stranger, 0, 10).await.unwrap();
+    assert!(page.items.is_empty());
+    assert_eq!(page.next, None);
+    assert_eq!(
+        lock_outcome(store, &stranger, &id, "t").await,
+        LockOutcome::NoSession
+    );
+    assert!(!store.delete_session(&stranger, &id).await.unwrap());
+    assert_eq!(
+        store
+            .append_turn(&stranger, &id, "t", &turn(2, at(1)), at(1))
+            .await
+            .unwrap(),
+        AppendOutcome::LockLost
+    );
+
+    assert_eq!(snapshot(store, &owner, &id).await, before);
+}
+
+/// Session ids holding characters a key layout might use as separators are
+/// still distinct sessions, each with only its own history.
+async fn check_ids_with_separator_characters(store: &dyn Store) {
+    let owner = uid("owner");
+    let base = uid("x");
+    let tricky: Vec<String> = ["", "/y", "\0y", "\0", ":msgs", "}", "{z}", ":lock", "\u{1}"]
+        .iter()
+        .map(|suffix| format!("{base}{suffix}"))
+        .collect();
+    for (n, id) in tricky.iter().enumerate() {
+        let s = session(&owner, id, at(n as i64));
+        assert!(
+            store
+                .create_session(&s, &[msg("user", &format!("only {id:?}"), at(0))])
+                .await
+                .unwrap(),
+            "create {id:?}"
+        );
+    }
+    for id in &tricky {
+        assert_eq!(
+            contents(&all_messages(store, &owner, id).await),
+            vec![format!("only {id:?}")],
+            "history of {id:?}"
+        );
+    }
+    let mut listed = ids(&all_sessions(store, &owner).await);
+    listed.reverse();
+    assert_eq!(listed, tricky);
+
+    // Locking, appending to and deleting the plain id touches no other.
+    acquire(store, &owner, &tricky[0], "t", LEASE).await;
+    let neighbour = LockOutcome::Acquired {
+        session: counted(&session(&owner, &tricky[1], at(1)), 1),
+        history: vec![msg("user", &format!("only {:?}", tricky[1]), at(0))],
+    };
+    assert_eq!(
+        lock_outcome(store, &owner, &tricky[1], "u").await,
+        neighbour
+    );
+    assert_eq!(
+        store
+            .append_turn(&owner, &tricky[0], "t", &turn(0, at(0)), at(0))
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    assert!(store.delete_session(&owner, &tricky[0]).await.unwrap());
+    for id in &tricky[1..] {
+        assert_eq!(
+            contents(&all_messages(store, &owner, id).await),
+            vec![format!("only {id:?}")],
+            "history of {id:?}"
+        );
+    }
+    assert_eq!(all_sessions(store, &owner).await.len(), tricky.len() - 1);
+}
+
+/// list_sessions is newest first, pages with `next` offsets, and lists only
+/// the owner's sessions.
+async fn check_list_sessions(store: &dyn Store) {
+    let (owner, other) = (uid("owner"), uid("other"));
+    // s{n} was created at second n; insert them out of order, interleaved with
+    // another owner's sessions from the same seconds.
+    let mut by_age = Vec::new();
+    for n in [3, 1, 4, 0, 2] {
+        let s = session(&owner, &format!("s{n}-{}", uid("id")), at(n));
+        assert!(
+            store
+                .create_session(&s, &turn(n as usize, at(n)))
+                .await
+                .unwrap()
+        );
+        let o = session(&other, &uid("foreign"), at(n));
+        assert!(store.create_session(&o, &[]).await.unwrap());
+        by_age.push((n, s));
+    }
+    by_age.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    let newest_first: Vec<SessionRecord> = by_age.iter().map(|(_, s)| counted(s, 2)).collect();
+    let id = |n: usize| newest_first[n].id.clone();
+
+    let page = store.list_sessions(&owner, 0, 2).await.unwrap();
+    assert_eq!(page.items, newest_first[0..2].to_vec());
+    assert_eq!(page.next, Some(2));
+    let page = store.list_sessions(&owner, 2, 2).await.unwrap();
+    assert_eq!(ids(&page.items), vec![id(2), id(3)]);
+    assert_eq!(page.next, Some(4));
+    let page = store.list_sessions(&owner, 4, 2).await.unwrap();
+    assert_eq!(ids(&page.items), vec![id(4)]);
+    assert_eq!(page.next, None);
+
+    let page = store.list_sessions(&owner, 1, 3).await.unwrap();
+    assert_eq!(ids(&page.items), vec![id(1), id(2), id(3)]);
+    assert_eq!(page.next, Some(4));
+
+    for limit in [5, 6, 100] {
+        let page = store.list_sessions(&owner, 0, limit).await.unwrap();
+        assert_eq!(page.items, newest_first, "limit {limit}");
+        assert_eq!(page.next, None, "limit {limit}");
+    }
+    for offset in [5, 6, 1000] {
+        let page = store.list_sessions(&owner, offset, 2).await.unwrap();
+        assert!(page.items.is_empty(), "offset {offset}");
+        assert_eq!(page.next, None, "offset {offset}");
+    }
+
+    assert_eq!(all_sessions(store, &other).await.len(), 5);
+    assert!(
+        all_sessions(store, &other)
+            .await
+            .iter()
+            .all(|s| s.owner == other)
+    );
+}
+
+/// list_messages returns the stored order and pages with `next` offsets.
+async fn check_list_messages(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let all: Vec<StoredMessage> = (0..7)
+        .map(|n| {
+            msg(
+                if n % 2 == 0 { "user" } else { "assistant" },
+                &format!("m{n}"),
+                at(n),
+            )
+        })
+        .collect();
+    // Three from the create, four from a turn: pages cross the boundary.
+    assert!(
+        store
+            .create_session(&session(&owner, &id, at(0)), &all[..3])
+            .await
+            .unwrap()
+    );
+    acquire(store, &owner, &id, "t", LEASE).await;
+    assert_eq!(
+        store
+            .append_turn(&owner, &id, "t", &all[3..], at(7))
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+
+    let expect = |offset: u64, limit: u32, range: std::ops::Range<usize>, next: Option<u64>| {
+        let all = all.clone();
+        let (owner, id) = (owner.clone(), id.clone());
+        async move {
+            let page = store
+                .list_messages(&owner, &id, offset, limit)
+                .await
+                .unwrap();
+            assert_eq!(page.items, all[range], "offset {offset} limit {limit}");
+            assert_eq!(page.next, next, "offset {offset} limit {limit}");
+        }
+    };
+    expect(0, 3, 0..3, Some(3)).await;
+    expect(3, 3, 3..6, Some(6)).await;
+    expect(6, 3, 6..7, None).await;
+    expect(2, 4, 2..6, Some(6)).await;
+    expect(0, 7, 0..7, None).await;
+    expect(0, 100, 0..7, None).await;
+    expect(7, 3, 7..7, None).await;
+    expect(100, 3, 7..7, None).await;
+
+    let page = store
+        .list_messages(&owner, &uid("missing"), 0, 10)
+        .await
+        .unwrap();
+    assert!(page.items.is_empty());
+    assert_eq!(page.next, None);
+}
+
+/// message_count is the real number of stored messages after create and
+/// after each appended turn; an append also moves updated_at.
+async fn check_message_count(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let mut s = session(&owner, &id, at(0));
+    s.message_count = 99; // ignored on writes
+    assert!(store.create_session(&s, &turn(0, at(0))).await.unwrap());
+    let stored = store.get_session(&owner, &id).await.unwrap().unwrap();
+    assert_eq!(stored.message_count, 2);
+
+    let (locked, history) = acquire(store, &owner, &id, "t1", LEASE).await;
+    assert_eq!(locked.message_count, 2);
+    assert_eq!(history.len(), 2);
+    assert_eq!(
+        store
+            .append_turn(&owner, &id, "t1", &turn(1, at(5)), at(5))
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    let stored = store.get_session(&owner, &id).await.unwrap().unwrap();
+    assert_eq!(stored.message_count, 4);
+    assert_eq!(stored.updated_at, at(5));
+    assert_eq!(stored.created_at, at(0));
+
+    acquire(store, &owner, &id, "t2", LEASE).await;
+    let three = vec![
+        msg("user", "a", at(9)),
+        msg("tool", "b", at(9)),
+        msg("assistant", "c", at(9)),
+    ];
+    assert_eq!(
+        store
+            .append_turn(&owner, &id, "t2", &three, at(9))
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    let stored = store.get_session(&owner, &id).await.unwrap().unwrap();
+    assert_eq!(stored.message_count, 7);
+    assert_eq!(stored.updated_at, at(9));
+    assert_eq!(all_messages(store, &owner, &id).await.len(), 7);
+    assert_eq!(all_sessions(store, &owner).await[0].message_count, 7);
+    let (locked, history) = acquire(store, &owner, &id, "t3", LEASE).await;
+    assert_eq!(locked.message_count, 7);
+    assert_eq!(history.len(), 7);
+    store.unlock_session(&owner, &id, "t3").await.unwrap();
+
+    let empty = uid("empty");
+    assert!(
+        store
+            .create_session(&session(&owner, &empty, at(1)), &[])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .get_session(&owner, &empty)
+            .await
+            .unwrap()
+            .unwrap()
+            .message_count,
+        0
+    );
+}
+
+/// Delete removes the session and its history, a second delete is false,
+/// other sessions are untouched, and the id can be reused from scratch.
+async fn check_delete_session(store: &dyn Store) {
+    let owner = uid("owner");
+    let (doomed, kept) = (uid("doomed"), uid("kept"));
+    let d = session(&owner, &doomed, at(0));
+    let k = session(&owner, &kept, at(1));
+    let kept_history = turn(1, at(1));
+    assert!(store.create_session(&d, &turn(0, at(0))).await.unwrap());
+    assert!(store.create_session(&k, &kept_history).await.unwrap());
+
+    assert!(store.delete_session(&owner, &doomed).await.unwrap());
+    assert_eq!(store.get_session(&owner, &doomed).await.unwrap(), None);
+    assert!(all_messages(store, &owner, &doomed).await.is_empty());
+    assert_eq!(
+        lock_outcome(store, &owner, &doomed, "t").await,
+        LockOutcome::NoSession
+    );
+    assert!(!store.delete_session(&owner, &doomed).await.unwrap());
+
+    assert_eq!(
+        store.get_session(&owner, &kept).await.unwrap(),
+        Some(counted(&k, 2))
+    );
+    assert_eq!(all_messages(store, &owner, &kept).await, kept_history);
+    assert_eq!(all_sessions(store, &owner).await, vec![counted(&k, 2)]);
+
+    // Recreated, the id starts from an empty history.
+    let fresh = vec![msg("user", "fresh start", at(3))];
+    assert!(
+        store
+            .create_session(&session(&owner, &doomed, at(3)), &fresh)
+            .await
+            .unwrap()
+    );
+    assert_eq!(all_messages(store, &owner, &doomed).await, fresh);
+    assert_eq!(
+        store
+            .get_session(&owner, &doomed)
+            .await
+            .unwrap()
+            .unwrap()
+            .message_count,
+        1
+    );
+}
+
+/// Locking returns the full history; another token gets Busy (the holder may
+/// refresh); unlock by a non-holder does nothing; after unlock a new token acquires.
+async fn check_lock_session(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let s = session(&owner, &id, at(0));
+    assert!(store.create_session(&s, &turn(0, at(0))).await.unwrap());
+    acquire(store, &owner, &id, "setup", LEASE).await;
+    assert_eq!(
+        store
+            .append_turn(&owner, &id, "setup", &turn(1, at(4)), at(4))
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    let mut full = turn(0, at(0));
+    full.extend(turn(1, at(4)));
+
+    let (locked, history) = acquire(store, &owner, &id, "a", LEASE).await;
+    let mut expected = counted(&s, 4);
+    expected.updated_at = at(4);
+    assert_eq!(locked, expected);
+    assert_eq!(history, full);
+
+    assert_eq!(
+        lock_outcome(store, &owner, &id, "b").await,
+        LockOutcome::Busy
+    );
+    let (_, history) = acquire(store, &owner, &id, "a", LEASE).await;
+    assert_eq!(history, full, "the holder may take its lock again");
+
+    store.unlock_session(&owner, &id, "b").await.unwrap();
+    assert_eq!(
+        lock_outcome(store, &owner, &id, "c").await,
+        LockOutcome::Busy,
+        "unlock by a token that does not hold the lock must do nothing"
+    );
+
+    store.unlock_session(&owner, &id, "a").await.unwrap();
+    let (_, history) = acquire(store, &owner, &id, "c", LEASE).await;
+    assert_eq!(history, full);
+    store.unlock_session(&owner, &id, "c").await.unwrap();
+}
+
+/// Locking a session that does not exist is NoSession, and leaves no lock behind.
+async fn check_lock_missing_session(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    assert_eq!(
+        lock_outcome(store, &owner, &id, "a").await,
+        LockOutcome::NoSession
+    );
+    assert!(
+        store
+            .create_session(&session(&owner, &id, at(0)), &[])
+            .await
+            .unwrap()
+    );
+    let (_, history) = acquire(store, &owner, &id, "b", LEASE).await;
+    assert!(history.is_empty());
+    assert_eq!(
+        lock_outcome(store, &owner, &uid("other"), "b").await,
+        LockOutcome::NoSession
+    );
+    store.unlock_session(&owner, &id, "b").await.unwrap();
+}
+
+/// With a 200 ms lease, after 400 ms another token acquires, and an append
+/// with the old token is LockLost and writes nothing.
+async fn check_lease_expiry(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let history = turn(0, at(0));
+    assert!(
+        store
+            .create_session(&session(&owner, &id, at(0)), &history)
+            .await
+            .unwrap()
+    );
+    acquire(store, &owner, &id, "old", Duration::from_millis(200)).await;
+    assert_eq!(
+        lock_outcome(store, &owner, &id, "new").await,
+        LockOutcome::Busy
+    );
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (_, seen) = acquire(store, &owner, &id, "new", LEASE).await;
+    assert_eq!(seen, history);
+    let before = snapshot(store, &owner, &id).await;
+
+    assert_eq!(
+        store
+            .append_turn(&owner, &id, "old", &turn(1, at(5)), at(5))
+            .await
+            .unwrap(),
+        AppendOutcome::LockLost
+    );
+    assert_eq!(snapshot(store, &owner, &id).await, before);
+    assert_eq!(
+        lock_outcome(store, &owner, &id, "third").await,
+        LockOutcome::Busy,
+        "a lost append must not release the new holder's lock"
+    );
+
+    assert_eq!(
+        store
+            .append_turn(&owner, &id, "new", &turn(2, at(6)), at(6))
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    let mut expected = history.clone();
+    expected.extend(turn(2, at(6)));
+    assert_eq!(all_messages(store, &owner, &id).await, expected);
+}
+
+/// append_turn writes every message of the turn and releases the lock: a new
+/// token acquires at once, and the old token can no longer append.
+async fn check_append_turn(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let first = vec![msg("system", "be brief", at(0))];
+    assert!(
+        store
+            .create_session(&session(&owner, &id, at(0)), &first)
+            .await
+            .unwrap()
+    );
+    acquire(store, &owner, &id, "a", LEASE).await;
+    let whole_turn = vec![
+        msg("user", "what is 2+2?", at(1)),
+        msg("tool", "calculator: 4", at(2)),
+        msg("assistant", "4", at(3)),
+    ];
+    assert_eq!(
+        store
+            .append_turn(&owner, &id, "a", &whole_turn, at(3))
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    let mut expected = first.clone();
+    expected.extend(whole_turn.clone());
+    assert_eq!(all_messages(store, &owner, &id).await, expected);
+
+    let (locked, history) = acquire(store, &owner, &id, "b", LEASE).await;
+    assert_eq!(history, expected);
+    assert_eq!(locked.message_count, 4);
+    assert_eq!(locked.updated_at, at(3));
+
+    assert_eq!(
+        store
+            .append_turn(&owner, &id, "a", &turn(9, at(9)), at(9))
+            .await
+            .unwrap(),
+        AppendOutcome::LockLost,
+        "an append releases the lock, so the old token holds nothing"
+    );
+    assert_eq!(all_messages(store, &owner, &id).await, expected);
+    store.unlock_session(&owner, &id, "b").await.unwrap();
+}
+
+/// An append after the session was deleted is SessionGone, writes nothing,
+/// and releases the lock.
+async fn check_append_after_delete(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    assert!(
+        store
+            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)))
+            .await
+            .unwrap()
+    );
+    acquire(store, &owner, &id, "a", LEASE).await;
+    assert!(store.delete_session(&owner, &id).await.unwrap());
+    assert_eq!(
+        store
+            .append_turn(&owner, &id, "a", &turn(1, at(1)), at(1))
+            .await
+            .unwrap(),
+        AppendOutcome::SessionGone
+    );
+    assert_eq!(store.get_session(&owner, &id).await.unwrap(), None);
+    assert!(all_messages(store, &owner, &id).await.is_empty());
+    assert!(all_sessions(store, &owner).await.is_empty());
+
+    // Recreated, the session is not locked by the dead turn.
+    assert!(
+        store
+            .create_session(&session(&owner, &id, at(2)), &[])
+            .await
+            .unwrap()
+    );
+    let (_, history) = acquire(store, &owner, &id, "b", LEASE).await;
+    assert!(history.is_empty());
+    store.unlock_session(&owner, &id, "b").await.unwrap();
+}
+
+/// 20 concurrent turns (lock, retrying on Busy; append a numbered question
+/// and answer) leave 40 messages, each question directly followed by its own
+/// answer, never interleaved.
+async fn check_concurrent_turns(store: &dyn Store) {
+    const TURNS: usize = 20;
+    let (owner, id) = (uid("owner"), uid("session"));
+    assert!(
+        store
+            .create_session(&session(&owner, &id, at(0)), &[])
+            .await
+            .unwrap()
+    );
+
+    let turns = (0..TURNS).map(|n| {
+        let (owner, id) = (owner.clone(), id.clone());
+        async move {
+            let token = uid("turn");
+            let mut attempts = 0;
+            loop {
+                match lock_outcome(store, &owner, &id, &token).await {
+                    LockOutcome::Acquired { .. } => break,
+                    LockOutcome::Busy => {
+                        attempts += 1;
+                        assert!(attempts < 5_000, "turn {n} never got the lock");
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
+                    LockOutcome::NoSession => panic!("session vanished"),
+                }
+            }
+            // Give the others a chance to try the lock while this turn holds it.
+            tokio::task::yield_now().await;
+            let outcome = store
+                .append_turn(&owner, &id, &token, &turn(n, at(1)), at(1))
+                .await
+                .unwrap();
+            assert_eq!(outcome, AppendOutcome::Appended, "turn {n}");
+        }
+    });
+    join_all(turns).await;
+
+    let history = all_messages(store, &owner, &id).await;
+    assert_eq!(history.len(), 2 * TURNS);
+    let mut seen = BTreeSet::new();
+    for pair in history.chunks(2) {
+        let n: usize = pair[0]
+            .content
+            .strip_prefix("question ")
+            .unwrap_or_else(|| panic!("expected a question, got {:?}", pair[0]))
+            .parse()
+            .unwrap();
+        assert_eq!(pair[0].role, "user");
+        assert_eq!(pair[1].role, "assistant");
+        assert_eq!(
+            pair[1].content,
+            format!("answer {n}"),
+            "turns interleaved: {:?}",
+            contents(&history)
+        );
+        assert!(seen.insert(n), "turn {n} stored twice");
+    }
+    assert_eq!(seen.len(), TURNS);
+    assert_eq!(
+        store
+            .get_session(&owner, &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .message_count,
+        (2 * TURNS) as u32
+    );
+}
+
+/// Unicode (emoji, joiners, combining marks, right-to-left, control
+/// characters, JSON metacharacters) and large (100 KB) content round-trip exactly.
+async fn check_unicode_and_large_content(store: &dyn Store) {
+    let owner = uid("owner");
+    let id = format!("séance-🦀-{}", uuid::Uuid::new_v4());
+    let mut s = session(&owner, &id, at(0));
+    s.model = "模型/🦀 \"quoted\"".into();
+    s.status = "actif ✓".into();
+
+    let unicode = "héllo wörld — ✓ 你好 مرحبا עולם 🦀👩‍👩‍👧‍👦🏳️‍🌈 e\u{301} \u{200b}\u{feff}\t\r\n\u{7f}\u{1b}[0m \"quotes\" \\backslash\\ {\"json\": [1, 2]} ' < > &";
+    let mut large = String::new();
+    while large.len() < 100 * 1024 {
+        large.push_str("Lorem ipsum 🦀 dolor — ∑ 你好世界 \"x\"\\ ");
+    }
+    let first = vec![
+        msg("user", unicode, at(1)),
+        msg("assistant", &large, at(2)),
+        msg("user", "", at(3)),
+    ];
+    assert!(store.create_session(&s, &first).await.unwrap());
+    assert_eq!(
+        store.get_session(&owner, &id).await.unwrap(),
+        Some(counted(&s, 3))
+    );
+    assert_eq!(all_messages(store, &owner, &id).await, first);
+
+    let (_, history) = acquire(store, &owner, &id, "🔑 token", LEASE).await;
+    assert_eq!(history, first);
+    let mut large_reply = large.clone();
+    large_reply.push_str(unicode);
+    let second = vec![
+        msg("user", &large_reply, at(4)),
+        msg("assistant", unicode, at(5)),
+    ];
+    assert_eq!(
+        store
+            .append_turn(&owner, &id, "🔑 token", &second, at(5))
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    let mut expected = first.clone();
+    expected.extend(second);
+    assert_eq!(all_messages(store, &owner, &id).await, expected);
+    let page = store.list_messages(&owner, &id, 3, 1).await.unwrap();
+    assert_eq!(page.items[0].content, large_reply);
+    assert_eq!(page.next, Some(4));
+    assert_eq!(all_sessions(store, &owner).await[0].model, s.model);
+}
+
+/// Refused writes (a duplicate create, appends without the lock, after losing
+/// it, or to a missing session) leave everything exactly as it was.
+async fn check_refused_writes_change_nothing(store: &dyn Store) {
+    let owner = uid("owner");
+    let (id, neighbour) = (uid("session"), uid("neighbour"));
+    assert!(
+        store
+            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .create_session(&session(&owner, &neighbour, at(1)), &turn(1, at(1)))
+            .await
+            .unwrap()
+    );
+    let before = snapshot(store, &owner, &id).await;
+    let neighbour_before = snapshot(store, &owner, &neighbour).await;
+
+    let mut duplicate = session(&owner, &id, at(9));
+    duplicate.model = "hijack".into();
+    assert!(
+        !store
+            .create_session(&duplicate, &turn(9, at(9)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        snapshot(store, &owner, &id).await,
+        before,
+        "after a duplicate create"
+    );
+
+    assert_eq!(
+        store
+            .append_turn(&owner, &id, "never-locked", &turn(9, at(9)), at(9))
+            .await
+            .unwrap(),
+        AppendOutcome::LockLost
+    );
+    assert_eq!(
+        snapshot(store, &owner, &id).await,
+        before,
+        "after an unlocked append"
+    );
+
+    acquire(store, &owner, &id, "old", Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    acquire(store, &owner, &id, "new", LEASE).await;
+    assert_eq!(
+        store
+            .append_turn(&owner, &id, "old", &turn(9, at(9)), at(9))
+            .await
+            .unwrap(),
+        AppendOutcome::LockLost
+    );
+    assert_eq!(
+        snapshot(store, &owner, &id).await,
+        before,
+        "after a lost lock"
+    );
+
+    assert_eq!(
+        store
+            .append_turn(&owner, &uid("missing"), "new", &turn(9, at(9)), at(9))
+            .await
+            .unwrap(),
+        AppendOutcome::LockLost
+    );
+    store.unlock_session(&owner, &id, "new").await.unwrap();
+    assert_eq!(snapshot(store, &owner, &id).await, before);
+    assert_eq!(snapshot(store, &owner, &neighbour).await, neighbour_before);
+}
+
+// ---------------------------------------------------------------- backends
+
+/// A `redis-server` of this test's own on a free port, killed on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+enum Startup {
+    Ready,
+    Exited,
+}
+
+impl RedisServer {
+    async fn start() -> Self {
+        for _ in 0..10 {
+            let port = free_port();
+            let dir = tempfile::tempdir().expect("temp dir for redis-server");
+            let spawned = Command::new("redis-server")
+                .arg("--port")
+                .arg(port.to_string())
+                .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            let child = match spawned {
+                Ok(child) => child,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                    "redis-server is not on PATH: the RedisStore conformance tests need a real \
+                     Redis (install the redis-server package; CI does). These tests fail rather \
+                     than skip so a missing Redis is never mistaken for a pass."
+                ),
+                Err(e) => panic!("cannot start redis-server: {e}"),
+            };
+            let mut server = RedisServer {
+                child,
+                port,
+                _dir: dir,
+            };
+            match server.wait_ready().await {
+                Startup::Ready => return server,
+                // Most likely someone else took the port meanwhile: try another.
+                Startup::Exited => continue,
+            }
+        }
+        panic!("redis-server did not start after 10 attempts");
+    }
+
+    /// Waits until the server on our port is our own child and answers.
+    async fn wait_ready(&mut self) -> Startup {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let pid = self.child.id();
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Startup::Exited;
+            }
+            if server_pid(self.port).await == Some(pid) {
+                return Startup::Ready;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server on port {} did not accept connections within 10 s",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn store(&self) -> RedisStore {
+        RedisStore::connect(RedisStoreConfig {
+            url: format!("redis://127.0.0.1:{}", self.port),
+            ..RedisStoreConfig::default()
+        })
+        .await
+        .expect("connect to the test redis-server")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("find a free port")
+        .port()
+}
+
+/// The `process_id` that the Redis server on `port` reports, if one answers.
+async fn server_pid(port: u16) -> Option<u32> {
+    let probe = async {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        conn.write_all(b"INFO server\r\n").await.ok()?;
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            reply.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&reply);
+            if let Some(rest) = text.split("process_id:").nth(1)
+                && let Some(end) = rest.find("\r\n")
+            {
+                return rest[..end].trim().parse().ok();
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(500), probe)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// One `#[tokio::test]` per (backend, check): `embedded_memory::check_keys`,
+/// `embedded_file::check_keys`, `redis_store::check_keys`, …
+macro_rules! conformance {
+    ($($check:ident),+ $(,)?) => {
+        mod embedded_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let store = super::EmbeddedStore::open_temporary()
+                        .expect("open an in-memory embedded store");
+                    super::$check(&store).await;
+                }
+            )+
+        }
+
+        mod embedded_file {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let store = super::EmbeddedStore::open(&dir.path().join("state/store.redb"))
+                        .expect("open a file-backed embedded store");
+                    super::$check(&store).await;
+                }
+            )+
+        }
+
+        mod redis_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let server = super::RedisServer::start().await;
+                    let store = server.store().await;
+                    super::$check(&store).await;
+                    drop(store);
+                    drop(server);
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    check_ping_and_name,
+    check_keys,
+    check_revocation_is_permanent,
+    check_create_session_once,
+    check_owners_are_separate,
+    check_other_owner_sees_nothing,
+    check_ids_with_separator_characters,
+    check_list_sessions,
+    check_list_messages,
+    check_message_count,
+    check_delete_session,
+    check_lock_session,
+    check_lock_missing_session,
+    check_lease_expiry,
+    check_append_turn,
+    check_append_after_delete,
+    check_concurrent_turns,
+    check_unicode_and_large_content,
+    check_refused_writes_change_nothing,
+);
+
+// ---------------------------------------------------------------- embedded only
+
+/// State written to a file survives closing and reopening it; turn locks,
+/// which live in memory, do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_file_reopen_keeps_state() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("nested/dirs/store.redb");
+    let k = key(at(0));
+    let (owner, id) = (k.id.clone(), uid("session"));
+    let s = session(&owner, &id, at(1));
+    let mut history = turn(0, at(1));
+    {
+        let store = EmbeddedStore::open(&path).expect("create the store file");
+        store.insert_key(&k).await.unwrap();
+        assert!(store.create_session(&s, &history).await.unwrap());
+        acquire(&store, &owner, &id, "a", LEASE).await;
+        assert_eq!(
+            store
+                .append_turn(&owner, &id, "a", &turn(1, at(2)), at(2))
+                .await
+                .unwrap(),
+            AppendOutcome::Appended
+        );
+        // Left locked on purpose: a restart must not keep the lock.
+        acquire(&store, &owner, &id, "b", LEASE).await;
+        assert!(
+            EmbeddedStore::open(&path).is_err(),
+            "a second open of a file in use must fail, not share it"
+        );
+    }
+    history.extend(turn(1, at(2)));
+
+    let store = EmbeddedStore::open(&path).expect("reopen the store file");
+    store.ping().await.unwrap();
+    assert_eq!(store.key_by_id(&k.id).await.unwrap(), Some(k.clone()));
+    assert_eq!(
+        store.key_by_hash(&k.secret_hash).await.unwrap(),
+        Some(k.clone())
+    );
+    assert!(store.list_keys().await.unwrap().contains(&k));
+    let mut expected = counted(&s, 4);
+    expected.updated_at = at(2);
+    assert_eq!(
+        store.get_session(&owner, &id).await.unwrap(),
+        Some(expected.clone())
+    );
+    assert_eq!(all_messages(&store, &owner, &id).await, history);
+    assert_eq!(all_sessions(&store, &owner).await, vec![expected]);
+    let (_, seen) = acquire(&store, &owner, &id, "c", LEASE).await;
+    assert_eq!(seen, history);
+    drop(store);
+
+    // And it opens again after that.
+    let store = EmbeddedStore::open(&path).expect("reopen the store file again");
+    assert_eq!(all_messages(&store, &owner, &id).await, history);
+}
+
+/// Opening a path whose parent is a file is an error, not a panic.
+#[tokio::test]
+async fn embedded_open_reports_bad_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    assert!(EmbeddedStore::open(&file.join("store.redb")).is_err());
+    assert!(
+        EmbeddedStore::open(&file).is_err(),
+        "a file that is not a redb database must be refused"
+    );
+}

@@ -1,1 +1,4 @@
-fn main(){}
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    openclaw_gateway::cli::run().await
+}

@@ -1,0 +1,152 @@
+//! The core's configuration: every key has a default, a doc line, and one
+//! place where it is read (flag, then environment, then `.env`).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// A value that must never be printed or logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// Settings of the core (`openclaw-gateway serve`, and the core half of `dev`).
+#[derive(Debug, Clone, Args)]
+pub struct CoreConfig {
+    /// Address of the gRPC server.
+    #[arg(long, env = "OPENCLAW_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// Redis URL for shared state (redis://host:port/db). Absent: the embedded store.
+    #[arg(long, env = "OPENCLAW_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Bound on any one Redis command, in milliseconds; a dead Redis fails requests this fast.
+    #[arg(long, env = "OPENCLAW_REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_timeout_ms: u64,
+
+    /// Folder of the embedded store's database file (used without --redis-url).
+    #[arg(long, env = "OPENCLAW_DATA_DIR", default_value = ".openclaw")]
+    pub data_dir: PathBuf,
+
+    /// The private token for service-to-service calls and key administration.
+    #[arg(long, env = "OPENCLAW_INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<Secret>,
+
+    /// Z.ai API key. Absent: the zai models are answered by the offline simulator.
+    #[arg(long, env = "ZAI_API_KEY", hide_env_values = true)]
+    pub zai_api_key: Option<Secret>,
+
+    /// Z.ai's OpenAI-compatible API base URL.
+    #[arg(
+        long,
+        env = "ZAI_BASE_URL",
+        default_value = "https://api.z.ai/api/paas/v4"
+    )]
+    pub zai_base_url: String,
+
+    /// Bound on connecting to a model provider, in milliseconds.
+    #[arg(
+        long,
+        env = "OPENCLAW_PROVIDER_CONNECT_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub provider_connect_timeout_ms: u64,
+
+    /// Bound on a whole model call, in milliseconds.
+    #[arg(long, env = "OPENCLAW_PROVIDER_TIMEOUT_MS", default_value_t = 120_000)]
+    pub provider_timeout_ms: u64,
+
+    /// Default requests per minute for keys without their own limit.
+    #[arg(
+        long,
+        env = "OPENCLAW_DEFAULT_REQUESTS_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub default_requests_per_minute: u64,
+
+    /// Default tokens (prompt + completion) per minute for keys without their own limit.
+    #[arg(
+        long,
+        env = "OPENCLAW_DEFAULT_TOKENS_PER_MINUTE",
+        default_value_t = 1_000_000
+    )]
+    pub default_tokens_per_minute: u64,
+
+    /// Default context (prompt) tokens per minute for keys without their own limit.
+    #[arg(
+        long,
+        env = "OPENCLAW_DEFAULT_CONTEXT_TOKENS_PER_MINUTE",
+        default_value_t = 200_000
+    )]
+    pub default_context_tokens_per_minute: u64,
+
+    /// Completion tokens reserved against the token limit, and asked of the
+    /// model as max_tokens, when a request names no maxTokens.
+    #[arg(long, env = "OPENCLAW_DEFAULT_MAX_TOKENS", default_value_t = 4096)]
+    pub default_max_tokens: u32,
+
+    /// When Redis is unreachable: `closed` refuses requests with UNAVAILABLE;
+    /// `open` admits through a limiter in each replica's memory, at 1/N of each limit.
+    #[arg(
+        long,
+        env = "OPENCLAW_RATE_LIMIT_REDIS_DOWN",
+        value_enum,
+        default_value = "closed"
+    )]
+    pub rate_limit_redis_down: crate::limits::RedisDownPolicy,
+
+    /// N for the fail-open share: how many core replicas run (each admits 1/N of a limit).
+    #[arg(long, env = "OPENCLAW_CORE_REPLICAS", default_value_t = 1)]
+    pub core_replicas: u64,
+
+    /// This replica's name in status and logs (defaults to the host name).
+    #[arg(long, env = "OPENCLAW_REPLICA_ID")]
+    pub replica_id: Option<String>,
+}
+
+impl CoreConfig {
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms.max(1))
+    }
+
+    pub fn provider_timeout(&self) -> Duration {
+        Duration::from_millis(self.provider_timeout_ms.max(1))
+    }
+
+    pub fn provider_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.provider_connect_timeout_ms.max(1))
+    }
+
+    pub fn replica(&self) -> String {
+        self.replica_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("core-{}", std::process::id()))
+    }
+}

@@ -1,0 +1,193 @@
+//! The core's shared state: one value, cloned cheaply into every gRPC service.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use tonic::{Request, Response};
+
+use crate::auth::{Authenticator, Principal};
+use crate::error::ApiResult;
+use crate::limits::{Admission, Charge, Quota, RateLimiter};
+use crate::providers::ModelCatalog;
+use crate::store::Store;
+
+/// The configured limits that apply to a key without its own.
+#[derive(Debug, Clone, Copy)]
+pub struct DefaultLimits {
+    pub requests_per_minute: u64,
+    pub tokens_per_minute: u64,
+    pub context_tokens_per_minute: u64,
+}
+
+pub struct Gateway {
+    pub store: Arc<dyn Store>,
+    pub auth: Authenticator,
+    pub limits: RateLimiter,
+    pub models: ModelCatalog,
+    pub default_limits: DefaultLimits,
+    /// Completion tokens reserved (and asked of the model) when a request names no maxTokens.
+    pub default_max_tokens: u32,
+    /// How long a session's turn lock is leased: longer than any model call.
+    pub turn_lease: std::time::Duration,
+    pub replica: String,
+    started: Instant,
+    queue_depth: AtomicU64,
+    draining: AtomicBool,
+}
+
+impl Gateway {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn Store>,
+        auth: Authenticator,
+        limits: RateLimiter,
+        models: ModelCatalog,
+        default_limits: DefaultLimits,
+        default_max_tokens: u32,
+        turn_lease: std::time::Duration,
+        replica: String,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            auth,
+            limits,
+            models,
+            default_limits,
+            default_max_tokens,
+            turn_lease,
+            replica,
+            started: Instant::now(),
+            queue_depth: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Who is calling, and may they use `scope`? Failed attempts count
+    /// against the client's address (the brute-force guard).
+    pub async fn authorize<T>(&self, request: &Request<T>, scope: Scope) -> ApiResult<Principal> {
+        let client = client_address(request);
+        self.limits.check_client(&client)?;
+        let principal = match self.auth.authenticate(request.metadata()).await {
+            Ok(principal) => principal,
+            Err(err) if err.code == crate::error::ErrorCode::Unauthorized => {
+                return Err(self.limits.auth_failed(&client, err).await);
+            }
+            Err(err) => return Err(err),
+        };
+        match scope {
+            Scope::Internal => principal.require_internal()?,
+            Scope::Named(name) => principal.require_scope(name)?,
+        }
+        Ok(principal)
+    }
+
+    /// Authorizes the call and admits it as one request that uses no model.
+    pub async fn enter<T>(
+        &self,
+        request: &Request<T>,
+        scope: Scope,
+    ) -> ApiResult<(Principal, Admission)> {
+        let principal = self.authorize(request, scope).await?;
+        let admission = self.admit(&principal, Charge::default()).await?;
+        Ok((principal, admission))
+    }
+
+    /// Admits one request of `principal` costing `charge` against its key's limits.
+    pub async fn admit(&self, principal: &Principal, charge: Charge) -> ApiResult<Admission> {
+        match principal {
+            Principal::Internal => Ok(Admission::unlimited()),
+            Principal::Key(key) => {
+                self.limits
+                    .admit(&key.id, self.quota(principal), charge)
+                    .await
+            }
+        }
+    }
+
+    /// The limits that apply to the caller.
+    pub fn quota(&self, principal: &Principal) -> Quota {
+        let d = self.default_limits;
+        let own = match principal {
+            Principal::Key(key) => key.limits.clone(),
+            Principal::Internal => Default::default(),
+        };
+        Quota {
+            requests: own.requests_per_minute.unwrap_or(d.requests_per_minute),
+            tokens: own.tokens_per_minute.unwrap_or(d.tokens_per_minute),
+            context: own
+                .context_tokens_per_minute
+                .unwrap_or(d.context_tokens_per_minute),
+        }
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    pub fn queue_depth(&self) -> u64 {
+        self.queue_depth.load(Ordering::Relaxed)
+    }
+
+    /// Counts a model call as waiting or running until the guard drops.
+    pub fn enqueue(self: &Arc<Self>) -> QueueSlot {
+        self.queue_depth.fetch_add(1, Ordering::Relaxed);
+        QueueSlot(self.clone())
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}
+
+pub struct QueueSlot(Arc<Gateway>);
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.0.queue_depth.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a call needs beyond a valid credential.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    /// An API key with this scope (or the internal token).
+    Named(&'static str),
+    /// The internal token only.
+    Internal,
+}
+
+/// The address a request came from: the edge forwards its client's as
+/// `x-openclaw-client-ip`; direct gRPC callers are known by their socket.
+fn client_address<T>(request: &Request<T>) -> String {
+    request
+        .metadata()
+        .get("x-openclaw-client-ip")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .map(str::to_string)
+        .or_else(|| request.remote_addr().map(|a| a.ip().to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A response carrying the caller's remaining quota as metadata.
+pub fn respond<T>(message: T, admission: &Admission) -> Response<T> {
+    let mut response = Response::new(message);
+    add_metadata(response.metadata_mut(), admission.headers());
+    response
+}
+
+pub fn add_metadata(
+    metadata: &mut tonic::metadata::MetadataMap,
+    entries: Vec<(&'static str, String)>,
+) {
+    for (name, value) in entries {
+        if let Ok(value) = tonic::metadata::MetadataValue::try_from(value.as_str()) {
+            metadata.insert(name, value);
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! `KeyService`: API key administration, for holders of the internal token.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{SCOPES, generate_key};
+use crate::convert;
+use crate::error::{ApiError, ApiResult};
+use crate::gateway::{Gateway, Scope};
+use crate::proto::key_service_server::KeyService;
+use crate::proto::{self};
+use crate::store::{KeyLimits, KeyRecord};
+
+const MAX_NAME_CHARS: usize = 100;
+
+pub struct Keys {
+    gateway: Arc<Gateway>,
+}
+
+impl Keys {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+
+    async fn admin<T>(&self, request: &Request<T>) -> ApiResult<()> {
+        self.gateway
+            .authorize(request, Scope::Internal)
+            .await
+            .map(|_| ())
+    }
+
+    async fn existing(&self, id: &str) -> ApiResult<KeyRecord> {
+        self.gateway
+            .store
+            .key_by_id(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("Key", id))
+    }
+}
+
+fn validate_name(name: &str) -> ApiResult<String> {
+    let name = name.trim();
+    if name.is_empty()
+        || name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid_field(
+            "name",
+            "Invalid key name",
+            format!("The field 'name' is required: 1-{MAX_NAME_CHARS} printable characters"),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+fn validate_scopes(scopes: &[String]) -> ApiResult<Vec<String>> {
+    if scopes.is_empty() {
+        return Ok(SCOPES.iter().map(|s| s.to_string()).collect());
+    }
+    let mut out: Vec<String> = Vec::new();
+    for scope in scopes {
+        if !SCOPES.contains(&scope.as_str()) {
+            return Err(ApiError::invalid_field(
+                "scopes",
+                "Unknown scope",
+                format!(
+                    "The scope '{}' does not exist; use some of: {}",
+                    scope.chars().take(40).collect::<String>(),
+                    SCOPES.join(", ")
+                ),
+            ));
+        }
+        if !out.contains(scope) {
+            out.push(scope.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Applies the fields set in `patch` over `base`; a limit must be at least 1.
+fn merge_limits(base: &KeyLimits, patch: Option<&proto::Limits>) -> ApiResult<KeyLimits> {
+    let Some(patch) = patch else {
+        return Ok(base.clone());
+    };
+    let check = |value: Option<u64>, field: &str| -> ApiResult<()> {
+        if value == Some(0) {
+            return Err(ApiError::invalid_field(
+                format!("limits.{field}"),
+                "Invalid limit",
+                format!("The field 'limits.{field}' must be a whole number of at least 1"),
+            ));
+        }
+        Ok(())
+    };
+    check(patch.requests_per_minute, "requestsPerMinute")?;
+    check(patch.tokens_per_minute, "tokensPerMinute")?;
+    check(patch.context_tokens_per_minute, "contextTokensPerMinute")?;
+    Ok(KeyLimits {
+        requests_per_minute: patch.requests_per_minute.or(base.requests_per_minute),
+        tokens_per_minute: patch.tokens_per_minute.or(base.tokens_per_minute),
+        context_tokens_per_minute: patch
+            .context_tokens_per_minute
+            .or(base.context_tokens_per_minute),
+    })
+}
+
+#[tonic::async_trait]
+impl KeyService for Keys {
+    async fn create_key(
+        &self,
+        request: Request<proto::CreateKeyRequest>,
+    ) -> Result<Response<proto::CreateKeyResponse>, Status> {
+        self.admin(&request).await?;
+        let body = request.into_inner();
+        let name = validate_name(&body.name)?;
+        let scopes = validate_scopes(&body.scopes)?;
+        let limits = merge_limits(&KeyLimits::default(), body.limits.as_ref())?;
+        let generated = generate_key(name, scopes, limits);
+        self.gateway
+            .store
+            .insert_key(&generated.record)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(key = %generated.record.id, name = %generated.record.name, "API key created");
+        Ok(Response::new(proto::CreateKeyResponse {
+            key: Some(convert::api_key(&generated.record)),
+            secret: generated.secret,
+        }))
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<proto::ListKeysRequest>,
+    ) -> Result<Response<proto::ListKeysResponse>, Status> {
+        self.admin(&request).await?;
+        let keys = self
+            .gateway
+            .store
+            .list_keys()
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::ListKeysResponse {
+            keys: keys.iter().map(convert::api_key).collect(),
+        }))
+    }
+
+    async fn get_key(
+        &self,
+        request: Request<proto::GetKeyRequest>,
+    ) -> Result<Response<proto::ApiKey>, Status> {
+        self.admin(&request).await?;
+        let key = self.existing(&request.get_ref().id).await?;
+        Ok(Response::new(convert::api_key(&key)))
+    }
+
+    async fn update_key(
+        &self,
+        request: Request<proto::UpdateKeyRequest>,
+    ) -> Result<Response<proto::ApiKey>, Status> {
+        self.admin(&request).await?;
+        let body = request.into_inner();
+        let mut key = self.existing(&body.id).await?;
+        if let Some(name) = &body.name {
+            key.name = validate_name(name)?;
+        }
+        key.limits = merge_limits(&key.limits, body.limits.as_ref())?;
+        if !self
+            .gateway
+            .store
+            .update_key(&key)
+            .await
+            .map_err(ApiError::from)?
+        {
+            return Err(ApiError::not_found("Key", &body.id).into());
+        }
+        self.gateway.auth.forget(&key.secret_hash);
+        // Re-read: a revocation racing this update is kept by the store.
+        let key = self.existing(&body.id).await?;
+        Ok(Response::new(convert::api_key(&key)))
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<proto::RevokeKeyRequest>,
+    ) -> Result<Response<proto::ApiKey>, Status> {
+        self.admin(&request).await?;
+        let id = request.into_inner().id;
+        let mut key = self.existing(&id).await?;
+        if key.revoked_at.is_none() {
+            key.revoked_at = Some(Utc::now());
+            if !self
+                .gateway
+                .store
+                .update_key(&key)
+                .await
+                .map_err(ApiError::from)?
+            {
+                return Err(ApiError::not_found("Key", &id).into());
+            }
+            tracing::info!(key = %key.id, "API key revoked");
+        }
+        self.gateway.auth.forget(&key.secret_hash);
+        Ok(Response::new(convert::api_key(&key)))
+    }
+}

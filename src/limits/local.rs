@@ -1,0 +1,261 @@
+//! The sliding-window log in this process's memory: the limiter of the
+//! embedded (single-process) deployment, and the fail-open fallback of a
+//! Redis deployment. Same algorithm and answers as the Redis script.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{Charge, Decision, LimitBackend, Quota, Usage, WINDOW};
+use crate::store::StoreError;
+
+struct Entry {
+    at_ms: u64,
+    id: String,
+    charge: Charge,
+}
+
+#[derive(Default)]
+struct Log {
+    entries: VecDeque<Entry>,
+    tokens: u64,
+    context: u64,
+}
+
+impl Log {
+    fn evict(&mut self, now_ms: u64, window_ms: u64) {
+        while let Some(front) = self.entries.front() {
+            if front.at_ms + window_ms > now_ms {
+                break;
+            }
+            self.tokens = self.tokens.saturating_sub(front.charge.tokens);
+            self.context = self.context.saturating_sub(front.charge.context);
+            self.entries.pop_front();
+        }
+    }
+
+    fn usage(&self, now_ms: u64, window_ms: u64) -> Usage {
+        Usage {
+            requests: self.entries.len() as u64,
+            tokens: self.tokens,
+            context: self.context,
+            reset_ms: self
+                .entries
+                .front()
+                .map_or(0, |e| (e.at_ms + window_ms).saturating_sub(now_ms)),
+        }
+    }
+
+    fn fits(&self, quota: Quota, charge: Charge, freed: (u64, u64, u64)) -> bool {
+        (self.entries.len() as u64 + 1).saturating_sub(freed.0) <= quota.requests
+            && (self.tokens + charge.tokens).saturating_sub(freed.1) <= quota.tokens
+            && (self.context + charge.context).saturating_sub(freed.2) <= quota.context
+    }
+
+    /// How long until enough of the oldest entries leave the window for `charge` to fit.
+    fn wait_ms(&self, quota: Quota, charge: Charge, now_ms: u64, window_ms: u64) -> u64 {
+        let mut freed = (0, 0, 0);
+        let mut wait = window_ms;
+        for entry in &self.entries {
+            if self.fits(quota, charge, freed) {
+                return wait;
+            }
+            freed = (
+                freed.0 + 1,
+                freed.1 + entry.charge.tokens,
+                freed.2 + entry.charge.context,
+            );
+            wait = (entry.at_ms + window_ms).saturating_sub(now_ms);
+        }
+        wait
+    }
+}
+
+pub struct LocalLimits {
+    started: Instant,
+    window: Duration,
+    logs: Mutex<HashMap<String, Log>>,
+    failures: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl Default for LocalLimits {
+    fn default() -> Self {
+        Self::new(WINDOW)
+    }
+}
+
+impl LocalLimits {
+    pub fn new(window: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            window,
+            logs: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn window_ms(&self) -> u64 {
+        self.window.as_millis() as u64
+    }
+
+    fn poisoned() -> StoreError {
+        StoreError::Unavailable("local limiter lock poisoned".into())
+    }
+}
+
+#[async_trait]
+impl LimitBackend for LocalLimits {
+    async fn admit(
+        &self,
+        key: &str,
+        quota: Quota,
+        charge: Charge,
+        reservation: &str,
+    ) -> Result<Decision, StoreError> {
+        let (now, window) = (self.now_ms(), self.window_ms());
+        let mut logs = self.logs.lock().map_err(|_| Self::poisoned())?;
+        let log = logs.entry(key.to_string()).or_default();
+        log.evict(now, window);
+        if !log.fits(quota, charge, (0, 0, 0)) {
+            return Ok(Decision::Denied {
+                usage: log.usage(now, window),
+                retry_ms: log.wait_ms(quota, charge, now, window),
+            });
+        }
+        log.entries.push_back(Entry {
+            at_ms: now,
+            id: reservation.to_string(),
+            charge,
+        });
+        log.tokens += charge.tokens;
+        log.context += charge.context;
+        Ok(Decision::Admitted(log.usage(now, window)))
+    }
+
+    async fn settle(&self, key: &str, reservation: &str, used: Charge) -> Result<(), StoreError> {
+        let mut logs = self.logs.lock().map_err(|_| Self::poisoned())?;
+        if let Some(log) = logs.get_mut(key)
+            && let Some(entry) = log.entries.iter_mut().rev().find(|e| e.id == reservation)
+        {
+            log.tokens = log.tokens - entry.charge.tokens + used.tokens;
+            log.context = log.context - entry.charge.context + used.context;
+            entry.charge = used;
+        }
+        Ok(())
+    }
+
+    async fn record_auth_failure(&self, client: &str, window: Duration) -> Result<u64, StoreError> {
+        let now = self.now_ms();
+        let window_ms = window.as_millis() as u64;
+        let mut failures = self.failures.lock().map_err(|_| Self::poisoned())?;
+        if failures.len() > 100_000 {
+            failures.retain(|_, (since, _)| *since + window_ms > now);
+        }
+        let entry = failures.entry(client.to_string()).or_insert((now, 0));
+        if entry.0 + window_ms <= now {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        Ok(entry.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUOTA: Quota = Quota {
+        requests: 3,
+        tokens: 100,
+        context: 50,
+    };
+
+    #[tokio::test]
+    async fn admits_exactly_the_request_limit_within_a_window() {
+        let limits = LocalLimits::new(Duration::from_millis(200));
+        for i in 0..3 {
+            let d = limits
+                .admit("k", QUOTA, Charge::default(), &format!("r{i}"))
+                .await
+                .unwrap();
+            assert!(matches!(d, Decision::Admitted(u) if u.requests == i + 1));
+        }
+        let d = limits
+            .admit("k", QUOTA, Charge::default(), "r3")
+            .await
+            .unwrap();
+        let Decision::Denied { retry_ms, .. } = d else {
+            panic!("fourth admitted")
+        };
+        assert!(retry_ms > 0 && retry_ms <= 200);
+        // Another key has its own log.
+        assert!(matches!(
+            limits
+                .admit("other", QUOTA, Charge::default(), "x")
+                .await
+                .unwrap(),
+            Decision::Admitted(_)
+        ));
+        tokio::time::sleep(Duration::from_millis(220)).await;
+        assert!(matches!(
+            limits.admit("k", QUOTA, Charge::default(), "r4").await.unwrap(),
+            Decision::Admitted(u) if u.requests == 1
+        ));
+    }
+
+    #[tokio::test]
+    async fn reservations_are_settled_to_what_was_used() {
+        let limits = LocalLimits::default();
+        let big = Charge {
+            tokens: 80,
+            context: 40,
+        };
+        assert!(matches!(
+            limits.admit("k", QUOTA, big, "a").await.unwrap(),
+            Decision::Admitted(_)
+        ));
+        assert!(matches!(
+            limits.admit("k", QUOTA, big, "b").await.unwrap(),
+            Decision::Denied { .. }
+        ));
+        // The call failed: its reservation frees up entirely.
+        limits.settle("k", "a", Charge::default()).await.unwrap();
+        let Decision::Admitted(usage) = limits.admit("k", QUOTA, big, "c").await.unwrap() else {
+            panic!("settled capacity was not freed")
+        };
+        assert_eq!((usage.tokens, usage.context), (80, 40));
+        // Reporting more than reserved counts in full.
+        limits
+            .settle(
+                "k",
+                "c",
+                Charge {
+                    tokens: 100,
+                    context: 50,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            limits
+                .admit(
+                    "k",
+                    QUOTA,
+                    Charge {
+                        tokens: 1,
+                        context: 0
+                    },
+                    "d"
+                )
+                .await
+                .unwrap(),
+            Decision::Denied { .. }
+        ));
+    }
+}

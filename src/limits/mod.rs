@@ -1,0 +1,354 @@
+//! Per-key rate limits, summed over every replica: requests, tokens (prompt +
+//! completion) and context (prompt tokens sent to models), each per minute.
+//!
+//! # Algorithm: a sliding-window log with reservations
+//! Every admitted request is one entry `(time, tokens, context)` in the key's
+//! log; an entry counts against the key for exactly [`WINDOW`] after it was
+//! admitted. A request is admitted only if, counting every live entry plus
+//! itself, all three sums stay within the key's limits. So in *every* window
+//! of 60 s (not just aligned minutes) a key is admitted at most `requests`
+//! requests and at most `tokens`/`context` *reserved* tokens: the bound is
+//! exact, with no burst at window edges and no multiplication by the
+//! replica count, because the log lives in Redis and one script decides.
+//!
+//! Token costs are known only after the model answers, so admission reserves
+//! an estimate (the prompt counted with a real tokenizer, plus `maxTokens` or
+//! the model's default) and [`RateLimiter::settle`] later replaces it with the
+//! provider's reported usage (zero for a failed call). Settled usage can
+//! exceed the reservation only if the provider reports more than was
+//! reserved; the excess then delays later admissions.
+//!
+//! Time comes from the Redis server (`TIME` inside the script), never from
+//! the replicas' clocks. A key's log holds at most `requests` entries.
+
+mod local;
+mod redis;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+pub use self::local::LocalLimits;
+pub use self::redis::RedisLimits;
+
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::store::StoreError;
+
+/// How long an admitted request counts against its key.
+pub const WINDOW: Duration = Duration::from_secs(60);
+
+/// A key's limits per [`WINDOW`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub requests: u64,
+    pub tokens: u64,
+    pub context: u64,
+}
+
+/// What one request costs on admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Charge {
+    pub tokens: u64,
+    pub context: u64,
+}
+
+/// A key's use of its quota in the current window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub requests: u64,
+    pub tokens: u64,
+    pub context: u64,
+    /// When the oldest live entry leaves the window (capacity frees up), in ms from now.
+    pub reset_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Admitted; `usage` includes this request.
+    Admitted(Usage),
+    /// Over a limit; retry after `retry_ms`.
+    Denied { usage: Usage, retry_ms: u64 },
+}
+
+/// A place that keeps the logs: Redis (shared) or this process's memory.
+#[async_trait]
+pub trait LimitBackend: Send + Sync + 'static {
+    /// Atomically admits (and logs) the request under `reservation`, or refuses it.
+    async fn admit(
+        &self,
+        key: &str,
+        quota: Quota,
+        charge: Charge,
+        reservation: &str,
+    ) -> Result<Decision, StoreError>;
+    /// Replaces a reservation's amounts with what was really used.
+    async fn settle(&self, key: &str, reservation: &str, used: Charge) -> Result<(), StoreError>;
+    /// Counts a failed authentication from `client`; returns its failures in the window so far.
+    async fn record_auth_failure(&self, client: &str, window: Duration) -> Result<u64, StoreError>;
+}
+
+/// What to do when the shared limiter (Redis) cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RedisDownPolicy {
+    /// Refuse requests with UNAVAILABLE until Redis answers again.
+    Closed,
+    /// Admit through a limiter in this replica's memory, allowing each replica
+    /// its share (1/N) of every limit.
+    Open,
+}
+
+/// The outcome of admitting a request: the figures for response headers, and
+/// the reservation to settle once the model has answered.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub key: Option<String>,
+    pub reservation: String,
+    pub quota: Option<Quota>,
+    pub usage: Usage,
+    /// True when the local fallback decided (Redis was unreachable).
+    pub local: bool,
+}
+
+impl Admission {
+    /// Callers with the internal token are not limited.
+    pub fn unlimited() -> Self {
+        Self {
+            key: None,
+            reservation: String::new(),
+            quota: None,
+            usage: Usage::default(),
+            local: false,
+        }
+    }
+
+    /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens,context}` (reset in whole seconds).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let Some(quota) = self.quota else {
+            return Vec::new();
+        };
+        rate_headers(quota, self.usage)
+    }
+}
+
+fn rate_headers(quota: Quota, usage: Usage) -> Vec<(&'static str, String)> {
+    let reset = usage.reset_ms.div_ceil(1000).to_string();
+    vec![
+        ("x-ratelimit-limit-requests", quota.requests.to_string()),
+        (
+            "x-ratelimit-remaining-requests",
+            quota.requests.saturating_sub(usage.requests).to_string(),
+        ),
+        ("x-ratelimit-reset-requests", reset.clone()),
+        ("x-ratelimit-limit-tokens", quota.tokens.to_string()),
+        (
+            "x-ratelimit-remaining-tokens",
+            quota.tokens.saturating_sub(usage.tokens).to_string(),
+        ),
+        ("x-ratelimit-reset-tokens", reset.clone()),
+        ("x-ratelimit-limit-context", quota.context.to_string()),
+        (
+            "x-ratelimit-remaining-context",
+            quota.context.saturating_sub(usage.context).to_string(),
+        ),
+        ("x-ratelimit-reset-context", reset),
+    ]
+}
+
+/// Failed authentications allowed per client address per window before it is refused.
+pub const AUTH_FAILURES_ALLOWED: u64 = 20;
+
+pub struct RateLimiter {
+    backend: Arc<dyn LimitBackend>,
+    /// Present when the backend is shared (Redis) and the policy is `Open`.
+    fallback: Option<LocalLimits>,
+    /// The divisor of each limit for the fallback.
+    share: u64,
+    degraded: AtomicBool,
+    /// Clients refused until the given time after too many failed authentications.
+    blocked: Mutex<HashMap<String, Instant>>,
+}
+
+impl RateLimiter {
+    pub fn new(backend: Arc<dyn LimitBackend>, fallback: Option<(LocalLimits, u64)>) -> Self {
+        let (fallback, share) = match fallback {
+            Some((limits, share)) => (Some(limits), share.max(1)),
+            None => (None, 1),
+        };
+        Self {
+            backend,
+            fallback,
+            share,
+            degraded: AtomicBool::new(false),
+            blocked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// "closed" or "open", as configured.
+    pub fn policy(&self) -> &'static str {
+        if self.fallback.is_some() {
+            "open"
+        } else {
+            "closed"
+        }
+    }
+
+    /// True while the shared limiter is unreachable and the fallback decides.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    fn note_backend(&self, healthy: bool) {
+        let was = self.degraded.swap(!healthy, Ordering::Relaxed);
+        if was != !healthy {
+            if healthy {
+                tracing::info!(
+                    "rate limiter: Redis answers again; limits are shared across replicas"
+                );
+            } else if self.fallback.is_some() {
+                tracing::warn!(
+                    share = self.share,
+                    "rate limiter: Redis unreachable; FAILING OPEN to this replica's share of each limit"
+                );
+            } else {
+                tracing::warn!(
+                    "rate limiter: Redis unreachable; FAILING CLOSED (requests get UNAVAILABLE)"
+                );
+            }
+        }
+    }
+
+    /// Admits a request of `key` costing `charge`, or answers why not.
+    pub async fn admit(&self, key: &str, quota: Quota, charge: Charge) -> ApiResult<Admission> {
+        if charge.tokens > quota.tokens || charge.context > quota.context {
+            return Err(ApiError::invalid(
+                "Request exceeds the token limit",
+                format!(
+                    "This request needs about {} tokens ({} of context) but this key allows {} tokens and {} context tokens per minute; shorten the history or lower maxTokens",
+                    charge.tokens, charge.context, quota.tokens, quota.context
+                ),
+            ));
+        }
+        let reservation = uuid::Uuid::new_v4().simple().to_string();
+        let (decision, local) = match self.backend.admit(key, quota, charge, &reservation).await {
+            Ok(decision) => {
+                self.note_backend(true);
+                (decision, false)
+            }
+            Err(err) => {
+                self.note_backend(false);
+                tracing::debug!(error = %err, "rate limiter backend failed");
+                match &self.fallback {
+                    Some(local) => {
+                        let share = Quota {
+                            requests: (quota.requests / self.share).max(1),
+                            tokens: (quota.tokens / self.share).max(charge.tokens),
+                            context: (quota.context / self.share).max(charge.context),
+                        };
+                        (local.admit(key, share, charge, &reservation).await?, true)
+                    }
+                    None => {
+                        return Err(ApiError::unavailable(
+                            "Rate limits cannot be checked right now (the shared store is unreachable); retry in a few seconds",
+                        )
+                        .with_retry_after(Duration::from_secs(1)));
+                    }
+                }
+            }
+        };
+        match decision {
+            Decision::Admitted(usage) => Ok(Admission {
+                key: Some(key.to_string()),
+                reservation,
+                quota: Some(quota),
+                usage,
+                local,
+            }),
+            Decision::Denied { usage, retry_ms } => {
+                let wait = retry_ms.div_ceil(1000).max(1);
+                Err(ApiError::new(
+                    ErrorCode::RateLimitExceeded,
+                    "Rate limit exceeded",
+                    format!("Try again in {wait} seconds"),
+                )
+                .with_retry_after(Duration::from_secs(wait))
+                .with_metadata({
+                    let mut headers = rate_headers(quota, usage);
+                    headers.push(("retry-after", wait.to_string()));
+                    headers
+                }))
+            }
+        }
+    }
+
+    /// Replaces the admission's reservation with what the model really used.
+    pub async fn settle(&self, admission: &Admission, used: Charge) {
+        let Some(key) = &admission.key else { return };
+        let outcome = if admission.local {
+            match &self.fallback {
+                Some(local) => local.settle(key, &admission.reservation, used).await,
+                None => Ok(()),
+            }
+        } else {
+            self.backend.settle(key, &admission.reservation, used).await
+        };
+        if let Err(err) = outcome {
+            tracing::warn!(error = %err, "could not settle a token reservation; it expires with the window");
+        }
+    }
+
+    /// Refuses a client this replica has seen fail authentication too often
+    /// (the brute-force guard). Costs no round trip.
+    pub fn check_client(&self, client: &str) -> ApiResult<()> {
+        let blocked = self
+            .blocked
+            .lock()
+            .ok()
+            .and_then(|blocked| blocked.get(client).copied())
+            .is_some_and(|until| until > Instant::now());
+        if blocked {
+            Err(too_many_failures())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Counts a failed authentication from `client` across every replica, and
+    /// turns `error` into RATE_LIMIT_EXCEEDED once the client has failed too often.
+    pub async fn auth_failed(&self, client: &str, error: ApiError) -> ApiError {
+        let failures = match self.backend.record_auth_failure(client, WINDOW).await {
+            Ok(n) => n,
+            Err(_) => match &self.fallback {
+                Some(local) => local.record_auth_failure(client, WINDOW).await.unwrap_or(0),
+                None => 0,
+            },
+        };
+        if failures < AUTH_FAILURES_ALLOWED {
+            return error;
+        }
+        if let Ok(mut blocked) = self.blocked.lock() {
+            let now = Instant::now();
+            blocked.retain(|_, until| *until > now);
+            blocked.insert(client.to_string(), now + WINDOW);
+        }
+        tracing::warn!(
+            client,
+            failures,
+            "client blocked after repeated failed authentication"
+        );
+        too_many_failures()
+    }
+}
+
+fn too_many_failures() -> ApiError {
+    let wait = WINDOW.as_secs();
+    ApiError::new(
+        ErrorCode::RateLimitExceeded,
+        "Too many failed authentications",
+        format!("This address sent too many invalid credentials; Try again in {wait} seconds"),
+    )
+    .with_retry_after(WINDOW)
+    .with_metadata(vec![("retry-after", wait.to_string())])
+}

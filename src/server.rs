@@ -1,0 +1,144 @@
+//! Builds the core from its configuration and serves it on a bound listener.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::auth::Authenticator;
+use crate::config::CoreConfig;
+use crate::gateway::{DefaultLimits, Gateway};
+use crate::keys::Keys;
+use crate::limits::{LocalLimits, RateLimiter, RedisDownPolicy, RedisLimits};
+use crate::proto::key_service_server::KeyServiceServer;
+use crate::proto::session_service_server::SessionServiceServer;
+use crate::proto::system_service_server::SystemServiceServer;
+use crate::providers::{ModelCatalog, OpenAiCompatible, OpenAiConfig, Simulator, ZAI_MODELS};
+use crate::sessions::Sessions;
+use crate::store::{EmbeddedStore, RedisStore, RedisStoreConfig, Store};
+use crate::system::System;
+
+/// File name of the embedded store inside the data folder.
+pub const EMBEDDED_DB_FILE: &str = "gateway.redb";
+
+/// The store, and the rate limiter that goes with it (shared through Redis, or in memory).
+pub async fn open_store(config: &CoreConfig) -> anyhow::Result<(Arc<dyn Store>, RateLimiter)> {
+    match &config.redis_url {
+        Some(url) => {
+            let store = RedisStore::connect(RedisStoreConfig {
+                url: url.clone(),
+                connect_timeout: config.redis_timeout(),
+                response_timeout: config.redis_timeout(),
+            })
+            .await
+            .context("configuring the Redis store")?;
+            if let Err(err) = store.ping().await {
+                tracing::warn!(error = %err, "Redis does not answer yet; requests fail with UNAVAILABLE until it does");
+            }
+            tracing::info!("state store: redis (shared by every replica)");
+            let fallback = match config.rate_limit_redis_down {
+                RedisDownPolicy::Closed => None,
+                RedisDownPolicy::Open => Some((LocalLimits::default(), config.core_replicas)),
+            };
+            tracing::info!(policy = ?config.rate_limit_redis_down, "rate limits: shared sliding window in Redis");
+            let limiter =
+                RateLimiter::new(Arc::new(RedisLimits::new(store.connection())), fallback);
+            Ok((Arc::new(store), limiter))
+        }
+        None => {
+            let path = config.data_dir.join(EMBEDDED_DB_FILE);
+            let store = EmbeddedStore::open(&path)
+                .with_context(|| format!("opening the embedded store at {}", path.display()))?;
+            tracing::info!(path = %path.display(), "state store: embedded (single process; set OPENCLAW_REDIS_URL to scale out)");
+            let limiter = RateLimiter::new(Arc::new(LocalLimits::default()), None);
+            Ok((Arc::new(store), limiter))
+        }
+    }
+}
+
+pub fn model_catalog(config: &CoreConfig) -> anyhow::Result<ModelCatalog> {
+    let mut catalog = ModelCatalog::default();
+    match &config.zai_api_key {
+        Some(key) => {
+            let zai = OpenAiCompatible::new(OpenAiConfig {
+                name: "zai".into(),
+                base_url: config.zai_base_url.clone(),
+                api_key: key.clone(),
+                connect_timeout: config.provider_connect_timeout(),
+                request_timeout: config.provider_timeout(),
+            })?;
+            catalog.add_provider(Arc::new(zai), ZAI_MODELS);
+            tracing::info!(base_url = %config.zai_base_url, "provider zai: {}", ZAI_MODELS.join(", "));
+        }
+        None => {
+            catalog.add_provider(Arc::new(Simulator::new("zai")), ZAI_MODELS);
+            tracing::warn!(
+                "ZAI_API_KEY is not set: the zai models are answered by the built-in OFFLINE SIMULATOR"
+            );
+        }
+    }
+    Ok(catalog)
+}
+
+pub async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
+    let (store, limits) = open_store(config).await?;
+    if config.internal_token.is_none() {
+        tracing::warn!("OPENCLAW_INTERNAL_TOKEN is not set: key administration is disabled");
+    }
+    let auth = Authenticator::new(store.clone(), config.internal_token.clone());
+    let models = model_catalog(config)?;
+    crate::tokenizer::warm_up();
+    Ok(Gateway::new(
+        store,
+        auth,
+        limits,
+        models,
+        DefaultLimits {
+            requests_per_minute: config.default_requests_per_minute,
+            tokens_per_minute: config.default_tokens_per_minute,
+            context_tokens_per_minute: config.default_context_tokens_per_minute,
+        },
+        config.default_max_tokens,
+        // A turn's lock outlives the longest model call it may wait for.
+        config.provider_timeout() + std::time::Duration::from_secs(10),
+        config.replica(),
+    ))
+}
+
+/// Serves the gRPC API on `listener` until `shutdown` resolves, then lets
+/// in-flight calls finish.
+pub async fn run(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<SessionServiceServer<Sessions>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection")?;
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(60)));
+    let draining = gateway.clone();
+    let shutdown = async move {
+        shutdown.await;
+        draining.start_draining();
+        health
+            .set_not_serving::<SessionServiceServer<Sessions>>()
+            .await;
+    };
+    Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(SessionServiceServer::new(Sessions::new(gateway.clone())))
+        .add_service(KeyServiceServer::new(Keys::new(gateway.clone())))
+        .add_service(SystemServiceServer::new(System::new(gateway)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("serving gRPC")
+}

@@ -1,0 +1,624 @@
+//! `SessionService`: conversations with a model. A turn (the user's
+//! message(s) and the model's reply) is stored whole or not at all, and the
+//! turns of one session are taken one at a time, on every replica, by a
+//! leased lock in the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tonic::{Request, Response, Status};
+
+use crate::auth::Principal;
+use crate::convert;
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::gateway::{Gateway, Scope, respond};
+use crate::limits::{Admission, Charge};
+use crate::proto::session_service_server::SessionService;
+use crate::proto::{self, ChatMessage};
+use crate::providers::{ChatRequest, DEFAULT_MODEL, Model};
+use crate::store::{AppendOutcome, LockOutcome, SessionRecord, StoredMessage};
+use crate::tokenizer;
+
+const ROLES: &[&str] = &["system", "user", "assistant"];
+const MAX_SESSION_ID_LEN: usize = 128;
+const MAX_TOKENS_CAP: u32 = 131_072;
+
+pub struct Sessions {
+    gateway: Arc<Gateway>,
+}
+
+impl Sessions {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+}
+
+/// A session id must be safe in URLs and store keys.
+pub fn validate_session_id(id: &str, field: &str) -> ApiResult<()> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_SESSION_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_field(
+            field,
+            "Invalid session id",
+            format!(
+                "The field '{field}' must be 1-{MAX_SESSION_ID_LEN} characters of letters, digits, '-', '_', '.' or ':'"
+            ),
+        ))
+    }
+}
+
+fn validate_message(message: &ChatMessage, field: &str, roles: &[&str]) -> ApiResult<()> {
+    if message.role.is_empty() {
+        return Err(ApiError::invalid_field(
+            format!("{field}.role"),
+            "Missing required field",
+            format!(
+                "The field '{field}.role' is required (one of: {})",
+                roles.join(", ")
+            ),
+        ));
+    }
+    if !roles.contains(&message.role.as_str()) {
+        return Err(ApiError::invalid_field(
+            format!("{field}.role"),
+            "Invalid role",
+            format!(
+                "The field '{field}.role' is '{}'; use one of: {}",
+                message.role.chars().take(40).collect::<String>(),
+                roles.join(", ")
+            ),
+        ));
+    }
+    if message.content.trim().is_empty() {
+        return Err(ApiError::invalid_field(
+            format!("{field}.content"),
+            "Empty message",
+            format!("The field '{field}.content' must not be empty"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_options(options: &Option<proto::GenerationOptions>) -> ApiResult<()> {
+    let Some(options) = options else {
+        return Ok(());
+    };
+    if let Some(t) = options.temperature
+        && !(t.is_finite() && (0.0..=2.0).contains(&t))
+    {
+        return Err(ApiError::invalid_field(
+            "temperature",
+            "Invalid temperature",
+            "The field 'temperature' must be a number from 0 to 2",
+        ));
+    }
+    if let Some(n) = options.max_tokens
+        && !(1..=MAX_TOKENS_CAP).contains(&n)
+    {
+        return Err(ApiError::invalid_field(
+            "maxTokens",
+            "Invalid maxTokens",
+            format!("The field 'maxTokens' must be a whole number from 1 to {MAX_TOKENS_CAP}"),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_page_token(token: &str) -> ApiResult<u64> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token.parse().map_err(|_| {
+        ApiError::invalid_field(
+            "pageToken",
+            "Invalid page token",
+            "The field 'pageToken' must be a nextPageToken from a previous page",
+        )
+    })
+}
+
+fn page_size(requested: u32, default: u32, max: u32) -> ApiResult<u32> {
+    match requested {
+        0 => Ok(default),
+        n if n <= max => Ok(n),
+        _ => Err(ApiError::invalid_field(
+            "pageSize",
+            "Invalid page size",
+            format!("The field 'pageSize' must be from 1 to {max}"),
+        )),
+    }
+}
+
+fn new_session_id() -> String {
+    format!("sess_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The session's turn lock, held until the turn is stored or abandoned.
+struct TurnLock {
+    owner: String,
+    id: String,
+    token: String,
+}
+
+/// The result of one model call, ready to store and return.
+struct Answer {
+    reply: proto::Reply,
+    stored: StoredMessage,
+}
+
+impl Sessions {
+    /// Waits for the session's turn lock. `Ok(None)` when the session does not exist.
+    async fn lock(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> ApiResult<Option<(TurnLock, SessionRecord, Vec<StoredMessage>)>> {
+        let gateway = &self.gateway;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let deadline = tokio::time::Instant::now() + gateway.turn_lease;
+        let mut wait = Duration::from_millis(5);
+        loop {
+            match gateway
+                .store
+                .lock_session(owner, id, &token, gateway.turn_lease)
+                .await?
+            {
+                LockOutcome::Acquired { session, history } => {
+                    let lock = TurnLock {
+                        owner: owner.to_string(),
+                        id: id.to_string(),
+                        token,
+                    };
+                    return Ok(Some((lock, session, history)));
+                }
+                LockOutcome::NoSession => return Ok(None),
+                LockOutcome::Busy => {
+                    if tokio::time::Instant::now() + wait > deadline {
+                        return Err(ApiError::new(
+                            ErrorCode::Conflict,
+                            "Session busy",
+                            "Another message to this session is still being answered; retry when it has finished",
+                        ));
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    async fn release(&self, lock: &TurnLock) {
+        if let Err(err) = self
+            .gateway
+            .store
+            .unlock_session(&lock.owner, &lock.id, &lock.token)
+            .await
+        {
+            // The lease frees it anyway.
+            tracing::warn!(error = %err, session = %lock.id, "could not release a session lock");
+        }
+    }
+
+    /// Admits the call against the caller's limits (reserving the prompt's
+    /// tokens plus the completion's cap), asks the model, and settles the
+    /// reservation with what the provider reports (nothing, if it failed).
+    async fn ask_model(
+        &self,
+        principal: &Principal,
+        model: &Model,
+        transcript: Vec<(String, String)>,
+        temperature: Option<f32>,
+        max_tokens: Option<u32>,
+    ) -> ApiResult<(Answer, Admission)> {
+        let max_tokens = max_tokens.unwrap_or(self.gateway.default_max_tokens);
+        let prompt =
+            tokenizer::count_prompt(transcript.iter().map(|(r, c)| (r.as_str(), c.as_str())));
+        let charge = Charge {
+            tokens: u64::from(prompt) + u64::from(max_tokens),
+            context: u64::from(prompt),
+        };
+        let admission = self.gateway.admit(principal, charge).await?;
+        let _slot = self.gateway.enqueue();
+        let request = ChatRequest {
+            model: model.upstream.clone(),
+            messages: transcript,
+            temperature,
+            max_tokens: Some(max_tokens),
+        };
+        let completion = match model.provider.complete(&request).await {
+            Ok(completion) => completion,
+            Err(err) => {
+                self.gateway
+                    .limits
+                    .settle(&admission, Charge::default())
+                    .await;
+                tracing::warn!(error = %err, provider = model.provider.name(), model = %model.id, "model call failed");
+                return Err(err.into_api_error(model.provider.name(), &model.id));
+            }
+        };
+        let used = Charge {
+            tokens: u64::from(completion.prompt_tokens) + u64::from(completion.completion_tokens),
+            context: u64::from(completion.prompt_tokens),
+        };
+        self.gateway.limits.settle(&admission, used).await;
+        let stored = StoredMessage {
+            role: "assistant".into(),
+            content: completion.content,
+            created_at: Utc::now(),
+        };
+        let reply = proto::Reply {
+            message: Some(convert::message(&stored)),
+            usage: Some(proto::Usage {
+                prompt_tokens: completion.prompt_tokens,
+                completion_tokens: completion.completion_tokens,
+                total_tokens: completion
+                    .prompt_tokens
+                    .saturating_add(completion.completion_tokens),
+            }),
+            model: model.id.clone(),
+            simulated: model.provider.simulated(),
+            finish_reason: completion.finish_reason,
+        };
+        Ok((Answer { reply, stored }, admission))
+    }
+
+    /// Asks the model when `new` ends with a user message; otherwise admits a plain request.
+    async fn answer_if_asked(
+        &self,
+        principal: &Principal,
+        model: &Model,
+        history: &[StoredMessage],
+        new: &mut Vec<StoredMessage>,
+        temperature: Option<f32>,
+        max_tokens: Option<u32>,
+    ) -> ApiResult<(Option<proto::Reply>, Admission)> {
+        if !new.last().is_some_and(|m| m.role == "user") {
+            return Ok((
+                None,
+                self.gateway.admit(principal, Charge::default()).await?,
+            ));
+        }
+        let transcript = history
+            .iter()
+            .chain(new.iter())
+            .map(|m| (m.role.clone(), m.content.clone()))
+            .collect();
+        let (answer, admission) = self
+            .ask_model(principal, model, transcript, temperature, max_tokens)
+            .await?;
+        new.push(answer.stored);
+        Ok((Some(answer.reply), admission))
+    }
+
+    /// Runs one turn on a locked, existing session: history + `new` to the
+    /// model when `new` ends with a user message, then stores `new` and the
+    /// reply together and releases the lock.
+    async fn turn(
+        &self,
+        principal: &Principal,
+        lock: TurnLock,
+        session: &SessionRecord,
+        history: Vec<StoredMessage>,
+        new: Vec<StoredMessage>,
+        options: Option<proto::GenerationOptions>,
+    ) -> ApiResult<(Option<proto::Reply>, Admission)> {
+        let outcome = self
+            .turn_locked(principal, &lock, session, history, new, options)
+            .await;
+        if outcome.is_err() {
+            self.release(&lock).await;
+        }
+        outcome
+    }
+
+    async fn turn_locked(
+        &self,
+        principal: &Principal,
+        lock: &TurnLock,
+        session: &SessionRecord,
+        history: Vec<StoredMessage>,
+        mut new: Vec<StoredMessage>,
+        options: Option<proto::GenerationOptions>,
+    ) -> ApiResult<(Option<proto::Reply>, Admission)> {
+        let model = self.gateway.models.resolve(&session.model)?.clone();
+        let (temperature, max_tokens) = merge_options(session, options.as_ref());
+        let (reply, admission) = self
+            .answer_if_asked(
+                principal,
+                &model,
+                &history,
+                &mut new,
+                temperature,
+                max_tokens,
+            )
+            .await?;
+        match self
+            .gateway
+            .store
+            .append_turn(&lock.owner, &lock.id, &lock.token, &new, Utc::now())
+            .await?
+        {
+            AppendOutcome::Appended => Ok((reply, admission)),
+            AppendOutcome::SessionGone => Err(ApiError::not_found("Session", &lock.id)),
+            AppendOutcome::LockLost => Err(ApiError::new(
+                ErrorCode::Conflict,
+                "Turn not stored",
+                "The session's turn lock expired before the reply arrived, so nothing was stored; send the message again",
+            )),
+        }
+    }
+}
+
+fn merge_options(
+    session: &SessionRecord,
+    options: Option<&proto::GenerationOptions>,
+) -> (Option<f32>, Option<u32>) {
+    (
+        options.and_then(|o| o.temperature).or(session.temperature),
+        options.and_then(|o| o.max_tokens).or(session.max_tokens),
+    )
+}
+
+fn to_stored(messages: &[ChatMessage]) -> Vec<StoredMessage> {
+    let now = Utc::now();
+    messages
+        .iter()
+        .map(|m| StoredMessage {
+            role: m.role.clone(),
+            content: m.content.clone(),
+            created_at: now,
+        })
+        .collect()
+}
+
+fn reply_response<T>(
+    message: T,
+    reply: Option<&proto::Reply>,
+    admission: &Admission,
+) -> Response<T> {
+    let mut response = respond(message, admission);
+    if reply.is_some_and(|r| r.simulated) {
+        response.metadata_mut().insert(
+            "openclaw-simulated",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+    }
+    response
+}
+
+const SESSIONS: Scope = Scope::Named("sessions");
+
+#[tonic::async_trait]
+impl SessionService for Sessions {
+    async fn create_session(
+        &self,
+        request: Request<proto::CreateSessionRequest>,
+    ) -> Result<Response<proto::CreateSessionResponse>, Status> {
+        let principal = self.gateway.authorize(&request, SESSIONS).await?;
+        let owner = principal.owner_id().to_string();
+        let body = request.into_inner();
+        let model_id = if body.model.is_empty() {
+            DEFAULT_MODEL
+        } else {
+            body.model.as_str()
+        };
+        let model = self.gateway.models.resolve(model_id)?.clone();
+        for (i, message) in body.messages.iter().enumerate() {
+            validate_message(message, &format!("messages[{i}]"), ROLES)?;
+        }
+        validate_options(&body.options)?;
+        let requested_id = body
+            .context
+            .as_ref()
+            .map(|c| c.session_id.as_str())
+            .unwrap_or("");
+        if !requested_id.is_empty() {
+            validate_session_id(requested_id, "context.sessionId")?;
+        }
+        let new = to_stored(&body.messages);
+
+        // Continue a session the caller already owns.
+        if !requested_id.is_empty()
+            && let Some((lock, session, history)) = self.lock(&owner, requested_id).await?
+        {
+            let (reply, admission) = self
+                .turn(&principal, lock, &session, history, new, body.options)
+                .await?;
+            let mut session = session;
+            session.message_count += body.messages.len() as u32 + u32::from(reply.is_some());
+            let message = proto::CreateSessionResponse {
+                session: Some(convert::session(&session)),
+                reply,
+                created: false,
+            };
+            let reply = message.reply.clone();
+            return Ok(reply_response(message, reply.as_ref(), &admission));
+        }
+
+        let now = Utc::now();
+        let id = if requested_id.is_empty() {
+            new_session_id()
+        } else {
+            requested_id.to_string()
+        };
+        let mut session = SessionRecord {
+            owner: owner.clone(),
+            id,
+            model: model.id.clone(),
+            status: "active".into(),
+            created_at: now,
+            updated_at: now,
+            temperature: body.options.as_ref().and_then(|o| o.temperature),
+            max_tokens: body.options.as_ref().and_then(|o| o.max_tokens),
+            message_count: 0,
+        };
+        let mut stored = new;
+        let (reply, admission) = self
+            .answer_if_asked(
+                &principal,
+                &model,
+                &[],
+                &mut stored,
+                session.temperature,
+                session.max_tokens,
+            )
+            .await?;
+        session.updated_at = Utc::now();
+        if !self
+            .gateway
+            .store
+            .create_session(&session, &stored)
+            .await
+            .map_err(ApiError::from)?
+        {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "Session created concurrently",
+                format!(
+                    "Another request created the session '{}' at the same moment; send your messages to it with POST /api/v1/sessions/{}/messages",
+                    session.id, session.id
+                ),
+            )
+            .into());
+        }
+        session.message_count = stored.len() as u32;
+        let message = proto::CreateSessionResponse {
+            session: Some(convert::session(&session)),
+            reply: reply.clone(),
+            created: true,
+        };
+        Ok(reply_response(message, reply.as_ref(), &admission))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<proto::SendMessageRequest>,
+    ) -> Result<Response<proto::SendMessageResponse>, Status> {
+        let principal = self.gateway.authorize(&request, SESSIONS).await?;
+        let owner = principal.owner_id().to_string();
+        let body = request.into_inner();
+        validate_session_id(&body.session_id, "sessionId")?;
+        let Some(message) = body.message.as_ref() else {
+            return Err(ApiError::invalid_field(
+                "message",
+                "Missing required field",
+                "The field 'message' is required: {\"message\": {\"role\": \"user\", \"content\": \"...\"}}",
+            )
+            .into());
+        };
+        validate_message(message, "message", &["user"])?;
+        validate_options(&body.options)?;
+        let Some((lock, session, history)) = self.lock(&owner, &body.session_id).await? else {
+            return Err(ApiError::not_found("Session", &body.session_id).into());
+        };
+        let new = to_stored(std::slice::from_ref(message));
+        let (reply, admission) = self
+            .turn(&principal, lock, &session, history, new, body.options)
+            .await?;
+        let out = proto::SendMessageResponse {
+            session_id: body.session_id,
+            reply: reply.clone(),
+        };
+        Ok(reply_response(out, reply.as_ref(), &admission))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<proto::GetSessionRequest>,
+    ) -> Result<Response<proto::Session>, Status> {
+        let (principal, admission) = self.gateway.enter(&request, SESSIONS).await?;
+        let owner = principal.owner_id();
+        let id = &request.get_ref().session_id;
+        validate_session_id(id, "sessionId")?;
+        match self
+            .gateway
+            .store
+            .get_session(owner, id)
+            .await
+            .map_err(ApiError::from)?
+        {
+            Some(session) => Ok(respond(convert::session(&session), &admission)),
+            None => Err(ApiError::not_found("Session", id).into()),
+        }
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<proto::ListSessionsRequest>,
+    ) -> Result<Response<proto::ListSessionsResponse>, Status> {
+        let (principal, admission) = self.gateway.enter(&request, SESSIONS).await?;
+        let owner = principal.owner_id();
+        let body = request.get_ref();
+        let offset = parse_page_token(&body.page_token)?;
+        let limit = page_size(body.page_size, 50, 200)?;
+        let page = self
+            .gateway
+            .store
+            .list_sessions(owner, offset, limit)
+            .await
+            .map_err(ApiError::from)?;
+        let out = proto::ListSessionsResponse {
+            sessions: page.items.iter().map(convert::session).collect(),
+            next_page_token: page.next.map(|n| n.to_string()).unwrap_or_default(),
+        };
+        Ok(respond(out, &admission))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<proto::ListMessagesRequest>,
+    ) -> Result<Response<proto::ListMessagesResponse>, Status> {
+        let (principal, admission) = self.gateway.enter(&request, SESSIONS).await?;
+        let owner = principal.owner_id();
+        let body = request.get_ref();
+        validate_session_id(&body.session_id, "sessionId")?;
+        let offset = parse_page_token(&body.page_token)?;
+        let limit = page_size(body.page_size, 100, 1000)?;
+        let store = &self.gateway.store;
+        if store
+            .get_session(owner, &body.session_id)
+            .await
+            .map_err(ApiError::from)?
+            .is_none()
+        {
+            return Err(ApiError::not_found("Session", &body.session_id).into());
+        }
+        let page = store
+            .list_messages(owner, &body.session_id, offset, limit)
+            .await
+            .map_err(ApiError::from)?;
+        let out = proto::ListMessagesResponse {
+            messages: page.items.iter().map(convert::message).collect(),
+            next_page_token: page.next.map(|n| n.to_string()).unwrap_or_default(),
+        };
+        Ok(respond(out, &admission))
+    }
+
+    async fn delete_session(
+        &self,
+        request: Request<proto::DeleteSessionRequest>,
+    ) -> Result<Response<proto::DeleteSessionResponse>, Status> {
+        let (principal, admission) = self.gateway.enter(&request, SESSIONS).await?;
+        let owner = principal.owner_id();
+        let id = &request.get_ref().session_id;
+        validate_session_id(id, "sessionId")?;
+        if self
+            .gateway
+            .store
+            .delete_session(owner, id)
+            .await
+            .map_err(ApiError::from)?
+        {
+            Ok(respond(proto::DeleteSessionResponse {}, &admission))
+        } else {
+            Err(ApiError::not_found("Session", id).into())
+        }
+    }
+}

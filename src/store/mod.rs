@@ -1,0 +1,204 @@
+//! All durable state behind one interface, with two implementations that pass
+//! the same conformance suite (`tests/store_conformance.rs`):
+//! [`RedisStore`] for scaled deployments and [`EmbeddedStore`] (a redb file)
+//! for the single-machine default.
+//!
+//! Sessions are addressed by `(owner, session_id)`: a key's sessions live in
+//! its own namespace, so a client-chosen session id can never collide with, or
+//! reveal, another key's session.
+
+mod embedded;
+mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use self::embedded::EmbeddedStore;
+pub use self::redis::{RedisStore, RedisStoreConfig};
+
+/// A failure of the storage backend itself (never "not found": that is `Ok(None)`/`Ok(false)`).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage backend timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Per-key limits; `None` takes the configured default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyLimits {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub context_tokens_per_minute: Option<u64>,
+}
+
+/// An API key as stored: never the secret, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: String,
+    /// Lowercase hex SHA-256 of the whole key.
+    pub secret_hash: String,
+    /// The first characters of the key, safe to show.
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    pub limits: KeyLimits,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl KeyRecord {
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRecord {
+    /// The id of the key that owns the session.
+    pub owner: String,
+    pub id: String,
+    pub model: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Defaults for later turns, from the create request.
+    pub temperature: Option<f32>,
+    pub max_tokens: Option<u32>,
+    /// Filled in by reads; ignored on writes.
+    #[serde(default)]
+    pub message_count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredMessage {
+    pub role: String,
+    pub content: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What became of an [`Store::append_turn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Appended,
+    /// The lock was not held with this token any more (its lease ran out): nothing was written.
+    LockLost,
+    /// The session was deleted meanwhile: nothing was written.
+    SessionGone,
+}
+
+/// One page of a listing; `next` is the offset of the following page, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<u64>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// "redis" or "embedded-store": how status and logs name this backend.
+    fn name(&self) -> &'static str;
+
+    /// A cheap round trip that proves the backend answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // ---- API keys ----
+
+    /// Stores a new key. Ids and hashes are fresh by construction (random).
+    async fn insert_key(&self, key: &KeyRecord) -> StoreResult<()>;
+    async fn key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<KeyRecord>>;
+    async fn key_by_id(&self, id: &str) -> StoreResult<Option<KeyRecord>>;
+    /// Every key, oldest first.
+    async fn list_keys(&self) -> StoreResult<Vec<KeyRecord>>;
+    /// Replaces an existing key's record (name, limits, revocation, last use).
+    /// Returns false when no key has that id; the secret hash never changes.
+    /// Revocation is permanent: a write racing a revoke never clears it.
+    async fn update_key(&self, key: &KeyRecord) -> StoreResult<bool>;
+
+    /// Records that the key was used at `at` (never moving the time backwards).
+    async fn touch_key(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        if let Some(mut key) = self.key_by_id(id).await?
+            && key.last_used_at.is_none_or(|last| last < at)
+        {
+            key.last_used_at = Some(at);
+            self.update_key(&key).await?;
+        }
+        Ok(())
+    }
+
+    // ---- sessions ----
+
+    /// Creates the session with its first messages, atomically. Returns false
+    /// (and writes nothing) when the owner already has a session with that id.
+    async fn create_session(
+        &self,
+        session: &SessionRecord,
+        messages: &[StoredMessage],
+    ) -> StoreResult<bool>;
+    async fn get_session(&self, owner: &str, id: &str) -> StoreResult<Option<SessionRecord>>;
+    /// The owner's sessions, newest first.
+    async fn list_sessions(
+        &self,
+        owner: &str,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<Page<SessionRecord>>;
+    /// Messages in the order they were stored.
+    async fn list_messages(
+        &self,
+        owner: &str,
+        id: &str,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<Page<StoredMessage>>;
+    /// Deletes the session and its history. Returns false when there was none.
+    async fn delete_session(&self, owner: &str, id: &str) -> StoreResult<bool>;
+
+    /// Takes the session's turn lock for `lease` unless another holder has it,
+    /// and reads the session with its whole history under the lock, in one step.
+    async fn lock_session(
+        &self,
+        owner: &str,
+        id: &str,
+        token: &str,
+        lease: Duration,
+    ) -> StoreResult<LockOutcome>;
+    /// Appends a whole turn (user message(s) and the reply) and releases the
+    /// lock, atomically, if and only if `token` still holds the lock.
+    async fn append_turn(
+        &self,
+        owner: &str,
+        id: &str,
+        token: &str,
+        messages: &[StoredMessage],
+        at: DateTime<Utc>,
+    ) -> StoreResult<AppendOutcome>;
+    /// Releases the lock if `token` holds it; otherwise does nothing.
+    async fn unlock_session(&self, owner: &str, id: &str, token: &str) -> StoreResult<()>;
+}
+
+/// What [`Store::lock_session`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LockOutcome {
+    Acquired {
+        session: SessionRecord,
+        history: Vec<StoredMessage>,
+    },
+    /// Another holder has the lock; try again later.
+    Busy,
+    /// The owner has no such session; no lock was taken.
+    NoSession,
+}

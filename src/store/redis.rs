@@ -1,0 +1,524 @@
+//! The shared store for scaled deployments: every replica of the core reads and
+//! writes the same Redis, so any replica can serve any key, session or job.
+//!
+//! Layout (all keys under `oc:`; a session's keys share one hash tag so its
+//! scripts touch a single slot):
+//! - `oc:key:<id>` the key record (JSON); `oc:keyhash:<sha256>` → id; `oc:keys` zset of ids by creation.
+//! - `oc:s:{<owner>/<id>}:meta` hash {record (JSON), updatedAt}; `…:msgs` list of messages (JSON);
+//!   `…:lock` the turn lock's token, with a lease (PX).
+//! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time.
+//!
+//! Every command goes through one multiplexed, auto-reconnecting connection
+//! with connect and response timeouts, so a dead Redis fails a request fast
+//! instead of hanging it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use super::{
+    AppendOutcome, KeyRecord, LockOutcome, Page, SessionRecord, Store, StoreError, StoreResult,
+    StoredMessage,
+};
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisStoreConfig {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
+    pub url: String,
+    /// Bound on establishing a connection.
+    pub connect_timeout: Duration,
+    /// Bound on any single command's answer.
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisStoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            connect_timeout: Duration::from_millis(1000),
+            response_timeout: Duration::from_millis(1000),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+struct Scripts {
+    create_session: Script,
+    lock_session: Script,
+    append_turn: Script,
+    unlock_session: Script,
+    delete_session: Script,
+    update_key: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            create_session: Script::new(
+                r#"
+                if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+                redis.call('HSET', KEYS[1], 'record', ARGV[1], 'updatedAt', ARGV[2])
+                for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+                redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+                return 1
+                "#,
+            ),
+            lock_session: Script::new(
+                r#"
+                if redis.call('EXISTS', KEYS[2]) == 0 then return {'none'} end
+                local holder = redis.call('GET', KEYS[1])
+                if holder and holder ~= ARGV[1] then return {'busy'} end
+                redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+                local meta = redis.call('HMGET', KEYS[2], 'record', 'updatedAt')
+                local out = {'ok', meta[1], meta[2]}
+                local msgs = redis.call('LRANGE', KEYS[3], 0, -1)
+                for i = 1, #msgs do out[#out + 1] = msgs[i] end
+                return out
+                "#,
+            ),
+            append_turn: Script::new(
+                r#"
+                if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
+                if redis.call('EXISTS', KEYS[2]) == 0 then
+                  redis.call('DEL', KEYS[1])
+                  return 'gone'
+                end
+                for i = 3, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+                redis.call('HSET', KEYS[2], 'updatedAt', ARGV[2])
+                redis.call('DEL', KEYS[1])
+                return 'ok'
+                "#,
+            ),
+            unlock_session: Script::new(
+                r#"
+                if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+                return 1
+                "#,
+            ),
+            // The lock is left to its lease, so a turn in progress learns
+            // that the session is gone rather than that it lost the lock.
+            delete_session: Script::new(
+                r#"
+                local n = redis.call('DEL', KEYS[1])
+                redis.call('DEL', KEYS[2])
+                redis.call('ZREM', KEYS[3], ARGV[1])
+                return n
+                "#,
+            ),
+            // Revocation is permanent: a write that would clear it (a stale
+            // read-modify-write racing a revoke) is refused with -1.
+            update_key: Script::new(
+                r#"
+                local cur = redis.call('GET', KEYS[1])
+                if not cur then return 0 end
+                if string.find(cur, '"revokedAt":"', 1, true) and not string.find(ARGV[1], '"revokedAt":"', 1, true) then
+                  return -1
+                end
+                redis.call('SET', KEYS[1], ARGV[1])
+                return 1
+                "#,
+            ),
+        }
+    }
+}
+
+fn session_base(owner: &str, id: &str) -> String {
+    format!("oc:s:{{{owner}/{id}}}")
+}
+
+fn owner_index(owner: &str) -> String {
+    format!("oc:o:{owner}:sessions")
+}
+
+fn key_key(id: &str) -> String {
+    format!("oc:key:{id}")
+}
+
+fn key_hash_key(hash: &str) -> String {
+    format!("oc:keyhash:{hash}")
+}
+
+const KEYS_INDEX: &str = "oc:keys";
+
+fn to_store_error(err: redis::RedisError) -> StoreError {
+    if err.is_timeout() {
+        StoreError::Timeout(Duration::ZERO)
+    } else {
+        StoreError::Unavailable(err.to_string())
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> StoreResult<T> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode_session(
+    record: &str,
+    updated_at: Option<&str>,
+    count: u32,
+) -> StoreResult<SessionRecord> {
+    let mut session: SessionRecord = decode(record)?;
+    if let Some(raw) = updated_at {
+        session.updated_at = DateTime::parse_from_rfc3339(raw)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .with_timezone(&Utc);
+    }
+    session.message_count = count;
+    Ok(session)
+}
+
+impl RedisStore {
+    /// Prepares the connection. It is made lazily and remade after failures,
+    /// so the core starts (and reports Redis as down) while Redis is away.
+    pub async fn connect(config: RedisStoreConfig) -> StoreResult<Self> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(to_store_error)?;
+        Ok(Self {
+            conn,
+            scripts: std::sync::Arc::new(Scripts::new()),
+        })
+    }
+
+    /// The shared connection, for other Redis-backed parts of the core.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(to_store_error)?;
+        Ok(())
+    }
+
+    async fn insert_key(&self, key: &KeyRecord) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .set(key_key(&key.id), encode(key)?)
+            .set(key_hash_key(&key.secret_hash), &key.id)
+            .zadd(KEYS_INDEX, &key.id, key.created_at.timestamp_millis())
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(to_store_error)
+    }
+
+    async fn key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<KeyRecord>> {
+        let mut conn = self.conn.clone();
+        let id: Option<String> = conn
+            .get(key_hash_key(secret_hash))
+            .await
+            .map_err(to_store_error)?;
+        match id {
+            Some(id) => self.key_by_id(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn key_by_id(&self, id: &str) -> StoreResult<Option<KeyRecord>> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = conn.get(key_key(id)).await.map_err(to_store_error)?;
+        raw.as_deref().map(decode).transpose()
+    }
+
+    async fn list_keys(&self) -> StoreResult<Vec<KeyRecord>> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = conn
+            .zrange(KEYS_INDEX, 0, -1)
+            .await
+            .map_err(to_store_error)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| key_key(id)).collect();
+        let raws: Vec<Option<String>> = conn.mget(keys).await.map_err(to_store_error)?;
+        raws.iter().flatten().map(|raw| decode(raw)).collect()
+    }
+
+    async fn update_key(&self, key: &KeyRecord) -> StoreResult<bool> {
+        let mut conn = self.conn.clone();
+        let mut record = key.clone();
+        loop {
+            let outcome: i64 = self
+                .scripts
+                .update_key
+                .key(key_key(&record.id))
+                .arg(encode(&record)?)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(to_store_error)?;
+            match outcome {
+                1 => return Ok(true),
+                0 => return Ok(false),
+                _ => {
+                    // Revoked meanwhile: keep the revocation, apply the rest.
+                    let Some(current) = self.key_by_id(&record.id).await? else {
+                        return Ok(false);
+                    };
+                    record.revoked_at = current.revoked_at;
+                }
+            }
+        }
+    }
+
+    async fn create_session(
+        &self,
+        session: &SessionRecord,
+        messages: &[StoredMessage],
+    ) -> StoreResult<bool> {
+        let base = session_base(&session.owner, &session.id);
+        let mut invocation = self.scripts.create_session.prepare_invoke();
+        invocation
+            .key(format!("{base}:meta"))
+            .key(format!("{base}:msgs"))
+            .key(owner_index(&session.owner))
+            .arg(encode(session)?)
+            .arg(session.updated_at.to_rfc3339())
+            .arg(session.created_at.timestamp_millis())
+            .arg(&session.id);
+        for message in messages {
+            invocation.arg(encode(message)?);
+        }
+        let mut conn = self.conn.clone();
+        let created: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(to_store_error)?;
+        Ok(created == 1)
+    }
+
+    async fn get_session(&self, owner: &str, id: &str) -> StoreResult<Option<SessionRecord>> {
+        let base = session_base(owner, id);
+        let mut conn = self.conn.clone();
+        let ((record, updated_at), count): ((Option<String>, Option<String>), u32) = redis::pipe()
+            .cmd("HMGET")
+            .arg(format!("{base}:meta"))
+            .arg("record")
+            .arg("updatedAt")
+            .llen(format!("{base}:msgs"))
+            .query_async(&mut conn)
+            .await
+            .map_err(to_store_error)?;
+        match record {
+            Some(record) => Ok(Some(decode_session(&record, updated_at.as_deref(), count)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_sessions(
+        &self,
+        owner: &str,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<Page<SessionRecord>> {
+        let mut conn = self.conn.clone();
+        let start = offset as isize;
+        let stop = start + limit as isize; // one extra to learn whether more remain
+        let mut ids: Vec<String> = conn
+            .zrevrange(owner_index(owner), start, stop)
+            .await
+            .map_err(to_store_error)?;
+        let more = ids.len() > limit as usize;
+        ids.truncate(limit as usize);
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            let base = session_base(owner, id);
+            pipe.cmd("HMGET")
+                .arg(format!("{base}:meta"))
+                .arg("record")
+                .arg("updatedAt");
+            pipe.llen(format!("{base}:msgs"));
+        }
+        let rows: Vec<((Option<String>, Option<String>), u32)> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            let flat: Vec<redis::Value> =
+                pipe.query_async(&mut conn).await.map_err(to_store_error)?;
+            flat.chunks(2)
+                .map(|pair| {
+                    let meta = redis::from_redis_value(pair[0].clone())
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let count = redis::from_redis_value(pair[1].clone())
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    Ok((meta, count))
+                })
+                .collect::<StoreResult<_>>()?
+        };
+        let mut items = Vec::with_capacity(rows.len());
+        for ((record, updated_at), count) in rows {
+            // A session deleted between the two reads is simply not listed.
+            if let Some(record) = record {
+                items.push(decode_session(&record, updated_at.as_deref(), count)?);
+            }
+        }
+        Ok(Page {
+            items,
+            next: more.then(|| offset + limit as u64),
+        })
+    }
+
+    async fn list_messages(
+        &self,
+        owner: &str,
+        id: &str,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<Page<StoredMessage>> {
+        let base = session_base(owner, id);
+        let mut conn = self.conn.clone();
+        let start = offset as isize;
+        let stop = start + limit as isize;
+        let raws: Vec<String> = conn
+            .lrange(format!("{base}:msgs"), start, stop)
+            .await
+            .map_err(to_store_error)?;
+        let more = raws.len() > limit as usize;
+        let items = raws
+            .iter()
+            .take(limit as usize)
+            .map(|raw| decode(raw))
+            .collect::<StoreResult<Vec<StoredMessage>>>()?;
+        Ok(Page {
+            items,
+            next: more.then(|| offset + limit as u64),
+        })
+    }
+
+    async fn delete_session(&self, owner: &str, id: &str) -> StoreResult<bool> {
+        let base = session_base(owner, id);
+        let mut conn = self.conn.clone();
+        let deleted: i64 = self
+            .scripts
+            .delete_session
+            .key(format!("{base}:meta"))
+            .key(format!("{base}:msgs"))
+            .key(owner_index(owner))
+            .arg(id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(to_store_error)?;
+        Ok(deleted == 1)
+    }
+
+    async fn lock_session(
+        &self,
+        owner: &str,
+        id: &str,
+        token: &str,
+        lease: Duration,
+    ) -> StoreResult<LockOutcome> {
+        let base = session_base(owner, id);
+        let mut conn = self.conn.clone();
+        let reply: Vec<Option<String>> = self
+            .scripts
+            .lock_session
+            .key(format!("{base}:lock"))
+            .key(format!("{base}:meta"))
+            .key(format!("{base}:msgs"))
+            .arg(token)
+            .arg(lease.as_millis().max(1) as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(to_store_error)?;
+        match reply.first().and_then(|s| s.as_deref()) {
+            Some("none") => Ok(LockOutcome::NoSession),
+            Some("busy") => Ok(LockOutcome::Busy),
+            Some("ok") => {
+                let record = reply
+                    .get(1)
+                    .and_then(|r| r.as_deref())
+                    .ok_or_else(|| StoreError::Corrupt(format!("session {id} has no record")))?;
+                let history = reply[3..]
+                    .iter()
+                    .flatten()
+                    .map(|raw| decode(raw))
+                    .collect::<StoreResult<Vec<StoredMessage>>>()?;
+                let session = decode_session(
+                    record,
+                    reply.get(2).and_then(|r| r.as_deref()),
+                    history.len() as u32,
+                )?;
+                Ok(LockOutcome::Acquired { session, history })
+            }
+            other => Err(StoreError::Corrupt(format!(
+                "unexpected lock reply {other:?}"
+            ))),
+        }
+    }
+
+    async fn append_turn(
+        &self,
+        owner: &str,
+        id: &str,
+        token: &str,
+        messages: &[StoredMessage],
+        at: DateTime<Utc>,
+    ) -> StoreResult<AppendOutcome> {
+        let base = session_base(owner, id);
+        let mut invocation = self.scripts.append_turn.prepare_invoke();
+        invocation
+            .key(format!("{base}:lock"))
+            .key(format!("{base}:meta"))
+            .key(format!("{base}:msgs"))
+            .arg(token)
+            .arg(at.to_rfc3339());
+        for message in messages {
+            invocation.arg(encode(message)?);
+        }
+        let mut conn = self.conn.clone();
+        let outcome: String = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(to_store_error)?;
+        match outcome.as_str() {
+            "ok" => Ok(AppendOutcome::Appended),
+            "lost" => Ok(AppendOutcome::LockLost),
+            "gone" => Ok(AppendOutcome::SessionGone),
+            other => Err(StoreError::Corrupt(format!(
+                "unexpected append reply {other:?}"
+            ))),
+        }
+    }
+
+    async fn unlock_session(&self, owner: &str, id: &str, token: &str) -> StoreResult<()> {
+        let base = session_base(owner, id);
+        let mut conn = self.conn.clone();
+        self.scripts
+            .unlock_session
+            .key(format!("{base}:lock"))
+            .arg(token)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(to_store_error)?;
+        Ok(())
+    }
+}

@@ -1,1 +1,43 @@
+//! OpenClaw Gateway's REST edge: the guide's JSON API over HTTP, translated into the core's
+//! `openclaw.v1` gRPC API.
+//!
+//! The edge decides nothing. Authentication, limits, validation and state live in the core; the
+//! edge checks only the JSON shape, forwards the caller's identity as gRPC metadata, and renders
+//! the core's answer (or error) into the guide's envelope.
+
+use std::time::Duration;
+
 pub mod proto;
+
+mod core_client;
+mod envelope;
+mod error;
+mod extract;
+mod headers;
+mod openapi;
+mod routes;
+mod server;
+mod timestamp;
+
+pub use server::serve;
+
+/// How the edge reaches the core and what it accepts from clients.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// The core replicas' gRPC endpoints (`http://host:port`); calls are balanced across them.
+    pub core_urls: Vec<String>,
+    /// The largest request body accepted, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// How long the edge waits for the core on one call (model calls included).
+    pub core_timeout: Duration,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            core_urls: vec!["http://127.0.0.1:50051".into()],
+            max_body_bytes: 1024 * 1024,
+            core_timeout: Duration::from_secs(180),
+        }
+    }
+}

@@ -1,0 +1,533 @@
+//! The one error type of the edge, and the one place where an error code becomes an HTTP status.
+//!
+//! Errors reach the edge from two sides: the core answers a failed call with a `tonic::Status`
+//! carrying `google.rpc.ErrorInfo` (the code name and the details sentence), and the edge itself
+//! rejects requests whose JSON shape, headers or route are wrong. Both end as an [`ApiError`],
+//! rendered into the guide's envelope by its `IntoResponse`.
+
+use std::time::Duration;
+
+use axum::{
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+use crate::{envelope::ErrorEnvelope, headers, proto::ErrorCode};
+
+/// What the edge tells the caller when a request fails.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiError {
+    pub(crate) code: ErrorCode,
+    /// A short summary ("Missing required field").
+    pub(crate) message: String,
+    /// What to fix ("The field 'model' is required").
+    pub(crate) details: String,
+    /// Whole seconds; only for `RATE_LIMIT_EXCEEDED`.
+    pub(crate) retry_after: Option<u64>,
+    /// Set where the contract refines a code's status (413, 415, 405 for `INVALID_REQUEST`).
+    status_override: Option<StatusCode>,
+    /// Headers the core asked to pass on (rate-limit state, `Retry-After`). Boxed: most errors
+    /// have none, and the error travels in every handler's `Result`.
+    headers: Option<Box<HeaderMap>>,
+}
+
+/// The HTTP status of each code. The proto's `ErrorCode` comment holds the same table.
+pub(crate) fn http_status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::RateLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::InternalError | ErrorCode::Unspecified => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::UpstreamError => StatusCode::BAD_GATEWAY,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+    }
+}
+
+/// The name a code has on the wire ("INVALID_REQUEST"); the unspecified code never leaves the edge.
+pub(crate) fn code_name(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Unspecified => ErrorCode::InternalError.as_str_name(),
+        other => other.as_str_name(),
+    }
+}
+
+impl ApiError {
+    pub(crate) fn new(
+        code: ErrorCode,
+        message: impl Into<String>,
+        details: impl Into<String>,
+    ) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: details.into(),
+            retry_after: None,
+            status_override: None,
+            headers: None,
+        }
+    }
+
+    pub(crate) fn invalid_request(message: impl Into<String>, details: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message, details)
+    }
+
+    pub(crate) fn internal() -> Self {
+        Self::new(
+            ErrorCode::InternalError,
+            "Internal server error",
+            "The gateway could not complete the request; retry later, and report the X-Request-ID if it persists",
+        )
+    }
+
+    /// The core cannot be reached (down, restarting, or misconfigured address).
+    pub(crate) fn core_unreachable() -> Self {
+        Self::new(
+            ErrorCode::Unavailable,
+            "The gateway core is unreachable",
+            "Retry shortly; if it persists, check that openclaw-gateway serve is running and OPENCLAW_CORE_URL points at it",
+        )
+    }
+
+    /// The core did not answer within the edge's deadline.
+    pub(crate) fn core_timeout(timeout: Duration) -> Self {
+        Self::new(
+            ErrorCode::UpstreamTimeout,
+            "The gateway core did not answer in time",
+            format!(
+                "No answer within {} seconds; retry later, with the same X-Request-ID to avoid a duplicate",
+                timeout.as_secs()
+            ),
+        )
+    }
+
+    /// The core answered, but without a part the contract promises.
+    pub(crate) fn incomplete_answer(what: &str) -> Self {
+        tracing::error!(missing = what, "the core's answer lacks a required field");
+        Self::internal()
+    }
+
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
+        self.status_override = Some(status);
+        self
+    }
+
+    pub(crate) fn with_headers(mut self, headers: HeaderMap) -> Self {
+        self.headers = (!headers.is_empty()).then(|| Box::new(headers));
+        self
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status_override
+            .unwrap_or_else(|| http_status(self.code))
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} ({})",
+            code_name(self.code),
+            self.message,
+            self.details
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
+        }
+        let retry_after = match self.code {
+            ErrorCode::RateLimitExceeded => self.retry_after,
+            _ => None,
+        };
+        let body = ErrorEnvelope::new(
+            code_name(self.code),
+            self.message,
+            self.details,
+            retry_after,
+        );
+        let mut response = (status, crate::envelope::json_body(&body)).into_response();
+        let out = response.headers_mut();
+        if let Some(forwarded) = self.headers {
+            out.extend(*forwarded);
+        }
+        if let Some(seconds) = retry_after
+            && !out.contains_key(header::RETRY_AFTER)
+        {
+            out.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// A failed core call. The core names the code in `ErrorInfo.reason`; a status without one came
+/// from the transport (or from something that is not our core) and is mapped by its gRPC code.
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        let forwarded = headers::forwardable(status.metadata());
+        let details = status.get_error_details();
+        let named = details.error_info().and_then(|info| {
+            ErrorCode::from_str_name(&info.reason)
+                .filter(|code| *code != ErrorCode::Unspecified)
+                .map(|code| (code, info.metadata.get("details").cloned()))
+        });
+        let mut error = match named {
+            Some((code, details_sentence)) => {
+                let message = match status.message() {
+                    "" => default_message(code).to_owned(),
+                    message => message.to_owned(),
+                };
+                let details_sentence = details_sentence
+                    .filter(|sentence| !sentence.is_empty())
+                    .or_else(|| first_field_violation(&details))
+                    .unwrap_or_else(|| default_details(code).to_owned());
+                ApiError::new(code, message, details_sentence)
+            }
+            None => from_bare_status(&status),
+        };
+        if error.code == ErrorCode::RateLimitExceeded {
+            error.retry_after = details
+                .retry_info()
+                .and_then(|info| info.retry_delay)
+                .map(whole_seconds_up)
+                .or_else(|| retry_after_header(&forwarded));
+        }
+        error.with_headers(forwarded)
+    }
+}
+
+/// A status without `ErrorInfo`: never echo its message, which may be a transport internal.
+fn from_bare_status(status: &tonic::Status) -> ApiError {
+    tracing::warn!(
+        grpc_code = ?status.code(),
+        grpc_message = status.message(),
+        "the core answered without an error code"
+    );
+    // A status with a source was made on this side of the wire from a transport failure
+    // (connection reset, broken stream); the core never got to answer.
+    let from_transport = std::error::Error::source(status).is_some();
+    let code = match status.code() {
+        Code::Unavailable | Code::Cancelled => return ApiError::core_unreachable(),
+        Code::Unknown if from_transport => return ApiError::core_unreachable(),
+        Code::DeadlineExceeded => ErrorCode::UpstreamTimeout,
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+            ErrorCode::InvalidRequest
+        }
+        Code::Unauthenticated => ErrorCode::Unauthorized,
+        Code::PermissionDenied => ErrorCode::Forbidden,
+        Code::NotFound => ErrorCode::NotFound,
+        Code::AlreadyExists | Code::Aborted => ErrorCode::Conflict,
+        Code::ResourceExhausted => ErrorCode::RateLimitExceeded,
+        Code::Ok | Code::Unknown | Code::Internal | Code::DataLoss | Code::Unimplemented => {
+            ErrorCode::InternalError
+        }
+    };
+    ApiError::new(code, default_message(code), default_details(code))
+}
+
+fn first_field_violation(details: &tonic_types::ErrorDetails) -> Option<String> {
+    details
+        .bad_request()
+        .and_then(|bad| bad.field_violations.first())
+        .map(|violation| violation.description.clone())
+        .filter(|description| !description.is_empty())
+}
+
+fn retry_after_header(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map(|seconds| seconds.max(1))
+}
+
+/// `retryAfter` is whole seconds, rounded up so a client that waits that long is admitted.
+pub(crate) fn whole_seconds_up(delay: Duration) -> u64 {
+    let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+    seconds.max(1)
+}
+
+fn default_message(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Unauthorized => "Invalid API key",
+        ErrorCode::InvalidRequest => "Invalid request",
+        ErrorCode::NotFound => "Resource not found",
+        ErrorCode::RateLimitExceeded => "Rate limit exceeded",
+        ErrorCode::InternalError | ErrorCode::Unspecified => "Internal server error",
+        ErrorCode::Forbidden => "Forbidden",
+        ErrorCode::Conflict => "Conflict",
+        ErrorCode::UpstreamError => "The model provider failed",
+        ErrorCode::Unavailable => "Service unavailable",
+        ErrorCode::UpstreamTimeout => "The request timed out",
+    }
+}
+
+fn default_details(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Unauthorized => "Please provide a valid API key in Authorization header",
+        ErrorCode::InvalidRequest => "Check the request against /openapi.json",
+        ErrorCode::NotFound => "Check the resource ID",
+        ErrorCode::RateLimitExceeded => "Lower the request rate and retry later",
+        ErrorCode::InternalError | ErrorCode::Unspecified => {
+            "Retry later, and report the X-Request-ID if it persists"
+        }
+        ErrorCode::Forbidden => "The API key lacks the scope this request needs",
+        ErrorCode::Conflict => "The resource changed meanwhile; read it again and retry",
+        ErrorCode::UpstreamError => "Retry later, or choose another model",
+        ErrorCode::Unavailable => "Retry shortly",
+        ErrorCode::UpstreamTimeout => {
+            "Retry later, with the same X-Request-ID to avoid a duplicate"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use axum::body::to_bytes;
+    use serde_json::Value;
+    use tonic_types::{ErrorDetails, StatusExt as _};
+
+    use super::*;
+
+    const ALL_CODES: [(ErrorCode, u16); 10] = [
+        (ErrorCode::Unauthorized, 401),
+        (ErrorCode::InvalidRequest, 400),
+        (ErrorCode::NotFound, 404),
+        (ErrorCode::RateLimitExceeded, 429),
+        (ErrorCode::InternalError, 500),
+        (ErrorCode::Forbidden, 403),
+        (ErrorCode::Conflict, 409),
+        (ErrorCode::UpstreamError, 502),
+        (ErrorCode::Unavailable, 503),
+        (ErrorCode::UpstreamTimeout, 504),
+    ];
+
+    async fn render(error: ApiError) -> (StatusCode, HeaderMap, Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (
+            status,
+            headers,
+            serde_json::from_slice(&bytes).expect("JSON body"),
+        )
+    }
+
+    fn status_from_core(
+        code: Code,
+        reason: &str,
+        message: &str,
+        details: &str,
+        retry: Option<Duration>,
+    ) -> tonic::Status {
+        let mut error_details = ErrorDetails::with_error_info(
+            reason,
+            "openclaw.ai",
+            HashMap::from([("details".to_owned(), details.to_owned())]),
+        );
+        if let Some(delay) = retry {
+            error_details.set_retry_info(Some(delay));
+        }
+        tonic::Status::with_error_details(code, message, error_details)
+    }
+
+    #[tokio::test]
+    async fn every_code_renders_the_envelope_with_its_status() {
+        for (code, http) in ALL_CODES {
+            let (status, headers, body) = render(ApiError::new(code, "Something", "Fix it")).await;
+            assert_eq!(status.as_u16(), http, "{code:?}");
+            assert_eq!(
+                headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+                Some(&b"application/json"[..])
+            );
+            assert_eq!(body["success"], false);
+            assert_eq!(body["error"]["code"], code.as_str_name());
+            assert_eq!(body["error"]["message"], "Something");
+            assert_eq!(body["error"]["details"], "Fix it");
+            assert!(body["error"].get("retryAfter").is_none());
+            let timestamp = body["timestamp"].as_str().expect("timestamp");
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(timestamp).is_ok(),
+                "{timestamp}"
+            );
+            assert!(
+                timestamp.ends_with('Z') && timestamp.len() == 20,
+                "{timestamp}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn status_override_keeps_the_code() {
+        let error = ApiError::invalid_request("Body too large", "At most 1 byte")
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE);
+        let (status, _, body) = render(error).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["error"]["code"], "INVALID_REQUEST");
+    }
+
+    #[tokio::test]
+    async fn rate_limit_carries_retry_after_in_body_and_header() {
+        let mut error = ApiError::new(
+            ErrorCode::RateLimitExceeded,
+            "Rate limit exceeded",
+            "Try again in 30 seconds",
+        );
+        error.retry_after = Some(30);
+        let (status, headers, body) = render(error).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body["error"]["retryAfter"], 30);
+        assert_eq!(
+            headers.get(header::RETRY_AFTER).map(|v| v.as_bytes()),
+            Some(&b"30"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_only_rendered_for_rate_limits() {
+        let mut error = ApiError::new(ErrorCode::Unavailable, "Draining", "Retry");
+        error.retry_after = Some(5);
+        let (_, headers, body) = render(error).await;
+        assert!(body["error"].get("retryAfter").is_none());
+        assert!(headers.get(header::RETRY_AFTER).is_none());
+    }
+
+    #[tokio::test]
+    async fn core_status_with_error_info_becomes_its_code() {
+        let status = status_from_core(
+            Code::InvalidArgument,
+            "INVALID_REQUEST",
+            "Missing required field",
+            "The field 'model' is required",
+            None,
+        );
+        let (http, _, body) = render(ApiError::from(status)).await;
+        assert_eq!(http, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["code"], "INVALID_REQUEST");
+        assert_eq!(body["error"]["message"], "Missing required field");
+        assert_eq!(body["error"]["details"], "The field 'model' is required");
+    }
+
+    #[tokio::test]
+    async fn the_reason_tells_upstream_error_from_unavailable() {
+        let upstream = status_from_core(
+            Code::Unavailable,
+            "UPSTREAM_ERROR",
+            "The model provider failed",
+            "Retry later",
+            None,
+        );
+        assert_eq!(ApiError::from(upstream).status(), StatusCode::BAD_GATEWAY);
+        let draining = status_from_core(
+            Code::Unavailable,
+            "UNAVAILABLE",
+            "Draining",
+            "Retry on another replica",
+            None,
+        );
+        assert_eq!(
+            ApiError::from(draining).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[tokio::test]
+    async fn core_rate_limit_rounds_retry_delay_up_and_forwards_headers() {
+        let mut status = status_from_core(
+            Code::ResourceExhausted,
+            "RATE_LIMIT_EXCEEDED",
+            "Rate limit exceeded",
+            "Try again in 30 seconds",
+            Some(Duration::from_millis(29_200)),
+        );
+        status.metadata_mut().insert(
+            "x-ratelimit-remaining-requests",
+            "0".parse().expect("ascii"),
+        );
+        status
+            .metadata_mut()
+            .insert("x-internal-secret", "nope".parse().expect("ascii"));
+        let (http, headers, body) = render(ApiError::from(status)).await;
+        assert_eq!(http, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body["error"]["retryAfter"], 30);
+        assert_eq!(body["error"]["details"], "Try again in 30 seconds");
+        assert_eq!(
+            headers.get(header::RETRY_AFTER).map(|v| v.as_bytes()),
+            Some(&b"30"[..])
+        );
+        assert_eq!(
+            headers
+                .get("x-ratelimit-remaining-requests")
+                .map(|v| v.as_bytes()),
+            Some(&b"0"[..])
+        );
+        assert!(headers.get("x-internal-secret").is_none());
+    }
+
+    #[tokio::test]
+    async fn every_code_name_from_the_core_maps_back_to_its_status() {
+        for (code, http) in ALL_CODES {
+            let status = status_from_core(Code::Unknown, code.as_str_name(), "m", "d", None);
+            assert_eq!(ApiError::from(status).status().as_u16(), http);
+        }
+    }
+
+    #[tokio::test]
+    async fn bare_unavailable_means_the_core_is_unreachable() {
+        let status =
+            tonic::Status::unavailable("tcp connect error: Connection refused (os error 111)");
+        let (http, _, body) = render(ApiError::from(status)).await;
+        assert_eq!(http, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "UNAVAILABLE");
+        assert_eq!(body["error"]["message"], "The gateway core is unreachable");
+        assert!(
+            !body.to_string().contains("os error"),
+            "transport internals must not leak: {body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transport_failure_on_our_side_means_the_core_is_unreachable() {
+        let status =
+            tonic::Status::from_error(Box::new(std::io::Error::other("connection reset by peer")));
+        let (http, _, body) = render(ApiError::from(status)).await;
+        assert_eq!(http, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!body.to_string().contains("reset"));
+    }
+
+    #[tokio::test]
+    async fn bare_internal_status_does_not_leak_its_message() {
+        let status = tonic::Status::internal("redis: connection reset at 10.0.0.7:6379");
+        let (http, _, body) = render(ApiError::from(status)).await;
+        assert_eq!(http, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"]["code"], "INTERNAL_ERROR");
+        assert!(!body.to_string().contains("redis"));
+    }
+
+    #[test]
+    fn whole_seconds_round_up_to_at_least_one() {
+        assert_eq!(whole_seconds_up(Duration::ZERO), 1);
+        assert_eq!(whole_seconds_up(Duration::from_millis(1)), 1);
+        assert_eq!(whole_seconds_up(Duration::from_secs(30)), 30);
+        assert_eq!(whole_seconds_up(Duration::from_millis(30_001)), 31);
+    }
+}

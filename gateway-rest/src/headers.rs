@@ -1,0 +1,332 @@
+//! Headers in and out: the request ID and API version on every exchange, the caller's identity
+//! forwarded to the core as gRPC metadata, and the core's rate-limit headers passed back.
+
+use std::{convert::Infallible, net::SocketAddr, time::Instant};
+
+use axum::{
+    extract::{ConnectInfo, FromRequestParts, Request},
+    http::{HeaderMap, HeaderName, HeaderValue, header, request::Parts},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use tonic::metadata::MetadataMap;
+use tracing::Instrument as _;
+
+use crate::error::ApiError;
+
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const OPENCLAW_VERSION: HeaderName = HeaderName::from_static("openclaw-version");
+pub(crate) const OPENCLAW_SIMULATED: HeaderName = HeaderName::from_static("openclaw-simulated");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const CLIENT_IP: HeaderName = HeaderName::from_static("x-openclaw-client-ip");
+
+/// The API versions this edge speaks; a request without `OpenClaw-Version` means the first.
+pub(crate) const SUPPORTED_VERSIONS: &[&str] = &["1.0"];
+const CURRENT_VERSION: &str = "1.0";
+
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The ID that follows one request through edge logs, core metadata and the response.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The client's ID when it is 1–128 printable ASCII characters, a fresh UUID v4 otherwise.
+    fn from_headers(headers: &HeaderMap) -> Self {
+        headers
+            .get(&REQUEST_ID)
+            .filter(|value| is_usable_request_id(value.as_bytes()))
+            .map(|value| Self(value.clone()))
+            .unwrap_or_else(Self::generate)
+    }
+
+    fn generate() -> Self {
+        let id = uuid::Uuid::new_v4().to_string();
+        Self(HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown")))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Only printable ASCII gets in, so this never falls back.
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+fn is_usable_request_id(bytes: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&bytes.len())
+        && bytes.iter().all(|byte| (0x20..=0x7e).contains(byte))
+}
+
+/// Outermost middleware: settles the request ID, checks the API version, logs the exchange, and
+/// stamps `X-Request-ID` and `OpenClaw-Version` on every response, errors and 404s included.
+pub(crate) async fn stamp(mut request: Request, next: Next) -> Response {
+    let request_id = RequestId::from_headers(request.headers());
+    request.extensions_mut().insert(request_id.clone());
+    let span = tracing::info_span!(
+        "request",
+        request_id = request_id.as_str(),
+        method = %request.method(),
+        path = request.uri().path(),
+    );
+    let started = Instant::now();
+    let mut response = async {
+        match check_version(request.headers()) {
+            Ok(()) => next.run(request).await,
+            Err(error) => error.into_response(),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let headers = response.headers_mut();
+    headers.insert(REQUEST_ID, request_id.0);
+    headers.insert(OPENCLAW_VERSION, HeaderValue::from_static(CURRENT_VERSION));
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            latency_ms = started.elapsed().as_millis() as u64,
+            "served"
+        );
+    });
+    response
+}
+
+fn check_version(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(&OPENCLAW_VERSION) else {
+        return Ok(());
+    };
+    let asked = value.to_str().map(str::trim).unwrap_or_default();
+    if SUPPORTED_VERSIONS.contains(&asked) {
+        return Ok(());
+    }
+    let shown = if asked.is_empty() {
+        "an empty or unreadable value".to_owned()
+    } else {
+        format!("'{}'", asked.chars().take(32).collect::<String>())
+    };
+    Err(ApiError::invalid_request(
+        "Unsupported API version",
+        format!(
+            "OpenClaw-Version {shown} is not supported. Supported versions: {}",
+            SUPPORTED_VERSIONS.join(", ")
+        ),
+    ))
+}
+
+/// Who is calling, as the core needs to know it: forwarded on every core call as gRPC metadata.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    metadata: MetadataMap,
+}
+
+impl Caller {
+    /// Wraps a core request message with the caller's metadata.
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        *request.metadata_mut() = self.metadata.clone();
+        request
+    }
+
+    fn from_parts(parts: &Parts) -> Self {
+        let headers = &parts.headers;
+        let mut forwarded = HeaderMap::new();
+        // Verbatim: deciding whether the credential is any good is the core's job.
+        if let Some(authorization) = headers.get(header::AUTHORIZATION) {
+            let mut authorization = authorization.clone();
+            authorization.set_sensitive(true);
+            forwarded.insert(header::AUTHORIZATION, authorization);
+        }
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId::from_headers(headers));
+        forwarded.insert(REQUEST_ID, request_id.0);
+        for name in [TRACEPARENT, TRACESTATE] {
+            if let Some(value) = headers.get(&name).filter(|v| v.to_str().is_ok()) {
+                forwarded.insert(name, value.clone());
+            }
+        }
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string());
+        if let Some(ip) = first_forwarded_for(headers).or(peer)
+            && let Ok(value) = HeaderValue::from_str(&ip)
+        {
+            forwarded.insert(CLIENT_IP, value);
+        }
+        Self {
+            metadata: MetadataMap::from_headers(forwarded),
+        }
+    }
+}
+
+/// The first `X-Forwarded-For` entry, when it is an IP address: the edge runs behind a load
+/// balancer, whose own address says nothing about the client.
+fn first_forwarded_for(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(&FORWARDED_FOR)?.to_str().ok()?;
+    let first = value.split(',').next()?.trim();
+    first
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| ip.to_string())
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self::from_parts(parts))
+    }
+}
+
+/// The core metadata that belongs on the HTTP response: the simulator flag and rate-limit state.
+/// Everything else in the core's metadata stays inside.
+pub(crate) fn forwardable(metadata: &MetadataMap) -> HeaderMap {
+    metadata
+        .clone()
+        .into_headers()
+        .into_iter()
+        .filter_map(|(name, value)| Some((name?, value)))
+        .filter(|(name, _)| is_forwardable(name))
+        .fold(HeaderMap::new(), |mut out, (name, value)| {
+            out.append(name, value);
+            out
+        })
+}
+
+fn is_forwardable(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name == OPENCLAW_SIMULATED.as_str()
+        || name == header::RETRY_AFTER.as_str()
+        || name.starts_with("x-ratelimit-")
+        || name.starts_with("ratelimit")
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request as HttpRequest;
+
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut builder = HttpRequest::builder().uri("/api/v1/sessions");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn request_id_is_kept_when_printable_and_short_enough() {
+        let headers = parts(&[("x-request-id", "req-123 abc")]).headers;
+        assert_eq!(RequestId::from_headers(&headers).as_str(), "req-123 abc");
+    }
+
+    #[test]
+    fn request_id_is_generated_when_absent_empty_or_too_long() {
+        let long = "a".repeat(129);
+        for headers in [
+            vec![],
+            vec![("x-request-id", "")],
+            vec![("x-request-id", long.as_str())],
+        ] {
+            let id = RequestId::from_headers(&parts(&headers).headers);
+            assert!(
+                uuid::Uuid::parse_str(id.as_str()).is_ok(),
+                "{}",
+                id.as_str()
+            );
+        }
+        let exact = "b".repeat(128);
+        let id = RequestId::from_headers(&parts(&[("x-request-id", &exact)]).headers);
+        assert_eq!(id.as_str(), exact);
+    }
+
+    #[test]
+    fn version_check_accepts_absent_and_1_0_only() {
+        assert!(check_version(&parts(&[]).headers).is_ok());
+        assert!(check_version(&parts(&[("openclaw-version", "1.0")]).headers).is_ok());
+        let error = check_version(&parts(&[("openclaw-version", "2.0")]).headers)
+            .expect_err("2.0 is not supported");
+        assert_eq!(error.code, crate::proto::ErrorCode::InvalidRequest);
+        assert!(
+            error.details.contains("Supported versions: 1.0"),
+            "{}",
+            error.details
+        );
+    }
+
+    #[test]
+    fn caller_forwards_identity_and_trace_as_metadata() {
+        let caller = Caller::from_parts(&parts(&[
+            ("authorization", "Bearer oc_secret"),
+            ("x-request-id", "req-1"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("x-forwarded-for", "203.0.113.9, 10.0.0.1"),
+            ("cookie", "not-for-the-core"),
+        ]));
+        let metadata = caller.request(()).metadata().clone();
+        let get = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
+        assert_eq!(get("authorization"), Some("Bearer oc_secret"));
+        assert_eq!(get("x-request-id"), Some("req-1"));
+        assert_eq!(
+            get("traceparent"),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+        assert_eq!(get("x-openclaw-client-ip"), Some("203.0.113.9"));
+        assert_eq!(get("cookie"), None);
+        assert_eq!(get("tracestate"), None);
+    }
+
+    #[test]
+    fn caller_without_authorization_forwards_none_and_uses_the_peer_ip() {
+        let mut request_parts = parts(&[]);
+        request_parts
+            .extensions
+            .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 7], 40000))));
+        let metadata = Caller::from_parts(&request_parts)
+            .request(())
+            .metadata()
+            .clone();
+        assert!(metadata.get("authorization").is_none());
+        assert_eq!(
+            metadata
+                .get("x-openclaw-client-ip")
+                .and_then(|v| v.to_str().ok()),
+            Some("192.0.2.7")
+        );
+        assert!(metadata.get("x-request-id").is_some());
+    }
+
+    #[test]
+    fn only_simulator_and_rate_limit_metadata_is_forwarded() {
+        let mut metadata = MetadataMap::new();
+        for (key, value) in [
+            ("openclaw-simulated", "true"),
+            ("retry-after", "12"),
+            ("x-ratelimit-limit-requests", "60"),
+            ("ratelimit-policy", "60;w=60"),
+            ("x-replica", "core-7"),
+            ("content-type", "application/grpc"),
+        ] {
+            metadata.insert(key, value.parse().expect("ascii"));
+        }
+        let headers = forwardable(&metadata);
+        let mut names: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "openclaw-simulated",
+                "ratelimit-policy",
+                "retry-after",
+                "x-ratelimit-limit-requests"
+            ]
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! `/api/v1/keys`: API key administration, translated to `KeyService`. The core demands the
+//! internal token for all of it.
+
+use axum::{extract::State, http::StatusCode};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{
+    core_client::{CoreClient, required},
+    envelope::{ApiResult, Enveloped, SuccessEnvelope},
+    extract::{JsonBody, PathId},
+    headers::Caller,
+    openapi::responses::*,
+    proto::{self, key_service_client::KeyServiceClient},
+    timestamp,
+};
+
+pub(crate) const TAG: &str = "keys";
+
+/// Per-key limits, per minute. Unset limits take the gateway's defaults.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LimitsInput {
+    #[schema(example = 60)]
+    requests_per_minute: Option<u64>,
+    #[schema(example = 1000000)]
+    tokens_per_minute: Option<u64>,
+    #[schema(example = 200000)]
+    context_tokens_per_minute: Option<u64>,
+}
+
+impl From<LimitsInput> for proto::Limits {
+    fn from(limits: LimitsInput) -> Self {
+        Self {
+            requests_per_minute: limits.requests_per_minute,
+            tokens_per_minute: limits.tokens_per_minute,
+            context_tokens_per_minute: limits.context_tokens_per_minute,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CreateKeyRequest {
+    /// What the key is for.
+    #[serde(default)]
+    #[schema(example = "billing-service")]
+    name: String,
+    /// Any of "sessions", "cron", "status"; empty or absent means all.
+    #[serde(default)]
+    #[schema(example = json!(["sessions", "status"]))]
+    scopes: Vec<String>,
+    limits: Option<LimitsInput>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UpdateKeyRequest {
+    /// A new name; absent keeps the current one.
+    #[schema(example = "billing-service-v2")]
+    name: Option<String>,
+    /// Limits given here replace the key's; absent ones stay as they are.
+    limits: Option<LimitsInput>,
+}
+
+/// A key's limits; null means the gateway's default applies.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Limits {
+    #[schema(example = 60)]
+    requests_per_minute: Option<u64>,
+    #[schema(example = 1000000)]
+    tokens_per_minute: Option<u64>,
+    #[schema(example = 200000)]
+    context_tokens_per_minute: Option<u64>,
+}
+
+/// An API key as administrators see it; the secret itself is shown only at creation.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ApiKey {
+    #[schema(example = "key-9f2c")]
+    id: String,
+    #[schema(example = "billing-service")]
+    name: String,
+    /// The key's first characters, safe to show.
+    #[schema(example = "oc_3fA9x")]
+    prefix: String,
+    #[schema(example = json!(["sessions", "cron", "status"]))]
+    scopes: Vec<String>,
+    limits: Limits,
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-02-14T22:00:00Z")]
+    created_at: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    last_used_at: Option<String>,
+    revoked: bool,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    revoked_at: Option<String>,
+}
+
+/// A new key, with its secret: store it now, it is never shown again.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CreatedKey {
+    #[serde(flatten)]
+    api_key: ApiKey,
+    /// The secret to send as `Authorization: Bearer <key>`.
+    #[schema(example = "oc_3fA9x...")]
+    key: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct KeyList {
+    keys: Vec<ApiKey>,
+}
+
+impl From<proto::ApiKey> for ApiKey {
+    fn from(key: proto::ApiKey) -> Self {
+        let limits = key.limits.unwrap_or_default();
+        Self {
+            created_at: timestamp::from_proto(key.created_at.as_ref()),
+            last_used_at: timestamp::from_proto(key.last_used_at.as_ref()),
+            revoked_at: timestamp::from_proto(key.revoked_at.as_ref()),
+            id: key.id,
+            name: key.name,
+            prefix: key.prefix,
+            scopes: key.scopes,
+            limits: Limits {
+                requests_per_minute: limits.requests_per_minute,
+                tokens_per_minute: limits.tokens_per_minute,
+                context_tokens_per_minute: limits.context_tokens_per_minute,
+            },
+            revoked: key.revoked,
+        }
+    }
+}
+
+/// Generate a key. The secret is in this answer only.
+#[utoipa::path(
+    post,
+    path = "/api/v1/keys",
+    tag = TAG,
+    request_body = CreateKeyRequest,
+    responses(
+        (status = 201, description = "Key created", body = SuccessEnvelope<CreatedKey>),
+        (status = 400, response = InvalidRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = RateLimited),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+        (status = 504, response = UpstreamTimeout),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create_key(
+    State(core): State<CoreClient>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateKeyRequest>,
+) -> ApiResult<CreatedKey> {
+    let request = proto::CreateKeyRequest {
+        name: body.name,
+        scopes: body.scopes,
+        limits: body.limits.map(Into::into),
+    };
+    let reply = core
+        .call(&caller, request, |channel, request| async move {
+            KeyServiceClient::new(channel).create_key(request).await
+        })
+        .await?;
+    let created = reply.message;
+    let data = CreatedKey {
+        api_key: required(created.key, "CreateKeyResponse.key")?.into(),
+        key: created.secret,
+    };
+    Ok(Enveloped::ok(data)
+        .with_status(StatusCode::CREATED)
+        .with_headers(reply.headers))
+}
+
+/// List every key, revoked ones included.
+#[utoipa::path(
+    get,
+    path = "/api/v1/keys",
+    tag = TAG,
+    responses(
+        (status = 200, description = "All keys", body = SuccessEnvelope<KeyList>),
+        (status = 400, response = InvalidRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 429, response = RateLimited),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+        (status = 504, response = UpstreamTimeout),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_keys(
+    State(core): State<CoreClient>,
+    caller: Caller,
+) -> ApiResult<KeyList> {
+    let reply = core
+        .call(&caller, proto::ListKeysRequest {}, |channel, request| async move {
+            KeyServiceClient::new(channel).list_keys(request).await
+        })
+        .await?;
+    let data = KeyList {
+        keys: reply.message.keys.into_iter().map(Into::into).collect(),
+    };
+    Ok(Enveloped::ok(data).with_headers(reply.headers))
+}
+
+/// Read one key.
+#[utoipa::path(
+    get,
+    path = "/api/v1/keys/{id}",
+    tag = TAG,
+    params(("id" = String, Path, description = "The key's ID")),
+    responses(
+        (status = 200, description = "The key", body = SuccessEnvelope<ApiKey>),
+        (status = 400, response = InvalidRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 429, response = RateLimited),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+        (status = 504, response = UpstreamTimeout),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_key(
+    State(core): State<CoreClient>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> ApiResult<ApiKey> {
+    let reply = core
+        .call(
+            &caller,
+            proto::GetKeyRequest { id },
+            |channel, request| async move { KeyServiceClient::new(channel).get_key(request).await },
+        )
+        .await?;
+    Ok(Enveloped::ok(ApiKey::from(reply.message)).with_headers(reply.headers))
+}
+
+/// Rename a key or change its limits.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/keys/{id}",
+    tag = TAG,
+    params(("id" = String, Path, description = "The key's ID")),
+    request_body = UpdateKeyRequest,
+    responses(
+        (status = 200, description = "The updated key", body = SuccessEnvelope<ApiKey>),
+        (status = 400, response = InvalidRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = RateLimited),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+        (status = 504, response = UpstreamTimeout),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn update_key(
+    State(core): State<CoreClient>,
+    caller: Caller,
+    PathId(id): PathId,
+    JsonBody(body): JsonBody<UpdateKeyRequest>,
+) -> ApiResult<ApiKey> {
+    let request = proto::UpdateKeyRequest {
+        id,
+        name: body.name,
+        limits: body.limits.map(Into::into),
+    };
+    let reply = core
+        .call(&caller, request, |channel, request| async move {
+            KeyServiceClient::new(channel).update_key(request).await
+        })
+        .await?;
+    Ok(Enveloped::ok(ApiKey::from(reply.message)).with_headers(reply.headers))
+}
+
+/// Revoke a key on every replica. Revoking twice is harmless.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/keys/{id}",
+    tag = TAG,
+    params(("id" = String, Path, description = "The key's ID")),
+    responses(
+        (status = 200, description = "The revoked key", body = SuccessEnvelope<ApiKey>),
+        (status = 400, response = InvalidRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 429, response = RateLimited),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+        (status = 504, response = UpstreamTimeout),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn revoke_key(
+    State(core): State<CoreClient>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> ApiResult<ApiKey> {
+    let reply = core
+        .call(&caller, proto::RevokeKeyRequest { id }, |channel, request| async move {
+            KeyServiceClient::new(channel).revoke_key(request).await
+        })
+        .await?;
+    Ok(Enveloped::ok(ApiKey::from(reply.message)).with_headers(reply.headers))
+}

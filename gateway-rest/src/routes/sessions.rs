@@ -1,0 +1,565 @@
+//! `/api/v1/sessions`: chat sessions, translated to `SessionService`.
+
+use axum::{extract::State, http::StatusCode};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{
+    core_client::{CoreClient, required},
+    envelope::{ApiResult, Enveloped, SuccessEnvelope},
+    extract::{JsonBody, PathId, QueryParams},
+    headers::Caller,
+    openapi::responses::*,
+    proto::{self, session_service_client::SessionServiceClient},
+    timestamp,
+};
+
+pub(crate) const TAG: &str = "sessions";
+
+// ---- request bodies -------------------------------------------------------------------------
+
+/// A chat message as the caller sends it.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct MessageInput {
+    /// "system", "user" or "assistant".
+    #[serde(default)]
+    #[schema(example = "user")]
+    role: String,
+    #[serde(default)]
+    #[schema(example = "Hello")]
+    content: String,
+}
+
+impl From<MessageInput> for proto::ChatMessage {
+    fn from(message: MessageInput) -> Self {
+        Self {
+            role: message.role,
+            content: message.content,
+            created_at: None,
+        }
+    }
+}
+
+/// Continue an existing session instead of starting one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ContextInput {
+    /// A session of the caller to continue.
+    #[schema(example = "optional-session-id")]
+    session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CreateSessionRequest {
+    /// Defaults to "zai/glm-4.7-flash".
+    #[schema(example = "zai/glm-4.7-flash")]
+    model: Option<String>,
+    /// The conversation so far. When it ends with a user turn the model answers it.
+    #[serde(default)]
+    messages: Vec<MessageInput>,
+    context: Option<ContextInput>,
+    /// Sampling temperature.
+    #[schema(example = 0.7)]
+    temperature: Option<f32>,
+    /// Upper bound on the reply's tokens.
+    #[schema(example = 1000)]
+    max_tokens: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SendMessageRequest {
+    /// The user's next message.
+    message: Option<MessageInput>,
+    #[schema(example = 0.7)]
+    temperature: Option<f32>,
+    #[schema(example = 1000)]
+    max_tokens: Option<u32>,
+}
+
+fn options(temperature: Option<f32>, max_tokens: Option<u32>) -> Option<proto::GenerationOptions> {
+    (temperature.is_some() || max_tokens.is_some()).then_some(proto::GenerationOptions {
+        temperature,
+        max_tokens,
+    })
+}
+
+/// Paging through a list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+pub(crate) struct PageQuery {
+    /// How many items per page (the core's default when absent).
+    page_size: Option<u32>,
+    /// `nextPageToken` from the previous page.
+    page_token: Option<String>,
+}
+
+// ---- response data ------------------------------------------------------------------------
+
+/// A message as the gateway returns it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Message {
+    #[schema(example = "assistant")]
+    role: String,
+    #[schema(example = "Response here")]
+    content: String,
+}
+
+/// A stored message of a session's history.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StoredMessage {
+    #[schema(example = "user")]
+    role: String,
+    #[schema(example = "Hello")]
+    content: String,
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-02-14T22:00:00Z")]
+    created_at: Option<String>,
+}
+
+/// Tokens one model call used.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Usage {
+    #[schema(example = 100)]
+    prompt_tokens: u32,
+    #[schema(example = 50)]
+    completion_tokens: u32,
+    #[schema(example = 150)]
+    total_tokens: u32,
+}
+
+/// A session's summary.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Session {
+    #[schema(example = "session-123")]
+    session_id: String,
+    /// "active".
+    #[schema(example = "active")]
+    status: String,
+    #[schema(example = "zai/glm-4.7-flash")]
+    model: String,
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-02-14T22:00:00Z")]
+    created_at: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-02-14T22:00:05Z")]
+    updated_at: Option<String>,
+    #[schema(example = 2)]
+    message_count: u32,
+}
+
+/// A new (or continued) session, with the model's reply when the messages ended with a user turn.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CreatedSession {
+    #[schema(example = "session-123")]
+    session_id: String,
+    #[schema(example = "active")]
+    status: String,
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-02-14T22:00:00Z")]
+    created_at: Option<String>,
+    #[schema(example = "zai/glm-4.7-flash")]
+    model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    message: Option<Message>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    usage: Option<Usage>,
+}
+
+/// The model's reply to a sent message.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SentMessage {
+    #[schema(example = "session-123")]
+    session_id: String,
+    message: Message,
+    usage: Usage,
+    /// The model that answered.
+    #[schema(example = "zai/glm-4.7-flash")]
+    model: String,
+    /// Why the model stopped ("stop", "length", ...), when the provider said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "stop")]
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SessionList {
+    sessions: Vec<Session>,
+    /// Present when there are more; pass it as `pageToken`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    next_page_token: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MessageList {
+    #[schema(example = "session-123")]
+    session_id: String,
+    messages: Vec<StoredMessage>,
+    /// Present when there are more; pass it as `pageToken`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    next_page_token: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DeletedSession {
+    #[schema(example = "session-123")]
+    session_id: String,
+    /// Always `true`.
+    deleted: bool,
+}
+
+impl From<proto::ChatMessage> for Message {
+    fn from(message: proto::ChatMessage) -> Self {
+        Self {
+            role: message.role,
+            content: message.content,
+        }
+    }
+}
+
+impl From<proto::ChatMessage> for StoredMessage {
+    fn from(message: proto::ChatMessage) -> Self {
+        Self {
+            created_at: timestamp::from_proto(message.created_at.as_ref()),
+            role: message.role,
+            content: message.content,
+        }
+    }
+}
+
+impl From<proto::Usage> for Usage {
+    fn from(usage: proto::Usage) -> Self {
+        Self {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.total_tokens,
+        }
+    }
+}
+
+impl From<proto::Session> for Session {
+    fn from(session: proto::Session) -> Self {
+        Self {
+            created_at: timestamp::from_proto(session.created_at.as_ref()),
+            updated_at: timestamp::from_proto(session.updated_at.as_ref()),
+            session_id: session.session_id,
+            status: session.status,
+            model: session.model,
+            message_count: session.message_count,
+        }
+    }
+}
+
+fn non_empty(token: String) -> Option<String> {
+    (!token.is_empty()).then_some(token)
+}
+
+// ---- handlers -----------------------------------------------------------------------------
+
+/// Create a session, or continue `context.sessionId`; answers the last user turn.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions",
+    tag = TAG,
+    request_body = CreateSessionRequest,
+    responses(
+        (status = 201, description = "Session created", body = SuccessEnvelope<CreatedSession>),
+        (status = 200, description = "An existing session of the caller was continued", body = SuccessEnvelope<CreatedSession>),
+        (status = 400, response = InvalidRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = RateLimited),
+        (status = 500, response = InternalError),
+        (status = 502, response = UpstreamError),
+        (status = 503, response = Unavailable),
+        (status = 504, response = UpstreamTimeout),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create_session(
+    State(core): State<CoreClient>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateSessionRequest>,
+) -> ApiResult<CreatedSession> {
+    let request = proto::CreateSessionRequest {
+        model: body.model.unwrap_or_default(),
+        messages: body.messages.into_iter().map(Into::into).collect(),
+        context: body.context.map(|context| proto::SessionContext {
+            session_id: context.session_id.unwrap_or_default(),
+        }),
+        options: options(body.temperature, body.max_tokens),
+    };
+    let reply = core
+        .call(&caller, request, |channel, request| async move {
+            SessionServiceClient::new(channel)
+                .create_session(request)
+                .await
+        })
+        .await?;
+    let created = reply.message.created;
+    let session = required(reply.message.session, "CreateSessionResponse.session")?;
+    let answer = reply.message.reply;
+    let data = CreatedSession {
+        session_id: session.session_id,
+        status: session.status,
+        created_at: timestamp::from_proto(session.created_at.as_ref()),
+        model: answer
+            .as_ref()
+            .map(|answer| answer.model.clone())
+            .filter(|model| !model.is_empty())
+            .unwrap_or(session.model),
+        message: answer
+            .as_ref()
+            .and_then(|answer| answer.message.clone())
+            .map(Into::into),
+        usage: answer.and_then(|answer| answer.usage).map(Into::into),
+    };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(Enveloped::ok(data)
+        .with_status(status)
+        .with_headers(reply.headers))
+}
+
+/// Send a user message and get the model's reply.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{sessionId}/messages",
+    tag = TAG,
+    params(
+        ("sessionId" = String, Path, description = "The session to continue"),
+    ),
+    request_body = SendMessageRequest,
+    responses(
+        (status = 200, description = "The model's reply", body = SuccessEnvelope<SentMessage>),
+        (status = 400, response = InvalidRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = RateLimited),
+        (status = 500, response = InternalError),
+        (status = 502, response = UpstreamError),
+        (status = 503, response = Unavailable),
+        (status = 504, response = UpstreamTimeout),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn send_message(
+    State(core): State<CoreClient>,
+    caller: Caller,
+    PathId(session_id): PathId,
+    JsonBody(body): JsonBody<SendMessageRequest>,
+) -> ApiResult<SentMessage> {
+    let request = proto::SendMessageRequest {
+        session_id,
+        message: body.message.map(Into::into),
+        options: options(body.temperature, body.max_tokens),
+    };
+    let reply = core
+        .call(&caller, request, |channel, request| async move {
+            SessionServiceClient::new(channel)
+                .send_message(request)
+                .await
+        })
+        .await?;
+    let response = reply.message;
+    let answer = required(response.reply, "SendMessageResponse.reply")?;
+    let data = SentMessage {
+        session_id: response.session_id,
+        message: required(answer.message, "Reply.message")?.into(),
+        usage: answer.usage.unwrap_or_default().into(),
+        model: answer.model,
+        finish_reason: non_empty(answer.finish_reason),
+    };
+    Ok(Enveloped::ok(data).with_headers(reply.headers))
+}
+
+/// List the caller's sessions, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions",
+    tag = TAG,
+    params(PageQuery),
+    responses(
+        (status = 200, description = "One page of sessions", body = SuccessEnvelope<SessionList>),
+        (status = 400, response = InvalidRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 429, response = RateLimited),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+        (status = 504, response = UpstreamTimeout),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_sessions(
+    State(core): State<CoreClient>,
+    caller: Caller,
+    QueryParams(page): QueryParams<PageQuery>,
+) -> ApiResult<SessionList> {
+    let request = proto::ListSessionsRequest {
+        page_size: page.page_size.unwrap_or_default(),
+        page_token: page.page_token.unwrap_or_default(),
+    };
+    let reply = core
+        .call(&caller, request, |channel, request| async move {
+            SessionServiceClient::new(channel)
+                .list_sessions(request)
+                .await
+        })
+        .await?;
+    let data = SessionList {
+        sessions: reply.message.sessions.into_iter().map(Into::into).collect(),
+        next_page_token: non_empty(reply.message.next_page_token),
+    };
+    Ok(Enveloped::ok(data).with_headers(reply.headers))
+}
+
+/// Read one session.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{sessionId}",
+    tag = TAG,
+    params(
+        ("sessionId" = String, Path, description = "The session to read"),
+    ),
+    responses(
+        (status = 200, description = "The session", body = SuccessEnvelope<Session>),
+        (status = 400, response = InvalidRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 429, response = RateLimited),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+        (status = 504, response = UpstreamTimeout),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_session(
+    State(core): State<CoreClient>,
+    caller: Caller,
+    PathId(session_id): PathId,
+) -> ApiResult<Session> {
+    let request = proto::GetSessionRequest { session_id };
+    let reply = core
+        .call(&caller, request, |channel, request| async move {
+            SessionServiceClient::new(channel)
+                .get_session(request)
+                .await
+        })
+        .await?;
+    Ok(Enveloped::ok(Session::from(reply.message)).with_headers(reply.headers))
+}
+
+/// Read a session's history, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{sessionId}/messages",
+    tag = TAG,
+    params(
+        ("sessionId" = String, Path, description = "The session whose history to read"),
+        PageQuery,
+    ),
+    responses(
+        (status = 200, description = "One page of messages", body = SuccessEnvelope<MessageList>),
+        (status = 400, response = InvalidRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 429, response = RateLimited),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+        (status = 504, response = UpstreamTimeout),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_messages(
+    State(core): State<CoreClient>,
+    caller: Caller,
+    PathId(session_id): PathId,
+    QueryParams(page): QueryParams<PageQuery>,
+) -> ApiResult<MessageList> {
+    let request = proto::ListMessagesRequest {
+        session_id: session_id.clone(),
+        page_size: page.page_size.unwrap_or_default(),
+        page_token: page.page_token.unwrap_or_default(),
+    };
+    let reply = core
+        .call(&caller, request, |channel, request| async move {
+            SessionServiceClient::new(channel)
+                .list_messages(request)
+                .await
+        })
+        .await?;
+    let data = MessageList {
+        session_id,
+        messages: reply.message.messages.into_iter().map(Into::into).collect(),
+        next_page_token: non_empty(reply.message.next_page_token),
+    };
+    Ok(Enveloped::ok(data).with_headers(reply.headers))
+}
+
+/// Delete a session and its history.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/sessions/{sessionId}",
+    tag = TAG,
+    params(
+        ("sessionId" = String, Path, description = "The session to delete"),
+    ),
+    responses(
+        (status = 200, description = "The session is gone", body = SuccessEnvelope<DeletedSession>),
+        (status = 400, response = InvalidRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 429, response = RateLimited),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+        (status = 504, response = UpstreamTimeout),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn delete_session(
+    State(core): State<CoreClient>,
+    caller: Caller,
+    PathId(session_id): PathId,
+) -> ApiResult<DeletedSession> {
+    let request = proto::DeleteSessionRequest {
+        session_id: session_id.clone(),
+    };
+    let reply = core
+        .call(&caller, request, |channel, request| async move {
+            SessionServiceClient::new(channel)
+                .delete_session(request)
+                .await
+        })
+        .await?;
+    let data = DeletedSession {
+        session_id,
+        deleted: true,
+    };
+    Ok(Enveloped::ok(data).with_headers(reply.headers))
+}

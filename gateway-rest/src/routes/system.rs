@@ -1,0 +1,170 @@
+//! `/api/v1/system/status` (translated to `SystemService`) and the edge's own liveness probe.
+
+use axum::{Json, extract::State};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::{
+    core_client::CoreClient,
+    envelope::{ApiResult, Enveloped, SuccessEnvelope},
+    headers::Caller,
+    openapi::responses::*,
+    proto::{self, system_service_client::SystemServiceClient},
+};
+
+pub(crate) const TAG: &str = "system";
+
+/// The gateway's state, and the caller's usage next to its limits.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SystemStatus {
+    /// "running", "degraded" (a dependency is unhealthy) or "draining".
+    #[schema(example = "running")]
+    gateway: String,
+    /// The core's version.
+    #[schema(example = "2026.2.13")]
+    version: String,
+    /// Whole seconds since the answering core replica started, as "<seconds>s".
+    #[schema(example = "3600s")]
+    uptime: String,
+    resources: Resources,
+    dependencies: Vec<Dependency>,
+    /// True when some models are answered by the built-in offline simulator.
+    simulated: bool,
+    /// The core replica that answered.
+    #[schema(example = "core-0")]
+    replica: String,
+}
+
+/// The caller's usage in the current one-minute window, and the replica's queue.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Resources {
+    /// Tokens (prompt + completion) used in the current window.
+    #[schema(example = 250000)]
+    token_usage: u64,
+    /// Prompt tokens sent to models in the current window.
+    #[schema(example = 43000)]
+    context_usage: u64,
+    /// Model calls waiting on the answering replica.
+    #[schema(example = 0)]
+    queue_depth: u64,
+    #[schema(example = 1000000)]
+    token_limit: u64,
+    #[schema(example = 200000)]
+    context_limit: u64,
+    #[schema(example = 12)]
+    request_usage: u64,
+    #[schema(example = 60)]
+    request_limit: u64,
+}
+
+/// The health of one dependency: the store or a model provider.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Dependency {
+    /// "redis", "embedded-store", or a provider such as "zai".
+    #[schema(example = "redis")]
+    name: String,
+    /// "store" or "provider".
+    #[schema(example = "store")]
+    kind: String,
+    /// "ok", "degraded", "down" or "simulated".
+    #[schema(example = "ok")]
+    status: String,
+    #[schema(example = "")]
+    detail: String,
+    /// Round-trip time of the last check; null when not measured.
+    #[schema(example = 0.4)]
+    latency_ms: Option<f64>,
+}
+
+impl From<proto::SystemStatus> for SystemStatus {
+    fn from(status: proto::SystemStatus) -> Self {
+        let uptime = status
+            .uptime
+            .map(|uptime| uptime.seconds.max(0))
+            .unwrap_or_default();
+        let resources = status.resources.unwrap_or_default();
+        Self {
+            gateway: status.gateway,
+            version: status.version,
+            uptime: format!("{uptime}s"),
+            resources: Resources {
+                token_usage: resources.token_usage,
+                context_usage: resources.context_usage,
+                queue_depth: resources.queue_depth,
+                token_limit: resources.token_limit,
+                context_limit: resources.context_limit,
+                request_usage: resources.request_usage,
+                request_limit: resources.request_limit,
+            },
+            dependencies: status
+                .dependencies
+                .into_iter()
+                .map(|dependency| Dependency {
+                    name: dependency.name,
+                    kind: dependency.kind,
+                    status: dependency.status,
+                    detail: dependency.detail,
+                    // proto3 doubles have no presence; 0 means "not measured".
+                    latency_ms: (dependency.latency_ms > 0.0).then_some(dependency.latency_ms),
+                })
+                .collect(),
+            simulated: status.simulated,
+            replica: status.replica,
+        }
+    }
+}
+
+/// The gateway's status, dependencies and the caller's usage.
+#[utoipa::path(
+    get,
+    path = "/api/v1/system/status",
+    tag = TAG,
+    responses(
+        (status = 200, description = "The gateway's status", body = SuccessEnvelope<SystemStatus>),
+        (status = 400, response = InvalidRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 429, response = RateLimited),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+        (status = 504, response = UpstreamTimeout),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn status(
+    State(core): State<CoreClient>,
+    caller: Caller,
+) -> ApiResult<SystemStatus> {
+    let reply = core
+        .call(
+            &caller,
+            proto::GetStatusRequest {},
+            |channel, request| async move {
+                SystemServiceClient::new(channel).get_status(request).await
+            },
+        )
+        .await?;
+    Ok(Enveloped::ok(SystemStatus::from(reply.message)).with_headers(reply.headers))
+}
+
+/// The liveness probe's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Liveness of this edge process. It does not consult the core: an edge that answers is alive.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = TAG,
+    responses((status = 200, description = "The edge is alive", body = Health)),
+    security(())
+)]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}

@@ -4,11 +4,14 @@
 //! Only the JSON *shape* is checked here (syntax, types). Whether a value means anything (an empty
 //! message, an unknown role or model) is the core's call.
 
+use std::time::Duration;
+
 use axum::{
-    body::Bytes,
+    body::{Body, BodyDataStream},
     extract::{FromRef, FromRequest, FromRequestParts, Path, Query, Request},
     http::{HeaderMap, StatusCode, header, request::Parts},
 };
+use futures::StreamExt as _;
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
@@ -17,6 +20,12 @@ use crate::error::ApiError;
 /// The configured request body limit, in bytes; the state provides it so a 413 can name it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BodyLimit(pub(crate) usize);
+
+/// How much of an unwanted body the edge still reads (and drops) before answering, and for how
+/// long. Answering while the client is still sending makes most HTTP clients fail with a broken
+/// pipe instead of showing the 413 or 415; past these bounds the connection is cut instead.
+const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(10);
 
 /// A JSON request body, deserialized with the field path of any type error.
 #[derive(Debug)]
@@ -31,21 +40,77 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        check_content_type(request.headers())?;
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    body_too_large(BodyLimit::from_ref(state))
-                } else {
-                    ApiError::invalid_request(
-                        "Unreadable request body",
-                        "The request body could not be read completely; send it again",
-                    )
-                }
-            })?;
+        let limit = BodyLimit::from_ref(state);
+        let (parts, body) = request.into_parts();
+        if let Err(error) = check_content_type(&parts.headers) {
+            discard(&parts.headers, body.into_data_stream(), 0).await;
+            return Err(error);
+        }
+        let bytes = read_limited(&parts.headers, body, limit).await?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// Reads the whole body if it fits the limit; otherwise drains it and answers 413.
+async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: BodyLimit,
+) -> Result<Vec<u8>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let declared = declared_length(headers);
+    if declared.is_some_and(|length| length > limit.0 as u64) {
+        discard(headers, stream, 0).await;
+        return Err(body_too_large(limit));
+    }
+    let mut bytes = Vec::with_capacity(declared.map_or(0, |length| length as usize));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            ApiError::invalid_request(
+                "Unreadable request body",
+                "The request body could not be read completely; send it again",
+            )
+        })?;
+        if bytes.len() + chunk.len() > limit.0 {
+            let seen = (bytes.len() + chunk.len()) as u64;
+            discard(headers, stream, seen).await;
+            return Err(body_too_large(limit));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// Reads and drops the rest of a body the edge will not use, within bounds. A client that asked
+/// `Expect: 100-continue` has not sent it and will not, so there is nothing to drain.
+async fn discard(headers: &HeaderMap, mut stream: BodyDataStream, already: u64) {
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let too_big = declared_length(headers).is_some_and(|length| length > DRAIN_MAX_BYTES);
+    if expects_continue || too_big {
+        return;
+    }
+    let drain = async {
+        let mut seen = already;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len() as u64;
+            if seen > DRAIN_MAX_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_MAX_TIME, drain).await;
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 pub(crate) fn body_too_large(BodyLimit(limit): BodyLimit) -> ApiError {

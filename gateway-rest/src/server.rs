@@ -2,12 +2,7 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use axum::{
-    Router,
-    extract::{DefaultBodyLimit, FromRef},
-    middleware,
-    serve::ListenerExt as _,
-};
+use axum::{Router, extract::FromRef, middleware, serve::ListenerExt as _};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -40,7 +35,6 @@ pub(crate) fn router(config: &EdgeConfig) -> anyhow::Result<Router> {
         // Must come after the routes: it applies to the method routers that exist.
         .method_not_allowed_fallback(fallback::method_not_allowed)
         .fallback(fallback::not_found)
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn(headers::stamp))
         .with_state(state))
 }

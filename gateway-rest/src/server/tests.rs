@@ -409,3 +409,66 @@ async fn options_gets_405_in_the_envelope() {
         .await
         .assert_error(StatusCode::METHOD_NOT_ALLOWED, "INVALID_REQUEST");
 }
+
+#[tokio::test]
+async fn declared_oversized_body_is_413_without_reading_it_all() {
+    let request = Request::post("/api/v1/sessions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, (BODY_LIMIT + 1).to_string())
+        .body(Body::from("x".repeat(BODY_LIMIT + 1)))
+        .expect("request");
+    send(request)
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "INVALID_REQUEST");
+}
+
+/// Over a real socket: a client that sends a too-large body to the end must still read the 413,
+/// not fail with a broken pipe because the edge hung up mid-upload.
+#[tokio::test]
+async fn a_client_uploading_too_much_still_reads_the_413() {
+    use std::io::{Read as _, Write as _};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = EdgeConfig {
+        core_urls: vec![format!("http://127.0.0.1:{}", closed_port())],
+        max_body_bytes: 1024,
+        core_timeout: Duration::from_secs(5),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::serve(listener, config, async {
+        let _ = stopped.await;
+    }));
+
+    let client = tokio::task::spawn_blocking(move || {
+        let body = format!(
+            r#"{{"message":{{"role":"user","content":"{}"}}}}"#,
+            "a".repeat(8 << 20)
+        );
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        write!(
+            stream,
+            "POST /api/v1/sessions/s-1/messages HTTP/1.1\r\nHost: edge\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .expect("head");
+        stream
+            .write_all(body.as_bytes())
+            .expect("the edge reads the whole upload before answering");
+        let mut head = [0u8; 64];
+        let read = stream.read(&mut head).expect("response");
+        String::from_utf8_lossy(&head[..read]).into_owned()
+    })
+    .await
+    .expect("client");
+    assert!(client.starts_with("HTTP/1.1 413"), "{client}");
+
+    let _ = stop.send(());
+    server.await.expect("server task").expect("server");
+}

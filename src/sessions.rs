@@ -279,7 +279,7 @@ impl Sessions {
         temperature: Option<f32>,
         max_tokens: Option<u32>,
     ) -> ApiResult<(Option<proto::Reply>, Admission)> {
-        if !new.last().is_some_and(|m| m.role == "user") {
+        if new.last().is_none_or(|m| m.role != "user") {
             return Ok((
                 None,
                 self.gateway.admit(principal, Charge::default()).await?,

@@ -201,8 +201,8 @@ impl RateLimiter {
     }
 
     fn note_backend(&self, healthy: bool) {
-        let was = self.degraded.swap(!healthy, Ordering::Relaxed);
-        if was != !healthy {
+        let was_degraded = self.degraded.swap(!healthy, Ordering::Relaxed);
+        if was_degraded == healthy {
             if healthy {
                 tracing::info!(
                     "rate limiter: Redis answers again; limits are shared across replicas"

@@ -1,15 +1,14 @@
 //! The edge is a gRPC client of the core: it compiles the same `proto/` contract, client side only.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=../proto");
-    let fds = protox::compile(
-        [
-            "openclaw/v1/errors.proto",
-            "openclaw/v1/keys.proto",
-            "openclaw/v1/sessions.proto",
-            "openclaw/v1/system.proto",
-        ],
-        ["../proto"],
-    )?;
+    let mut protos: Vec<String> = std::fs::read_dir("../proto/openclaw/v1")?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".proto"))
+        .map(|name| format!("openclaw/v1/{name}"))
+        .collect();
+    protos.sort();
+    let fds = protox::compile(&protos, ["../proto"])?;
     tonic_prost_build::configure()
         .build_server(false)
         .build_client(true)

@@ -22,6 +22,8 @@ use crate::store::{KeyRecord, Store};
 
 /// How long a replica trusts a key it has verified before asking the store again.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(2);
+/// How long a verified key is still trusted while the store is unreachable.
+const STALE_KEY_GRACE: Duration = Duration::from_secs(300);
 /// How often a key's last-used time is written, at most.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 /// Every key starts with this, so leaked keys are easy to recognise and scan for.
@@ -149,21 +151,27 @@ impl Authenticator {
             return Err(invalid_key());
         }
         let hash = hash_secret(secret);
-        let record = match self.cached(&hash) {
+        let record = match self.cached(&hash, KEY_CACHE_TTL) {
             Some(record) => record,
-            None => {
-                let Some(record) = self.store.key_by_hash(&hash).await? else {
-                    return Err(invalid_key());
-                };
-                // The index lookup matched; compare the full hash in constant
-                // time anyway so no code path compares secrets byte by byte.
-                if !bool::from(record.secret_hash.as_bytes().ct_eq(hash.as_bytes())) {
-                    return Err(invalid_key());
+            None => match self.store.key_by_hash(&hash).await {
+                Ok(Some(record)) => {
+                    // The index lookup matched; compare the full hash in constant
+                    // time anyway so no code path compares secrets byte by byte.
+                    if !bool::from(record.secret_hash.as_bytes().ct_eq(hash.as_bytes())) {
+                        return Err(invalid_key());
+                    }
+                    let record = Arc::new(record);
+                    self.remember(hash, record.clone());
+                    record
                 }
-                let record = Arc::new(record);
-                self.remember(hash, record.clone());
-                record
-            }
+                Ok(None) => return Err(invalid_key()),
+                // The store is unreachable: a key verified recently stays
+                // trusted for a while (without refreshing it), so the limits'
+                // Redis-down policy decides what happens, not authentication.
+                Err(err) => self
+                    .cached(&hash, STALE_KEY_GRACE)
+                    .ok_or_else(|| ApiError::from(err))?,
+            },
         };
         if record.is_revoked() {
             return Err(ApiError::unauthorized(
@@ -181,16 +189,16 @@ impl Authenticator {
         }
     }
 
-    fn cached(&self, hash: &str) -> Option<Arc<KeyRecord>> {
+    fn cached(&self, hash: &str, max_age: Duration) -> Option<Arc<KeyRecord>> {
         let cache = self.cache.lock().ok()?;
         let entry = cache.get(hash)?;
-        (entry.verified_at.elapsed() < KEY_CACHE_TTL).then(|| entry.record.clone())
+        (entry.verified_at.elapsed() < max_age).then(|| entry.record.clone())
     }
 
     fn remember(&self, hash: String, record: Arc<KeyRecord>) {
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() > 100_000 {
-                cache.retain(|_, entry| entry.verified_at.elapsed() < KEY_CACHE_TTL);
+                cache.retain(|_, entry| entry.verified_at.elapsed() < STALE_KEY_GRACE);
             }
             cache.insert(
                 hash,

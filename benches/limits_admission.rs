@@ -12,8 +12,15 @@ use hdrhistogram::Histogram;
 use openclaw_gateway::limits::{Charge, Decision, LimitBackend, Quota, RedisLimits};
 use redis::aio::ConnectionManager;
 
-const QUOTA: Quota = Quota { requests: u64::MAX / 4, tokens: u64::MAX / 4, context: u64::MAX / 4 };
-const CHARGE: Charge = Charge { tokens: 120, context: 20 };
+const QUOTA: Quota = Quota {
+    requests: u64::MAX / 4,
+    tokens: u64::MAX / 4,
+    context: u64::MAX / 4,
+};
+const CHARGE: Charge = Charge {
+    tokens: 120,
+    context: 20,
+};
 
 struct Redis(std::process::Child);
 
@@ -25,9 +32,22 @@ impl Drop for Redis {
 }
 
 fn start_redis() -> (Redis, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server");
@@ -39,7 +59,12 @@ fn start_redis() -> (Redis, u16) {
     (Redis(child), port)
 }
 
-async fn run(limits: Arc<RedisLimits>, keys: usize, concurrency: usize, total: usize) -> (f64, Histogram<u64>) {
+async fn run(
+    limits: Arc<RedisLimits>,
+    keys: usize,
+    concurrency: usize,
+    total: usize,
+) -> (f64, Histogram<u64>) {
     let started = Instant::now();
     let per_task = total / concurrency;
     let tasks = (0..concurrency).map(|t| {
@@ -50,7 +75,10 @@ async fn run(limits: Arc<RedisLimits>, keys: usize, concurrency: usize, total: u
                 let key = format!("bench-{}", (t * per_task + i) % keys);
                 let reservation = format!("{t}-{i}");
                 let begun = Instant::now();
-                let decision = limits.admit(&key, QUOTA, CHARGE, &reservation).await.unwrap();
+                let decision = limits
+                    .admit(&key, QUOTA, CHARGE, &reservation)
+                    .await
+                    .unwrap();
                 hist.record(begun.elapsed().as_micros() as u64).unwrap();
                 assert!(matches!(decision, Decision::Admitted(_)));
             }

@@ -395,13 +395,22 @@ fn reply_response<T>(
 
 const SESSIONS: Scope = Scope::Named("sessions");
 
+/// Set (in-process only: request extensions never come from the wire) by a
+/// scheduled agentTurn, which calls `create_session` for the job's owner
+/// without the owner's secret: the turn is billed and limited as that key's.
+#[derive(Clone)]
+pub(crate) struct OnBehalfOf(pub(crate) Principal);
+
 #[tonic::async_trait]
 impl SessionService for Sessions {
     async fn create_session(
         &self,
         request: Request<proto::CreateSessionRequest>,
     ) -> Result<Response<proto::CreateSessionResponse>, Status> {
-        let principal = self.gateway.authorize(&request, SESSIONS).await?;
+        let principal = match request.extensions().get::<OnBehalfOf>() {
+            Some(OnBehalfOf(principal)) => principal.clone(),
+            None => self.gateway.authorize(&request, SESSIONS).await?,
+        };
         let owner = principal.owner_id().to_string();
         let body = request.into_inner();
         let model_id = if body.model.is_empty() {

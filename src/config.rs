@@ -128,6 +128,19 @@ pub struct CoreConfig {
     /// This replica's name in status and logs (defaults to the host name).
     #[arg(long, env = "OPENCLAW_REPLICA_ID")]
     pub replica_id: Option<String>,
+
+    /// TOML file declaring the model providers, their models, fallbacks, timeouts,
+    /// retries and circuit breakers (docs/providers.md). Absent: the built-in zai provider.
+    #[arg(long, env = "OPENCLAW_PROVIDERS_FILE")]
+    pub providers_file: Option<PathBuf>,
+
+    /// How long a send's result is kept for replay to a client repeating its X-Request-ID, in seconds.
+    #[arg(
+        long,
+        env = "OPENCLAW_IDEMPOTENCY_RETENTION_SECS",
+        default_value_t = 86_400
+    )]
+    pub idempotency_retention_secs: u64,
 }
 
 impl CoreConfig {

@@ -15,7 +15,7 @@ use crate::limits::{LocalLimits, RateLimiter, RedisDownPolicy, RedisLimits};
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
 use crate::proto::system_service_server::SystemServiceServer;
-use crate::providers::{ModelCatalog, OpenAiCompatible, OpenAiConfig, Simulator, ZAI_MODELS};
+use crate::providers::ModelCatalog;
 use crate::sessions::Sessions;
 use crate::store::{EmbeddedStore, RedisStore, RedisStoreConfig, Store};
 use crate::system::System;
@@ -58,28 +58,9 @@ pub async fn open_store(config: &CoreConfig) -> anyhow::Result<(Arc<dyn Store>, 
     }
 }
 
+/// The providers and models the configuration declares (`--providers-file`, or the built-in zai).
 pub fn model_catalog(config: &CoreConfig) -> anyhow::Result<ModelCatalog> {
-    let mut catalog = ModelCatalog::default();
-    match &config.zai_api_key {
-        Some(key) => {
-            let zai = OpenAiCompatible::new(OpenAiConfig {
-                name: "zai".into(),
-                base_url: config.zai_base_url.clone(),
-                api_key: key.clone(),
-                connect_timeout: config.provider_connect_timeout(),
-                request_timeout: config.provider_timeout(),
-            })?;
-            catalog.add_provider(Arc::new(zai), ZAI_MODELS);
-            tracing::info!(base_url = %config.zai_base_url, "provider zai: {}", ZAI_MODELS.join(", "));
-        }
-        None => {
-            catalog.add_provider(Arc::new(Simulator::new("zai")), ZAI_MODELS);
-            tracing::warn!(
-                "ZAI_API_KEY is not set: the zai models are answered by the built-in OFFLINE SIMULATOR"
-            );
-        }
-    }
-    Ok(catalog)
+    crate::providers::load_catalog(config)
 }
 
 pub async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {

@@ -1,19 +1,33 @@
 //! Model providers: anything that completes a chat. Models are addressed as
 //! `<provider>/<upstream model>` (e.g. `zai/glm-4.7-flash`); the catalog maps
-//! each known model id to the provider that serves it.
+//! each known model id to the provider that serves it, with its fallbacks.
+//! Providers are configuration (`file.rs`); calls to them go through
+//! `resilience.rs` (timeouts, retries, circuit breaker, fallbacks).
 
+mod circuit;
+mod event_stream;
+mod file;
 mod openai;
+mod resilience;
 mod simulator;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::Stream;
 
+pub use self::circuit::{BreakerSettings, CircuitState};
+pub use self::file::{ProvidersFile, load_catalog};
 pub use self::openai::{OpenAiCompatible, OpenAiConfig};
+pub use self::resilience::{
+    Answered, AttemptStats, CallFailure, OpenStream, ProviderGuard, RetrySettings,
+};
 pub use self::simulator::Simulator;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::tokenizer;
 
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
@@ -33,6 +47,48 @@ pub struct ChatCompletion {
     pub finish_reason: String,
 }
 
+/// A piece of a streamed answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chunk {
+    /// The next piece of the reply's text (never empty).
+    Delta(String),
+    /// The last chunk: why the model stopped and, when the provider said, the usage.
+    End(StreamEnd),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEnd {
+    pub finish_reason: String,
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
+}
+
+/// Deltas, then one [`Chunk::End`]; an error ends the stream.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, ProviderError>> + Send>>;
+
+impl ChatCompletion {
+    /// The whole answer a stream added up to; usage the provider did not report is counted.
+    pub fn from_stream(request: &ChatRequest, content: String, end: StreamEnd) -> Self {
+        let prompt_tokens = end.prompt_tokens.unwrap_or_else(|| {
+            tokenizer::count_prompt(
+                request
+                    .messages
+                    .iter()
+                    .map(|(r, c)| (r.as_str(), c.as_str())),
+            )
+        });
+        let completion_tokens = end
+            .completion_tokens
+            .unwrap_or_else(|| tokenizer::count_text(&content));
+        Self {
+            content,
+            prompt_tokens,
+            completion_tokens,
+            finish_reason: end.finish_reason,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     #[error("no answer within {0:?}")]
@@ -40,9 +96,16 @@ pub enum ProviderError {
     #[error("could not connect: {0}")]
     Connect(String),
     #[error("answered HTTP {status}: {message}")]
-    Status { status: u16, message: String },
+    Status {
+        status: u16,
+        message: String,
+        /// What the provider's `Retry-After` asked for.
+        retry_after: Option<Duration>,
+    },
     #[error("answered something that is not a chat completion: {0}")]
     BadResponse(String),
+    #[error("circuit open for another {retry_in:?} after repeated failures")]
+    CircuitOpen { retry_in: Duration },
 }
 
 impl ProviderError {
@@ -64,7 +127,9 @@ impl ProviderError {
                     "Could not reach {provider} for {model}; retry later or choose another model"
                 ),
             ),
-            ProviderError::Status { status, message } => ApiError::new(
+            ProviderError::Status {
+                status, message, ..
+            } => ApiError::new(
                 ErrorCode::UpstreamError,
                 "Model provider error",
                 format!("{provider} answered HTTP {status} for {model}: {message}"),
@@ -74,6 +139,17 @@ impl ProviderError {
                 "Model provider error",
                 format!("{provider} sent an answer for {model} that is not a chat completion"),
             ),
+            ProviderError::CircuitOpen { retry_in } => {
+                let wait = retry_in.as_secs() + u64::from(retry_in.subsec_nanos() > 0);
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "Model provider unavailable",
+                    format!(
+                        "{provider} failed repeatedly, so calls to it are paused; retry {model} in {wait} seconds or choose another model"
+                    ),
+                )
+                .with_retry_after(Duration::from_secs(wait.max(1)))
+            }
         }
     }
 }
@@ -87,6 +163,25 @@ pub trait ChatProvider: Send + Sync + 'static {
         false
     }
     async fn complete(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError>;
+
+    /// Streams the answer. Returns once the provider has accepted the
+    /// request; the stream then yields deltas and ends with one
+    /// [`Chunk::End`]. Without a streaming API of its own, a provider answers
+    /// whole and the stream has a single delta.
+    async fn stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+        let completion = self.complete(request).await?;
+        let end = Chunk::End(StreamEnd {
+            finish_reason: completion.finish_reason,
+            prompt_tokens: Some(completion.prompt_tokens),
+            completion_tokens: Some(completion.completion_tokens),
+        });
+        let chunks = if completion.content.is_empty() {
+            vec![Ok(end)]
+        } else {
+            vec![Ok(Chunk::Delta(completion.content)), Ok(end)]
+        };
+        Ok(Box::pin(futures::stream::iter(chunks)))
+    }
 }
 
 /// One model the gateway serves.
@@ -97,6 +192,10 @@ pub struct Model {
     /// What the provider calls it: `glm-4.7-flash`.
     pub upstream: String,
     pub provider: Arc<dyn ChatProvider>,
+    /// Model ids asked in order when this one cannot answer.
+    pub fallbacks: Vec<String>,
+    /// The provider's retry policy, circuit breaker and counters.
+    pub guard: Arc<ProviderGuard>,
 }
 
 /// The models of the guide's appendix A, served by Z.ai.
@@ -107,25 +206,97 @@ pub const ZAI_MODELS: &[&str] = &[
 ];
 pub const DEFAULT_MODEL: &str = "zai/glm-4.7-flash";
 
-#[derive(Clone, Default)]
+/// Bound on a whole model call (every attempt and fallback) when none is configured.
+const DEFAULT_CALL_BUDGET: Duration = Duration::from_secs(120);
+
+#[derive(Clone)]
 pub struct ModelCatalog {
-    models: Vec<Model>,
+    models: Vec<Arc<Model>>,
+    default_model: String,
+    call_budget: Duration,
+}
+
+impl Default for ModelCatalog {
+    fn default() -> Self {
+        Self {
+            models: Vec::new(),
+            default_model: DEFAULT_MODEL.to_string(),
+            call_budget: DEFAULT_CALL_BUDGET,
+        }
+    }
+}
+
+/// A model of a provider: its id, its upstream name and its fallbacks.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub id: String,
+    pub upstream: String,
+    pub fallbacks: Vec<String>,
 }
 
 impl ModelCatalog {
-    /// Serves every `model_ids` entry (`provider/name`) with `provider`.
+    /// Serves every `model_ids` entry (`provider/name`) with `provider`, with
+    /// the default retry and breaker settings and no fallbacks.
     pub fn add_provider(&mut self, provider: Arc<dyn ChatProvider>, model_ids: &[&str]) {
-        for id in model_ids {
-            let upstream = id.split_once('/').map_or(*id, |(_, name)| name);
-            self.models.push(Model {
+        let guard = Arc::new(ProviderGuard::new(
+            provider.name(),
+            RetrySettings::default(),
+            self.call_budget,
+            BreakerSettings::default(),
+        ));
+        let specs = model_ids
+            .iter()
+            .map(|id| ModelSpec {
                 id: (*id).to_string(),
-                upstream: upstream.to_string(),
+                upstream: id.split_once('/').map_or(*id, |(_, name)| name).to_string(),
+                fallbacks: Vec::new(),
+            })
+            .collect();
+        self.add_models(provider, guard, specs);
+    }
+
+    /// Serves `models` with `provider`, guarded by `guard`.
+    pub fn add_models(
+        &mut self,
+        provider: Arc<dyn ChatProvider>,
+        guard: Arc<ProviderGuard>,
+        models: Vec<ModelSpec>,
+    ) {
+        for spec in models {
+            self.models.push(Arc::new(Model {
+                id: spec.id,
+                upstream: spec.upstream,
                 provider: provider.clone(),
-            });
+                fallbacks: spec.fallbacks,
+                guard: guard.clone(),
+            }));
         }
     }
 
+    /// The model a request naming none gets.
+    pub fn default_model(&self) -> &str {
+        &self.default_model
+    }
+
+    pub fn set_default_model(&mut self, id: impl Into<String>) {
+        self.default_model = id.into();
+    }
+
+    /// Bound on a whole model call: every attempt, wait and fallback.
+    pub fn call_budget(&self) -> Duration {
+        self.call_budget
+    }
+
+    pub fn set_call_budget(&mut self, budget: Duration) {
+        self.call_budget = budget;
+    }
+
     pub fn resolve(&self, id: &str) -> Result<&Model, ApiError> {
+        self.resolve_model(id).map(|model| &**model)
+    }
+
+    /// Like [`Self::resolve`], as a handle that outlives the catalog borrow.
+    pub fn resolve_model(&self, id: &str) -> Result<&Arc<Model>, ApiError> {
         self.models.iter().find(|m| m.id == id).ok_or_else(|| {
             ApiError::invalid_field(
                 "model",
@@ -138,16 +309,47 @@ impl ModelCatalog {
         })
     }
 
+    /// Also accepts a provider's own model name (`glm-4.7-flash`) when exactly
+    /// one provider serves it, as clients of OpenAI-compatible APIs expect.
+    pub fn resolve_loose(&self, id: &str) -> Result<&Arc<Model>, ApiError> {
+        match self.resolve_model(id) {
+            Ok(model) => Ok(model),
+            Err(err) => {
+                let mut named = self.models.iter().filter(|m| m.upstream == id);
+                match (named.next(), named.next()) {
+                    (Some(model), None) if !id.contains('/') => Ok(model),
+                    _ => Err(err),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn resolve_shared(&self, id: &str) -> Option<Arc<Model>> {
+        self.models.iter().find(|m| m.id == id).cloned()
+    }
+
     pub fn ids(&self) -> Vec<&str> {
         self.models.iter().map(|m| m.id.as_str()).collect()
     }
 
+    pub fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
+        self.models.iter()
+    }
+
     /// Each distinct provider once, in the order they were added.
     pub fn providers(&self) -> Vec<Arc<dyn ChatProvider>> {
-        let mut seen: Vec<Arc<dyn ChatProvider>> = Vec::new();
+        self.guarded_providers()
+            .into_iter()
+            .map(|(provider, _)| provider)
+            .collect()
+    }
+
+    /// Each distinct provider once with its guard, in the order they were added.
+    pub fn guarded_providers(&self) -> Vec<(Arc<dyn ChatProvider>, Arc<ProviderGuard>)> {
+        let mut seen: Vec<(Arc<dyn ChatProvider>, Arc<ProviderGuard>)> = Vec::new();
         for model in &self.models {
-            if !seen.iter().any(|p| Arc::ptr_eq(p, &model.provider)) {
-                seen.push(model.provider.clone());
+            if !seen.iter().any(|(p, _)| Arc::ptr_eq(p, &model.provider)) {
+                seen.push((model.provider.clone(), model.guard.clone()));
             }
         }
         seen

@@ -1,12 +1,18 @@
 //! A client for any OpenAI-compatible chat-completions API (Z.ai, a local
-//! server, another vendor): `POST {base_url}/chat/completions`.
+//! server, another vendor): `POST {base_url}/chat/completions`, whole or
+//! streamed as server-sent events (`stream_options.include_usage`, so a
+//! streamed answer reports the same usage as a whole one).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
-use super::{ChatCompletion, ChatProvider, ChatRequest, ProviderError};
+use super::event_stream::EventDecoder;
+use super::{
+    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ProviderError, StreamEnd,
+};
 use crate::config::Secret;
 use crate::tokenizer;
 
@@ -15,7 +21,8 @@ pub struct OpenAiConfig {
     pub name: String,
     /// Up to and excluding `/chat/completions`, e.g. `https://api.z.ai/api/paas/v4`.
     pub base_url: String,
-    pub api_key: Secret,
+    /// Sent as `Authorization: Bearer`; a local server may need none.
+    pub api_key: Option<Secret>,
     pub connect_timeout: Duration,
     /// Bound on a whole call, from sending to the last byte of the answer.
     pub request_timeout: Duration,
@@ -54,6 +61,13 @@ struct WireRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
     stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
 }
 
 #[derive(Serialize)]
@@ -85,6 +99,21 @@ struct WireUsage {
     completion_tokens: Option<u32>,
 }
 
+/// One event of a streamed answer.
+#[derive(Deserialize)]
+struct WireChunk {
+    #[serde(default)]
+    choices: Vec<WireChunkChoice>,
+    usage: Option<WireUsage>,
+    error: Option<WireErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct WireChunkChoice {
+    delta: Option<WireReply>,
+    finish_reason: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct WireError {
     error: WireErrorBody,
@@ -98,10 +127,193 @@ struct WireErrorBody {
 fn classify(err: reqwest::Error, timeout: Duration) -> ProviderError {
     if err.is_timeout() {
         ProviderError::Timeout(timeout)
-    } else if err.is_connect() {
+    } else if err.is_connect() || (err.is_request() && err.status().is_none()) {
+        // Refused, reset or closed before an answer began: the request was not served.
         ProviderError::Connect(err.to_string())
     } else {
         ProviderError::BadResponse(err.to_string())
+    }
+}
+
+/// How long the provider asks to be left alone: `retry-after-ms` (OpenAI's),
+/// else `Retry-After` in seconds or as an HTTP date.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    let value = text("retry-after")?;
+    if let Ok(seconds) = value.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// The provider's refusal, summarised without echoing more than a line of it.
+async fn refusal(response: reqwest::Response) -> ProviderError {
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let bytes = response.bytes().await.unwrap_or_default();
+    let message = serde_json::from_slice::<WireError>(&bytes)
+        .ok()
+        .and_then(|e| e.error.message)
+        .map(|m| m.chars().take(300).collect())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+    ProviderError::Status {
+        status: status.as_u16(),
+        message,
+        retry_after,
+    }
+}
+
+impl OpenAiCompatible {
+    async fn send(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let body = WireRequest {
+            model: &request.model,
+            messages: request
+                .messages
+                .iter()
+                .map(|(role, content)| WireMessage { role, content })
+                .collect(),
+            temperature: request.temperature,
+            max_tokens: request.max_tokens,
+            stream,
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
+        };
+        let mut call = self.http.post(&self.endpoint).json(&body);
+        if let Some(key) = &self.config.api_key {
+            call = call.bearer_auth(key.expose());
+        }
+        if stream {
+            call = call.header(reqwest::header::ACCEPT, "text/event-stream");
+        }
+        let response = call
+            .send()
+            .await
+            .map_err(|e| classify(e, self.config.request_timeout))?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(refusal(response).await)
+        }
+    }
+}
+
+/// Reads an OpenAI streamed answer: each event's delta as it comes, then one end.
+struct ChunkReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    decoder: EventDecoder,
+    events: std::collections::VecDeque<String>,
+    scratch: Vec<String>,
+    finish_reason: Option<String>,
+    usage: Option<WireUsage>,
+    timeout: Duration,
+    done: bool,
+}
+
+impl ChunkReader {
+    fn end(&mut self) -> Chunk {
+        self.done = true;
+        let usage = self.usage.take();
+        Chunk::End(StreamEnd {
+            finish_reason: self.finish_reason.take().unwrap_or_else(|| "stop".into()),
+            prompt_tokens: usage.as_ref().and_then(|u| u.prompt_tokens),
+            completion_tokens: usage.as_ref().and_then(|u| u.completion_tokens),
+        })
+    }
+
+    /// The next chunk worth passing on, or `None` after the end.
+    async fn next_chunk(&mut self) -> Option<Result<Chunk, ProviderError>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            while let Some(data) = self.events.pop_front() {
+                if data.trim() == "[DONE]" {
+                    return Some(Ok(self.end()));
+                }
+                let chunk: WireChunk = match serde_json::from_str(&data) {
+                    Ok(chunk) => chunk,
+                    Err(err) => {
+                        self.done = true;
+                        return Some(Err(ProviderError::BadResponse(format!(
+                            "a stream event is not a chat completion chunk: {err}"
+                        ))));
+                    }
+                };
+                if let Some(error) = chunk.error {
+                    self.done = true;
+                    return Some(Err(ProviderError::Status {
+                        status: 502,
+                        message: error
+                            .message
+                            .unwrap_or_else(|| "error in stream".into())
+                            .chars()
+                            .take(300)
+                            .collect(),
+                        retry_after: None,
+                    }));
+                }
+                if chunk.usage.is_some() {
+                    self.usage = chunk.usage;
+                }
+                let mut content = None;
+                for choice in chunk.choices {
+                    if let Some(reason) = choice.finish_reason {
+                        self.finish_reason = Some(reason);
+                    }
+                    if let Some(text) = choice.delta.and_then(|d| d.content)
+                        && !text.is_empty()
+                    {
+                        content = Some(text);
+                    }
+                }
+                if let Some(text) = content {
+                    return Some(Ok(Chunk::Delta(text)));
+                }
+            }
+            match self.body.next().await {
+                Some(Ok(bytes)) => {
+                    self.decoder.feed(&bytes, &mut self.scratch);
+                    self.events.extend(self.scratch.drain(..));
+                }
+                Some(Err(err)) => {
+                    self.done = true;
+                    return Some(Err(classify(err, self.timeout)));
+                }
+                None => {
+                    self.decoder.finish(&mut self.scratch);
+                    if !self.scratch.is_empty() {
+                        self.events.extend(self.scratch.drain(..));
+                        continue;
+                    }
+                    // Some servers close without [DONE]; a finish reason says the answer is whole.
+                    if self.finish_reason.is_some() {
+                        return Some(Ok(self.end()));
+                    }
+                    self.done = true;
+                    return Some(Err(ProviderError::BadResponse(
+                        "the stream ended before the answer was finished".into(),
+                    )));
+                }
+            }
+        }
     }
 }
 
@@ -112,39 +324,9 @@ impl ChatProvider for OpenAiCompatible {
     }
 
     async fn complete(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
-        let body = WireRequest {
-            model: &request.model,
-            messages: request
-                .messages
-                .iter()
-                .map(|(role, content)| WireMessage { role, content })
-                .collect(),
-            temperature: request.temperature,
-            max_tokens: request.max_tokens,
-            stream: false,
-        };
         let timeout = self.config.request_timeout;
-        let response = self
-            .http
-            .post(&self.endpoint)
-            .bearer_auth(self.config.api_key.expose())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| classify(e, timeout))?;
-        let status = response.status();
+        let response = self.send(request, false).await?;
         let bytes = response.bytes().await.map_err(|e| classify(e, timeout))?;
-        if !status.is_success() {
-            let message = serde_json::from_slice::<WireError>(&bytes)
-                .ok()
-                .and_then(|e| e.error.message)
-                .map(|m| m.chars().take(300).collect())
-                .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
-            return Err(ProviderError::Status {
-                status: status.as_u16(),
-                message,
-            });
-        }
         let wire: WireResponse = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::BadResponse(e.to_string()))?;
         let choice = wire
@@ -175,5 +357,26 @@ impl ChatProvider for OpenAiCompatible {
             completion_tokens,
             finish_reason: choice.finish_reason.unwrap_or_else(|| "stop".into()),
         })
+    }
+
+    async fn stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+        let response = self.send(request, true).await?;
+        let reader = ChunkReader {
+            body: response.bytes_stream().boxed(),
+            decoder: EventDecoder::default(),
+            events: Default::default(),
+            scratch: Vec::new(),
+            finish_reason: None,
+            usage: None,
+            timeout: self.config.request_timeout,
+            done: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            reader,
+            |mut reader| async move {
+                let chunk = reader.next_chunk().await?;
+                Some((chunk, reader))
+            },
+        )))
     }
 }

@@ -1,10 +1,18 @@
 //! The offline stand-in for a provider, used when no credential is configured
 //! so a fresh `cargo run` answers at once. Every surface says when it is in use.
 
-use async_trait::async_trait;
+use std::time::Duration;
 
-use super::{ChatCompletion, ChatProvider, ChatRequest, ProviderError};
+use async_trait::async_trait;
+use futures::StreamExt as _;
+
+use super::{
+    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ProviderError, StreamEnd,
+};
 use crate::tokenizer;
+
+/// The pause between two streamed words, so a streamed answer looks like one.
+const WORD_PAUSE: Duration = Duration::from_millis(5);
 
 pub struct Simulator {
     name: String,
@@ -63,5 +71,29 @@ impl ChatProvider for Simulator {
             prompt_tokens,
             finish_reason,
         })
+    }
+
+    /// The same answer as [`Self::complete`], word by word.
+    async fn stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+        let completion = self.complete(request).await?;
+        let mut words: Vec<Chunk> = completion
+            .content
+            .split_inclusive(' ')
+            .map(|word| Chunk::Delta(word.to_string()))
+            .collect();
+        words.push(Chunk::End(StreamEnd {
+            finish_reason: completion.finish_reason,
+            prompt_tokens: Some(completion.prompt_tokens),
+            completion_tokens: Some(completion.completion_tokens),
+        }));
+        let first = std::iter::once(true).chain(std::iter::repeat(false));
+        Ok(Box::pin(
+            futures::stream::iter(words.into_iter().zip(first)).then(|(chunk, first)| async move {
+                if !first {
+                    tokio::time::sleep(WORD_PAUSE).await;
+                }
+                Ok(chunk)
+            }),
+        ))
     }
 }

@@ -1,0 +1,418 @@
+//! Providers are configuration: a TOML file (`--providers-file`,
+//! `OPENCLAW_PROVIDERS_FILE`) declares each OpenAI-compatible provider, its
+//! models and their fallbacks, and how its calls are bounded and retried.
+//! Without a file the built-in Z.ai provider serves the guide's models
+//! (`ZAI_API_KEY`, `ZAI_BASE_URL`), answered by the offline simulator when no
+//! key is set. `docs/providers.md` documents the format.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use super::circuit::BreakerSettings;
+use super::resilience::{ProviderGuard, RetrySettings};
+use super::{
+    ChatProvider, DEFAULT_MODEL, ModelCatalog, ModelSpec, OpenAiCompatible, OpenAiConfig,
+    Simulator, ZAI_MODELS,
+};
+use crate::config::{CoreConfig, Secret};
+
+/// The providers file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProvidersFile {
+    /// The model of a request that names none; defaults to `zai/glm-4.7-flash`,
+    /// else the first model declared.
+    #[serde(default)]
+    pub default_model: Option<String>,
+    #[serde(default)]
+    pub providers: Vec<ProviderEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderEntry {
+    /// The provider's name: the first part of its model ids (`zai` in `zai/glm-4.7-flash`).
+    pub name: String,
+    /// Up to and excluding `/chat/completions`.
+    pub base_url: String,
+    /// The environment variable holding the provider's API key; none for a server without auth.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// When the key's variable is unset, answer with the offline simulator
+    /// instead of refusing to start.
+    #[serde(default)]
+    pub simulate_without_key: bool,
+    /// Bound on connecting, in milliseconds (default: `OPENCLAW_PROVIDER_CONNECT_TIMEOUT_MS`).
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Bound on one attempt, to the last byte of the answer, in milliseconds
+    /// (default: `OPENCLAW_PROVIDER_TIMEOUT_MS`).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub retry: RetrySettings,
+    #[serde(default)]
+    pub breaker: BreakerSettings,
+    pub models: Vec<ModelEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelEntry {
+    /// The model's id is `<provider>/<name>`.
+    pub name: String,
+    /// What the provider calls it, when not `name`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Model ids (of any provider) asked in this order when this one cannot answer.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+}
+
+impl ProvidersFile {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let file: ProvidersFile = toml::from_str(text)?;
+        file.check()?;
+        Ok(file)
+    }
+
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the providers file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in the providers file {}", path.display()))
+    }
+
+    /// The built-in configuration: Z.ai serving the guide's models.
+    pub fn builtin(config: &CoreConfig) -> Self {
+        Self {
+            default_model: Some(DEFAULT_MODEL.into()),
+            providers: vec![ProviderEntry {
+                name: "zai".into(),
+                base_url: config.zai_base_url.clone(),
+                api_key_env: Some("ZAI_API_KEY".into()),
+                simulate_without_key: true,
+                connect_timeout_ms: None,
+                timeout_ms: None,
+                retry: RetrySettings::default(),
+                breaker: BreakerSettings::default(),
+                models: ZAI_MODELS
+                    .iter()
+                    .map(|id| ModelEntry {
+                        name: id.trim_start_matches("zai/").into(),
+                        upstream: None,
+                        fallbacks: Vec::new(),
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    fn model_ids(&self) -> impl Iterator<Item = String> + '_ {
+        self.providers.iter().flat_map(|p| {
+            p.models
+                .iter()
+                .map(move |m| format!("{}/{}", p.name, m.name))
+        })
+    }
+
+    /// Every mistake a start-up should refuse, named so it can be fixed.
+    fn check(&self) -> anyhow::Result<()> {
+        let mut providers = HashSet::new();
+        for provider in &self.providers {
+            let name = &provider.name;
+            if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
+                bail!("provider name '{name}' must be non-empty, without '/' or spaces");
+            }
+            if !providers.insert(name.as_str()) {
+                bail!("provider '{name}' is declared twice");
+            }
+            if !(provider.base_url.starts_with("http://")
+                || provider.base_url.starts_with("https://"))
+            {
+                bail!(
+                    "provider '{name}': baseUrl '{}' must start with http:// or https://",
+                    provider.base_url
+                );
+            }
+            if provider.models.is_empty() {
+                bail!("provider '{name}' declares no models");
+            }
+            if provider.timeout_ms == Some(0) || provider.connect_timeout_ms == Some(0) {
+                bail!("provider '{name}': timeouts must be at least 1 ms");
+            }
+        }
+        let ids: Vec<String> = self.model_ids().collect();
+        let mut seen = HashSet::new();
+        for id in &ids {
+            if !seen.insert(id.as_str()) {
+                bail!("model '{id}' is declared twice");
+            }
+        }
+        for provider in &self.providers {
+            for model in &provider.models {
+                let id = format!("{}/{}", provider.name, model.name);
+                for fallback in &model.fallbacks {
+                    if fallback == &id {
+                        bail!("model '{id}' names itself as a fallback");
+                    }
+                    if !seen.contains(fallback.as_str()) {
+                        bail!(
+                            "model '{id}' falls back to '{fallback}', which is not declared; declared: {}",
+                            ids.join(", ")
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(default) = &self.default_model
+            && !seen.contains(default.as_str())
+        {
+            bail!(
+                "defaultModel '{default}' is not declared; declared: {}",
+                ids.join(", ")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The model catalog the configuration describes: the providers file when one
+/// is named, the built-in Z.ai provider otherwise.
+pub fn load_catalog(config: &CoreConfig) -> anyhow::Result<ModelCatalog> {
+    let file = match &config.providers_file {
+        Some(path) => ProvidersFile::read(path)?,
+        None => ProvidersFile::builtin(config),
+    };
+    build_catalog(&file, config, |name| {
+        // The built-in provider's key comes through the configuration (flag, env or `.env`).
+        if name == "ZAI_API_KEY"
+            && let Some(key) = &config.zai_api_key
+        {
+            return Some(key.clone());
+        }
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(Secret::new)
+    })
+}
+
+fn build_catalog(
+    file: &ProvidersFile,
+    config: &CoreConfig,
+    secret: impl Fn(&str) -> Option<Secret>,
+) -> anyhow::Result<ModelCatalog> {
+    let mut catalog = ModelCatalog::default();
+    let budget = config.provider_timeout();
+    catalog.set_call_budget(budget);
+    for entry in &file.providers {
+        let key = entry.api_key_env.as_deref().map(|var| (var, secret(var)));
+        let timeout = entry
+            .timeout_ms
+            .map_or(budget, Duration::from_millis)
+            .min(budget);
+        let models: Vec<ModelSpec> = entry
+            .models
+            .iter()
+            .map(|m| ModelSpec {
+                id: format!("{}/{}", entry.name, m.name),
+                upstream: m.upstream.clone().unwrap_or_else(|| m.name.clone()),
+                fallbacks: m.fallbacks.clone(),
+            })
+            .collect();
+        let listed = models
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let provider: Arc<dyn ChatProvider> = match key {
+            Some((var, None)) if entry.simulate_without_key => {
+                tracing::warn!(
+                    provider = %entry.name,
+                    "{var} is not set: the {} models are answered by the built-in OFFLINE SIMULATOR",
+                    entry.name
+                );
+                Arc::new(Simulator::new(entry.name.clone()))
+            }
+            Some((var, None)) => bail!(
+                "provider '{}' needs an API key in the environment variable {var}, which is not set",
+                entry.name
+            ),
+            Some((_, Some(key))) => openai(entry, config, Some(key), timeout)?,
+            None => openai(entry, config, None, timeout)?,
+        };
+        if !provider.simulated() {
+            tracing::info!(provider = %entry.name, base_url = %entry.base_url, "provider {}: {listed}", entry.name);
+        }
+        let guard = Arc::new(ProviderGuard::new(
+            entry.name.clone(),
+            entry.retry,
+            timeout,
+            entry.breaker,
+        ));
+        catalog.add_models(provider, guard, models);
+    }
+    let default = file
+        .default_model
+        .clone()
+        .filter(|id| catalog.resolve(id).is_ok())
+        .or_else(|| {
+            catalog
+                .resolve(DEFAULT_MODEL)
+                .ok()
+                .map(|_| DEFAULT_MODEL.to_string())
+        })
+        .or_else(|| catalog.ids().first().map(|id| id.to_string()));
+    match default {
+        Some(id) => catalog.set_default_model(id),
+        None => bail!("no model is configured: declare at least one provider with a model"),
+    }
+    Ok(catalog)
+}
+
+fn openai(
+    entry: &ProviderEntry,
+    config: &CoreConfig,
+    api_key: Option<Secret>,
+    timeout: Duration,
+) -> anyhow::Result<Arc<dyn ChatProvider>> {
+    let client = OpenAiCompatible::new(OpenAiConfig {
+        name: entry.name.clone(),
+        base_url: entry.base_url.clone(),
+        api_key,
+        connect_timeout: entry
+            .connect_timeout_ms
+            .map_or(config.provider_connect_timeout(), Duration::from_millis),
+        request_timeout: timeout,
+    })
+    .with_context(|| format!("configuring provider '{}'", entry.name))?;
+    Ok(Arc::new(client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        defaultModel = "local/llama3.2"
+
+        [[providers]]
+        name = "local"
+        baseUrl = "http://127.0.0.1:11434/v1"
+        timeoutMs = 30000
+        models = [{ name = "llama3.2", fallbacks = ["zai/glm-4.7-flash"] }]
+
+        [[providers]]
+        name = "zai"
+        baseUrl = "https://api.z.ai/api/paas/v4"
+        apiKeyEnv = "ZAI_API_KEY"
+        simulateWithoutKey = true
+        retry = { maxRetries = 3, initialBackoffMs = 100 }
+        breaker = { failureThreshold = 2, openMs = 1000 }
+
+        [[providers.models]]
+        name = "glm-4.7-flash"
+        fallbacks = ["zai/glm-4.5-flash"]
+
+        [[providers.models]]
+        name = "glm-4.5-flash"
+    "#;
+
+    fn config() -> CoreConfig {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            core: CoreConfig,
+        }
+        Wrapper::parse_from(["test"]).core
+    }
+
+    #[test]
+    fn the_documented_example_parses_with_defaults_filled_in() {
+        let file = ProvidersFile::parse(EXAMPLE).expect("valid");
+        assert_eq!(file.providers.len(), 2);
+        let zai = &file.providers[1];
+        assert_eq!(zai.retry.max_retries, 3);
+        assert_eq!(
+            zai.retry.max_backoff_ms,
+            RetrySettings::default().max_backoff_ms
+        );
+        assert_eq!(zai.breaker.failure_threshold, 2);
+        assert_eq!(zai.models[0].fallbacks, ["zai/glm-4.5-flash"]);
+        let catalog = build_catalog(&file, &config(), |_| None).expect("catalog");
+        assert_eq!(
+            catalog.ids(),
+            ["local/llama3.2", "zai/glm-4.7-flash", "zai/glm-4.5-flash"]
+        );
+        assert_eq!(catalog.default_model(), "local/llama3.2");
+        assert!(
+            catalog
+                .resolve("zai/glm-4.7-flash")
+                .unwrap()
+                .provider
+                .simulated()
+        );
+        assert!(
+            !catalog
+                .resolve("local/llama3.2")
+                .unwrap()
+                .provider
+                .simulated()
+        );
+        assert_eq!(
+            catalog.resolve_loose("llama3.2").unwrap().id,
+            "local/llama3.2"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_what_to_fix() {
+        let error = |text: &str| format!("{:#}", ProvidersFile::parse(text).expect_err("refused"));
+        let unknown_fallback = r#"
+            [[providers]]
+            name = "a"
+            baseUrl = "http://x"
+            models = [{ name = "m", fallbacks = ["b/m"] }]
+        "#;
+        assert!(error(unknown_fallback).contains("'b/m', which is not declared"));
+        let bad_url = r#"
+            [[providers]]
+            name = "a"
+            baseUrl = "x"
+            models = [{ name = "m" }]
+        "#;
+        assert!(error(bad_url).contains("must start with http"));
+        let typo = r#"
+            [[providers]]
+            name = "a"
+            baseUrl = "http://x"
+            apiKeyEnvv = "K"
+            models = [{ name = "m" }]
+        "#;
+        assert!(error(typo).contains("apiKeyEnvv"));
+    }
+
+    #[test]
+    fn a_missing_key_without_the_simulator_is_refused() {
+        let file = ProvidersFile::parse(
+            r#"
+            [[providers]]
+            name = "vendor"
+            baseUrl = "https://api.example.com/v1"
+            apiKeyEnv = "VENDOR_KEY"
+            models = [{ name = "m" }]
+        "#,
+        )
+        .expect("valid");
+        let Err(error) = build_catalog(&file, &config(), |_| None) else {
+            panic!("a provider without its key must not start");
+        };
+        assert!(error.to_string().contains("VENDOR_KEY"), "{error}");
+    }
+}

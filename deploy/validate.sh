@@ -16,7 +16,8 @@ if ! command -v kubectl >/dev/null; then
   exit 1
 fi
 if [ "$(kubernetes-validate --version 2>/dev/null)" != "$VALIDATOR_VERSION" ]; then
-  python3 -m pip install -q --disable-pip-version-check "kubernetes-validate==$VALIDATOR_VERSION"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    "kubernetes-validate==$VALIDATOR_VERSION"
 fi
 
 rendered=$(mktemp -d)

@@ -31,6 +31,8 @@ pub struct Gateway {
     /// How long a session's turn lock is leased: longer than any model call.
     pub turn_lease: std::time::Duration,
     pub replica: String,
+    /// How long a send's result is kept for a client repeating its request id.
+    pub idempotency_retention: std::time::Duration,
     started: Instant,
     queue_depth: AtomicU64,
     draining: AtomicBool,
@@ -57,6 +59,7 @@ impl Gateway {
             default_max_tokens,
             turn_lease,
             replica,
+            idempotency_retention: std::time::Duration::from_secs(24 * 3600),
             started: Instant::now(),
             queue_depth: AtomicU64::new(0),
             draining: AtomicBool::new(false),

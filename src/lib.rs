@@ -3,10 +3,13 @@
 
 pub mod auth;
 pub mod cli;
+pub mod completions;
 pub mod config;
 pub mod convert;
 pub mod error;
 pub mod gateway;
+mod idempotency;
+mod inference;
 pub mod keys;
 pub mod limits;
 pub mod proto;

@@ -9,9 +9,15 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::auth::Authenticator;
 use crate::config::CoreConfig;
+use crate::cron::scheduler::CronScheduler;
+use crate::cron::store::{CronStore, EmbeddedCronStore, RedisCronStore};
+use crate::cron::{CronContext, Crons};
+use crate::events::{Event, EventBus, EventSettings, Events, REPLICA_DRAINING};
 use crate::gateway::{DefaultLimits, Gateway};
 use crate::keys::Keys;
 use crate::limits::{LocalLimits, RateLimiter, RedisDownPolicy, RedisLimits};
+use crate::proto::cron_service_server::CronServiceServer;
+use crate::proto::event_service_server::EventServiceServer;
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
 use crate::proto::system_service_server::SystemServiceServer;
@@ -23,8 +29,17 @@ use crate::system::System;
 /// File name of the embedded store inside the data folder.
 pub const EMBEDDED_DB_FILE: &str = "gateway.redb";
 
-/// The store, and the rate limiter that goes with it (shared through Redis, or in memory).
-pub async fn open_store(config: &CoreConfig) -> anyhow::Result<(Arc<dyn Store>, RateLimiter)> {
+/// What lives in the state store beside the `Store` itself: system events and cron jobs.
+pub struct Schedules {
+    pub events: EventBus,
+    pub cron: Arc<dyn CronStore>,
+}
+
+/// The store, the rate limiter that goes with it (shared through Redis, or in
+/// memory), and the event stream and cron store kept in the same backend.
+pub async fn open_store(
+    config: &CoreConfig,
+) -> anyhow::Result<(Arc<dyn Store>, RateLimiter, Schedules)> {
     match &config.redis_url {
         Some(url) => {
             let store = RedisStore::connect(RedisStoreConfig {
@@ -45,7 +60,18 @@ pub async fn open_store(config: &CoreConfig) -> anyhow::Result<(Arc<dyn Store>, 
             tracing::info!(policy = ?config.rate_limit_redis_down, "rate limits: shared sliding window in Redis");
             let limiter =
                 RateLimiter::new(Arc::new(RedisLimits::new(store.connection())), fallback);
-            Ok((Arc::new(store), limiter))
+            let event_settings = EventSettings {
+                max_len: config.cron.events_max_len,
+            };
+            let schedules = Schedules {
+                events: EventBus::redis(store.connection(), url, event_settings)
+                    .context("configuring the event stream")?,
+                cron: Arc::new(RedisCronStore::new(
+                    store.connection(),
+                    config.cron.events_max_len,
+                )),
+            };
+            Ok((Arc::new(store), limiter, schedules))
         }
         None => {
             let path = config.data_dir.join(EMBEDDED_DB_FILE);
@@ -53,7 +79,16 @@ pub async fn open_store(config: &CoreConfig) -> anyhow::Result<(Arc<dyn Store>, 
                 .with_context(|| format!("opening the embedded store at {}", path.display()))?;
             tracing::info!(path = %path.display(), "state store: embedded (single process; set OPENCLAW_REDIS_URL to scale out)");
             let limiter = RateLimiter::new(Arc::new(LocalLimits::default()), None);
-            Ok((Arc::new(store), limiter))
+            let events = EventBus::in_memory(EventSettings {
+                max_len: config.cron.events_max_len,
+            });
+            let cron = EmbeddedCronStore::open(store.database(), events.clone())
+                .context("opening the cron tables of the embedded store")?;
+            let schedules = Schedules {
+                events,
+                cron: Arc::new(cron),
+            };
+            Ok((Arc::new(store), limiter, schedules))
         }
     }
 }
@@ -64,7 +99,7 @@ pub fn model_catalog(config: &CoreConfig) -> anyhow::Result<ModelCatalog> {
 }
 
 pub async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
-    let (store, limits) = open_store(config).await?;
+    let (store, limits, schedules) = open_store(config).await?;
     if config.internal_token.is_none() {
         tracing::warn!("OPENCLAW_INTERNAL_TOKEN is not set: key administration is disabled");
     }
@@ -85,6 +120,11 @@ pub async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
         // A turn's lock outlives the longest model call it may wait for.
         config.provider_timeout() + std::time::Duration::from_secs(10),
         config.replica(),
+        schedules.events,
+        CronContext {
+            store: schedules.cron,
+            settings: config.cron,
+        },
     ))
 }
 
@@ -104,13 +144,25 @@ pub async fn run(
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(std::time::Duration::from_secs(60)));
+    let scheduler = CronScheduler::start(gateway.clone());
     let draining = gateway.clone();
+    let stopping = scheduler.clone();
     let shutdown = async move {
         shutdown.await;
         draining.start_draining();
         health
             .set_not_serving::<SessionServiceServer<Sessions>>()
             .await;
+        // Subscribers hear it, then their streams end so they reconnect elsewhere.
+        let mut event = Event::new(
+            REPLICA_DRAINING,
+            format!("Replica {} is draining", draining.replica),
+        );
+        event.replica = draining.replica.clone();
+        draining.events.announce(event).await;
+        draining.events.close();
+        // No new claims; the runs in progress finish.
+        stopping.stop().await;
     };
     Server::builder()
         .tcp_nodelay(true)
@@ -118,6 +170,11 @@ pub async fn run(
         .add_service(reflection)
         .add_service(SessionServiceServer::new(Sessions::new(gateway.clone())))
         .add_service(KeyServiceServer::new(Keys::new(gateway.clone())))
+        .add_service(CronServiceServer::new(Crons::new(
+            gateway.clone(),
+            scheduler,
+        )))
+        .add_service(EventServiceServer::new(Events::new(gateway.clone())))
         .add_service(SystemServiceServer::new(System::new(gateway)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

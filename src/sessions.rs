@@ -7,20 +7,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Principal;
 use crate::convert;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::gateway::{Gateway, Scope, respond};
+use crate::idempotency::{self, SendKey};
+use crate::inference::{self, Streamed};
 use crate::limits::{Admission, Charge};
 use crate::proto::session_service_server::SessionService;
 use crate::proto::{self, ChatMessage};
-use crate::providers::{ChatRequest, DEFAULT_MODEL, Model};
-use crate::store::{AppendOutcome, LockOutcome, SessionRecord, StoredMessage};
-use crate::tokenizer;
+use crate::providers::Model;
+use crate::store::{AppendOutcome, LockOutcome, RecordedResult, SessionRecord, StoredMessage};
 
-const ROLES: &[&str] = &["system", "user", "assistant"];
+pub(crate) const ROLES: &[&str] = &["system", "user", "assistant"];
 const MAX_SESSION_ID_LEN: usize = 128;
 const MAX_TOKENS_CAP: u32 = 131_072;
 
@@ -54,7 +57,11 @@ pub fn validate_session_id(id: &str, field: &str) -> ApiResult<()> {
     }
 }
 
-fn validate_message(message: &ChatMessage, field: &str, roles: &[&str]) -> ApiResult<()> {
+pub(crate) fn validate_message(
+    message: &ChatMessage,
+    field: &str,
+    roles: &[&str],
+) -> ApiResult<()> {
     if message.role.is_empty() {
         return Err(ApiError::invalid_field(
             format!("{field}.role"),
@@ -86,7 +93,7 @@ fn validate_message(message: &ChatMessage, field: &str, roles: &[&str]) -> ApiRe
     Ok(())
 }
 
-fn validate_options(options: &Option<proto::GenerationOptions>) -> ApiResult<()> {
+pub(crate) fn validate_options(options: &Option<proto::GenerationOptions>) -> ApiResult<()> {
     let Some(options) = options else {
         return Ok(());
     };
@@ -141,21 +148,18 @@ fn new_session_id() -> String {
 }
 
 /// The session's turn lock, held until the turn is stored or abandoned.
-struct TurnLock {
-    owner: String,
-    id: String,
-    token: String,
+pub(crate) struct TurnLock {
+    pub(crate) owner: String,
+    pub(crate) id: String,
+    pub(crate) token: String,
 }
 
-/// The result of one model call, ready to store and return.
-struct Answer {
-    reply: proto::Reply,
-    stored: StoredMessage,
-}
+/// Events of a streamed reply in flight to the caller.
+const STREAM_BUFFER: usize = 16;
 
 impl Sessions {
     /// Waits for the session's turn lock. `Ok(None)` when the session does not exist.
-    async fn lock(
+    pub(crate) async fn lock(
         &self,
         owner: &str,
         id: &str,
@@ -194,7 +198,7 @@ impl Sessions {
         }
     }
 
-    async fn release(&self, lock: &TurnLock) {
+    pub(crate) async fn release(&self, lock: &TurnLock) {
         if let Err(err) = self
             .gateway
             .store
@@ -206,74 +210,11 @@ impl Sessions {
         }
     }
 
-    /// Admits the call against the caller's limits (reserving the prompt's
-    /// tokens plus the completion's cap), asks the model, and settles the
-    /// reservation with what the provider reports (nothing, if it failed).
-    async fn ask_model(
-        &self,
-        principal: &Principal,
-        model: &Model,
-        transcript: Vec<(String, String)>,
-        temperature: Option<f32>,
-        max_tokens: Option<u32>,
-    ) -> ApiResult<(Answer, Admission)> {
-        let max_tokens = max_tokens.unwrap_or(self.gateway.default_max_tokens);
-        let prompt =
-            tokenizer::count_prompt(transcript.iter().map(|(r, c)| (r.as_str(), c.as_str())));
-        let charge = Charge {
-            tokens: u64::from(prompt) + u64::from(max_tokens),
-            context: u64::from(prompt),
-        };
-        let admission = self.gateway.admit(principal, charge).await?;
-        let _slot = self.gateway.enqueue();
-        let request = ChatRequest {
-            model: model.upstream.clone(),
-            messages: transcript,
-            temperature,
-            max_tokens: Some(max_tokens),
-        };
-        let completion = match model.provider.complete(&request).await {
-            Ok(completion) => completion,
-            Err(err) => {
-                self.gateway
-                    .limits
-                    .settle(&admission, Charge::default())
-                    .await;
-                tracing::warn!(error = %err, provider = model.provider.name(), model = %model.id, "model call failed");
-                return Err(err.into_api_error(model.provider.name(), &model.id));
-            }
-        };
-        let used = Charge {
-            tokens: u64::from(completion.prompt_tokens) + u64::from(completion.completion_tokens),
-            context: u64::from(completion.prompt_tokens),
-        };
-        self.gateway.limits.settle(&admission, used).await;
-        let stored = StoredMessage {
-            role: "assistant".into(),
-            content: completion.content,
-            created_at: Utc::now(),
-        };
-        let reply = proto::Reply {
-            message: Some(convert::message(&stored)),
-            usage: Some(proto::Usage {
-                prompt_tokens: completion.prompt_tokens,
-                completion_tokens: completion.completion_tokens,
-                total_tokens: completion
-                    .prompt_tokens
-                    .saturating_add(completion.completion_tokens),
-            }),
-            model: model.id.clone(),
-            simulated: model.provider.simulated(),
-            finish_reason: completion.finish_reason,
-        };
-        Ok((Answer { reply, stored }, admission))
-    }
-
     /// Asks the model when `new` ends with a user message; otherwise admits a plain request.
     async fn answer_if_asked(
         &self,
         principal: &Principal,
-        model: &Model,
+        model: &Arc<Model>,
         history: &[StoredMessage],
         new: &mut Vec<StoredMessage>,
         temperature: Option<f32>,
@@ -290,9 +231,17 @@ impl Sessions {
             .chain(new.iter())
             .map(|m| (m.role.clone(), m.content.clone()))
             .collect();
-        let (answer, admission) = self
-            .ask_model(principal, model, transcript, temperature, max_tokens)
-            .await?;
+        let (answer, admission) = inference::admit(
+            &self.gateway,
+            principal,
+            model.clone(),
+            transcript,
+            temperature,
+            max_tokens,
+        )
+        .await?
+        .complete()
+        .await?;
         new.push(answer.stored);
         Ok((Some(answer.reply), admission))
     }
@@ -309,8 +258,24 @@ impl Sessions {
         new: Vec<StoredMessage>,
         options: Option<proto::GenerationOptions>,
     ) -> ApiResult<(Option<proto::Reply>, Admission)> {
+        self.turn_recording(principal, lock, session, history, new, options, None)
+            .await
+    }
+
+    /// [`Self::turn`] that also records the send's result under `key`, with the turn.
+    #[allow(clippy::too_many_arguments)]
+    async fn turn_recording(
+        &self,
+        principal: &Principal,
+        lock: TurnLock,
+        session: &SessionRecord,
+        history: Vec<StoredMessage>,
+        new: Vec<StoredMessage>,
+        options: Option<proto::GenerationOptions>,
+        key: Option<&SendKey>,
+    ) -> ApiResult<(Option<proto::Reply>, Admission)> {
         let outcome = self
-            .turn_locked(principal, &lock, session, history, new, options)
+            .turn_locked(principal, &lock, session, history, new, options, key)
             .await;
         if outcome.is_err() {
             self.release(&lock).await;
@@ -318,6 +283,7 @@ impl Sessions {
         outcome
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn turn_locked(
         &self,
         principal: &Principal,
@@ -326,8 +292,9 @@ impl Sessions {
         history: Vec<StoredMessage>,
         mut new: Vec<StoredMessage>,
         options: Option<proto::GenerationOptions>,
+        key: Option<&SendKey>,
     ) -> ApiResult<(Option<proto::Reply>, Admission)> {
-        let model = self.gateway.models.resolve(&session.model)?.clone();
+        let model = self.gateway.models.resolve_model(&session.model)?.clone();
         let (temperature, max_tokens) = merge_options(session, options.as_ref());
         let (reply, admission) = self
             .answer_if_asked(
@@ -339,13 +306,51 @@ impl Sessions {
                 max_tokens,
             )
             .await?;
-        match self
-            .gateway
-            .store
-            .append_turn(&lock.owner, &lock.id, &lock.token, &new, Utc::now())
-            .await?
-        {
-            AppendOutcome::Appended => Ok((reply, admission)),
+        let response = key.map(|key| {
+            key.record(&proto::SendMessageResponse {
+                session_id: lock.id.clone(),
+                reply: reply.clone(),
+            })
+        });
+        self.store_turn(lock, &new, key.zip(response.as_deref()))
+            .await?;
+        Ok((reply, admission))
+    }
+
+    /// Stores a turn's messages and releases the lock, atomically; with a
+    /// key, the send's recorded result too.
+    pub(crate) async fn store_turn(
+        &self,
+        lock: &TurnLock,
+        new: &[StoredMessage],
+        record: Option<(&SendKey, &[u8])>,
+    ) -> ApiResult<()> {
+        let store = &self.gateway.store;
+        let outcome = match record {
+            None => {
+                store
+                    .append_turn(&lock.owner, &lock.id, &lock.token, new, Utc::now())
+                    .await?
+            }
+            Some((key, body)) => {
+                store
+                    .append_turn_recording(
+                        &lock.owner,
+                        &lock.id,
+                        &lock.token,
+                        new,
+                        Utc::now(),
+                        RecordedResult {
+                            request_id: &key.request_id,
+                            body,
+                            retention: self.gateway.idempotency_retention,
+                        },
+                    )
+                    .await?
+            }
+        };
+        match outcome {
+            AppendOutcome::Appended => Ok(()),
             AppendOutcome::SessionGone => Err(ApiError::not_found("Session", &lock.id)),
             AppendOutcome::LockLost => Err(ApiError::new(
                 ErrorCode::Conflict,
@@ -353,6 +358,150 @@ impl Sessions {
                 "The session's turn lock expired before the reply arrived, so nothing was stored; send the message again",
             )),
         }
+    }
+
+    /// The recorded answer to a repeat of the keyed send, if there is one.
+    async fn recorded(
+        &self,
+        owner: &str,
+        session_id: &str,
+        key: Option<&SendKey>,
+    ) -> ApiResult<Option<proto::SendMessageResponse>> {
+        let Some(key) = key else { return Ok(None) };
+        match self
+            .gateway
+            .store
+            .recorded_result(owner, session_id, &key.request_id)
+            .await?
+        {
+            Some(record) => key.replay(&record).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Everything a send does before the model is asked: checks the request,
+    /// answers a repeat from its record, and takes the session's turn lock.
+    async fn prepare_send(
+        &self,
+        owner: &str,
+        body: &proto::SendMessageRequest,
+        key: Option<&SendKey>,
+    ) -> ApiResult<PreparedSend> {
+        validate_session_id(&body.session_id, "sessionId")?;
+        let Some(message) = body.message.as_ref() else {
+            return Err(ApiError::invalid_field(
+                "message",
+                "Missing required field",
+                "The field 'message' is required: {\"message\": {\"role\": \"user\", \"content\": \"...\"}}",
+            ));
+        };
+        validate_message(message, "message", &["user"])?;
+        validate_options(&body.options)?;
+        if let Some(done) = self.recorded(owner, &body.session_id, key).await? {
+            return Ok(PreparedSend::Replay(done));
+        }
+        let Some((lock, session, history)) = self.lock(owner, &body.session_id).await? else {
+            return Err(ApiError::not_found("Session", &body.session_id));
+        };
+        // A concurrent repeat waited for the lock: the first may have recorded meanwhile.
+        match self.recorded(owner, &body.session_id, key).await {
+            Ok(Some(done)) => {
+                self.release(&lock).await;
+                return Ok(PreparedSend::Replay(done));
+            }
+            Ok(None) => {}
+            Err(err) => {
+                self.release(&lock).await;
+                return Err(err);
+            }
+        }
+        Ok(PreparedSend::Turn {
+            lock,
+            session,
+            history,
+            new: to_stored(std::slice::from_ref(message)),
+        })
+    }
+
+    /// Opens a streamed reply on a locked session (releasing the lock when
+    /// that fails), with the turn's messages so far.
+    async fn open_streamed_turn(
+        &self,
+        principal: &Principal,
+        lock: &TurnLock,
+        session: &SessionRecord,
+        history: &[StoredMessage],
+        new: &[StoredMessage],
+        options: Option<&proto::GenerationOptions>,
+    ) -> ApiResult<Streamed> {
+        let opened = async {
+            let model = self.gateway.models.resolve_model(&session.model)?.clone();
+            let (temperature, max_tokens) = merge_options(session, options);
+            let transcript = history
+                .iter()
+                .chain(new.iter())
+                .map(|m| (m.role.clone(), m.content.clone()))
+                .collect();
+            inference::admit(
+                &self.gateway,
+                principal,
+                model,
+                transcript,
+                temperature,
+                max_tokens,
+            )
+            .await?
+            .stream()
+            .await
+        }
+        .await;
+        if opened.is_err() {
+            self.release(lock).await;
+        }
+        opened
+    }
+}
+
+/// What a send found before asking the model.
+enum PreparedSend {
+    /// A repeat of a recorded send: its recorded answer.
+    Replay(proto::SendMessageResponse),
+    /// A new turn, with the session's lock held.
+    Turn {
+        lock: TurnLock,
+        session: SessionRecord,
+        history: Vec<StoredMessage>,
+        new: Vec<StoredMessage>,
+    },
+}
+
+/// A recorded answer, marked as a replay. It carries no rate-limit figures:
+/// a replay is not counted against the limits.
+fn replayed<T>(message: T, reply: Option<&proto::Reply>) -> Response<T> {
+    let mut response = Response::new(message);
+    let metadata = response.metadata_mut();
+    metadata.insert(
+        idempotency::REPLAYED,
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    if reply.is_some_and(|r| r.simulated) {
+        metadata.insert(
+            "openclaw-simulated",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+    }
+    response
+}
+
+fn delta_event(content: String) -> proto::StreamEvent {
+    proto::StreamEvent {
+        event: Some(proto::stream_event::Event::Delta(proto::Delta { content })),
+    }
+}
+
+fn done_event(done: proto::SendMessageResponse) -> proto::StreamEvent {
+    proto::StreamEvent {
+        event: Some(proto::stream_event::Event::Done(done)),
     }
 }
 
@@ -414,11 +563,11 @@ impl SessionService for Sessions {
         let owner = principal.owner_id().to_string();
         let body = request.into_inner();
         let model_id = if body.model.is_empty() {
-            DEFAULT_MODEL
+            self.gateway.models.default_model()
         } else {
             body.model.as_str()
         };
-        let model = self.gateway.models.resolve(model_id)?.clone();
+        let model = self.gateway.models.resolve_model(model_id)?.clone();
         for (i, message) in body.messages.iter().enumerate() {
             validate_message(message, &format!("messages[{i}]"), ROLES)?;
         }
@@ -512,30 +661,123 @@ impl SessionService for Sessions {
     ) -> Result<Response<proto::SendMessageResponse>, Status> {
         let principal = self.gateway.authorize(&request, SESSIONS).await?;
         let owner = principal.owner_id().to_string();
+        let key = SendKey::of(&request, request.get_ref());
         let body = request.into_inner();
-        validate_session_id(&body.session_id, "sessionId")?;
-        let Some(message) = body.message.as_ref() else {
-            return Err(ApiError::invalid_field(
-                "message",
-                "Missing required field",
-                "The field 'message' is required: {\"message\": {\"role\": \"user\", \"content\": \"...\"}}",
-            )
-            .into());
-        };
-        validate_message(message, "message", &["user"])?;
-        validate_options(&body.options)?;
-        let Some((lock, session, history)) = self.lock(&owner, &body.session_id).await? else {
-            return Err(ApiError::not_found("Session", &body.session_id).into());
-        };
-        let new = to_stored(std::slice::from_ref(message));
+        let (lock, session, history, new) =
+            match self.prepare_send(&owner, &body, key.as_ref()).await? {
+                PreparedSend::Replay(done) => {
+                    let reply = done.reply.clone();
+                    return Ok(replayed(done, reply.as_ref()));
+                }
+                PreparedSend::Turn {
+                    lock,
+                    session,
+                    history,
+                    new,
+                } => (lock, session, history, new),
+            };
         let (reply, admission) = self
-            .turn(&principal, lock, &session, history, new, body.options)
+            .turn_recording(
+                &principal,
+                lock,
+                &session,
+                history,
+                new,
+                body.options,
+                key.as_ref(),
+            )
             .await?;
         let out = proto::SendMessageResponse {
             session_id: body.session_id,
             reply: reply.clone(),
         };
         Ok(reply_response(out, reply.as_ref(), &admission))
+    }
+
+    type StreamMessageStream = ReceiverStream<Result<proto::StreamEvent, Status>>;
+
+    async fn stream_message(
+        &self,
+        request: Request<proto::SendMessageRequest>,
+    ) -> Result<Response<Self::StreamMessageStream>, Status> {
+        let principal = self.gateway.authorize(&request, SESSIONS).await?;
+        let owner = principal.owner_id().to_string();
+        let key = SendKey::of(&request, request.get_ref());
+        let body = request.into_inner();
+        let (events, stream) = mpsc::channel(STREAM_BUFFER);
+        let (lock, session, history, mut new) =
+            match self.prepare_send(&owner, &body, key.as_ref()).await? {
+                PreparedSend::Replay(done) => {
+                    let reply = done.reply.clone();
+                    let content = reply
+                        .as_ref()
+                        .and_then(|r| r.message.as_ref())
+                        .map(|m| m.content.clone())
+                        .unwrap_or_default();
+                    // The buffer holds both events.
+                    if !content.is_empty() {
+                        let _ = events.try_send(Ok(delta_event(content)));
+                    }
+                    let _ = events.try_send(Ok(done_event(done)));
+                    return Ok(replayed(ReceiverStream::new(stream), reply.as_ref()));
+                }
+                PreparedSend::Turn {
+                    lock,
+                    session,
+                    history,
+                    new,
+                } => (lock, session, history, new),
+            };
+        let streamed = self
+            .open_streamed_turn(
+                &principal,
+                &lock,
+                &session,
+                &history,
+                &new,
+                body.options.as_ref(),
+            )
+            .await?;
+        drop(history);
+        let mut response = respond(ReceiverStream::new(stream), streamed.admission());
+        if streamed.model().provider.simulated() {
+            response.metadata_mut().insert(
+                "openclaw-simulated",
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
+        let sessions = Sessions::new(self.gateway.clone());
+        let session_id = body.session_id;
+        // The turn runs to its end even if the caller leaves: the reply is stored whole.
+        tokio::spawn(async move {
+            let outcome = async {
+                let (answer, _) = streamed.relay(&events, delta_event).await?;
+                new.push(answer.stored);
+                let done = proto::SendMessageResponse {
+                    session_id,
+                    reply: Some(answer.reply),
+                };
+                let record = key.as_ref().map(|key| (key, key.record(&done)));
+                sessions
+                    .store_turn(
+                        &lock,
+                        &new,
+                        record.as_ref().map(|(key, body)| (*key, body.as_slice())),
+                    )
+                    .await?;
+                Ok::<_, ApiError>(done)
+            }
+            .await;
+            let event = match outcome {
+                Ok(done) => Ok(done_event(done)),
+                Err(error) => {
+                    sessions.release(&lock).await;
+                    Err(Status::from(error))
+                }
+            };
+            let _ = events.send(event).await;
+        });
+        Ok(response)
     }
 
     async fn get_session(

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use futures::future::join_all;
 use openclaw_gateway::store::{
-    AppendOutcome, EmbeddedStore, KeyLimits, KeyRecord, LockOutcome, RedisStore, RedisStoreConfig,
-    SessionRecord, Store, StoredMessage,
+    AppendOutcome, EmbeddedStore, KeyLimits, KeyRecord, LockOutcome, RecordedResult, RedisStore,
+    RedisStoreConfig, SessionRecord, Store, StoredMessage,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -1079,6 +1079,248 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
     assert_eq!(snapshot(store, &owner, &neighbour).await, neighbour_before);
 }
 
+/// A recorded result: binary-safe, under its request id.
+fn recorded<'a>(request_id: &'a str, body: &'a [u8], retention: Duration) -> RecordedResult<'a> {
+    RecordedResult {
+        request_id,
+        body,
+        retention,
+    }
+}
+
+const RESULT_BODY: &[u8] = b"\x00\xff{\"reply\": \"4\"}\n\r\x01";
+
+/// append_turn_recording stores the turn and its request's result together,
+/// releases the lock, and the result reads back byte for byte, under that
+/// owner, session and request id only.
+async fn check_recorded_result_is_written_with_its_turn(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let other = uid("session");
+    for session_id in [&id, &other] {
+        assert!(
+            store
+                .create_session(&session(&owner, session_id, at(0)), &[])
+                .await
+                .unwrap()
+        );
+    }
+    acquire(store, &owner, &id, "a", LEASE).await;
+    assert_eq!(
+        store
+            .append_turn_recording(
+                &owner,
+                &id,
+                "a",
+                &turn(1, at(1)),
+                at(1),
+                recorded("req-1", RESULT_BODY, LEASE),
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    assert_eq!(
+        contents(&all_messages(store, &owner, &id).await),
+        ["question 1", "answer 1"]
+    );
+    assert_eq!(
+        store.recorded_result(&owner, &id, "req-1").await.unwrap(),
+        Some(RESULT_BODY.to_vec())
+    );
+    for (o, s, r) in [
+        (owner.as_str(), id.as_str(), "req-2"),
+        (owner.as_str(), other.as_str(), "req-1"),
+        ("someone-else", id.as_str(), "req-1"),
+    ] {
+        assert_eq!(
+            store.recorded_result(o, s, r).await.unwrap(),
+            None,
+            "{o}/{s}/{r}"
+        );
+    }
+    let (locked, _) = acquire(store, &owner, &id, "b", LEASE).await;
+    assert_eq!(locked.message_count, 2, "the append released the lock");
+    // A second record in the same session keeps the first.
+    assert_eq!(
+        store
+            .append_turn_recording(
+                &owner,
+                &id,
+                "b",
+                &turn(2, at(2)),
+                at(2),
+                recorded("req-2", b"second", LEASE),
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    assert_eq!(
+        store.recorded_result(&owner, &id, "req-1").await.unwrap(),
+        Some(RESULT_BODY.to_vec())
+    );
+    assert_eq!(
+        store.recorded_result(&owner, &id, "req-2").await.unwrap(),
+        Some(b"second".to_vec())
+    );
+}
+
+/// A recording append without the lock, or on a deleted session, writes
+/// neither the turn nor the result.
+async fn check_recorded_result_needs_the_turn(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    assert!(
+        store
+            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)))
+            .await
+            .unwrap()
+    );
+    let before = snapshot(store, &owner, &id).await;
+    acquire(store, &owner, &id, "holder", LEASE).await;
+    assert_eq!(
+        store
+            .append_turn_recording(
+                &owner,
+                &id,
+                "intruder",
+                &turn(1, at(1)),
+                at(1),
+                recorded("req-1", RESULT_BODY, LEASE),
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::LockLost
+    );
+    assert_eq!(snapshot(store, &owner, &id).await, before);
+    assert_eq!(
+        store.recorded_result(&owner, &id, "req-1").await.unwrap(),
+        None
+    );
+    assert!(store.delete_session(&owner, &id).await.unwrap());
+    assert_eq!(
+        store
+            .append_turn_recording(
+                &owner,
+                &id,
+                "holder",
+                &turn(1, at(1)),
+                at(1),
+                recorded("req-1", RESULT_BODY, LEASE),
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::SessionGone
+    );
+    assert_eq!(
+        store.recorded_result(&owner, &id, "req-1").await.unwrap(),
+        None
+    );
+}
+
+/// A result is kept for its retention only; later writes prune expired ones.
+async fn check_recorded_result_expires(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    assert!(
+        store
+            .create_session(&session(&owner, &id, at(0)), &[])
+            .await
+            .unwrap()
+    );
+    acquire(store, &owner, &id, "a", LEASE).await;
+    store
+        .append_turn_recording(
+            &owner,
+            &id,
+            "a",
+            &turn(1, at(1)),
+            at(1),
+            recorded("short", RESULT_BODY, Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .recorded_result(&owner, &id, "short")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        store.recorded_result(&owner, &id, "short").await.unwrap(),
+        None
+    );
+    acquire(store, &owner, &id, "b", LEASE).await;
+    store
+        .append_turn_recording(
+            &owner,
+            &id,
+            "b",
+            &turn(2, at(2)),
+            at(2),
+            recorded("long", RESULT_BODY, LEASE),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.recorded_result(&owner, &id, "short").await.unwrap(),
+        None
+    );
+    assert!(
+        store
+            .recorded_result(&owner, &id, "long")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// Deleting a session deletes its recorded results: a session recreated
+/// with the same id does not answer an old request.
+async fn check_delete_session_drops_recorded_results(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let neighbour = format!("{id}x");
+    for session_id in [&id, &neighbour] {
+        assert!(
+            store
+                .create_session(&session(&owner, session_id, at(0)), &[])
+                .await
+                .unwrap()
+        );
+        acquire(store, &owner, session_id, "a", LEASE).await;
+        store
+            .append_turn_recording(
+                &owner,
+                session_id,
+                "a",
+                &turn(1, at(1)),
+                at(1),
+                recorded("req-1", RESULT_BODY, LEASE),
+            )
+            .await
+            .unwrap();
+    }
+    assert!(store.delete_session(&owner, &id).await.unwrap());
+    assert!(
+        store
+            .create_session(&session(&owner, &id, at(2)), &[])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.recorded_result(&owner, &id, "req-1").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .recorded_result(&owner, &neighbour, "req-1")
+            .await
+            .unwrap(),
+        Some(RESULT_BODY.to_vec()),
+        "a neighbour whose id extends the deleted one keeps its records"
+    );
+}
+
 // ---------------------------------------------------------------- backends
 
 /// A `redis-server` of this test's own on a free port, killed on drop.
@@ -1266,6 +1508,10 @@ conformance!(
     check_concurrent_turns,
     check_unicode_and_large_content,
     check_refused_writes_change_nothing,
+    check_recorded_result_is_written_with_its_turn,
+    check_recorded_result_needs_the_turn,
+    check_recorded_result_expires,
+    check_delete_session_drops_recorded_results,
 );
 
 // ---------------------------------------------------------------- embedded only

@@ -67,23 +67,17 @@ pub struct StreamEnd {
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, ProviderError>> + Send>>;
 
 impl ChatCompletion {
-    /// The whole answer a stream added up to; usage the provider did not report is counted.
-    pub fn from_stream(request: &ChatRequest, content: String, end: StreamEnd) -> Self {
-        let prompt_tokens = end.prompt_tokens.unwrap_or_else(|| {
-            tokenizer::count_prompt(
-                request
-                    .messages
-                    .iter()
-                    .map(|(r, c)| (r.as_str(), c.as_str())),
-            )
-        });
+    /// The whole answer a stream added up to. Usage the provider did not
+    /// report is counted: the prompt as `prompt_tokens` (the caller counted it
+    /// before asking), the completion from its text.
+    pub fn from_stream(content: String, end: StreamEnd, prompt_tokens: u32) -> Self {
         let completion_tokens = end
             .completion_tokens
             .unwrap_or_else(|| tokenizer::count_text(&content));
         Self {
-            content,
-            prompt_tokens,
+            prompt_tokens: end.prompt_tokens.unwrap_or(prompt_tokens),
             completion_tokens,
+            content,
             finish_reason: end.finish_reason,
         }
     }

@@ -9,6 +9,10 @@
 //! - `sessions_by_age`: (owner, creation time, session id) → (), the listing
 //!   index: one owner's sessions are one contiguous range.
 //! - `messages`: (owner, session id, seq) → [`StoredMessage`], seq dense from 0.
+//! - `turn_results`: (owner, session id, request id) → expiry (unix ms, 8 bytes
+//!   big-endian) followed by the recorded body; `turn_results_by_expiry`:
+//!   (expiry, owner, session id, request id) → (), so expired records are
+//!   dropped oldest first as new ones are written.
 //!
 //! Every change that touches several rows is one write transaction. redb is
 //! blocking, so every database call runs on the blocking pool.
@@ -30,13 +34,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AppendOutcome, KeyRecord, LockOutcome, Page, SessionRecord, Store, StoreError, StoreResult,
-    StoredMessage,
+    AppendOutcome, KeyRecord, LockOutcome, Page, RecordedResult, SessionRecord, Store, StoreError,
+    StoreResult, StoredMessage,
 };
 
 type SessionKey = (&'static str, &'static str);
 type AgeKey = (&'static str, u128, &'static str);
 type MessageKey = (&'static str, &'static str, u32);
+type ResultKey = (&'static str, &'static str, &'static str);
+type ResultExpiryKey = (u64, &'static str, &'static str, &'static str);
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
@@ -44,6 +50,12 @@ const KEYS_BY_HASH: TableDefinition<&str, &str> = TableDefinition::new("keys_by_
 const SESSIONS: TableDefinition<SessionKey, &[u8]> = TableDefinition::new("sessions");
 const SESSIONS_BY_AGE: TableDefinition<AgeKey, ()> = TableDefinition::new("sessions_by_age");
 const MESSAGES: TableDefinition<MessageKey, &[u8]> = TableDefinition::new("messages");
+const TURN_RESULTS: TableDefinition<ResultKey, &[u8]> = TableDefinition::new("turn_results");
+const TURN_RESULTS_BY_EXPIRY: TableDefinition<ResultExpiryKey, ()> =
+    TableDefinition::new("turn_results_by_expiry");
+
+/// How many expired turn results one write drops, at most.
+const RESULT_PRUNE_BATCH: usize = 64;
 
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 const SCHEMA_VERSION: u64 = 1;
@@ -200,13 +212,121 @@ fn session_exists(db: &Database, owner: &str, id: &str) -> StoreResult<bool> {
     Ok(sessions.get((owner, id)).or_unavailable()?.is_some())
 }
 
-/// Appends already-encoded messages and bumps the session row, in one transaction.
+/// Now, as unix milliseconds (the clock of the turn results' expiry).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A recorded request result, owned so it can move to the blocking pool.
+struct OwnedResult {
+    request_id: String,
+    /// Expiry (unix ms, big-endian) followed by the body.
+    row: Vec<u8>,
+    expires: u64,
+}
+
+impl OwnedResult {
+    fn new(result: RecordedResult<'_>) -> Self {
+        let expires = unix_ms().saturating_add(result.retention.as_millis() as u64);
+        let mut row = Vec::with_capacity(8 + result.body.len());
+        row.extend_from_slice(&expires.to_be_bytes());
+        row.extend_from_slice(result.body);
+        Self {
+            request_id: result.request_id.to_owned(),
+            row,
+            expires,
+        }
+    }
+}
+
+/// Records `result` in `txn`, after dropping a batch of expired records.
+fn write_result(
+    txn: &WriteTransaction,
+    owner: &str,
+    id: &str,
+    result: &OwnedResult,
+) -> StoreResult<()> {
+    let mut results = txn.open_table(TURN_RESULTS).or_unavailable()?;
+    let mut by_expiry = txn.open_table(TURN_RESULTS_BY_EXPIRY).or_unavailable()?;
+    let now = unix_ms();
+    let mut expired = Vec::new();
+    for entry in by_expiry
+        .range((0u64, "", "", "")..(now, "", "", ""))
+        .or_unavailable()?
+        .take(RESULT_PRUNE_BATCH)
+    {
+        let (key, _) = entry.or_unavailable()?;
+        let (at, o, s, r) = key.value();
+        expired.push((at, o.to_owned(), s.to_owned(), r.to_owned()));
+    }
+    for (at, o, s, r) in &expired {
+        by_expiry
+            .remove((*at, o.as_str(), s.as_str(), r.as_str()))
+            .or_unavailable()?;
+        results
+            .remove((o.as_str(), s.as_str(), r.as_str()))
+            .or_unavailable()?;
+    }
+    let previous = results
+        .insert(
+            (owner, id, result.request_id.as_str()),
+            result.row.as_slice(),
+        )
+        .or_unavailable()?
+        .map(|old| expiry_of(old.value()));
+    if let Some(old) = previous {
+        by_expiry
+            .remove((old, owner, id, result.request_id.as_str()))
+            .or_unavailable()?;
+    }
+    by_expiry
+        .insert((result.expires, owner, id, result.request_id.as_str()), ())
+        .or_unavailable()?;
+    Ok(())
+}
+
+fn expiry_of(row: &[u8]) -> u64 {
+    row.get(..8)
+        .and_then(|head| <[u8; 8]>::try_from(head).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// Drops every recorded result of one session.
+fn delete_results(txn: &WriteTransaction, owner: &str, id: &str) -> StoreResult<()> {
+    let mut results = txn.open_table(TURN_RESULTS).or_unavailable()?;
+    let mut by_expiry = txn.open_table(TURN_RESULTS_BY_EXPIRY).or_unavailable()?;
+    // `id` followed by NUL is the least id above `id`: the range is exactly this session's.
+    let after = format!("{id}\0");
+    let mut doomed = Vec::new();
+    for entry in results
+        .range((owner, id, "")..(owner, after.as_str(), ""))
+        .or_unavailable()?
+    {
+        let (key, row) = entry.or_unavailable()?;
+        doomed.push((key.value().2.to_owned(), expiry_of(row.value())));
+    }
+    for (request_id, expires) in &doomed {
+        results
+            .remove((owner, id, request_id.as_str()))
+            .or_unavailable()?;
+        by_expiry
+            .remove((*expires, owner, id, request_id.as_str()))
+            .or_unavailable()?;
+    }
+    Ok(())
+}
+
+/// Appends already-encoded messages and bumps the session row (and records
+/// `result`, when given), in one transaction.
 fn write_turn(
     db: &Database,
     owner: &str,
     id: &str,
     encoded: &[Vec<u8>],
     at: DateTime<Utc>,
+    result: Option<&OwnedResult>,
 ) -> StoreResult<AppendOutcome> {
     let txn = db.begin_write().or_unavailable()?;
     let outcome = {
@@ -226,6 +346,9 @@ fn write_turn(
                 sessions
                     .insert((owner, id), encode("session", &session)?.as_slice())
                     .or_unavailable()?;
+                if let Some(result) = result {
+                    write_result(&txn, owner, id, result)?;
+                }
                 AppendOutcome::Appended
             }
         }
@@ -316,12 +439,57 @@ impl EmbeddedStore {
             txn.open_table(SESSIONS).or_unavailable()?;
             txn.open_table(SESSIONS_BY_AGE).or_unavailable()?;
             txn.open_table(MESSAGES).or_unavailable()?;
+            txn.open_table(TURN_RESULTS).or_unavailable()?;
+            txn.open_table(TURN_RESULTS_BY_EXPIRY).or_unavailable()?;
         }
         txn.commit().or_unavailable()?;
         Ok(Self {
             db: Arc::new(db),
             locks: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// Appends a turn (recording `result` with it, when given) if `token` holds the lock.
+    async fn append(
+        &self,
+        owner: &str,
+        id: &str,
+        token: &str,
+        messages: &[StoredMessage],
+        at: DateTime<Utc>,
+        result: Option<OwnedResult>,
+    ) -> StoreResult<AppendOutcome> {
+        let encoded = messages
+            .iter()
+            .map(|m| encode("message", m))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let key = (owner.to_owned(), id.to_owned());
+        let token = token.to_owned();
+        // All in one blocking task, so a caller that gives up half way cannot
+        // leave the lock in the committing state.
+        self.blocking(move |db, locks| {
+            let now = Instant::now();
+            {
+                let mut table = lock_table(locks);
+                match table.get_mut(&key) {
+                    Some(lock) if lock.token == token && !lock.committing && lock.expires > now => {
+                        lock.committing = true;
+                    }
+                    _ => return Ok(AppendOutcome::LockLost),
+                }
+            }
+            let mut guard = CommitGuard {
+                locks,
+                key: &key,
+                token: &token,
+                release: false,
+            };
+            let outcome = write_turn(db, &key.0, &key.1, &encoded, at, result.as_ref())?;
+            guard.release = true;
+            drop(guard);
+            Ok(outcome)
+        })
+        .await
     }
 
     /// Runs blocking database work off the async workers.
@@ -612,6 +780,7 @@ impl Store for EmbeddedStore {
                             .or_unavailable()?
                             .retain_in((owner, id, 0u32)..=(owner, id, u32::MAX), |_, _| false)
                             .or_unavailable()?;
+                        delete_results(&txn, owner, id)?;
                         true
                     }
                 }
@@ -695,37 +864,7 @@ impl Store for EmbeddedStore {
         messages: &[StoredMessage],
         at: DateTime<Utc>,
     ) -> StoreResult<AppendOutcome> {
-        let encoded = messages
-            .iter()
-            .map(|m| encode("message", m))
-            .collect::<StoreResult<Vec<_>>>()?;
-        let key = (owner.to_owned(), id.to_owned());
-        let token = token.to_owned();
-        // All in one blocking task, so a caller that gives up half way cannot
-        // leave the lock in the committing state.
-        self.blocking(move |db, locks| {
-            let now = Instant::now();
-            {
-                let mut table = lock_table(locks);
-                match table.get_mut(&key) {
-                    Some(lock) if lock.token == token && !lock.committing && lock.expires > now => {
-                        lock.committing = true;
-                    }
-                    _ => return Ok(AppendOutcome::LockLost),
-                }
-            }
-            let mut guard = CommitGuard {
-                locks,
-                key: &key,
-                token: &token,
-                release: false,
-            };
-            let outcome = write_turn(db, &key.0, &key.1, &encoded, at)?;
-            guard.release = true;
-            drop(guard);
-            Ok(outcome)
-        })
-        .await
+        self.append(owner, id, token, messages, at, None).await
     }
 
     async fn unlock_session(&self, owner: &str, id: &str, token: &str) -> StoreResult<()> {
@@ -735,5 +874,44 @@ impl Store for EmbeddedStore {
             table.remove(&key);
         }
         Ok(())
+    }
+
+    async fn append_turn_recording(
+        &self,
+        owner: &str,
+        id: &str,
+        token: &str,
+        messages: &[StoredMessage],
+        at: DateTime<Utc>,
+        result: RecordedResult<'_>,
+    ) -> StoreResult<AppendOutcome> {
+        let result = OwnedResult::new(result);
+        self.append(owner, id, token, messages, at, Some(result))
+            .await
+    }
+
+    async fn recorded_result(
+        &self,
+        owner: &str,
+        id: &str,
+        request_id: &str,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        let (owner, id, request_id) = (owner.to_owned(), id.to_owned(), request_id.to_owned());
+        self.blocking(move |db, _| {
+            let txn = db.begin_read().or_unavailable()?;
+            let results = txn.open_table(TURN_RESULTS).or_unavailable()?;
+            let Some(row) = results
+                .get((owner.as_str(), id.as_str(), request_id.as_str()))
+                .or_unavailable()?
+            else {
+                return Ok(None);
+            };
+            let row = row.value();
+            if expiry_of(row) <= unix_ms() {
+                return Ok(None);
+            }
+            Ok(row.get(8..).map(<[u8]>::to_vec))
+        })
+        .await
     }
 }

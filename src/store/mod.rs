@@ -100,6 +100,19 @@ pub enum AppendOutcome {
     SessionGone,
 }
 
+/// The outcome of a client's request, recorded with the turn it produced so
+/// that a repeat of the request (same request id, same session) is answered
+/// from the store instead of running again.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordedResult<'a> {
+    /// The client's id for the request (its `X-Request-ID`).
+    pub request_id: &'a str,
+    /// What to answer a repeat with (opaque to the store).
+    pub body: &'a [u8],
+    /// How long the record is kept.
+    pub retention: Duration,
+}
+
 /// One page of a listing; `next` is the offset of the following page, if any.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {
@@ -188,6 +201,27 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<AppendOutcome>;
     /// Releases the lock if `token` holds it; otherwise does nothing.
     async fn unlock_session(&self, owner: &str, id: &str, token: &str) -> StoreResult<()>;
+
+    /// [`Store::append_turn`] that also records `result`, in the same atomic
+    /// step: the turn is stored with its record or neither is.
+    async fn append_turn_recording(
+        &self,
+        owner: &str,
+        id: &str,
+        token: &str,
+        messages: &[StoredMessage],
+        at: DateTime<Utc>,
+        result: RecordedResult<'_>,
+    ) -> StoreResult<AppendOutcome>;
+
+    /// The body recorded for `request_id` in the owner's session, while it is
+    /// retained. Deleting the session deletes its records.
+    async fn recorded_result(
+        &self,
+        owner: &str,
+        id: &str,
+        request_id: &str,
+    ) -> StoreResult<Option<Vec<u8>>>;
 }
 
 /// What [`Store::lock_session`] found.

@@ -5,7 +5,8 @@
 //! scripts touch a single slot):
 //! - `oc:key:<id>` the key record (JSON); `oc:keyhash:<sha256>` → id; `oc:keys` zset of ids by creation.
 //! - `oc:s:{<owner>/<id>}:meta` hash {record (JSON), updatedAt}; `…:msgs` list of messages (JSON);
-//!   `…:lock` the turn lock's token, with a lease (PX).
+//!   `…:lock` the turn lock's token, with a lease (PX); `…:results` hash of request id → the
+//!   recorded result of a client's request, `…:results:exp` zset of request id by expiry (ms).
 //! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time.
 //!
 //! Every command goes through one multiplexed, auto-reconnecting connection
@@ -20,8 +21,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use super::{
-    AppendOutcome, KeyRecord, LockOutcome, Page, SessionRecord, Store, StoreError, StoreResult,
-    StoredMessage,
+    AppendOutcome, KeyRecord, LockOutcome, Page, RecordedResult, SessionRecord, Store, StoreError,
+    StoreResult, StoredMessage,
 };
 
 /// How to reach Redis.
@@ -55,6 +56,8 @@ struct Scripts {
     create_session: Script,
     lock_session: Script,
     append_turn: Script,
+    append_turn_recording: Script,
+    recorded_result: Script,
     unlock_session: Script,
     delete_session: Script,
     update_key: Script,
@@ -98,6 +101,44 @@ impl Scripts {
                 return 'ok'
                 "#,
             ),
+            // As append_turn, plus the result under the request id, expiring
+            // after the retention (ms, ARGV[5]) by the server's clock; a few
+            // expired records are dropped on the way.
+            append_turn_recording: Script::new(
+                r#"
+                if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
+                if redis.call('EXISTS', KEYS[2]) == 0 then
+                  redis.call('DEL', KEYS[1])
+                  return 'gone'
+                end
+                for i = 6, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+                redis.call('HSET', KEYS[2], 'updatedAt', ARGV[2])
+                local t = redis.call('TIME')
+                local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 64)
+                if #expired > 0 then
+                  redis.call('HDEL', KEYS[4], unpack(expired))
+                  redis.call('ZREM', KEYS[5], unpack(expired))
+                end
+                local retention = tonumber(ARGV[5])
+                redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
+                redis.call('ZADD', KEYS[5], now + retention, ARGV[3])
+                redis.call('PEXPIRE', KEYS[4], retention)
+                redis.call('PEXPIRE', KEYS[5], retention)
+                redis.call('DEL', KEYS[1])
+                return 'ok'
+                "#,
+            ),
+            recorded_result: Script::new(
+                r#"
+                local expires = redis.call('ZSCORE', KEYS[2], ARGV[1])
+                if not expires then return false end
+                local t = redis.call('TIME')
+                local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                if tonumber(expires) <= now then return false end
+                return redis.call('HGET', KEYS[1], ARGV[1])
+                "#,
+            ),
             unlock_session: Script::new(
                 r#"
                 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -109,7 +150,7 @@ impl Scripts {
             delete_session: Script::new(
                 r#"
                 local n = redis.call('DEL', KEYS[1])
-                redis.call('DEL', KEYS[2])
+                redis.call('DEL', KEYS[2], KEYS[4], KEYS[5])
                 redis.call('ZREM', KEYS[3], ARGV[1])
                 return n
                 "#,
@@ -422,6 +463,8 @@ impl Store for RedisStore {
             .key(format!("{base}:meta"))
             .key(format!("{base}:msgs"))
             .key(owner_index(owner))
+            .key(format!("{base}:results"))
+            .key(format!("{base}:results:exp"))
             .arg(id)
             .invoke_async(&mut conn)
             .await
@@ -520,5 +563,63 @@ impl Store for RedisStore {
             .await
             .map_err(to_store_error)?;
         Ok(())
+    }
+
+    async fn append_turn_recording(
+        &self,
+        owner: &str,
+        id: &str,
+        token: &str,
+        messages: &[StoredMessage],
+        at: DateTime<Utc>,
+        result: RecordedResult<'_>,
+    ) -> StoreResult<AppendOutcome> {
+        let base = session_base(owner, id);
+        let mut invocation = self.scripts.append_turn_recording.prepare_invoke();
+        invocation
+            .key(format!("{base}:lock"))
+            .key(format!("{base}:meta"))
+            .key(format!("{base}:msgs"))
+            .key(format!("{base}:results"))
+            .key(format!("{base}:results:exp"))
+            .arg(token)
+            .arg(at.to_rfc3339())
+            .arg(result.request_id)
+            .arg(result.body)
+            .arg(result.retention.as_millis().max(1) as u64);
+        for message in messages {
+            invocation.arg(encode(message)?);
+        }
+        let mut conn = self.conn.clone();
+        let outcome: String = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(to_store_error)?;
+        match outcome.as_str() {
+            "ok" => Ok(AppendOutcome::Appended),
+            "lost" => Ok(AppendOutcome::LockLost),
+            "gone" => Ok(AppendOutcome::SessionGone),
+            other => Err(StoreError::Corrupt(format!(
+                "unexpected append reply {other:?}"
+            ))),
+        }
+    }
+
+    async fn recorded_result(
+        &self,
+        owner: &str,
+        id: &str,
+        request_id: &str,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        let base = session_base(owner, id);
+        let mut conn = self.conn.clone();
+        self.scripts
+            .recorded_result
+            .key(format!("{base}:results"))
+            .key(format!("{base}:results:exp"))
+            .arg(request_id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(to_store_error)
     }
 }

@@ -1,0 +1,442 @@
+//! `CompletionService`: stateless chat completions, the core of the REST
+//! edge's OpenAI-compatible surface. The caller sends the whole conversation;
+//! the same authentication, limits, providers and resilience apply as to a
+//! session's send. Optionally the turn is also stored in a session of the
+//! caller (see `CompleteRequest.session_id` in `completions.proto`).
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::auth::Principal;
+use crate::convert;
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::gateway::{Gateway, Scope, respond};
+use crate::inference::{self, Answer};
+use crate::limits::Admission;
+use crate::proto::completion_service_server::CompletionService;
+use crate::proto::{self, ChatMessage};
+use crate::providers::Model;
+use crate::sessions::{
+    Sessions, TurnLock, validate_message, validate_options, validate_session_id,
+};
+use crate::store::{SessionRecord, StoredMessage};
+
+const SCOPE: Scope = Scope::Named("sessions");
+const ROLES: &[&str] = &["system", "developer", "user", "assistant"];
+const STREAM_BUFFER: usize = 16;
+
+pub struct Completions {
+    gateway: Arc<Gateway>,
+    sessions: Sessions,
+}
+
+impl Completions {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self {
+            sessions: Sessions::new(gateway.clone()),
+            gateway,
+        }
+    }
+}
+
+/// A checked completion request.
+struct Asked {
+    model: Arc<Model>,
+    /// The conversation as stored and sent: "developer" is sent as "system".
+    messages: Vec<StoredMessage>,
+    temperature: Option<f32>,
+    max_tokens: Option<u32>,
+    session_id: Option<String>,
+}
+
+impl Asked {
+    fn transcript(&self) -> Vec<(String, String)> {
+        self.messages
+            .iter()
+            .map(|m| (m.role.clone(), m.content.clone()))
+            .collect()
+    }
+}
+
+/// Where a bound completion stores its turn.
+enum Binding {
+    None,
+    /// The caller's session, locked; `new` is what the turn appends before the reply.
+    Existing {
+        lock: TurnLock,
+        new: Vec<StoredMessage>,
+    },
+    /// No such session yet: it is created with the conversation and the reply.
+    Create(String),
+}
+
+fn check(gateway: &Gateway, body: proto::CompleteRequest) -> ApiResult<Asked> {
+    if body.model.trim().is_empty() {
+        return Err(ApiError::invalid_field(
+            "model",
+            "Missing required field",
+            format!(
+                "The field 'model' is required; use one of: {}",
+                gateway.models.ids().join(", ")
+            ),
+        ));
+    }
+    let model = gateway.models.resolve_loose(&body.model)?.clone();
+    if body.messages.is_empty() {
+        return Err(ApiError::invalid_field(
+            "messages",
+            "Missing required field",
+            "The field 'messages' must hold at least one message, the last from the user",
+        ));
+    }
+    for (i, message) in body.messages.iter().enumerate() {
+        validate_message(message, &format!("messages[{i}]"), ROLES)?;
+    }
+    if body.messages.last().is_some_and(|m| m.role != "user") {
+        return Err(ApiError::invalid_field(
+            "messages",
+            "Nothing to answer",
+            "The last message must have the role 'user': the model answers it",
+        ));
+    }
+    validate_options(&body.options)?;
+    let session_id = (!body.session_id.is_empty()).then_some(body.session_id);
+    if let Some(id) = &session_id {
+        validate_session_id(id, "OpenClaw-Session-Id")?;
+    }
+    let now = Utc::now();
+    let messages = body
+        .messages
+        .into_iter()
+        .map(|m: ChatMessage| StoredMessage {
+            role: if m.role == "developer" {
+                "system".into()
+            } else {
+                m.role
+            },
+            content: m.content,
+            created_at: now,
+        })
+        .collect();
+    Ok(Asked {
+        model,
+        messages,
+        temperature: body.options.as_ref().and_then(|o| o.temperature),
+        max_tokens: body.options.as_ref().and_then(|o| o.max_tokens),
+        session_id,
+    })
+}
+
+/// What of `messages` a session holding `history` has not stored yet: the
+/// rest when the history is a prefix of them, else the trailing messages
+/// after the last assistant message.
+fn unstored(history: &[StoredMessage], messages: &[StoredMessage]) -> Vec<StoredMessage> {
+    let continues = history.len() <= messages.len()
+        && history
+            .iter()
+            .zip(messages)
+            .all(|(h, m)| h.role == m.role && h.content == m.content);
+    let from = if continues {
+        history.len()
+    } else {
+        messages
+            .iter()
+            .rposition(|m| m.role == "assistant")
+            .map_or(0, |i| i + 1)
+    };
+    messages[from..].to_vec()
+}
+
+fn completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn simulated<T>(mut response: Response<T>, model: &Model) -> Response<T> {
+    if model.provider.simulated() {
+        response.metadata_mut().insert(
+            "openclaw-simulated",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+    }
+    response
+}
+
+impl Completions {
+    /// Locks the named session, or notes that it is to be created.
+    async fn bind(&self, principal: &Principal, asked: &Asked) -> ApiResult<Binding> {
+        let Some(id) = &asked.session_id else {
+            return Ok(Binding::None);
+        };
+        match self.sessions.lock(principal.owner_id(), id).await? {
+            Some((lock, _, history)) => Ok(Binding::Existing {
+                new: unstored(&history, &asked.messages),
+                lock,
+            }),
+            None => Ok(Binding::Create(id.clone())),
+        }
+    }
+
+    /// Gives the lock back after a failure before the turn was stored.
+    async fn unbind(&self, binding: &Binding) {
+        if let Binding::Existing { lock, .. } = binding {
+            self.sessions.release(lock).await;
+        }
+    }
+
+    /// Stores the turn where the binding says; returns the session's id.
+    async fn store(
+        &self,
+        principal: &Principal,
+        asked: &Asked,
+        binding: Binding,
+        answer: &Answer,
+    ) -> ApiResult<String> {
+        match binding {
+            Binding::None => Ok(String::new()),
+            Binding::Existing { lock, mut new } => {
+                new.push(answer.stored.clone());
+                let stored = self.sessions.store_turn(&lock, &new, None).await;
+                if stored.is_err() {
+                    self.sessions.release(&lock).await;
+                }
+                stored.map(|()| lock.id)
+            }
+            Binding::Create(id) => {
+                let now = Utc::now();
+                let session = SessionRecord {
+                    owner: principal.owner_id().to_string(),
+                    id: id.clone(),
+                    model: asked.model.id.clone(),
+                    status: "active".into(),
+                    created_at: now,
+                    updated_at: now,
+                    temperature: asked.temperature,
+                    max_tokens: asked.max_tokens,
+                    message_count: 0,
+                };
+                let mut messages = asked.messages.clone();
+                messages.push(answer.stored.clone());
+                if self
+                    .gateway
+                    .store
+                    .create_session(&session, &messages)
+                    .await?
+                {
+                    Ok(id)
+                } else {
+                    Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        "Session created concurrently",
+                        format!(
+                            "Another request created the session '{id}' at the same moment; send the request again to continue it"
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn answer(
+        &self,
+        principal: &Principal,
+        asked: &Asked,
+    ) -> ApiResult<(proto::CompleteResponse, Admission, Arc<Model>)> {
+        let binding = self.bind(principal, asked).await?;
+        let answered = async {
+            inference::admit(
+                &self.gateway,
+                principal,
+                asked.model.clone(),
+                asked.transcript(),
+                asked.temperature,
+                asked.max_tokens,
+            )
+            .await?
+            .complete()
+            .await
+        }
+        .await;
+        let (answer, admission) = match answered {
+            Ok(answered) => answered,
+            Err(err) => {
+                self.unbind(&binding).await;
+                return Err(err);
+            }
+        };
+        let session_id = self.store(principal, asked, binding, &answer).await?;
+        let model = self
+            .gateway
+            .models
+            .resolve_model(&answer.reply.model)
+            .cloned()
+            .unwrap_or_else(|_| asked.model.clone());
+        let response = proto::CompleteResponse {
+            id: completion_id(),
+            reply: Some(answer.reply),
+            created_at: Some(convert::timestamp(Utc::now())),
+            session_id,
+        };
+        Ok((response, admission, model))
+    }
+}
+
+#[tonic::async_trait]
+impl CompletionService for Completions {
+    async fn complete(
+        &self,
+        request: Request<proto::CompleteRequest>,
+    ) -> Result<Response<proto::CompleteResponse>, Status> {
+        let principal = self.gateway.authorize(&request, SCOPE).await?;
+        let asked = check(&self.gateway, request.into_inner())?;
+        let (response, admission, model) = self.answer(&principal, &asked).await?;
+        Ok(simulated(respond(response, &admission), &model))
+    }
+
+    type StreamCompleteStream = ReceiverStream<Result<proto::CompleteEvent, Status>>;
+
+    async fn stream_complete(
+        &self,
+        request: Request<proto::CompleteRequest>,
+    ) -> Result<Response<Self::StreamCompleteStream>, Status> {
+        let principal = self.gateway.authorize(&request, SCOPE).await?;
+        let asked = check(&self.gateway, request.into_inner())?;
+        let binding = self.bind(&principal, &asked).await?;
+        let opened = async {
+            inference::admit(
+                &self.gateway,
+                &principal,
+                asked.model.clone(),
+                asked.transcript(),
+                asked.temperature,
+                asked.max_tokens,
+            )
+            .await?
+            .stream()
+            .await
+        }
+        .await;
+        let streamed = match opened {
+            Ok(streamed) => streamed,
+            Err(err) => {
+                self.unbind(&binding).await;
+                return Err(err.into());
+            }
+        };
+        let id = completion_id();
+        let created_at = convert::timestamp(Utc::now());
+        let (events, stream) = mpsc::channel(STREAM_BUFFER);
+        let started = proto::CompleteEvent {
+            event: Some(proto::complete_event::Event::Started(
+                proto::CompletionStarted {
+                    id: id.clone(),
+                    model: streamed.model().id.clone(),
+                    created_at: Some(created_at),
+                },
+            )),
+        };
+        // The buffer is empty: the first event always fits.
+        let _ = events.try_send(Ok(started));
+        let response = respond(ReceiverStream::new(stream), streamed.admission());
+        let response = simulated(response, streamed.model());
+        let this = Completions::new(self.gateway.clone());
+        // The turn runs to its end even if the caller leaves, so a bound session stores it whole.
+        tokio::spawn(async move {
+            let outcome = async {
+                let relayed = streamed
+                    .relay(&events, |content| proto::CompleteEvent {
+                        event: Some(proto::complete_event::Event::Delta(proto::Delta {
+                            content,
+                        })),
+                    })
+                    .await;
+                let (answer, _) = match relayed {
+                    Ok(relayed) => relayed,
+                    Err(err) => {
+                        this.unbind(&binding).await;
+                        return Err(err);
+                    }
+                };
+                let session_id = this.store(&principal, &asked, binding, &answer).await?;
+                Ok::<_, ApiError>(proto::CompleteResponse {
+                    id,
+                    reply: Some(answer.reply),
+                    created_at: Some(created_at),
+                    session_id,
+                })
+            }
+            .await;
+            let event = outcome
+                .map(|done| proto::CompleteEvent {
+                    event: Some(proto::complete_event::Event::Done(done)),
+                })
+                .map_err(Status::from);
+            let _ = events.send(event).await;
+        });
+        Ok(response)
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<proto::ListModelsRequest>,
+    ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        let (_, admission) = self.gateway.enter(&request, SCOPE).await?;
+        let catalog = &self.gateway.models;
+        let default = catalog.default_model();
+        let mut models: Vec<proto::ModelInfo> = catalog
+            .models()
+            .map(|m| proto::ModelInfo {
+                id: m.id.clone(),
+                provider: m.provider.name().to_string(),
+                simulated: m.provider.simulated(),
+                fallbacks: m.fallbacks.clone(),
+                is_default: m.id == default,
+            })
+            .collect();
+        models.sort_by_key(|m| !m.is_default);
+        Ok(respond(proto::ListModelsResponse { models }, &admission))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: &str) -> StoredMessage {
+        StoredMessage {
+            role: role.into(),
+            content: content.into(),
+            created_at: Utc::now(),
+        }
+    }
+
+    fn contents(messages: &[StoredMessage]) -> Vec<&str> {
+        messages.iter().map(|m| m.content.as_str()).collect()
+    }
+
+    #[test]
+    fn a_conversation_that_continues_the_history_appends_the_rest() {
+        let history = vec![msg("user", "a"), msg("assistant", "A")];
+        let sent = vec![msg("user", "a"), msg("assistant", "A"), msg("user", "b")];
+        assert_eq!(contents(&unstored(&history, &sent)), ["b"]);
+        assert_eq!(contents(&unstored(&[], &sent)), ["a", "A", "b"]);
+    }
+
+    #[test]
+    fn a_conversation_that_differs_appends_its_last_turn() {
+        let history = vec![msg("user", "x"), msg("assistant", "X")];
+        let sent = vec![
+            msg("system", "be brief"),
+            msg("user", "a"),
+            msg("assistant", "A"),
+            msg("user", "b"),
+            msg("user", "c"),
+        ];
+        assert_eq!(contents(&unstored(&history, &sent)), ["b", "c"]);
+        let no_assistant = vec![msg("system", "s"), msg("user", "q")];
+        assert_eq!(contents(&unstored(&history, &no_assistant)), ["s", "q"]);
+    }
+}

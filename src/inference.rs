@@ -1,0 +1,237 @@
+//! Asking a model on behalf of a caller, whole or streamed: admission against
+//! the caller's limits (the prompt's tokens plus the completion's cap are
+//! reserved), the resilient call (`providers::resilience`), and settling the
+//! reservation with the usage the provider reports. A streamed answer settles
+//! exactly as a whole one: with the usage the provider reports at its end.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures::StreamExt as _;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::auth::Principal;
+use crate::convert;
+use crate::error::{ApiError, ApiResult};
+use crate::gateway::{Gateway, QueueSlot};
+use crate::limits::{Admission, Charge};
+use crate::proto;
+use crate::providers::{ChatCompletion, ChatRequest, Chunk, ChunkStream, Model, StreamEnd};
+use crate::store::StoredMessage;
+use crate::tokenizer;
+
+/// The model's answer to one turn, ready to store and return.
+pub(crate) struct Answer {
+    pub(crate) reply: proto::Reply,
+    pub(crate) stored: StoredMessage,
+}
+
+/// An admitted model call, not yet made.
+pub(crate) struct Call {
+    gateway: Arc<Gateway>,
+    model: Arc<Model>,
+    request: ChatRequest,
+    prompt_tokens: u32,
+    admission: Admission,
+    slot: QueueSlot,
+}
+
+/// Admits a call of `model` with `transcript` (`(role, content)` in order)
+/// against the caller's limits.
+pub(crate) async fn admit(
+    gateway: &Arc<Gateway>,
+    principal: &Principal,
+    model: Arc<Model>,
+    transcript: Vec<(String, String)>,
+    temperature: Option<f32>,
+    max_tokens: Option<u32>,
+) -> ApiResult<Call> {
+    let max_tokens = max_tokens.unwrap_or(gateway.default_max_tokens);
+    let prompt_tokens =
+        tokenizer::count_prompt(transcript.iter().map(|(r, c)| (r.as_str(), c.as_str())));
+    let charge = Charge {
+        tokens: u64::from(prompt_tokens) + u64::from(max_tokens),
+        context: u64::from(prompt_tokens),
+    };
+    let admission = gateway.admit(principal, charge).await?;
+    Ok(Call {
+        gateway: gateway.clone(),
+        request: ChatRequest {
+            model: model.upstream.clone(),
+            messages: transcript,
+            temperature,
+            max_tokens: Some(max_tokens),
+        },
+        model,
+        prompt_tokens,
+        admission,
+        slot: gateway.enqueue(),
+    })
+}
+
+impl Call {
+    /// Asks for the whole answer and settles the reservation (with nothing, if it failed).
+    pub(crate) async fn complete(self) -> ApiResult<(Answer, Admission)> {
+        let Call {
+            gateway,
+            model,
+            request,
+            admission,
+            slot,
+            ..
+        } = self;
+        let outcome = gateway.models.complete(&model, request).await;
+        drop(slot);
+        match outcome {
+            Ok(answered) => {
+                let answer = settle(&gateway, &admission, &answered.model, answered.value).await;
+                Ok((answer, admission))
+            }
+            Err(failure) => {
+                gateway.limits.settle(&admission, Charge::default()).await;
+                Err(failure.into_api_error())
+            }
+        }
+    }
+
+    /// Asks for a streamed answer; returns once its first chunk has arrived
+    /// (until then, failed attempts are retried and fallbacks asked).
+    pub(crate) async fn stream(self) -> ApiResult<Streamed> {
+        let Call {
+            gateway,
+            model,
+            request,
+            prompt_tokens,
+            admission,
+            slot,
+        } = self;
+        match gateway.models.open_stream(&model, request).await {
+            Ok(answered) => Ok(Streamed {
+                gateway,
+                model: answered.model,
+                prompt_tokens,
+                admission,
+                _slot: slot,
+                first: Some(answered.value.first),
+                rest: answered.value.rest,
+                content: String::new(),
+            }),
+            Err(failure) => {
+                gateway.limits.settle(&admission, Charge::default()).await;
+                Err(failure.into_api_error())
+            }
+        }
+    }
+}
+
+/// Settles the reservation with the reported usage, and shapes the reply.
+async fn settle(
+    gateway: &Gateway,
+    admission: &Admission,
+    model: &Model,
+    completion: ChatCompletion,
+) -> Answer {
+    let used = Charge {
+        tokens: u64::from(completion.prompt_tokens) + u64::from(completion.completion_tokens),
+        context: u64::from(completion.prompt_tokens),
+    };
+    gateway.limits.settle(admission, used).await;
+    let stored = StoredMessage {
+        role: "assistant".into(),
+        content: completion.content,
+        created_at: Utc::now(),
+    };
+    let reply = proto::Reply {
+        message: Some(convert::message(&stored)),
+        usage: Some(proto::Usage {
+            prompt_tokens: completion.prompt_tokens,
+            completion_tokens: completion.completion_tokens,
+            total_tokens: completion
+                .prompt_tokens
+                .saturating_add(completion.completion_tokens),
+        }),
+        model: model.id.clone(),
+        simulated: model.provider.simulated(),
+        finish_reason: completion.finish_reason,
+    };
+    Answer { reply, stored }
+}
+
+/// A streamed answer whose first chunk has arrived.
+pub(crate) struct Streamed {
+    gateway: Arc<Gateway>,
+    model: Arc<Model>,
+    prompt_tokens: u32,
+    admission: Admission,
+    _slot: QueueSlot,
+    first: Option<Chunk>,
+    rest: ChunkStream,
+    /// The text so far.
+    content: String,
+}
+
+impl Streamed {
+    /// The model answering: the asked one, or a fallback.
+    pub(crate) fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Passes every delta to `forward` as it arrives, then settles and returns
+    /// the whole answer. A failed `forward` (the caller went away) does not
+    /// stop the answer: it is read to its end, so it can still be stored.
+    pub(crate) async fn relay<E>(
+        mut self,
+        events: &mpsc::Sender<Result<E, Status>>,
+        forward: impl Fn(String) -> E,
+    ) -> ApiResult<(Answer, Admission)> {
+        let mut listening = true;
+        loop {
+            let chunk = match self.first.take() {
+                Some(chunk) => Ok(chunk),
+                None => match self.rest.next().await {
+                    Some(chunk) => chunk,
+                    None => Err(crate::providers::ProviderError::BadResponse(
+                        "the stream ended without its last chunk".into(),
+                    )),
+                },
+            };
+            match chunk {
+                Ok(Chunk::Delta(text)) => {
+                    self.content.push_str(&text);
+                    if listening && events.send(Ok(forward(text))).await.is_err() {
+                        listening = false;
+                        tracing::info!(
+                            model = %self.model.id,
+                            "the caller left mid-stream; finishing the answer to store it"
+                        );
+                    }
+                }
+                Ok(Chunk::End(end)) => return Ok(self.finish(end).await),
+                Err(error) => return Err(self.abandon(error).await),
+            }
+        }
+    }
+
+    async fn finish(self, end: StreamEnd) -> (Answer, Admission) {
+        let completion = ChatCompletion::from_stream(self.content, end, self.prompt_tokens);
+        let answer = settle(&self.gateway, &self.admission, &self.model, completion).await;
+        (answer, self.admission)
+    }
+
+    /// A stream that broke after its first chunk: settled with what was
+    /// sent and received so far, and never retried.
+    async fn abandon(self, error: crate::providers::ProviderError) -> ApiError {
+        let used = u64::from(self.prompt_tokens) + u64::from(tokenizer::count_text(&self.content));
+        let charge = Charge {
+            tokens: used,
+            context: u64::from(self.prompt_tokens),
+        };
+        self.gateway.limits.settle(&self.admission, charge).await;
+        error.into_api_error(self.model.provider.name(), &self.model.id)
+    }
+}

@@ -38,6 +38,9 @@ impl std::str::FromStr for Secret {
 /// Settings of the core (`openclaw-gateway serve`, and the core half of `dev`).
 #[derive(Debug, Clone, Args)]
 pub struct CoreConfig {
+    #[command(flatten)]
+    pub cron: crate::cron::CronSettings,
+
     /// Address of the gRPC server.
     #[arg(long, env = "OPENCLAW_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,

@@ -200,6 +200,10 @@ impl KeyService for Keys {
                 return Err(ApiError::not_found("Key", &id).into());
             }
             tracing::info!(key = %key.id, "API key revoked");
+            self.gateway
+                .events
+                .announce(crate::events::Event::key_revoked(&key.id))
+                .await;
         }
         self.gateway.auth.forget(&key.secret_hash);
         Ok(Response::new(convert::api_key(&key)))

@@ -259,3 +259,70 @@ async fn the_guide_node_example_runs_unchanged() {
     assert!(printed.contains("sessionId: 'sess_"), "{printed}");
     assert!(printed.contains("echo: Hello"), "{printed}");
 }
+
+#[tokio::test]
+async fn the_guide_cron_examples_work_as_written() {
+    let stack = Stack::start().await;
+    let key = stack.create_key("guide-cron").await;
+    let examples = http_examples();
+    // 2.3: create the job with the guide's body, unchanged.
+    let create = examples
+        .iter()
+        .find(|e| e.method == "POST" && e.path == "/api/v1/cron/jobs")
+        .expect("the guide creates a cron job");
+    let response = stack
+        .http
+        .post(stack.url(&create.path))
+        .bearer_auth(&key)
+        .json(create.body.as_ref().expect("create body"))
+        .send()
+        .await
+        .unwrap();
+    let created = expect_data(response, 201).await;
+    assert_eq!(created["name"], "daily-backup");
+    assert_eq!(created["schedule"]["kind"], "every");
+    assert_eq!(created["schedule"]["everyMs"], 86_400_000);
+    assert_eq!(
+        created["payload"],
+        json!({"kind": "systemEvent", "text": "Running daily backup"})
+    );
+
+    // 2.4: the list has the guide's shape: every field of its example, of the same JSON type.
+    let list = examples
+        .iter()
+        .find(|e| e.method == "GET" && e.path == "/api/v1/cron/jobs")
+        .expect("the guide lists cron jobs");
+    let response = stack
+        .http
+        .get(stack.url(&list.path))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let data = expect_data(response, 200).await;
+    let example: Value = blocks("json")
+        .iter()
+        .find(|b| b.contains("\"jobs\""))
+        .map(|b| serde_json::from_str(b).expect("guide JSON"))
+        .expect("the guide's list response");
+    let shown = &example["jobs"][0];
+    let job = &data["jobs"][0];
+    assert_eq!(data["jobs"].as_array().map(Vec::len), Some(1));
+    for (field, value) in shown.as_object().unwrap() {
+        let same_type = match value {
+            Value::String(_) => job[field].is_string(),
+            Value::Number(_) => job[field].is_number(),
+            _ => true,
+        };
+        assert!(same_type, "field '{field}' as in the guide: {job}");
+    }
+    assert_eq!(job["id"], created["id"]);
+    assert_eq!(job["name"], "daily-backup");
+    assert_eq!(job["status"], "enabled");
+    let next = job["nextRun"].as_str().unwrap();
+    assert_eq!(next.len(), "2026-02-15T00:00:00Z".len(), "{next}");
+    assert!(next.ends_with('Z'));
+    let next = chrono::DateTime::parse_from_rfc3339(next).unwrap();
+    let in_a_day = chrono::Utc::now() + chrono::Duration::milliseconds(86_400_000);
+    assert!((next.signed_duration_since(in_a_day)).num_seconds().abs() <= 5);
+}

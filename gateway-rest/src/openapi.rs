@@ -46,6 +46,8 @@ pub(crate) const BEARER: &str = "bearer";
         (name = "sessions", description = "Chat sessions with a model"),
         (name = "system", description = "The gateway's status and the edge's liveness"),
         (name = "keys", description = "API key administration (internal token only)"),
+        (name = "cron", description = "Scheduled jobs: every/at/cron schedules, systemEvent and agentTurn payloads, run history"),
+        (name = "events", description = "System events as server-sent events, resumable with Last-Event-ID"),
     ),
     components(
         schemas(ErrorEnvelope, ErrorObject),

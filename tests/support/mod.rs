@@ -235,7 +235,11 @@ pub struct CoreOptions {
 }
 
 pub fn spawn_core(options: &CoreOptions) -> Process {
-    let port = free_port();
+    spawn_core_at(options, free_port())
+}
+
+/// A core listening on `port`: a replica restarted where the edge expects it.
+pub fn spawn_core_at(options: &CoreOptions, port: u16) -> Process {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_openclaw-gateway"));
     cmd.arg("serve")
         .env_clear()

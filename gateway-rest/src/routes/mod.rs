@@ -4,6 +4,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{openapi, server::AppState};
 
+pub(crate) mod cron;
+pub(crate) mod events;
 pub(crate) mod fallback;
 pub(crate) mod keys;
 pub(crate) mod sessions;
@@ -19,6 +21,11 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(system::status))
         .routes(routes!(keys::create_key, keys::list_keys))
         .routes(routes!(keys::get_key, keys::update_key, keys::revoke_key))
+        .routes(routes!(cron::create_job, cron::list_jobs))
+        .routes(routes!(cron::get_job, cron::update_job, cron::delete_job))
+        .routes(routes!(cron::run_job))
+        .routes(routes!(cron::list_runs))
+        .routes(routes!(events::subscribe))
         .routes(routes!(system::healthz))
         .routes(routes!(openapi::openapi_json))
 }

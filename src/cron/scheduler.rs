@@ -1,0 +1,683 @@
+//! `CronScheduler`: each core replica's loop that claims due runs and runs them.
+//!
+//! A tick asks the store (one round trip, at the store's clock) for the head of
+//! the due index, the earliest future due time and the expired leases. It
+//! claims what is due, sleeps until the next due time (at most
+//! [`MAX_SLEEP`], since other replicas add jobs it does not hear of), and
+//! takes over runs whose holder stopped renewing its lease. The cost of a tick
+//! follows the number of due jobs, never the number of idle ones.
+//!
+//! Policies (documented in docs/cron.md):
+//! - Catch-up: when a claim finds several due times already passed (downtime,
+//!   or a stall), only the latest runs, if it is within the catch-up window;
+//!   the others are recorded `skipped`.
+//! - Overlap: a due time that comes while the job's previous run is going is
+//!   recorded `skipped`.
+//! - Backoff: after consecutive errors the next run waits 30 s, 1 min, 5 min,
+//!   15 min, then 60 min after the failure; the due times inside are recorded
+//!   `skipped`. A success resets it.
+//! - Timeout: a run longer than the per-run timeout is stopped and recorded
+//!   as an error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use rand::seq::SliceRandom as _;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tonic_types::StatusExt as _;
+
+use super::payload::Payload;
+use super::schedule::Schedule;
+use super::store::{
+    Claim, ClaimOutcome, Finish, JobRecord, RunUsage, STATUS_ERROR, STATUS_OK, TRIGGER_SCHEDULE,
+    run_id,
+};
+use crate::auth::Principal;
+use crate::events::{Event, JOB_FAILED, SYSTEM_EVENT};
+use crate::gateway::Gateway;
+use crate::proto::session_service_server::SessionService as _;
+use crate::sessions::{OnBehalfOf, Sessions};
+use crate::store::StoreResult;
+
+/// The longest a tick sleeps: new jobs added on other replicas are seen this fast.
+pub const MAX_SLEEP: Duration = Duration::from_millis(250);
+/// Due jobs read per tick.
+const DUE_BATCH: usize = 256;
+/// Claims in flight at once per replica.
+const CLAIM_CONCURRENCY: usize = 16;
+/// Missed due times recorded one by one per claim; older ones are counted in the oldest record.
+const MAX_SKIP_RECORDS: usize = 100;
+/// Error backoff after 1, 2, 3, 4 and 5+ consecutive errors.
+pub const BACKOFF: [Duration; 5] = [
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(15 * 60),
+    Duration::from_secs(60 * 60),
+];
+
+pub const MISSED: &str = "missed: not run at its due time (no replica was running, or the scheduler was behind); a later due time ran instead (catch-up policy)";
+pub const OVERLAP: &str = "skipped: the previous run of this job was still going (overlap policy)";
+
+/// The wait before the next run after `errors` consecutive errors.
+pub fn backoff(errors: u32) -> Duration {
+    BACKOFF[(errors.max(1) as usize - 1).min(BACKOFF.len() - 1)]
+}
+
+/// What one claim covers: the due time to run (if any), the due times to
+/// record as skipped, and the job's next due time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub run_ms: Option<i64>,
+    pub skipped: Vec<(i64, String)>,
+    pub next_ms: Option<i64>,
+}
+
+/// Plans the claim of a job whose recorded next due time is `due_ms`, at the
+/// store's time `now_ms`. Every due time from `due_ms` up to `next_ms`
+/// (excluded) is either run or recorded, exactly once.
+pub fn plan(schedule: &Schedule, due_ms: i64, now_ms: i64, catch_up_window_ms: i64) -> Plan {
+    let (mut dues, dropped) =
+        schedule.due_between(due_ms - 1, now_ms.max(due_ms), MAX_SKIP_RECORDS + 1);
+    let slot = dues.pop().unwrap_or(due_ms);
+    let mut skipped: Vec<(i64, String)> = dues
+        .into_iter()
+        .map(|ms| (ms, MISSED.to_string()))
+        .collect();
+    if dropped > 0
+        && let Some(first) = skipped.first_mut()
+    {
+        first.1 = format!("{MISSED}; {dropped} earlier due times were missed too");
+    }
+    let run_ms = if now_ms - slot <= catch_up_window_ms {
+        Some(slot)
+    } else {
+        skipped.push((
+            slot,
+            format!(
+                "missed: more than the catch-up window ({} s) late when the gateway got to it",
+                catch_up_window_ms / 1000
+            ),
+        ));
+        None
+    };
+    Plan {
+        run_ms,
+        skipped,
+        next_ms: schedule.next_after(slot),
+    }
+}
+
+/// A run this replica holds.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub scheduled_ms: i64,
+    pub token: String,
+    pub started_ms: i64,
+}
+
+/// How a payload ended.
+struct Outcome {
+    usage: Option<RunUsage>,
+    session_id: Option<String>,
+    events: Vec<Event>,
+}
+
+pub struct CronScheduler {
+    gateway: Arc<Gateway>,
+    sessions: Sessions,
+    permits: Arc<Semaphore>,
+    max_runs: u32,
+    wake: Notify,
+    stop: watch::Sender<bool>,
+}
+
+fn new_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A failed call of the core, in words fit for a run's `error`.
+fn describe(status: &tonic::Status) -> String {
+    let details = status.get_error_details();
+    match details.error_info() {
+        Some(info) => {
+            let sentence = info.metadata.get("details").cloned().unwrap_or_default();
+            format!("{}: {} ({})", info.reason, status.message(), sentence)
+        }
+        None => status.message().to_string(),
+    }
+}
+
+impl CronScheduler {
+    /// Starts this replica's scheduler loop.
+    pub fn start(gateway: Arc<Gateway>) -> Arc<Self> {
+        let max_runs = gateway.cron.settings.max_concurrent_runs.max(1);
+        let (stop, _) = watch::channel(false);
+        let scheduler = Arc::new(Self {
+            sessions: Sessions::new(gateway.clone()),
+            gateway,
+            permits: Arc::new(Semaphore::new(max_runs as usize)),
+            max_runs,
+            wake: Notify::new(),
+            stop,
+        });
+        tokio::spawn(scheduler.clone().run_loop());
+        scheduler
+    }
+
+    /// Looks at the due index now (a job was created or changed here).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Stops claiming, then waits (up to the per-run timeout) for the runs in progress.
+    pub async fn stop(&self) {
+        self.stop.send_replace(true);
+        let wait = self.gateway.cron.settings.run_timeout() + Duration::from_secs(5);
+        match tokio::time::timeout(wait, self.permits.acquire_many(self.max_runs)).await {
+            Ok(_) => tracing::info!("cron scheduler stopped; no run in progress"),
+            Err(_) => tracing::warn!(
+                "cron scheduler stopped with runs still going; their leases will expire and another replica records them"
+            ),
+        }
+    }
+
+    async fn run_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            if self.stopping() {
+                return;
+            }
+            let wait = match self.tick().await {
+                Ok(wait) => wait,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cron tick failed; retrying");
+                    Duration::from_millis(500)
+                }
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One look at the due index. Returns how long to sleep.
+    async fn tick(self: &Arc<Self>) -> StoreResult<Duration> {
+        let store = &self.gateway.cron.store;
+        let batch = store.due(DUE_BATCH).await?;
+        let full = batch.due.len() == DUE_BATCH;
+        let mut due = batch.due;
+        // Replicas read the same head: different orders spread the claims.
+        due.shuffle(&mut rand::rng());
+        let now = batch.now_ms;
+        futures::stream::iter(due)
+            .for_each_concurrent(CLAIM_CONCURRENCY, |(id, due_ms)| async move {
+                if self.stopping() {
+                    return;
+                }
+                // Claim only with room to run: a busy replica leaves due jobs to the others.
+                let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                    return;
+                };
+                if let Err(err) = self.claim_due(&id, due_ms, now, permit).await {
+                    tracing::warn!(error = %err, job = %id, "could not claim a due run");
+                }
+            })
+            .await;
+        for (id, scheduled_ms) in batch.expired {
+            if let Err(err) = self.recover(&id, scheduled_ms).await {
+                tracing::warn!(error = %err, job = %id, "could not take over an abandoned run");
+            }
+        }
+        if full {
+            return Ok(Duration::ZERO);
+        }
+        let until_next = batch
+            .next_ms
+            .map(|next| Duration::from_millis((next - now).max(1) as u64))
+            .unwrap_or(MAX_SLEEP);
+        Ok(until_next.min(MAX_SLEEP))
+    }
+
+    async fn claim_due(
+        self: &Arc<Self>,
+        id: &str,
+        due_ms: i64,
+        now_ms: i64,
+        permit: OwnedSemaphorePermit,
+    ) -> StoreResult<()> {
+        let store = &self.gateway.cron.store;
+        let Some(job) = store.job(id).await? else {
+            return store.forget_due(id).await;
+        };
+        if job.next_ms != Some(due_ms) || !job.enabled {
+            return Ok(()); // another replica got there first
+        }
+        let settings = &self.gateway.cron.settings;
+        let plan = plan(
+            &job.def.schedule,
+            due_ms,
+            now_ms,
+            settings.catch_up_window_ms as i64,
+        );
+        let claim = Claim {
+            job_id: job.def.id.clone(),
+            expect_next_ms: Some(due_ms),
+            expect_version: job.version,
+            run_ms: plan.run_ms,
+            skipped: plan.skipped,
+            next_ms: plan.next_ms,
+            disable: matches!(job.def.schedule, Schedule::At { .. }),
+            overlap_reason: OVERLAP.into(),
+            token: new_token(),
+            replica: self.gateway.replica.clone(),
+            lease_ms: settings.lease_ms as i64,
+            trigger: TRIGGER_SCHEDULE,
+        };
+        if let (ClaimOutcome::Claimed { now_ms }, Some(scheduled_ms)) =
+            (store.claim(&claim).await?, plan.run_ms)
+        {
+            let ticket = Ticket {
+                scheduled_ms,
+                token: claim.token,
+                started_ms: now_ms,
+            };
+            self.spawn_run(job, ticket, permit);
+        }
+        Ok(())
+    }
+
+    /// Starts a run this replica holds (a claimed due time, or a "run now").
+    pub fn spawn_run(
+        self: &Arc<Self>,
+        job: JobRecord,
+        ticket: Ticket,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.execute(job, ticket).await;
+            drop(permit);
+        });
+    }
+
+    /// A permit to run one more job now, if this replica has room.
+    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+        if self.stopping() {
+            return None;
+        }
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// A run whose holder stopped renewing its lease (it crashed, or lost
+    /// Redis for longer than the lease). A systemEvent run is run again (its
+    /// event and its completion are one atomic write, so it was not published);
+    /// an agentTurn is recorded as failed rather than risk a second model call.
+    async fn recover(self: &Arc<Self>, id: &str, scheduled_ms: i64) -> StoreResult<()> {
+        let store = &self.gateway.cron.store;
+        let settings = &self.gateway.cron.settings;
+        let token = new_token();
+        let Some(run) = store
+            .take_over(
+                id,
+                scheduled_ms,
+                &token,
+                &self.gateway.replica,
+                settings.lease_ms as i64,
+            )
+            .await?
+        else {
+            return Ok(());
+        };
+        let job = store.job(id).await?;
+        let ticket = Ticket {
+            scheduled_ms,
+            token,
+            started_ms: run.started_ms.unwrap_or(scheduled_ms),
+        };
+        tracing::warn!(job = %id, run = %run.id(), previous = %run.replica, "taking over a run whose replica stopped");
+        match job {
+            Some(job) if matches!(job.def.payload, Payload::SystemEvent { .. }) => {
+                let Some(permit) = self.try_permit() else {
+                    return Ok(()); // the lease runs out again and someone else takes it
+                };
+                self.spawn_run(job, ticket, permit);
+            }
+            job => {
+                let owner = job
+                    .as_ref()
+                    .map(|j| j.def.owner.clone())
+                    .unwrap_or_default();
+                let error = "the replica running this run stopped before it finished; an agent turn is not retried, to avoid a second model call".to_string();
+                let events = job
+                    .as_ref()
+                    .map(|j| vec![self.failure_event(j, scheduled_ms, &error)])
+                    .unwrap_or_default();
+                store
+                    .finish(&Finish {
+                        job_id: id.to_string(),
+                        owner,
+                        scheduled_ms,
+                        token: ticket.token,
+                        status: STATUS_ERROR,
+                        error: Some(error),
+                        started_ms: ticket.started_ms,
+                        duration_ms: 0,
+                        usage: None,
+                        session_id: None,
+                        delete_job: false,
+                        events,
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn failure_event(&self, job: &JobRecord, scheduled_ms: i64, error: &str) -> Event {
+        let mut event = Event::new(
+            JOB_FAILED,
+            format!("Job '{}' failed: {error}", job.def.name),
+        );
+        event.job_id = job.def.id.clone();
+        event.run_id = run_id(&job.def.id, scheduled_ms);
+        event.key_id = job.def.owner.clone();
+        event.replica = self.gateway.replica.clone();
+        event
+    }
+
+    async fn execute(self: Arc<Self>, job: JobRecord, ticket: Ticket) {
+        let store = self.gateway.cron.store.clone();
+        let settings = self.gateway.cron.settings;
+        let started = Instant::now();
+        let heartbeat = {
+            let (store, id, ticket) = (store.clone(), job.def.id.clone(), ticket.clone());
+            let every = Duration::from_millis((settings.lease_ms / 3).max(100));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match store
+                        .renew(
+                            &id,
+                            ticket.scheduled_ms,
+                            &ticket.token,
+                            settings.lease_ms as i64,
+                        )
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(job = %id, "lost the lease of a run; its result will not be recorded");
+                            return;
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, job = %id, "could not renew a run's lease")
+                        }
+                    }
+                }
+            })
+        };
+        let outcome =
+            tokio::time::timeout(settings.run_timeout(), self.perform(&job, &ticket)).await;
+        heartbeat.abort();
+        let duration_ms = started.elapsed().as_millis() as i64;
+        let (status, error, outcome) = match outcome {
+            Ok(Ok(outcome)) => (STATUS_OK, None, outcome),
+            Ok(Err(error)) => (
+                STATUS_ERROR,
+                Some(error),
+                Outcome {
+                    usage: None,
+                    session_id: None,
+                    events: Vec::new(),
+                },
+            ),
+            Err(_) => (
+                STATUS_ERROR,
+                Some(format!(
+                    "timed out after {} s (the per-run timeout) and was stopped",
+                    settings.run_timeout().as_secs()
+                )),
+                Outcome {
+                    usage: None,
+                    session_id: None,
+                    events: Vec::new(),
+                },
+            ),
+        };
+        let mut events = outcome.events;
+        if let Some(error) = &error {
+            events.push(self.failure_event(&job, ticket.scheduled_ms, error));
+        }
+        let finish = Finish {
+            job_id: job.def.id.clone(),
+            owner: job.def.owner.clone(),
+            scheduled_ms: ticket.scheduled_ms,
+            token: ticket.token.clone(),
+            status,
+            error: error.clone(),
+            started_ms: ticket.started_ms,
+            duration_ms,
+            usage: outcome.usage,
+            session_id: outcome.session_id,
+            delete_job: matches!(
+                job.def.schedule,
+                Schedule::At {
+                    delete_after_run: true,
+                    ..
+                }
+            ),
+            events,
+        };
+        let mut attempt = 0;
+        let finished = loop {
+            match store.finish(&finish).await {
+                Ok(finished) => break finished,
+                Err(err) if attempt < 20 => {
+                    attempt += 1;
+                    tracing::warn!(error = %err, job = %finish.job_id, "could not record a run's outcome; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, job = %finish.job_id, "gave up recording a run's outcome; its lease will expire and another replica records it");
+                    return;
+                }
+            }
+        };
+        if !finished {
+            tracing::warn!(job = %finish.job_id, "a run finished after losing its lease; another replica recorded it");
+            return;
+        }
+        if error.is_some()
+            && let Err(err) = self.back_off(&job.def.id).await
+        {
+            tracing::warn!(error = %err, job = %job.def.id, "could not apply the error backoff");
+        }
+    }
+
+    /// Pushes a failing job's next run back by its backoff, recording the due
+    /// times in between as skipped.
+    async fn back_off(&self, id: &str) -> StoreResult<()> {
+        let store = &self.gateway.cron.store;
+        for _ in 0..3 {
+            let Some(job) = store.job(id).await? else {
+                return Ok(());
+            };
+            let (Some(next), true) = (job.next_ms, job.enabled) else {
+                return Ok(());
+            };
+            if job.state.consecutive_errors == 0 {
+                return Ok(());
+            }
+            let wait = backoff(job.state.consecutive_errors);
+            let earliest = store.now_ms().await? + wait.as_millis() as i64;
+            if next >= earliest {
+                return Ok(());
+            }
+            let Some(postponed) = job.def.schedule.next_after(earliest - 1) else {
+                return Ok(());
+            };
+            let reason = format!(
+                "skipped: backing off for {} s after {} consecutive errors (error backoff policy)",
+                wait.as_secs(),
+                job.state.consecutive_errors
+            );
+            let (dues, _) = job
+                .def
+                .schedule
+                .due_between(next - 1, postponed - 1, MAX_SKIP_RECORDS);
+            let skipped: Vec<(i64, String)> =
+                dues.into_iter().map(|ms| (ms, reason.clone())).collect();
+            if store.postpone(id, next, postponed, &skipped).await? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Does what the job's payload says.
+    async fn perform(&self, job: &JobRecord, ticket: &Ticket) -> Result<Outcome, String> {
+        match &job.def.payload {
+            Payload::SystemEvent { text } => {
+                let mut event = Event::new(SYSTEM_EVENT, text.clone());
+                event.job_id = job.def.id.clone();
+                event.run_id = run_id(&job.def.id, ticket.scheduled_ms);
+                event.key_id = job.def.owner.clone();
+                event.replica = self.gateway.replica.clone();
+                Ok(Outcome {
+                    usage: None,
+                    session_id: None,
+                    events: vec![event],
+                })
+            }
+            Payload::AgentTurn {
+                message,
+                model,
+                session_id,
+            } => {
+                let principal = self.owner(&job.def.owner).await?;
+                let mut request = tonic::Request::new(crate::proto::CreateSessionRequest {
+                    model: model.clone().unwrap_or_default(),
+                    messages: vec![crate::proto::ChatMessage {
+                        role: "user".into(),
+                        content: message.clone(),
+                        created_at: None,
+                    }],
+                    context: session_id.as_ref().map(|id| crate::proto::SessionContext {
+                        session_id: id.clone(),
+                    }),
+                    options: None,
+                });
+                request.extensions_mut().insert(OnBehalfOf(principal));
+                let response = self
+                    .sessions
+                    .create_session(request)
+                    .await
+                    .map_err(|status| describe(&status))?
+                    .into_inner();
+                let usage = response
+                    .reply
+                    .as_ref()
+                    .and_then(|r| r.usage)
+                    .map(|u| RunUsage {
+                        prompt_tokens: u.prompt_tokens,
+                        completion_tokens: u.completion_tokens,
+                    });
+                Ok(Outcome {
+                    usage,
+                    session_id: response.session.map(|s| s.session_id),
+                    events: Vec::new(),
+                })
+            }
+        }
+    }
+
+    /// The job's owner, as a caller: its key must still exist and be valid.
+    async fn owner(&self, owner: &str) -> Result<Principal, String> {
+        if owner == crate::auth::Principal::Internal.owner_id() {
+            return Ok(Principal::Internal);
+        }
+        match self.gateway.store.key_by_id(owner).await {
+            Ok(Some(key)) if !key.is_revoked() => Ok(Principal::Key(Arc::new(key))),
+            Ok(Some(_)) => Err("the API key that owns this job has been revoked".into()),
+            Ok(None) => Err("the API key that owns this job no longer exists".into()),
+            Err(err) => Err(format!("the key store is unavailable: {err}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timely_claim_runs_its_due_time_and_moves_to_the_next() {
+        let s = Schedule::Every {
+            every_ms: 1000,
+            anchor_ms: 0,
+        };
+        let plan = plan(&s, 5000, 5040, 60_000);
+        assert_eq!(plan.run_ms, Some(5000));
+        assert!(plan.skipped.is_empty());
+        assert_eq!(plan.next_ms, Some(6000));
+    }
+
+    #[test]
+    fn after_downtime_only_the_latest_due_time_runs_and_the_rest_are_skipped() {
+        let s = Schedule::Every {
+            every_ms: 1000,
+            anchor_ms: 0,
+        };
+        let plan = plan(&s, 5000, 8500, 60_000);
+        assert_eq!(plan.run_ms, Some(8000));
+        let skipped: Vec<i64> = plan.skipped.iter().map(|(ms, _)| *ms).collect();
+        assert_eq!(skipped, [5000, 6000, 7000]);
+        assert_eq!(plan.next_ms, Some(9000));
+    }
+
+    #[test]
+    fn a_due_time_older_than_the_window_is_skipped_too() {
+        let s = Schedule::Every {
+            every_ms: 86_400_000,
+            anchor_ms: 0,
+        };
+        let day = 86_400_000;
+        let plan = plan(&s, day, day + 3 * 3_600_000, 3_600_000);
+        assert_eq!(plan.run_ms, None);
+        assert_eq!(plan.skipped.len(), 1);
+        assert!(plan.skipped[0].1.contains("catch-up window"));
+        assert_eq!(plan.next_ms, Some(2 * day));
+    }
+
+    #[test]
+    fn a_long_outage_records_a_bounded_number_of_skips() {
+        let s = Schedule::Every {
+            every_ms: 1000,
+            anchor_ms: 0,
+        };
+        let plan = plan(&s, 1000, 1_000_000, 60_000);
+        assert_eq!(plan.run_ms, Some(1_000_000));
+        assert_eq!(plan.skipped.len(), MAX_SKIP_RECORDS);
+        assert!(
+            plan.skipped[0]
+                .1
+                .contains("earlier due times were missed too")
+        );
+    }
+
+    #[test]
+    fn backoff_grows_then_stays_at_an_hour() {
+        let secs: Vec<u64> = (1..=7).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [30, 60, 300, 900, 3600, 3600, 3600]);
+    }
+}

@@ -7,14 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use gateway_rest::ops::{config_file, metrics, shutdown::Shutdown, telemetry};
 use tokio::net::TcpListener;
 
 use crate::auth::{generate_key, hash_secret};
 use crate::config::{CoreConfig, Secret};
 use crate::gateway::Gateway;
 use crate::server;
-use crate::shutdown::Shutdown;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,6 +23,12 @@ use crate::shutdown::Shutdown;
     about = "OpenClaw Gateway: sessions, models and schedules over gRPC and REST"
 )]
 pub struct Cli {
+    /// TOML file with any setting by flag name (flags and environment win over it).
+    #[arg(long, env = "OPENCLAW_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long, global = true)]
+    print_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -47,35 +53,74 @@ struct DevArgs {
     core: CoreConfig,
 }
 
-pub async fn run() -> anyhow::Result<()> {
+/// Reads the configuration (flags, environment, `.env`, configuration file),
+/// then runs the chosen command on a multi-threaded runtime.
+pub fn main() -> anyhow::Result<()> {
+    // Both steps set environment variables, so they run before any thread exists.
     // `.env` fills in what the environment does not set (the guide keeps the internal token there).
     let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
-    crate::telemetry::init();
-    let command = match cli.command {
-        Some(command) => command,
-        None => Cli::parse_from(["openclaw-gateway", "dev"])
-            .command
-            .context("parsing the default dev command")?,
-    };
-    match command {
-        Command::Serve { core } => serve(core).await,
-        Command::Dev(args) => dev(args).await,
+    config_file::apply(&Cli::command())?;
+    // clap reads environment variables when a command is built, so build it after the file applied.
+    let command = Cli::command();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut matches = command.clone().get_matches_from(&args);
+    if matches.subcommand().is_none() {
+        // Plain `openclaw-gateway` (and so `cargo run`) means `dev`.
+        args.insert(1, "dev".into());
+        matches = command.clone().get_matches_from(&args);
     }
+    let cli = Cli::from_arg_matches(&matches)?;
+    if cli.print_config {
+        print!("{}", config_file::render(&command, &matches));
+        return Ok(());
+    }
+    let command = cli.command.context("no command given")?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            match command {
+                Command::Serve { core } => serve(core).await,
+                Command::Dev(args) => dev(args).await,
+            }
+        })
 }
 
 async fn serve(config: CoreConfig) -> anyhow::Result<()> {
+    let mut telemetry = telemetry::init("openclaw-gateway", config.json_logs());
     let gateway = server::build(&config).await?;
+    config.check_production(gateway.models.any_simulated())?;
     let listener = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, replica = %gateway.replica, "core listening (gRPC)");
+    let metrics_listener = metrics::bind(config.metrics_addr).await?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        metrics = %metrics_listener.local_addr()?,
+        replica = %gateway.replica,
+        profile = ?config.profile,
+        "core listening (gRPC)"
+    );
     let shutdown = Shutdown::new();
     shutdown.on_signals();
-    server::run(listener, gateway, shutdown.wait()).await
+    tokio::spawn(metrics::serve(
+        metrics_listener,
+        server::readiness_check(gateway.clone()),
+        shutdown.wait(),
+    ));
+    let outcome = shutdown
+        .drain_within(
+            server::run(listener, gateway, shutdown.wait()),
+            config.drain_timeout(),
+        )
+        .await;
+    tracing::info!("core stopped");
+    telemetry.shutdown();
+    outcome
 }
 
 async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
+    let mut telemetry = telemetry::init("openclaw-gateway", args.core.json_logs());
     let token_file = args.core.data_dir.join("internal-token");
     if args.core.internal_token.is_none() {
         args.core.internal_token = Some(local_secret(&token_file, || {
@@ -83,11 +128,10 @@ async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
         })?);
     }
     let gateway = server::build(&args.core).await?;
-    // In dev the core listens on loopback only.
-    let grpc_addr = SocketAddr::from(([127, 0, 0, 1], args.core.grpc_addr.port()));
-    let grpc = TcpListener::bind(grpc_addr).await.with_context(|| {
-        format!("binding the gRPC address {grpc_addr} (set --grpc-addr to another port)")
-    })?;
+    // In dev everything listens on loopback; a taken gRPC or metrics port
+    // falls back to a free one (the REST port is the one people paste).
+    let grpc = bind_loopback(args.core.grpc_addr.port(), "gRPC").await?;
+    let metrics_listener = bind_loopback(args.core.metrics_addr.port(), "metrics").await?;
     let http = TcpListener::bind(args.http_addr).await.with_context(|| {
         format!(
             "binding the REST address {} (set --http-addr to another port)",
@@ -98,17 +142,28 @@ async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
     let http_addr = http.local_addr()?;
     let key = dev_key(&gateway, &args.core.data_dir.join("dev-key")).await?;
 
+    let metrics_addr = metrics_listener.local_addr()?;
     let shutdown = Shutdown::new();
     shutdown.on_signals();
-    let core = tokio::spawn(server::run(grpc, gateway.clone(), shutdown.wait()));
-    let edge = tokio::spawn(gateway_rest::serve(
-        http,
-        gateway_rest::EdgeConfig {
-            core_urls: vec![format!("http://{grpc_addr}")],
-            ..Default::default()
-        },
+    tokio::spawn(metrics::serve(
+        metrics_listener,
+        server::readiness_check(gateway.clone()),
         shutdown.wait(),
     ));
+    let edge_config = gateway_rest::EdgeConfig {
+        core_urls: vec![format!("http://{grpc_addr}")],
+        ..Default::default()
+    };
+    let draining = edge_config.draining.clone();
+    let on_drain = {
+        let stop = shutdown.wait();
+        async move {
+            stop.await;
+            draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    let core = server::run(grpc, gateway.clone(), shutdown.wait());
+    let edge = gateway_rest::serve(http, edge_config, on_drain);
 
     let base = format!("http://{http_addr}");
     println!();
@@ -120,6 +175,7 @@ async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
         println!("  models     OFFLINE SIMULATOR (set ZAI_API_KEY for real answers)");
     }
     println!("  internal   token in {}", token_file.display());
+    println!("  metrics    http://{metrics_addr}/metrics");
     println!();
     println!("  Your API key: {key}");
     println!();
@@ -132,10 +188,25 @@ async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
     );
     println!();
 
-    let (core, edge) = tokio::join!(core, edge);
-    core.context("core task")??;
-    edge.context("edge task")??;
-    Ok(())
+    let both = async {
+        let (core, edge) = tokio::join!(core, edge);
+        core.and(edge)
+    };
+    let outcome = shutdown.drain_within(both, args.core.drain_timeout()).await;
+    telemetry.shutdown();
+    outcome
+}
+
+/// Binds `127.0.0.1:port`, or a free loopback port when that one is taken.
+async fn bind_loopback(port: u16, what: &str) -> anyhow::Result<TcpListener> {
+    match TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await {
+        Ok(listener) => Ok(listener),
+        Err(err) => {
+            let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            tracing::warn!(port, error = %err, fallback = %listener.local_addr()?, "the {what} port is taken; using a free one");
+            Ok(listener)
+        }
+    }
 }
 
 /// Reads a secret kept in the data folder, creating it on first use (mode 0600).

@@ -132,6 +132,28 @@ pub struct CoreConfig {
     #[arg(long, env = "OPENCLAW_REPLICA_ID")]
     pub replica_id: Option<String>,
 
+    /// `production` refuses unsafe settings (simulated models, no internal token,
+    /// the embedded store with more than one replica) and logs JSON.
+    #[arg(
+        long,
+        env = "OPENCLAW_PROFILE",
+        value_enum,
+        default_value = "development"
+    )]
+    pub profile: gateway_rest::ops::Profile,
+
+    /// Address of the Prometheus metrics and probe endpoints (/metrics, /livez, /readyz).
+    #[arg(long, env = "OPENCLAW_METRICS_ADDR", default_value = "0.0.0.0:9464")]
+    pub metrics_addr: SocketAddr,
+
+    /// On SIGTERM, how long calls in flight (and cron runs) may take to finish before exit.
+    #[arg(long, env = "OPENCLAW_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub drain_timeout_ms: u64,
+
+    /// `text` or `json` log lines (production defaults to json).
+    #[arg(long, env = "OPENCLAW_LOG_FORMAT")]
+    pub log_format: Option<String>,
+
     /// TOML file declaring the model providers, their models, fallbacks, timeouts,
     /// retries and circuit breakers (docs/providers.md). Absent: the built-in zai provider.
     #[arg(long, env = "OPENCLAW_PROVIDERS_FILE")]
@@ -147,6 +169,45 @@ pub struct CoreConfig {
 }
 
 impl CoreConfig {
+    /// JSON log lines: asked for, or implied by the production profile.
+    pub fn json_logs(&self) -> bool {
+        self.log_format.as_deref().map_or(
+            self.profile == gateway_rest::ops::Profile::Production,
+            |f| f == "json",
+        )
+    }
+
+    /// The production profile's refusals, each naming what to change.
+    pub fn check_production(&self, simulated_models: bool) -> anyhow::Result<()> {
+        if self.profile != gateway_rest::ops::Profile::Production {
+            return Ok(());
+        }
+        let mut problems = Vec::new();
+        if self.internal_token.is_none() {
+            problems.push("no internal token: set OPENCLAW_INTERNAL_TOKEN (a long random secret)");
+        }
+        if simulated_models {
+            problems.push(
+                "models would be answered by the offline simulator: set ZAI_API_KEY or declare providers in OPENCLAW_PROVIDERS_FILE",
+            );
+        }
+        if self.redis_url.is_none() && self.core_replicas > 1 {
+            problems.push(
+                "the embedded store serves one process, but OPENCLAW_CORE_REPLICAS > 1: set OPENCLAW_REDIS_URL",
+            );
+        }
+        anyhow::ensure!(
+            problems.is_empty(),
+            "refusing to start with OPENCLAW_PROFILE=production:\n  - {}",
+            problems.join("\n  - ")
+        );
+        Ok(())
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms.max(1))
     }

@@ -33,6 +33,10 @@ pub struct Gateway {
     pub replica: String,
     /// How long a send's result is kept for a client repeating its request id.
     pub idempotency_retention: std::time::Duration,
+    /// System events: published here, delivered by `EventService`.
+    pub events: crate::events::EventBus,
+    /// Cron jobs' store and scheduler settings.
+    pub cron: crate::cron::CronContext,
     started: Instant,
     queue_depth: AtomicU64,
     draining: AtomicBool,
@@ -49,6 +53,8 @@ impl Gateway {
         default_max_tokens: u32,
         turn_lease: std::time::Duration,
         replica: String,
+        events: crate::events::EventBus,
+        cron: crate::cron::CronContext,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -60,6 +66,8 @@ impl Gateway {
             turn_lease,
             replica,
             idempotency_retention: std::time::Duration::from_secs(24 * 3600),
+            events,
+            cron,
             started: Instant::now(),
             queue_depth: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -69,6 +77,12 @@ impl Gateway {
     /// Who is calling, and may they use `scope`? Failed attempts count
     /// against the client's address (the brute-force guard).
     pub async fn authorize<T>(&self, request: &Request<T>, scope: Scope) -> ApiResult<Principal> {
+        if self.is_draining() {
+            return Err(crate::error::ApiError::unavailable(
+                "This core replica is shutting down; retry and another replica will answer",
+            )
+            .with_retry_after(std::time::Duration::from_secs(1)));
+        }
         let client = client_address(request);
         self.limits.check_client(&client)?;
         let principal = match self.auth.authenticate(request.metadata()).await {

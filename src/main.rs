@@ -1,4 +1,3 @@
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    openclaw_gateway::cli::run().await
+fn main() -> anyhow::Result<()> {
+    openclaw_gateway::cli::main()
 }

@@ -8,6 +8,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::auth::Authenticator;
+use crate::completions::Completions;
 use crate::config::CoreConfig;
 use crate::cron::scheduler::CronScheduler;
 use crate::cron::store::{CronStore, EmbeddedCronStore, RedisCronStore};
@@ -16,6 +17,7 @@ use crate::events::{Event, EventBus, EventSettings, Events, REPLICA_DRAINING};
 use crate::gateway::{DefaultLimits, Gateway};
 use crate::keys::Keys;
 use crate::limits::{LocalLimits, RateLimiter, RedisDownPolicy, RedisLimits};
+use crate::proto::completion_service_server::CompletionServiceServer;
 use crate::proto::cron_service_server::CronServiceServer;
 use crate::proto::event_service_server::EventServiceServer;
 use crate::proto::key_service_server::KeyServiceServer;
@@ -106,7 +108,7 @@ pub async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
     let auth = Authenticator::new(store.clone(), config.internal_token.clone());
     let models = model_catalog(config)?;
     crate::tokenizer::warm_up();
-    Ok(Gateway::new(
+    let mut gateway = Gateway::new(
         store,
         auth,
         limits,
@@ -125,7 +127,12 @@ pub async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
             store: schedules.cron,
             settings: config.cron,
         },
-    ))
+    );
+    if let Some(fresh) = Arc::get_mut(&mut gateway) {
+        fresh.idempotency_retention =
+            std::time::Duration::from_secs(config.idempotency_retention_secs.max(1));
+    }
+    Ok(gateway)
 }
 
 /// Serves the gRPC API on `listener` until `shutdown` resolves, then lets
@@ -137,6 +144,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SessionServiceServer<Sessions>>().await;
+    watch_readiness(gateway.clone(), health.clone());
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -166,9 +174,13 @@ pub async fn run(
     };
     Server::builder()
         .tcp_nodelay(true)
+        .layer(crate::observe::ObserveLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(SessionServiceServer::new(Sessions::new(gateway.clone())))
+        .add_service(CompletionServiceServer::new(Completions::new(
+            gateway.clone(),
+        )))
         .add_service(KeyServiceServer::new(Keys::new(gateway.clone())))
         .add_service(CronServiceServer::new(Crons::new(
             gateway.clone(),
@@ -179,4 +191,55 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving gRPC")
+}
+
+/// Keeps the gRPC health service (what readiness probes ask) in step with the
+/// store: NOT_SERVING while it does not answer, and for good once draining.
+fn watch_readiness(gateway: Arc<Gateway>, health: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus;
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            // With the fail-open limit policy a replica keeps serving what it
+            // can without Redis, so it stays ready; otherwise it steps aside.
+            let ready = !gateway.is_draining()
+                && (gateway.store.ping().await.is_ok() || gateway.limits.policy() == "open");
+            if last != Some(ready) {
+                let status = if ready {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                health.set_service_status("", status).await;
+                health
+                    .set_service_status("openclaw.v1.SessionService", status)
+                    .await;
+                if last.is_some() {
+                    tracing::info!(ready, "readiness changed");
+                }
+                last = Some(ready);
+            }
+            if gateway.is_draining() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+    });
+}
+
+/// The core's readiness for the metrics port's `/readyz`.
+pub fn readiness_check(gateway: Arc<Gateway>) -> gateway_rest::ops::metrics::ReadinessCheck {
+    Arc::new(move || {
+        let gateway = gateway.clone();
+        Box::pin(async move {
+            if gateway.is_draining() {
+                return Err("draining".to_string());
+            }
+            gateway
+                .store
+                .ping()
+                .await
+                .map_err(|err| format!("the store does not answer: {err}"))
+        })
+    })
 }

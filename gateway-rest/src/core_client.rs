@@ -38,8 +38,27 @@ impl CoreClient {
             !endpoints.is_empty(),
             "no core URL configured; set OPENCLAW_CORE_URL"
         );
+        let named: Vec<(String, u16)> = endpoints
+            .iter()
+            .filter_map(|e| {
+                let host = e.uri().host()?.trim_matches(|c| c == '[' || c == ']');
+                let port = e.uri().port_u16().unwrap_or(50051);
+                host.parse::<std::net::IpAddr>()
+                    .is_err()
+                    .then(|| (host.to_owned(), port))
+            })
+            .collect();
+        let channel = if named.is_empty() {
+            Channel::balance_list(endpoints.into_iter())
+        } else {
+            // Host names (a headless Service's) are re-resolved, so cores that
+            // come and go join and leave the balancer without a restart.
+            let (channel, changes) = Channel::balance_channel::<String>(64);
+            tokio::spawn(resolve_forever(endpoints, changes));
+            channel
+        };
         Ok(Self {
-            channel: Channel::balance_list(endpoints.into_iter()),
+            channel,
             timeout: config.core_timeout,
         })
     }
@@ -67,6 +86,78 @@ impl CoreClient {
             Ok(Err(status)) => Err(ApiError::from(status)),
             Err(_elapsed) => Err(ApiError::core_timeout(self.timeout)),
         }
+    }
+}
+
+impl CoreClient {
+    /// True when a core answers the standard gRPC health check within a second.
+    pub(crate) async fn healthy(&self) -> bool {
+        let mut client = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        let check = client.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        });
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), check).await,
+            Ok(Ok(response)) if response.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        )
+    }
+}
+
+/// How often host names of cores are looked up again.
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps the balancer's endpoints equal to what the configured URLs resolve to.
+async fn resolve_forever(
+    configured: Vec<Endpoint>,
+    changes: tokio::sync::mpsc::Sender<tonic::transport::channel::Change<String, Endpoint>>,
+) {
+    use std::collections::BTreeMap;
+    use tonic::transport::channel::Change;
+    let mut current: BTreeMap<String, ()> = BTreeMap::new();
+    loop {
+        let mut found: BTreeMap<String, Endpoint> = BTreeMap::new();
+        for endpoint in &configured {
+            let uri = endpoint.uri();
+            let (Some(host), port) = (uri.host(), uri.port_u16().unwrap_or(50051)) else {
+                continue;
+            };
+            let host = host.trim_matches(|c| c == '[' || c == ']');
+            match tokio::net::lookup_host((host, port)).await {
+                Ok(addrs) => {
+                    for addr in addrs {
+                        let url = format!("{}://{addr}", uri.scheme_str().unwrap_or("http"));
+                        if let Ok(resolved) = self::endpoint(&url) {
+                            found.insert(url, resolved);
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%host, %error, "could not resolve a core address"),
+            }
+        }
+        // A failed lookup keeps what was known rather than emptying the balancer.
+        if !found.is_empty() {
+            for gone in current
+                .keys()
+                .filter(|k| !found.contains_key(*k))
+                .cloned()
+                .collect::<Vec<_>>()
+            {
+                tracing::info!(core = %gone, "core left");
+                current.remove(&gone);
+                if changes.send(Change::Remove(gone)).await.is_err() {
+                    return;
+                }
+            }
+            for (url, endpoint) in found {
+                if current.insert(url.clone(), ()).is_none() {
+                    tracing::info!(core = %url, "core joined");
+                    if changes.send(Change::Insert(url, endpoint)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(RESOLVE_EVERY).await;
     }
 }
 

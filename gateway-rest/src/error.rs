@@ -94,6 +94,15 @@ impl ApiError {
         )
     }
 
+    /// This edge is shutting down.
+    pub(crate) fn draining() -> Self {
+        Self::new(
+            ErrorCode::Unavailable,
+            "This gateway replica is shutting down",
+            "Retry the request; another replica will answer it",
+        )
+    }
+
     /// The core did not answer within the edge's deadline.
     pub(crate) fn core_timeout(timeout: Duration) -> Self {
         Self::new(
@@ -120,6 +129,15 @@ impl ApiError {
     pub(crate) fn with_headers(mut self, headers: HeaderMap) -> Self {
         self.headers = (!headers.is_empty()).then(|| Box::new(headers));
         self
+    }
+
+    /// The headers the core asked to pass on, for a renderer of another body shape
+    /// (the OpenAI-compatible routes).
+    pub(crate) fn take_headers(&mut self) -> HeaderMap {
+        self.headers
+            .take()
+            .map(|headers| *headers)
+            .unwrap_or_default()
     }
 
     pub(crate) fn status(&self) -> StatusCode {

@@ -17,6 +17,11 @@ use crate::error::ApiError;
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) const OPENCLAW_VERSION: HeaderName = HeaderName::from_static("openclaw-version");
 pub(crate) const OPENCLAW_SIMULATED: HeaderName = HeaderName::from_static("openclaw-simulated");
+/// On an answer replayed from the record of an earlier send with the same `X-Request-ID`.
+pub(crate) const OPENCLAW_REPLAYED: HeaderName =
+    HeaderName::from_static("openclaw-idempotent-replay");
+/// Tells the core whether the request id is the client's (an idempotency key) or the edge's.
+const IDEMPOTENT: HeaderName = HeaderName::from_static("x-openclaw-idempotent");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -28,9 +33,10 @@ const CURRENT_VERSION: &str = "1.0";
 
 const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// The ID that follows one request through edge logs, core metadata and the response.
+/// The ID that follows one request through edge logs, core metadata and the response, and
+/// whether the client chose it (then it also names the request for safe retries).
 #[derive(Debug, Clone)]
-pub(crate) struct RequestId(HeaderValue);
+pub(crate) struct RequestId(HeaderValue, bool);
 
 impl RequestId {
     /// The client's ID when it is 1–128 printable ASCII characters, a fresh UUID v4 otherwise.
@@ -38,13 +44,16 @@ impl RequestId {
         headers
             .get(&REQUEST_ID)
             .filter(|value| is_usable_request_id(value.as_bytes()))
-            .map(|value| Self(value.clone()))
+            .map(|value| Self(value.clone(), true))
             .unwrap_or_else(Self::generate)
     }
 
     fn generate() -> Self {
         let id = uuid::Uuid::new_v4().to_string();
-        Self(HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown")))
+        Self(
+            HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            false,
+        )
     }
 
     pub(crate) fn as_str(&self) -> &str {
@@ -69,6 +78,15 @@ pub(crate) async fn stamp(mut request: Request, next: Next) -> Response {
         method = %request.method(),
         path = request.uri().path(),
     );
+    // Continue the caller's trace, if it sent one.
+    crate::ops::telemetry::adopt(
+        &span,
+        &crate::ops::telemetry::HeaderSource(request.headers()),
+    );
+    let route = crate::observe::RouteSlot::default();
+    request.extensions_mut().insert(route.clone());
+    let method = request.method().clone();
+    let in_flight = crate::observe::InFlight::start();
     let started = Instant::now();
     let mut response = async {
         match check_version(request.headers()) {
@@ -78,6 +96,8 @@ pub(crate) async fn stamp(mut request: Request, next: Next) -> Response {
     }
     .instrument(span.clone())
     .await;
+    drop(in_flight);
+    crate::observe::record(&method, &route, response.status(), started.elapsed());
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID, request_id.0);
     headers.insert(OPENCLAW_VERSION, HeaderValue::from_static(CURRENT_VERSION));
@@ -89,6 +109,19 @@ pub(crate) async fn stamp(mut request: Request, next: Next) -> Response {
         );
     });
     response
+}
+
+/// While draining, API calls are refused (probes still answer) so clients retry elsewhere.
+pub(crate) async fn refuse_while_draining(
+    axum::extract::State(draining): axum::extract::State<crate::server::Draining>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if draining.is_set() && path.starts_with("/api/") {
+        return ApiError::draining().into_response();
+    }
+    next.run(request).await
 }
 
 fn check_version(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -141,10 +174,20 @@ impl Caller {
             .get::<RequestId>()
             .cloned()
             .unwrap_or_else(|| RequestId::from_headers(headers));
+        let chosen = if request_id.1 { "1" } else { "0" };
+        forwarded.insert(IDEMPOTENT, HeaderValue::from_static(chosen));
         forwarded.insert(REQUEST_ID, request_id.0);
-        for name in [TRACEPARENT, TRACESTATE] {
-            if let Some(value) = headers.get(&name).filter(|v| v.to_str().is_ok()) {
-                forwarded.insert(name, value.clone());
+        // The edge's own span continues the trace into the core; without an
+        // exporter there is no span context, and the caller's is passed through.
+        crate::ops::telemetry::inject(
+            &tracing::Span::current(),
+            &mut crate::ops::telemetry::HeaderCarrier(&mut forwarded),
+        );
+        if !forwarded.contains_key(&TRACEPARENT) {
+            for name in [TRACEPARENT, TRACESTATE] {
+                if let Some(value) = headers.get(&name).filter(|v| v.to_str().is_ok()) {
+                    forwarded.insert(name, value.clone());
+                }
             }
         }
         let peer = parts
@@ -199,6 +242,7 @@ pub(crate) fn forwardable(metadata: &MetadataMap) -> HeaderMap {
 fn is_forwardable(name: &HeaderName) -> bool {
     let name = name.as_str();
     name == OPENCLAW_SIMULATED.as_str()
+        || name == OPENCLAW_REPLAYED.as_str()
         || name == header::RETRY_AFTER.as_str()
         || name.starts_with("x-ratelimit-")
         || name.starts_with("ratelimit")
@@ -279,6 +323,11 @@ mod tests {
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         );
         assert_eq!(get("x-openclaw-client-ip"), Some("203.0.113.9"));
+        assert_eq!(
+            get("x-openclaw-idempotent"),
+            Some("1"),
+            "the client chose the id"
+        );
         assert_eq!(get("cookie"), None);
         assert_eq!(get("tracestate"), None);
     }

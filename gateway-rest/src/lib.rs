@@ -5,8 +5,11 @@
 //! edge checks only the JSON shape, forwards the caller's identity as gRPC metadata, and renders
 //! the core's answer (or error) into the guide's envelope.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+pub mod ops;
 pub mod proto;
 
 mod core_client;
@@ -14,6 +17,7 @@ mod envelope;
 mod error;
 mod extract;
 mod headers;
+mod observe;
 mod openapi;
 mod routes;
 mod server;
@@ -30,6 +34,9 @@ pub struct EdgeConfig {
     pub max_body_bytes: usize,
     /// How long the edge waits for the core on one call (model calls included).
     pub core_timeout: Duration,
+    /// Set when the process starts draining: readiness turns false and new
+    /// requests are refused with UNAVAILABLE while those in flight finish.
+    pub draining: Arc<AtomicBool>,
 }
 
 impl Default for EdgeConfig {
@@ -38,6 +45,26 @@ impl Default for EdgeConfig {
             core_urls: vec!["http://127.0.0.1:50051".into()],
             max_body_bytes: 1024 * 1024,
             core_timeout: Duration::from_secs(180),
+            draining: Arc::default(),
         }
     }
+}
+
+/// The edge's readiness for the metrics port's `/readyz`: not draining, and a core answers.
+pub fn readiness_check(config: &EdgeConfig) -> anyhow::Result<ops::metrics::ReadinessCheck> {
+    let core = core_client::CoreClient::new(config)?;
+    let draining = config.draining.clone();
+    Ok(Arc::new(move || {
+        let core = core.clone();
+        let draining = draining.clone();
+        Box::pin(async move {
+            if draining.load(std::sync::atomic::Ordering::SeqCst) {
+                Err("draining".to_string())
+            } else if core.healthy().await {
+                Ok(())
+            } else {
+                Err("no core answers".to_string())
+            }
+        })
+    }))
 }

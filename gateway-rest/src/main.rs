@@ -1,17 +1,36 @@
 //! `openclaw-rest`: the REST edge as its own process.
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
 use gateway_rest::EdgeConfig;
+use gateway_rest::ops::{Profile, config_file, metrics, shutdown::Shutdown, telemetry};
 use tokio::net::TcpListener;
 
 /// OpenClaw Gateway REST edge: serves the JSON API and forwards every call to the core over gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "openclaw-rest", version, about)]
 struct Cli {
+    /// TOML file with any of these settings by flag name (flags and environment win over it).
+    #[arg(long, env = "OPENCLAW_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// `production` refuses unsafe settings and logs JSON.
+    #[arg(
+        long,
+        env = "OPENCLAW_PROFILE",
+        value_enum,
+        default_value = "development"
+    )]
+    profile: Profile,
     /// Address to serve HTTP on.
     #[arg(long, env = "OPENCLAW_HTTP_ADDR", default_value = "0.0.0.0:18789")]
-    http_addr: String,
+    http_addr: SocketAddr,
     /// The core's gRPC endpoint(s), comma-separated; calls are balanced across them.
+    /// Host names are re-resolved every few seconds (a headless Service lists every core).
     #[arg(
         long = "core-url",
         env = "OPENCLAW_CORE_URL",
@@ -22,59 +41,71 @@ struct Cli {
     /// The largest request body accepted, in bytes.
     #[arg(long, env = "OPENCLAW_MAX_BODY_BYTES", default_value_t = EdgeConfig::default().max_body_bytes)]
     max_body_bytes: usize,
+    /// Address of the Prometheus metrics and probe endpoints (/metrics, /livez, /readyz).
+    #[arg(long, env = "OPENCLAW_METRICS_ADDR", default_value = "0.0.0.0:9465")]
+    metrics_addr: SocketAddr,
+    /// On SIGTERM, how long requests in flight may take to finish before the process exits.
+    #[arg(long, env = "OPENCLAW_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
+    drain_timeout_ms: u64,
+    /// `text` or `json` log lines (production defaults to json).
+    #[arg(long, env = "OPENCLAW_LOG_FORMAT")]
+    log_format: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+fn main() -> anyhow::Result<()> {
+    use clap::FromArgMatches as _;
+    config_file::apply(&Cli::command())?;
+    // clap reads environment variables when a command is built, so build it after the file applied.
+    let command = Cli::command();
+    let matches = command.clone().get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
+    if cli.print_config {
+        print!("{}", config_file::render(&command, &matches));
+        return Ok(());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli
+        .log_format
+        .as_deref()
+        .map_or(cli.profile == Profile::Production, |f| f == "json");
+    let mut telemetry = telemetry::init("openclaw-rest", json);
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
     let config = EdgeConfig {
-        core_urls: cli.core_urls,
+        core_urls: cli.core_urls.clone(),
         max_body_bytes: cli.max_body_bytes,
         ..EdgeConfig::default()
     };
-    let listener = TcpListener::bind(&cli.http_addr).await?;
+    let draining = config.draining.clone();
+    let listener = TcpListener::bind(cli.http_addr).await?;
+    let metrics_listener = metrics::bind(cli.metrics_addr).await?;
     tracing::info!(
         addr = %listener.local_addr()?,
+        metrics = %metrics_listener.local_addr()?,
         core = ?config.core_urls,
         "openclaw-rest listening"
     );
-    gateway_rest::serve(listener, config, shutdown_signal()).await?;
+    tokio::spawn(metrics::serve(
+        metrics_listener,
+        gateway_rest::readiness_check(&config)?,
+        shutdown.wait(),
+    ));
+    let flag = shutdown.clone();
+    let on_drain = async move {
+        flag.wait().await;
+        draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let drain_bound = Duration::from_millis(cli.drain_timeout_ms);
+    let outcome = shutdown
+        .drain_within(gateway_rest::serve(listener, config, on_drain), drain_bound)
+        .await;
     tracing::info!("openclaw-rest stopped");
-    Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM, whichever comes first.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down; finishing requests in flight");
+    telemetry.shutdown();
+    outcome
 }

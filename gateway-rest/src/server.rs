@@ -20,6 +20,17 @@ pub(crate) struct AppState {
     core: CoreClient,
     body_limit: BodyLimit,
     openapi: OpenApiJson,
+    draining: Draining,
+}
+
+/// Whether this edge is draining (shutting down).
+#[derive(Debug, Clone)]
+pub(crate) struct Draining(pub(crate) std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Draining {
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// The whole REST API as one router. Needs a Tokio runtime (the core channel's balancer).
@@ -30,11 +41,18 @@ pub(crate) fn router(config: &EdgeConfig) -> anyhow::Result<Router> {
         core: CoreClient::new(config)?,
         body_limit: BodyLimit(config.max_body_bytes),
         openapi: OpenApiJson(Arc::from(document.to_json()?)),
+        draining: Draining(config.draining.clone()),
     };
+    let draining = state.draining.clone();
     Ok(api
+        .route_layer(middleware::from_fn(crate::observe::remember_route))
         // Must come after the routes: it applies to the method routers that exist.
         .method_not_allowed_fallback(fallback::method_not_allowed)
         .fallback(fallback::not_found)
+        .layer(middleware::from_fn_with_state(
+            draining,
+            headers::refuse_while_draining,
+        ))
         .layer(middleware::from_fn(headers::stamp))
         .with_state(state))
 }

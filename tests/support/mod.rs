@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Json, Router, routing::post};
+use futures::StreamExt as _;
 use serde_json::{Value, json};
 
 pub const INTERNAL_TOKEN: &str = "test-internal-token-0123456789";
@@ -42,6 +43,8 @@ fn wait_for_port(port: u16, what: &str, child: &mut Child) {
 pub struct Process {
     child: Child,
     pub port: u16,
+    /// The metrics and probe port (`/metrics`, `/livez`, `/readyz`) of gateway processes.
+    pub metrics_port: u16,
     name: String,
 }
 
@@ -49,6 +52,18 @@ impl Process {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Waits up to `within` for the process to exit by itself; its exit code, if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn pid(&self) -> u32 {
@@ -88,6 +103,7 @@ pub fn start_redis() -> Process {
     Process {
         child,
         port,
+        metrics_port: 0,
         name: "redis".into(),
     }
 }
@@ -111,13 +127,29 @@ pub enum Behaviour {
     Fail { status: u16, message: String },
     /// Waits this long, then replies normally.
     Stall(Duration),
+    /// Answers 429 with this `Retry-After` header (seconds or an HTTP date).
+    RateLimited { retry_after: String },
+    /// Streams these pieces (a stream request), `delay` apart, the first after
+    /// `delay` too; a whole request gets them joined. Usage as given.
+    Stream {
+        chunks: Vec<String>,
+        delay: Duration,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+    },
+    /// Streams the echo reply word by word, but stops for `stall` after the
+    /// first `after` pieces (the connection stays open), then goes on.
+    StallMidStream { after: usize, stall: Duration },
 }
 
 #[derive(Default)]
 struct UpstreamState {
     received: Mutex<Vec<Value>>,
+    received_at: Mutex<Vec<Instant>>,
     authorization: Mutex<Vec<String>>,
     behaviour: Mutex<Option<Behaviour>>,
+    /// Behaviours for the next requests, one each, before `behaviour` applies again.
+    script: Mutex<std::collections::VecDeque<Behaviour>>,
 }
 
 /// An OpenAI-compatible chat-completions server on a free port, in this test process.
@@ -152,6 +184,25 @@ impl FakeUpstream {
         *self.state.behaviour.lock().unwrap() = Some(behaviour);
     }
 
+    /// The next requests get these behaviours, one each, in order; then
+    /// the `behave` one (or the default echo) again.
+    pub fn then(&self, behaviours: impl IntoIterator<Item = Behaviour>) {
+        self.state.script.lock().unwrap().extend(behaviours);
+    }
+
+    /// The next `times` requests fail with `status`; later ones are answered.
+    pub fn fail_times(&self, times: usize, status: u16) {
+        self.then((0..times).map(|i| Behaviour::Fail {
+            status,
+            message: format!("scripted failure {}", i + 1),
+        }));
+    }
+
+    /// When each request arrived, in order.
+    pub fn received_at(&self) -> Vec<Instant> {
+        self.state.received_at.lock().unwrap().clone()
+    }
+
     /// Every request body received, in order.
     pub fn received(&self) -> Vec<Value> {
         self.state.received.lock().unwrap().clone()
@@ -166,7 +217,7 @@ async fn chat(
     State(state): State<Arc<UpstreamState>>,
     headers: axum::http::HeaderMap,
     Json(body): Json<Value>,
-) -> impl IntoResponse {
+) -> axum::response::Response {
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -174,13 +225,86 @@ async fn chat(
         .to_string();
     state.authorization.lock().unwrap().push(auth);
     state.received.lock().unwrap().push(body.clone());
-    let behaviour = state.behaviour.lock().unwrap().clone();
+    state.received_at.lock().unwrap().push(Instant::now());
+    let scripted = state.script.lock().unwrap().pop_front();
+    let behaviour = scripted.or_else(|| state.behaviour.lock().unwrap().clone());
+    let streamed = body["stream"] == true;
+    let include_usage = body["stream_options"]["include_usage"] == true;
     let last_user = body["messages"]
         .as_array()
         .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
         .and_then(|m| m["content"].as_str())
         .unwrap_or("")
         .to_string();
+    let echo_words =
+        |text: String| -> Vec<String> { text.split_inclusive(' ').map(str::to_string).collect() };
+    if streamed {
+        let model = body["model"].clone();
+        let sse = |chunks: Vec<String>,
+                   delay: Duration,
+                   prompt: u32,
+                   completion: u32,
+                   stall: Option<(usize, Duration)>| {
+            stream_reply(
+                model.clone(),
+                chunks,
+                delay,
+                (prompt, completion),
+                include_usage,
+                stall,
+            )
+        };
+        match behaviour.clone() {
+            None => {
+                return sse(
+                    echo_words(format!("echo: {last_user}")),
+                    Duration::ZERO,
+                    10,
+                    5,
+                    None,
+                );
+            }
+            Some(Behaviour::Reply {
+                content,
+                prompt_tokens,
+                completion_tokens,
+            }) => {
+                return sse(
+                    echo_words(content),
+                    Duration::ZERO,
+                    prompt_tokens,
+                    completion_tokens,
+                    None,
+                );
+            }
+            Some(Behaviour::Stall(wait)) => {
+                tokio::time::sleep(wait).await;
+                return sse(
+                    echo_words(format!("echo: {last_user}")),
+                    Duration::ZERO,
+                    10,
+                    5,
+                    None,
+                );
+            }
+            Some(Behaviour::Stream {
+                chunks,
+                delay,
+                prompt_tokens,
+                completion_tokens,
+            }) => return sse(chunks, delay, prompt_tokens, completion_tokens, None),
+            Some(Behaviour::StallMidStream { after, stall }) => {
+                return sse(
+                    echo_words(format!("echo: {last_user}")),
+                    Duration::ZERO,
+                    10,
+                    5,
+                    Some((after, stall)),
+                );
+            }
+            Some(Behaviour::Fail { .. } | Behaviour::RateLimited { .. }) => {}
+        }
+    }
     let reply = |content: String, prompt: u32, completion: u32| {
         (
             StatusCode::OK,
@@ -198,17 +322,92 @@ async fn chat(
             content,
             prompt_tokens,
             completion_tokens,
-        }) => reply(content, prompt_tokens, completion_tokens),
+        }) => reply(content, prompt_tokens, completion_tokens).into_response(),
         Some(Behaviour::Fail { status, message }) => (
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Json(json!({"error": {"message": message, "type": "server_error"}})),
-        ),
+        )
+            .into_response(),
         Some(Behaviour::Stall(wait)) => {
             tokio::time::sleep(wait).await;
-            reply(format!("echo: {last_user}"), 10, 5)
+            reply(format!("echo: {last_user}"), 10, 5).into_response()
         }
-        None => reply(format!("echo: {last_user}"), 10, 5),
+        Some(Behaviour::RateLimited { retry_after }) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", retry_after)],
+            Json(json!({"error": {"message": "slow down", "type": "rate_limit_error"}})),
+        )
+            .into_response(),
+        Some(Behaviour::Stream {
+            chunks,
+            prompt_tokens,
+            completion_tokens,
+            ..
+        }) => reply(chunks.concat(), prompt_tokens, completion_tokens).into_response(),
+        Some(Behaviour::StallMidStream { .. }) | None => {
+            reply(format!("echo: {last_user}"), 10, 5).into_response()
+        }
     }
+}
+
+/// An OpenAI streamed answer: a role chunk, the pieces (each `delay` after
+/// the previous, pausing `stall.1` after `stall.0` of them), a finish chunk,
+/// the usage chunk when asked, `[DONE]`.
+fn stream_reply(
+    model: Value,
+    chunks: Vec<String>,
+    delay: Duration,
+    (prompt, completion): (u32, u32),
+    include_usage: bool,
+    stall: Option<(usize, Duration)>,
+) -> axum::response::Response {
+    let chunk = move |delta: Value, finish: Value| {
+        let event = json!({
+            "id": "chatcmpl-test",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        format!("data: {event}\n\n")
+    };
+    let mut events: Vec<(Duration, String)> = vec![(
+        Duration::ZERO,
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+    )];
+    for (i, piece) in chunks.iter().enumerate() {
+        let mut wait = delay;
+        if let Some((after, pause)) = stall
+            && i == after
+        {
+            wait += pause;
+        }
+        events.push((wait, chunk(json!({"content": piece}), Value::Null)));
+    }
+    events.push((Duration::ZERO, chunk(json!({}), json!("stop"))));
+    if include_usage {
+        let usage = json!({
+            "id": "chatcmpl-test",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "choices": [],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        });
+        events.push((Duration::ZERO, format!("data: {usage}\n\n")));
+    }
+    events.push((Duration::ZERO, "data: [DONE]\n\n".to_string()));
+    let body = futures::stream::iter(events).then(|(wait, text)| async move {
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(text))
+    });
+    (
+        StatusCode::OK,
+        [("content-type", "text/event-stream")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }
 
 // ---------------------------------------------------------------- the gateway
@@ -240,6 +439,7 @@ pub fn spawn_core(options: &CoreOptions) -> Process {
 
 /// A core listening on `port`: a replica restarted where the edge expects it.
 pub fn spawn_core_at(options: &CoreOptions, port: u16) -> Process {
+    let metrics_port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_openclaw-gateway"));
     cmd.arg("serve")
         .env_clear()
@@ -249,6 +449,7 @@ pub fn spawn_core_at(options: &CoreOptions, port: u16) -> Process {
             std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .env("OPENCLAW_GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env("OPENCLAW_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
         .env("OPENCLAW_INTERNAL_TOKEN", INTERNAL_TOKEN)
         .env("OPENCLAW_REPLICA_ID", format!("core-{port}"))
         .stdout(Stdio::null());
@@ -270,12 +471,19 @@ pub fn spawn_core_at(options: &CoreOptions, port: u16) -> Process {
     Process {
         child,
         port,
+        metrics_port,
         name: "core".into(),
     }
 }
 
 pub fn spawn_edge(cores: &[&Process]) -> Process {
+    spawn_edge_with(cores, &[])
+}
+
+/// An edge with extra environment variables.
+pub fn spawn_edge_with(cores: &[&Process], env: &[(&str, &str)]) -> Process {
     let port = free_port();
+    let metrics_port = free_port();
     let urls: Vec<String> = cores
         .iter()
         .map(|c| format!("http://127.0.0.1:{}", c.port))
@@ -288,7 +496,9 @@ pub fn spawn_edge(cores: &[&Process]) -> Process {
             std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .env("OPENCLAW_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("OPENCLAW_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
         .env("OPENCLAW_CORE_URL", urls.join(","))
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .spawn()
         .expect("start openclaw-rest");
@@ -296,6 +506,7 @@ pub fn spawn_edge(cores: &[&Process]) -> Process {
     Process {
         child,
         port,
+        metrics_port,
         name: "edge".into(),
     }
 }
@@ -324,13 +535,38 @@ impl Stack {
     }
 
     async fn with(redis: Option<Process>, redis_url: Option<String>) -> Self {
+        Self::configured(redis, redis_url, |_, _| Vec::new()).await
+    }
+
+    /// Redis-backed stack whose core reads the providers file `providers`
+    /// writes, given the fake upstream (`OPENCLAW_PROVIDERS_FILE`).
+    pub async fn with_providers(providers: impl FnOnce(&FakeUpstream) -> String) -> Self {
+        let redis = start_redis();
+        let url = redis_url(&redis);
+        Self::configured(Some(redis), Some(url), |upstream, dir| {
+            let path = dir.join("providers.toml");
+            std::fs::write(&path, providers(upstream)).expect("write the providers file");
+            vec![(
+                "OPENCLAW_PROVIDERS_FILE".to_string(),
+                path.display().to_string(),
+            )]
+        })
+        .await
+    }
+
+    async fn configured(
+        redis: Option<Process>,
+        redis_url: Option<String>,
+        env: impl FnOnce(&FakeUpstream, &Path) -> Vec<(String, String)>,
+    ) -> Self {
         let upstream = FakeUpstream::start().await;
         let data_dir = tempfile::tempdir().expect("temp dir");
+        let env = env(&upstream, data_dir.path());
         let core = spawn_core(&CoreOptions {
             redis_url,
             upstream: Some(upstream.base_url()),
             data_dir: Some(data_dir.path().to_path_buf()),
-            env: Vec::new(),
+            env,
         });
         let edge = spawn_edge(&[&core]);
         Self {

@@ -27,5 +27,6 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(cron::list_runs))
         .routes(routes!(events::subscribe))
         .routes(routes!(system::healthz))
+        .routes(routes!(system::readyz))
         .routes(routes!(openapi::openapi_json))
 }

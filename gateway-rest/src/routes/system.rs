@@ -168,3 +168,37 @@ pub(crate) struct Health {
 pub(crate) async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
+
+/// Readiness of this edge: not draining, and a core answers its gRPC health check.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = TAG,
+    responses(
+        (status = 200, description = "The edge can serve traffic", body = Health),
+        (status = 503, description = "Draining, or no core answers", body = Health)
+    ),
+    security(())
+)]
+pub(crate) async fn readyz(
+    State(core): State<CoreClient>,
+    State(draining): State<crate::server::Draining>,
+) -> (axum::http::StatusCode, Json<Health>) {
+    use axum::http::StatusCode;
+    if draining.is_set() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health { status: "draining" }),
+        );
+    }
+    if core.healthy().await {
+        (StatusCode::OK, Json(Health { status: "ready" }))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "core unreachable",
+            }),
+        )
+    }
+}

@@ -449,6 +449,11 @@ impl EmbeddedStore {
         })
     }
 
+    /// The database, for other parts of the core that keep their own tables in the same file.
+    pub(crate) fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
     /// Appends a turn (recording `result` with it, when given) if `token` holds the lock.
     async fn append(
         &self,

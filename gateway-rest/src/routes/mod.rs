@@ -8,6 +8,7 @@ pub(crate) mod cron;
 pub(crate) mod events;
 pub(crate) mod fallback;
 pub(crate) mod keys;
+pub(crate) mod openai;
 pub(crate) mod sessions;
 pub(crate) mod system;
 
@@ -26,6 +27,8 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(cron::run_job))
         .routes(routes!(cron::list_runs))
         .routes(routes!(events::subscribe))
+        .routes(routes!(openai::chat_completions))
+        .routes(routes!(openai::list_models))
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))
         .routes(routes!(openapi::openapi_json))

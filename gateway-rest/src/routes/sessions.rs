@@ -1,12 +1,25 @@
-//! `/api/v1/sessions`: chat sessions, translated to `SessionService`.
+//! `/api/v1/sessions`: chat sessions, translated to `SessionService`. A send
+//! streams its reply as server-sent events when the client asks (`"stream":
+//! true`, or `Accept: text/event-stream`); see docs/streaming.md.
 
-use axum::{extract::State, http::StatusCode};
+use std::convert::Infallible;
+
+use axum::{
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
+use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     core_client::{CoreClient, required},
-    envelope::{ApiResult, Enveloped, SuccessEnvelope},
+    envelope::{ApiResult, Enveloped, ErrorObject, SuccessEnvelope},
+    error::{ApiError, code_name},
     extract::{JsonBody, PathId, QueryParams},
     headers::Caller,
     openapi::responses::*,
@@ -76,6 +89,10 @@ pub(crate) struct SendMessageRequest {
     temperature: Option<f32>,
     #[schema(example = 1000)]
     max_tokens: Option<u32>,
+    /// Stream the reply as server-sent events (docs/streaming.md). Absent: streamed when the
+    /// request's `Accept` asks for `text/event-stream`.
+    #[schema(example = false)]
+    stream: Option<bool>,
 }
 
 fn options(temperature: Option<f32>, max_tokens: Option<u32>) -> Option<proto::GenerationOptions> {
@@ -338,17 +355,21 @@ pub(crate) async fn create_session(
         .with_headers(reply.headers))
 }
 
-/// Send a user message and get the model's reply.
+/// Send a user message and get the model's reply, whole or streamed.
 #[utoipa::path(
     post,
     path = "/api/v1/sessions/{sessionId}/messages",
     tag = TAG,
     params(
         ("sessionId" = String, Path, description = "The session to continue"),
+        ("Accept" = Option<String>, Header, description = "`text/event-stream` streams the reply (unless the body says `\"stream\": false`)"),
     ),
     request_body = SendMessageRequest,
     responses(
-        (status = 200, description = "The model's reply", body = SuccessEnvelope<SentMessage>),
+        (status = 200, description = "The model's reply: the envelope, or with `stream` a `text/event-stream` of `delta` events (`{\"content\"}`), then one `done` event (the envelope's `data`) or one `error` event (the envelope's `error`). See docs/streaming.md", content(
+            (SuccessEnvelope<SentMessage> = "application/json"),
+            (StreamEvent = "text/event-stream", example = "event: delta\ndata: {\"content\":\"Hel\"}\n\nevent: delta\ndata: {\"content\":\"lo\"}\n\nevent: done\ndata: {\"sessionId\":\"session-123\",\"message\":{\"role\":\"assistant\",\"content\":\"Hello\"},\"usage\":{\"promptTokens\":10,\"completionTokens\":2,\"totalTokens\":12},\"model\":\"zai/glm-4.7-flash\",\"finishReason\":\"stop\"}\n\n"),
+        )),
         (status = 400, response = InvalidRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -367,14 +388,21 @@ pub(crate) async fn create_session(
 pub(crate) async fn send_message(
     State(core): State<CoreClient>,
     caller: Caller,
+    headers: HeaderMap,
     PathId(session_id): PathId,
     JsonBody(body): JsonBody<SendMessageRequest>,
-) -> ApiResult<SentMessage> {
+) -> Result<Response, ApiError> {
+    let stream = body
+        .stream
+        .unwrap_or_else(|| accepts_event_stream(&headers));
     let request = proto::SendMessageRequest {
         session_id,
         message: body.message.map(Into::into),
         options: options(body.temperature, body.max_tokens),
     };
+    if stream {
+        return stream_message(core, caller, request).await;
+    }
     let reply = core
         .call(&caller, request, |channel, request| async move {
             SessionServiceClient::new(channel)
@@ -383,15 +411,128 @@ pub(crate) async fn send_message(
         })
         .await?;
     let response = reply.message;
+    let data = sent_message(response)?;
+    Ok(Enveloped::ok(data)
+        .with_headers(reply.headers)
+        .into_response())
+}
+
+fn sent_message(response: proto::SendMessageResponse) -> Result<SentMessage, ApiError> {
     let answer = required(response.reply, "SendMessageResponse.reply")?;
-    let data = SentMessage {
+    Ok(SentMessage {
         session_id: response.session_id,
         message: required(answer.message, "Reply.message")?.into(),
         usage: answer.usage.unwrap_or_default().into(),
         model: answer.model,
         finish_reason: non_empty(answer.finish_reason),
+    })
+}
+
+/// Whether the client's `Accept` asks for server-sent events.
+pub(crate) fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|kind| {
+            kind.split(';')
+                .next()
+                .is_some_and(|kind| kind.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+/// A piece of a streamed reply (the `data` of a `delta` event).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct StreamEvent {
+    /// The next piece of the reply's text.
+    #[schema(example = "Hel")]
+    content: String,
+}
+
+/// The reply as server-sent events. Errors before the first event (auth,
+/// limits, a model that cannot answer) are ordinary error responses.
+async fn stream_message(
+    core: CoreClient,
+    caller: Caller,
+    request: proto::SendMessageRequest,
+) -> Result<Response, ApiError> {
+    let reply = core
+        .call(&caller, request, |channel, request| async move {
+            SessionServiceClient::new(channel)
+                .stream_message(request)
+                .await
+        })
+        .await?;
+    let events = futures::stream::unfold(Some(reply.message), |stream| async move {
+        let mut stream = stream?;
+        let event = match stream.next().await {
+            Some(Ok(proto::StreamEvent {
+                event: Some(proto::stream_event::Event::Delta(delta)),
+            })) => {
+                return Some((
+                    Ok(json_event(
+                        "delta",
+                        &StreamEvent {
+                            content: delta.content,
+                        },
+                    )),
+                    Some(stream),
+                ));
+            }
+            Some(Ok(proto::StreamEvent {
+                event: Some(proto::stream_event::Event::Done(done)),
+            })) => match sent_message(done) {
+                Ok(data) => json_event("done", &data),
+                Err(error) => error_event(error),
+            },
+            Some(Ok(proto::StreamEvent { event: None })) => {
+                error_event(ApiError::incomplete_answer("StreamEvent.event"))
+            }
+            Some(Err(status)) => error_event(ApiError::from(status)),
+            None => error_event(ApiError::incomplete_answer("StreamEvent.done")),
+        };
+        // `done` or `error` is the last event.
+        Some((Ok(event), None))
+    });
+    Ok(event_stream(events, reply.headers))
+}
+
+/// A `text/event-stream` response, kept alive with comments and never buffered by proxies.
+pub(crate) fn event_stream<S>(events: S, forwarded: HeaderMap) -> Response
+where
+    S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    headers.extend(forwarded);
+    response
+}
+
+fn json_event<T: Serialize>(name: &'static str, data: &T) -> Event {
+    Event::default()
+        .event(name)
+        .json_data(data)
+        .unwrap_or_else(|_| error_event(ApiError::internal()))
+}
+
+/// The envelope's `error` object, as the last event of a failed stream.
+fn error_event(error: ApiError) -> Event {
+    tracing::warn!(%error, "streamed reply failed");
+    let object = ErrorObject {
+        code: code_name(error.code).to_owned(),
+        message: error.message,
+        details: error.details,
+        retry_after: error.retry_after,
     };
-    Ok(Enveloped::ok(data).with_headers(reply.headers))
+    Event::default()
+        .event("error")
+        .json_data(&object)
+        .unwrap_or_else(|_| Event::default().event("error").data("{}"))
 }
 
 /// List the caller's sessions, newest first.

@@ -1,0 +1,742 @@
+//! `/v1`: an OpenAI-compatible surface, so code written for OpenAI's SDKs works against the
+//! gateway by changing its base URL and key. `POST /v1/chat/completions` (whole or streamed)
+//! translates to `CompletionService`, `GET /v1/models` lists the served models. Same API keys,
+//! same limits; errors in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`).
+//! What differs from OpenAI is listed in docs/openai-compatibility.md.
+
+use std::convert::Infallible;
+
+use axum::{
+    extract::{FromRef, FromRequest, Request, State},
+    http::{HeaderMap, HeaderName, HeaderValue, header},
+    response::{IntoResponse, Response, sse::Event},
+};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use utoipa::ToSchema;
+
+use crate::{
+    core_client::{CoreClient, required},
+    error::ApiError,
+    extract::{BodyLimit, JsonBody},
+    headers::Caller,
+    proto::{self, completion_service_client::CompletionServiceClient},
+    routes::sessions::event_stream,
+};
+
+pub(crate) const TAG: &str = "openai";
+
+/// Names a session of the caller to store the turn in (request), and the session stored in
+/// (response).
+pub(crate) const SESSION_HEADER: HeaderName = HeaderName::from_static("openclaw-session-id");
+
+// ---- errors -------------------------------------------------------------------------------
+
+/// An error in OpenAI's shape, with the status and headers (`Retry-After`, rate limits) the
+/// gateway's own error would have had.
+#[derive(Debug)]
+pub(crate) struct OpenAiError(ApiError);
+
+impl From<ApiError> for OpenAiError {
+    fn from(error: ApiError) -> Self {
+        Self(error)
+    }
+}
+
+impl From<tonic::Status> for OpenAiError {
+    fn from(status: tonic::Status) -> Self {
+        Self(ApiError::from(status))
+    }
+}
+
+/// `{"error": {...}}`
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OpenAiErrorBody {
+    error: OpenAiErrorObject,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OpenAiErrorObject {
+    /// What went wrong and what to do about it.
+    #[schema(example = "The field 'model' is required")]
+    message: String,
+    /// `invalid_request_error`, `authentication_error`, `permission_error`, `not_found_error`,
+    /// `rate_limit_error`, `conflict_error` or `server_error`.
+    #[serde(rename = "type")]
+    #[schema(example = "invalid_request_error")]
+    kind: &'static str,
+    /// The request field at fault, when one is.
+    #[schema(example = "model")]
+    param: Option<String>,
+    /// The gateway's error code, lowercase (`invalid_request`, `rate_limit_exceeded`, ...).
+    #[schema(example = "invalid_request")]
+    code: String,
+}
+
+fn error_body(error: &ApiError) -> OpenAiErrorBody {
+    use crate::proto::ErrorCode as C;
+    let kind = match error.code {
+        C::InvalidRequest => "invalid_request_error",
+        C::Unauthorized => "authentication_error",
+        C::Forbidden => "permission_error",
+        C::NotFound => "not_found_error",
+        C::RateLimitExceeded => "rate_limit_error",
+        C::Conflict => "conflict_error",
+        C::InternalError
+        | C::Unspecified
+        | C::UpstreamError
+        | C::Unavailable
+        | C::UpstreamTimeout => "server_error",
+    };
+    // The gateway's sentences name the field they are about: "The field 'model' is required".
+    let param = error
+        .details
+        .strip_prefix("The field '")
+        .and_then(|rest| rest.split_once('\''))
+        .map(|(field, _)| field.to_owned());
+    let code = if error.message == "Unknown model" {
+        "model_not_found".to_owned()
+    } else {
+        crate::error::code_name(error.code).to_ascii_lowercase()
+    };
+    OpenAiErrorBody {
+        error: OpenAiErrorObject {
+            message: error.details.clone(),
+            kind,
+            param,
+            code,
+        },
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let mut error = self.0;
+        let status = error.status();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), %error, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), %error, "request rejected");
+        }
+        let forwarded = error.take_headers();
+        let mut response =
+            (status, crate::envelope::json_body(&error_body(&error))).into_response();
+        let headers = response.headers_mut();
+        headers.extend(forwarded);
+        if let Some(seconds) = error.retry_after
+            && !headers.contains_key(header::RETRY_AFTER)
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// A JSON body whose rejections are OpenAI-shaped.
+pub(crate) struct OpenAiJson<T>(T);
+
+impl<S, T> FromRequest<S> for OpenAiJson<T>
+where
+    S: Send + Sync,
+    BodyLimit: FromRef<S>,
+    T: DeserializeOwned,
+{
+    type Rejection = OpenAiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, OpenAiError> {
+        let JsonBody(value) = JsonBody::<T>::from_request(request, state).await?;
+        Ok(Self(value))
+    }
+}
+
+// ---- request ------------------------------------------------------------------------------
+
+/// `POST /v1/chat/completions`, as OpenAI defines it. Fields not listed are accepted and ignored.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct ChatCompletionRequest {
+    /// A model id from `GET /v1/models` (`zai/glm-4.7-flash`), or its provider's own name
+    /// (`glm-4.7-flash`) when only one provider serves it.
+    #[schema(example = "zai/glm-4.7-flash")]
+    model: Option<String>,
+    /// The conversation, ending with a user message.
+    #[serde(default)]
+    messages: Vec<InputMessage>,
+    #[schema(example = 0.7)]
+    temperature: Option<f32>,
+    /// Upper bound on the reply's tokens.
+    #[schema(example = 1000)]
+    max_tokens: Option<u32>,
+    /// OpenAI's newer name for `max_tokens`; wins when both are given.
+    max_completion_tokens: Option<u32>,
+    /// Stream the reply as OpenAI `chat.completion.chunk` events.
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    /// Only 1 is supported.
+    n: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct StreamOptions {
+    /// Send a last chunk with the usage (and empty `choices`) before `[DONE]`.
+    include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct InputMessage {
+    /// "system", "developer", "user" or "assistant".
+    #[serde(default)]
+    #[schema(example = "user")]
+    role: String,
+    /// Text, or an array of content parts of which only `{"type": "text", "text"}` is supported.
+    #[schema(value_type = Object, example = "Hello")]
+    content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+fn invalid(details: String) -> ApiError {
+    ApiError::invalid_request("Invalid request", details)
+}
+
+impl InputMessage {
+    fn into_proto(self, index: usize) -> Result<proto::ChatMessage, ApiError> {
+        let content = match self.content {
+            None => String::new(),
+            Some(Content::Text(text)) => text,
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for (p, part) in parts.into_iter().enumerate() {
+                    match (part.kind.as_str(), part.text) {
+                        ("text", Some(piece)) => text.push_str(&piece),
+                        _ => {
+                            return Err(invalid(format!(
+                                "The field 'messages[{index}].content[{p}]' must be a text part ({{\"type\": \"text\", \"text\": \"...\"}}); other content is not supported"
+                            )));
+                        }
+                    }
+                }
+                text
+            }
+        };
+        Ok(proto::ChatMessage {
+            role: self.role,
+            content,
+            created_at: None,
+        })
+    }
+}
+
+fn completion_request(
+    body: ChatCompletionRequest,
+    headers: &HeaderMap,
+) -> Result<(proto::CompleteRequest, bool, bool), ApiError> {
+    if body.n.is_some_and(|n| n != 1) {
+        return Err(invalid(
+            "The field 'n' must be 1: the gateway returns one choice".into(),
+        ));
+    }
+    let session_id = match headers.get(&SESSION_HEADER) {
+        None => String::new(),
+        Some(value) => value
+            .to_str()
+            .map(|id| id.trim().to_owned())
+            .map_err(|_| {
+                ApiError::invalid_request(
+                    "Invalid session id",
+                    "The header 'OpenClaw-Session-Id' must be a session id of letters, digits, '-', '_', '.' or ':'",
+                )
+            })?,
+    };
+    let messages = body
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, message)| message.into_proto(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let max_tokens = body.max_completion_tokens.or(body.max_tokens);
+    let options =
+        (body.temperature.is_some() || max_tokens.is_some()).then_some(proto::GenerationOptions {
+            temperature: body.temperature,
+            max_tokens,
+        });
+    let include_usage = body
+        .stream_options
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    Ok((
+        proto::CompleteRequest {
+            model: body.model.unwrap_or_default(),
+            messages,
+            options,
+            session_id,
+        },
+        body.stream.unwrap_or(false),
+        include_usage,
+    ))
+}
+
+// ---- response -----------------------------------------------------------------------------
+
+/// A whole completion, as OpenAI returns it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ChatCompletion {
+    #[schema(example = "chatcmpl-0194b6a0c7d2")]
+    id: String,
+    /// Always `chat.completion`.
+    #[schema(example = "chat.completion")]
+    object: &'static str,
+    /// Unix seconds.
+    #[schema(example = 1771113600)]
+    created: i64,
+    /// The model that answered (a fallback, when the asked one could not).
+    #[schema(example = "zai/glm-4.7-flash")]
+    model: String,
+    choices: Vec<Choice>,
+    usage: CompletionUsage,
+    /// Always null.
+    #[schema(value_type = Option<String>)]
+    system_fingerprint: Option<()>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Choice {
+    index: u32,
+    message: OutputMessage,
+    /// Always null.
+    #[schema(value_type = Option<Object>)]
+    logprobs: Option<()>,
+    #[schema(example = "stop")]
+    finish_reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OutputMessage {
+    /// Always `assistant`.
+    role: &'static str,
+    content: String,
+    /// Always null.
+    #[schema(value_type = Option<String>)]
+    refusal: Option<()>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub(crate) struct CompletionUsage {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    total_tokens: u32,
+}
+
+impl From<proto::Usage> for CompletionUsage {
+    fn from(usage: proto::Usage) -> Self {
+        Self {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.total_tokens,
+        }
+    }
+}
+
+/// A piece of a streamed completion (`chat.completion.chunk`).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ChatCompletionChunk<'a> {
+    id: &'a str,
+    /// Always `chat.completion.chunk`.
+    object: &'static str,
+    created: i64,
+    model: &'a str,
+    choices: Vec<ChunkChoice<'a>>,
+    /// Present when `stream_options.include_usage`: null but on the last chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<CompletionUsage>)]
+    usage: Option<Option<CompletionUsage>>,
+    #[schema(value_type = Option<String>)]
+    system_fingerprint: Option<()>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ChunkChoice<'a> {
+    index: u32,
+    delta: ChunkDelta<'a>,
+    #[schema(value_type = Option<Object>)]
+    logprobs: Option<()>,
+    #[schema(value_type = Option<String>)]
+    finish_reason: Option<&'a str>,
+}
+
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub(crate) struct ChunkDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+}
+
+/// `GET /v1/models`
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ModelList {
+    /// Always `list`.
+    object: &'static str,
+    data: Vec<ModelObject>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ModelObject {
+    #[schema(example = "zai/glm-4.7-flash")]
+    id: String,
+    /// Always `model`.
+    object: &'static str,
+    /// Always 0: the gateway does not know when a provider made its model.
+    created: i64,
+    /// The provider serving it.
+    #[schema(example = "zai")]
+    owned_by: String,
+}
+
+fn finish_reason(reason: &str) -> &str {
+    if reason.is_empty() { "stop" } else { reason }
+}
+
+fn seconds(at: Option<&prost_types::Timestamp>) -> i64 {
+    at.map_or_else(|| chrono::Utc::now().timestamp(), |at| at.seconds)
+}
+
+fn with_session(mut response: Response, session_id: &str) -> Response {
+    if !session_id.is_empty()
+        && let Ok(value) = HeaderValue::from_str(session_id)
+    {
+        response.headers_mut().insert(SESSION_HEADER, value);
+    }
+    response
+}
+
+// ---- handlers -----------------------------------------------------------------------------
+
+/// Create a chat completion (OpenAI-compatible), whole or streamed.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = TAG,
+    params(
+        ("OpenClaw-Session-Id" = Option<String>, Header, description = "Also store the turn in this session of the caller (created when missing); see docs/openai-compatibility.md"),
+    ),
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The completion, or with `stream: true` a `text/event-stream` of `data: <chat.completion.chunk>` events ending with `data: [DONE]`", content(
+            (ChatCompletion = "application/json"),
+            (ChatCompletionChunk = "text/event-stream"),
+        )),
+        (status = 400, description = "Invalid request", body = OpenAiErrorBody),
+        (status = 401, description = "Invalid API key", body = OpenAiErrorBody),
+        (status = 403, description = "The key lacks the 'sessions' scope", body = OpenAiErrorBody),
+        (status = 409, description = "The bound session is busy or was created concurrently", body = OpenAiErrorBody),
+        (status = 429, description = "A limit is exhausted; see Retry-After", body = OpenAiErrorBody),
+        (status = 500, description = "The gateway failed", body = OpenAiErrorBody),
+        (status = 502, description = "The model provider failed", body = OpenAiErrorBody),
+        (status = 503, description = "A dependency is down, or the provider's circuit is open", body = OpenAiErrorBody),
+        (status = 504, description = "The model provider timed out", body = OpenAiErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn chat_completions(
+    State(core): State<CoreClient>,
+    caller: Caller,
+    headers: HeaderMap,
+    OpenAiJson(body): OpenAiJson<ChatCompletionRequest>,
+) -> Result<Response, OpenAiError> {
+    let (request, stream, include_usage) = completion_request(body, &headers)?;
+    if stream {
+        return stream_completion(core, caller, request, include_usage).await;
+    }
+    let reply = core
+        .call(&caller, request, |channel, request| async move {
+            CompletionServiceClient::new(channel)
+                .complete(request)
+                .await
+        })
+        .await?;
+    let done = reply.message;
+    let answer = required(done.reply, "CompleteResponse.reply")?;
+    let message = required(answer.message, "Reply.message")?;
+    let completion = ChatCompletion {
+        id: done.id,
+        object: "chat.completion",
+        created: seconds(done.created_at.as_ref()),
+        model: answer.model,
+        choices: vec![Choice {
+            index: 0,
+            message: OutputMessage {
+                role: "assistant",
+                content: message.content,
+                refusal: None,
+            },
+            logprobs: None,
+            finish_reason: finish_reason(&answer.finish_reason).to_owned(),
+        }],
+        usage: answer.usage.unwrap_or_default().into(),
+        system_fingerprint: None,
+    };
+    let mut response = crate::envelope::json_body(&completion);
+    response.headers_mut().extend(reply.headers);
+    Ok(with_session(response, &done.session_id))
+}
+
+/// What every chunk of one streamed completion repeats.
+struct ChunkHead {
+    id: String,
+    created: i64,
+    model: String,
+    include_usage: bool,
+}
+
+impl ChunkHead {
+    fn chunk(&self, delta: ChunkDelta<'_>, finish: Option<&str>) -> Event {
+        self.event(&ChatCompletionChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason: finish,
+            }],
+            usage: self.include_usage.then_some(None),
+            system_fingerprint: None,
+        })
+    }
+
+    fn usage(&self, usage: CompletionUsage) -> Event {
+        self.event(&ChatCompletionChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: Vec::new(),
+            usage: Some(Some(usage)),
+            system_fingerprint: None,
+        })
+    }
+
+    fn event(&self, chunk: &ChatCompletionChunk<'_>) -> Event {
+        Event::default()
+            .json_data(chunk)
+            .unwrap_or_else(|_| error_event(ApiError::internal()))
+    }
+}
+
+/// OpenAI ends a failed stream with an `error` object in a data event.
+fn error_event(error: ApiError) -> Event {
+    tracing::warn!(%error, "streamed completion failed");
+    Event::default()
+        .json_data(error_body(&error))
+        .unwrap_or_else(|_| Event::default().data("{\"error\":{}}"))
+}
+
+async fn stream_completion(
+    core: CoreClient,
+    caller: Caller,
+    request: proto::CompleteRequest,
+    include_usage: bool,
+) -> Result<Response, OpenAiError> {
+    let reply = core
+        .call(&caller, request, |channel, request| async move {
+            CompletionServiceClient::new(channel)
+                .stream_complete(request)
+                .await
+        })
+        .await?;
+    let mut stream = reply.message;
+    // The core sends `started` first; anything else there is a failure before the first token.
+    let head = match stream.next().await {
+        Some(Ok(proto::CompleteEvent {
+            event: Some(proto::complete_event::Event::Started(started)),
+        })) => ChunkHead {
+            id: started.id,
+            created: seconds(started.created_at.as_ref()),
+            model: started.model,
+            include_usage,
+        },
+        Some(Err(status)) => return Err(status.into()),
+        _ => return Err(ApiError::incomplete_answer("CompleteEvent.started").into()),
+    };
+    let first = head.chunk(
+        ChunkDelta {
+            role: Some("assistant"),
+            content: Some(""),
+        },
+        None,
+    );
+    let rest = futures::stream::unfold(Some((stream, head)), |state| async move {
+        let (mut stream, head) = state?;
+        let events: Vec<Event> = match stream.next().await {
+            Some(Ok(proto::CompleteEvent {
+                event: Some(proto::complete_event::Event::Delta(delta)),
+            })) => {
+                let event = head.chunk(
+                    ChunkDelta {
+                        role: None,
+                        content: Some(&delta.content),
+                    },
+                    None,
+                );
+                return Some((futures::stream::iter(vec![event]), Some((stream, head))));
+            }
+            Some(Ok(proto::CompleteEvent {
+                event: Some(proto::complete_event::Event::Done(done)),
+            })) => {
+                let answer = done.reply.unwrap_or_default();
+                let mut events = vec![head.chunk(
+                    ChunkDelta::default(),
+                    Some(finish_reason(&answer.finish_reason)),
+                )];
+                if head.include_usage {
+                    events.push(head.usage(answer.usage.unwrap_or_default().into()));
+                }
+                events.push(Event::default().data("[DONE]"));
+                events
+            }
+            Some(Err(status)) => vec![error_event(ApiError::from(status))],
+            Some(Ok(_)) | None => vec![error_event(ApiError::incomplete_answer(
+                "CompleteEvent.done",
+            ))],
+        };
+        Some((futures::stream::iter(events), None))
+    })
+    .flatten();
+    let events = futures::stream::once(async move { first })
+        .chain(rest)
+        .map(Ok::<_, Infallible>);
+    Ok(event_stream(events, reply.headers))
+}
+
+/// List the models (OpenAI-compatible).
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = TAG,
+    responses(
+        (status = 200, description = "The models served here, the default first", body = ModelList),
+        (status = 401, description = "Invalid API key", body = OpenAiErrorBody),
+        (status = 429, description = "A limit is exhausted; see Retry-After", body = OpenAiErrorBody),
+        (status = 503, description = "The gateway core is unreachable", body = OpenAiErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_models(
+    State(core): State<CoreClient>,
+    caller: Caller,
+) -> Result<Response, OpenAiError> {
+    let reply = core
+        .call(
+            &caller,
+            proto::ListModelsRequest {},
+            |channel, request| async move {
+                CompletionServiceClient::new(channel)
+                    .list_models(request)
+                    .await
+            },
+        )
+        .await?;
+    let list = ModelList {
+        object: "list",
+        data: reply
+            .message
+            .models
+            .into_iter()
+            .map(|model| ModelObject {
+                id: model.id,
+                object: "model",
+                created: 0,
+                owned_by: model.provider,
+            })
+            .collect(),
+    };
+    let mut response = crate::envelope::json_body(&list);
+    response.headers_mut().extend(reply.headers);
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ErrorCode;
+
+    #[test]
+    fn errors_take_openai_types_and_name_the_field() {
+        let body = error_body(&ApiError::invalid_request(
+            "Missing required field",
+            "The field 'model' is required",
+        ));
+        assert_eq!(body.error.kind, "invalid_request_error");
+        assert_eq!(body.error.param.as_deref(), Some("model"));
+        assert_eq!(body.error.code, "invalid_request");
+        let body = error_body(&ApiError::new(
+            ErrorCode::RateLimitExceeded,
+            "x",
+            "Try again in 3 seconds",
+        ));
+        assert_eq!(body.error.kind, "rate_limit_error");
+        assert_eq!(body.error.code, "rate_limit_exceeded");
+        assert_eq!(body.error.param, None);
+        let body = error_body(&ApiError::new(
+            ErrorCode::InvalidRequest,
+            "Unknown model",
+            "The model 'x' is not served here",
+        ));
+        assert_eq!(body.error.code, "model_not_found");
+    }
+
+    #[test]
+    fn content_parts_are_joined_and_other_parts_refused() {
+        let message: InputMessage = serde_json::from_str(
+            r#"{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}"#,
+        )
+        .expect("parts");
+        assert_eq!(message.into_proto(0).expect("text").content, "ab");
+        let image: InputMessage = serde_json::from_str(
+            r#"{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}"#,
+        )
+        .expect("parts");
+        assert!(
+            image
+                .into_proto(2)
+                .expect_err("refused")
+                .details
+                .contains("messages[2].content[0]")
+        );
+    }
+
+    #[test]
+    fn chunks_carry_usage_null_until_the_last_when_asked() {
+        let head = ChunkHead {
+            id: "chatcmpl-1".into(),
+            created: 1,
+            model: "m".into(),
+            include_usage: true,
+        };
+        let chunk = ChatCompletionChunk {
+            id: &head.id,
+            object: "chat.completion.chunk",
+            created: 1,
+            model: "m",
+            choices: Vec::new(),
+            usage: head.include_usage.then_some(None),
+            system_fingerprint: None,
+        };
+        let json = serde_json::to_value(&chunk).expect("json");
+        assert!(json.get("usage").is_some_and(|u| u.is_null()));
+    }
+}

@@ -27,6 +27,7 @@ fn app() -> Router {
         core_urls: vec![format!("http://127.0.0.1:{}", closed_port())],
         max_body_bytes: BODY_LIMIT,
         core_timeout: Duration::from_secs(10),
+        ..EdgeConfig::default()
     })
     .expect("router")
 }
@@ -436,6 +437,7 @@ async fn a_client_uploading_too_much_still_reads_the_413() {
         core_urls: vec![format!("http://127.0.0.1:{}", closed_port())],
         max_body_bytes: 1024,
         core_timeout: Duration::from_secs(5),
+        ..EdgeConfig::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::serve(listener, config, async {

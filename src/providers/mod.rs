@@ -143,6 +143,7 @@ impl ProviderError {
                     ),
                 )
                 .with_retry_after(Duration::from_secs(wait.max(1)))
+                .with_metadata(vec![("retry-after", wait.max(1).to_string())])
             }
         }
     }

@@ -37,6 +37,8 @@ pub struct Gateway {
     pub events: crate::events::EventBus,
     /// Cron jobs' store and scheduler settings.
     pub cron: crate::cron::CronContext,
+    /// Web dashboard sign-ins (in memory until the server configures the shared store).
+    pub dashboard: crate::dashboard::DashboardSessions,
     started: Instant,
     queue_depth: AtomicU64,
     draining: AtomicBool,
@@ -68,6 +70,7 @@ impl Gateway {
             idempotency_retention: std::time::Duration::from_secs(24 * 3600),
             events,
             cron,
+            dashboard: Default::default(),
             started: Instant::now(),
             queue_depth: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -85,7 +88,12 @@ impl Gateway {
         }
         let client = client_address(request);
         self.limits.check_client(&client)?;
-        let principal = match self.auth.authenticate(request.metadata()).await {
+        // The dashboard's calls name a signed-in session instead of a credential.
+        let authenticated = match self.dashboard.resolve(self, request.metadata()).await {
+            Some(resolved) => resolved,
+            None => self.auth.authenticate(request.metadata()).await,
+        };
+        let principal = match authenticated {
             Ok(principal) => principal,
             Err(err) if err.code == crate::error::ErrorCode::Unauthorized => {
                 return Err(self.limits.auth_failed(&client, err).await);
@@ -95,6 +103,7 @@ impl Gateway {
         match scope {
             Scope::Internal => principal.require_internal()?,
             Scope::Named(name) => principal.require_scope(name)?,
+            Scope::Any => {}
         }
         Ok(principal)
     }
@@ -176,11 +185,13 @@ pub enum Scope {
     Named(&'static str),
     /// The internal token only.
     Internal,
+    /// Any valid credential: calls that only describe the caller itself.
+    Any,
 }
 
 /// The address a request came from: the edge forwards its client's as
 /// `x-openclaw-client-ip`; direct gRPC callers are known by their socket.
-fn client_address<T>(request: &Request<T>) -> String {
+pub(crate) fn client_address<T>(request: &Request<T>) -> String {
     request
         .metadata()
         .get("x-openclaw-client-ip")

@@ -7,6 +7,7 @@ pub mod completions;
 pub mod config;
 pub mod convert;
 pub mod cron;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod gateway;

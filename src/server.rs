@@ -18,7 +18,9 @@ use crate::gateway::{DefaultLimits, Gateway};
 use crate::keys::Keys;
 use crate::limits::{LocalLimits, RateLimiter, RedisDownPolicy, RedisLimits};
 use crate::proto::completion_service_server::CompletionServiceServer;
+use crate::dashboard::Dashboard;
 use crate::proto::cron_service_server::CronServiceServer;
+use crate::proto::dashboard_service_server::DashboardServiceServer;
 use crate::proto::event_service_server::EventServiceServer;
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
@@ -35,6 +37,8 @@ pub const EMBEDDED_DB_FILE: &str = "gateway.redb";
 pub struct Schedules {
     pub events: EventBus,
     pub cron: Arc<dyn CronStore>,
+    /// The Redis connection, when state is shared: dashboard sessions and traffic counts use it.
+    pub redis: Option<redis::aio::ConnectionManager>,
 }
 
 /// The store, the rate limiter that goes with it (shared through Redis, or in
@@ -72,6 +76,7 @@ pub async fn open_store(
                     store.connection(),
                     config.cron.events_max_len,
                 )),
+                redis: Some(store.connection()),
             };
             Ok((Arc::new(store), limiter, schedules))
         }
@@ -89,6 +94,7 @@ pub async fn open_store(
             let schedules = Schedules {
                 events,
                 cron: Arc::new(cron),
+                redis: None,
             };
             Ok((Arc::new(store), limiter, schedules))
         }
@@ -102,6 +108,10 @@ pub fn model_catalog(config: &CoreConfig) -> anyhow::Result<ModelCatalog> {
 
 pub async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
     let (store, limits, schedules) = open_store(config).await?;
+    let shared = schedules.redis.clone();
+    if let Some(conn) = &shared {
+        limits.traffic.share_through(conn.clone());
+    }
     if config.internal_token.is_none() {
         tracing::warn!("OPENCLAW_INTERNAL_TOKEN is not set: key administration is disabled");
     }
@@ -131,6 +141,11 @@ pub async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
     if let Some(fresh) = Arc::get_mut(&mut gateway) {
         fresh.idempotency_retention =
             std::time::Duration::from_secs(config.idempotency_retention_secs.max(1));
+        if let Some(conn) = shared {
+            fresh.dashboard.store = Arc::new(
+                crate::dashboard::sessions::RedisDashboardSessions::new(conn),
+            );
+        }
     }
     Ok(gateway)
 }
@@ -187,6 +202,7 @@ pub async fn run(
             scheduler,
         )))
         .add_service(EventServiceServer::new(Events::new(gateway.clone())))
+        .add_service(DashboardServiceServer::new(Dashboard::new(gateway.clone())))
         .add_service(SystemServiceServer::new(System::new(gateway)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

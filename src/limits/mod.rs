@@ -169,6 +169,8 @@ pub struct RateLimiter {
     degraded: AtomicBool,
     /// Clients refused until the given time after too many failed authentications.
     blocked: Mutex<HashMap<String, Instant>>,
+    /// Admissions, rejections and settled tokens per minute, for the dashboard's charts.
+    pub traffic: Arc<crate::dashboard::traffic::Traffic>,
 }
 
 impl RateLimiter {
@@ -183,6 +185,7 @@ impl RateLimiter {
             share,
             degraded: AtomicBool::new(false),
             blocked: Mutex::new(HashMap::new()),
+            traffic: Arc::default(),
         }
     }
 
@@ -259,6 +262,10 @@ impl RateLimiter {
             }
         };
         match decision {
+            Decision::Admitted(_) => self.traffic.admitted(),
+            Decision::Denied { .. } => self.traffic.rejected(),
+        }
+        match decision {
             Decision::Admitted(usage) => Ok(Admission {
                 key: Some(key.to_string()),
                 reservation,
@@ -286,6 +293,7 @@ impl RateLimiter {
     /// Replaces the admission's reservation with what the model really used.
     pub async fn settle(&self, admission: &Admission, used: Charge) {
         let Some(key) = &admission.key else { return };
+        self.traffic.tokens(used.tokens);
         let outcome = if admission.local {
             match &self.fallback {
                 Some(local) => local.settle(key, &admission.reservation, used).await,
@@ -297,6 +305,27 @@ impl RateLimiter {
         if let Err(err) = outcome {
             tracing::warn!(error = %err, "could not settle a token reservation; it expires with the window");
         }
+    }
+
+    /// The key's use of its quota in the current window, without counting a request: an
+    /// admission against a zero quota is always refused and writes nothing.
+    pub async fn usage(&self, key: &str) -> ApiResult<Usage> {
+        let nothing = Quota {
+            requests: 0,
+            tokens: 0,
+            context: 0,
+        };
+        let peek = "usage-peek";
+        let decision = match self.backend.admit(key, nothing, Charge::default(), peek).await {
+            Ok(decision) => decision,
+            Err(err) => match &self.fallback {
+                Some(local) => local.admit(key, nothing, Charge::default(), peek).await?,
+                None => return Err(err.into()),
+            },
+        };
+        Ok(match decision {
+            Decision::Admitted(usage) | Decision::Denied { usage, .. } => usage,
+        })
     }
 
     /// Refuses a client this replica has seen fail authentication too often

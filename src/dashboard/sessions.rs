@@ -1,0 +1,163 @@
+//! Dashboard sessions: created by signing in, referenced by the browser's
+//! cookie, stored under the SHA-256 of the session id with an expiry. In Redis
+//! every replica sees them; the embedded default keeps them in this process
+//! (it is one process), so a restart signs everybody out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{StoreError, StoreResult};
+
+/// How long a dashboard session lasts after signing in.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// What a session id stands for. Never holds the credential that signed in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DashboardSession {
+    /// The API key's id, or `None` for an operator (the internal token).
+    pub key_id: Option<String>,
+    pub csrf_token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait DashboardSessionStore: Send + Sync + 'static {
+    /// Stores the session under `hash` until it expires.
+    async fn put(&self, hash: &str, session: &DashboardSession) -> StoreResult<()>;
+    /// The session, unless it is unknown or expired.
+    async fn get(&self, hash: &str) -> StoreResult<Option<DashboardSession>>;
+    async fn delete(&self, hash: &str) -> StoreResult<()>;
+}
+
+fn seconds_left(session: &DashboardSession) -> u64 {
+    (session.expires_at - Utc::now()).num_seconds().max(1) as u64
+}
+
+/// `oc:dash:<sha256 of the session id>` → the session as JSON, with `EX`.
+pub struct RedisDashboardSessions {
+    conn: ConnectionManager,
+}
+
+impl RedisDashboardSessions {
+    pub fn new(conn: ConnectionManager) -> Self {
+        Self { conn }
+    }
+}
+
+fn redis_key(hash: &str) -> String {
+    format!("oc:dash:{hash}")
+}
+
+fn unavailable(err: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+#[async_trait]
+impl DashboardSessionStore for RedisDashboardSessions {
+    async fn put(&self, hash: &str, session: &DashboardSession) -> StoreResult<()> {
+        let json =
+            serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(redis_key(hash))
+            .arg(json)
+            .arg("EX")
+            .arg(seconds_left(session))
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn get(&self, hash: &str) -> StoreResult<Option<DashboardSession>> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = redis::cmd("GET")
+            .arg(redis_key(hash))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let Some(json) = json else { return Ok(None) };
+        let session: DashboardSession =
+            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok((session.expires_at > Utc::now()).then_some(session))
+    }
+
+    async fn delete(&self, hash: &str) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("DEL")
+            .arg(redis_key(hash))
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// Sessions in this process's memory, for the single-process embedded default.
+#[derive(Default)]
+pub struct MemoryDashboardSessions {
+    sessions: Mutex<HashMap<String, DashboardSession>>,
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Unavailable("dashboard session table lock poisoned".into())
+}
+
+#[async_trait]
+impl DashboardSessionStore for MemoryDashboardSessions {
+    async fn put(&self, hash: &str, session: &DashboardSession) -> StoreResult<()> {
+        let mut sessions = self.sessions.lock().map_err(|_| poisoned())?;
+        let now = Utc::now();
+        sessions.retain(|_, s| s.expires_at > now);
+        sessions.insert(hash.to_string(), session.clone());
+        Ok(())
+    }
+
+    async fn get(&self, hash: &str) -> StoreResult<Option<DashboardSession>> {
+        let sessions = self.sessions.lock().map_err(|_| poisoned())?;
+        Ok(sessions
+            .get(hash)
+            .filter(|s| s.expires_at > Utc::now())
+            .cloned())
+    }
+
+    async fn delete(&self, hash: &str) -> StoreResult<()> {
+        self.sessions.lock().map_err(|_| poisoned())?.remove(hash);
+        Ok(())
+    }
+}
+
+/// The store the core uses for dashboard sessions.
+pub fn memory() -> Arc<dyn DashboardSessionStore> {
+    Arc::new(MemoryDashboardSessions::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn expired_sessions_are_not_returned() {
+        let store = MemoryDashboardSessions::default();
+        let live = DashboardSession {
+            key_id: None,
+            csrf_token: "c".into(),
+            expires_at: Utc::now() + chrono::Duration::seconds(60),
+        };
+        let dead = DashboardSession {
+            expires_at: Utc::now() - chrono::Duration::seconds(1),
+            ..live.clone()
+        };
+        store.put("a", &live).await.unwrap();
+        store.put("b", &dead).await.unwrap();
+        assert_eq!(store.get("a").await.unwrap(), Some(live));
+        assert_eq!(store.get("b").await.unwrap(), None);
+        store.delete("a").await.unwrap();
+        assert_eq!(store.get("a").await.unwrap(), None);
+    }
+}

@@ -131,6 +131,7 @@ async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
     // In dev everything listens on loopback; a taken gRPC or metrics port
     // falls back to a free one (the REST port is the one people paste).
     let grpc = bind_loopback(args.core.grpc_addr.port(), "gRPC").await?;
+    metrics::recorder();
     let metrics_listener = bind_loopback(args.core.metrics_addr.port(), "metrics").await?;
     let http = TcpListener::bind(args.http_addr).await.with_context(|| {
         format!(

@@ -77,9 +77,11 @@ pub async fn serve(
     Ok(())
 }
 
-/// Binds the metrics address, naming it in the error.
+/// Binds the metrics address, naming it in the error, and installs the
+/// recorder now, so no metric emitted before the server task runs is lost.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     use anyhow::Context as _;
+    recorder();
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics address {addr} (set OPENCLAW_METRICS_ADDR)"))

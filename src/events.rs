@@ -169,6 +169,8 @@ struct Inner {
     backend: Backend,
     settings: EventSettings,
     live: broadcast::Sender<Event>,
+    /// The id of the newest event handed to live subscribers.
+    delivered: watch::Sender<EventId>,
     closed: watch::Sender<bool>,
 }
 
@@ -206,12 +208,14 @@ impl EventBus {
 
     fn with_backend(backend: Backend, settings: EventSettings) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
+        let (delivered, _) = watch::channel(EventId::default());
         let (closed, _) = watch::channel(false);
         Self {
             inner: Arc::new(Inner {
                 backend,
                 settings,
                 live,
+                delivered,
                 closed,
             }),
         }
@@ -260,6 +264,7 @@ impl EventBus {
                 }
                 // Sent under the lock, so live subscribers see ids in order.
                 let _ = self.inner.live.send(event);
+                self.inner.delivered.send_replace(id);
                 Ok(id)
             }
         }
@@ -309,6 +314,18 @@ impl EventBus {
         self.inner.closed.send_replace(true);
     }
 
+    /// Closes once the event `last` (published just before) has reached this
+    /// replica's subscribers, or after two seconds.
+    pub async fn close_after(&self, last: Option<EventId>) {
+        if let Some(last) = last {
+            let mut delivered = self.inner.delivered.subscribe();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), delivered.wait_for(|id| *id >= last))
+                    .await;
+        }
+        self.close();
+    }
+
     /// The events `principal` may see after `after` (`None`: from now on),
     /// then live ones, until the bus closes. A store failure ends the stream
     /// with the error.
@@ -331,10 +348,14 @@ impl EventBus {
             }
             loop {
                 if *closed.borrow() {
+                    drain_live(&mut live, &principal, &mut last, &tx).await;
                     return;
                 }
                 tokio::select! {
-                    _ = closed.changed() => return,
+                    _ = closed.changed() => {
+                        drain_live(&mut live, &principal, &mut last, &tx).await;
+                        return;
+                    }
                     received = live.recv() => match received {
                         Ok(event) => {
                             if last.is_some_and(|l| event.id <= l) {
@@ -356,6 +377,24 @@ impl EventBus {
                 }
             }
         })
+    }
+}
+
+/// Sends what live events are already queued, as the stream ends.
+async fn drain_live(
+    live: &mut broadcast::Receiver<Event>,
+    principal: &Principal,
+    last: &mut Option<EventId>,
+    tx: &tokio::sync::mpsc::Sender<StoreResult<Event>>,
+) {
+    while let Ok(event) = live.try_recv() {
+        if last.is_some_and(|l| event.id <= l) {
+            continue;
+        }
+        *last = Some(event.id);
+        if event.visible_to(principal) && tx.send(Ok(event)).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -486,7 +525,9 @@ async fn pump(bus: EventBus, client: redis::Client) {
                         for entry in key.ids {
                             last = Some(entry.id.clone());
                             if let Some(event) = decode_entry(&entry) {
+                                let id = event.id;
                                 let _ = bus.inner.live.send(event);
+                                bus.inner.delivered.send_replace(id);
                             }
                         }
                     }

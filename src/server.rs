@@ -182,8 +182,14 @@ pub async fn run(
             format!("Replica {} is draining", draining.replica),
         );
         event.replica = draining.replica.clone();
-        draining.events.announce(event).await;
-        draining.events.close();
+        let published = match draining.events.publish(event).await {
+            Ok(id) => Some(id),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not announce the drain");
+                None
+            }
+        };
+        draining.events.close_after(published).await;
         // No new claims; the runs in progress finish.
         stopping.stop().await;
     };

@@ -818,3 +818,51 @@ async fn the_embedded_store_runs_jobs_and_keeps_them_across_a_restart() {
     .await;
     assert_eq!(listed["jobs"][0]["id"], id.as_str());
 }
+
+#[tokio::test]
+async fn a_draining_replica_announces_it_and_ends_its_event_streams() {
+    let redis = support::start_redis();
+    let dir = tempfile::tempdir().unwrap();
+    let options = CoreOptions {
+        redis_url: Some(support::redis_url(&redis)),
+        data_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let leaving = support::spawn_core(&options);
+    let staying = support::spawn_core(&options);
+    let subscribe = |port: u16| async move {
+        let mut client = EventServiceClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(SubscribeRequest::default());
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", support::INTERNAL_TOKEN)
+                .parse()
+                .unwrap(),
+        );
+        client.subscribe(request).await.unwrap().into_inner()
+    };
+    let mut on_leaving = subscribe(leaving.port).await;
+    let mut on_staying = subscribe(staying.port).await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &leaving.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let heard = tokio::time::timeout(Duration::from_secs(5), on_staying.message())
+        .await
+        .expect("the other replica relays the news")
+        .unwrap()
+        .unwrap();
+    assert_eq!(heard.r#type, "replica.draining");
+    assert_eq!(heard.replica, format!("core-{}", leaving.port));
+    // The draining replica's own subscribers get the news, then the end of the stream.
+    let mut last = None;
+    while let Ok(Ok(Some(event))) =
+        tokio::time::timeout(Duration::from_secs(5), on_leaving.message()).await
+    {
+        last = Some(event);
+    }
+    assert_eq!(last.map(|e| e.r#type).as_deref(), Some("replica.draining"));
+}

@@ -89,12 +89,13 @@ fn error_body(error: &ApiError) -> OpenAiErrorBody {
         | C::UpstreamTimeout => "server_error",
     };
     // The gateway's sentences name the field they are about: "The field 'model' is required".
-    let param = error
+    let mut param = error
         .details
         .strip_prefix("The field '")
         .and_then(|rest| rest.split_once('\''))
         .map(|(field, _)| field.to_owned());
     let code = if error.message == "Unknown model" {
+        param = Some("model".to_owned());
         "model_not_found".to_owned()
     } else {
         crate::error::code_name(error.code).to_ascii_lowercase()
@@ -697,6 +698,7 @@ mod tests {
             "The model 'x' is not served here",
         ));
         assert_eq!(body.error.code, "model_not_found");
+        assert_eq!(body.error.param.as_deref(), Some("model"));
     }
 
     #[test]

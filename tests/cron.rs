@@ -175,6 +175,14 @@ async fn an_every_second_job_fires_once_per_due_time_while_replicas_are_killed_a
         ok.len() * 10 >= history.len() * 9,
         "at least 90% of due times ran: {history:#?}"
     );
+    let replicas: HashSet<&str> = history
+        .values()
+        .filter_map(|run| run["replica"].as_str())
+        .collect();
+    assert!(
+        replicas.len() >= 3,
+        "the replicas shared the work: {replicas:?}"
+    );
 
     // Exactly one event per run that ran, none for any other.
     let events = all_events(cores[0].port).await;

@@ -225,8 +225,9 @@ impl CronScheduler {
                 if self.stopping() {
                     return;
                 }
-                // Claim only with room to run: a busy replica leaves due jobs to the others.
-                let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                // Claim only with room to run: a busy replica leaves due jobs to the others
+                // (and keeps ticking, so it still takes over abandoned runs).
+                let Some(permit) = self.try_permit() else {
                     return;
                 };
                 if let Err(err) = self.claim_due(&id, due_ms, now, permit).await {
@@ -239,7 +240,7 @@ impl CronScheduler {
                 tracing::warn!(error = %err, job = %id, "could not take over an abandoned run");
             }
         }
-        if full {
+        if full && self.permits.available_permits() > 0 {
             return Ok(Duration::ZERO);
         }
         let until_next = batch

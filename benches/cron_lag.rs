@@ -92,8 +92,14 @@ async fn main() {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "warn")
             .env("OPENCLAW_GRPC_ADDR", format!("127.0.0.1:{port}"))
-            .env("OPENCLAW_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
-            .env("OPENCLAW_REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
+            .env(
+                "OPENCLAW_METRICS_ADDR",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env(
+                "OPENCLAW_REDIS_URL",
+                format!("redis://127.0.0.1:{redis_port}"),
+            )
             .env("OPENCLAW_INTERNAL_TOKEN", TOKEN)
             .env("OPENCLAW_REPLICA_ID", format!("bench-core-{i}"))
             .env("OPENCLAW_DATA_DIR", data.path())

@@ -402,19 +402,20 @@ async fn a_dead_redis_fails_open_to_each_replicas_share_when_configured() {
     .await;
     let key = cluster.key(json!({"requestsPerMinute": 10})).await;
     let status_url = format!("{}/api/v1/system/status", cluster.edge(0));
-    // Verify the key on both cores while Redis is up (the edge balances across them).
-    for _ in 0..4 {
-        assert_eq!(
-            cluster
-                .http
-                .get(&status_url)
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+    // Verify the key on each core while Redis is up, straight over gRPC (the
+    // edge's balancer may pick either), so each has it cached when Redis dies.
+    for core in &cluster.cores {
+        use openclaw_gateway::proto::{
+            GetStatusRequest, system_service_client::SystemServiceClient,
+        };
+        let mut client = SystemServiceClient::connect(format!("http://127.0.0.1:{}", core.port))
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(GetStatusRequest {});
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        client.get_status(request).await.unwrap();
     }
     cluster.redis.kill();
     let mut statuses = Vec::new();

@@ -1,0 +1,9 @@
+//! The benchmark harness of `docs/benchmarks.md`: a fast fake OpenAI-compatible upstream, the
+//! processes under test started on loopback, an open-loop constant-rate load generator recording
+//! HDR histograms, the scenarios, and the report (JSON, Markdown, SVG).
+
+pub mod load;
+pub mod processes;
+pub mod report;
+pub mod scenarios;
+pub mod upstream;

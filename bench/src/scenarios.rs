@@ -1,0 +1,940 @@
+//! The scenarios of `docs/benchmarks.md`, each measured against its baseline (the fake upstream
+//! alone, or Redis alone) at the same rate in the same run, so overhead is a difference taken
+//! side by side.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use openclaw_gateway::limits::{Charge, LimitBackend as _, Quota, RedisLimits};
+use openclaw_gateway::proto;
+use openclaw_gateway::proto::completion_service_client::CompletionServiceClient;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::load::{Call, Outcome, Sample, open_loop};
+use crate::processes::{self, Binaries, Meter, Process, Usage};
+use crate::upstream::SettingsPatch;
+
+pub const SEND_MESSAGE: &str = "s1-send-message";
+pub const OPENAI: &str = "s2-openai-stateless";
+pub const GRPC: &str = "s3-grpc-core";
+pub const STREAMING: &str = "s4-streaming";
+pub const ADMISSION: &str = "s5-rate-limit-admission";
+pub const LITELLM: &str = "litellm-openai";
+
+/// How a run is shaped.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub binaries: Binaries,
+    pub rates: Vec<f64>,
+    pub streaming_rates: Vec<f64>,
+    pub step: Duration,
+    pub max_in_flight: usize,
+    pub only: Option<Vec<String>>,
+    pub litellm: Option<PathBuf>,
+    pub streams: u64,
+    pub work_dir: PathBuf,
+}
+
+impl Plan {
+    fn wants(&self, what: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| what.starts_with(o.as_str())))
+    }
+}
+
+/// Latency percentiles, ms.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Option<Self> {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        (!h.is_empty()).then(|| Self {
+            p50: ms(0.50),
+            p90: ms(0.90),
+            p99: ms(0.99),
+            p999: ms(0.999),
+        })
+    }
+}
+
+/// One constant-rate measurement of one target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub scenario: String,
+    /// `upstream` (the fake upstream alone), `gateway`, `litellm`, `redis` (a PING) or
+    /// `admission` (the limiter's script).
+    pub target: String,
+    pub rate: f64,
+    pub achieved: f64,
+    pub sent: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub latency_ms: Percentiles,
+    pub first_token_ms: Option<Percentiles>,
+    pub token_gap_ms: Option<Percentiles>,
+    pub usage: Usage,
+}
+
+impl Step {
+    /// Past what the target can take: behind the schedule, or failing.
+    pub fn saturated(&self) -> bool {
+        self.achieved < 0.95 * self.rate || self.errors * 100 > self.sent
+    }
+}
+
+/// Open streaming connections and the memory they cost.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StreamsMemory {
+    pub requested: u64,
+    pub open: u64,
+    pub failed: u64,
+    pub first_error: Option<String>,
+    pub rss_mib: BTreeMap<String, f64>,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Run {
+    pub idle_rss_mib: BTreeMap<String, f64>,
+    pub steps: Vec<Step>,
+    pub streams: Option<StreamsMemory>,
+}
+
+struct Stack {
+    // Dropped (killed) in reverse order of start.
+    litellm: Option<Process>,
+    edge: Process,
+    core: Process,
+    upstream: Process,
+    redis: Process,
+    http: reqwest::Client,
+    key: HeaderValue,
+}
+
+impl Stack {
+    fn processes(&self) -> Vec<(String, u32)> {
+        let mut all = vec![
+            ("loadgen".to_string(), std::process::id()),
+            ("upstream".to_string(), self.upstream.pid()),
+            ("redis".to_string(), self.redis.pid()),
+            ("core".to_string(), self.core.pid()),
+            ("edge".to_string(), self.edge.pid()),
+        ];
+        if let Some(litellm) = &self.litellm {
+            all.push(("litellm".to_string(), litellm.pid()));
+        }
+        all
+    }
+
+    fn upstream_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.upstream.port)
+    }
+
+    fn edge_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.edge.port)
+    }
+
+    async fn configure_upstream(&self, settings: SettingsPatch) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(self.upstream_url("/admin/settings"))
+            .json(&settings)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("configuring the fake upstream: {}", response.status());
+        }
+        Ok(())
+    }
+}
+
+const STREAM_SETTINGS: SettingsPatch = SettingsPatch {
+    delay_us: 0,
+    tokens: 20,
+    token_interval_us: 1000,
+};
+
+fn client(max_in_flight: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .http1_only()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(max_in_flight)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .timeout(Duration::from_secs(15))
+        .build()?)
+}
+
+async fn start(plan: &Plan) -> anyhow::Result<Stack> {
+    let redis = processes::redis()?;
+    let upstream = processes::upstream(&plan.binaries)?;
+    let core = processes::core(&plan.binaries, redis.port, upstream.port)?;
+    let edge = processes::edge(&plan.binaries, core.port)?;
+    let litellm = match &plan.litellm {
+        Some(executable) if plan.wants(LITELLM) => Some(processes::litellm(
+            executable,
+            upstream.port,
+            &plan.work_dir,
+        )?),
+        _ => None,
+    };
+    let http = client(plan.max_in_flight.max(plan.streams as usize))?;
+    let created = http
+        .post(format!("http://127.0.0.1:{}/api/v1/keys", edge.port))
+        .bearer_auth(processes::INTERNAL_TOKEN)
+        .json(&json!({
+            "name": "benchmark",
+            "limits": {
+                "requestsPerMinute": 1_000_000_000u64,
+                "tokensPerMinute": 1_000_000_000_000u64,
+                "contextTokensPerMinute": 1_000_000_000_000u64,
+            }
+        }))
+        .send()
+        .await?;
+    let status = created.status();
+    let body: Value = created.json().await?;
+    let Some(secret) = body["data"]["key"].as_str() else {
+        bail!("creating the benchmark key: {status} {body}");
+    };
+    let stack = Stack {
+        litellm,
+        edge,
+        core,
+        upstream,
+        redis,
+        http,
+        key: HeaderValue::from_str(&format!("Bearer {secret}"))?,
+    };
+    stack.configure_upstream(STREAM_SETTINGS).await?;
+    Ok(stack)
+}
+
+/// One whole run: start everything, measure idle memory, every wanted scenario, the streams.
+pub async fn run(plan: &Plan, log: &dyn Fn(&str)) -> anyhow::Result<Run> {
+    let stack = start(plan).await?;
+    // Let start-up work (script loading, connection pools) settle before idle figures.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut result = Run {
+        idle_rss_mib: stack
+            .processes()
+            .into_iter()
+            .filter(|(name, _)| name != "loadgen")
+            .map(|(name, pid)| (name, (processes::rss_mib(pid) * 10.0).round() / 10.0))
+            .collect(),
+        ..Run::default()
+    };
+    if plan.wants(ADMISSION) {
+        admission(plan, &stack, &mut result, log).await?;
+    }
+    if plan.wants(OPENAI) {
+        let gateway = Target::Http {
+            url: stack.edge_url("/v1/chat/completions"),
+            auth: Some(stack.key.clone()),
+            body: openai_body("zai/glm-4.7-flash", false),
+            streamed: false,
+        };
+        sweep(
+            plan,
+            &stack,
+            OPENAI,
+            "gateway",
+            &plan.rates,
+            gateway,
+            &mut result,
+            log,
+        )
+        .await;
+    }
+    if plan.wants(GRPC) {
+        let channel = tonic::transport::Endpoint::from_shared(format!(
+            "http://127.0.0.1:{}",
+            stack.core.port
+        ))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+        let gateway = Target::Grpc {
+            channel,
+            auth: tonic::metadata::MetadataValue::try_from(stack.key.to_str()?)?,
+        };
+        sweep(
+            plan,
+            &stack,
+            GRPC,
+            "gateway",
+            &plan.rates,
+            gateway,
+            &mut result,
+            log,
+        )
+        .await;
+    }
+    if plan.wants(SEND_MESSAGE) {
+        send_message(plan, &stack, &mut result, log).await?;
+    }
+    if plan.wants(STREAMING) {
+        let gateway = Target::Http {
+            url: stack.edge_url("/v1/chat/completions"),
+            auth: Some(stack.key.clone()),
+            body: openai_body("zai/glm-4.7-flash", true),
+            streamed: true,
+        };
+        let rates = plan.streaming_rates.clone();
+        sweep(
+            plan,
+            &stack,
+            STREAMING,
+            "gateway",
+            &rates,
+            gateway,
+            &mut result,
+            log,
+        )
+        .await;
+    }
+    if let Some(litellm) = &stack.litellm {
+        let target = Target::Http {
+            url: format!("http://127.0.0.1:{}/v1/chat/completions", litellm.port),
+            auth: Some(HeaderValue::from_str(&format!(
+                "Bearer {}",
+                processes::LITELLM_KEY
+            ))?),
+            body: openai_body("bench", false),
+            streamed: false,
+        };
+        sweep(
+            plan,
+            &stack,
+            LITELLM,
+            "litellm",
+            &plan.rates,
+            target,
+            &mut result,
+            log,
+        )
+        .await;
+    }
+    if plan.wants("memory") && plan.streams > 0 {
+        result.streams = Some(hold_streams(plan, &stack, log).await?);
+        stack.configure_upstream(STREAM_SETTINGS).await?;
+    }
+    Ok(result)
+}
+
+// ---------------------------------------------------------------- targets
+
+#[derive(Clone)]
+enum Target {
+    Http {
+        url: String,
+        auth: Option<HeaderValue>,
+        body: Bytes,
+        streamed: bool,
+    },
+    /// Scenario 1: each request to the next session of a pool.
+    Sessions {
+        base: String,
+        auth: HeaderValue,
+        sessions: Arc<Vec<String>>,
+        body: Bytes,
+    },
+    Grpc {
+        channel: tonic::transport::Channel,
+        auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    },
+    Admission {
+        limits: Arc<RedisLimits>,
+        keys: u64,
+    },
+    RedisPing {
+        conn: redis::aio::ConnectionManager,
+    },
+}
+
+const HISTORY_TURNS: usize = 10;
+
+fn history() -> Vec<Value> {
+    (0..HISTORY_TURNS)
+        .flat_map(|turn| {
+            [
+                json!({"role": "user", "content": format!("Turn {turn}: could you summarise what we decided about the quarterly report, and list the open questions that remain?")}),
+                json!({"role": "assistant", "content": format!("Turn {turn}: we agreed to ship the report on Friday with the revised revenue table; the open questions are the currency conversion and who signs off the appendix.")}),
+            ]
+        })
+        .collect()
+}
+
+const NEW_TURN: &str = "Thanks. Please draft the e-mail announcing it.";
+
+fn openai_body(model: &str, stream: bool) -> Bytes {
+    let mut body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Hello! Say something short."}],
+        "max_tokens": 32,
+    });
+    if stream {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    Bytes::from(body.to_string())
+}
+
+/// The request the gateway sends upstream for a send-message on a 10-turn session, sent
+/// directly: the baseline of scenario 1.
+fn history_body() -> Bytes {
+    let mut messages = history();
+    messages.push(json!({"role": "user", "content": NEW_TURN}));
+    Bytes::from(
+        json!({"model": "glm-4.7-flash", "messages": messages, "max_tokens": 32}).to_string(),
+    )
+}
+
+fn count_tokens(chunk: &[u8], at: Instant, tokens: &mut Vec<Instant>) {
+    let needle = b"\"content\":\"";
+    let mut i = 0;
+    while i + needle.len() < chunk.len() {
+        if &chunk[i..i + needle.len()] == needle {
+            if chunk[i + needle.len()] != b'"' {
+                tokens.push(at);
+            }
+            i += needle.len();
+        } else {
+            i += 1;
+        }
+    }
+}
+
+async fn http_call(
+    http: reqwest::Client,
+    url: String,
+    auth: Option<HeaderValue>,
+    body: Bytes,
+    streamed: bool,
+) -> Result<Sample, String> {
+    let mut request = http
+        .post(url)
+        .header(CONTENT_TYPE, "application/json")
+        .body(body);
+    if let Some(auth) = auth {
+        request = request.header(AUTHORIZATION, auth);
+    }
+    let mut response = request.send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let mut sample = Sample::default();
+    let mut text = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if streamed {
+            count_tokens(&chunk, Instant::now(), &mut sample.tokens_at);
+        }
+        if !status.is_success() && text.len() < 400 {
+            text.extend_from_slice(&chunk);
+        }
+    }
+    if !status.is_success() {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&text)));
+    }
+    if streamed && sample.tokens_at.is_empty() {
+        return Err("a stream without tokens".into());
+    }
+    Ok(sample)
+}
+
+const ADMISSION_QUOTA: Quota = Quota {
+    requests: u64::MAX / 4,
+    tokens: u64::MAX / 4,
+    context: u64::MAX / 4,
+};
+
+fn caller(
+    target: Target,
+    http: reqwest::Client,
+    run: u64,
+) -> impl Fn(u64, Instant) -> Call + Send + Sync + 'static {
+    move |i, _due| -> Call {
+        match &target {
+            Target::Http {
+                url,
+                auth,
+                body,
+                streamed,
+            } => Box::pin(http_call(
+                http.clone(),
+                url.clone(),
+                auth.clone(),
+                body.clone(),
+                *streamed,
+            )),
+            Target::Sessions {
+                base,
+                auth,
+                sessions,
+                body,
+            } => {
+                let session = &sessions[i as usize % sessions.len()];
+                Box::pin(http_call(
+                    http.clone(),
+                    format!("{base}/api/v1/sessions/{session}/messages"),
+                    Some(auth.clone()),
+                    body.clone(),
+                    false,
+                ))
+            }
+            Target::Grpc { channel, auth } => {
+                let mut client = CompletionServiceClient::new(channel.clone());
+                let mut request = tonic::Request::new(proto::CompleteRequest {
+                    model: "zai/glm-4.7-flash".into(),
+                    messages: vec![proto::ChatMessage {
+                        role: "user".into(),
+                        content: "Hello! Say something short.".into(),
+                        created_at: None,
+                    }],
+                    options: Some(proto::GenerationOptions {
+                        temperature: None,
+                        max_tokens: Some(32),
+                    }),
+                    session_id: String::new(),
+                });
+                request.metadata_mut().insert("authorization", auth.clone());
+                Box::pin(async move {
+                    client
+                        .complete(request)
+                        .await
+                        .map(|_| Sample::default())
+                        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+                })
+            }
+            Target::Admission { limits, keys } => {
+                let limits = limits.clone();
+                let key = format!("bench-admission-{}", i % keys);
+                let reservation = format!("bench-{run}-{i}");
+                Box::pin(async move {
+                    limits
+                        .admit(
+                            &key,
+                            ADMISSION_QUOTA,
+                            Charge {
+                                tokens: 120,
+                                context: 20,
+                            },
+                            &reservation,
+                        )
+                        .await
+                        .map(|_| Sample::default())
+                        .map_err(|e| e.to_string())
+                })
+            }
+            Target::RedisPing { conn } => {
+                let mut conn = conn.clone();
+                Box::pin(async move {
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .map(|_| Sample::default())
+                        .map_err(|e| e.to_string())
+                })
+            }
+        }
+    }
+}
+
+static RUN_IDS: AtomicU64 = AtomicU64::new(0);
+
+async fn measure(
+    plan: &Plan,
+    stack: &Stack,
+    scenario: &str,
+    target_name: &str,
+    rate: f64,
+    duration: Duration,
+    target: Target,
+) -> Step {
+    let meter = Meter::start(&stack.processes());
+    let call = caller(
+        target,
+        stack.http.clone(),
+        RUN_IDS.fetch_add(1, Ordering::Relaxed),
+    );
+    let outcome: Outcome = open_loop(
+        rate,
+        duration,
+        plan.max_in_flight,
+        Duration::from_secs(20),
+        call,
+    )
+    .await;
+    let usage = meter.stop();
+    Step {
+        scenario: scenario.to_string(),
+        target: target_name.to_string(),
+        rate,
+        achieved: (outcome.achieved() * 10.0).round() / 10.0,
+        sent: outcome.sent,
+        ok: outcome.ok,
+        errors: outcome.errors,
+        first_error: outcome.first_error.clone(),
+        latency_ms: Percentiles::of(&outcome.latency).unwrap_or_default(),
+        first_token_ms: Percentiles::of(&outcome.first_token),
+        token_gap_ms: Percentiles::of(&outcome.token_gap),
+        usage,
+    }
+}
+
+fn describe(step: &Step) -> String {
+    format!(
+        "{:<24} {:<9} rate {:>6} achieved {:>8.1} p50 {:>7.3} p99 {:>8.3} p99.9 {:>8.3} ms errors {}{}",
+        step.scenario,
+        step.target,
+        step.rate,
+        step.achieved,
+        step.latency_ms.p50,
+        step.latency_ms.p99,
+        step.latency_ms.p999,
+        step.errors,
+        step.first_error
+            .as_deref()
+            .map(|e| format!(" ({})", e.chars().take(160).collect::<String>()))
+            .unwrap_or_default()
+    )
+}
+
+/// The target and its baseline (the fake upstream alone with the equivalent request) at every
+/// rate, until the target saturates.
+#[allow(clippy::too_many_arguments)]
+async fn sweep(
+    plan: &Plan,
+    stack: &Stack,
+    scenario: &str,
+    target_name: &str,
+    rates: &[f64],
+    target: Target,
+    result: &mut Run,
+    log: &dyn Fn(&str),
+) {
+    let streamed = scenario == STREAMING;
+    let baseline = Target::Http {
+        url: stack.upstream_url("/v1/chat/completions"),
+        auth: None,
+        body: openai_body("glm-4.7-flash", streamed),
+        streamed,
+    };
+    sweep_with(
+        plan,
+        stack,
+        scenario,
+        target_name,
+        rates,
+        target,
+        baseline,
+        "upstream",
+        result,
+        log,
+    )
+    .await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sweep_with(
+    plan: &Plan,
+    stack: &Stack,
+    scenario: &str,
+    target_name: &str,
+    rates: &[f64],
+    target: Target,
+    baseline: Target,
+    baseline_name: &str,
+    result: &mut Run,
+    log: &dyn Fn(&str),
+) {
+    // Warm up: connections, caches, the limiter's script.
+    let warm = rates.first().copied().unwrap_or(100.0).min(200.0);
+    measure(
+        plan,
+        stack,
+        scenario,
+        target_name,
+        warm,
+        Duration::from_secs(1),
+        target.clone(),
+    )
+    .await;
+    for &rate in rates {
+        let base = measure(
+            plan,
+            stack,
+            scenario,
+            baseline_name,
+            rate,
+            plan.step,
+            baseline.clone(),
+        )
+        .await;
+        log(&describe(&base));
+        let step = measure(
+            plan,
+            stack,
+            scenario,
+            target_name,
+            rate,
+            plan.step,
+            target.clone(),
+        )
+        .await;
+        log(&describe(&step));
+        let saturated = step.saturated();
+        result.steps.push(base);
+        result.steps.push(step);
+        if saturated {
+            break;
+        }
+    }
+}
+
+/// Scenario 5: the limiter's admission script alone, against a Redis PING at the same rate.
+async fn admission(
+    plan: &Plan,
+    stack: &Stack,
+    result: &mut Run,
+    log: &dyn Fn(&str),
+) -> anyhow::Result<()> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", stack.redis.port))?;
+    let conn = redis::aio::ConnectionManager::new(client).await?;
+    let limits = Arc::new(RedisLimits::new(conn.clone()));
+    let target = Target::Admission { limits, keys: 1000 };
+    let baseline = Target::RedisPing { conn };
+    sweep_with(
+        plan,
+        stack,
+        ADMISSION,
+        "admission",
+        &plan.rates,
+        target,
+        baseline,
+        "redis",
+        result,
+        log,
+    )
+    .await;
+    Ok(())
+}
+
+/// Scenario 1: send-message on sessions holding a 10-turn history, Redis store, limits on.
+/// Two sends to one session are served one after the other, so the load is spread over a pool
+/// of sessions (one per request per second: each is sent to about once a second, and its
+/// history grows by one turn per second of measurement).
+async fn send_message(
+    plan: &Plan,
+    stack: &Stack,
+    result: &mut Run,
+    log: &dyn Fn(&str),
+) -> anyhow::Result<()> {
+    let send_body = Bytes::from(
+        json!({"message": {"role": "user", "content": NEW_TURN}, "maxTokens": 32}).to_string(),
+    );
+    let baseline = Target::Http {
+        url: stack.upstream_url("/v1/chat/completions"),
+        auth: None,
+        body: history_body(),
+        streamed: false,
+    };
+    let mut first = true;
+    for &rate in &plan.rates {
+        let sessions = Arc::new(create_sessions(stack, (rate as usize).clamp(64, 4000)).await?);
+        let target = Target::Sessions {
+            base: stack.edge_url(""),
+            auth: stack.key.clone(),
+            sessions: sessions.clone(),
+            body: send_body.clone(),
+        };
+        if first {
+            first = false;
+            measure(
+                plan,
+                stack,
+                SEND_MESSAGE,
+                "gateway",
+                rate.min(200.0),
+                Duration::from_secs(1),
+                target.clone(),
+            )
+            .await;
+        }
+        let base = measure(
+            plan,
+            stack,
+            SEND_MESSAGE,
+            "upstream",
+            rate,
+            plan.step,
+            baseline.clone(),
+        )
+        .await;
+        log(&describe(&base));
+        let step = measure(
+            plan,
+            stack,
+            SEND_MESSAGE,
+            "gateway",
+            rate,
+            plan.step,
+            target,
+        )
+        .await;
+        log(&describe(&step));
+        let saturated = step.saturated();
+        result.steps.push(base);
+        result.steps.push(step);
+        if saturated {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn create_sessions(stack: &Stack, count: usize) -> anyhow::Result<Vec<String>> {
+    use futures::StreamExt as _;
+    let body =
+        Bytes::from(json!({"model": "zai/glm-4.7-flash", "messages": history()}).to_string());
+    let url = stack.edge_url("/api/v1/sessions");
+    let created: Vec<anyhow::Result<String>> = futures::stream::iter(0..count)
+        .map(|_| {
+            let request = stack
+                .http
+                .post(&url)
+                .header(AUTHORIZATION, stack.key.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            async move {
+                let response = request.send().await?;
+                let status = response.status();
+                let value: Value = response.json().await?;
+                value["data"]["sessionId"]
+                    .as_str()
+                    .map(str::to_string)
+                    .with_context(|| format!("creating a session: {status} {value}"))
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    created.into_iter().collect()
+}
+
+/// Memory with many open streaming connections: each request gets its first token at once and
+/// its second a minute later, so every stream stays open through edge, core and upstream.
+async fn hold_streams(
+    plan: &Plan,
+    stack: &Stack,
+    log: &dyn Fn(&str),
+) -> anyhow::Result<StreamsMemory> {
+    stack
+        .configure_upstream(SettingsPatch {
+            delay_us: 0,
+            tokens: 2,
+            token_interval_us: 90_000_000,
+        })
+        .await?;
+    let open = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let url = stack.edge_url("/v1/chat/completions");
+    let body = openai_body("zai/glm-4.7-flash", true);
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for i in 0..plan.streams {
+        // 2,000 new streams a second.
+        let due = started + Duration::from_micros(i * 500);
+        tokio::time::sleep_until(due.into()).await;
+        let request = stack
+            .http
+            .post(&url)
+            .header(AUTHORIZATION, stack.key.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .timeout(Duration::from_secs(120))
+            .body(body.clone());
+        let (open, failed, first_error, mut stopped) = (
+            open.clone(),
+            failed.clone(),
+            first_error.clone(),
+            stopped.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let outcome = async {
+                let mut response = request.send().await.map_err(|e| e.to_string())?;
+                if !response.status().is_success() {
+                    return Err(format!("HTTP {}", response.status()));
+                }
+                let mut tokens = Vec::new();
+                while tokens.is_empty() {
+                    match response.chunk().await.map_err(|e| e.to_string())? {
+                        Some(chunk) => count_tokens(&chunk, Instant::now(), &mut tokens),
+                        None => return Err("the stream ended early".to_string()),
+                    }
+                }
+                Ok(response)
+            }
+            .await;
+            match outcome {
+                Ok(response) => {
+                    open.fetch_add(1, Ordering::Relaxed);
+                    let _ = stopped.wait_for(|s| *s).await;
+                    drop(response);
+                }
+                Err(error) => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    first_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(error);
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while open.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < plan.streams
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_mib = stack
+        .processes()
+        .into_iter()
+        .map(|(name, pid)| (name, (processes::rss_mib(pid) * 10.0).round() / 10.0))
+        .collect();
+    let memory = StreamsMemory {
+        requested: plan.streams,
+        open: open.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        first_error: first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+        rss_mib,
+    };
+    log(&format!(
+        "streams: {} requested, {} open, {} failed {:?}; RSS MiB {:?}",
+        memory.requested, memory.open, memory.failed, memory.first_error, memory.rss_mib
+    ));
+    let _ = stop.send(true);
+    for task in tasks {
+        task.abort();
+    }
+    Ok(memory)
+}

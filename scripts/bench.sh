@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The one command behind every figure in docs/benchmarks.md: builds the release binaries, starts
+# Redis, the fake upstream, the core, the edge and LiteLLM's proxy on loopback, runs every
+# scenario at a sweep of rates BENCH_REPEATS times (default 3), and writes docs/benchmarks.json,
+# the tables in docs/benchmarks.md and docs/benchmarks/latency-vs-throughput.svg (medians).
+#
+#   scripts/bench.sh                      the full run (about 10 minutes on 2 cores)
+#   scripts/bench.sh --smoke              a few seconds of each scenario at a low rate, with the
+#                                         debug binaries `cargo test --workspace` built; fails if
+#                                         any request fails (CI runs this; it writes nothing in docs/)
+#   scripts/bench.sh [loadgen flags]      e.g. --only s2,litellm --rates 500,1000 (see
+#                                         `target/release/loadgen --help`)
+#
+# Set BENCH_NO_LITELLM=1 to skip installing and running LiteLLM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Up to 10,000 open streams go through every process.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+if [ "${1:-}" = "--smoke" ]; then
+  shift
+  for bin in openclaw-gateway openclaw-rest; do
+    [ -x "target/debug/$bin" ] || cargo build -q -p openclaw-gateway -p gateway-rest
+  done
+  cargo build -q -p openclaw-bench
+  exec target/debug/loadgen --bin-dir target/debug --repeats 1 --rates 50 --streaming-rates 20 \
+    --step-secs 1 --streams 100 --check --command "scripts/bench.sh --smoke" \
+    --json target/bench-smoke/benchmarks.json --markdown target/bench-smoke/benchmarks.md \
+    --svg target/bench-smoke/latency-vs-throughput.svg "$@"
+fi
+
+cargo build --release -p openclaw-gateway -p gateway-rest -p openclaw-bench
+
+litellm=()
+if [ -n "${BENCH_NO_LITELLM:-}" ]; then
+  litellm=(--litellm-missing "skipped (BENCH_NO_LITELLM)")
+elif path="$(bash scripts/bench-litellm.sh --install)"; then
+  litellm=(--litellm "$path")
+else
+  litellm=(--litellm-missing "pip could not install litellm[proxy] here")
+fi
+
+exec target/release/loadgen --bin-dir target/release --repeats "${BENCH_REPEATS:-3}" \
+  --command "scripts/bench.sh${*:+ $*}" "${litellm[@]}" "$@"

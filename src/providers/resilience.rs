@@ -284,10 +284,15 @@ impl ModelCatalog {
     ) -> Result<Outcome, ProviderError> {
         let guard = &model.guard;
         let mut retry = 0u32;
+        let mut last_error: Option<ProviderError> = None;
         loop {
             let permit = match guard.breaker.admit() {
                 Ok(permit) => permit,
                 Err(retry_in) => {
+                    // This call's own failures opened the circuit: report what the provider said.
+                    if let Some(error) = last_error {
+                        return Err(error);
+                    }
                     guard.stats.rejected.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("openclaw_provider_circuit_rejections_total", "provider" => guard.name.clone())
                         .increment(1);
@@ -372,6 +377,7 @@ impl ModelCatalog {
             }
             tokio::time::sleep(wait).await;
             retry += 1;
+            last_error = Some(error);
         }
     }
 }

@@ -25,6 +25,8 @@ const IDEMPOTENT: HeaderName = HeaderName::from_static("x-openclaw-idempotent");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The gRPC metadata naming a dashboard session (set by [`Caller::for_dashboard`] only).
+const DASHBOARD_SESSION: &str = "x-openclaw-dashboard-session";
 const CLIENT_IP: HeaderName = HeaderName::from_static("x-openclaw-client-ip");
 
 /// The API versions this edge speaks; a request without `OpenClaw-Version` means the first.
@@ -158,6 +160,17 @@ impl Caller {
         let mut request = tonic::Request::new(message);
         *request.metadata_mut() = self.metadata.clone();
         request
+    }
+
+    /// The same caller acting through a signed-in dashboard session: the session id travels as
+    /// its own metadata, never as `authorization`, and only dashboard routes ever set it.
+    pub(crate) fn for_dashboard(mut self, session_id: &str) -> Self {
+        self.metadata.remove(header::AUTHORIZATION.as_str());
+        if let Ok(mut value) = tonic::metadata::MetadataValue::try_from(session_id) {
+            value.set_sensitive(true);
+            self.metadata.insert(DASHBOARD_SESSION, value);
+        }
+        self
     }
 
     fn from_parts(parts: &Parts) -> Self {

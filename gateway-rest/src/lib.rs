@@ -13,6 +13,7 @@ pub mod ops;
 pub mod proto;
 
 mod core_client;
+mod dashboard;
 mod envelope;
 mod error;
 mod extract;

@@ -45,6 +45,7 @@ pub(crate) fn router(config: &EdgeConfig) -> anyhow::Result<Router> {
     };
     let draining = state.draining.clone();
     Ok(api
+        .merge(crate::dashboard::router())
         .route_layer(middleware::from_fn(crate::observe::remember_route))
         // Must come after the routes: it applies to the method routers that exist.
         .method_not_allowed_fallback(fallback::method_not_allowed)

@@ -1,0 +1,363 @@
+//! Settings → API Keys: list with usage, Generate New Key (shown once), edit limits, revoke.
+
+use std::collections::HashMap;
+
+use axum::{
+    Form,
+    extract::{Path, Query},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Redirect, Response},
+};
+use maud::{Markup, html};
+
+use super::{
+    Viewer,
+    pages::{self, PageResult, meter, notice, page, when},
+};
+use crate::proto::{
+    self, dashboard_service_client::DashboardServiceClient, key_service_client::KeyServiceClient,
+};
+
+/// The scopes a key may have (the core checks them; this only draws the checkboxes).
+const SCOPES: &[&str] = &["sessions", "cron", "status"];
+
+fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn needs_operator(viewer: &Viewer) -> Result<(), Response> {
+    if viewer.is_operator() {
+        Ok(())
+    } else {
+        Err(pages::error_page(
+            StatusCode::FORBIDDEN,
+            "Operators only",
+            "Managing keys needs the internal token. Sign in with it to generate, edit or revoke keys.",
+        ))
+    }
+}
+
+/// Reads `limits.*` fields: empty means "leave as it is" (or the default, for a new key).
+fn limits(form: &[(String, String)]) -> Result<proto::Limits, Response> {
+    let parse = |name: &str, label: &str| -> Result<Option<u64>, Response> {
+        match field(form, name).map(str::trim).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => v.parse::<u64>().ok().filter(|n| *n > 0).map(Some).ok_or_else(|| {
+                pages::error_page(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid limit",
+                    &format!("{label} must be a whole number of at least 1, or empty for the default."),
+                )
+            }),
+        }
+    };
+    Ok(proto::Limits {
+        requests_per_minute: parse("requests", "Requests per minute")?,
+        tokens_per_minute: parse("tokens", "Tokens per minute")?,
+        context_tokens_per_minute: parse("context", "Context tokens per minute")?,
+    })
+}
+
+async fn usage_of(
+    viewer: &Viewer,
+    ids: Vec<String>,
+) -> Result<HashMap<String, proto::KeyUsage>, pages::PageError> {
+    let reply = viewer
+        .core
+        .call(
+            &viewer.caller,
+            proto::GetKeyUsageRequest { key_ids: ids },
+            |channel, request| async move {
+                DashboardServiceClient::new(channel)
+                    .get_key_usage(request)
+                    .await
+            },
+        )
+        .await?;
+    Ok(reply
+        .message
+        .usage
+        .into_iter()
+        .map(|u| (u.key_id.clone(), u))
+        .collect())
+}
+
+pub(crate) async fn list(
+    viewer: Viewer,
+    Query(query): Query<HashMap<String, String>>,
+) -> PageResult {
+    let keys = if viewer.is_operator() {
+        viewer
+            .core
+            .call(
+                &viewer.caller,
+                proto::ListKeysRequest {},
+                |channel, request| async move {
+                    KeyServiceClient::new(channel).list_keys(request).await
+                },
+            )
+            .await?
+            .message
+            .keys
+    } else {
+        viewer.identity.key.clone().into_iter().collect()
+    };
+    let live: Vec<String> = if viewer.is_operator() {
+        keys.iter()
+            .filter(|k| !k.revoked)
+            .map(|k| k.id.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let usage = usage_of(&viewer, live).await?;
+    let body = html! {
+        (notice(query.get("done").map(String::as_str)))
+        @if viewer.is_operator() {
+            form.actions method="get" action="/dashboard/settings/keys/new" {
+                button type="submit" { "Generate New Key" }
+            }
+        } @else {
+            p.hint { "You are signed in with this key: you see only it. Operators generate and revoke keys." }
+        }
+        @if keys.is_empty() {
+            p { "No keys yet." }
+        } @else {
+            ul.cards aria-label="API keys" {
+                @for key in &keys {
+                    li.card.key data-key-id=(key.id) {
+                        h2 { (key.name) " " @if key.revoked { span.badge.revoked { "revoked" } } }
+                        dl {
+                            dt { "Prefix" } dd { code { (key.prefix) "…" } }
+                            dt { "Created" } dd { (when(key.created_at.as_ref())) }
+                            dt { "Last used" } dd { (when(key.last_used_at.as_ref())) }
+                            dt { "Scopes" } dd { (key.scopes.join(", ")) }
+                        }
+                        @if let Some(u) = usage.get(&key.id) {
+                            div.meters aria-label="Usage this minute" {
+                                (meter("Requests", u.requests, u.request_limit))
+                                (meter("Tokens", u.tokens, u.token_limit))
+                                (meter("Context tokens", u.context_tokens, u.context_token_limit))
+                            }
+                        }
+                        @if viewer.is_operator() && !key.revoked {
+                            p.actions {
+                                a href=(format!("/dashboard/settings/keys/{}", key.id)) { "Edit limits" span.sr-only { " of " (key.name) } }
+                                " "
+                                a.danger href=(format!("/dashboard/settings/keys/{}/revoke", key.id)) { "Revoke" span.sr-only { " " (key.name) } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(page(&viewer, "API Keys", "Settings", body).into_response())
+}
+
+fn limit_inputs(current: Option<&proto::Limits>) -> Markup {
+    let value = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+    let c = current.cloned().unwrap_or_default();
+    html! {
+        fieldset {
+            legend { "Limits per minute (empty: the gateway's default)" }
+            label for="requests" { "Requests per minute" }
+            input #requests type="number" name="requests" min="1" inputmode="numeric" value=(value(c.requests_per_minute));
+            label for="tokens" { "Tokens per minute" }
+            input #tokens type="number" name="tokens" min="1" inputmode="numeric" value=(value(c.tokens_per_minute));
+            label for="context" { "Context tokens per minute" }
+            input #context type="number" name="context" min="1" inputmode="numeric" value=(value(c.context_tokens_per_minute));
+        }
+    }
+}
+
+pub(crate) async fn new_form(viewer: Viewer) -> PageResult {
+    if let Err(refused) = needs_operator(&viewer) {
+        return Ok(refused);
+    }
+    let body = html! {
+        form.card method="post" action="/dashboard/settings/keys" {
+            input type="hidden" name="csrf" value=(viewer.identity.csrf_token);
+            label for="name" { "Name" }
+            input #name type="text" name="name" required maxlength="100" placeholder="e.g. billing-service";
+            fieldset {
+                legend { "Scopes (none checked: all)" }
+                @for scope in SCOPES {
+                    label.check { input type="checkbox" name="scopes" value=(scope); " " (scope) }
+                }
+            }
+            (limit_inputs(None))
+            button type="submit" { "Create key" }
+        }
+    };
+    Ok(page(&viewer, "Generate New Key", "Settings", body).into_response())
+}
+
+/// The page showing a new key once. Not cacheable, and its script replaces the address with the
+/// key list, so reloading shows the list (without the key), never a resubmission.
+pub(crate) async fn create(
+    viewer: Viewer,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> PageResult {
+    if let Err(refused) = viewer.require_csrf(field(&form, "csrf")) {
+        return Ok(refused);
+    }
+    if let Err(refused) = needs_operator(&viewer) {
+        return Ok(refused);
+    }
+    let limits = match limits(&form) {
+        Ok(limits) => limits,
+        Err(refused) => return Ok(refused),
+    };
+    let request = proto::CreateKeyRequest {
+        name: field(&form, "name").unwrap_or_default().to_string(),
+        scopes: form
+            .iter()
+            .filter(|(k, _)| k == "scopes")
+            .map(|(_, v)| v.clone())
+            .collect(),
+        limits: Some(limits),
+    };
+    let created = viewer
+        .core
+        .call(&viewer.caller, request, |channel, request| async move {
+            KeyServiceClient::new(channel).create_key(request).await
+        })
+        .await?
+        .message;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost:18789");
+    let curl = format!(
+        "curl -X GET http://{host}/api/v1/system/status \\\n  -H \"Authorization: Bearer {}\"",
+        created.secret
+    );
+    let name = created
+        .key
+        .as_ref()
+        .map(|k| k.name.clone())
+        .unwrap_or_default();
+    let body = html! {
+        div.card.shown-once data-replace-url="/dashboard/settings/keys" {
+            p role="alert" { strong { "Copy this key now: it is shown only once." } " The gateway keeps only a hash of it." }
+            label for="new-key" { "API key “" (name) "”" }
+            div.copy-row {
+                input #new-key type="text" readonly value=(created.secret) spellcheck="false";
+                button type="button" data-copy="new-key" { "Copy" }
+            }
+            p { "Try it with the guide's status request:" }
+            div.copy-row {
+                pre { code #curl { (curl) } }
+                button type="button" data-copy="curl" { "Copy cURL" }
+            }
+            p { a href="/dashboard/settings/keys" { "Done: back to API Keys" } }
+        }
+    };
+    let mut response = page(&viewer, "New API key", "Settings", body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+async fn get_key(viewer: &Viewer, id: String) -> Result<proto::ApiKey, pages::PageError> {
+    Ok(viewer
+        .core
+        .call(
+            &viewer.caller,
+            proto::GetKeyRequest { id },
+            |channel, request| async move { KeyServiceClient::new(channel).get_key(request).await },
+        )
+        .await?
+        .message)
+}
+
+pub(crate) async fn edit_form(viewer: Viewer, Path(id): Path<String>) -> PageResult {
+    if let Err(refused) = needs_operator(&viewer) {
+        return Ok(refused);
+    }
+    let key = get_key(&viewer, id).await?;
+    let body = html! {
+        form.card method="post" action=(format!("/dashboard/settings/keys/{}", key.id)) {
+            input type="hidden" name="csrf" value=(viewer.identity.csrf_token);
+            p { "Key " strong { (key.name) } " (" code { (key.prefix) "…" } ")" }
+            (limit_inputs(key.limits.as_ref()))
+            button type="submit" { "Save limits" }
+            " "
+            a href="/dashboard/settings/keys" { "Cancel" }
+        }
+    };
+    Ok(page(&viewer, "Edit limits", "Settings", body).into_response())
+}
+
+pub(crate) async fn update(
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> PageResult {
+    if let Err(refused) = viewer.require_csrf(field(&form, "csrf")) {
+        return Ok(refused);
+    }
+    if let Err(refused) = needs_operator(&viewer) {
+        return Ok(refused);
+    }
+    let limits = match limits(&form) {
+        Ok(limits) => limits,
+        Err(refused) => return Ok(refused),
+    };
+    viewer
+        .core
+        .call(
+            &viewer.caller,
+            proto::UpdateKeyRequest {
+                id,
+                name: None,
+                limits: Some(limits),
+            },
+            |channel, request| async move { KeyServiceClient::new(channel).update_key(request).await },
+        )
+        .await?;
+    Ok(Redirect::to("/dashboard/settings/keys?done=updated").into_response())
+}
+
+pub(crate) async fn revoke_form(viewer: Viewer, Path(id): Path<String>) -> PageResult {
+    if let Err(refused) = needs_operator(&viewer) {
+        return Ok(refused);
+    }
+    let key = get_key(&viewer, id).await?;
+    let body = html! {
+        form.card method="post" action=(format!("/dashboard/settings/keys/{}/revoke", key.id)) {
+            input type="hidden" name="csrf" value=(viewer.identity.csrf_token);
+            p { "Revoke key " strong { (key.name) } " (" code { (key.prefix) "…" } ")?" }
+            p { "Every client using it gets 401 within seconds. This cannot be undone." }
+            button.danger type="submit" { "Revoke key" }
+            " "
+            a href="/dashboard/settings/keys" { "Cancel" }
+        }
+    };
+    Ok(page(&viewer, "Revoke key", "Settings", body).into_response())
+}
+
+pub(crate) async fn revoke(
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> PageResult {
+    if let Err(refused) = viewer.require_csrf(field(&form, "csrf")) {
+        return Ok(refused);
+    }
+    if let Err(refused) = needs_operator(&viewer) {
+        return Ok(refused);
+    }
+    viewer
+        .core
+        .call(&viewer.caller, proto::RevokeKeyRequest { id }, |channel, request| async move {
+            KeyServiceClient::new(channel).revoke_key(request).await
+        })
+        .await?;
+    Ok(Redirect::to("/dashboard/settings/keys?done=revoked").into_response())
+}

@@ -1,0 +1,747 @@
+//! The OpenClaw Dashboard: signing in, Settings → API Keys → Generate New Key, limits, revocation,
+//! and the security model (cookie flags, CSP, CSRF, brute force, no cookie on the JSON API).
+//! Browser tests drive a real headless Chromium through `chromedriver`.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::redirect::Policy;
+use serde_json::{Value, json};
+use support::*;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A reqwest client that shows redirects instead of following them.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("HTTP client")
+}
+
+/// Signs in through the form; returns the cookie pair (`name=value`) and the raw Set-Cookie.
+async fn sign_in(stack: &Stack, credential: &str, extra: &[(&str, &str)]) -> (String, String) {
+    let mut request = http()
+        .post(stack.url("/dashboard/login"))
+        .form(&[("credential", credential)]);
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("sign in");
+    assert_eq!(
+        response.status(),
+        303,
+        "signing in redirects to the dashboard"
+    );
+    let set_cookie = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session cookie")
+        .to_string();
+    let pair = set_cookie.split(';').next().unwrap_or_default().to_string();
+    (pair, set_cookie)
+}
+
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("data-csrf=\"")
+        .expect("the page carries its CSRF token")
+        + 11;
+    html[at..].split('"').next().unwrap_or_default().to_string()
+}
+
+async fn key_id(stack: &Stack, name: &str) -> String {
+    let keys = expect_data(
+        stack
+            .http
+            .get(stack.url("/api/v1/keys"))
+            .bearer_auth(INTERNAL_TOKEN)
+            .send()
+            .await
+            .expect("list keys"),
+        200,
+    )
+    .await;
+    keys.as_array()
+        .or_else(|| keys["keys"].as_array())
+        .and_then(|keys| keys.iter().find(|k| k["name"] == name))
+        .and_then(|k| k["id"].as_str())
+        .expect("the key is listed")
+        .to_string()
+}
+
+async fn status_with(stack: &Stack, key: &str) -> u16 {
+    stack
+        .http
+        .get(stack.url("/api/v1/system/status"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("status request")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn signing_in_sets_a_strict_http_only_cookie_and_pages_carry_a_strict_csp() {
+    let stack = Stack::start().await;
+    let root = http().get(stack.url("/")).send().await.expect("GET /");
+    assert!(root.status().is_redirection());
+    assert_eq!(root.headers()["location"], "/dashboard");
+
+    let (pair, cookie) = sign_in(&stack, INTERNAL_TOKEN, &[]).await;
+    assert!(pair.starts_with("openclaw_dash=ocd_"), "{cookie}");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(cookie.contains(flag), "{flag} missing from {cookie}");
+    }
+    assert!(
+        !cookie.contains("Secure"),
+        "plain HTTP: no Secure flag ({cookie})"
+    );
+
+    let (tls_pair, tls_cookie) =
+        sign_in(&stack, INTERNAL_TOKEN, &[("x-forwarded-proto", "https")]).await;
+    assert!(
+        tls_pair.starts_with("__Host-openclaw_dash="),
+        "{tls_cookie}"
+    );
+    assert!(tls_cookie.contains("; Secure"), "{tls_cookie}");
+
+    let page = http()
+        .get(stack.url("/dashboard/status"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .expect("status page");
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for directive in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+    ] {
+        assert!(csp.contains(directive), "{directive} missing from {csp}");
+    }
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Status"));
+    for script in html.split("<script").skip(1) {
+        assert!(
+            script.trim_start().starts_with("src="),
+            "inline script: {script}"
+        );
+    }
+    assert!(
+        !html.contains(INTERNAL_TOKEN),
+        "the token never appears on a page"
+    );
+}
+
+#[tokio::test]
+async fn a_cross_site_post_or_the_cookie_alone_changes_nothing() {
+    let stack = Stack::start().await;
+    let key = stack.create_key("victim").await;
+    let id = key_id(&stack, "victim").await;
+    let (pair, _) = sign_in(&stack, INTERNAL_TOKEN, &[]).await;
+    let revoke = stack.url(&format!("/dashboard/settings/keys/{id}/revoke"));
+
+    // From another site, even with the right token in the form: refused.
+    let html = http()
+        .get(stack.url("/dashboard/status"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&html);
+    let cross = http()
+        .post(&revoke)
+        .header("cookie", &pair)
+        .header("origin", "https://evil.example")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), 403);
+    // The cookie alone, without the session's CSRF token: refused.
+    let bare = http()
+        .post(&revoke)
+        .header("cookie", &pair)
+        .form(&[("confirm", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), 403);
+    assert_eq!(status_with(&stack, &key).await, 200, "the key still works");
+
+    // The JSON API never accepts the dashboard cookie, nor the session as a header.
+    let session = pair.split_once('=').unwrap().1.to_string();
+    let with_cookie = http()
+        .get(stack.url("/api/v1/keys"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    expect_error(with_cookie, 401, "UNAUTHORIZED").await;
+    let with_header = http()
+        .get(stack.url("/api/v1/system/status"))
+        .header("x-openclaw-dashboard-session", &session)
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    expect_error(with_header, 401, "UNAUTHORIZED").await;
+    let openai = http()
+        .get(stack.url("/v1/models"))
+        .header("cookie", &pair)
+        .header("x-openclaw-dashboard-session", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(openai.status(), 401);
+
+    // With the token, from the dashboard itself: revoked.
+    let same = http()
+        .post(&revoke)
+        .header("cookie", &pair)
+        .header("origin", stack.url(""))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same.status(), 303);
+    assert_eq!(status_with(&stack, &key).await, 401);
+}
+
+#[tokio::test]
+async fn repeated_wrong_sign_ins_are_limited() {
+    let stack = Stack::start().await;
+    let mut statuses = Vec::new();
+    for i in 0..25 {
+        let response = http()
+            .post(stack.url("/dashboard/login"))
+            .form(&[("credential", format!("oc_wrong{i}"))])
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses[0], 401, "{statuses:?}");
+    assert_eq!(*statuses.last().unwrap(), 429, "{statuses:?}");
+    // Even the right token is refused while the address is blocked.
+    let blocked = http()
+        .post(stack.url("/dashboard/login"))
+        .form(&[("credential", INTERNAL_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blocked.status(), 429);
+}
+
+#[tokio::test]
+async fn a_session_is_seen_by_every_edge_and_signing_out_ends_it_everywhere() {
+    let stack = Stack::start().await;
+    let other_edge = spawn_edge(&[&stack.core]);
+    let other = |path: &str| format!("http://127.0.0.1:{}{path}", other_edge.port);
+    let (pair, _) = sign_in(&stack, INTERNAL_TOKEN, &[]).await;
+    let page = http()
+        .get(other("/dashboard/status"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "the other edge knows the session");
+    let csrf = csrf_of(&page.text().await.unwrap());
+    let out = http()
+        .post(stack.url("/dashboard/logout"))
+        .header("cookie", &pair)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert!(
+        out.headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().contains("Max-Age=0"))
+    );
+    let after = http()
+        .get(other("/dashboard/status"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.headers()["location"], "/dashboard/login");
+}
+
+// ---------------------------------------------------------------- the browser
+
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// A headless Chromium driven through a private `chromedriver`.
+async fn browser(width: u32, height: u32) -> Browser {
+    let driver_bin = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+    assert!(
+        std::path::Path::new(CHROMIUM).exists()
+            && Command::new(&driver_bin).arg("--version").output().is_ok(),
+        "the dashboard's browser tests need Chromium and chromedriver: \
+         apt-get install -y chromium chromium-driver (.ci/run installs them)"
+    );
+    let port = free_port();
+    let driver = Command::new(&driver_bin)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let profile = tempfile::tempdir().expect("browser profile dir");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--hide-scrollbars",
+                format!("--window-size={width},{height}"),
+                format!("--user-data-dir={}", profile.path().display()),
+            ]
+        }),
+    );
+    let client = ClientBuilder::rustls()
+        .expect("TLS roots")
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a WebDriver session with Chromium");
+    Browser {
+        client,
+        driver,
+        _profile: profile,
+    }
+}
+
+async fn fill(client: &Client, css: &str, text: &str) {
+    let input = client.find(Locator::Css(css)).await.expect(css);
+    input.clear().await.expect("clear");
+    input.send_keys(text).await.expect("type");
+}
+
+async fn click_button(client: &Client, label: &str) {
+    client
+        .find(Locator::XPath(&format!(
+            "//button[normalize-space(.)='{label}']"
+        )))
+        .await
+        .unwrap_or_else(|_| panic!("a button labelled {label:?}"))
+        .click()
+        .await
+        .expect("click");
+}
+
+async fn click_link(client: &Client, text: &str) {
+    client
+        .find(Locator::LinkText(text))
+        .await
+        .unwrap_or_else(|_| panic!("a link {text:?}"))
+        .click()
+        .await
+        .expect("click");
+}
+
+async fn h1(client: &Client) -> String {
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("h1"))
+        .await
+        .expect("a heading")
+        .text()
+        .await
+        .unwrap_or_default()
+}
+
+/// Waits for the page whose heading is `expected` (navigation is asynchronous).
+async fn expect_h1(client: &Client, expected: &str) {
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = h1(client).await;
+        if seen == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("expected the page {expected:?}, saw {seen:?}");
+}
+
+async fn browser_sign_in(stack: &Stack, client: &Client, credential: &str) {
+    client.goto(&stack.url("/")).await.expect("open /");
+    expect_h1(client, "Sign in").await;
+    fill(client, "#credential", credential).await;
+    click_button(client, "Sign in").await;
+    expect_h1(client, "Status").await;
+}
+
+/// Waits until `check` holds, for up to `within`.
+async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn an_operator_generates_a_key_limits_it_and_revokes_it_in_the_browser() {
+    let stack = Stack::start().await;
+    let browser = browser(1280, 800).await;
+    let client = &browser.client;
+    browser_sign_in(&stack, client, INTERNAL_TOKEN).await;
+
+    // The guide's path: Settings → API Keys → Generate New Key.
+    click_link(client, "Settings").await;
+    expect_h1(client, "Settings").await;
+    click_link(client, "API Keys").await;
+    expect_h1(client, "API Keys").await;
+    click_button(client, "Generate New Key").await;
+    expect_h1(client, "Generate New Key").await;
+    fill(client, "#name", "browser-made").await;
+    click_button(client, "Create key").await;
+    expect_h1(client, "New API key").await;
+    let key = client
+        .find(Locator::Css("#new-key"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .expect("the key is shown");
+    assert!(key.starts_with("oc_"), "{key}");
+    let curl = client
+        .find(Locator::Css("#curl"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        curl.contains(&format!("Authorization: Bearer {key}")),
+        "{curl}"
+    );
+    assert!(curl.contains("/api/v1/system/status"), "{curl}");
+    client
+        .find(Locator::Css("button[data-copy='new-key']"))
+        .await
+        .expect("a copy button");
+
+    // The shown key answers the guide's status request.
+    assert_eq!(status_with(&stack, &key).await, 200);
+
+    // After a reload the key is not on the page.
+    client.refresh().await.unwrap();
+    expect_h1(client, "API Keys").await;
+    assert!(
+        client
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/dashboard/settings/keys")
+    );
+    assert!(!client.source().await.unwrap().contains(&key));
+
+    // Edit its limits and see them enforced.
+    let id = key_id(&stack, "browser-made").await;
+    client
+        .find(Locator::Css(&format!(
+            "a[href='/dashboard/settings/keys/{id}']"
+        )))
+        .await
+        .expect("an Edit limits link")
+        .click()
+        .await
+        .unwrap();
+    expect_h1(client, "Edit limits").await;
+    fill(client, "#requests", "2").await;
+    click_button(client, "Save limits").await;
+    expect_h1(client, "API Keys").await;
+    assert!(
+        client.source().await.unwrap().contains("/ 2"),
+        "the new limit is shown"
+    );
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        codes.push(status_with(&stack, &key).await);
+    }
+    assert_eq!(
+        codes.last(),
+        Some(&429),
+        "limit of 2 per minute enforced: {codes:?}"
+    );
+
+    // Revoke it (with confirmation): 401 within seconds.
+    client
+        .find(Locator::Css(&format!(
+            "a[href='/dashboard/settings/keys/{id}/revoke']"
+        )))
+        .await
+        .expect("a Revoke link")
+        .click()
+        .await
+        .unwrap();
+    expect_h1(client, "Revoke key").await;
+    click_button(client, "Revoke key").await;
+    expect_h1(client, "API Keys").await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status_with(&stack, &key).await == 401
+        })
+        .await,
+        "a revoked key answers 401 within seconds"
+    );
+
+    // Status page: state, version and live charts.
+    click_link(client, "Status").await;
+    let html = client.source().await.unwrap();
+    assert!(html.contains(env!("CARGO_PKG_VERSION")) && html.contains("running"));
+    for chart in ["chart-requests", "chart-tokens", "chart-rejections"] {
+        client.find(Locator::Id(chart)).await.expect(chart);
+    }
+    let updated = client
+        .wait()
+        .at_most(Duration::from_secs(5))
+        .for_element(Locator::Css("[data-updated]"))
+        .await;
+    assert!(updated.is_ok(), "the charts refresh from the JSON endpoint");
+
+    // Sign out: back to the sign-in page, and the dashboard needs signing in again.
+    click_button(client, "Sign out").await;
+    expect_h1(client, "Sign in").await;
+    client
+        .goto(&stack.url("/dashboard/settings/keys"))
+        .await
+        .unwrap();
+    expect_h1(client, "Sign in").await;
+}
+
+#[tokio::test]
+async fn a_key_holder_sees_only_its_own_key_and_sessions() {
+    let stack = Stack::start().await;
+    let mine = stack.create_key("holder-key").await;
+    let theirs = stack.create_key("someone-else").await;
+    let their_session = expect_data(
+        stack
+            .http
+            .post(stack.url("/api/v1/sessions"))
+            .bearer_auth(&theirs)
+            .json(&json!({"messages": [{"role": "user", "content": "secret plans"}]}))
+            .send()
+            .await
+            .unwrap(),
+        201,
+    )
+    .await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let their_id = key_id(&stack, "someone-else").await;
+
+    let browser = browser(1280, 800).await;
+    let client = &browser.client;
+    browser_sign_in(&stack, client, &mine).await;
+    assert!(client.source().await.unwrap().contains("holder-key"));
+    click_link(client, "Settings").await;
+    click_link(client, "API Keys").await;
+    let html = client.source().await.unwrap();
+    assert!(html.contains("holder-key"));
+    assert!(!html.contains("someone-else") && !html.contains(&their_id));
+    assert!(
+        client
+            .find(Locator::XPath(
+                "//button[normalize-space(.)='Generate New Key']"
+            ))
+            .await
+            .is_err(),
+        "a key holder cannot generate keys"
+    );
+    click_link(client, "Sessions").await;
+    assert!(!client.source().await.unwrap().contains(&their_session));
+    client
+        .goto(&stack.url(&format!("/dashboard/sessions/{their_session}")))
+        .await
+        .unwrap();
+    let html = client.source().await.unwrap();
+    assert!(
+        !html.contains("secret plans"),
+        "another key's session is not shown"
+    );
+    client
+        .goto(&stack.url(&format!("/dashboard/settings/keys/{their_id}")))
+        .await
+        .unwrap();
+    assert!(!client.source().await.unwrap().contains("someone-else"));
+}
+
+// ---------------------------------------------------------------- screenshots
+
+/// Regenerates `docs/screenshots/*.png` (run by `scripts/dashboard-screenshots.sh`).
+#[tokio::test]
+#[ignore = "writes docs/screenshots; run scripts/dashboard-screenshots.sh"]
+async fn screenshots_of_every_page() {
+    let stack = Stack::start().await;
+    let key = create_key(
+        &stack.http,
+        &stack.url(""),
+        "billing-service",
+        json!({"limits": {"requestsPerMinute": 20}}),
+    )
+    .await;
+    create_key(
+        &stack.http,
+        &stack.url(""),
+        "nightly-reports",
+        json!({"scopes": ["cron", "status"]}),
+    )
+    .await;
+    let session = expect_data(
+        stack
+            .http
+            .post(stack.url("/api/v1/sessions"))
+            .bearer_auth(INTERNAL_TOKEN)
+            .json(&json!({"messages": [{"role": "user", "content": "Hello"}]}))
+            .send()
+            .await
+            .unwrap(),
+        201,
+    )
+    .await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for text in ["What can you do?", "Summarise our plan"] {
+        let _ = stack
+            .http
+            .post(stack.url(&format!("/api/v1/sessions/{session}/messages")))
+            .bearer_auth(INTERNAL_TOKEN)
+            .json(&json!({"message": {"role": "user", "content": text}}))
+            .send()
+            .await;
+    }
+    let job: Value = stack
+        .http
+        .post(stack.url("/api/v1/cron/jobs"))
+        .bearer_auth(INTERNAL_TOKEN)
+        .json(&json!({"name": "Daily backup notice", "schedule": {"kind": "cron", "expr": "0 9 * * *", "tz": "Europe/Berlin"},
+                      "payload": {"kind": "systemEvent", "text": "Running daily backup"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job_id = job["data"]["id"].as_str().unwrap_or_default().to_string();
+    let _ = stack
+        .http
+        .post(stack.url("/api/v1/cron/jobs"))
+        .bearer_auth(INTERNAL_TOKEN)
+        .json(
+            &json!({"name": "Heartbeat", "schedule": {"kind": "every", "everyMs": 3600000},
+                      "payload": {"kind": "systemEvent", "text": "still here"}}),
+        )
+        .send()
+        .await;
+    let _ = stack
+        .http
+        .post(stack.url(&format!("/api/v1/cron/jobs/{job_id}/run")))
+        .bearer_auth(INTERNAL_TOKEN)
+        .send()
+        .await;
+    for _ in 0..25 {
+        let _ = status_with(&stack, &key).await;
+    }
+
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots");
+    std::fs::create_dir_all(&out).unwrap();
+    for (size, width, height) in [("desktop", 1280, 800), ("phone", 390, 844)] {
+        let browser = browser(width, height).await;
+        let client = &browser.client;
+        let shot = |name: String| {
+            let path = out.join(format!("{name}-{size}.png"));
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let png = client.screenshot().await.expect("screenshot");
+                std::fs::write(&path, png).expect("write screenshot");
+            }
+        };
+        client.goto(&stack.url("/dashboard/login")).await.unwrap();
+        shot("login".into()).await;
+        fill(client, "#credential", INTERNAL_TOKEN).await;
+        click_button(client, "Sign in").await;
+        h1(client).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        shot("status".into()).await;
+        for (name, path) in [
+            ("api-keys", "/dashboard/settings/keys".to_string()),
+            ("generate-key", "/dashboard/settings/keys/new".to_string()),
+            ("sessions", "/dashboard/sessions".to_string()),
+            ("session", format!("/dashboard/sessions/{session}")),
+            ("cron", "/dashboard/cron".to_string()),
+            ("cron-runs", format!("/dashboard/cron/{job_id}")),
+        ] {
+            client.goto(&stack.url(&path)).await.unwrap();
+            h1(client).await;
+            shot(name.into()).await;
+        }
+        client.goto(&stack.url("/dashboard/events")).await.unwrap();
+        h1(client).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = stack
+            .http
+            .post(stack.url(&format!("/api/v1/cron/jobs/{job_id}/run")))
+            .bearer_auth(INTERNAL_TOKEN)
+            .send()
+            .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        shot("events".into()).await;
+    }
+}

@@ -47,17 +47,30 @@ impl SystemService for System {
         let gateway = &self.gateway;
 
         let mut dependencies = vec![self.store_health().await];
-        for provider in gateway.models.providers() {
+        for (provider, guard) in gateway.models.guarded_providers() {
             let simulated = provider.simulated();
+            let circuit = guard.breaker.state();
+            let (status, detail) = if simulated {
+                (
+                    "simulated",
+                    "No credential configured: answered by the built-in offline simulator".into(),
+                )
+            } else if circuit != crate::providers::CircuitState::Closed {
+                (
+                    "degraded",
+                    format!(
+                        "Circuit {} after repeated failures: calls go to fallback models or fail fast",
+                        circuit.as_str()
+                    ),
+                )
+            } else {
+                ("ok", String::new())
+            };
             dependencies.push(DependencyHealth {
                 name: provider.name().into(),
                 kind: "provider".into(),
-                status: if simulated { "simulated" } else { "ok" }.into(),
-                detail: if simulated {
-                    "No credential configured: answered by the built-in offline simulator".into()
-                } else {
-                    String::new()
-                },
+                status: status.into(),
+                detail,
                 latency_ms: 0.0,
             });
         }

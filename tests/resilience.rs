@@ -200,6 +200,26 @@ async fn the_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe
         metrics.contains("openclaw_provider_circuit_state{provider=\"zai\"} 1"),
         "{metrics}"
     );
+    let status = stack
+        .http
+        .get(stack.url("/api/v1/system/status"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let status = expect_data(status, 200).await;
+    let zai = status["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "zai")
+        .cloned()
+        .unwrap();
+    assert_eq!(zai["status"], "degraded", "{status}");
+    assert!(
+        zai["detail"].as_str().unwrap().contains("Circuit open"),
+        "{zai}"
+    );
 
     // After the pause one probe goes through; its success closes the circuit.
     tokio::time::sleep(Duration::from_millis(1600)).await;

@@ -423,17 +423,17 @@ fn guarded(
     deadline: Instant,
     timeout: Duration,
 ) -> ChunkStream {
-    Box::pin(futures::stream::unfold(Some(stream), move |stream| {
-        let model = model.clone();
-        async move {
-            let mut stream = stream?;
+    Box::pin(futures::stream::unfold(
+        Some((stream, model)),
+        move |state| async move {
+            let (mut stream, model) = state?;
             let item = match tokio::time::timeout_at(deadline, stream.next()).await {
                 Ok(Some(item)) => item,
                 Ok(None) => return None,
                 Err(_) => Err(ProviderError::Timeout(timeout)),
             };
             match item {
-                Ok(chunk) => Some((Ok(chunk), Some(stream))),
+                Ok(chunk) => Some((Ok(chunk), Some((stream, model)))),
                 Err(error) => {
                     let guard = &model.guard;
                     guard.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -449,8 +449,8 @@ fn guarded(
                     Some((Err(error), None))
                 }
             }
-        }
-    }))
+        },
+    ))
 }
 
 #[cfg(test)]

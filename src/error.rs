@@ -154,7 +154,7 @@ impl From<StoreError> for ApiError {
     /// and become UNAVAILABLE (the store is away) or INTERNAL_ERROR.
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Unavailable(_) | StoreError::Timeout(_) => {
+            StoreError::Unavailable(_) | StoreError::Timeout => {
                 tracing::warn!(error = %err, "state store unavailable");
                 ApiError::unavailable(
                     "The gateway's state store is unreachable; retry in a few seconds",

@@ -5,7 +5,6 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -340,60 +339,10 @@ async fn a_draining_edge_turns_unready_and_finishes_requests_in_flight() {
     assert_eq!(send.await.unwrap(), 201, "the request in flight finished");
 }
 
-/// An OTLP trace receiver, recording the trace ids of the spans it is sent.
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-#[tonic::async_trait]
-impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
-    for Collector
-{
-    async fn export(
-        &self,
-        request: tonic::Request<
-            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
-        >,
-    ) -> Result<
-        tonic::Response<
-            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
-        >,
-        tonic::Status,
-    > {
-        let mut spans = self.spans.lock().unwrap();
-        for resource in &request.get_ref().resource_spans {
-            let service = resource
-                .resource
-                .as_ref()
-                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
-                .and_then(|a| a.value.as_ref())
-                .map(|v| format!("{:?}", v.value))
-                .unwrap_or_default();
-            for scope in &resource.scope_spans {
-                for span in &scope.spans {
-                    let trace: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
-                    spans.push((service.clone(), trace));
-                }
-            }
-        }
-        Ok(tonic::Response::new(Default::default()))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_sent_to_the_edge_continues_into_the_core() {
-    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = format!("http://{}", listener.local_addr().unwrap());
-    let server = collector.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(server))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
+    let collector = support::otlp::Collector::start().await;
+    let otlp = collector.endpoint.clone();
     let redis = support::start_redis();
     let upstream = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -426,7 +375,7 @@ async fn a_trace_sent_to_the_edge_continues_into_the_core() {
     expect_data(response, 201).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let seen: Vec<(String, String)> = collector.spans.lock().unwrap().clone();
+        let seen: Vec<(String, String)> = collector.spans();
         let services: Vec<&String> = seen
             .iter()
             .filter(|(_, t)| t == trace_id)

@@ -24,8 +24,8 @@ pub use self::redis::{RedisStore, RedisStoreConfig};
 pub enum StoreError {
     #[error("storage backend unavailable: {0}")]
     Unavailable(String),
-    #[error("storage backend timed out after {0:?}")]
-    Timeout(Duration),
+    #[error("storage backend did not answer within its timeout")]
+    Timeout,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }

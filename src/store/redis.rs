@@ -192,7 +192,7 @@ const KEYS_INDEX: &str = "oc:keys";
 
 fn to_store_error(err: redis::RedisError) -> StoreError {
     if err.is_timeout() {
-        StoreError::Timeout(Duration::ZERO)
+        StoreError::Timeout
     } else {
         StoreError::Unavailable(err.to_string())
     }

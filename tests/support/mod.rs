@@ -3,6 +3,8 @@
 //! gateway's own binaries as child processes on free ports.
 #![allow(dead_code)]
 
+pub mod otlp;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -439,6 +441,11 @@ pub fn spawn_core(options: &CoreOptions) -> Process {
 
 /// A core listening on `port`: a replica restarted where the edge expects it.
 pub fn spawn_core_at(options: &CoreOptions, port: u16) -> Process {
+    spawn_core_logging(options, port, Stdio::inherit())
+}
+
+/// A core whose log lines (stderr) go to `stderr`.
+pub fn spawn_core_logging(options: &CoreOptions, port: u16, stderr: Stdio) -> Process {
     let metrics_port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_openclaw-gateway"));
     cmd.arg("serve")
@@ -452,7 +459,8 @@ pub fn spawn_core_at(options: &CoreOptions, port: u16) -> Process {
         .env("OPENCLAW_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
         .env("OPENCLAW_INTERNAL_TOKEN", INTERNAL_TOKEN)
         .env("OPENCLAW_REPLICA_ID", format!("core-{port}"))
-        .stdout(Stdio::null());
+        .stdout(Stdio::null())
+        .stderr(stderr);
     if let Some(url) = &options.redis_url {
         cmd.env("OPENCLAW_REDIS_URL", url);
     }
@@ -482,6 +490,11 @@ pub fn spawn_edge(cores: &[&Process]) -> Process {
 
 /// An edge with extra environment variables.
 pub fn spawn_edge_with(cores: &[&Process], env: &[(&str, &str)]) -> Process {
+    spawn_edge_logging(cores, env, Stdio::inherit())
+}
+
+/// An edge whose log lines (stderr) go to `stderr`.
+pub fn spawn_edge_logging(cores: &[&Process], env: &[(&str, &str)], stderr: Stdio) -> Process {
     let port = free_port();
     let metrics_port = free_port();
     let urls: Vec<String> = cores
@@ -500,6 +513,7 @@ pub fn spawn_edge_with(cores: &[&Process], env: &[(&str, &str)]) -> Process {
         .env("OPENCLAW_CORE_URL", urls.join(","))
         .envs(env.iter().copied())
         .stdout(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start openclaw-rest");
     wait_for_port(port, "openclaw-rest", &mut child);

@@ -16,7 +16,6 @@
 //! Time comes from `TIME` inside the scripts, so replicas' clocks never decide.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
@@ -293,7 +292,7 @@ pub struct RedisCronStore {
 
 fn unavailable(err: redis::RedisError) -> StoreError {
     if err.is_timeout() {
-        StoreError::Timeout(Duration::ZERO)
+        StoreError::Timeout
     } else {
         StoreError::Unavailable(err.to_string())
     }

@@ -1,0 +1,148 @@
+//! Secrets stay secret: a whole scenario runs with debug logging and trace
+//! export on, then every log line and every exported span is searched for the
+//! internal token, API keys, the provider's key and message content — and
+//! none of them is found.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{CoreOptions, FakeUpstream, INTERNAL_TOKEN, expect_data, expect_error};
+
+const SENSITIVE: &str = "SENSITIVE-CONTENT-4f2a9c";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_or_message_content_reaches_logs_or_traces() {
+    let collector = support::otlp::Collector::start().await;
+    let redis = support::start_redis();
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let core_log = dir.path().join("core.log");
+    let edge_log = dir.path().join("edge.log");
+    let telemetry = [
+        ("RUST_LOG", "debug"),
+        ("OPENCLAW_TRACE_FILTER", "debug"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let core = support::spawn_core_logging(
+        &CoreOptions {
+            redis_url: Some(support::redis_url(&redis)),
+            upstream: Some(upstream.base_url()),
+            data_dir: Some(dir.path().to_path_buf()),
+            env: telemetry
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        },
+        support::free_port(),
+        Stdio::from(std::fs::File::create(&core_log).unwrap()),
+    );
+    let edge = support::spawn_edge_logging(
+        &[&core],
+        &telemetry,
+        Stdio::from(std::fs::File::create(&edge_log).unwrap()),
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", edge.port);
+
+    let created = http
+        .post(format!("{base}/api/v1/keys"))
+        .bearer_auth(INTERNAL_TOKEN)
+        .json(&json!({"name": "secret holder"}))
+        .send()
+        .await
+        .unwrap();
+    let created = expect_data(created, 201).await;
+    let key = created["key"].as_str().unwrap().to_string();
+    let session = http
+        .post(format!("{base}/api/v1/sessions"))
+        .bearer_auth(&key)
+        .json(&json!({"messages": [{"role": "user", "content": SENSITIVE}]}))
+        .send()
+        .await
+        .unwrap();
+    let id = expect_data(session, 201).await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sent = http
+        .post(format!("{base}/api/v1/sessions/{id}/messages"))
+        .bearer_auth(&key)
+        .json(&json!({"message": {"role": "user", "content": format!("again {SENSITIVE}")}}))
+        .send()
+        .await
+        .unwrap();
+    expect_data(sent, 200).await;
+    let status = http
+        .get(format!("{base}/api/v1/system/status"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    expect_data(status, 200).await;
+    let revoked = http
+        .delete(format!(
+            "{base}/api/v1/keys/{}",
+            created["id"].as_str().unwrap()
+        ))
+        .bearer_auth(INTERNAL_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    expect_data(revoked, 200).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let refused = http
+        .get(format!("{base}/api/v1/system/status"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    expect_error(refused, 401, "UNAUTHORIZED").await;
+
+    // Wait for both processes' spans, then stop them so their logs are complete.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(collector
+        .spans()
+        .iter()
+        .any(|(s, _)| s.contains("openclaw-rest"))
+        && collector
+            .spans()
+            .iter()
+            .any(|(s, _)| s.contains("openclaw-gateway")))
+    {
+        assert!(Instant::now() < deadline, "both processes exported spans");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(edge);
+    drop(core);
+
+    let logs =
+        std::fs::read_to_string(&core_log).unwrap() + &std::fs::read_to_string(&edge_log).unwrap();
+    let spans = collector.exports().join("\n");
+    assert!(
+        logs.lines().count() > 50,
+        "debug logging was on ({} lines)",
+        logs.lines().count()
+    );
+    assert!(!spans.is_empty());
+    for (what, secret) in [
+        ("the internal token", INTERNAL_TOKEN),
+        ("the API key", key.as_str()),
+        ("the provider's key", "upstream-secret-key"),
+        ("message content", SENSITIVE),
+    ] {
+        assert!(!logs.contains(secret), "{what} appears in a log line");
+        assert!(
+            !spans.contains(secret),
+            "{what} appears in an exported span"
+        );
+    }
+    println!(
+        "searched {} log lines and {} bytes of exported spans: no secret found",
+        logs.lines().count(),
+        spans.len()
+    );
+}

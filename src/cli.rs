@@ -170,6 +170,7 @@ async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
     println!();
     println!("  OpenClaw Gateway is running (development mode)");
     println!("  REST API   {base}/api/v1      (OpenAPI: {base}/openapi.json)");
+    println!("  dashboard  {base}/dashboard   (sign in with the internal token or your key)");
     println!("  gRPC core  {grpc_addr}");
     println!("  store      {}", gateway.store.name());
     if gateway.models.any_simulated() {

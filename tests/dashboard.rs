@@ -328,9 +328,7 @@ async fn browser(width: u32, height: u32) -> Browser {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
+    let mut options = json!({
             "binary": CHROMIUM,
             "args": [
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -339,8 +337,13 @@ async fn browser(width: u32, height: u32) -> Browser {
                 format!("--window-size={width},{height}"),
                 format!("--user-data-dir={}", profile.path().display()),
             ]
-        }),
-    );
+    });
+    // Headless windows are at least 500 px wide; a phone's width needs device emulation.
+    if width < 500 {
+        options["mobileEmulation"] =
+            json!({"deviceMetrics": {"width": width, "height": height, "pixelRatio": 1}});
+    }
+    caps.insert("goog:chromeOptions".into(), options);
     let client = ClientBuilder::rustls()
         .expect("TLS roots")
         .capabilities(caps)
@@ -696,6 +699,14 @@ async fn screenshots_of_every_page() {
         .bearer_auth(INTERNAL_TOKEN)
         .send()
         .await;
+    // Some traffic for the charts: a model call billed to a key, and more requests than it may make.
+    let _ = stack
+        .http
+        .post(stack.url("/api/v1/sessions"))
+        .bearer_auth(&key)
+        .json(&json!({"messages": [{"role": "user", "content": "Hello from billing"}]}))
+        .send()
+        .await;
     for _ in 0..25 {
         let _ = status_with(&stack, &key).await;
     }
@@ -720,6 +731,11 @@ async fn screenshots_of_every_page() {
         h1(client).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         shot("status".into()).await;
+        client
+            .execute("document.querySelector('.charts').scrollIntoView()", vec![])
+            .await
+            .expect("scroll to the charts");
+        shot("status-charts".into()).await;
         for (name, path) in [
             ("api-keys", "/dashboard/settings/keys".to_string()),
             ("generate-key", "/dashboard/settings/keys/new".to_string()),

@@ -316,7 +316,11 @@ impl RateLimiter {
             context: 0,
         };
         let peek = "usage-peek";
-        let decision = match self.backend.admit(key, nothing, Charge::default(), peek).await {
+        let decision = match self
+            .backend
+            .admit(key, nothing, Charge::default(), peek)
+            .await
+        {
             Ok(decision) => decision,
             Err(err) => match &self.fallback {
                 Some(local) => local.admit(key, nothing, Charge::default(), peek).await?,

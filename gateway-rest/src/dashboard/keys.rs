@@ -27,29 +27,29 @@ fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn needs_operator(viewer: &Viewer) -> Result<(), Response> {
+fn needs_operator(viewer: &Viewer) -> Result<(), Box<Response>> {
     if viewer.is_operator() {
         Ok(())
     } else {
-        Err(pages::error_page(
+        Err(Box::new(pages::error_page(
             StatusCode::FORBIDDEN,
             "Operators only",
             "Managing keys needs the internal token. Sign in with it to generate, edit or revoke keys.",
-        ))
+        )))
     }
 }
 
 /// Reads `limits.*` fields: empty means "leave as it is" (or the default, for a new key).
-fn limits(form: &[(String, String)]) -> Result<proto::Limits, Response> {
-    let parse = |name: &str, label: &str| -> Result<Option<u64>, Response> {
+fn limits(form: &[(String, String)]) -> Result<proto::Limits, Box<Response>> {
+    let parse = |name: &str, label: &str| -> Result<Option<u64>, Box<Response>> {
         match field(form, name).map(str::trim).filter(|v| !v.is_empty()) {
             None => Ok(None),
             Some(v) => v.parse::<u64>().ok().filter(|n| *n > 0).map(Some).ok_or_else(|| {
-                pages::error_page(
+                Box::new(pages::error_page(
                     StatusCode::BAD_REQUEST,
                     "Invalid limit",
                     &format!("{label} must be a whole number of at least 1, or empty for the default."),
-                )
+                ))
             }),
         }
     };
@@ -175,7 +175,7 @@ fn limit_inputs(current: Option<&proto::Limits>) -> Markup {
 
 pub(crate) async fn new_form(viewer: Viewer) -> PageResult {
     if let Err(refused) = needs_operator(&viewer) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     let body = html! {
         form.card method="post" action="/dashboard/settings/keys" {
@@ -203,14 +203,14 @@ pub(crate) async fn create(
     Form(form): Form<Vec<(String, String)>>,
 ) -> PageResult {
     if let Err(refused) = viewer.require_csrf(field(&form, "csrf")) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     if let Err(refused) = needs_operator(&viewer) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     let limits = match limits(&form) {
         Ok(limits) => limits,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(*refused),
     };
     let request = proto::CreateKeyRequest {
         name: field(&form, "name").unwrap_or_default().to_string(),
@@ -278,7 +278,7 @@ async fn get_key(viewer: &Viewer, id: String) -> Result<proto::ApiKey, pages::Pa
 
 pub(crate) async fn edit_form(viewer: Viewer, Path(id): Path<String>) -> PageResult {
     if let Err(refused) = needs_operator(&viewer) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     let key = get_key(&viewer, id).await?;
     let body = html! {
@@ -300,14 +300,14 @@ pub(crate) async fn update(
     Form(form): Form<Vec<(String, String)>>,
 ) -> PageResult {
     if let Err(refused) = viewer.require_csrf(field(&form, "csrf")) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     if let Err(refused) = needs_operator(&viewer) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     let limits = match limits(&form) {
         Ok(limits) => limits,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(*refused),
     };
     viewer
         .core
@@ -326,7 +326,7 @@ pub(crate) async fn update(
 
 pub(crate) async fn revoke_form(viewer: Viewer, Path(id): Path<String>) -> PageResult {
     if let Err(refused) = needs_operator(&viewer) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     let key = get_key(&viewer, id).await?;
     let body = html! {
@@ -348,10 +348,10 @@ pub(crate) async fn revoke(
     Form(form): Form<Vec<(String, String)>>,
 ) -> PageResult {
     if let Err(refused) = viewer.require_csrf(field(&form, "csrf")) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     if let Err(refused) = needs_operator(&viewer) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     viewer
         .core

@@ -221,15 +221,15 @@ impl Viewer {
     }
 
     /// Refuses a state change that does not carry the session's CSRF token.
-    pub(crate) fn require_csrf(&self, submitted: Option<&str>) -> Result<(), Response> {
+    pub(crate) fn require_csrf(&self, submitted: Option<&str>) -> Result<(), Box<Response>> {
         if self.csrf_ok(submitted) {
             Ok(())
         } else {
-            Err(pages::error_page(
+            Err(Box::new(pages::error_page(
                 StatusCode::FORBIDDEN,
                 "Form expired",
                 "This request did not carry the dashboard's security token. Reload the page and try again.",
-            ))
+            )))
         }
     }
 }

@@ -212,7 +212,7 @@ impl FromRequestParts<AppState> for RequestParts {
 
 pub(crate) async fn logout(viewer: Viewer, Form(form): Form<HashMap<String, String>>) -> Response {
     if let Err(refused) = viewer.require_csrf(form.get("csrf").map(String::as_str)) {
-        return refused;
+        return *refused;
     }
     let ended = viewer
         .core

@@ -70,7 +70,7 @@ pub(crate) async fn status(viewer: Viewer) -> PageResult {
     } else {
         None
     };
-    let resources = status.resources.clone().unwrap_or_default();
+    let resources = status.resources.unwrap_or_default();
     let body = html! {
         @if status.simulated {
             p.notice.simulated role="status" {
@@ -395,7 +395,7 @@ pub(crate) async fn toggle_job(
     Form(form): Form<HashMap<String, String>>,
 ) -> PageResult {
     if let Err(refused) = viewer.require_csrf(form.get("csrf").map(String::as_str)) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     let enabled = form.get("enabled").map(String::as_str) == Some("true");
     viewer
@@ -416,7 +416,7 @@ pub(crate) async fn run_job(
     Form(form): Form<HashMap<String, String>>,
 ) -> PageResult {
     if let Err(refused) = viewer.require_csrf(form.get("csrf").map(String::as_str)) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     viewer
         .core

@@ -155,6 +155,7 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Unavailable(_) | StoreError::Timeout => {
+                metrics::counter!("openclaw_store_errors_total", "op" => "request").increment(1);
                 tracing::warn!(error = %err, "state store unavailable");
                 ApiError::unavailable(
                     "The gateway's state store is unreachable; retry in a few seconds",

@@ -224,8 +224,13 @@ fn watch_readiness(gateway: Arc<Gateway>, health: tonic_health::server::HealthRe
         loop {
             // With the fail-open limit policy a replica keeps serving what it
             // can without Redis, so it stays ready; otherwise it steps aside.
-            let ready = !gateway.is_draining()
-                && (gateway.store.ping().await.is_ok() || gateway.limits.policy() == "open");
+            let started = std::time::Instant::now();
+            let reachable = gateway.store.ping().await.is_ok();
+            metrics::histogram!("openclaw_store_ping_seconds", "store" => gateway.store.name())
+                .record(started.elapsed().as_secs_f64());
+            metrics::gauge!("openclaw_store_up", "store" => gateway.store.name())
+                .set(if reachable { 1.0 } else { 0.0 });
+            let ready = !gateway.is_draining() && (reachable || gateway.limits.policy() == "open");
             if last != Some(ready) {
                 let status = if ready {
                     ServingStatus::Serving

@@ -159,6 +159,9 @@ async fn metrics_expose_the_named_series_on_their_own_port() {
         "openclaw_grpc_requests_total{method=\"SessionService/CreateSession\",status=\"Ok\"} 1",
         "openclaw_grpc_request_duration_seconds_bucket",
         "openclaw_grpc_requests_in_flight",
+        "openclaw_rate_limit_decision_seconds_bucket",
+        "openclaw_store_ping_seconds_bucket{store=\"redis\"",
+        "openclaw_store_up{store=\"redis\"} 1",
     ] {
         assert!(core.contains(series), "core metrics have {series}:\n{core}");
     }

@@ -293,6 +293,9 @@ impl CronScheduler {
                 token: claim.token,
                 started_ms: now_ms,
             };
+            // Lag: due time to start, both on Redis's clock.
+            metrics::histogram!("openclaw_cron_lag_seconds")
+                .record((now_ms - scheduled_ms).max(0) as f64 / 1000.0);
             self.spawn_run(job, ticket, permit);
         }
         Ok(())
@@ -460,6 +463,7 @@ impl CronScheduler {
         if let Some(error) = &error {
             events.push(self.failure_event(&job, ticket.scheduled_ms, error));
         }
+        metrics::counter!("openclaw_cron_runs_total", "status" => status.to_string()).increment(1);
         let finish = Finish {
             job_id: job.def.id.clone(),
             owner: job.def.owner.clone(),

@@ -235,12 +235,17 @@ impl RateLimiter {
             ));
         }
         let reservation = uuid::Uuid::new_v4().simple().to_string();
-        let (decision, local) = match self.backend.admit(key, quota, charge, &reservation).await {
+        let started = std::time::Instant::now();
+        let outcome = self.backend.admit(key, quota, charge, &reservation).await;
+        metrics::histogram!("openclaw_rate_limit_decision_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let (decision, local) = match outcome {
             Ok(decision) => {
                 self.note_backend(true);
                 (decision, false)
             }
             Err(err) => {
+                metrics::counter!("openclaw_store_errors_total", "op" => "rate_limit").increment(1);
                 self.note_backend(false);
                 tracing::debug!(error = %err, "rate limiter backend failed");
                 match &self.fallback {
@@ -274,6 +279,15 @@ impl RateLimiter {
                 local,
             }),
             Decision::Denied { usage, retry_ms } => {
+                let resource = if usage.requests + 1 > quota.requests {
+                    "requests"
+                } else if usage.tokens + charge.tokens > quota.tokens {
+                    "tokens"
+                } else {
+                    "context"
+                };
+                metrics::counter!("openclaw_rate_limit_rejections_total", "resource" => resource)
+                    .increment(1);
                 let wait = retry_ms.div_ceil(1000).max(1);
                 Err(ApiError::new(
                     ErrorCode::RateLimitExceeded,

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -305,46 +305,51 @@ impl CompletionService for Completions {
         let principal = self.gateway.authorize(&request, SCOPE).await?;
         let asked = check(&self.gateway, request.into_inner())?;
         let binding = self.bind(&principal, &asked).await?;
-        let opened = async {
-            inference::admit(
-                &self.gateway,
-                &principal,
-                asked.model.clone(),
-                asked.transcript(),
-                asked.temperature,
-                asked.max_tokens,
-            )
-            .await?
-            .stream()
-            .await
-        }
-        .await;
-        let streamed = match opened {
-            Ok(streamed) => streamed,
-            Err(err) => {
-                self.unbind(&binding).await;
-                return Err(err.into());
-            }
-        };
-        let id = completion_id();
-        let created_at = convert::timestamp(Utc::now());
         let (events, stream) = mpsc::channel(STREAM_BUFFER);
-        let started = proto::CompleteEvent {
-            event: Some(proto::complete_event::Event::Started(
-                proto::CompletionStarted {
-                    id: id.clone(),
-                    model: streamed.model().id.clone(),
-                    created_at: Some(created_at),
-                },
-            )),
-        };
-        // The buffer is empty: the first event always fits.
-        let _ = events.try_send(Ok(started));
-        let response = respond(ReceiverStream::new(stream), streamed.admission());
-        let response = simulated(response, streamed.model());
+        let (opened, opening) = oneshot::channel();
         let this = Completions::new(self.gateway.clone());
-        // The turn runs to its end even if the caller leaves, so a bound session stores it whole.
+        // The completion runs in its own task, to its end, even if the caller leaves (before or
+        // after the first piece), so a bound session stores the turn whole.
         tokio::spawn(async move {
+            let attempt = async {
+                inference::admit(
+                    &this.gateway,
+                    &principal,
+                    asked.model.clone(),
+                    asked.transcript(),
+                    asked.temperature,
+                    asked.max_tokens,
+                )
+                .await?
+                .stream()
+                .await
+            }
+            .await;
+            let streamed = match attempt {
+                Ok(streamed) => streamed,
+                Err(err) => {
+                    this.unbind(&binding).await;
+                    let _ = opened.send(Err(err));
+                    return;
+                }
+            };
+            let id = completion_id();
+            let created_at = convert::timestamp(Utc::now());
+            let started = proto::CompleteEvent {
+                event: Some(proto::complete_event::Event::Started(
+                    proto::CompletionStarted {
+                        id: id.clone(),
+                        model: streamed.model().id.clone(),
+                        created_at: Some(created_at),
+                    },
+                )),
+            };
+            // The buffer is empty: the first event always fits.
+            let _ = events.try_send(Ok(started));
+            let _ = opened.send(Ok((
+                streamed.admission().clone(),
+                streamed.model().provider.simulated(),
+            )));
             let outcome = async {
                 let relayed = streamed
                     .relay(&events, |content| proto::CompleteEvent {
@@ -376,6 +381,14 @@ impl CompletionService for Completions {
                 .map_err(Status::from);
             let _ = events.send(event).await;
         });
+        let (admission, simulated) = opening.await.map_err(|_| ApiError::internal())??;
+        let mut response = respond(ReceiverStream::new(stream), &admission);
+        if simulated {
+            response.metadata_mut().insert(
+                "openclaw-simulated",
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
         Ok(response)
     }
 

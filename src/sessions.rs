@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -728,28 +728,35 @@ impl SessionService for Sessions {
                     new,
                 } => (lock, session, history, new),
             };
-        let streamed = self
-            .open_streamed_turn(
-                &principal,
-                &lock,
-                &session,
-                &history,
-                &new,
-                body.options.as_ref(),
-            )
-            .await?;
-        drop(history);
-        let mut response = respond(ReceiverStream::new(stream), streamed.admission());
-        if streamed.model().provider.simulated() {
-            response.metadata_mut().insert(
-                "openclaw-simulated",
-                tonic::metadata::MetadataValue::from_static("true"),
-            );
-        }
         let sessions = Sessions::new(self.gateway.clone());
         let session_id = body.session_id;
-        // The turn runs to its end even if the caller leaves: the reply is stored whole.
+        let options = body.options;
+        let (opened, opening) = oneshot::channel();
+        // From here the turn runs in its own task, to its end, even if the caller leaves
+        // (before or after the first piece): the reply is stored whole and the lock released.
         tokio::spawn(async move {
+            let streamed = match sessions
+                .open_streamed_turn(
+                    &principal,
+                    &lock,
+                    &session,
+                    &history,
+                    &new,
+                    options.as_ref(),
+                )
+                .await
+            {
+                Ok(streamed) => streamed,
+                Err(error) => {
+                    let _ = opened.send(Err(error));
+                    return;
+                }
+            };
+            drop(history);
+            let _ = opened.send(Ok((
+                streamed.admission().clone(),
+                streamed.model().provider.simulated(),
+            )));
             let outcome = async {
                 let (answer, _) = streamed.relay(&events, delta_event).await?;
                 new.push(answer.stored);
@@ -777,6 +784,14 @@ impl SessionService for Sessions {
             };
             let _ = events.send(event).await;
         });
+        let (admission, simulated) = opening.await.map_err(|_| ApiError::internal())??;
+        let mut response = respond(ReceiverStream::new(stream), &admission);
+        if simulated {
+            response.metadata_mut().insert(
+                "openclaw-simulated",
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
         Ok(response)
     }
 

@@ -359,6 +359,56 @@ async fn a_client_that_leaves_mid_stream_still_gets_the_whole_turn_stored() {
 }
 
 #[tokio::test]
+async fn a_client_that_leaves_before_the_first_piece_still_gets_the_turn_stored() {
+    let stack = Stack::start().await;
+    let key = stack.create_key("early").await;
+    let id = create(&stack, &key).await;
+    stack.upstream.behave(Behaviour::Stream {
+        chunks: vec!["slow ".into(), "answer".into()],
+        delay: Duration::from_millis(700),
+        prompt_tokens: 4,
+        completion_tokens: 2,
+    });
+    let url = stack.url(&format!("/api/v1/sessions/{id}/messages"));
+    let request = stack
+        .http
+        .post(&url)
+        .bearer_auth(&key)
+        .json(&json!({"message": {"role": "user", "content": "wait"}, "stream": true}))
+        .send();
+    // The client gives up while the model has not written anything yet.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(250), request)
+            .await
+            .is_err()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stored = loop {
+        let stored = history(&stack, &key, &id).await;
+        if stored.len() == 3 || Instant::now() > deadline {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    assert_eq!(stored[2]["content"], "slow answer");
+    stack.upstream.behave(Behaviour::Stall(Duration::ZERO));
+    let next = stack
+        .http
+        .post(&url)
+        .bearer_auth(&key)
+        .json(&json!({"message": {"role": "user", "content": "next"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_data(next, 200).await["message"]["content"],
+        "echo: next",
+        "the lock was released"
+    );
+}
+
+#[tokio::test]
 async fn a_model_that_fails_before_its_first_piece_answers_an_ordinary_error() {
     let stack = Stack::start().await;
     let key = stack.create_key("fails").await;

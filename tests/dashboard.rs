@@ -761,3 +761,35 @@ async fn screenshots_of_every_page() {
         shot("events".into()).await;
     }
 }
+
+#[tokio::test]
+async fn the_embedded_default_serves_the_dashboard_too() {
+    let stack = Stack::embedded().await;
+    let key = stack.create_key("local").await;
+    let (pair, _) = sign_in(&stack, &key, &[]).await;
+    let page = http()
+        .get(stack.url("/dashboard/settings/keys"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("local") && !html.contains(&key),
+        "the key's name, never its secret"
+    );
+    let usage = http()
+        .get(stack.url("/dashboard/status"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        usage.contains("Your usage this minute"),
+        "a key holder sees its own usage"
+    );
+}

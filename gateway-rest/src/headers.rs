@@ -346,6 +346,24 @@ mod tests {
     }
 
     #[test]
+    fn a_client_cannot_smuggle_a_dashboard_session_into_the_json_api() {
+        let caller = Caller::from_parts(&parts(&[
+            ("x-openclaw-dashboard-session", "ocd_stolen"),
+            ("cookie", "openclaw_dash=ocd_stolen"),
+        ]));
+        let metadata = caller.request(()).metadata().clone();
+        assert!(metadata.get(DASHBOARD_SESSION).is_none());
+        let dashboard = Caller::from_parts(&parts(&[("authorization", "Bearer oc_x")]))
+            .for_dashboard("ocd_mine");
+        let metadata = dashboard.request(()).metadata().clone();
+        assert_eq!(
+            metadata.get(DASHBOARD_SESSION).and_then(|v| v.to_str().ok()),
+            Some("ocd_mine")
+        );
+        assert!(metadata.get("authorization").is_none(), "never both");
+    }
+
+    #[test]
     fn caller_without_authorization_forwards_none_and_uses_the_peer_ip() {
         let mut request_parts = parts(&[]);
         request_parts

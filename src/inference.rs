@@ -137,6 +137,10 @@ async fn settle(
         context: u64::from(completion.prompt_tokens),
     };
     gateway.limits.settle(admission, used).await;
+    metrics::counter!("openclaw_tokens_total", "model" => model.id.clone(), "kind" => "prompt")
+        .increment(u64::from(completion.prompt_tokens));
+    metrics::counter!("openclaw_tokens_total", "model" => model.id.clone(), "kind" => "completion")
+        .increment(u64::from(completion.completion_tokens));
     let stored = StoredMessage {
         role: "assistant".into(),
         content: completion.content,

@@ -162,6 +162,9 @@ async fn metrics_expose_the_named_series_on_their_own_port() {
         "openclaw_rate_limit_decision_seconds_bucket",
         "openclaw_store_ping_seconds_bucket{store=\"redis\"",
         "openclaw_store_up{store=\"redis\"} 1",
+        "openclaw_tokens_total{model=\"zai/glm-4.7-flash\",kind=\"prompt\"} 10",
+        "openclaw_provider_attempts_total{provider=\"zai\",model=\"zai/glm-4.7-flash\",outcome=\"ok\"} 1",
+        "openclaw_provider_attempt_duration_seconds_bucket",
     ] {
         assert!(core.contains(series), "core metrics have {series}:\n{core}");
     }
@@ -395,6 +398,12 @@ async fn a_trace_sent_to_the_edge_continues_into_the_core() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // ... and out to the model provider.
+    let sent = upstream.traceparents();
+    assert!(
+        sent.iter().any(|t| t.contains(trace_id)),
+        "the provider call carries the trace: {sent:?}"
+    );
 }
 
 #[tokio::test]

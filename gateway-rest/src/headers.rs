@@ -90,9 +90,15 @@ pub(crate) async fn stamp(mut request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let in_flight = crate::observe::InFlight::start();
     let started = Instant::now();
+    // Only the guide's API is versioned: probes, the OpenAPI document, the dashboard and the
+    // OpenAI-compatible `/v1` (which answers in OpenAI's error shape) ignore the header.
+    let versioned = request.uri().path().starts_with("/api/");
     let mut response = async {
-        match check_version(request.headers()) {
-            Ok(()) => next.run(request).await,
+        match versioned
+            .then(|| check_version(request.headers()))
+            .transpose()
+        {
+            Ok(_) => next.run(request).await,
             Err(error) => error.into_response(),
         }
     }
@@ -120,8 +126,13 @@ pub(crate) async fn refuse_while_draining(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    if draining.is_set() && path.starts_with("/api/") {
-        return ApiError::draining().into_response();
+    if draining.is_set() {
+        if path.starts_with("/api/") {
+            return ApiError::draining().into_response();
+        }
+        if path.starts_with("/v1/") {
+            return crate::routes::openai::OpenAiError::from(ApiError::draining()).into_response();
+        }
     }
     next.run(request).await
 }
@@ -357,7 +368,9 @@ mod tests {
             .for_dashboard("ocd_mine");
         let metadata = dashboard.request(()).metadata().clone();
         assert_eq!(
-            metadata.get(DASHBOARD_SESSION).and_then(|v| v.to_str().ok()),
+            metadata
+                .get(DASHBOARD_SESSION)
+                .and_then(|v| v.to_str().ok()),
             Some("ocd_mine")
         );
         assert!(metadata.get("authorization").is_none(), "never both");

@@ -203,6 +203,13 @@ impl OpenAiCompatible {
         if stream {
             call = call.header(reqwest::header::ACCEPT, "text/event-stream");
         }
+        // The trace continues into the provider (W3C traceparent), when traces are exported.
+        let mut trace = reqwest::header::HeaderMap::new();
+        gateway_rest::ops::telemetry::inject(
+            &tracing::Span::current(),
+            &mut gateway_rest::ops::telemetry::HeaderCarrier(&mut trace),
+        );
+        call = call.headers(trace);
         let response = call
             .send()
             .await

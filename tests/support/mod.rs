@@ -149,6 +149,7 @@ struct UpstreamState {
     received: Mutex<Vec<Value>>,
     received_at: Mutex<Vec<Instant>>,
     authorization: Mutex<Vec<String>>,
+    traceparents: Mutex<Vec<String>>,
     behaviour: Mutex<Option<Behaviour>>,
     /// Behaviours for the next requests, one each, before `behaviour` applies again.
     script: Mutex<std::collections::VecDeque<Behaviour>>,
@@ -210,6 +211,11 @@ impl FakeUpstream {
         self.state.received.lock().unwrap().clone()
     }
 
+    /// The `traceparent` header of every request (empty when absent).
+    pub fn traceparents(&self) -> Vec<String> {
+        self.state.traceparents.lock().unwrap().clone()
+    }
+
     pub fn authorization_headers(&self) -> Vec<String> {
         self.state.authorization.lock().unwrap().clone()
     }
@@ -226,6 +232,12 @@ async fn chat(
         .unwrap_or("")
         .to_string();
     state.authorization.lock().unwrap().push(auth);
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    state.traceparents.lock().unwrap().push(traceparent);
     state.received.lock().unwrap().push(body.clone());
     state.received_at.lock().unwrap().push(Instant::now());
     let scripted = state.script.lock().unwrap().pop_front();

@@ -95,10 +95,10 @@ pub(crate) async fn status(viewer: Viewer) -> PageResult {
                 tbody {
                     @for dep in &status.dependencies {
                         tr {
-                            td { (dep.name) }
-                            td { (dep.kind) }
-                            td { span class=(format!("badge {}", dep.status)) { (dep.status) } }
-                            td { (dep.detail) @if dep.latency_ms > 0.0 { " (" (format!("{:.1}", dep.latency_ms)) " ms)" } }
+                            td data-label="Name" { (dep.name) }
+                            td data-label="Kind" { (dep.kind) }
+                            td data-label="Health" { span class=(format!("badge {}", dep.status)) { (dep.status) } }
+                            td data-label="Detail" { (dep.detail) @if dep.latency_ms > 0.0 { " (" (format!("{:.1}", dep.latency_ms)) " ms)" } }
                         }
                     }
                 }
@@ -195,10 +195,10 @@ pub(crate) async fn sessions(viewer: Viewer) -> PageResult {
                 tbody {
                     @for s in &list.sessions {
                         tr {
-                            td { a href=(format!("/dashboard/sessions/{}", s.session_id)) { code { (s.session_id) } } }
-                            td { (s.model) }
-                            td { (s.message_count) }
-                            td { (when(s.updated_at.as_ref())) }
+                            td data-label="Session" { a href=(format!("/dashboard/sessions/{}", s.session_id)) { code { (s.session_id) } } }
+                            td data-label="Model" { (s.model) }
+                            td data-label="Messages" { (s.message_count) }
+                            td data-label="Updated" { (when(s.updated_at.as_ref())) }
                         }
                     }
                 }
@@ -375,11 +375,11 @@ pub(crate) async fn job(viewer: Viewer, Path(id): Path<String>) -> PageResult {
                 tbody {
                     @for run in &runs.runs {
                         tr {
-                            td { (when(run.started_at.as_ref())) }
-                            td { (run.trigger) }
-                            td { span class=(format!("badge {}", run.status)) { (run.status) } }
-                            td { @if let Some(ms) = run.duration_ms { (ms) " ms" } }
-                            td { (run.error) }
+                            td data-label="Started" { (when(run.started_at.as_ref())) }
+                            td data-label="Trigger" { (run.trigger) }
+                            td data-label="Status" { span class=(format!("badge {}", run.status)) { (run.status) } }
+                            td data-label="Duration" { @if let Some(ms) = run.duration_ms { (ms) " ms" } }
+                            td data-label="Error" { (run.error) }
                         }
                     }
                 }

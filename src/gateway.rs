@@ -81,10 +81,12 @@ impl Gateway {
     /// against the client's address (the brute-force guard).
     pub async fn authorize<T>(&self, request: &Request<T>, scope: Scope) -> ApiResult<Principal> {
         if self.is_draining() {
+            // Refused before any work: the edge may safely send it to another core.
             return Err(crate::error::ApiError::unavailable(
                 "This core replica is shutting down; retry and another replica will answer",
             )
-            .with_retry_after(std::time::Duration::from_secs(1)));
+            .with_retry_after(std::time::Duration::from_secs(1))
+            .with_metadata(vec![("openclaw-retry-elsewhere", "1".to_string())]));
         }
         let client = client_address(request);
         self.limits.check_client(&client)?;

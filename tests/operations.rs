@@ -5,6 +5,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -252,7 +253,13 @@ async fn a_draining_core_finishes_what_it_acknowledged_and_exits_cleanly() {
     let edge = support::spawn_edge(&[&core]);
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", edge.port);
-    let key = support::create_key(&http, &base, "drain", json!({"requestsPerMinute": 1000})).await;
+    let key = support::create_key(
+        &http,
+        &base,
+        "drain",
+        json!({"limits": {"requestsPerMinute": 1000}}),
+    )
+    .await;
     let sends: Vec<_> = (0..12)
         .map(|i| {
             let (http, base, key) = (http.clone(), base.clone(), key.clone());
@@ -430,4 +437,73 @@ async fn an_edge_finds_cores_by_host_name() {
         .await
         .unwrap();
     expect_data(status, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_a_core_costs_idempotent_clients_nothing() {
+    let redis = support::start_redis();
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = CoreOptions {
+        redis_url: Some(support::redis_url(&redis)),
+        upstream: Some(upstream.base_url()),
+        data_dir: Some(dir.path().to_path_buf()),
+        env: Vec::new(),
+    };
+    let first = support::spawn_core(&options);
+    let mut second = support::spawn_core(&options);
+    let second_port = second.port;
+    let edge = support::spawn_edge(&[&first, &second]);
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", edge.port);
+    let key = support::create_key(
+        &http,
+        &base,
+        "steady",
+        json!({"limits": {"requestsPerMinute": 100000}}),
+    )
+    .await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, base, key, stop) = (http.clone(), base.clone(), key.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let response = http
+                        .get(format!("{base}/api/v1/sessions"))
+                        .bearer_auth(&key)
+                        .send()
+                        .await;
+                    outcomes.push(response.map_or(0, |r| r.status().as_u16()));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                outcomes
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sigterm(&second);
+    let code = tokio::task::spawn_blocking(move || second.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    let _restarted = support::spawn_core_at(&options, second_port);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut all = Vec::new();
+    for task in load {
+        all.extend(task.await.unwrap());
+    }
+    let failed: Vec<_> = all.iter().filter(|s| **s != 200).collect();
+    println!(
+        "{} requests during a core restart, {} failed",
+        all.len(),
+        failed.len()
+    );
+    assert!(all.len() > 100);
+    assert!(
+        failed.is_empty(),
+        "failed requests during the restart: {failed:?}"
+    );
 }

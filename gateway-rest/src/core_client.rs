@@ -63,8 +63,12 @@ impl CoreClient {
         })
     }
 
-    /// Calls the core once and maps a failure to the API's error. `call` gets a channel clone and
+    /// Calls the core and maps a failure to the API's error. `call` gets a channel clone and
     /// the request, already carrying the caller's metadata and the edge's deadline.
+    ///
+    /// A core that is shutting down refuses new work before doing any of it and says so
+    /// (`openclaw-retry-elsewhere`); such calls are retried, briefly, on another core, so a
+    /// core's restart costs clients nothing.
     pub(crate) async fn call<Req, Resp, F, Fut>(
         &self,
         caller: &headers::Caller,
@@ -72,22 +76,52 @@ impl CoreClient {
         call: F,
     ) -> Result<CoreReply<Resp>, ApiError>
     where
-        F: FnOnce(Channel, tonic::Request<Req>) -> Fut,
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        let mut request = caller.request(message);
-        // Tells the core the deadline (grpc-timeout) so it stops working for nobody.
-        request.set_timeout(self.timeout);
-        match tokio::time::timeout(self.timeout, call(self.channel.clone(), request)).await {
-            Ok(Ok(response)) => Ok(CoreReply {
-                headers: headers::forwardable(response.metadata()),
-                message: response.into_inner(),
-            }),
-            Ok(Err(status)) => Err(ApiError::from(status)),
-            Err(_elapsed) => Err(ApiError::core_timeout(self.timeout)),
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut backoff = Duration::from_millis(25);
+        for attempt in 0..=RETRIES_ELSEWHERE {
+            let mut request = caller.request(message.clone());
+            // Tells the core the deadline (grpc-timeout) so it stops working for nobody.
+            request.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            match tokio::time::timeout_at(deadline, call(self.channel.clone(), request)).await {
+                Ok(Ok(response)) => {
+                    return Ok(CoreReply {
+                        headers: headers::forwardable(response.metadata()),
+                        message: response.into_inner(),
+                    });
+                }
+                Ok(Err(status))
+                    if attempt < RETRIES_ELSEWHERE
+                        && (status.metadata().contains_key(RETRY_ELSEWHERE)
+                            || (caller.is_safe() && lost_connection(&status))) =>
+                {
+                    tracing::debug!(attempt, code = ?status.code(), "a core could not take the call; retrying on another");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Ok(Err(status)) => return Err(ApiError::from(status)),
+                Err(_elapsed) => return Err(ApiError::core_timeout(self.timeout)),
+            }
         }
+        Err(ApiError::core_unreachable())
     }
 }
+
+/// A failure of the connection to a core (it went away), not an answer from one.
+fn lost_connection(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    ) && !status.metadata().contains_key("grpc-status-details-bin")
+}
+
+/// Marks a refusal the core made before doing any work, so the call may go to another core.
+const RETRY_ELSEWHERE: &str = "openclaw-retry-elsewhere";
+/// How often a refused call is retried on another core (after 25, 50, … 800 ms).
+const RETRIES_ELSEWHERE: u32 = 6;
 
 impl CoreClient {
     /// True when a core answers the standard gRPC health check within a second.

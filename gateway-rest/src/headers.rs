@@ -163,6 +163,8 @@ fn check_version(headers: &HeaderMap) -> Result<(), ApiError> {
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
     metadata: MetadataMap,
+    /// A GET or HEAD: safe to send again when a core fails underneath it.
+    safe: bool,
 }
 
 impl Caller {
@@ -175,6 +177,11 @@ impl Caller {
 
     /// The same caller acting through a signed-in dashboard session: the session id travels as
     /// its own metadata, never as `authorization`, and only dashboard routes ever set it.
+    /// True for calls that may be repeated when a core fails underneath them.
+    pub(crate) fn is_safe(&self) -> bool {
+        self.safe
+    }
+
     pub(crate) fn for_dashboard(mut self, session_id: &str) -> Self {
         self.metadata.remove(header::AUTHORIZATION.as_str());
         if let Ok(mut value) = tonic::metadata::MetadataValue::try_from(session_id) {
@@ -225,6 +232,8 @@ impl Caller {
         }
         Self {
             metadata: MetadataMap::from_headers(forwarded),
+            safe: parts.method == axum::http::Method::GET
+                || parts.method == axum::http::Method::HEAD,
         }
     }
 }

@@ -209,8 +209,12 @@ pub fn litellm(executable: &Path, upstream_port: u16, dir: &Path) -> anyhow::Res
 
 // ---------------------------------------------------------------- /proc
 
-/// A process and every descendant (LiteLLM's workers, for one).
+/// A process and every descendant (LiteLLM's workers, for one). The load generator is the
+/// parent of every process under test, so it counts as itself alone.
 fn tree(pid: u32) -> Vec<u32> {
+    if pid == std::process::id() {
+        return vec![pid];
+    }
     let mut parents: Vec<(u32, u32)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {

@@ -35,6 +35,8 @@ pub struct Plan {
     pub binaries: Binaries,
     pub rates: Vec<f64>,
     pub streaming_rates: Vec<f64>,
+    /// LiteLLM's sweep: scenario 2's rates, preceded by lower ones (it saturates early).
+    pub litellm_rates: Vec<f64>,
     pub step: Duration,
     pub max_in_flight: usize,
     pub only: Option<Vec<String>>,
@@ -186,11 +188,15 @@ async fn start(plan: &Plan) -> anyhow::Result<Stack> {
     let core = processes::core(&plan.binaries, redis.port, upstream.port)?;
     let edge = processes::edge(&plan.binaries, core.port)?;
     let litellm = match &plan.litellm {
-        Some(executable) if plan.wants(LITELLM) => Some(processes::litellm(
-            executable,
-            upstream.port,
-            &plan.work_dir,
-        )?),
+        Some(executable) if plan.wants(LITELLM) => {
+            match processes::litellm(executable, upstream.port, &plan.work_dir) {
+                Ok(process) => Some(process),
+                Err(error) => {
+                    eprintln!("LiteLLM did not start, its comparison is skipped: {error:#}");
+                    None
+                }
+            }
+        }
         _ => None,
     };
     let http = client(plan.max_in_flight.max(plan.streams as usize))?;
@@ -323,7 +329,7 @@ pub async fn run(plan: &Plan, log: &dyn Fn(&str)) -> anyhow::Result<Run> {
             &stack,
             LITELLM,
             "litellm",
-            &plan.rates,
+            &plan.litellm_rates,
             target,
             &mut result,
             log,

@@ -32,6 +32,13 @@ struct Args {
     /// Rates of the streaming scenario.
     #[arg(long, value_delimiter = ',', default_value = "100,400")]
     streaming_rates: Vec<f64>,
+    /// Rates of the LiteLLM comparison (it saturates far below the gateway, so it starts lower).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "25,50,100,250,500,1000,2000"
+    )]
+    litellm_rates: Vec<f64>,
     /// Seconds of load per rate and target.
     #[arg(long, default_value_t = 3.0)]
     step_secs: f64,
@@ -143,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
         binaries: Binaries::in_dir(&args.bin_dir)?,
         rates: args.rates.clone(),
         streaming_rates: args.streaming_rates.clone(),
+        litellm_rates: args.litellm_rates.clone(),
         step: Duration::from_secs_f64(args.step_secs),
         max_in_flight: args.max_in_flight,
         only: args.only.clone(),

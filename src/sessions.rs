@@ -676,17 +676,28 @@ impl SessionService for Sessions {
                     new,
                 } => (lock, session, history, new),
             };
-        let (reply, admission) = self
-            .turn_recording(
-                &principal,
-                lock,
-                &session,
-                history,
-                new,
-                body.options,
-                key.as_ref(),
-            )
-            .await?;
+        // Once admitted and locked, the turn runs to completion in its own task:
+        // a client that disconnects (or times out) cancels nothing half way, the
+        // lock is released, and the stored turn can be replayed by its request id.
+        let sessions = Sessions::new(self.gateway.clone());
+        let options = body.options;
+        let turn = tokio::spawn(async move {
+            sessions
+                .turn_recording(
+                    &principal,
+                    lock,
+                    &session,
+                    history,
+                    new,
+                    options,
+                    key.as_ref(),
+                )
+                .await
+        });
+        let (reply, admission) = turn.await.map_err(|err| {
+            tracing::error!(error = %err, "a turn's task failed");
+            ApiError::internal()
+        })??;
         let out = proto::SendMessageResponse {
             session_id: body.session_id,
             reply: reply.clone(),

@@ -404,3 +404,50 @@ async fn without_a_provider_key_the_simulator_answers_and_says_so() {
         .unwrap();
     assert_eq!(zai["status"], "simulated");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_on_a_send_leaves_the_session_whole_and_free() {
+    let stack = Stack::start().await;
+    let key = stack.create_key("impatient").await;
+    let data = create(&stack, &key, json!({"messages": []})).await;
+    let id = data["sessionId"].as_str().unwrap().to_string();
+    stack
+        .upstream
+        .behave(Behaviour::Stall(std::time::Duration::from_millis(1000)));
+    let gave_up = stack
+        .http
+        .post(stack.url(&format!("/api/v1/sessions/{id}/messages")))
+        .bearer_auth(&key)
+        .timeout(std::time::Duration::from_millis(200))
+        .json(&json!({"message": {"role": "user", "content": "first"}}))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client gave up before the reply");
+    let started = std::time::Instant::now();
+    let second = send(&stack, &key, &id, "second").await;
+    expect_data(second, 200).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the abandoned turn did not hold the session's lock ({:?})",
+        started.elapsed()
+    );
+    let response = stack
+        .http
+        .get(stack.url(&format!("/api/v1/sessions/{id}/messages")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let messages = expect_data(response, 200).await["messages"].clone();
+    let contents: Vec<&str> = messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        ["first", "echo: first", "second", "echo: second"],
+        "the abandoned turn was finished and stored whole, before the next"
+    );
+}

@@ -397,13 +397,11 @@ impl Sessions {
         };
         validate_message(message, "message", &["user"])?;
         validate_options(&body.options)?;
-        if let Some(done) = self.recorded(owner, &body.session_id, key).await? {
-            return Ok(PreparedSend::Replay(done));
-        }
         let Some((lock, session, history)) = self.lock(owner, &body.session_id).await? else {
             return Err(ApiError::not_found("Session", &body.session_id));
         };
-        // A concurrent repeat waited for the lock: the first may have recorded meanwhile.
+        // Looked up under the lock only: a repeat that raced the first waited for
+        // the lock, and an ordinary send pays no extra round trip before it.
         match self.recorded(owner, &body.session_id, key).await {
             Ok(Some(done)) => {
                 self.release(&lock).await;

@@ -151,6 +151,29 @@ pub(crate) struct UpdateJobRequest {
     enabled: Option<bool>,
 }
 
+impl CreateJobRequest {
+    pub(crate) fn into_proto(self) -> proto::CreateJobRequest {
+        proto::CreateJobRequest {
+            name: self.name,
+            schedule: self.schedule.map(Into::into),
+            payload: self.payload.map(Into::into),
+            enabled: self.enabled,
+        }
+    }
+}
+
+impl UpdateJobRequest {
+    pub(crate) fn into_proto(self, job_id: String) -> proto::UpdateJobRequest {
+        proto::UpdateJobRequest {
+            job_id,
+            name: self.name,
+            schedule: self.schedule.map(Into::into),
+            payload: self.payload.map(Into::into),
+            enabled: self.enabled,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query, rename_all = "camelCase")]
@@ -345,12 +368,7 @@ pub(crate) async fn create_job(
     caller: Caller,
     JsonBody(body): JsonBody<CreateJobRequest>,
 ) -> ApiResult<Job> {
-    let request = proto::CreateJobRequest {
-        name: body.name,
-        schedule: body.schedule.map(Into::into),
-        payload: body.payload.map(Into::into),
-        enabled: body.enabled,
-    };
+    let request = body.into_proto();
     let reply = core
         .call(&caller, request, |channel, request| async move {
             CronServiceClient::new(channel).create_job(request).await
@@ -453,13 +471,7 @@ pub(crate) async fn update_job(
     PathId(job_id): PathId,
     JsonBody(body): JsonBody<UpdateJobRequest>,
 ) -> ApiResult<Job> {
-    let request = proto::UpdateJobRequest {
-        job_id,
-        name: body.name,
-        schedule: body.schedule.map(Into::into),
-        payload: body.payload.map(Into::into),
-        enabled: body.enabled,
-    };
+    let request = body.into_proto(job_id);
     let reply = core
         .call(&caller, request, |channel, request| async move {
             CronServiceClient::new(channel).update_job(request).await

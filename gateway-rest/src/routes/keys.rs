@@ -63,6 +63,26 @@ pub(crate) struct UpdateKeyRequest {
     limits: Option<LimitsInput>,
 }
 
+impl CreateKeyRequest {
+    pub(crate) fn into_proto(self) -> proto::CreateKeyRequest {
+        proto::CreateKeyRequest {
+            name: self.name,
+            scopes: self.scopes,
+            limits: self.limits.map(Into::into),
+        }
+    }
+}
+
+impl UpdateKeyRequest {
+    pub(crate) fn into_proto(self, id: String) -> proto::UpdateKeyRequest {
+        proto::UpdateKeyRequest {
+            id,
+            name: self.name,
+            limits: self.limits.map(Into::into),
+        }
+    }
+}
+
 /// A key's limits; null means the gateway's default applies.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -161,11 +181,7 @@ pub(crate) async fn create_key(
     caller: Caller,
     JsonBody(body): JsonBody<CreateKeyRequest>,
 ) -> ApiResult<CreatedKey> {
-    let request = proto::CreateKeyRequest {
-        name: body.name,
-        scopes: body.scopes,
-        limits: body.limits.map(Into::into),
-    };
+    let request = body.into_proto();
     let reply = core
         .call(&caller, request, |channel, request| async move {
             KeyServiceClient::new(channel).create_key(request).await
@@ -276,11 +292,7 @@ pub(crate) async fn update_key(
     PathId(id): PathId,
     JsonBody(body): JsonBody<UpdateKeyRequest>,
 ) -> ApiResult<ApiKey> {
-    let request = proto::UpdateKeyRequest {
-        id,
-        name: body.name,
-        limits: body.limits.map(Into::into),
-    };
+    let request = body.into_proto(id);
     let reply = core
         .call(&caller, request, |channel, request| async move {
             KeyServiceClient::new(channel).update_key(request).await

@@ -95,6 +95,36 @@ pub(crate) struct SendMessageRequest {
     stream: Option<bool>,
 }
 
+impl CreateSessionRequest {
+    pub(crate) fn into_proto(self) -> proto::CreateSessionRequest {
+        proto::CreateSessionRequest {
+            model: self.model.unwrap_or_default(),
+            messages: self.messages.into_iter().map(Into::into).collect(),
+            context: self.context.map(|context| proto::SessionContext {
+                session_id: context.session_id.unwrap_or_default(),
+            }),
+            options: options(self.temperature, self.max_tokens),
+        }
+    }
+}
+
+impl SendMessageRequest {
+    /// The request for `session_id`, and whether the reply is to be streamed (absent: as the
+    /// request's `Accept` asks).
+    pub(crate) fn into_proto(
+        self,
+        session_id: String,
+        accepts_event_stream: bool,
+    ) -> (proto::SendMessageRequest, bool) {
+        let request = proto::SendMessageRequest {
+            session_id,
+            message: self.message.map(Into::into),
+            options: options(self.temperature, self.max_tokens),
+        };
+        (request, self.stream.unwrap_or(accepts_event_stream))
+    }
+}
+
 fn options(temperature: Option<f32>, max_tokens: Option<u32>) -> Option<proto::GenerationOptions> {
     (temperature.is_some() || max_tokens.is_some()).then_some(proto::GenerationOptions {
         temperature,
@@ -312,14 +342,7 @@ pub(crate) async fn create_session(
     caller: Caller,
     JsonBody(body): JsonBody<CreateSessionRequest>,
 ) -> ApiResult<CreatedSession> {
-    let request = proto::CreateSessionRequest {
-        model: body.model.unwrap_or_default(),
-        messages: body.messages.into_iter().map(Into::into).collect(),
-        context: body.context.map(|context| proto::SessionContext {
-            session_id: context.session_id.unwrap_or_default(),
-        }),
-        options: options(body.temperature, body.max_tokens),
-    };
+    let request = body.into_proto();
     let reply = core
         .call(&caller, request, |channel, request| async move {
             SessionServiceClient::new(channel)
@@ -392,14 +415,7 @@ pub(crate) async fn send_message(
     PathId(session_id): PathId,
     JsonBody(body): JsonBody<SendMessageRequest>,
 ) -> Result<Response, ApiError> {
-    let stream = body
-        .stream
-        .unwrap_or_else(|| accepts_event_stream(&headers));
-    let request = proto::SendMessageRequest {
-        session_id,
-        message: body.message.map(Into::into),
-        options: options(body.temperature, body.max_tokens),
-    };
+    let (request, stream) = body.into_proto(session_id, accepts_event_stream(&headers));
     if stream {
         return stream_message(core, caller, request).await;
     }

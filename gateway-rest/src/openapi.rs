@@ -124,13 +124,17 @@ pub(crate) fn document_common_headers(openapi: &mut openapi::OpenApi) {
                 .max_length(Some(128)),
         ))
         .build();
-    let add_params = |params: &mut Option<Vec<Parameter>>| {
+    let add_params = |params: &mut Option<Vec<Parameter>>, versioned: bool| {
         let params = params.get_or_insert_with(Vec::new);
-        params.push(version_param.clone());
+        if versioned {
+            params.push(version_param.clone());
+        }
         params.push(request_id_param.clone());
     };
 
-    for item in openapi.paths.paths.values_mut() {
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        // The version check runs on the guide's API only (`headers::stamp`).
+        let versioned = path.starts_with("/api/");
         for method in [
             HttpMethod::Get,
             HttpMethod::Post,
@@ -147,7 +151,17 @@ pub(crate) fn document_common_headers(openapi: &mut openapi::OpenApi) {
                 _ => None,
             };
             let Some(operation) = operation else { continue };
-            add_params(&mut operation.parameters);
+            add_params(&mut operation.parameters, versioned);
+            if versioned {
+                // Any operation can meet an unsupported `OpenClaw-Version`.
+                operation
+                    .responses
+                    .responses
+                    .entry("400".to_owned())
+                    .or_insert_with(|| {
+                        RefOr::Ref(openapi::Ref::from_response_name("InvalidRequest"))
+                    });
+            }
             for response in operation.responses.responses.values_mut() {
                 if let RefOr::T(response) = response {
                     add_response_headers(response);

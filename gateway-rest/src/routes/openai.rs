@@ -239,7 +239,7 @@ impl InputMessage {
     }
 }
 
-fn completion_request(
+pub(crate) fn completion_request(
     body: ChatCompletionRequest,
     headers: &HeaderMap,
 ) -> Result<(proto::CompleteRequest, bool, bool), ApiError> {
@@ -442,6 +442,8 @@ fn with_session(mut response: Response, session_id: &str) -> Response {
         (status = 401, description = "Invalid API key", body = OpenAiErrorBody),
         (status = 403, description = "The key lacks the 'sessions' scope", body = OpenAiErrorBody),
         (status = 409, description = "The bound session is busy or was created concurrently", body = OpenAiErrorBody),
+        (status = 413, description = "The body is larger than the gateway accepts", body = OpenAiErrorBody),
+        (status = 415, description = "The body is not sent as JSON (`Content-Type: application/json`)", body = OpenAiErrorBody),
         (status = 429, description = "A limit is exhausted; see Retry-After", body = OpenAiErrorBody),
         (status = 500, description = "The gateway failed", body = OpenAiErrorBody),
         (status = 502, description = "The model provider failed", body = OpenAiErrorBody),

@@ -17,11 +17,13 @@ struct Entry {
     charge: Charge,
 }
 
+/// Sums are kept wider than the figures they add up, so no quota or charge, however large
+/// (a key's limit, a provider's reported usage), can overflow them.
 #[derive(Default)]
 struct Log {
     entries: VecDeque<Entry>,
-    tokens: u64,
-    context: u64,
+    tokens: u128,
+    context: u128,
 }
 
 impl Log {
@@ -30,8 +32,10 @@ impl Log {
             if front.at_ms + window_ms > now_ms {
                 break;
             }
-            self.tokens = self.tokens.saturating_sub(front.charge.tokens);
-            self.context = self.context.saturating_sub(front.charge.context);
+            self.tokens = self.tokens.saturating_sub(u128::from(front.charge.tokens));
+            self.context = self
+                .context
+                .saturating_sub(u128::from(front.charge.context));
             self.entries.pop_front();
         }
     }
@@ -39,8 +43,8 @@ impl Log {
     fn usage(&self, now_ms: u64, window_ms: u64) -> Usage {
         Usage {
             requests: self.entries.len() as u64,
-            tokens: self.tokens,
-            context: self.context,
+            tokens: u64::try_from(self.tokens).unwrap_or(u64::MAX),
+            context: u64::try_from(self.context).unwrap_or(u64::MAX),
             reset_ms: self
                 .entries
                 .front()
@@ -48,10 +52,12 @@ impl Log {
         }
     }
 
-    fn fits(&self, quota: Quota, charge: Charge, freed: (u64, u64, u64)) -> bool {
+    fn fits(&self, quota: Quota, charge: Charge, freed: (u64, u128, u128)) -> bool {
         (self.entries.len() as u64 + 1).saturating_sub(freed.0) <= quota.requests
-            && (self.tokens + charge.tokens).saturating_sub(freed.1) <= quota.tokens
-            && (self.context + charge.context).saturating_sub(freed.2) <= quota.context
+            && (self.tokens + u128::from(charge.tokens)).saturating_sub(freed.1)
+                <= u128::from(quota.tokens)
+            && (self.context + u128::from(charge.context)).saturating_sub(freed.2)
+                <= u128::from(quota.context)
     }
 
     /// How long until enough of the oldest entries leave the window for `charge` to fit.
@@ -64,8 +70,8 @@ impl Log {
             }
             freed = (
                 freed.0 + 1,
-                freed.1 + entry.charge.tokens,
-                freed.2 + entry.charge.context,
+                freed.1 + u128::from(entry.charge.tokens),
+                freed.2 + u128::from(entry.charge.context),
             );
             wait = (entry.at_ms + window_ms).saturating_sub(now_ms);
         }
@@ -133,8 +139,8 @@ impl LimitBackend for LocalLimits {
             id: reservation.to_string(),
             charge,
         });
-        log.tokens += charge.tokens;
-        log.context += charge.context;
+        log.tokens += u128::from(charge.tokens);
+        log.context += u128::from(charge.context);
         Ok(Decision::Admitted(log.usage(now, window)))
     }
 
@@ -143,8 +149,8 @@ impl LimitBackend for LocalLimits {
         if let Some(log) = logs.get_mut(key)
             && let Some(entry) = log.entries.iter_mut().rev().find(|e| e.id == reservation)
         {
-            log.tokens = log.tokens - entry.charge.tokens + used.tokens;
-            log.context = log.context - entry.charge.context + used.context;
+            log.tokens = log.tokens - u128::from(entry.charge.tokens) + u128::from(used.tokens);
+            log.context = log.context - u128::from(entry.charge.context) + u128::from(used.context);
             entry.charge = used;
         }
         Ok(())

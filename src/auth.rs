@@ -127,6 +127,8 @@ pub struct Authenticator {
     internal_token: Option<Secret>,
     cache: Mutex<HashMap<String, CachedKey>>,
     touched: Mutex<HashMap<String, Instant>>,
+    /// Bound on one key lookup in the store (the Redis timeout).
+    lookup_timeout: Duration,
 }
 
 impl Authenticator {
@@ -136,7 +138,14 @@ impl Authenticator {
             internal_token,
             cache: Mutex::new(HashMap::new()),
             touched: Mutex::new(HashMap::new()),
+            lookup_timeout: Duration::from_secs(1),
         }
+    }
+
+    /// Bounds every key lookup in the store by `timeout` (the Redis timeout).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.lookup_timeout = timeout;
+        self
     }
 
     /// Verifies the caller's bearer credential.
@@ -153,7 +162,10 @@ impl Authenticator {
         let hash = hash_secret(secret);
         let record = match self.cached(&hash, KEY_CACHE_TTL) {
             Some(record) => record,
-            None => match self.store.key_by_hash(&hash).await {
+            None => match tokio::time::timeout(self.lookup_timeout, self.store.key_by_hash(&hash))
+                .await
+                .unwrap_or(Err(crate::store::StoreError::Timeout))
+            {
                 Ok(Some(record)) => {
                     // The index lookup matched; compare the full hash in constant
                     // time anyway so no code path compares secrets byte by byte.

@@ -65,7 +65,8 @@ pub async fn open_store(
             };
             tracing::info!(policy = ?config.rate_limit_redis_down, "rate limits: shared sliding window in Redis");
             let limiter =
-                RateLimiter::new(Arc::new(RedisLimits::new(store.connection())), fallback);
+                RateLimiter::new(Arc::new(RedisLimits::new(store.connection())), fallback)
+                    .with_timeout(config.redis_timeout());
             let event_settings = EventSettings {
                 max_len: config.cron.events_max_len,
             };
@@ -115,7 +116,8 @@ pub async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
     if config.internal_token.is_none() {
         tracing::warn!("OPENCLAW_INTERNAL_TOKEN is not set: key administration is disabled");
     }
-    let auth = Authenticator::new(store.clone(), config.internal_token.clone());
+    let auth = Authenticator::new(store.clone(), config.internal_token.clone())
+        .with_timeout(config.redis_timeout());
     let models = model_catalog(config)?;
     crate::tokenizer::warm_up();
     let mut gateway = Gateway::new(

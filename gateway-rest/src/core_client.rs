@@ -115,7 +115,7 @@ fn lost_connection(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-    ) && !status.metadata().contains_key("grpc-status-details-bin")
+    ) && status.details().is_empty()
 }
 
 /// Marks a refusal the core made before doing any work, so the call may go to another core.

@@ -171,6 +171,9 @@ pub struct RateLimiter {
     blocked: Mutex<HashMap<String, Instant>>,
     /// Admissions, rejections and settled tokens per minute, for the dashboard's charts.
     pub traffic: Arc<crate::dashboard::traffic::Traffic>,
+    /// Bound on one decision by the backend, whatever its client does meanwhile
+    /// (reconnecting included): past it, the Redis-down policy applies.
+    decision_timeout: Duration,
 }
 
 impl RateLimiter {
@@ -186,7 +189,23 @@ impl RateLimiter {
             degraded: AtomicBool::new(false),
             blocked: Mutex::new(HashMap::new()),
             traffic: Arc::default(),
+            decision_timeout: Duration::from_secs(1),
         }
+    }
+
+    /// Bounds every decision of the backend by `timeout` (the Redis timeout).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.decision_timeout = timeout;
+        self
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.decision_timeout, call)
+            .await
+            .unwrap_or(Err(StoreError::Timeout))
     }
 
     /// "closed" or "open", as configured.
@@ -236,7 +255,9 @@ impl RateLimiter {
         }
         let reservation = uuid::Uuid::new_v4().simple().to_string();
         let started = std::time::Instant::now();
-        let outcome = self.backend.admit(key, quota, charge, &reservation).await;
+        let outcome = self
+            .bounded(self.backend.admit(key, quota, charge, &reservation))
+            .await;
         metrics::histogram!("openclaw_rate_limit_decision_seconds")
             .record(started.elapsed().as_secs_f64());
         let (decision, local) = match outcome {
@@ -314,7 +335,8 @@ impl RateLimiter {
                 None => Ok(()),
             }
         } else {
-            self.backend.settle(key, &admission.reservation, used).await
+            self.bounded(self.backend.settle(key, &admission.reservation, used))
+                .await
         };
         if let Err(err) = outcome {
             tracing::warn!(error = %err, "could not settle a token reservation; it expires with the window");
@@ -365,7 +387,10 @@ impl RateLimiter {
     /// Counts a failed authentication from `client` across every replica, and
     /// turns `error` into RATE_LIMIT_EXCEEDED once the client has failed too often.
     pub async fn auth_failed(&self, client: &str, error: ApiError) -> ApiError {
-        let failures = match self.backend.record_auth_failure(client, WINDOW).await {
+        let failures = match self
+            .bounded(self.backend.record_auth_failure(client, WINDOW))
+            .await
+        {
             Ok(n) => n,
             Err(_) => match &self.fallback {
                 Some(local) => local.record_auth_failure(client, WINDOW).await.unwrap_or(0),

@@ -68,7 +68,7 @@ http_port=$(free_port) edge_metrics=$(free_port)
 # A clean environment: no provider credential (the simulator answers), no .env from the tree.
 # A generous Redis timeout: on a loaded machine the limiter would otherwise fail closed (503), which
 # is the documented behaviour for an unreachable Redis, not what this run looks for.
-(cd "$work" && exec env -i PATH="$PATH" RUST_LOG=warn \
+(cd "$work" && exec env -i PATH="$PATH" RUST_LOG="${SCHEMATHESIS_CORE_LOG:-warn}" \
   OPENCLAW_GRPC_ADDR="127.0.0.1:$grpc_port" OPENCLAW_METRICS_ADDR="127.0.0.1:$core_metrics" \
   OPENCLAW_INTERNAL_TOKEN="$token" OPENCLAW_REDIS_URL="redis://127.0.0.1:$redis_port" \
   OPENCLAW_DATA_DIR="$work" OPENCLAW_REPLICA_ID=schemathesis-core \
@@ -96,6 +96,8 @@ else
   limits=(--max-examples 15 --phases examples,coverage,fuzzing --max-time 110)
 fi
 status=0
+# From target/: schemathesis keeps its example database in the working directory.
+cd "$root/target"
 "$venv/bin/st" run "$base/openapi.json" \
   --header "Authorization: Bearer $key" \
   --checks "$checks" \

@@ -514,3 +514,25 @@ async fn a_huge_charge_is_refused_not_overflowed() {
     let third = limits.admit("key", quota, small, "r2").await.unwrap();
     assert!(matches!(third, Decision::Denied { .. }), "{third:?}");
 }
+
+/// Found by the `cron_schedule` fuzz target: asking a cron schedule for its next run after a time
+/// at the ends of the range overflowed (a panic) instead of answering that there is none.
+#[test]
+fn a_cron_schedule_at_the_ends_of_time_answers_without_overflow() {
+    let schedule = Schedule::from_request(
+        Some(&proto::Schedule {
+            kind: "cron".into(),
+            expr: Some("*/15 * * * * *".into()),
+            tz: Some("UTC".into()),
+            ..Default::default()
+        }),
+        NOW_MS,
+        0,
+    )
+    .expect("a valid cron schedule");
+    for t in [i64::MIN, i64::MIN + 1, -1, i64::MAX - 1, i64::MAX] {
+        if let Some(next) = schedule.next_after(t) {
+            assert!(next > t, "next_after({t}) = {next}");
+        }
+    }
+}

@@ -235,7 +235,8 @@ impl Schedule {
                 let tz = parse_tz(tz).ok()?;
                 // Matches are whole seconds: searching after the whole second
                 // at or before `t_ms` finds the first match after `t_ms`.
-                let floor = t_ms.div_euclid(1000) * 1000;
+                // Checked: a time near i64's ends has no due time, rather than an overflow.
+                let floor = t_ms.div_euclid(1000).checked_mul(1000)?;
                 let start = Utc.timestamp_millis_opt(floor).single()?.with_timezone(&tz);
                 let next = cron.find_next_occurrence(&start, false).ok()?;
                 Some(next.timestamp_millis())

@@ -26,12 +26,8 @@ async fn post_raw(
 
 async fn history(stack: &Stack, key: &str, id: &str) -> Value {
     let response = stack
-        .http
-        .get(stack.url(&format!("/api/v1/sessions/{id}/messages")))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/sessions/{id}/messages"), key)
+        .await;
     expect_data(response, 200).await["messages"].clone()
 }
 
@@ -83,13 +79,7 @@ async fn missing_garbage_and_revoked_keys_are_unauthorized() {
             .status(),
         200
     );
-    let keys = stack
-        .http
-        .get(stack.url("/api/v1/keys"))
-        .bearer_auth(INTERNAL_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let keys = stack.get("/api/v1/keys", INTERNAL_TOKEN).await;
     let keys = expect_data(keys, 200).await;
     let id = keys["keys"]
         .as_array()
@@ -142,13 +132,8 @@ async fn key_administration_needs_the_internal_token() {
     let stack = Stack::start().await;
     let key = stack.create_key("ordinary").await;
     let response = stack
-        .http
-        .post(stack.url("/api/v1/keys"))
-        .bearer_auth(&key)
-        .json(&json!({"name": "escalate"}))
-        .send()
-        .await
-        .unwrap();
+        .post("/api/v1/keys", &key, &json!({"name": "escalate"}))
+        .await;
     expect_error(response, 403, "FORBIDDEN").await;
     let response = stack
         .http
@@ -157,35 +142,23 @@ async fn key_administration_needs_the_internal_token() {
         .await
         .unwrap();
     expect_error(response, 401, "UNAUTHORIZED").await;
-    let response = stack
-        .http
-        .get(stack.url("/api/v1/keys/key_nope"))
-        .bearer_auth(INTERNAL_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get("/api/v1/keys/key_nope", INTERNAL_TOKEN).await;
     expect_error(response, 404, "NOT_FOUND").await;
     let response = stack
-        .http
-        .post(stack.url("/api/v1/keys"))
-        .bearer_auth(INTERNAL_TOKEN)
-        .json(&json!({"name": ""}))
-        .send()
-        .await
-        .unwrap();
+        .post("/api/v1/keys", INTERNAL_TOKEN, &json!({"name": ""}))
+        .await;
     let error = expect_error(response, 400, "INVALID_REQUEST").await;
     assert!(
         error["details"].as_str().unwrap().contains("'name'"),
         "{error}"
     );
     let response = stack
-        .http
-        .post(stack.url("/api/v1/keys"))
-        .bearer_auth(INTERNAL_TOKEN)
-        .json(&json!({"name": "x", "scopes": ["root"]}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/api/v1/keys",
+            INTERNAL_TOKEN,
+            &json!({"name": "x", "scopes": ["root"]}),
+        )
+        .await;
     expect_error(response, 400, "INVALID_REQUEST").await;
 }
 
@@ -200,25 +173,14 @@ async fn a_key_without_the_scope_is_forbidden() {
     )
     .await;
     let response = stack
-        .http
-        .post(stack.url("/api/v1/sessions"))
-        .bearer_auth(&key)
-        .json(&json!({"messages": []}))
-        .send()
-        .await
-        .unwrap();
+        .post("/api/v1/sessions", &key, &json!({"messages": []}))
+        .await;
     let error = expect_error(response, 403, "FORBIDDEN").await;
     assert!(
         error["details"].as_str().unwrap().contains("sessions"),
         "{error}"
     );
-    let response = stack
-        .http
-        .get(stack.url("/api/v1/system/status"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get("/api/v1/system/status", &key).await;
     expect_data(response, 200).await;
 }
 
@@ -226,14 +188,7 @@ async fn a_key_without_the_scope_is_forbidden() {
 async fn bad_input_is_invalid_request_and_changes_nothing() {
     let stack = Stack::start().await;
     let key = stack.create_key("bad input").await;
-    let created = stack
-        .http
-        .post(stack.url("/api/v1/sessions"))
-        .bearer_auth(&key)
-        .json(&json!({"messages": [{"role": "user", "content": "keep me"}], "context": {"sessionId": "kept"}}))
-        .send()
-        .await
-        .unwrap();
+    let created = stack.post("/api/v1/sessions", &key, &json!({"messages": [{"role": "user", "content": "keep me"}], "context": {"sessionId": "kept"}})).await;
     expect_data(created, 201).await;
     let before = history(&stack, &key, "kept").await;
     let send = "/api/v1/sessions/kept/messages";
@@ -341,13 +296,12 @@ async fn bad_input_is_invalid_request_and_changes_nothing() {
 
     // Creating: unknown model (listing the known ones), bad session id.
     let response = stack
-        .http
-        .post(stack.url("/api/v1/sessions"))
-        .bearer_auth(&key)
-        .json(&json!({"model": "gpt-99", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/api/v1/sessions",
+            &key,
+            &json!({"model": "gpt-99", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
     let error = expect_error(response, 400, "INVALID_REQUEST").await;
     assert!(
         error["details"]
@@ -357,13 +311,12 @@ async fn bad_input_is_invalid_request_and_changes_nothing() {
         "{error}"
     );
     let response = stack
-        .http
-        .post(stack.url("/api/v1/sessions"))
-        .bearer_auth(&key)
-        .json(&json!({"messages": [], "context": {"sessionId": "bad id/with slash"}}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/api/v1/sessions",
+            &key,
+            &json!({"messages": [], "context": {"sessionId": "bad id/with slash"}}),
+        )
+        .await;
     let error = expect_error(response, 400, "INVALID_REQUEST").await;
     assert!(
         error["details"]
@@ -373,13 +326,8 @@ async fn bad_input_is_invalid_request_and_changes_nothing() {
         "{error}"
     );
     let response = stack
-        .http
-        .post(stack.url("/api/v1/sessions"))
-        .bearer_auth(&key)
-        .json(&json!({"messages": "hello"}))
-        .send()
-        .await
-        .unwrap();
+        .post("/api/v1/sessions", &key, &json!({"messages": "hello"}))
+        .await;
     expect_error(response, 400, "INVALID_REQUEST").await;
     let response = stack
         .http
@@ -389,13 +337,7 @@ async fn bad_input_is_invalid_request_and_changes_nothing() {
         .await
         .unwrap();
     expect_error(response, 400, "INVALID_REQUEST").await;
-    let response = stack
-        .http
-        .get(stack.url("/api/v1/sessions/no-such"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get("/api/v1/sessions/no-such", &key).await;
     expect_error(response, 404, "NOT_FOUND").await;
 }
 
@@ -417,13 +359,7 @@ async fn the_version_header_unknown_routes_and_methods_answer_in_the_envelope() 
         "{error}"
     );
 
-    let response = stack
-        .http
-        .get(stack.url("/api/v1/nothing-here"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get("/api/v1/nothing-here", &key).await;
     expect_error(response, 404, "NOT_FOUND").await;
     let response = stack
         .http
@@ -436,13 +372,7 @@ async fn the_version_header_unknown_routes_and_methods_answer_in_the_envelope() 
     expect_error(response, 405, "INVALID_REQUEST").await;
 
     // A request id is generated when absent and echoed when given.
-    let response = stack
-        .http
-        .get(stack.url("/api/v1/system/status"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get("/api/v1/system/status", &key).await;
     assert!(!response.headers()["x-request-id"].is_empty());
     assert_eq!(response.headers()["openclaw-version"], "1.0");
 }
@@ -452,13 +382,8 @@ async fn an_unreachable_upstream_or_redis_is_a_clean_error() {
     let stack = Stack::start().await;
     let key = stack.create_key("deps").await;
     let created = stack
-        .http
-        .post(stack.url("/api/v1/sessions"))
-        .bearer_auth(&key)
-        .json(&json!({"messages": []}))
-        .send()
-        .await
-        .unwrap();
+        .post("/api/v1/sessions", &key, &json!({"messages": []}))
+        .await;
     let id = expect_data(created, 201).await["sessionId"]
         .as_str()
         .unwrap()
@@ -469,13 +394,12 @@ async fn an_unreachable_upstream_or_redis_is_a_clean_error() {
     }
     let started = std::time::Instant::now();
     let response = stack
-        .http
-        .post(stack.url(&format!("/api/v1/sessions/{id}/messages")))
-        .bearer_auth(&key)
-        .json(&json!({"message": {"role": "user", "content": "anyone?"}}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            &format!("/api/v1/sessions/{id}/messages"),
+            &key,
+            &json!({"message": {"role": "user", "content": "anyone?"}}),
+        )
+        .await;
     let error = expect_error(response, 503, "UNAVAILABLE").await;
     assert!(
         started.elapsed() < std::time::Duration::from_secs(5),
@@ -492,13 +416,7 @@ async fn an_unreachable_core_is_unavailable() {
     let mut stack = Stack::start().await;
     let key = stack.create_key("core down").await;
     stack.core.kill();
-    let response = stack
-        .http
-        .get(stack.url("/api/v1/system/status"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get("/api/v1/system/status", &key).await;
     expect_error(response, 503, "UNAVAILABLE").await;
 }
 

@@ -6,26 +6,18 @@ use serde_json::{Value, json};
 use support::{Behaviour, Stack, expect_data, expect_error};
 
 async fn create(stack: &Stack, key: &str, body: Value) -> Value {
-    let response = stack
-        .http
-        .post(stack.url("/api/v1/sessions"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.post("/api/v1/sessions", key, &body).await;
     expect_data(response, 201).await
 }
 
 async fn send(stack: &Stack, key: &str, id: &str, content: &str) -> reqwest::Response {
     stack
-        .http
-        .post(stack.url(&format!("/api/v1/sessions/{id}/messages")))
-        .bearer_auth(key)
-        .json(&json!({"message": {"role": "user", "content": content}}))
-        .send()
+        .post(
+            &format!("/api/v1/sessions/{id}/messages"),
+            key,
+            &json!({"message": {"role": "user", "content": content}}),
+        )
         .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -75,25 +67,15 @@ async fn the_whole_history_goes_upstream_in_order() {
 
     // The stored history is what was sent plus the last reply.
     let response = stack
-        .http
-        .get(stack.url(&format!("/api/v1/sessions/{id}/messages")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/sessions/{id}/messages"), &key)
+        .await;
     let data = expect_data(response, 200).await;
     let messages = data["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 7);
     assert_eq!(messages[6]["content"], "echo: three");
     assert!(messages[0]["createdAt"].as_str().unwrap().ends_with('Z'));
 
-    let response = stack
-        .http
-        .get(stack.url(&format!("/api/v1/sessions/{id}")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get(&format!("/api/v1/sessions/{id}"), &key).await;
     let session = expect_data(response, 200).await;
     assert_eq!(session["messageCount"], 7);
     assert_eq!(session["model"], "zai/glm-4.7-flash");
@@ -112,22 +94,12 @@ async fn a_session_belongs_to_its_key_and_is_invisible_to_others() {
     .await;
     let id = data["sessionId"].as_str().unwrap().to_string();
 
-    let get = stack
-        .http
-        .get(stack.url(&format!("/api/v1/sessions/{id}")))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
+    let get = stack.get(&format!("/api/v1/sessions/{id}"), &bob).await;
     expect_error(get, 404, "NOT_FOUND").await;
     expect_error(send(&stack, &bob, &id, "hi").await, 404, "NOT_FOUND").await;
     let history = stack
-        .http
-        .get(stack.url(&format!("/api/v1/sessions/{id}/messages")))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/sessions/{id}/messages"), &bob)
+        .await;
     expect_error(history, 404, "NOT_FOUND").await;
     let delete = stack
         .http
@@ -137,13 +109,7 @@ async fn a_session_belongs_to_its_key_and_is_invisible_to_others() {
         .await
         .unwrap();
     expect_error(delete, 404, "NOT_FOUND").await;
-    let list = stack
-        .http
-        .get(stack.url("/api/v1/sessions"))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
+    let list = stack.get("/api/v1/sessions", &bob).await;
     assert_eq!(expect_data(list, 200).await["sessions"], json!([]));
 
     // Bob naming Alice's session id in context gets a session of his own, not hers.
@@ -155,12 +121,8 @@ async fn a_session_belongs_to_its_key_and_is_invisible_to_others() {
     .await;
     assert_eq!(data["sessionId"], id);
     let mine = stack
-        .http
-        .get(stack.url(&format!("/api/v1/sessions/{id}/messages")))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/sessions/{id}/messages"), &alice)
+        .await;
     let messages = expect_data(mine, 200).await["messages"]
         .as_array()
         .unwrap()
@@ -175,14 +137,7 @@ async fn context_session_id_continues_the_callers_session() {
     let key = stack.create_key("continue").await;
     let first = create(&stack, &key, json!({"messages": [{"role": "user", "content": "a"}], "context": {"sessionId": "my-chat"}})).await;
     assert_eq!(first["sessionId"], "my-chat");
-    let response = stack
-        .http
-        .post(stack.url("/api/v1/sessions"))
-        .bearer_auth(&key)
-        .json(&json!({"messages": [{"role": "user", "content": "b"}], "context": {"sessionId": "my-chat"}}))
-        .send()
-        .await
-        .unwrap();
+    let response = stack.post("/api/v1/sessions", &key, &json!({"messages": [{"role": "user", "content": "b"}], "context": {"sessionId": "my-chat"}})).await;
     let second = expect_data(response, 200).await;
     assert_eq!(second["sessionId"], "my-chat");
     assert_eq!(second["message"]["content"], "echo: b");
@@ -220,13 +175,7 @@ async fn a_failed_model_call_stores_nothing() {
         "{error}"
     );
     assert!(!error.to_string().contains("upstream-secret-key"));
-    let response = stack
-        .http
-        .get(stack.url(&format!("/api/v1/sessions/{id}")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get(&format!("/api/v1/sessions/{id}"), &key).await;
     assert_eq!(
         expect_data(response, 200).await["messageCount"],
         2,
@@ -234,22 +183,9 @@ async fn a_failed_model_call_stores_nothing() {
     );
 
     // A create whose model call fails creates no session.
-    let response = stack
-        .http
-        .post(stack.url("/api/v1/sessions"))
-        .bearer_auth(&key)
-        .json(&json!({"messages": [{"role": "user", "content": "x"}], "context": {"sessionId": "never"}}))
-        .send()
-        .await
-        .unwrap();
+    let response = stack.post("/api/v1/sessions", &key, &json!({"messages": [{"role": "user", "content": "x"}], "context": {"sessionId": "never"}})).await;
     expect_error(response, 502, "UPSTREAM_ERROR").await;
-    let response = stack
-        .http
-        .get(stack.url("/api/v1/sessions/never"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get("/api/v1/sessions/never", &key).await;
     expect_error(response, 404, "NOT_FOUND").await;
 }
 
@@ -274,12 +210,8 @@ async fn concurrent_sends_to_one_session_are_served_one_after_the_other() {
     let statuses = futures::future::join_all(sends).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let response = stack
-        .http
-        .get(stack.url(&format!("/api/v1/sessions/{id}/messages")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/sessions/{id}/messages"), &key)
+        .await;
     let messages = expect_data(response, 200).await["messages"]
         .as_array()
         .unwrap()
@@ -317,23 +249,16 @@ async fn sessions_list_page_and_delete() {
         )
         .await;
     }
-    let page = stack
-        .http
-        .get(stack.url("/api/v1/sessions?pageSize=2"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let page = stack.get("/api/v1/sessions?pageSize=2", &key).await;
     let page = expect_data(page, 200).await;
     assert_eq!(page["sessions"].as_array().unwrap().len(), 2);
     let token = page["nextPageToken"].as_str().expect("a second page");
     let rest = stack
-        .http
-        .get(stack.url(&format!("/api/v1/sessions?pageSize=2&pageToken={token}")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+        .get(
+            &format!("/api/v1/sessions?pageSize=2&pageToken={token}"),
+            &key,
+        )
+        .await;
     let rest = expect_data(rest, 200).await;
     assert_eq!(rest["sessions"].as_array().unwrap().len(), 1);
 
@@ -432,12 +357,8 @@ async fn a_client_that_gives_up_on_a_send_leaves_the_session_whole_and_free() {
         started.elapsed()
     );
     let response = stack
-        .http
-        .get(stack.url(&format!("/api/v1/sessions/{id}/messages")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/sessions/{id}/messages"), &key)
+        .await;
     let messages = expect_data(response, 200).await["messages"].clone();
     let contents: Vec<&str> = messages
         .as_array()

@@ -613,6 +613,27 @@ impl Stack {
         self.data_dir.path()
     }
 
+    /// `POST path` with a bearer key and a JSON body.
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("POST to the edge")
+    }
+
+    /// `GET path` with a bearer key.
+    pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("GET from the edge")
+    }
+
     /// Generates an API key through the REST key administration API.
     pub async fn create_key(&self, name: &str) -> String {
         create_key(&self.http, &self.url(""), name, json!({})).await

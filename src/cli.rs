@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use gateway_rest::ops::{config_file, metrics, shutdown::Shutdown, telemetry};
+use gateway_rest::ops::{
+    config_file, metrics, runtime::RuntimeArgs, shutdown::Shutdown, telemetry,
+};
 use tokio::net::TcpListener;
 
 use crate::auth::{generate_key, hash_secret};
@@ -29,6 +31,8 @@ pub struct Cli {
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long, global = true)]
     print_config: bool,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -75,15 +79,12 @@ pub fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let command = cli.command.context("no command given")?;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async move {
-            match command {
-                Command::Serve { core } => serve(core).await,
-                Command::Dev(args) => dev(args).await,
-            }
-        })
+    cli.runtime.build()?.block_on(async move {
+        match command {
+            Command::Serve { core } => serve(core).await,
+            Command::Dev(args) => dev(args).await,
+        }
+    })
 }
 
 async fn serve(config: CoreConfig) -> anyhow::Result<()> {

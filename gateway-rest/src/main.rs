@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use gateway_rest::EdgeConfig;
-use gateway_rest::ops::{Profile, config_file, metrics, shutdown::Shutdown, telemetry};
+use gateway_rest::ops::{
+    Profile, config_file, metrics, runtime::RuntimeArgs, shutdown::Shutdown, telemetry,
+};
 use tokio::net::TcpListener;
 
 /// OpenClaw Gateway REST edge: serves the JSON API and forwards every call to the core over gRPC.
@@ -50,6 +52,8 @@ struct Cli {
     /// `text` or `json` log lines (production defaults to json).
     #[arg(long, env = "OPENCLAW_LOG_FORMAT")]
     log_format: Option<String>,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,10 +67,7 @@ fn main() -> anyhow::Result<()> {
         print!("{}", config_file::render(&command, &matches));
         return Ok(());
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(cli))
+    cli.runtime.build()?.block_on(run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 
 pub mod config_file;
 pub mod metrics;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 

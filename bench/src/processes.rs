@@ -156,6 +156,7 @@ pub fn core(binaries: &Binaries, redis_port: u16, upstream_port: u16) -> anyhow:
         )
         .env("ZAI_API_KEY", "bench-upstream-key")
         .stderr(Stdio::null());
+    pass_tuning(&mut command);
     spawn("core", command, port, Duration::from_secs(30))
 }
 
@@ -173,7 +174,16 @@ pub fn edge(binaries: &Binaries, core_port: u16) -> anyhow::Result<Process> {
         )
         .env("OPENCLAW_CORE_URL", format!("http://127.0.0.1:{core_port}"))
         .stderr(Stdio::null());
+    pass_tuning(&mut command);
     spawn("edge", command, port, Duration::from_secs(30))
+}
+
+/// Runtime tuning set in the load generator's environment applies to the core and the edge
+/// (e.g. `OPENCLAW_WORKER_THREADS=1 scripts/bench.sh`).
+fn pass_tuning(command: &mut Command) {
+    if let Ok(workers) = std::env::var("OPENCLAW_WORKER_THREADS") {
+        command.env("OPENCLAW_WORKER_THREADS", workers);
+    }
 }
 
 /// The master key LiteLLM's proxy is configured with.

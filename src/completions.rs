@@ -203,7 +203,7 @@ impl Completions {
                 if stored.is_err() {
                     self.sessions.release(&lock).await;
                 }
-                stored.map(|()| lock.id)
+                stored.map(|()| lock.id.clone())
             }
             Binding::Create(id) => {
                 let now = Utc::now();

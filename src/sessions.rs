@@ -4,6 +4,7 @@
 //! leased lock in the store.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -21,7 +22,9 @@ use crate::limits::{Admission, Charge};
 use crate::proto::session_service_server::SessionService;
 use crate::proto::{self, ChatMessage};
 use crate::providers::Model;
-use crate::store::{AppendOutcome, LockOutcome, RecordedResult, SessionRecord, StoredMessage};
+use crate::store::{
+    AppendOutcome, LockOutcome, RecordedResult, SessionRecord, Store, StoredMessage,
+};
 
 pub(crate) const ROLES: &[&str] = &["system", "user", "assistant"];
 const MAX_SESSION_ID_LEN: usize = 128;
@@ -148,10 +151,77 @@ fn new_session_id() -> String {
 }
 
 /// The session's turn lock, held until the turn is stored or abandoned.
+///
+/// Dropped while still held (a caller that went away mid-turn, a failure on a path that did not
+/// release it), it is released in the background; a release that fails is retried until the
+/// lease would have freed it anyway, so one lost reply from Redis does not block the session for
+/// the whole lease.
 pub(crate) struct TurnLock {
     pub(crate) owner: String,
     pub(crate) id: String,
     pub(crate) token: String,
+    store: Arc<dyn Store>,
+    lease_ends: tokio::time::Instant,
+    held: AtomicBool,
+}
+
+impl TurnLock {
+    /// The lock is gone from the store (stored with the turn, or found lost): nothing to release.
+    fn forget(&self) {
+        self.held.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for TurnLock {
+    fn drop(&mut self) {
+        if self.held.swap(false, Ordering::Relaxed)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(release_until(
+                self.store.clone(),
+                self.owner.clone(),
+                self.id.clone(),
+                self.token.clone(),
+                self.lease_ends,
+            ));
+        }
+    }
+}
+
+/// Releases the lock `token` may hold on the session, retrying with backoff until `lease_ends`
+/// (when the store frees it by itself). Releasing is idempotent and never frees another holder's
+/// lock, so retrying is always safe.
+async fn release_until(
+    store: Arc<dyn Store>,
+    owner: String,
+    id: String,
+    token: String,
+    lease_ends: tokio::time::Instant,
+) {
+    let mut wait = Duration::from_millis(50);
+    let mut failures = 0u32;
+    loop {
+        match store.unlock_session(&owner, &id, &token).await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(session = %id, attempts = failures + 1, "session lock released");
+                }
+                return;
+            }
+            Err(err) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(error = %err, session = %id, "could not release a session lock; retrying until its lease ends");
+                }
+            }
+        }
+        if tokio::time::Instant::now() + wait >= lease_ends {
+            tracing::warn!(session = %id, "session lock not released; its lease frees it");
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
 }
 
 /// Events of a streamed reply in flight to the caller.
@@ -169,16 +239,37 @@ impl Sessions {
         let deadline = tokio::time::Instant::now() + gateway.turn_lease;
         let mut wait = Duration::from_millis(5);
         loop {
-            match gateway
+            // Leased from now: the store's lease starts no earlier than the request leaves.
+            let lease_ends = tokio::time::Instant::now() + gateway.turn_lease;
+            let outcome = match gateway
                 .store
                 .lock_session(owner, id, &token, gateway.turn_lease)
-                .await?
+                .await
             {
+                Ok(outcome) => outcome,
+                Err(err) => {
+                    // The store may have taken the lock even though its answer never came
+                    // (a stalled Redis that resumes, a connection lost after the write):
+                    // give it back rather than let it block the session for the lease.
+                    tokio::spawn(release_until(
+                        gateway.store.clone(),
+                        owner.to_string(),
+                        id.to_string(),
+                        token,
+                        lease_ends,
+                    ));
+                    return Err(err.into());
+                }
+            };
+            match outcome {
                 LockOutcome::Acquired { session, history } => {
                     let lock = TurnLock {
                         owner: owner.to_string(),
                         id: id.to_string(),
                         token,
+                        store: gateway.store.clone(),
+                        lease_ends,
+                        held: AtomicBool::new(true),
                     };
                     return Ok(Some((lock, session, history)));
                 }
@@ -198,15 +289,25 @@ impl Sessions {
         }
     }
 
+    /// Gives the lock back now; if the store does not answer, keeps trying in the background.
     pub(crate) async fn release(&self, lock: &TurnLock) {
+        if !lock.held.swap(false, Ordering::Relaxed) {
+            return;
+        }
         if let Err(err) = self
             .gateway
             .store
             .unlock_session(&lock.owner, &lock.id, &lock.token)
             .await
         {
-            // The lease frees it anyway.
-            tracing::warn!(error = %err, session = %lock.id, "could not release a session lock");
+            tracing::warn!(error = %err, session = %lock.id, "could not release a session lock; retrying in the background");
+            tokio::spawn(release_until(
+                lock.store.clone(),
+                lock.owner.clone(),
+                lock.id.clone(),
+                lock.token.clone(),
+                lock.lease_ends,
+            ));
         }
     }
 
@@ -349,6 +450,9 @@ impl Sessions {
                     .await?
             }
         };
+        // Each outcome leaves the lock gone: released with the turn, deleted with the session,
+        // or already someone else's.
+        lock.forget();
         match outcome {
             AppendOutcome::Appended => Ok(()),
             AppendOutcome::SessionGone => Err(ApiError::not_found("Session", &lock.id)),

@@ -359,6 +359,10 @@ impl Load {
 struct TurnLog {
     content: String,
     acknowledged: bool,
+    /// When its first attempt was sent.
+    began: Instant,
+    /// From the first attempt to the acknowledgement or the last failure.
+    took: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -419,6 +423,7 @@ async fn turn_client(load: Arc<Load>, client: usize, key: String) -> Vec<Session
         let content = format!("client {client} turn {turn}");
         let request_id = format!("chaos-{}-{client}-{turn}", load.nonce);
         let mut acknowledged = false;
+        let began = Instant::now();
         for attempt in 0..ATTEMPTS_PER_TURN {
             let edge = (client + turn + attempt as usize) % 2;
             let (outcome, data) = load
@@ -447,6 +452,8 @@ async fn turn_client(load: Arc<Load>, client: usize, key: String) -> Vec<Session
         session.turns.push(TurnLog {
             content,
             acknowledged,
+            began,
+            took: began.elapsed(),
         });
         turn += 1;
         tokio::time::sleep(Duration::from_millis(40)).await;
@@ -669,6 +676,10 @@ struct TurnFigures {
     half_stored: usize,
     duplicated: usize,
     out_of_order: usize,
+    /// The longest an acknowledged turn took, retries included.
+    longest: Duration,
+    /// Acknowledged turns that took longer than 5 s.
+    slow: usize,
 }
 
 /// Compares each session's history with what its client saw.
@@ -720,6 +731,10 @@ fn check_sessions(
         }
         for turn in &session.turns {
             let found = seen.contains_key(turn.content.as_str());
+            if turn.acknowledged {
+                figures.longest = figures.longest.max(turn.took);
+                figures.slow += usize::from(turn.took > Duration::from_secs(5));
+            }
             match (turn.acknowledged, found) {
                 (true, true) => figures.acknowledged += 1,
                 (true, false) => {
@@ -1025,6 +1040,7 @@ fn figures(
     started: Instant,
     faults: &[Injected],
     attempts: &[Attempt],
+    logs: &[&TurnLog],
     turns: &TurnFigures,
     cron: &CronFigures,
     limit: &LimitFigures,
@@ -1042,9 +1058,9 @@ fn figures(
     );
     let _ = writeln!(
         out,
-        "| round | fault | lasted ms | turn requests | turns ok | turn failures by code | limited-key answers | recovery ms |"
+        "| round | fault | lasted ms | turn requests | turns ok | turn failures by code | limited-key answers | recovery ms | slowest turn ms |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---|---|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---|---|---:|---:|");
     for (i, fault) in faults.iter().enumerate() {
         // A fault's share of the traffic: from its start to the next fault's start.
         let until = faults.get(i + 1).map(|f| f.start);
@@ -1061,9 +1077,15 @@ fn figures(
             .filter(|a| matches!(a.outcome, Outcome::Ok { .. }))
             .count();
         let limited = share(Traffic::Limited);
+        let slowest = logs
+            .iter()
+            .filter(|t| t.began >= fault.start && until.is_none_or(|u| t.began < u))
+            .map(|t| t.took)
+            .max()
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             fault.round + 1,
             fault.fault.describe(plan),
             ms(fault.end - fault.start),
@@ -1085,6 +1107,7 @@ fn figures(
                 .recovered
                 .map_or("not recovered".to_string(), |r| ms(r - fault.end)
                     .to_string()),
+            ms(slowest),
         );
     }
     let all_turns: Vec<&Attempt> = attempts
@@ -1109,6 +1132,12 @@ fn figures(
         turns.out_of_order,
         turns.abandoned,
         turns.abandoned_but_stored
+    );
+    let _ = writeln!(
+        out,
+        "longest acknowledged turn, retries included: {} ms; acknowledged turns that took over 5 s: {}",
+        ms(turns.longest),
+        turns.slow
     );
     let _ = writeln!(
         out,
@@ -1297,11 +1326,13 @@ async fn replicas_keep_every_promise_while_processes_die_and_links_fail() {
         ));
         parts.join("; ")
     };
+    let logs: Vec<&TurnLog> = stored.iter().flat_map(|(s, _)| &s.turns).collect();
     let report = figures(
         &plan,
         started,
         &faults,
         &attempts,
+        &logs,
         &turns,
         &cron,
         &limit,

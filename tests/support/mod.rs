@@ -3,6 +3,7 @@
 //! gateway's own binaries as child processes on free ports.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod otlp;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -507,12 +508,17 @@ pub fn spawn_edge_with(cores: &[&Process], env: &[(&str, &str)]) -> Process {
 
 /// An edge whose log lines (stderr) go to `stderr`.
 pub fn spawn_edge_logging(cores: &[&Process], env: &[(&str, &str)], stderr: Stdio) -> Process {
-    let port = free_port();
-    let metrics_port = free_port();
     let urls: Vec<String> = cores
         .iter()
         .map(|c| format!("http://127.0.0.1:{}", c.port))
         .collect();
+    spawn_edge_to(&urls, free_port(), env, stderr)
+}
+
+/// An edge on `port` calling the cores at `urls`: one restarted where its clients expect it,
+/// or one reaching its cores through something in between.
+pub fn spawn_edge_to(urls: &[String], port: u16, env: &[(&str, &str)], stderr: Stdio) -> Process {
+    let metrics_port = free_port();
     let mut child = Command::new(binary("openclaw-rest"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

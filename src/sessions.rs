@@ -210,9 +210,7 @@ async fn release_until(
             }
             Err(err) => {
                 failures += 1;
-                if failures == 1 {
-                    tracing::warn!(error = %err, session = %id, "could not release a session lock; retrying until its lease ends");
-                }
+                tracing::debug!(error = %err, session = %id, attempt = failures, "could not release a session lock; retrying until its lease ends");
             }
         }
         if tokio::time::Instant::now() + wait >= lease_ends {

@@ -347,7 +347,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_http1_request_is_told_apart_at_its_first_byte_and_replayed_whole() {
+    async fn an_http1_request_is_told_apart_and_replayed_whole() {
         let (mut client, server) = pair().await;
         client
             .write_all(b"GET / HTTP/1.1\r\n\r\n")
@@ -355,7 +355,8 @@ mod tests {
             .expect("write");
         let mut stream = Stream::Plain(server);
         let first = read_preface(&mut stream).await.expect("read");
-        assert_eq!(first, b"G");
+        // Whatever arrived, up to the preface's length; "G" alone already rules HTTP/2 out.
+        assert!(!first.is_empty() && b"GET / HTTP/1.1\r\n\r\n".starts_with(&first));
         let mut replay = Replay::new(first, stream);
         let mut all = vec![0u8; 18];
         replay.read_exact(&mut all).await.expect("replayed");

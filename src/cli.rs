@@ -89,6 +89,7 @@ pub fn main() -> anyhow::Result<()> {
 
 async fn serve(config: CoreConfig) -> anyhow::Result<()> {
     let mut telemetry = telemetry::init("openclaw-gateway", config.json_logs());
+    let tls = server::grpc_tls(&config)?;
     let gateway = server::build(&config).await?;
     config.check_production(gateway.models.any_simulated())?;
     let listener = TcpListener::bind(config.grpc_addr)
@@ -100,6 +101,7 @@ async fn serve(config: CoreConfig) -> anyhow::Result<()> {
         metrics = %metrics_listener.local_addr()?,
         replica = %gateway.replica,
         profile = ?config.profile,
+        tls = tls.is_some(),
         "core listening (gRPC)"
     );
     let shutdown = Shutdown::new();
@@ -111,7 +113,7 @@ async fn serve(config: CoreConfig) -> anyhow::Result<()> {
     ));
     let outcome = shutdown
         .drain_within(
-            server::run(listener, gateway, shutdown.wait()),
+            server::run_with_tls(listener, gateway, tls, shutdown.wait()),
             config.drain_timeout(),
         )
         .await;

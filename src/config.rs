@@ -45,6 +45,20 @@ pub struct CoreConfig {
     #[arg(long, env = "OPENCLAW_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
 
+    /// PEM certificate chain (leaf first) for TLS on the gRPC address; with --grpc-tls-key.
+    /// Absent: plaintext gRPC (for a private network or a service mesh that encrypts).
+    #[arg(long, env = "OPENCLAW_GRPC_TLS_CERT")]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --grpc-tls-cert.
+    #[arg(long, env = "OPENCLAW_GRPC_TLS_KEY")]
+    pub grpc_tls_key: Option<PathBuf>,
+
+    /// PEM file of the CA whose client certificates the gRPC server requires (mutual TLS):
+    /// clients without a certificate it signed are refused. Needs --grpc-tls-cert.
+    #[arg(long, env = "OPENCLAW_GRPC_CLIENT_CA")]
+    pub grpc_client_ca: Option<PathBuf>,
+
     /// Redis URL for shared state (redis://host:port/db). Absent: the embedded store.
     #[arg(long, env = "OPENCLAW_REDIS_URL")]
     pub redis_url: Option<String>,

@@ -6,6 +6,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::auth::Authenticator;
 use crate::completions::Completions;
@@ -152,11 +153,59 @@ pub async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
     Ok(gateway)
 }
 
+/// The largest request message a gRPC call may carry (tonic's default, stated so the error can
+/// name it). The edge's body limit (1 MiB by default) keeps REST requests well below it.
+pub const MAX_REQUEST_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The gRPC listener's TLS from the configuration: none, server TLS, or mutual TLS when a client
+/// CA is set. Files are read now, so a wrong path stops the start with its name.
+pub fn grpc_tls(config: &CoreConfig) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
+    };
+    let (cert, key) = match (&config.grpc_tls_cert, &config.grpc_tls_key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => {
+            anyhow::ensure!(
+                config.grpc_client_ca.is_none(),
+                "OPENCLAW_GRPC_CLIENT_CA is set without OPENCLAW_GRPC_TLS_CERT and OPENCLAW_GRPC_TLS_KEY: \
+                 mutual TLS needs the server's own certificate and key too"
+            );
+            return Ok(None);
+        }
+        _ => anyhow::bail!(
+            "set both OPENCLAW_GRPC_TLS_CERT and OPENCLAW_GRPC_TLS_KEY for TLS on the gRPC address, or neither"
+        ),
+    };
+    gateway_rest::tls::install_crypto_provider();
+    let mut tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read(cert, "gRPC certificate chain")?,
+            read(key, "gRPC private key")?,
+        ))
+        // A client that opens a connection and never finishes the handshake is dropped.
+        .timeout(std::time::Duration::from_secs(10));
+    if let Some(ca) = &config.grpc_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "gRPC client CA")?));
+    }
+    Ok(Some(tls))
+}
+
 /// Serves the gRPC API on `listener` until `shutdown` resolves, then lets
 /// in-flight calls finish.
 pub async fn run(
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with_tls(listener, gateway, None, shutdown).await
+}
+
+/// [`run`], over TLS when `tls` is given (see [`grpc_tls`]).
+pub async fn run_with_tls(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    tls: Option<ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -195,23 +244,44 @@ pub async fn run(
         // No new claims; the runs in progress finish.
         stopping.stop().await;
     };
-    Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .context("configuring TLS on the gRPC address (check the certificate and key)")?;
+    }
+    const LIMIT: usize = MAX_REQUEST_MESSAGE_BYTES;
+    server
         .tcp_nodelay(true)
         .layer(crate::observe::ObserveLayer)
+        .layer(OversizedMessageLayer)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(SessionServiceServer::new(Sessions::new(gateway.clone())))
-        .add_service(CompletionServiceServer::new(Completions::new(
-            gateway.clone(),
-        )))
-        .add_service(KeyServiceServer::new(Keys::new(gateway.clone())))
-        .add_service(CronServiceServer::new(Crons::new(
-            gateway.clone(),
-            scheduler,
-        )))
-        .add_service(EventServiceServer::new(Events::new(gateway.clone())))
-        .add_service(DashboardServiceServer::new(Dashboard::new(gateway.clone())))
-        .add_service(SystemServiceServer::new(System::new(gateway)))
+        .add_service(
+            SessionServiceServer::new(Sessions::new(gateway.clone()))
+                .max_decoding_message_size(LIMIT),
+        )
+        .add_service(
+            CompletionServiceServer::new(Completions::new(gateway.clone()))
+                .max_decoding_message_size(LIMIT),
+        )
+        .add_service(
+            KeyServiceServer::new(Keys::new(gateway.clone())).max_decoding_message_size(LIMIT),
+        )
+        .add_service(
+            CronServiceServer::new(Crons::new(gateway.clone(), scheduler))
+                .max_decoding_message_size(LIMIT),
+        )
+        .add_service(
+            EventServiceServer::new(Events::new(gateway.clone())).max_decoding_message_size(LIMIT),
+        )
+        .add_service(
+            DashboardServiceServer::new(Dashboard::new(gateway.clone()))
+                .max_decoding_message_size(LIMIT),
+        )
+        .add_service(
+            SystemServiceServer::new(System::new(gateway)).max_decoding_message_size(LIMIT),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving gRPC")
@@ -271,4 +341,115 @@ pub fn readiness_check(gateway: Arc<Gateway>) -> gateway_rest::ops::metrics::Rea
                 .map_err(|err| format!("the store does not answer: {err}"))
         })
     })
+}
+
+/// Turns tonic's bare refusal of an oversized request message (OUT_OF_RANGE, "decoded message
+/// length too large") into the product's INVALID_REQUEST, whose details name the limit, so REST
+/// and gRPC callers learn what to change.
+#[derive(Debug, Clone, Copy, Default)]
+struct OversizedMessageLayer;
+
+impl<S> tower::Layer<S> for OversizedMessageLayer {
+    type Service = OversizedMessage<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        OversizedMessage { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct OversizedMessage<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for OversizedMessage<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    R: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            Ok(match oversized_message(response.headers()) {
+                Some(found) => tonic::Status::from(crate::error::ApiError::invalid(
+                    "Request message too large",
+                    format!(
+                        "The request message is {found} bytes; a call may carry at most {MAX_REQUEST_MESSAGE_BYTES} bytes. \
+                         Send less in one call (fewer or shorter messages)"
+                    ),
+                ))
+                .into_http(),
+                None => response,
+            })
+        })
+    }
+}
+
+/// The size tonic reports when it refused a request message over the decoding limit.
+fn oversized_message(headers: &http::HeaderMap) -> Option<String> {
+    const OUT_OF_RANGE: &[u8] = b"11";
+    if headers.get("grpc-status")?.as_bytes() != OUT_OF_RANGE {
+        return None;
+    }
+    let message = headers.get("grpc-message")?.to_str().ok()?;
+    let message = percent_decode(message);
+    let rest = message
+        .split_once("decoded message length too large: found ")?
+        .1;
+    Some(rest.split(' ').next()?.to_owned())
+}
+
+/// `grpc-message` is percent-encoded on the wire.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(value) = text
+                .get(i + 1..i + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            out.push(value);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tonics_refusal_of_an_oversized_message_is_recognised() {
+        let status = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 5000000 bytes, the limit is: 4194304 bytes",
+        );
+        let response = status.into_http::<tonic::body::Body>();
+        assert_eq!(
+            oversized_message(response.headers()).as_deref(),
+            Some("5000000")
+        );
+        let other =
+            tonic::Status::out_of_range("page 9 is past the end").into_http::<tonic::body::Body>();
+        assert_eq!(oversized_message(other.headers()), None);
+    }
 }

@@ -5,7 +5,7 @@ use std::{future::Future, time::Duration};
 use axum::http::HeaderMap;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{EdgeConfig, error::ApiError, headers};
+use crate::{EdgeConfig, error::ApiError, headers, tls::CoreTlsMaterial};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -29,10 +29,11 @@ impl CoreClient {
     /// Builds the channel without connecting, so the edge starts (and answers 503) while the
     /// core is down. Needs a Tokio runtime: the balancer runs as a task.
     pub(crate) fn new(config: &EdgeConfig) -> anyhow::Result<Self> {
+        let tls = tls_for(config)?;
         let endpoints = config
             .core_urls
             .iter()
-            .map(|url| endpoint(url))
+            .map(|url| endpoint(url, tls.as_ref(), None))
             .collect::<anyhow::Result<Vec<_>>>()?;
         anyhow::ensure!(
             !endpoints.is_empty(),
@@ -54,7 +55,7 @@ impl CoreClient {
             // Host names (a headless Service's) are re-resolved, so cores that
             // come and go join and leave the balancer without a restart.
             let (channel, changes) = Channel::balance_channel::<String>(64);
-            tokio::spawn(resolve_forever(endpoints, changes));
+            tokio::spawn(resolve_forever(endpoints, tls, changes));
             channel
         };
         Ok(Self {
@@ -143,6 +144,7 @@ const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 /// Keeps the balancer's endpoints equal to what the configured URLs resolve to.
 async fn resolve_forever(
     configured: Vec<Endpoint>,
+    tls: Option<CoreTlsMaterial>,
     changes: tokio::sync::mpsc::Sender<tonic::transport::channel::Change<String, Endpoint>>,
 ) {
     use std::collections::BTreeMap;
@@ -160,7 +162,8 @@ async fn resolve_forever(
                 Ok(addrs) => {
                     for addr in addrs {
                         let url = format!("{}://{addr}", uri.scheme_str().unwrap_or("http"));
-                        if let Ok(resolved) = self::endpoint(&url) {
+                        // The certificate names the host, not the address it resolved to.
+                        if let Ok(resolved) = self::endpoint(&url, tls.as_ref(), Some(host)) {
                             found.insert(url, resolved);
                         }
                     }
@@ -195,15 +198,70 @@ async fn resolve_forever(
     }
 }
 
-fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
+/// The core's TLS material when any core URL is `https://`; refuses settings that cannot work
+/// together (an `https://` URL without a CA to trust, TLS files for plain `http://` cores).
+fn tls_for(config: &EdgeConfig) -> anyhow::Result<Option<CoreTlsMaterial>> {
+    let secure = config
+        .core_urls
+        .iter()
+        .filter(|url| is_https(url))
+        .collect::<Vec<_>>();
+    if secure.is_empty() {
+        anyhow::ensure!(
+            config.core_tls.ca.is_none() && config.core_tls.client.is_none(),
+            "OPENCLAW_CORE_CA or OPENCLAW_CORE_CLIENT_CERT is set, but no core URL is https://: \
+             use https:// core URLs (OPENCLAW_CORE_URL) to reach the core over TLS, or unset them"
+        );
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        secure.len() == config.core_urls.len(),
+        "mixed core URLs: every core URL must be https://, or none (OPENCLAW_CORE_URL)"
+    );
+    anyhow::ensure!(
+        config.core_tls.ca.is_some(),
+        "the core URL {} is https://, but no CA to trust it is set: \
+         set OPENCLAW_CORE_CA to the PEM file of the CA that signed the core's certificate",
+        secure[0]
+    );
+    CoreTlsMaterial::load(&config.core_tls).map(Some)
+}
+
+fn is_https(url: &str) -> bool {
+    url.trim()
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+/// One core's endpoint. `https://` URLs get the client TLS of `tls`, checking the certificate
+/// against `domain` when given (a resolved address), else against the URL's host.
+fn endpoint(
+    url: &str,
+    tls: Option<&CoreTlsMaterial>,
+    domain: Option<&str>,
+) -> anyhow::Result<Endpoint> {
     let url = url.trim();
     let url = if url.contains("://") {
         url.to_owned()
     } else {
         format!("http://{url}")
     };
-    let endpoint = Endpoint::from_shared(url.clone())
+    let mut endpoint = Endpoint::from_shared(url.clone())
         .map_err(|error| anyhow::anyhow!("invalid core URL '{url}': {error}"))?;
+    if is_https(&url) {
+        let tls = tls.ok_or_else(|| {
+            anyhow::anyhow!("the core URL {url} is https://, but no core TLS is configured")
+        })?;
+        let host = endpoint
+            .uri()
+            .host()
+            .unwrap_or_default()
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_owned();
+        endpoint = endpoint
+            .tls_config(tls.client_config(domain.unwrap_or(&host)))
+            .map_err(|error| anyhow::anyhow!("core TLS for {url}: {error}"))?;
+    }
     Ok(endpoint
         .user_agent(concat!("openclaw-rest/", env!("CARGO_PKG_VERSION")))?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -226,14 +284,14 @@ mod tests {
     #[test]
     fn core_urls_without_a_scheme_default_to_http() {
         assert_eq!(
-            endpoint("127.0.0.1:50051")
+            endpoint("127.0.0.1:50051", None, None)
                 .expect("valid")
                 .uri()
                 .to_string(),
             "http://127.0.0.1:50051/"
         );
-        assert!(endpoint("http://[::1]:50051").is_ok());
-        assert!(endpoint("http://exa mple:1").is_err());
+        assert!(endpoint("http://[::1]:50051", None, None).is_ok());
+        assert!(endpoint("http://exa mple:1", None, None).is_err());
     }
 
     #[tokio::test]
@@ -243,5 +301,37 @@ mod tests {
             ..EdgeConfig::default()
         };
         assert!(CoreClient::new(&config).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_https_core_needs_a_ca_and_tls_files_need_an_https_core() {
+        let config = EdgeConfig {
+            core_urls: vec!["https://core:50051".into()],
+            ..EdgeConfig::default()
+        };
+        let error = CoreClient::new(&config).unwrap_err().to_string();
+        assert!(error.contains("OPENCLAW_CORE_CA"), "{error}");
+
+        let config = EdgeConfig {
+            core_urls: vec!["http://core:50051".into()],
+            core_tls: crate::tls::CoreTls {
+                ca: Some("ca.pem".into()),
+                client: None,
+            },
+            ..EdgeConfig::default()
+        };
+        let error = CoreClient::new(&config).unwrap_err().to_string();
+        assert!(error.contains("https://"), "{error}");
+
+        let config = EdgeConfig {
+            core_urls: vec!["https://core:50051".into()],
+            core_tls: crate::tls::CoreTls {
+                ca: Some("/nonexistent/ca.pem".into()),
+                client: None,
+            },
+            ..EdgeConfig::default()
+        };
+        let error = format!("{:#}", CoreClient::new(&config).unwrap_err());
+        assert!(error.contains("/nonexistent/ca.pem"), "{error}");
     }
 }

@@ -24,14 +24,25 @@ mod openapi;
 mod routes;
 mod server;
 mod timestamp;
+pub mod tls;
 
 pub use server::serve;
 
 /// How the edge reaches the core and what it accepts from clients.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
-    /// The core replicas' gRPC endpoints (`http://host:port`); calls are balanced across them.
+    /// The core replicas' gRPC endpoints (`http://host:port`, or `https://host:port` with
+    /// `core_tls`); calls are balanced across them.
     pub core_urls: Vec<String>,
+    /// How the edge trusts (and, for mutual TLS, proves itself to) `https://` cores.
+    pub core_tls: tls::CoreTls,
+    /// The public listener's certificate and key; absent, it serves plain HTTP.
+    pub tls: Option<tls::TlsFiles>,
+    /// How long a client may take to send a request's headers (and, with TLS, to finish the
+    /// handshake) before its connection is closed: slow clients cannot hold connections open.
+    pub header_read_timeout: Duration,
+    /// The largest total size of a request's headers, in bytes; larger ones get 431.
+    pub max_header_bytes: usize,
     /// The largest request body accepted, in bytes; larger ones get 413.
     pub max_body_bytes: usize,
     /// How long the edge waits for the core on one call (model calls included).
@@ -45,6 +56,10 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         Self {
             core_urls: vec!["http://127.0.0.1:50051".into()],
+            core_tls: tls::CoreTls::default(),
+            tls: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
             max_body_bytes: 1024 * 1024,
             core_timeout: Duration::from_secs(180),
             draining: Arc::default(),

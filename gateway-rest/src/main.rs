@@ -8,6 +8,7 @@ use gateway_rest::EdgeConfig;
 use gateway_rest::ops::{
     Profile, config_file, metrics, runtime::RuntimeArgs, shutdown::Shutdown, telemetry,
 };
+use gateway_rest::tls::{CoreTls, TlsFiles};
 use tokio::net::TcpListener;
 
 /// OpenClaw Gateway REST edge: serves the JSON API and forwards every call to the core over gRPC.
@@ -43,6 +44,34 @@ struct Cli {
     /// The largest request body accepted, in bytes.
     #[arg(long, env = "OPENCLAW_MAX_BODY_BYTES", default_value_t = EdgeConfig::default().max_body_bytes)]
     max_body_bytes: usize,
+    /// The largest total size of a request's headers, in bytes (larger: 431).
+    #[arg(long, env = "OPENCLAW_MAX_HEADER_BYTES", default_value_t = EdgeConfig::default().max_header_bytes)]
+    max_header_bytes: usize,
+    /// How long a client may take to send its request headers (and finish the TLS handshake)
+    /// before the connection is closed, in milliseconds.
+    #[arg(
+        long,
+        env = "OPENCLAW_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    header_read_timeout_ms: u64,
+    /// PEM certificate chain (leaf first) for HTTPS on the REST address; with --tls-key.
+    /// Absent: plain HTTP (for TLS terminated in front of the edge).
+    #[arg(long, env = "OPENCLAW_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "OPENCLAW_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
+    /// PEM file of the CA that signed the cores' certificates, for https:// core URLs.
+    #[arg(long, env = "OPENCLAW_CORE_CA")]
+    core_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate the edge presents to cores that require mutual TLS; with
+    /// --core-client-key.
+    #[arg(long, env = "OPENCLAW_CORE_CLIENT_CERT")]
+    core_client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --core-client-cert.
+    #[arg(long, env = "OPENCLAW_CORE_CLIENT_KEY")]
+    core_client_key: Option<std::path::PathBuf>,
     /// Address of the Prometheus metrics and probe endpoints (/metrics, /livez, /readyz).
     #[arg(long, env = "OPENCLAW_METRICS_ADDR", default_value = "0.0.0.0:9465")]
     metrics_addr: SocketAddr,
@@ -80,6 +109,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     shutdown.on_signals();
     let config = EdgeConfig {
         core_urls: cli.core_urls.clone(),
+        core_tls: CoreTls {
+            ca: cli.core_ca.clone(),
+            client: TlsFiles::from_pair(
+                cli.core_client_cert.clone(),
+                cli.core_client_key.clone(),
+                ("OPENCLAW_CORE_CLIENT_CERT", "OPENCLAW_CORE_CLIENT_KEY"),
+            )?,
+        },
+        tls: TlsFiles::from_pair(
+            cli.tls_cert.clone(),
+            cli.tls_key.clone(),
+            ("OPENCLAW_TLS_CERT", "OPENCLAW_TLS_KEY"),
+        )?,
+        header_read_timeout: Duration::from_millis(cli.header_read_timeout_ms),
+        max_header_bytes: cli.max_header_bytes,
         max_body_bytes: cli.max_body_bytes,
         ..EdgeConfig::default()
     };
@@ -88,6 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let metrics_listener = metrics::bind(cli.metrics_addr).await?;
     tracing::info!(
         addr = %listener.local_addr()?,
+        tls = config.tls.is_some(),
         metrics = %metrics_listener.local_addr()?,
         core = ?config.core_urls,
         "openclaw-rest listening"

@@ -1,8 +1,8 @@
 //! Assembles the router and serves it on a listener until shutdown.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, sync::Arc};
 
-use axum::{Router, extract::FromRef, middleware, serve::ListenerExt as _};
+use axum::{Router, extract::FromRef, middleware};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -54,32 +54,66 @@ pub(crate) fn router(config: &EdgeConfig) -> anyhow::Result<Router> {
             draining,
             headers::refuse_while_draining,
         ))
+        // The JSON routes read their bodies themselves (`extract::JsonBody`, the envelope's 413);
+        // this holds axum's own extractors, the dashboard's forms, to the same limit.
+        .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            HeaderLimit(config.max_header_bytes),
+            limit_header_size,
+        ))
         .layer(middleware::from_fn(headers::stamp))
         .with_state(state))
 }
 
 /// Serves the REST API on an already-bound listener until `shutdown` resolves, then lets the
-/// requests in flight finish.
+/// requests in flight finish. With `config.tls` the listener speaks HTTPS.
 pub async fn serve(
     listener: TcpListener,
     config: EdgeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = router(&config)?;
-    // Small JSON answers: don't let Nagle hold them back.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::trace!(%error, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    let connections = connection::Connections::new(&config)?;
+    connections.serve(listener, app, shutdown).await;
     Ok(())
 }
+
+/// Refuses requests whose headers, all together, exceed the configured size: 431 in the API's
+/// envelope. It sits well below hyper's own cap, so a client gets a sentence, not a bare 431.
+async fn limit_header_size(
+    axum::extract::State(HeaderLimit(limit)): axum::extract::State<HeaderLimit>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    // As on the wire: "name: value\r\n" per header.
+    let size: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size <= limit {
+        return next.run(request).await;
+    }
+    let error = crate::error::ApiError::invalid_request(
+        "Request headers too large",
+        format!(
+            "The request headers total {size} bytes; they must total at most {limit} bytes. \
+             Send fewer or shorter headers (large cookies are a common cause)"
+        ),
+    )
+    .with_status(axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    if request.uri().path().starts_with("/v1/") {
+        return crate::routes::openai::OpenAiError::from(error).into_response();
+    }
+    error.into_response()
+}
+
+/// The configured limit on a request's total header size, in bytes.
+#[derive(Debug, Clone, Copy)]
+struct HeaderLimit(usize);
+
+mod connection;
 
 #[cfg(test)]
 mod tests;

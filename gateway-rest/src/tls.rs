@@ -1,0 +1,162 @@
+//! TLS for the edge: the public listener's certificate (HTTPS, with ALPN for HTTP/2 and
+//! HTTP/1.1), and the edge's side of its gRPC connection to the core (a CA to trust, and a client
+//! certificate when the core asks for one: mutual TLS).
+//!
+//! Files are read once, at start-up; a missing or unreadable file stops the process with a message
+//! naming the file and the setting that points at it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio_rustls::rustls::{
+    self,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+};
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first (`OPENCLAW_TLS_CERT`).
+    pub cert: PathBuf,
+    /// The private key of the leaf certificate, PKCS#8, PKCS#1 or SEC1 (`OPENCLAW_TLS_KEY`).
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Both paths or neither: one without the other is a configuration mistake, named.
+    pub fn from_pair(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        (cert_setting, key_setting): (&str, &str),
+    ) -> anyhow::Result<Option<Self>> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(Self { cert, key })),
+            (None, None) => Ok(None),
+            (Some(_), None) => {
+                anyhow::bail!(
+                    "{cert_setting} is set but {key_setting} is not: set both, or neither"
+                )
+            }
+            (None, Some(_)) => {
+                anyhow::bail!(
+                    "{key_setting} is set but {cert_setting} is not: set both, or neither"
+                )
+            }
+        }
+    }
+}
+
+/// How the edge reaches the core over TLS. Used for `https://` core URLs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CoreTls {
+    /// PEM file of the CA(s) that signed the core's certificate (`OPENCLAW_CORE_CA`). Absent: the
+    /// system's trusted roots are not consulted, so an `https://` core URL needs it.
+    pub ca: Option<PathBuf>,
+    /// The edge's client certificate and key, for a core that requires mutual TLS
+    /// (`OPENCLAW_CORE_CLIENT_CERT`, `OPENCLAW_CORE_CLIENT_KEY`).
+    pub client: Option<TlsFiles>,
+}
+
+/// The same cryptography everywhere (aws-lc-rs), whatever else the dependency tree enables.
+pub fn install_crypto_provider() {
+    // Err only means a provider is installed already, which is what we want.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
+}
+
+fn certificates(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = read(path, what)?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("the {what} {} is not valid PEM", path.display()))?;
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "the {what} {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+        path.display()
+    );
+    Ok(chain)
+}
+
+fn private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    let pem = read(path, "private key")?;
+    PrivateKeyDer::from_pem_slice(&pem).with_context(|| {
+        format!(
+            "the private key {} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
+            path.display()
+        )
+    })
+}
+
+/// The public listener's TLS configuration: the certificate and key from `files`, ALPN offering
+/// HTTP/2 then HTTP/1.1.
+pub(crate) fn server_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    install_crypto_provider();
+    let chain = certificates(&files.cert, "certificate chain")?;
+    let key = private_key(&files.key)?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .with_context(|| {
+            format!(
+                "the certificate {} and the key {} do not make a usable pair",
+                files.cert.display(),
+                files.key.display()
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What the edge's gRPC client presents and trusts, read from the files once.
+#[derive(Debug, Clone)]
+pub(crate) struct CoreTlsMaterial {
+    ca: Option<tonic::transport::Certificate>,
+    identity: Option<tonic::transport::Identity>,
+}
+
+impl CoreTlsMaterial {
+    pub(crate) fn load(tls: &CoreTls) -> anyhow::Result<Self> {
+        install_crypto_provider();
+        let ca = match &tls.ca {
+            Some(path) => {
+                // Parsed here so a wrong file fails at start-up, not on the first call.
+                certificates(path, "core CA")?;
+                Some(tonic::transport::Certificate::from_pem(read(
+                    path, "core CA",
+                )?))
+            }
+            None => None,
+        };
+        let identity = match &tls.client {
+            Some(files) => {
+                certificates(&files.cert, "client certificate")?;
+                private_key(&files.key)?;
+                Some(tonic::transport::Identity::from_pem(
+                    read(&files.cert, "client certificate")?,
+                    read(&files.key, "client key")?,
+                ))
+            }
+            None => None,
+        };
+        Ok(Self { ca, identity })
+    }
+
+    /// The client TLS for a core whose certificate names `domain` (the configured host, also
+    /// when the connection goes to an address that host resolved to).
+    pub(crate) fn client_config(&self, domain: &str) -> tonic::transport::ClientTlsConfig {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .domain_name(domain)
+            .assume_http2(true);
+        if let Some(ca) = &self.ca {
+            config = config.ca_certificate(ca.clone());
+        }
+        if let Some(identity) = &self.identity {
+            config = config.identity(identity.clone());
+        }
+        config
+    }
+}

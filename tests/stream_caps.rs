@@ -454,3 +454,51 @@ async fn the_embedded_store_enforces_the_caps_too() {
     let _replacement = Open::first_bytes(response).await;
     refused(edge.send_streamed(&key).await, "concurrentStreams", 2, 2).await;
 }
+
+#[tokio::test]
+async fn grpc_callers_get_resource_exhausted_with_the_same_details() {
+    use openclaw_gateway::proto::SubscribeRequest;
+    use openclaw_gateway::proto::event_service_client::EventServiceClient;
+    use tonic_types::StatusExt as _;
+
+    let cluster = Cluster::start().await;
+    let key = cluster.key(json!({"eventSubscriptions": 1})).await;
+    let request = || {
+        let mut request = tonic::Request::new(SubscribeRequest::default());
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        request
+    };
+    let connect =
+        |core: &Process| EventServiceClient::connect(format!("http://127.0.0.1:{}", core.port));
+    let mut first = connect(&cluster.cores[0]).await.unwrap();
+    let mut second = connect(&cluster.cores[1]).await.unwrap();
+
+    let open = first.subscribe(request()).await.expect("within the cap");
+    let status = second.subscribe(request()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    let details = status.get_error_details();
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "RATE_LIMIT_EXCEEDED");
+    let sentence = &info.metadata["details"];
+    assert!(
+        sentence.contains("eventSubscriptions")
+            && sentence.contains("already has 1 ")
+            && sentence.contains("close one"),
+        "{sentence}"
+    );
+    assert!(details.retry_info().is_some());
+
+    // Dropping the stream ends the call; its place is free at once on the other replica.
+    drop(open);
+    let started = Instant::now();
+    loop {
+        match second.subscribe(request()).await {
+            Ok(_) => break,
+            Err(status) => assert_eq!(status.code(), tonic::Code::ResourceExhausted),
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "not released");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

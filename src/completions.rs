@@ -16,7 +16,7 @@ use crate::convert;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::gateway::{Gateway, Scope, respond};
 use crate::inference::{self, Answer};
-use crate::limits::Admission;
+use crate::limits::{Admission, CapKind, Leased};
 use crate::proto::completion_service_server::CompletionService;
 use crate::proto::{self, ChatMessage};
 use crate::providers::Model;
@@ -296,7 +296,7 @@ impl CompletionService for Completions {
         Ok(simulated(respond(response, &admission), &model))
     }
 
-    type StreamCompleteStream = ReceiverStream<Result<proto::CompleteEvent, Status>>;
+    type StreamCompleteStream = Leased<ReceiverStream<Result<proto::CompleteEvent, Status>>>;
 
     async fn stream_complete(
         &self,
@@ -304,6 +304,12 @@ impl CompletionService for Completions {
     ) -> Result<Response<Self::StreamCompleteStream>, Status> {
         let principal = self.gateway.authorize(&request, SCOPE).await?;
         let asked = check(&self.gateway, request.into_inner())?;
+        // Counted against the key's cap from before the model is asked until the caller
+        // leaves or the stream ends.
+        let lease = self
+            .gateway
+            .open_stream(&principal, CapKind::Streams)
+            .await?;
         let binding = self.bind(&principal, &asked).await?;
         let (events, stream) = mpsc::channel(STREAM_BUFFER);
         let (opened, opening) = oneshot::channel();
@@ -382,7 +388,7 @@ impl CompletionService for Completions {
             let _ = events.send(event).await;
         });
         let (admission, simulated) = opening.await.map_err(|_| ApiError::internal())??;
-        let mut response = respond(ReceiverStream::new(stream), &admission);
+        let mut response = respond(Leased::new(ReceiverStream::new(stream), lease), &admission);
         if simulated {
             response.metadata_mut().insert(
                 "openclaw-simulated",

@@ -41,6 +41,9 @@ pub struct CoreConfig {
     #[command(flatten)]
     pub cron: crate::cron::CronSettings,
 
+    #[command(flatten)]
+    pub stream_caps: crate::limits::StreamCaps,
+
     /// Address of the gRPC server.
     #[arg(long, env = "OPENCLAW_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,

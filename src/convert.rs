@@ -37,6 +37,8 @@ pub fn limits(limits: &KeyLimits) -> proto::Limits {
         requests_per_minute: limits.requests_per_minute,
         tokens_per_minute: limits.tokens_per_minute,
         context_tokens_per_minute: limits.context_tokens_per_minute,
+        concurrent_streams: limits.concurrent_streams,
+        event_subscriptions: limits.event_subscriptions,
     }
 }
 

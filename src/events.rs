@@ -32,6 +32,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::gateway::{Scope, respond};
+use crate::limits::{CapKind, Charge, Leased};
 use crate::proto::{self, event_service_server::EventService};
 use crate::store::{StoreError, StoreResult};
 
@@ -580,7 +581,10 @@ impl EventService for Events {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let (principal, admission) = self.gateway.enter(&request, Scope::Named("cron")).await?;
+        let principal = self
+            .gateway
+            .authorize(&request, Scope::Named("cron"))
+            .await?;
         let raw = request.get_ref().after_id.trim();
         let after = match raw {
             "" => None,
@@ -598,6 +602,12 @@ impl EventService for Events {
             )
             .into());
         }
+        // Held (and counted against the key's cap) for as long as the subscriber stays.
+        let lease = self
+            .gateway
+            .open_stream(&principal, CapKind::Subscriptions)
+            .await?;
+        let admission = self.gateway.admit(&principal, Charge::default()).await?;
         let stream = self
             .gateway
             .events
@@ -606,6 +616,7 @@ impl EventService for Events {
                 Ok(event) => Ok(event_to_proto(&event)),
                 Err(err) => Err(Status::from(ApiError::from(err))),
             });
+        let stream = Leased::new(Box::pin(stream), lease);
         Ok(respond(Box::pin(stream) as EventStream, &admission))
     }
 }

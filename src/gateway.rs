@@ -8,7 +8,7 @@ use tonic::{Request, Response};
 
 use crate::auth::{Authenticator, Principal};
 use crate::error::ApiResult;
-use crate::limits::{Admission, Charge, Quota, RateLimiter};
+use crate::limits::{Admission, CapKind, Charge, Quota, RateLimiter, StreamCaps, StreamLease};
 use crate::providers::ModelCatalog;
 use crate::store::Store;
 
@@ -26,6 +26,8 @@ pub struct Gateway {
     pub limits: RateLimiter,
     pub models: ModelCatalog,
     pub default_limits: DefaultLimits,
+    /// Caps on streams and event subscriptions open at once, for keys without their own.
+    pub stream_caps: StreamCaps,
     /// Completion tokens reserved (and asked of the model) when a request names no maxTokens.
     pub default_max_tokens: u32,
     /// How long a session's turn lock is leased: longer than any model call.
@@ -64,6 +66,7 @@ impl Gateway {
             limits,
             models,
             default_limits,
+            stream_caps: StreamCaps::default(),
             default_max_tokens,
             turn_lease,
             replica,
@@ -146,6 +149,41 @@ impl Gateway {
             context: own
                 .context_tokens_per_minute
                 .unwrap_or(d.context_tokens_per_minute),
+        }
+    }
+
+    /// The caller's cap of open streams of `kind`.
+    pub fn stream_cap(&self, principal: &Principal, kind: CapKind) -> u64 {
+        let own = match principal {
+            Principal::Key(key) => match kind {
+                CapKind::Streams => key.limits.concurrent_streams,
+                CapKind::Subscriptions => key.limits.event_subscriptions,
+            },
+            Principal::Internal => None,
+        };
+        own.unwrap_or_else(|| self.stream_caps.cap(kind))
+    }
+
+    /// Takes a lease on the caller's cap of open streams of `kind` (none for the
+    /// internal token, which is not limited), or refuses the stream. Hold the guard
+    /// for as long as the stream is open.
+    pub async fn open_stream(
+        &self,
+        principal: &Principal,
+        kind: CapKind,
+    ) -> ApiResult<Option<StreamLease>> {
+        match principal {
+            Principal::Internal => Ok(None),
+            Principal::Key(key) => self
+                .limits
+                .open_stream(
+                    &key.id,
+                    kind,
+                    self.stream_cap(principal, kind),
+                    self.stream_caps.lease_ttl(),
+                )
+                .await
+                .map(Some),
         }
     }
 

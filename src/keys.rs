@@ -97,12 +97,16 @@ fn merge_limits(base: &KeyLimits, patch: Option<&proto::Limits>) -> ApiResult<Ke
     check(patch.requests_per_minute, "requestsPerMinute")?;
     check(patch.tokens_per_minute, "tokensPerMinute")?;
     check(patch.context_tokens_per_minute, "contextTokensPerMinute")?;
+    check(patch.concurrent_streams, "concurrentStreams")?;
+    check(patch.event_subscriptions, "eventSubscriptions")?;
     Ok(KeyLimits {
         requests_per_minute: patch.requests_per_minute.or(base.requests_per_minute),
         tokens_per_minute: patch.tokens_per_minute.or(base.tokens_per_minute),
         context_tokens_per_minute: patch
             .context_tokens_per_minute
             .or(base.context_tokens_per_minute),
+        concurrent_streams: patch.concurrent_streams.or(base.concurrent_streams),
+        event_subscriptions: patch.event_subscriptions.or(base.event_subscriptions),
     })
 }
 

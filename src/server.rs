@@ -144,6 +144,7 @@ pub async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
     if let Some(fresh) = Arc::get_mut(&mut gateway) {
         fresh.idempotency_retention =
             std::time::Duration::from_secs(config.idempotency_retention_secs.max(1));
+        fresh.stream_caps = config.stream_caps;
         if let Some(conn) = shared {
             fresh.dashboard.store = Arc::new(
                 crate::dashboard::sessions::RedisDashboardSessions::new(conn),

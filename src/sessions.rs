@@ -18,7 +18,7 @@ use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::gateway::{Gateway, Scope, respond};
 use crate::idempotency::{self, SendKey};
 use crate::inference::{self, Streamed};
-use crate::limits::{Admission, Charge};
+use crate::limits::{Admission, CapKind, Charge, Leased};
 use crate::proto::session_service_server::SessionService;
 use crate::proto::{self, ChatMessage};
 use crate::providers::Model;
@@ -805,7 +805,7 @@ impl SessionService for Sessions {
         Ok(reply_response(out, reply.as_ref(), &admission))
     }
 
-    type StreamMessageStream = ReceiverStream<Result<proto::StreamEvent, Status>>;
+    type StreamMessageStream = Leased<ReceiverStream<Result<proto::StreamEvent, Status>>>;
 
     async fn stream_message(
         &self,
@@ -830,7 +830,11 @@ impl SessionService for Sessions {
                         let _ = events.try_send(Ok(delta_event(content)));
                     }
                     let _ = events.try_send(Ok(done_event(done)));
-                    return Ok(replayed(ReceiverStream::new(stream), reply.as_ref()));
+                    // A replay streams nothing from a model: it holds no lease.
+                    return Ok(replayed(
+                        Leased::new(ReceiverStream::new(stream), None),
+                        reply.as_ref(),
+                    ));
                 }
                 PreparedSend::Turn {
                     lock,
@@ -839,6 +843,15 @@ impl SessionService for Sessions {
                     new,
                 } => (lock, session, history, new),
             };
+        // Counted against the key's cap from before the model is asked until the caller
+        // leaves or the stream ends.
+        let lease = match self.gateway.open_stream(&principal, CapKind::Streams).await {
+            Ok(lease) => lease,
+            Err(error) => {
+                self.release(&lock).await;
+                return Err(error.into());
+            }
+        };
         let sessions = Sessions::new(self.gateway.clone());
         let session_id = body.session_id;
         let options = body.options;
@@ -896,7 +909,7 @@ impl SessionService for Sessions {
             let _ = events.send(event).await;
         });
         let (admission, simulated) = opening.await.map_err(|_| ApiError::internal())??;
-        let mut response = respond(ReceiverStream::new(stream), &admission);
+        let mut response = respond(Leased::new(ReceiverStream::new(stream), lease), &admission);
         if simulated {
             response.metadata_mut().insert(
                 "openclaw-simulated",

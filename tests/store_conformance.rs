@@ -224,6 +224,8 @@ async fn check_keys(store: &dyn Store) {
         requests_per_minute: Some(60),
         tokens_per_minute: Some(10_000),
         context_tokens_per_minute: Some(5_000),
+        concurrent_streams: Some(3),
+        event_subscriptions: Some(2),
     };
     updated.last_used_at = Some(at(10));
     updated.revoked_at = Some(at(20));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{Charge, Decision, LimitBackend, Quota, Usage, WINDOW};
+use super::{CapKind, Charge, Decision, LeaseDecision, LimitBackend, Quota, Usage, WINDOW};
 use crate::store::StoreError;
 
 struct Entry {
@@ -84,6 +84,8 @@ pub struct LocalLimits {
     window: Duration,
     logs: Mutex<HashMap<String, Log>>,
     failures: Mutex<HashMap<String, (u64, u64)>>,
+    /// Open streams' leases per key and cap: lease id → expiry (ms since `started`).
+    leases: Mutex<HashMap<(String, CapKind), HashMap<String, u64>>>,
 }
 
 impl Default for LocalLimits {
@@ -99,6 +101,7 @@ impl LocalLimits {
             window,
             logs: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
         }
     }
 
@@ -169,6 +172,57 @@ impl LimitBackend for LocalLimits {
         }
         entry.1 += 1;
         Ok(entry.1)
+    }
+
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        kind: CapKind,
+        lease: &str,
+        cap: u64,
+        ttl: Duration,
+    ) -> Result<LeaseDecision, StoreError> {
+        let now = self.now_ms();
+        let mut leases = self.leases.lock().map_err(|_| Self::poisoned())?;
+        let held = leases.entry((key.to_string(), kind)).or_default();
+        held.retain(|_, expiry| *expiry > now);
+        let open = held.len() as u64;
+        if open >= cap {
+            return Ok(LeaseDecision { taken: false, open });
+        }
+        held.insert(lease.to_string(), now + ttl.as_millis() as u64);
+        Ok(LeaseDecision {
+            taken: true,
+            open: open + 1,
+        })
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        kind: CapKind,
+        lease: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        let mut leases = self.leases.lock().map_err(|_| Self::poisoned())?;
+        leases
+            .entry((key.to_string(), kind))
+            .or_default()
+            .insert(lease.to_string(), now + ttl.as_millis() as u64);
+        Ok(())
+    }
+
+    async fn release_lease(&self, key: &str, kind: CapKind, lease: &str) -> Result<(), StoreError> {
+        let mut leases = self.leases.lock().map_err(|_| Self::poisoned())?;
+        let slot = (key.to_string(), kind);
+        if let Some(held) = leases.get_mut(&slot) {
+            held.remove(lease);
+            if held.is_empty() {
+                leases.remove(&slot);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -263,5 +317,73 @@ mod tests {
                 .unwrap(),
             Decision::Denied { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn leases_hold_at_most_the_cap_until_released_or_expired() {
+        let limits = LocalLimits::default();
+        let ttl = Duration::from_millis(150);
+        for i in 0..2 {
+            let d = limits
+                .acquire_lease("k", CapKind::Streams, &format!("l{i}"), 2, ttl)
+                .await
+                .unwrap();
+            assert_eq!(
+                d,
+                LeaseDecision {
+                    taken: true,
+                    open: i + 1
+                }
+            );
+        }
+        let full = limits
+            .acquire_lease("k", CapKind::Streams, "l2", 2, ttl)
+            .await
+            .unwrap();
+        assert_eq!(
+            full,
+            LeaseDecision {
+                taken: false,
+                open: 2
+            }
+        );
+        // Another cap and another key have their own leases.
+        for (key, kind) in [("k", CapKind::Subscriptions), ("other", CapKind::Streams)] {
+            let d = limits.acquire_lease(key, kind, "x", 2, ttl).await.unwrap();
+            assert!(d.taken, "{key} {kind:?}");
+        }
+        limits
+            .release_lease("k", CapKind::Streams, "l0")
+            .await
+            .unwrap();
+        let after_release = limits
+            .acquire_lease("k", CapKind::Streams, "l3", 2, ttl)
+            .await
+            .unwrap();
+        assert_eq!(
+            after_release,
+            LeaseDecision {
+                taken: true,
+                open: 2
+            }
+        );
+        // Renewed leases outlive their first expiry; unrenewed ones do not.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        limits
+            .renew_lease("k", CapKind::Streams, "l3", ttl)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let after_expiry = limits
+            .acquire_lease("k", CapKind::Streams, "l4", 2, ttl)
+            .await
+            .unwrap();
+        assert_eq!(
+            after_expiry,
+            LeaseDecision {
+                taken: true,
+                open: 2
+            }
+        );
     }
 }

@@ -20,7 +20,11 @@
 //!
 //! Time comes from the Redis server (`TIME` inside the script), never from
 //! the replicas' clocks. A key's log holds at most `requests` entries.
+//!
+//! Beside the per-minute limits, [`leases`] caps how many streamed replies and
+//! event subscriptions a key holds open at once, with leases in the same store.
 
+mod leases;
 mod local;
 mod redis;
 
@@ -31,6 +35,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+pub use self::leases::{
+    CapKind, DEFAULT_LEASE_TTL, LeaseDecision, Leased, StreamCaps, StreamLease,
+};
 pub use self::local::LocalLimits;
 pub use self::redis::RedisLimits;
 
@@ -88,6 +95,27 @@ pub trait LimitBackend: Send + Sync + 'static {
     async fn settle(&self, key: &str, reservation: &str, used: Charge) -> Result<(), StoreError>;
     /// Counts a failed authentication from `client`; returns its failures in the window so far.
     async fn record_auth_failure(&self, client: &str, window: Duration) -> Result<u64, StoreError>;
+    /// Atomically takes the lease `lease` on `key`'s `kind` cap, living `ttl`, if fewer than
+    /// `cap` unexpired leases are held; answers how many are.
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        kind: CapKind,
+        lease: &str,
+        cap: u64,
+        ttl: Duration,
+    ) -> Result<LeaseDecision, StoreError>;
+    /// Extends a held lease to `ttl` from now (taking it again if it had expired: the stream
+    /// it stands for is still open).
+    async fn renew_lease(
+        &self,
+        key: &str,
+        kind: CapKind,
+        lease: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// Gives a lease back; releasing one that is gone is harmless.
+    async fn release_lease(&self, key: &str, kind: CapKind, lease: &str) -> Result<(), StoreError>;
 }
 
 /// What to do when the shared limiter (Redis) cannot be reached.
@@ -163,7 +191,7 @@ pub const AUTH_FAILURES_ALLOWED: u64 = 20;
 pub struct RateLimiter {
     backend: Arc<dyn LimitBackend>,
     /// Present when the backend is shared (Redis) and the policy is `Open`.
-    fallback: Option<LocalLimits>,
+    fallback: Option<Arc<LocalLimits>>,
     /// The divisor of each limit for the fallback.
     share: u64,
     degraded: AtomicBool,
@@ -179,7 +207,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     pub fn new(backend: Arc<dyn LimitBackend>, fallback: Option<(LocalLimits, u64)>) -> Self {
         let (fallback, share) = match fallback {
-            Some((limits, share)) => (Some(limits), share.max(1)),
+            Some((limits, share)) => (Some(Arc::new(limits)), share.max(1)),
             None => (None, 1),
         };
         Self {
@@ -323,6 +351,59 @@ impl RateLimiter {
                 }))
             }
         }
+    }
+
+    /// Takes a lease on `key`'s `kind` cap for a stream about to open, or answers
+    /// RATE_LIMIT_EXCEEDED naming the cap and how many are open. The lease is renewed
+    /// while the returned guard lives and released when it drops. When Redis does not
+    /// answer, the Redis-down policy decides as it does for the per-minute limits.
+    pub async fn open_stream(
+        &self,
+        key: &str,
+        kind: CapKind,
+        cap: u64,
+        ttl: Duration,
+    ) -> ApiResult<StreamLease> {
+        let lease = uuid::Uuid::new_v4().simple().to_string();
+        let outcome = self
+            .bounded(self.backend.acquire_lease(key, kind, &lease, cap, ttl))
+            .await;
+        // The cap that decided: this replica's share of it while the fallback decides.
+        let (decision, holder, cap): (LeaseDecision, Arc<dyn LimitBackend>, u64) = match outcome {
+            Ok(decision) => {
+                self.note_backend(true);
+                (decision, self.backend.clone(), cap)
+            }
+            Err(err) => {
+                metrics::counter!("openclaw_store_errors_total", "op" => "stream_cap").increment(1);
+                self.note_backend(false);
+                tracing::debug!(error = %err, "stream cap backend failed");
+                match &self.fallback {
+                    Some(local) => {
+                        let share = (cap / self.share).max(1);
+                        let decision = local.acquire_lease(key, kind, &lease, share, ttl).await?;
+                        (decision, local.clone() as Arc<dyn LimitBackend>, share)
+                    }
+                    None => {
+                        return Err(ApiError::unavailable(
+                            "Stream limits cannot be checked right now (the shared store is unreachable); retry in a few seconds",
+                        )
+                        .with_retry_after(Duration::from_secs(1)));
+                    }
+                }
+            }
+        };
+        if !decision.taken {
+            return Err(leases::over_cap(kind, cap, decision.open));
+        }
+        Ok(StreamLease::hold(leases::Holding {
+            backend: holder,
+            key: key.to_string(),
+            kind,
+            id: lease,
+            ttl,
+            timeout: self.decision_timeout,
+        }))
     }
 
     /// Replaces the admission's reservation with what the model really used.

@@ -5,6 +5,8 @@
 //! - `oc:rl:{<key>}:log`  zset: reservation id → admission time (ms, Redis clock)
 //! - `oc:rl:{<key>}:amt`  hash: reservation id → "tokens,context"
 //! - `oc:rl:{<key>}:sum`  hash: t, c = sums over the live entries
+//! - `oc:rl:{<key>}:streams`, `oc:rl:{<key>}:subscriptions`  zset: lease id → expiry (ms,
+//!   Redis clock) of each open stream / event subscription (see `leases.rs`)
 
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use async_trait::async_trait;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
-use super::{Charge, Decision, LimitBackend, Quota, Usage, WINDOW};
+use super::{CapKind, Charge, Decision, LeaseDecision, LimitBackend, Quota, Usage, WINDOW};
 use crate::store::StoreError;
 
 const ADMIT: &str = r#"
@@ -97,11 +99,37 @@ if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n
 "#;
 
+/// Takes a lease if fewer than the cap are live: expired leases (their replica stopped
+/// renewing them) are dropped first. Answers {taken, live leases}.
+const ACQUIRE_LEASE: &str = r#"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local cap, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local open = redis.call('ZCARD', KEYS[1])
+if open >= cap then return {0, open} end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl + 1000)
+return {1, open + 1}
+"#;
+
+/// Extends a lease (re-adding it if it expired meanwhile: its stream is still open).
+const RENEW_LEASE: &str = r#"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl + 1000)
+return 1
+"#;
+
 pub struct RedisLimits {
     conn: ConnectionManager,
     admit: Script,
     settle: Script,
     auth_failure: Script,
+    acquire_lease: Script,
+    renew_lease: Script,
     window: Duration,
 }
 
@@ -117,6 +145,8 @@ impl RedisLimits {
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
             auth_failure: Script::new(AUTH_FAILURE),
+            acquire_lease: Script::new(ACQUIRE_LEASE),
+            renew_lease: Script::new(RENEW_LEASE),
             window,
         }
     }
@@ -128,6 +158,11 @@ fn keys(key: &str) -> [String; 3] {
         format!("oc:rl:{{{key}}}:amt"),
         format!("oc:rl:{{{key}}}:sum"),
     ]
+}
+
+/// A key's leases for one cap, under the key's hash tag like its rate-limit log.
+fn lease_set(key: &str, kind: CapKind) -> String {
+    format!("oc:rl:{{{key}}}:{}", kind.suffix())
 }
 
 fn unavailable(err: redis::RedisError) -> StoreError {
@@ -203,5 +238,59 @@ impl LimitBackend for RedisLimits {
             .await
             .map_err(unavailable)?;
         Ok(n.max(0) as u64)
+    }
+
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        kind: CapKind,
+        lease: &str,
+        cap: u64,
+        ttl: Duration,
+    ) -> Result<LeaseDecision, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = self
+            .acquire_lease
+            .key(lease_set(key, kind))
+            .arg(lease)
+            .arg(cap)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let figure = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
+        Ok(LeaseDecision {
+            taken: figure(0) == 1,
+            open: figure(1),
+        })
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        kind: CapKind,
+        lease: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.renew_lease
+            .key(lease_set(key, kind))
+            .arg(lease)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn release_lease(&self, key: &str, kind: CapKind, lease: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZREM")
+            .arg(lease_set(key, kind))
+            .arg(lease)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 }

@@ -39,6 +39,12 @@ pub struct KeyLimits {
     pub requests_per_minute: Option<u64>,
     pub tokens_per_minute: Option<u64>,
     pub context_tokens_per_minute: Option<u64>,
+    /// Streamed replies open at once (keys stored before this cap existed have none).
+    #[serde(default)]
+    pub concurrent_streams: Option<u64>,
+    /// Event subscriptions open at once.
+    #[serde(default)]
+    pub event_subscriptions: Option<u64>,
 }
 
 /// An API key as stored: never the secret, only its SHA-256.

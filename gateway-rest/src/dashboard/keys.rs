@@ -57,6 +57,9 @@ fn limits(form: &[(String, String)]) -> Result<proto::Limits, Box<Response>> {
         requests_per_minute: parse("requests", "Requests per minute")?,
         tokens_per_minute: parse("tokens", "Tokens per minute")?,
         context_tokens_per_minute: parse("context", "Context tokens per minute")?,
+        // The form sets the per-minute limits; the concurrency caps keep their values.
+        concurrent_streams: None,
+        event_subscriptions: None,
     })
 }
 

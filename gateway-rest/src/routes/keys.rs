@@ -17,7 +17,9 @@ use crate::{
 
 pub(crate) const TAG: &str = "keys";
 
-/// Per-key limits, per minute. Unset limits take the gateway's defaults.
+/// Per-key limits: requests and tokens per minute, and how many streams and event
+/// subscriptions may be open at once (docs/rate-limits.md). Unset limits take the gateway's
+/// defaults.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct LimitsInput {
@@ -27,6 +29,12 @@ pub(crate) struct LimitsInput {
     tokens_per_minute: Option<u64>,
     #[schema(example = 200000)]
     context_tokens_per_minute: Option<u64>,
+    /// Streamed replies open at once, over every replica.
+    #[schema(example = 20)]
+    concurrent_streams: Option<u64>,
+    /// Event subscriptions (`/api/v1/events`) open at once, over every replica.
+    #[schema(example = 10)]
+    event_subscriptions: Option<u64>,
 }
 
 impl From<LimitsInput> for proto::Limits {
@@ -35,6 +43,8 @@ impl From<LimitsInput> for proto::Limits {
             requests_per_minute: limits.requests_per_minute,
             tokens_per_minute: limits.tokens_per_minute,
             context_tokens_per_minute: limits.context_tokens_per_minute,
+            concurrent_streams: limits.concurrent_streams,
+            event_subscriptions: limits.event_subscriptions,
         }
     }
 }
@@ -93,6 +103,10 @@ pub(crate) struct Limits {
     tokens_per_minute: Option<u64>,
     #[schema(example = 200000)]
     context_tokens_per_minute: Option<u64>,
+    #[schema(example = 20)]
+    concurrent_streams: Option<u64>,
+    #[schema(example = 10)]
+    event_subscriptions: Option<u64>,
 }
 
 /// An API key as administrators see it; the secret itself is shown only at creation.
@@ -149,6 +163,8 @@ impl From<proto::ApiKey> for ApiKey {
                 requests_per_minute: limits.requests_per_minute,
                 tokens_per_minute: limits.tokens_per_minute,
                 context_tokens_per_minute: limits.context_tokens_per_minute,
+                concurrent_streams: limits.concurrent_streams,
+                event_subscriptions: limits.event_subscriptions,
             },
             revoked: key.revoked,
         }

@@ -170,13 +170,10 @@ impl TurnLock {
     fn forget(&self) {
         self.held.store(false, Ordering::Relaxed);
     }
-}
 
-impl Drop for TurnLock {
-    fn drop(&mut self) {
-        if self.held.swap(false, Ordering::Relaxed)
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
+    /// Releases the lock from a task of its own, retrying until its lease ends.
+    fn release_in_background(&self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(release_until(
                 self.store.clone(),
                 self.owner.clone(),
@@ -184,6 +181,14 @@ impl Drop for TurnLock {
                 self.token.clone(),
                 self.lease_ends,
             ));
+        }
+    }
+}
+
+impl Drop for TurnLock {
+    fn drop(&mut self) {
+        if self.held.swap(false, Ordering::Relaxed) {
+            self.release_in_background();
         }
     }
 }
@@ -299,13 +304,7 @@ impl Sessions {
             .await
         {
             tracing::warn!(error = %err, session = %lock.id, "could not release a session lock; retrying in the background");
-            tokio::spawn(release_until(
-                lock.store.clone(),
-                lock.owner.clone(),
-                lock.id.clone(),
-                lock.token.clone(),
-                lock.lease_ends,
-            ));
+            lock.release_in_background();
         }
     }
 

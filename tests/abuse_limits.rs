@@ -50,8 +50,8 @@ fn trickle_until_closed(
     None
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_trickling_its_request_line_is_cut_off_while_others_are_served() {
+/// A core on the embedded store, with its fake upstream and data folder (kept for the test).
+async fn embedded_core() -> (FakeUpstream, tempfile::TempDir, Process) {
     let upstream = FakeUpstream::start().await;
     let data = tempfile::tempdir().expect("temp dir");
     let core = spawn_core(&CoreOptions {
@@ -59,6 +59,12 @@ async fn a_client_trickling_its_request_line_is_cut_off_while_others_are_served(
         data_dir: Some(data.path().to_path_buf()),
         ..CoreOptions::default()
     });
+    (upstream, data, core)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_request_line_is_cut_off_while_others_are_served() {
+    let (_upstream, _data, core) = embedded_core().await;
     let edge = spawn_edge_with(&[&core], &[("OPENCLAW_HEADER_READ_TIMEOUT_MS", "1000")]);
     let port = edge.port;
 
@@ -112,13 +118,7 @@ async fn a_client_trickling_its_request_line_is_cut_off_while_others_are_served(
 /// Every route that takes a JSON body, with a body just over a 1 KiB limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_the_limit_are_413_invalid_request_on_every_body_taking_route() {
-    let upstream = FakeUpstream::start().await;
-    let data = tempfile::tempdir().expect("temp dir");
-    let core = spawn_core(&CoreOptions {
-        upstream: Some(upstream.base_url()),
-        data_dir: Some(data.path().to_path_buf()),
-        ..CoreOptions::default()
-    });
+    let (_upstream, _data, core) = embedded_core().await;
     let edge = spawn_edge_with(&[&core], &[("OPENCLAW_MAX_BODY_BYTES", "1024")]);
     let base = format!("http://127.0.0.1:{}", edge.port);
     let http = reqwest::Client::new();
@@ -255,13 +255,7 @@ async fn a_request_message_over_the_cores_limit_is_invalid_request_naming_it() {
     };
     use tonic_types::StatusExt as _;
 
-    let upstream = FakeUpstream::start().await;
-    let data = tempfile::tempdir().expect("temp dir");
-    let core = spawn_core(&CoreOptions {
-        upstream: Some(upstream.base_url()),
-        data_dir: Some(data.path().to_path_buf()),
-        ..CoreOptions::default()
-    });
+    let (upstream, _data, core) = embedded_core().await;
     let big = "x".repeat(5 << 20);
 
     // A gRPC caller: INVALID_ARGUMENT carrying INVALID_REQUEST and the limit.

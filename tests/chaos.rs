@@ -25,11 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openclaw_gateway::proto::SubscribeRequest;
-use openclaw_gateway::proto::event_service_client::EventServiceClient;
 use serde_json::{Value, json};
 use support::fault_proxy::FaultProxy;
-use support::{CoreOptions, FakeUpstream, Process};
+use support::{CoreOptions, FakeUpstream, Process, all_events};
 
 /// Requests per minute of the key the rate-limited traffic uses.
 const LOW_LIMIT: usize = 5;
@@ -808,34 +806,6 @@ async fn all_runs(load: &Load, key: &str, job: &str) -> Vec<Value> {
             _ => return runs,
         }
     }
-}
-
-/// Every event the internal token sees, from the start of the stream, until none comes for a while.
-async fn all_events(core_port: u16) -> Vec<openclaw_gateway::proto::Event> {
-    let mut client = EventServiceClient::connect(format!("http://127.0.0.1:{core_port}"))
-        .await
-        .expect("connect to a core");
-    let mut request = tonic::Request::new(SubscribeRequest {
-        after_id: "0".into(),
-    });
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", support::INTERNAL_TOKEN)
-            .parse()
-            .unwrap(),
-    );
-    let mut stream = client
-        .subscribe(request)
-        .await
-        .expect("subscribe")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Ok(Ok(Some(event))) =
-        tokio::time::timeout(Duration::from_millis(1500), stream.message()).await
-    {
-        out.push(event);
-    }
-    out
 }
 
 #[derive(Default, Debug)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use openclaw_gateway::proto::event_service_client::EventServiceClient;
 use openclaw_gateway::proto::{Event, SubscribeRequest};
 use serde_json::{Value, json};
-use support::{Behaviour, CoreOptions, FakeUpstream, Stack, expect_data, expect_error};
+use support::{Behaviour, CoreOptions, FakeUpstream, Stack, all_events, expect_data, expect_error};
 
 /// The minimum interval, which the multi-replica test runs at.
 const EVERY_MS: i64 = 1000;
@@ -71,34 +71,6 @@ fn assert_contiguous(runs: &BTreeMap<i64, Value>, every: i64) {
             pair[1]
         );
     }
-}
-
-/// Every event the internal token sees, from the start of the stream, until none comes for a while.
-async fn all_events(core_port: u16) -> Vec<Event> {
-    let mut client = EventServiceClient::connect(format!("http://127.0.0.1:{core_port}"))
-        .await
-        .expect("connect to the core");
-    let mut request = tonic::Request::new(SubscribeRequest {
-        after_id: "0".into(),
-    });
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", support::INTERNAL_TOKEN)
-            .parse()
-            .unwrap(),
-    );
-    let mut stream = client
-        .subscribe(request)
-        .await
-        .expect("subscribe")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Ok(Ok(Some(event))) =
-        tokio::time::timeout(Duration::from_millis(1500), stream.message()).await
-    {
-        out.push(event);
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

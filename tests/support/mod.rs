@@ -704,3 +704,31 @@ pub async fn expect_data(response: reqwest::Response, status: u16) -> Value {
     assert!(body["timestamp"].as_str().is_some(), "{body}");
     body["data"].clone()
 }
+
+/// Every event the internal token sees, from the start of the stream, until none comes for a while.
+pub async fn all_events(core_port: u16) -> Vec<openclaw_gateway::proto::Event> {
+    let mut client = openclaw_gateway::proto::event_service_client::EventServiceClient::connect(
+        format!("http://127.0.0.1:{core_port}"),
+    )
+    .await
+    .expect("connect to the core");
+    let mut request = tonic::Request::new(openclaw_gateway::proto::SubscribeRequest {
+        after_id: "0".into(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", INTERNAL_TOKEN).parse().unwrap(),
+    );
+    let mut stream = client
+        .subscribe(request)
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Ok(Ok(Some(event))) =
+        tokio::time::timeout(Duration::from_millis(1500), stream.message()).await
+    {
+        out.push(event);
+    }
+    out
+}

@@ -209,6 +209,8 @@ async fn start(plan: &Plan) -> anyhow::Result<Stack> {
                 "requestsPerMinute": 1_000_000_000u64,
                 "tokensPerMinute": 1_000_000_000_000u64,
                 "contextTokensPerMinute": 1_000_000_000_000u64,
+                // The memory figure holds 10,000 streams open on this one key.
+                "concurrentStreams": 1_000_000u64,
             }
         }))
         .send()

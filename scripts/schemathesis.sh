@@ -108,7 +108,8 @@ cd "$root/target"
   --report junit --report-dir "$root/target/schemathesis-report" \
   "${limits[@]}" || status=$?
 if [ "$status" != 0 ]; then
-  echo "--- core log (tail)"; tail -n 40 "$work/core.log" || true
-  echo "--- edge log (tail)"; tail -n 40 "$work/edge.log" || true
+  cp "$work/core.log" "$work/edge.log" "$root/target/schemathesis-report/" 2>/dev/null || true
+  echo "--- core log (tail; whole log in target/schemathesis-report/core.log)"; tail -n 40 "$work/core.log" || true
+  echo "--- edge log (tail; whole log in target/schemathesis-report/edge.log)"; tail -n 40 "$work/edge.log" || true
 fi
 exit "$status"

@@ -250,23 +250,27 @@ impl RateLimiter {
         self.degraded.load(Ordering::Relaxed)
     }
 
-    fn note_backend(&self, healthy: bool) {
+    /// Records whether the shared backend answered; logs each change, with the cause of a failure.
+    fn note_backend(&self, failure: Option<&StoreError>) {
+        let healthy = failure.is_none();
         let was_degraded = self.degraded.swap(!healthy, Ordering::Relaxed);
         if was_degraded == healthy {
-            if healthy {
-                tracing::info!(
+            match failure {
+                None => tracing::info!(
                     "rate limiter: Redis answers again; limits are shared across replicas"
-                );
-            } else if self.fallback.is_some() {
-                tracing::warn!(
+                ),
+                Some(err) if self.fallback.is_some() => tracing::warn!(
+                    error = %err,
                     share = self.share,
                     "rate limiter: Redis unreachable; FAILING OPEN to this replica's share of each limit"
-                );
-            } else {
-                tracing::warn!(
+                ),
+                Some(err) => tracing::warn!(
+                    error = %err,
                     "rate limiter: Redis unreachable; FAILING CLOSED (requests get UNAVAILABLE)"
-                );
+                ),
             }
+        } else if let Some(err) = failure {
+            tracing::debug!(error = %err, "rate limiter backend failed");
         }
     }
 
@@ -290,13 +294,12 @@ impl RateLimiter {
             .record(started.elapsed().as_secs_f64());
         let (decision, local) = match outcome {
             Ok(decision) => {
-                self.note_backend(true);
+                self.note_backend(None);
                 (decision, false)
             }
             Err(err) => {
                 metrics::counter!("openclaw_store_errors_total", "op" => "rate_limit").increment(1);
-                self.note_backend(false);
-                tracing::debug!(error = %err, "rate limiter backend failed");
+                self.note_backend(Some(&err));
                 match &self.fallback {
                     Some(local) => {
                         let share = Quota {
@@ -371,13 +374,12 @@ impl RateLimiter {
         // The cap that decided: this replica's share of it while the fallback decides.
         let (decision, holder, cap): (LeaseDecision, Arc<dyn LimitBackend>, u64) = match outcome {
             Ok(decision) => {
-                self.note_backend(true);
+                self.note_backend(None);
                 (decision, self.backend.clone(), cap)
             }
             Err(err) => {
                 metrics::counter!("openclaw_store_errors_total", "op" => "stream_cap").increment(1);
-                self.note_backend(false);
-                tracing::debug!(error = %err, "stream cap backend failed");
+                self.note_backend(Some(&err));
                 match &self.fallback {
                     Some(local) => {
                         let share = (cap / self.share).max(1);

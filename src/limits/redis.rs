@@ -41,8 +41,10 @@ if #expired > 0 then
     redis.call('HDEL', amt, id)
   end
   redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
-  redis.call('HINCRBY', sum, 't', -dt)
-  redis.call('HINCRBY', sum, 'c', -dc)
+  -- Subtracted, never negated: Lua's -0 reaches Redis as "-0", which HINCRBY refuses
+  -- (and zero-cost entries, such as reads, expire in batches of their own).
+  redis.call('HINCRBY', sum, 't', 0 - dt)
+  redis.call('HINCRBY', sum, 'c', 0 - dc)
 end
 
 local count = redis.call('ZCARD', log)

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use axum::serve::ListenerExt as _;
 use axum::{Json, Router, routing::post};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
@@ -174,6 +175,9 @@ impl FakeUpstream {
             .expect("bind fake upstream");
         let addr = listener.local_addr().expect("fake upstream address");
         tokio::spawn(async move {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app).await;
         });
         Self { addr, state }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::serve::ListenerExt as _;
 use clap::Parser;
 use openclaw_bench::upstream::{Settings, SettingsPatch, router};
 
@@ -32,6 +33,11 @@ async fn main() -> anyhow::Result<()> {
     }));
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     println!("fake upstream listening on {}", listener.local_addr()?);
+    // Every reply is small writes (a stream's chunks): without TCP_NODELAY, Nagle holds each
+    // chunk after the first until the client's delayed ACK, ~40 ms later.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(settings)).await?;
     Ok(())
 }

@@ -53,15 +53,6 @@ struct Asked {
     session_id: Option<String>,
 }
 
-impl Asked {
-    fn transcript(&self) -> Vec<(String, String)> {
-        self.messages
-            .iter()
-            .map(|m| (m.role.clone(), m.content.clone()))
-            .collect()
-    }
-}
-
 /// Where a bound completion stores its turn.
 enum Binding {
     None,
@@ -112,14 +103,13 @@ fn check(gateway: &Gateway, body: proto::CompleteRequest) -> ApiResult<Asked> {
     let messages = body
         .messages
         .into_iter()
-        .map(|m: ChatMessage| StoredMessage {
-            role: if m.role == "developer" {
+        .map(|m: ChatMessage| {
+            let role = if m.role == "developer" {
                 "system".into()
             } else {
                 m.role
-            },
-            content: m.content,
-            created_at: now,
+            };
+            StoredMessage::counted(role, m.content, now)
         })
         .collect();
     Ok(Asked {
@@ -251,7 +241,7 @@ impl Completions {
                 &self.gateway,
                 principal,
                 asked.model.clone(),
-                asked.transcript(),
+                &asked.messages,
                 asked.temperature,
                 asked.max_tokens,
             )
@@ -322,7 +312,7 @@ impl CompletionService for Completions {
                     &this.gateway,
                     &principal,
                     asked.model.clone(),
-                    asked.transcript(),
+                    &asked.messages,
                     asked.temperature,
                     asked.max_tokens,
                 )
@@ -429,6 +419,7 @@ mod tests {
             role: role.into(),
             content: content.into(),
             created_at: Utc::now(),
+            tokens: None,
         }
     }
 

@@ -37,19 +37,27 @@ pub(crate) struct Call {
     slot: QueueSlot,
 }
 
-/// Admits a call of `model` with `transcript` (`(role, content)` in order)
-/// against the caller's limits.
-pub(crate) async fn admit(
+/// Admits a call of `model` with the transcript `messages` (in order) against the caller's
+/// limits. Messages that carry their token count are not tokenized again.
+pub(crate) async fn admit<'a>(
     gateway: &Arc<Gateway>,
     principal: &Principal,
     model: Arc<Model>,
-    transcript: Vec<(String, String)>,
+    messages: impl IntoIterator<Item = &'a StoredMessage> + Clone,
     temperature: Option<f32>,
     max_tokens: Option<u32>,
 ) -> ApiResult<Call> {
     let max_tokens = max_tokens.unwrap_or(gateway.default_max_tokens);
-    let prompt_tokens =
-        tokenizer::count_prompt(transcript.iter().map(|(r, c)| (r.as_str(), c.as_str())));
+    let prompt_tokens = tokenizer::count_prompt_known(
+        messages
+            .clone()
+            .into_iter()
+            .map(|m| (m.role.as_str(), m.content.as_str(), m.tokens)),
+    );
+    let transcript = messages
+        .into_iter()
+        .map(|m| (m.role.clone(), m.content.clone()))
+        .collect();
     let charge = Charge {
         tokens: u64::from(prompt_tokens) + u64::from(max_tokens),
         context: u64::from(prompt_tokens),
@@ -145,6 +153,8 @@ async fn settle(
         role: "assistant".into(),
         content: completion.content,
         created_at: Utc::now(),
+        // The model's own count of its answer stands in for the BPE's in later admissions.
+        tokens: Some(completion.completion_tokens),
     };
     let reply = proto::Reply {
         message: Some(convert::message(&stored)),

@@ -324,16 +324,11 @@ impl Sessions {
                 self.gateway.admit(principal, Charge::default()).await?,
             ));
         }
-        let transcript = history
-            .iter()
-            .chain(new.iter())
-            .map(|m| (m.role.clone(), m.content.clone()))
-            .collect();
         let (answer, admission) = inference::admit(
             &self.gateway,
             principal,
             model.clone(),
-            transcript,
+            history.iter().chain(new.iter()),
             temperature,
             max_tokens,
         )
@@ -536,16 +531,11 @@ impl Sessions {
         let opened = async {
             let model = self.gateway.models.resolve_model(&session.model)?.clone();
             let (temperature, max_tokens) = merge_options(session, options);
-            let transcript = history
-                .iter()
-                .chain(new.iter())
-                .map(|m| (m.role.clone(), m.content.clone()))
-                .collect();
             inference::admit(
                 &self.gateway,
                 principal,
                 model,
-                transcript,
+                history.iter().chain(new.iter()),
                 temperature,
                 max_tokens,
             )
@@ -618,11 +608,7 @@ fn to_stored(messages: &[ChatMessage]) -> Vec<StoredMessage> {
     let now = Utc::now();
     messages
         .iter()
-        .map(|m| StoredMessage {
-            role: m.role.clone(),
-            content: m.content.clone(),
-            created_at: now,
-        })
+        .map(|m| StoredMessage::counted(m.role.clone(), m.content.clone(), now))
         .collect()
 }
 

@@ -23,15 +23,35 @@ pub fn count_text(text: &str) -> u32 {
     u32::try_from(bpe().encode_ordinary(text).len()).unwrap_or(u32::MAX)
 }
 
+/// Tokens of a role: the chat roles are one token each in cl100k_base.
+fn count_role(role: &str) -> u32 {
+    match role {
+        "system" | "user" | "assistant" | "tool" | "developer" => 1,
+        other => count_text(other),
+    }
+}
+
 /// Prompt tokens for a chat transcript of `(role, content)` pairs.
 pub fn count_prompt<'a>(messages: impl IntoIterator<Item = (&'a str, &'a str)>) -> u32 {
+    count_prompt_known(
+        messages
+            .into_iter()
+            .map(|(role, content)| (role, content, None)),
+    )
+}
+
+/// [`count_prompt`] for messages whose content may have been counted already
+/// (`(role, content, Some(tokens))`): only the others go through the BPE.
+pub fn count_prompt_known<'a>(
+    messages: impl IntoIterator<Item = (&'a str, &'a str, Option<u32>)>,
+) -> u32 {
     messages
         .into_iter()
-        .fold(REPLY_PRIMING, |total, (role, content)| {
+        .fold(REPLY_PRIMING, |total, (role, content, known)| {
             total
                 .saturating_add(PER_MESSAGE_OVERHEAD)
-                .saturating_add(count_text(role))
-                .saturating_add(count_text(content))
+                .saturating_add(count_role(role))
+                .saturating_add(known.unwrap_or_else(|| count_text(content)))
         })
 }
 
@@ -44,6 +64,35 @@ mod tests {
         assert_eq!(count_text("Hello"), 1);
         assert_eq!(count_text("Hello world"), 2);
         assert!(count_text("你好，世界") >= 3);
+    }
+
+    #[test]
+    fn the_chat_roles_are_counted_as_the_bpe_counts_them() {
+        for role in [
+            "system",
+            "user",
+            "assistant",
+            "tool",
+            "developer",
+            "moderator",
+        ] {
+            assert_eq!(count_role(role), count_text(role), "{role}");
+        }
+    }
+
+    #[test]
+    fn known_counts_stand_in_for_the_bpe() {
+        let text = "Turn 3: we agreed to ship the report on Friday.";
+        let counted = count_prompt([("user", text), ("assistant", "Fine.")]);
+        let known = count_prompt_known([
+            ("user", text, Some(count_text(text))),
+            ("assistant", "Fine.", None),
+        ]);
+        assert_eq!(known, counted);
+        assert_eq!(
+            count_prompt_known([("user", text, Some(100))]),
+            count_prompt([("user", "")]) + 100
+        );
     }
 
     #[test]

@@ -76,6 +76,8 @@ fn msg(role: &str, content: &str, created_at: DateTime<Utc>) -> StoredMessage {
         role: role.into(),
         content: content.into(),
         created_at,
+        // Kept with the message and read back as written, like every other field.
+        tokens: Some(content.len() as u32),
     }
 }
 

@@ -94,6 +94,24 @@ pub struct StoredMessage {
     pub role: String,
     pub content: String,
     pub created_at: DateTime<Utc>,
+    /// The content's tokens (cl100k_base), counted once when the message was stored, so a
+    /// later turn's admission does not tokenize the whole history again. Messages stored
+    /// without it are counted when read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u32>,
+}
+
+impl StoredMessage {
+    /// A message stored now, its tokens counted once.
+    pub fn counted(role: String, content: String, created_at: DateTime<Utc>) -> Self {
+        let tokens = Some(crate::tokenizer::count_text(&content));
+        Self {
+            role,
+            content,
+            created_at,
+            tokens,
+        }
+    }
 }
 
 /// What became of an [`Store::append_turn`].
@@ -241,4 +259,23 @@ pub enum LockOutcome {
     Busy,
     /// The owner has no such session; no lock was taken.
     NoSession,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_stored_before_token_counts_reads_back_uncounted() {
+        let old = r#"{"role":"user","content":"hi","createdAt":"2026-01-02T03:04:05Z"}"#;
+        let message: StoredMessage = serde_json::from_str(old).unwrap();
+        assert_eq!(message.tokens, None);
+        let counted = StoredMessage::counted("user".into(), "hi".into(), message.created_at);
+        let written = serde_json::to_string(&counted).unwrap();
+        assert!(written.contains(r#""tokens":1"#), "{written}");
+        assert_eq!(
+            serde_json::from_str::<StoredMessage>(&written).unwrap(),
+            counted
+        );
+    }
 }

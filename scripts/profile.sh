@@ -52,8 +52,8 @@ flame() {
     done
     sleep 2
     local core edge
-    core=$(pgrep -f "^$root/target/release/openclaw-gateway serve" | head -1)
-    edge=$(pgrep -f "^$root/target/release/openclaw-rest" | head -1)
+    core=$(pgrep -P "$loadgen" -f "openclaw-gateway serve" | head -1)
+    edge=$(pgrep -P "$loadgen" -f "openclaw-rest" | head -1)
     perf record -q -F 499 --call-graph dwarf,16384 -p "$core" -o "$work/core.data" -- sleep 8 &
     perf record -q -F 499 --call-graph dwarf,16384 -p "$edge" -o "$work/edge.data" -- sleep 8
     wait %2 2>/dev/null || true

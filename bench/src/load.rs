@@ -42,7 +42,13 @@ pub struct Outcome {
     pub token_gap: Histogram<u64>,
     /// From the first due time to the last answer.
     pub elapsed: Duration,
+    /// The slowest successful requests, slowest first: (due time from the run's start, latency).
+    /// Where in a run they fall tells a stall (one moment) from a slow path (spread out).
+    pub slowest: Vec<(Duration, Duration)>,
 }
+
+/// How many of the slowest requests an [`Outcome`] names.
+const SLOWEST: usize = 5;
 
 impl Outcome {
     pub fn achieved(&self) -> f64 {
@@ -58,6 +64,7 @@ struct Collected {
     first_token: Histogram<u64>,
     token_gap: Histogram<u64>,
     last: Instant,
+    slowest: Vec<(Duration, Duration)>,
 }
 
 /// Runs `call(i, due)` at `rate` per second for `duration`; waits up to `drain` for the last
@@ -82,6 +89,7 @@ where
         first_token: histogram(),
         token_gap: histogram(),
         last: start,
+        slowest: Vec::with_capacity(SLOWEST + 1),
     }));
     let permits = Arc::new(Semaphore::new(max_in_flight));
     let handle = tokio::runtime::Handle::current();
@@ -109,6 +117,14 @@ where
                         Ok(sample) => {
                             c.ok += 1;
                             c.latency.saturating_record(micros(done - due));
+                            let latency = done - due;
+                            if c.slowest.len() < SLOWEST
+                                || c.slowest.last().is_some_and(|s| s.1 < latency)
+                            {
+                                c.slowest.push((due - start, latency));
+                                c.slowest.sort_by_key(|s| std::cmp::Reverse(s.1));
+                                c.slowest.truncate(SLOWEST);
+                            }
                             if let Some(first) = sample.tokens_at.first() {
                                 c.first_token.saturating_record(micros(
                                     first.saturating_duration_since(due),
@@ -149,5 +165,6 @@ where
         first_token: c.first_token.clone(),
         token_gap: c.token_gap.clone(),
         elapsed: c.last.saturating_duration_since(start),
+        slowest: c.slowest.clone(),
     }
 }

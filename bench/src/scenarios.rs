@@ -91,6 +91,15 @@ pub struct Step {
     pub first_token_ms: Option<Percentiles>,
     pub token_gap_ms: Option<Percentiles>,
     pub usage: Usage,
+    /// The slowest requests: when they were due (ms from the step's start) and their latency.
+    #[serde(default)]
+    pub slowest: Vec<SlowRequest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlowRequest {
+    pub due_ms: f64,
+    pub latency_ms: f64,
 }
 
 impl Step {
@@ -600,12 +609,20 @@ async fn measure(
         first_token_ms: Percentiles::of(&outcome.first_token),
         token_gap_ms: Percentiles::of(&outcome.token_gap),
         usage,
+        slowest: outcome
+            .slowest
+            .iter()
+            .map(|(due, latency)| SlowRequest {
+                due_ms: (due.as_secs_f64() * 1e4).round() / 10.0,
+                latency_ms: (latency.as_secs_f64() * 1e4).round() / 10.0,
+            })
+            .collect(),
     }
 }
 
 fn describe(step: &Step) -> String {
     format!(
-        "{:<24} {:<9} rate {:>6} achieved {:>8.1} p50 {:>7.3} p99 {:>8.3} p99.9 {:>8.3} ms errors {}{}",
+        "{:<24} {:<9} rate {:>6} achieved {:>8.1} p50 {:>7.3} p99 {:>8.3} p99.9 {:>8.3} ms errors {}{}; slowest {}",
         step.scenario,
         step.target,
         step.rate,
@@ -617,7 +634,13 @@ fn describe(step: &Step) -> String {
         step.first_error
             .as_deref()
             .map(|e| format!(" ({})", e.chars().take(160).collect::<String>()))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        step.slowest
+            .iter()
+            .take(3)
+            .map(|s| format!("{:.1} ms due at +{:.0} ms", s.latency_ms, s.due_ms))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -299,7 +300,11 @@ struct Browser {
 }
 
 impl Drop for Browser {
+    /// Ends chromedriver and the Chromium it started: they share a process group of their own,
+    /// and killing only chromedriver would leave Chromium running (and using CPU) after the test.
     fn drop(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -316,6 +321,7 @@ async fn browser(width: u32, height: u32) -> Browser {
     );
     let port = free_port();
     let driver = Command::new(&driver_bin)
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())

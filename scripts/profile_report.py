@@ -14,16 +14,25 @@ LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*)$")
 CRATE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)::")
 
 
+def function_name(symbol):
+    """`file:function [object]` as callgrind_annotate prints it, down to the function."""
+    name = re.sub(r"\s*\[[^\]]*\]\s*$", "", symbol).strip()
+    if name.startswith("???:"):
+        return name[len("???:"):]
+    return name
+
+
 def crate_of(symbol):
     """The crate a demangled symbol belongs to, by the first path it names."""
-    name = symbol.split(":", 1)[1] if re.match(r"^[^:]*\.\w+:", symbol) or symbol.startswith("???:") else symbol
-    name = re.sub(r"\s*\[[^\]]*\]\s*$", "", name).strip()
+    name = function_name(symbol)
+    if re.match(r"^\.?/[^:]*:", name):  # a C library function, named with its source file
+        name = name.split(":", 1)[1]
     # `core::ptr::drop_in_place<h2::...>` and friends: the type decides.
     generic = re.match(r"^(?:core|alloc)::ptr::drop_in_place<(.*)>$", name)
     if generic:
         name = generic.group(1).lstrip("<")
-    name = name.lstrip("<&*(")
-    match = CRATE.match(name)
+    name = re.sub(r"^(?:[<&*(]|mut |dyn |const )+", "", name)
+    match = CRATE.match(name) or CRATE.search(name)
     if match:
         return match.group(1)
     if name.startswith(("0x", "???")):
@@ -109,8 +118,7 @@ def main():
                 lines.append(f"| `{crate}` | {cost / args.calls:,.0f} | {100 * cost / total:.1f} % |")
             lines += ["", "| function | per request | share |", "|---|---:|---:|"]
             for cost, symbol in sorted(functions, reverse=True)[:12]:
-                name = re.sub(r"\s*\[[^\]]*\]\s*$", "", symbol).split(":", 1)[-1] if symbol.startswith("???:") else re.sub(r"\s*\[[^\]]*\]\s*$", "", symbol)
-                name = name.replace("|", "\\|")
+                name = function_name(symbol).replace("|", "\\|")
                 if len(name) > 110:
                     name = name[:107] + "..."
                 lines.append(f"| `{name}` | {cost / args.calls:,.0f} | {100 * cost / total:.1f} % |")

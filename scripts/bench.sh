@@ -4,7 +4,7 @@
 # scenario at a sweep of rates BENCH_REPEATS times (default 3), and writes docs/benchmarks.json,
 # the tables in docs/benchmarks.md and docs/benchmarks/latency-vs-throughput.svg (medians).
 #
-#   scripts/bench.sh                      the full run (about 10 minutes on 2 cores)
+#   scripts/bench.sh                      the full run (about 13 minutes on 2 cores)
 #   scripts/bench.sh --smoke              a few seconds of each scenario at a low rate, with the
 #                                         debug binaries `cargo test --workspace` built; fails if
 #                                         any request fails (CI runs this; it writes nothing in docs/)

@@ -712,18 +712,7 @@ async fn sweep_with(
     result: &mut Run,
     log: &dyn Fn(&str),
 ) {
-    // Warm up: connections, caches, the limiter's script.
-    let warm = rates.first().copied().unwrap_or(100.0).min(200.0);
-    measure(
-        plan,
-        stack,
-        scenario,
-        target_name,
-        warm,
-        Duration::from_secs(1),
-        target.clone(),
-    )
-    .await;
+    // No separate warm-up: `measure` warms every target up (connections, caches, scripts).
     for &rate in rates {
         let base = measure(
             plan,
@@ -803,7 +792,6 @@ async fn send_message(
         body: history_body(),
         streamed: false,
     };
-    let mut first = true;
     for &rate in &plan.rates {
         let sessions = Arc::new(create_sessions(stack, (rate as usize).clamp(64, 4000)).await?);
         let target = Target::Sessions {
@@ -812,19 +800,6 @@ async fn send_message(
             sessions: sessions.clone(),
             body: send_body.clone(),
         };
-        if first {
-            first = false;
-            measure(
-                plan,
-                stack,
-                SEND_MESSAGE,
-                "gateway",
-                rate.min(200.0),
-                Duration::from_secs(1),
-                target.clone(),
-            )
-            .await;
-        }
         let base = measure(
             plan,
             stack,

@@ -42,9 +42,21 @@ pub struct Outcome {
     pub token_gap: Histogram<u64>,
     /// From the first due time to the last answer.
     pub elapsed: Duration,
-    /// The slowest successful requests, slowest first: (due time from the run's start, latency).
-    /// Where in a run they fall tells a stall (one moment) from a slow path (spread out).
-    pub slowest: Vec<(Duration, Duration)>,
+    /// The slowest successful requests, slowest first. Where in a run they fall tells a stall
+    /// (one moment) from a slow path (spread out); how late they were sent tells a stall of the
+    /// load generator from one of the target.
+    pub slowest: Vec<Slow>,
+}
+
+/// One of the slowest requests of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct Slow {
+    /// When it was due, from the run's start.
+    pub due: Duration,
+    /// From its due time to the end of its response.
+    pub latency: Duration,
+    /// From its due time to when the load generator handed it to the runtime.
+    pub sent_late: Duration,
 }
 
 /// How many of the slowest requests an [`Outcome`] names.
@@ -64,7 +76,7 @@ struct Collected {
     first_token: Histogram<u64>,
     token_gap: Histogram<u64>,
     last: Instant,
-    slowest: Vec<(Duration, Duration)>,
+    slowest: Vec<Slow>,
 }
 
 /// Runs `call(i, due)` at `rate` per second for `duration`; waits up to `drain` for the last
@@ -108,6 +120,7 @@ where
                 };
                 let request = call(i, due);
                 let collected = collected.clone();
+                let sent_late = due.elapsed();
                 handle.spawn(async move {
                     let result = request.await;
                     let done = Instant::now();
@@ -119,10 +132,14 @@ where
                             c.latency.saturating_record(micros(done - due));
                             let latency = done - due;
                             if c.slowest.len() < SLOWEST
-                                || c.slowest.last().is_some_and(|s| s.1 < latency)
+                                || c.slowest.last().is_some_and(|s| s.latency < latency)
                             {
-                                c.slowest.push((due - start, latency));
-                                c.slowest.sort_by_key(|s| std::cmp::Reverse(s.1));
+                                c.slowest.push(Slow {
+                                    due: due - start,
+                                    latency,
+                                    sent_late,
+                                });
+                                c.slowest.sort_by_key(|s| std::cmp::Reverse(s.latency));
                                 c.slowest.truncate(SLOWEST);
                             }
                             if let Some(first) = sample.tokens_at.first() {

@@ -100,6 +100,9 @@ pub struct Step {
 pub struct SlowRequest {
     pub due_ms: f64,
     pub latency_ms: f64,
+    /// How long after its due time the load generator sent it.
+    #[serde(default)]
+    pub sent_late_ms: f64,
 }
 
 impl Step {
@@ -632,9 +635,13 @@ async fn measure(
         slowest: outcome
             .slowest
             .iter()
-            .map(|(due, latency)| SlowRequest {
-                due_ms: (due.as_secs_f64() * 1e4).round() / 10.0,
-                latency_ms: (latency.as_secs_f64() * 1e4).round() / 10.0,
+            .map(|slow| {
+                let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+                SlowRequest {
+                    due_ms: ms(slow.due),
+                    latency_ms: ms(slow.latency),
+                    sent_late_ms: ms(slow.sent_late),
+                }
             })
             .collect(),
     }
@@ -658,7 +665,10 @@ fn describe(step: &Step) -> String {
         step.slowest
             .iter()
             .take(3)
-            .map(|s| format!("{:.1} ms due at +{:.0} ms", s.latency_ms, s.due_ms))
+            .map(|s| format!(
+                "{:.1} ms due at +{:.0} ms (sent {:.1} ms late)",
+                s.latency_ms, s.due_ms, s.sent_late_ms
+            ))
             .collect::<Vec<_>>()
             .join(", ")
     )

@@ -60,6 +60,19 @@ fn parse_expr(expr: &str) -> Result<Cron, String> {
             "it has {fields} fields; use 5 (minute hour day-of-month month day-of-week) or 6 (seconds first)"
         ));
     }
+    // An empty list element (`,5`, `1,,2`) matches nothing, yet the parser takes it, and the
+    // search for a match would then run through every minute up to its year limit.
+    if let Some((n, field)) = expr
+        .split_whitespace()
+        .enumerate()
+        .find(|(_, f)| f.split(',').any(str::is_empty))
+    {
+        return Err(format!(
+            "field {} ('{}') has an empty list element; separate values with single commas",
+            n + 1,
+            field.chars().take(32).collect::<String>()
+        ));
+    }
     CronParser::builder()
         .seconds(Seconds::Optional)
         .year(Year::Disallowed)
@@ -519,6 +532,31 @@ mod tests {
                 ..Default::default()
             };
             assert_eq!(rejected(bad).field.as_deref(), Some("schedule.at"), "{at}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod empty_list_elements {
+    use super::*;
+
+    /// Found by the `cron_schedule` fuzz target: an empty element in a field's list
+    /// (`, * * * *`) parsed, and the search for its next match ran for many seconds.
+    #[test]
+    fn a_field_with_an_empty_list_element_is_refused_at_once() {
+        for expr in [", * * * *", "1,,2 * * * *", "* * * * 1,", "0 ,5 * * * *"] {
+            let request = proto::Schedule {
+                kind: "cron".into(),
+                expr: Some(expr.into()),
+                ..Default::default()
+            };
+            let started = std::time::Instant::now();
+            let refused = Schedule::from_request(Some(&request), 1_771_106_400_000, 0);
+            assert!(refused.is_err(), "{expr:?} was accepted");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "{expr:?}"
+            );
         }
     }
 }

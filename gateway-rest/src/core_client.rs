@@ -1,9 +1,11 @@
-//! The edge's one connection to the core: a lazily connecting, load-balanced gRPC channel.
+//! The edge's one connection to the core: a lazily connecting, load-balanced gRPC channel, or
+//! the core's own service when both run in one process.
 
 use std::{future::Future, time::Duration};
 
 use axum::http::HeaderMap;
 use tonic::transport::{Channel, Endpoint};
+use tower::util::BoxCloneSyncService;
 
 use crate::{EdgeConfig, error::ApiError, headers, tls::CoreTlsMaterial};
 
@@ -11,10 +13,80 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The core's gRPC API as a service: a network channel to the core replicas, or the core's own
+/// service in this process (see [`crate::EdgeConfig::in_process_core`]). Either way a call
+/// carries the same protobuf messages and metadata through the same core layers.
+#[derive(Debug, Clone)]
+pub enum CoreService {
+    Network(Channel),
+    InProcess(InProcessCore),
+}
+
+type InProcessCore = BoxCloneSyncService<
+    axum::http::Request<tonic::body::Body>,
+    axum::http::Response<tonic::body::Body>,
+    std::convert::Infallible,
+>;
+
+impl CoreService {
+    /// The core's own service, called directly by the edge of the same process.
+    pub fn in_process<S>(service: S) -> Self
+    where
+        S: tower::Service<
+                axum::http::Request<tonic::body::Body>,
+                Response = axum::http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        Self::InProcess(BoxCloneSyncService::new(service))
+    }
+}
+
+fn unreachable(never: std::convert::Infallible) -> tonic::transport::Error {
+    match never {}
+}
+
+impl tower::Service<axum::http::Request<tonic::body::Body>> for CoreService {
+    type Response = axum::http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = futures::future::Either<
+        tonic::transport::channel::ResponseFuture,
+        futures::future::MapErr<
+            <InProcessCore as tower::Service<axum::http::Request<tonic::body::Body>>>::Future,
+            fn(std::convert::Infallible) -> tonic::transport::Error,
+        >,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        match self {
+            Self::Network(channel) => channel.poll_ready(cx),
+            Self::InProcess(core) => core.poll_ready(cx).map_err(unreachable),
+        }
+    }
+
+    fn call(&mut self, request: axum::http::Request<tonic::body::Body>) -> Self::Future {
+        use futures::TryFutureExt as _;
+        match self {
+            Self::Network(channel) => futures::future::Either::Left(channel.call(request)),
+            Self::InProcess(core) => futures::future::Either::Right(
+                core.call(request)
+                    .map_err(unreachable as fn(std::convert::Infallible) -> _),
+            ),
+        }
+    }
+}
+
 /// A handle on the core replicas. Cloning is cheap: every clone shares the channel.
 #[derive(Debug, Clone)]
 pub(crate) struct CoreClient {
-    channel: Channel,
+    channel: CoreService,
     timeout: Duration,
 }
 
@@ -29,6 +101,12 @@ impl CoreClient {
     /// Builds the channel without connecting, so the edge starts (and answers 503) while the
     /// core is down. Needs a Tokio runtime: the balancer runs as a task.
     pub(crate) fn new(config: &EdgeConfig) -> anyhow::Result<Self> {
+        if let Some(core) = &config.in_process_core {
+            return Ok(Self {
+                channel: core.clone(),
+                timeout: config.core_timeout,
+            });
+        }
         let tls = tls_for(config)?;
         let endpoints = config
             .core_urls
@@ -59,7 +137,7 @@ impl CoreClient {
             channel
         };
         Ok(Self {
-            channel,
+            channel: CoreService::Network(channel),
             timeout: config.core_timeout,
         })
     }
@@ -78,7 +156,7 @@ impl CoreClient {
     ) -> Result<CoreReply<Resp>, ApiError>
     where
         Req: Clone,
-        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        F: Fn(CoreService, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let deadline = tokio::time::Instant::now() + self.timeout;

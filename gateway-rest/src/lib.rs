@@ -26,6 +26,7 @@ mod server;
 mod timestamp;
 pub mod tls;
 
+pub use core_client::CoreService;
 pub use server::serve;
 
 /// How the edge reaches the core and what it accepts from clients.
@@ -50,6 +51,10 @@ pub struct EdgeConfig {
     /// Set when the process starts draining: readiness turns false and new
     /// requests are refused with UNAVAILABLE while those in flight finish.
     pub draining: Arc<AtomicBool>,
+    /// The core running in this same process (a combined replica): calls go straight to its
+    /// gRPC service, with no socket, no HTTP/2 framing and no extra task in between.
+    /// `core_urls` and `core_tls` are then unused.
+    pub in_process_core: Option<CoreService>,
 }
 
 impl Default for EdgeConfig {
@@ -63,7 +68,53 @@ impl Default for EdgeConfig {
             max_body_bytes: 1024 * 1024,
             core_timeout: Duration::from_secs(180),
             draining: Arc::default(),
+            in_process_core: None,
         }
+    }
+}
+
+/// What the REST listener accepts from clients: the settings an edge has whether it runs as its
+/// own process (`openclaw-rest`) or inside a combined replica (`openclaw-gateway serve
+/// --http-addr`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EdgeArgs {
+    /// The largest request body accepted, in bytes.
+    #[arg(long, env = "OPENCLAW_MAX_BODY_BYTES", default_value_t = EdgeConfig::default().max_body_bytes)]
+    pub max_body_bytes: usize,
+    /// The largest total size of a request's headers, in bytes (larger: 431).
+    #[arg(long, env = "OPENCLAW_MAX_HEADER_BYTES", default_value_t = EdgeConfig::default().max_header_bytes)]
+    pub max_header_bytes: usize,
+    /// How long a client may take to send its request headers (and finish the TLS handshake)
+    /// before the connection is closed, in milliseconds.
+    #[arg(
+        long,
+        env = "OPENCLAW_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub header_read_timeout_ms: u64,
+    /// PEM certificate chain (leaf first) for HTTPS on the REST address; with --tls-key.
+    /// Absent: plain HTTP (for TLS terminated in front of the edge).
+    #[arg(long, env = "OPENCLAW_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "OPENCLAW_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl EdgeArgs {
+    /// The edge configuration these settings make, everything else at its default.
+    pub fn config(&self) -> anyhow::Result<EdgeConfig> {
+        Ok(EdgeConfig {
+            tls: tls::TlsFiles::from_pair(
+                self.tls_cert.clone(),
+                self.tls_key.clone(),
+                ("OPENCLAW_TLS_CERT", "OPENCLAW_TLS_KEY"),
+            )?,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            max_header_bytes: self.max_header_bytes,
+            max_body_bytes: self.max_body_bytes,
+            ..EdgeConfig::default()
+        })
     }
 }
 

@@ -4,11 +4,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use gateway_rest::EdgeConfig;
 use gateway_rest::ops::{
     Profile, config_file, metrics, runtime::RuntimeArgs, shutdown::Shutdown, telemetry,
 };
 use gateway_rest::tls::{CoreTls, TlsFiles};
+use gateway_rest::{EdgeArgs, EdgeConfig};
 use tokio::net::TcpListener;
 
 /// OpenClaw Gateway REST edge: serves the JSON API and forwards every call to the core over gRPC.
@@ -41,27 +41,8 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     core_urls: Vec<String>,
-    /// The largest request body accepted, in bytes.
-    #[arg(long, env = "OPENCLAW_MAX_BODY_BYTES", default_value_t = EdgeConfig::default().max_body_bytes)]
-    max_body_bytes: usize,
-    /// The largest total size of a request's headers, in bytes (larger: 431).
-    #[arg(long, env = "OPENCLAW_MAX_HEADER_BYTES", default_value_t = EdgeConfig::default().max_header_bytes)]
-    max_header_bytes: usize,
-    /// How long a client may take to send its request headers (and finish the TLS handshake)
-    /// before the connection is closed, in milliseconds.
-    #[arg(
-        long,
-        env = "OPENCLAW_HEADER_READ_TIMEOUT_MS",
-        default_value_t = 10_000
-    )]
-    header_read_timeout_ms: u64,
-    /// PEM certificate chain (leaf first) for HTTPS on the REST address; with --tls-key.
-    /// Absent: plain HTTP (for TLS terminated in front of the edge).
-    #[arg(long, env = "OPENCLAW_TLS_CERT")]
-    tls_cert: Option<std::path::PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "OPENCLAW_TLS_KEY")]
-    tls_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    edge: EdgeArgs,
     /// PEM file of the CA that signed the cores' certificates, for https:// core URLs.
     #[arg(long, env = "OPENCLAW_CORE_CA")]
     core_ca: Option<std::path::PathBuf>,
@@ -117,15 +98,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ("OPENCLAW_CORE_CLIENT_CERT", "OPENCLAW_CORE_CLIENT_KEY"),
             )?,
         },
-        tls: TlsFiles::from_pair(
-            cli.tls_cert.clone(),
-            cli.tls_key.clone(),
-            ("OPENCLAW_TLS_CERT", "OPENCLAW_TLS_KEY"),
-        )?,
-        header_read_timeout: Duration::from_millis(cli.header_read_timeout_ms),
-        max_header_bytes: cli.max_header_bytes,
-        max_body_bytes: cli.max_body_bytes,
-        ..EdgeConfig::default()
+        ..cli.edge.config()?
     };
     let draining = config.draining.clone();
     let listener = TcpListener::bind(cli.http_addr).await?;

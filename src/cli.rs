@@ -1,6 +1,7 @@
-//! The `openclaw-gateway` command line: `serve` runs the gRPC core, `dev`
-//! (the default, so plain `cargo run`) runs the core and the REST edge in one
-//! process with a ready-to-paste API key.
+//! The `openclaw-gateway` command line: `serve` runs the gRPC core (with
+//! `--http-addr`, the REST API too, in the same process), `dev` (the default,
+//! so plain `cargo run`) runs the core and the REST edge in one process with a
+//! ready-to-paste API key.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use gateway_rest::EdgeArgs;
 use gateway_rest::ops::{
     config_file, metrics, runtime::RuntimeArgs, shutdown::Shutdown, telemetry,
 };
@@ -16,7 +18,7 @@ use tokio::net::TcpListener;
 use crate::auth::{generate_key, hash_secret};
 use crate::config::{CoreConfig, Secret};
 use crate::gateway::Gateway;
-use crate::server;
+use crate::server::{self, CoreApi};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,13 +41,23 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gRPC core (one replica of many, sharing state through Redis).
-    Serve {
-        #[command(flatten)]
-        core: CoreConfig,
-    },
+    /// Run the gRPC core (one replica of many, sharing state through Redis); with
+    /// --http-addr, also the REST API.
+    Serve(ServeArgs),
     /// Run the core and the REST edge in one process, for local use.
     Dev(DevArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Also serve the REST API on this address, its edge calling this core in-process (a
+    /// combined replica: no separate `openclaw-rest`, no network hop between the two).
+    #[arg(long, env = "OPENCLAW_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    edge: EdgeArgs,
+    #[command(flatten)]
+    core: CoreConfig,
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,23 +93,33 @@ pub fn main() -> anyhow::Result<()> {
     let command = cli.command.context("no command given")?;
     cli.runtime.build()?.block_on(async move {
         match command {
-            Command::Serve { core } => serve(core).await,
+            Command::Serve(args) => serve(args).await,
             Command::Dev(args) => dev(args).await,
         }
     })
 }
 
-async fn serve(config: CoreConfig) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = &args.core;
     let mut telemetry = telemetry::init("openclaw-gateway", config.json_logs());
-    let tls = server::grpc_tls(&config)?;
-    let gateway = server::build(&config).await?;
+    let tls = server::grpc_tls(config)?;
+    let gateway = server::build(config).await?;
     config.check_production(gateway.models.any_simulated())?;
     let listener = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
+    let http = match args.http_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the REST address {addr}"))?,
+        ),
+        None => None,
+    };
     let metrics_listener = metrics::bind(config.metrics_addr).await?;
     tracing::info!(
         addr = %listener.local_addr()?,
+        rest = ?http.as_ref().map(TcpListener::local_addr).transpose()?,
         metrics = %metrics_listener.local_addr()?,
         replica = %gateway.replica,
         profile = ?config.profile,
@@ -111,15 +133,48 @@ async fn serve(config: CoreConfig) -> anyhow::Result<()> {
         server::readiness_check(gateway.clone()),
         shutdown.wait(),
     ));
+    let api = CoreApi::start(gateway).await?;
+    let rest = match http {
+        Some(listener) => Some((listener, args.edge.config()?)),
+        None => None,
+    };
     let outcome = shutdown
         .drain_within(
-            server::run_with_tls(listener, gateway, tls, shutdown.wait()),
+            run_replica(api, listener, tls, rest, &shutdown),
             config.drain_timeout(),
         )
         .await;
     tracing::info!("core stopped");
     telemetry.shutdown();
     outcome
+}
+
+/// Serves the core's gRPC API on `grpc` and, given `rest`, the REST API on its listener, its
+/// edge calling this core in-process, until `shutdown` fires; then both drain.
+async fn run_replica(
+    api: CoreApi,
+    grpc: TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    rest: Option<(TcpListener, gateway_rest::EdgeConfig)>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let Some((http, mut edge_config)) = rest else {
+        return api.serve(grpc, tls, shutdown.wait()).await;
+    };
+    edge_config.in_process_core = Some(api.in_process());
+    let draining = edge_config.draining.clone();
+    let on_drain = {
+        let stop = shutdown.wait();
+        async move {
+            stop.await;
+            draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    let (core, edge) = tokio::join!(
+        api.serve(grpc, tls, shutdown.wait()),
+        gateway_rest::serve(http, edge_config, on_drain)
+    );
+    core.and(edge)
 }
 
 async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
@@ -154,20 +209,9 @@ async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
         server::readiness_check(gateway.clone()),
         shutdown.wait(),
     ));
-    let edge_config = gateway_rest::EdgeConfig {
-        core_urls: vec![format!("http://{grpc_addr}")],
-        ..Default::default()
-    };
-    let draining = edge_config.draining.clone();
-    let on_drain = {
-        let stop = shutdown.wait();
-        async move {
-            stop.await;
-            draining.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    };
-    let core = server::run(grpc, gateway.clone(), shutdown.wait());
-    let edge = gateway_rest::serve(http, edge_config, on_drain);
+    let store = gateway.store.name();
+    let simulated = gateway.models.any_simulated();
+    let api = CoreApi::start(gateway).await?;
 
     let base = format!("http://{http_addr}");
     println!();
@@ -175,8 +219,8 @@ async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
     println!("  REST API   {base}/api/v1      (OpenAPI: {base}/openapi.json)");
     println!("  dashboard  {base}/dashboard   (sign in with the internal token or your key)");
     println!("  gRPC core  {grpc_addr}");
-    println!("  store      {}", gateway.store.name());
-    if gateway.models.any_simulated() {
+    println!("  store      {store}");
+    if simulated {
         println!("  models     OFFLINE SIMULATOR (set ZAI_API_KEY for real answers)");
     }
     println!("  internal   token in {}", token_file.display());
@@ -193,11 +237,13 @@ async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
     );
     println!();
 
-    let both = async {
-        let (core, edge) = tokio::join!(core, edge);
-        core.and(edge)
-    };
-    let outcome = shutdown.drain_within(both, args.core.drain_timeout()).await;
+    let rest = Some((http, gateway_rest::EdgeConfig::default()));
+    let outcome = shutdown
+        .drain_within(
+            run_replica(api, grpc, None, rest, &shutdown),
+            args.core.drain_timeout(),
+        )
+        .await;
     telemetry.shutdown();
     outcome
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
@@ -209,83 +210,139 @@ pub async fn run_with_tls(
     tls: Option<ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<SessionServiceServer<Sessions>>().await;
-    watch_readiness(gateway.clone(), health.clone());
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building gRPC reflection")?;
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(std::time::Duration::from_secs(60)));
-    let scheduler = CronScheduler::start(gateway.clone());
-    let draining = gateway.clone();
-    let stopping = scheduler.clone();
-    let shutdown = async move {
-        shutdown.await;
-        draining.start_draining();
-        health
-            .set_not_serving::<SessionServiceServer<Sessions>>()
-            .await;
-        // Subscribers hear it, then their streams end so they reconnect elsewhere.
-        let mut event = Event::new(
-            REPLICA_DRAINING,
-            format!("Replica {} is draining", draining.replica),
-        );
-        event.replica = draining.replica.clone();
-        let published = match draining.events.publish(event).await {
-            Ok(id) => Some(id),
-            Err(err) => {
-                tracing::warn!(error = %err, "could not announce the drain");
-                None
-            }
-        };
-        draining.events.close_after(published).await;
-        // No new claims; the runs in progress finish.
-        stopping.stop().await;
-    };
-    let mut server = Server::builder();
-    if let Some(tls) = tls {
-        server = server
-            .tls_config(tls)
-            .context("configuring TLS on the gRPC address (check the certificate and key)")?;
-    }
-    const LIMIT: usize = MAX_REQUEST_MESSAGE_BYTES;
-    server
-        .tcp_nodelay(true)
-        .layer(crate::observe::ObserveLayer)
-        .layer(OversizedMessageLayer)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(
-            SessionServiceServer::new(Sessions::new(gateway.clone()))
-                .max_decoding_message_size(LIMIT),
-        )
-        .add_service(
-            CompletionServiceServer::new(Completions::new(gateway.clone()))
-                .max_decoding_message_size(LIMIT),
-        )
-        .add_service(
-            KeyServiceServer::new(Keys::new(gateway.clone())).max_decoding_message_size(LIMIT),
-        )
-        .add_service(
-            CronServiceServer::new(Crons::new(gateway.clone(), scheduler))
-                .max_decoding_message_size(LIMIT),
-        )
-        .add_service(
-            EventServiceServer::new(Events::new(gateway.clone())).max_decoding_message_size(LIMIT),
-        )
-        .add_service(
-            DashboardServiceServer::new(Dashboard::new(gateway.clone()))
-                .max_decoding_message_size(LIMIT),
-        )
-        .add_service(
-            SystemServiceServer::new(System::new(gateway)).max_decoding_message_size(LIMIT),
-        )
-        .serve_with_incoming_shutdown(incoming, shutdown)
+    CoreApi::start(gateway)
+        .await?
+        .serve(listener, tls, shutdown)
         .await
-        .context("serving gRPC")
+}
+
+/// The core's gRPC API, started: every service behind the core's own layers, the cron
+/// scheduler and the health service. It is served over TCP ([`CoreApi::serve`]) and, in a
+/// combined replica, called by the REST edge of the same process ([`CoreApi::in_process`]).
+pub struct CoreApi {
+    gateway: Arc<Gateway>,
+    routes: Routes,
+    health: tonic_health::server::HealthReporter,
+    scheduler: Arc<CronScheduler>,
+}
+
+impl CoreApi {
+    /// Starts the scheduler and the readiness watch, and assembles the services.
+    pub async fn start(gateway: Arc<Gateway>) -> anyhow::Result<Self> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<SessionServiceServer<Sessions>>().await;
+        watch_readiness(gateway.clone(), health.clone());
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building gRPC reflection")?;
+        let scheduler = CronScheduler::start(gateway.clone());
+        const LIMIT: usize = MAX_REQUEST_MESSAGE_BYTES;
+        let mut routes = Routes::builder();
+        routes
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(
+                SessionServiceServer::new(Sessions::new(gateway.clone()))
+                    .max_decoding_message_size(LIMIT),
+            )
+            .add_service(
+                CompletionServiceServer::new(Completions::new(gateway.clone()))
+                    .max_decoding_message_size(LIMIT),
+            )
+            .add_service(
+                KeyServiceServer::new(Keys::new(gateway.clone())).max_decoding_message_size(LIMIT),
+            )
+            .add_service(
+                CronServiceServer::new(Crons::new(gateway.clone(), scheduler.clone()))
+                    .max_decoding_message_size(LIMIT),
+            )
+            .add_service(
+                EventServiceServer::new(Events::new(gateway.clone()))
+                    .max_decoding_message_size(LIMIT),
+            )
+            .add_service(
+                DashboardServiceServer::new(Dashboard::new(gateway.clone()))
+                    .max_decoding_message_size(LIMIT),
+            )
+            .add_service(
+                SystemServiceServer::new(System::new(gateway.clone()))
+                    .max_decoding_message_size(LIMIT),
+            );
+        Ok(Self {
+            gateway,
+            routes: routes.routes(),
+            health,
+            scheduler,
+        })
+    }
+
+    /// The API as a service the REST edge of this process calls directly: the same services
+    /// behind the same layers as over TCP, without a socket, HTTP/2 framing or a task per call.
+    pub fn in_process(&self) -> gateway_rest::CoreService {
+        let service = tower::ServiceBuilder::new()
+            .layer(crate::observe::ObserveLayer)
+            .layer(OversizedMessageLayer)
+            .service(self.routes.clone());
+        gateway_rest::CoreService::in_process(service)
+    }
+
+    /// Serves the API on `listener` (over TLS when `tls` is given, see [`grpc_tls`]) until
+    /// `shutdown` resolves: then the replica announces its drain, stops claiming cron runs and
+    /// lets the calls in flight finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        tls: Option<ServerTlsConfig>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            gateway: draining,
+            routes,
+            health,
+            scheduler: stopping,
+        } = self;
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(std::time::Duration::from_secs(60)));
+        let shutdown = async move {
+            shutdown.await;
+            draining.start_draining();
+            health
+                .set_not_serving::<SessionServiceServer<Sessions>>()
+                .await;
+            // Subscribers hear it, then their streams end so they reconnect elsewhere.
+            let mut event = Event::new(
+                REPLICA_DRAINING,
+                format!("Replica {} is draining", draining.replica),
+            );
+            event.replica = draining.replica.clone();
+            let published = match draining.events.publish(event).await {
+                Ok(id) => Some(id),
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not announce the drain");
+                    None
+                }
+            };
+            draining.events.close_after(published).await;
+            // No new claims; the runs in progress finish.
+            stopping.stop().await;
+        };
+        let mut server = Server::builder();
+        if let Some(tls) = tls {
+            server = server
+                .tls_config(tls)
+                .context("configuring TLS on the gRPC address (check the certificate and key)")?;
+        }
+        server
+            .tcp_nodelay(true)
+            .layer(crate::observe::ObserveLayer)
+            .layer(OversizedMessageLayer)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .context("serving gRPC")
+    }
 }
 
 /// Keeps the gRPC health service (what readiness probes ask) in step with the

@@ -30,7 +30,8 @@ pub struct OpenAiConfig {
 
 pub struct OpenAiCompatible {
     config: OpenAiConfig,
-    endpoint: String,
+    /// Parsed once: every call posts to it.
+    endpoint: reqwest::Url,
     http: reqwest::Client,
 }
 
@@ -44,6 +45,13 @@ impl OpenAiCompatible {
             .user_agent(concat!("openclaw-gateway/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let endpoint = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
+        let endpoint = reqwest::Url::parse(&endpoint).map_err(|error| {
+            anyhow::anyhow!(
+                "provider '{}': the base URL '{}' is not a valid URL ({error})",
+                config.name,
+                config.base_url
+            )
+        })?;
         Ok(Self {
             config,
             endpoint,
@@ -196,7 +204,7 @@ impl OpenAiCompatible {
                 include_usage: true,
             }),
         };
-        let mut call = self.http.post(&self.endpoint).json(&body);
+        let mut call = self.http.post(self.endpoint.clone()).json(&body);
         if let Some(key) = &self.config.api_key {
             call = call.bearer_auth(key.expose());
         }

@@ -131,13 +131,43 @@ pub fn upstream(binaries: &Binaries) -> anyhow::Result<Process> {
 
 pub fn core(binaries: &Binaries, redis_port: u16, upstream_port: u16) -> anyhow::Result<Process> {
     let port = free_port()?;
+    let command = core_command(binaries, redis_port, upstream_port, port, "bench-core")?;
+    spawn("core", command, port, Duration::from_secs(30))
+}
+
+/// A combined replica: `openclaw-gateway serve --http-addr`, the REST API served by the core's
+/// own process (its edge calls the core in-process). Its `port` is the REST one.
+pub fn replica(
+    binaries: &Binaries,
+    redis_port: u16,
+    upstream_port: u16,
+) -> anyhow::Result<Process> {
+    let port = free_port()?;
+    let mut command = core_command(
+        binaries,
+        redis_port,
+        upstream_port,
+        free_port()?,
+        "bench-replica",
+    )?;
+    command.env("OPENCLAW_HTTP_ADDR", format!("127.0.0.1:{port}"));
+    spawn("replica", command, port, Duration::from_secs(30))
+}
+
+fn core_command(
+    binaries: &Binaries,
+    redis_port: u16,
+    upstream_port: u16,
+    grpc_port: u16,
+    replica: &str,
+) -> anyhow::Result<Command> {
     let mut command = Command::new(&binaries.core);
     command
         .arg("serve")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "warn")
-        .env("OPENCLAW_GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env("OPENCLAW_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
         .env(
             "OPENCLAW_METRICS_ADDR",
             format!("127.0.0.1:{}", free_port()?),
@@ -147,7 +177,7 @@ pub fn core(binaries: &Binaries, redis_port: u16, upstream_port: u16) -> anyhow:
             format!("redis://127.0.0.1:{redis_port}"),
         )
         .env("OPENCLAW_INTERNAL_TOKEN", INTERNAL_TOKEN)
-        .env("OPENCLAW_REPLICA_ID", "bench-core")
+        .env("OPENCLAW_REPLICA_ID", replica)
         // The 10,000-stream memory figure holds streams open for tens of seconds.
         .env("OPENCLAW_PROVIDER_TIMEOUT_MS", "120000")
         .env(
@@ -157,7 +187,7 @@ pub fn core(binaries: &Binaries, redis_port: u16, upstream_port: u16) -> anyhow:
         .env("ZAI_API_KEY", "bench-upstream-key")
         .stderr(Stdio::null());
     pass_tuning(&mut command);
-    spawn("core", command, port, Duration::from_secs(30))
+    Ok(command)
 }
 
 pub fn edge(binaries: &Binaries, core_port: u16) -> anyhow::Result<Process> {

@@ -268,6 +268,20 @@ fn verdicts(summary: &Summary) -> Vec<Verdict> {
             2.0,
             "Scenario 1 (send-message, 10-turn history)",
         ),
+        overhead_target(
+            summary,
+            scenarios::OPENAI_COMBINED,
+            2000.0,
+            1.0,
+            "Scenario 2, combined replica",
+        ),
+        overhead_target(
+            summary,
+            scenarios::SEND_MESSAGE_COMBINED,
+            1000.0,
+            2.0,
+            "Scenario 1, combined replica",
+        ),
     ];
     let target = "Gateway saturation throughput at least 10× LiteLLM's at equal p99".to_string();
     let litellm_best = summary
@@ -347,15 +361,25 @@ pub fn markdown(summary: &Summary, meta: &str) -> String {
             if v.met { "met" } else { "**missed**" }
         );
     }
-    let procs = ["loadgen", "upstream", "redis", "core", "edge", "litellm"];
+    let procs = [
+        "loadgen", "upstream", "redis", "core", "edge", "replica", "litellm",
+    ];
     let scenarios_in_order = [
         (
             scenarios::SEND_MESSAGE,
             "Scenario 1: send-message on a session with a 10-turn history (REST edge → core → Redis → upstream; limits on)",
         ),
         (
+            scenarios::SEND_MESSAGE_COMBINED,
+            "Scenario 1c: send-message as scenario 1, through a combined replica (REST and core in one process)",
+        ),
+        (
             scenarios::OPENAI,
             "Scenario 2: OpenAI-compatible `/v1/chat/completions`, stateless (REST edge → core → upstream; limits on)",
+        ),
+        (
+            scenarios::OPENAI_COMBINED,
+            "Scenario 2c: OpenAI-compatible as scenario 2, through a combined replica (REST and core in one process)",
         ),
         (
             scenarios::GRPC,
@@ -516,6 +540,12 @@ pub fn chart(summary: &Summary) -> String {
             "gateway",
             "gateway: OpenAI-compatible (s2)",
             "#1f77b4",
+        ),
+        (
+            scenarios::OPENAI_COMBINED,
+            "gateway",
+            "combined replica: OpenAI-compatible (s2c)",
+            "#17becf",
         ),
         (
             scenarios::SEND_MESSAGE,

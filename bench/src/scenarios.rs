@@ -23,7 +23,11 @@ use crate::processes::{self, Binaries, Meter, Process, Usage};
 use crate::upstream::SettingsPatch;
 
 pub const SEND_MESSAGE: &str = "s1-send-message";
+/// Scenario 1 through a combined replica (REST and core in one process).
+pub const SEND_MESSAGE_COMBINED: &str = "s1c-send-message-combined";
 pub const OPENAI: &str = "s2-openai-stateless";
+/// Scenario 2 through a combined replica (REST and core in one process).
+pub const OPENAI_COMBINED: &str = "s2c-openai-combined";
 pub const GRPC: &str = "s3-grpc-core";
 pub const STREAMING: &str = "s4-streaming";
 pub const ADMISSION: &str = "s5-rate-limit-admission";
@@ -133,6 +137,7 @@ pub struct Run {
 struct Stack {
     // Dropped (killed) in reverse order of start.
     litellm: Option<Process>,
+    replica: Process,
     edge: Process,
     core: Process,
     upstream: Process,
@@ -149,6 +154,7 @@ impl Stack {
             ("redis".to_string(), self.redis.pid()),
             ("core".to_string(), self.core.pid()),
             ("edge".to_string(), self.edge.pid()),
+            ("replica".to_string(), self.replica.pid()),
         ];
         if let Some(litellm) = &self.litellm {
             all.push(("litellm".to_string(), litellm.pid()));
@@ -162,6 +168,10 @@ impl Stack {
 
     fn edge_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.edge.port)
+    }
+
+    fn replica_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.replica.port)
     }
 
     async fn configure_upstream(&self, settings: SettingsPatch) -> anyhow::Result<()> {
@@ -199,6 +209,7 @@ async fn start(plan: &Plan) -> anyhow::Result<Stack> {
     let upstream = processes::upstream(&plan.binaries)?;
     let core = processes::core(&plan.binaries, redis.port, upstream.port)?;
     let edge = processes::edge(&plan.binaries, core.port)?;
+    let replica = processes::replica(&plan.binaries, redis.port, upstream.port)?;
     let litellm = match &plan.litellm {
         Some(executable) if plan.wants(LITELLM) => {
             match processes::litellm(executable, upstream.port, &plan.work_dir) {
@@ -234,6 +245,7 @@ async fn start(plan: &Plan) -> anyhow::Result<Stack> {
     };
     let stack = Stack {
         litellm,
+        replica,
         edge,
         core,
         upstream,
@@ -281,6 +293,25 @@ pub async fn run(plan: &Plan, log: &dyn Fn(&str)) -> anyhow::Result<Run> {
         )
         .await;
     }
+    if plan.wants(OPENAI_COMBINED) {
+        let gateway = Target::Http {
+            url: stack.replica_url("/v1/chat/completions"),
+            auth: Some(stack.key.clone()),
+            body: openai_body("zai/glm-4.7-flash", false),
+            streamed: false,
+        };
+        sweep(
+            plan,
+            &stack,
+            OPENAI_COMBINED,
+            "gateway",
+            &plan.rates,
+            gateway,
+            &mut result,
+            log,
+        )
+        .await;
+    }
     if plan.wants(GRPC) {
         let channel = tonic::transport::Endpoint::from_shared(format!(
             "http://127.0.0.1:{}",
@@ -306,7 +337,19 @@ pub async fn run(plan: &Plan, log: &dyn Fn(&str)) -> anyhow::Result<Run> {
         .await;
     }
     if plan.wants(SEND_MESSAGE) {
-        send_message(plan, &stack, &mut result, log).await?;
+        send_message(
+            plan,
+            &stack,
+            SEND_MESSAGE,
+            &stack.edge_url(""),
+            &mut result,
+            log,
+        )
+        .await?;
+    }
+    if plan.wants(SEND_MESSAGE_COMBINED) {
+        let base = stack.replica_url("");
+        send_message(plan, &stack, SEND_MESSAGE_COMBINED, &base, &mut result, log).await?;
     }
     if plan.wants(STREAMING) {
         let gateway = Target::Http {
@@ -787,9 +830,12 @@ async fn admission(
 /// Two sends to one session are served one after the other, so the load is spread over a pool
 /// of sessions (one per request per second: each is sent to about once a second, and its
 /// history grows by one turn per second of measurement).
+/// Scenario 1 through the REST API at `base`: the split edge and core, or a combined replica.
 async fn send_message(
     plan: &Plan,
     stack: &Stack,
+    scenario: &str,
+    base: &str,
     result: &mut Run,
     log: &dyn Fn(&str),
 ) -> anyhow::Result<()> {
@@ -805,7 +851,7 @@ async fn send_message(
     for &rate in &plan.rates {
         let sessions = Arc::new(create_sessions(stack, (rate as usize).clamp(64, 4000)).await?);
         let target = Target::Sessions {
-            base: stack.edge_url(""),
+            base: base.to_string(),
             auth: stack.key.clone(),
             sessions: sessions.clone(),
             body: send_body.clone(),
@@ -813,7 +859,7 @@ async fn send_message(
         let base = measure(
             plan,
             stack,
-            SEND_MESSAGE,
+            scenario,
             "upstream",
             rate,
             plan.step,
@@ -821,16 +867,7 @@ async fn send_message(
         )
         .await;
         log(&describe(&base));
-        let step = measure(
-            plan,
-            stack,
-            SEND_MESSAGE,
-            "gateway",
-            rate,
-            plan.step,
-            target,
-        )
-        .await;
+        let step = measure(plan, stack, scenario, "gateway", rate, plan.step, target).await;
         log(&describe(&step));
         let saturated = step.saturated();
         result.steps.push(base);

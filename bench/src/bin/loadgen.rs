@@ -45,7 +45,8 @@ struct Args {
     /// Most requests outstanding at once (the load generator's connection pool).
     #[arg(long, default_value_t = 512)]
     max_in_flight: usize,
-    /// Only these scenarios (prefixes: s1, s2, s3, s4, s5, litellm, memory).
+    /// Only these scenarios (prefixes: s1, s2, s3, s4, s5, litellm, memory; s1c and s2c are
+    /// scenarios 1 and 2 through a combined replica, included in s1 and s2).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// LiteLLM's `litellm` executable (scripts/bench-litellm.sh --install prints it).

@@ -1,0 +1,225 @@
+//! A combined replica (`openclaw-gateway serve --http-addr`) serves the REST API from the core's
+//! own process. Seen from outside it is one more replica: the same answers and errors, gRPC on
+//! its gRPC address, and state (sessions, keys, limits) shared exactly with split edges and
+//! cores on the same Redis.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use support::{CoreOptions, FakeUpstream, Process, expect_data, expect_error};
+
+/// A combined replica: the core's process serving gRPC on `Process::port` and the REST API on
+/// the returned port.
+fn spawn_combined(options: &CoreOptions) -> (Process, u16) {
+    let http_port = support::free_port();
+    let mut options = options.clone();
+    options.env.push((
+        "OPENCLAW_HTTP_ADDR".into(),
+        format!("127.0.0.1:{http_port}"),
+    ));
+    let replica = support::spawn_core_logging(&options, support::free_port(), Stdio::inherit());
+    // The REST listener is bound right after the gRPC one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the combined replica did not listen on its REST port {http_port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (replica, http_port)
+}
+
+#[tokio::test]
+async fn a_combined_replica_answers_as_the_guide_says_and_shares_state_with_split_replicas() {
+    let redis = support::start_redis();
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = CoreOptions {
+        redis_url: Some(support::redis_url(&redis)),
+        upstream: Some(upstream.base_url()),
+        data_dir: Some(dir.path().to_path_buf()),
+        env: Vec::new(),
+    };
+    let (replica, http_port) = spawn_combined(&options);
+    let core = support::spawn_core(&options);
+    let edge = support::spawn_edge(&[&core]);
+    let http = reqwest::Client::new();
+    let combined = format!("http://127.0.0.1:{http_port}");
+    let split = format!("http://127.0.0.1:{}", edge.port);
+
+    // A key made through the combined replica, with room for exactly four requests a minute.
+    let key = support::create_key(
+        &http,
+        &combined,
+        "combined",
+        json!({"limits": {"requestsPerMinute": 4}}),
+    )
+    .await;
+
+    // The guide's first example, unchanged.
+    let created = http
+        .post(format!("{combined}/api/v1/sessions"))
+        .header("Content-Type", "application/json")
+        .bearer_auth(&key)
+        .json(&json!({
+            "model": "zai/glm-4.7-flash",
+            "messages": [{"role": "user", "content": "Hello"}]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.headers()["x-ratelimit-remaining-requests"], "3");
+    let created = expect_data(created, 201).await;
+    let id = created["sessionId"].as_str().unwrap().to_string();
+    assert_eq!(created["model"], "zai/glm-4.7-flash");
+    assert!(created["message"]["content"].as_str().is_some());
+
+    // Bad input gets the contract's error, and what is stored stays as it was.
+    let refused = http
+        .post(format!("{combined}/api/v1/sessions/{id}/messages"))
+        .bearer_auth(&key)
+        .json(&json!({"message": {"role": "user", "content": 7}}))
+        .send()
+        .await
+        .unwrap();
+    let error = expect_error(refused, 400, "INVALID_REQUEST").await;
+    assert!(
+        error["details"].as_str().unwrap().contains("content"),
+        "{error}"
+    );
+    let unknown = http
+        .get(format!("{combined}/api/v1/system/status"))
+        .bearer_auth("oc_not-a-real-key")
+        .send()
+        .await
+        .unwrap();
+    expect_error(unknown, 401, "UNAUTHORIZED").await;
+
+    // The session goes on through a split edge and core, and back: one history.
+    for (base, text) in [(&split, "second"), (&combined, "third")] {
+        let sent = http
+            .post(format!("{base}/api/v1/sessions/{id}/messages"))
+            .bearer_auth(&key)
+            .json(&json!({"message": {"role": "user", "content": text}}))
+            .send()
+            .await
+            .unwrap();
+        expect_data(sent, 200).await;
+    }
+    let last = upstream.received().pop().unwrap();
+    assert_eq!(
+        last["messages"].as_array().unwrap().len(),
+        5,
+        "the combined replica saw the turn stored through the split pair: {last}"
+    );
+
+    // One window for the key across both kinds of replica: the fourth request is the last.
+    let history = http
+        .get(format!("{split}/api/v1/sessions/{id}/messages"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(history.headers()["x-ratelimit-remaining-requests"], "0");
+    let history = expect_data(history, 200).await;
+    assert_eq!(
+        history["messages"].as_array().unwrap().len(),
+        6,
+        "{history}"
+    );
+    let over = http
+        .post(format!("{combined}/api/v1/sessions/{id}/messages"))
+        .bearer_auth(&key)
+        .json(&json!({"message": {"role": "user", "content": "fourth"}}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(over, 429, "RATE_LIMIT_EXCEEDED").await;
+
+    // Internal services still reach the replica over gRPC.
+    let mut system = openclaw_gateway::proto::system_service_client::SystemServiceClient::connect(
+        format!("http://127.0.0.1:{}", replica.port),
+    )
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(openclaw_gateway::proto::GetStatusRequest {});
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", support::INTERNAL_TOKEN)
+            .parse()
+            .unwrap(),
+    );
+    let status = system.get_status(request).await.unwrap().into_inner();
+    assert_eq!(status.gateway, "running");
+}
+
+#[tokio::test]
+async fn a_combined_replica_streams_and_drains_on_sigterm() {
+    let redis = support::start_redis();
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut replica, http_port) = spawn_combined(&CoreOptions {
+        redis_url: Some(support::redis_url(&redis)),
+        upstream: Some(upstream.base_url()),
+        data_dir: Some(dir.path().to_path_buf()),
+        env: vec![("OPENCLAW_DRAIN_TIMEOUT_MS".into(), "5000".into())],
+    });
+    let base = format!("http://127.0.0.1:{http_port}");
+    let http = reqwest::Client::new();
+    let key = support::create_key(&http, &base, "streams", json!({})).await;
+    upstream.behave(support::Behaviour::Stream {
+        chunks: vec!["one ".into(), "two ".into(), "three".into()],
+        delay: Duration::from_millis(20),
+        prompt_tokens: 5,
+        completion_tokens: 3,
+    });
+
+    let streamed = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({
+            "model": "zai/glm-4.7-flash",
+            "stream": true,
+            "messages": [{"role": "user", "content": "count"}]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 200);
+    assert_eq!(
+        streamed.headers()["content-type"],
+        "text/event-stream",
+        "{:?}",
+        streamed.headers()
+    );
+    let text = streamed.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let content: String = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(content, "one two three");
+
+    // SIGTERM: both listeners drain and the process exits cleanly.
+    let terminated = std::process::Command::new("kill")
+        .args(["-TERM", &replica.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    assert_eq!(
+        replica.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "the combined replica exits 0 after draining"
+    );
+}

@@ -6,8 +6,9 @@
 #                                  the load generator drives scenario 2 at 2,000/s and scenario 1
 #                                  at 1,000/s; folded with inferno into
 #                                  docs/benchmarks/flame-<process>-<scenario>.svg
-#   scripts/profile.sh callgrind   both processes under valgrind's callgrind, counters zeroed after
-#                                  warm-up, then N_CALLS requests of each scenario, one at a time;
+#   scripts/profile.sh callgrind   both processes, and a combined replica (`serve --http-addr`),
+#                                  under valgrind's callgrind, counters zeroed after warm-up, then
+#                                  N_CALLS requests of each scenario, one at a time;
 #                                  instructions per request, whole and by component, into
 #                                  docs/benchmarks/callgrind.md (load-insensitive: the figures do
 #                                  not depend on what else the machine runs)
@@ -51,8 +52,11 @@ flame() {
       sleep 0.2
     done
     sleep 2
-    local core edge
-    core=$(pgrep -P "$loadgen" -f "openclaw-gateway serve" | head -1)
+    local core edge pid
+    # The load generator also starts a combined replica (`serve` too): the core is bench-core.
+    for pid in $(pgrep -P "$loadgen" -f "openclaw-gateway serve"); do
+      if tr '\0' '\n' <"/proc/$pid/environ" | grep -qx OPENCLAW_REPLICA_ID=bench-core; then core=$pid; fi
+    done
     edge=$(pgrep -P "$loadgen" -f "openclaw-rest" | head -1)
     perf record -q -F 499 --call-graph dwarf,16384 -p "$core" -o "$work/core.data" -- sleep 8 &
     perf record -q -F 499 --call-graph dwarf,16384 -p "$edge" -o "$work/edge.data" -- sleep 8
@@ -79,6 +83,8 @@ callgrind() {
   trap stop EXIT
   local redis_port upstream_port grpc_port http_port token=profile-internal-token
   redis_port=$(free_port) upstream_port=$(free_port) grpc_port=$(free_port) http_port=$(free_port)
+  local replica_grpc_port replica_http_port
+  replica_grpc_port=$(free_port) replica_http_port=$(free_port)
   redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
   pids+=($!)
   target/release/fake-upstream --listen "127.0.0.1:$upstream_port" >/dev/null 2>&1 &
@@ -100,9 +106,20 @@ callgrind() {
     target/release/openclaw-rest >"$work/edge.log" 2>&1 &
   pids+=($!)
   wait_port "$http_port" "openclaw-rest under callgrind"
-  local core_pid edge_pid
+  env -i PATH="$PATH" RUST_LOG=warn OPENCLAW_GRPC_ADDR="127.0.0.1:$replica_grpc_port" \
+    OPENCLAW_HTTP_ADDR="127.0.0.1:$replica_http_port" \
+    OPENCLAW_METRICS_ADDR="127.0.0.1:$(free_port)" OPENCLAW_REDIS_URL="redis://127.0.0.1:$redis_port" \
+    OPENCLAW_INTERNAL_TOKEN="$token" OPENCLAW_REPLICA_ID=profile-replica OPENCLAW_DATA_DIR="$work" \
+    OPENCLAW_REDIS_TIMEOUT_MS=30000 OPENCLAW_PROVIDER_TIMEOUT_MS=120000 \
+    ZAI_BASE_URL="http://127.0.0.1:$upstream_port/v1" ZAI_API_KEY=profile-upstream-key \
+    valgrind --tool=callgrind --callgrind-out-file="$work/replica.out" \
+    target/release/openclaw-gateway serve >"$work/replica.log" 2>&1 &
+  pids+=($!)
+  wait_port "$replica_http_port" "the combined replica under callgrind"
+  local core_pid edge_pid replica_pid
   core_pid=$(pgrep -f "callgrind-out-file=$work/core.out" | head -1)
   edge_pid=$(pgrep -f "callgrind-out-file=$work/edge.out" | head -1)
+  replica_pid=$(pgrep -f "callgrind-out-file=$work/replica.out" | head -1)
 
   # One request kind at a time: warm up (connections, caches, lazily loaded vocabulary), zero
   # both processes' counters, run the measured calls, dump.
@@ -111,6 +128,10 @@ callgrind() {
       --scenario "$scenario" --calls "$calls" \
       --before-measure "callgrind_control -z $core_pid >/dev/null 2>&1 && callgrind_control -z $edge_pid >/dev/null 2>&1" \
       --after-measure "callgrind_control -d $scenario $core_pid >/dev/null 2>&1 && callgrind_control -d $scenario $edge_pid >/dev/null 2>&1"
+    python3 scripts/profile_client.py --base "http://127.0.0.1:$replica_http_port" --token "$token" \
+      --scenario "$scenario" --calls "$calls" \
+      --before-measure "callgrind_control -z $replica_pid >/dev/null 2>&1" \
+      --after-measure "callgrind_control -d $scenario $replica_pid >/dev/null 2>&1"
   done
   stop
   trap - EXIT

@@ -72,6 +72,9 @@ def dump_of(work, process, scenario):
     raise SystemExit(f"no callgrind dump of {process} for {scenario} in {work}")
 
 
+LABELS = {"core": "core", "edge": "edge", "replica": "combined replica"}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work", required=True)
@@ -88,7 +91,8 @@ def main():
         "",
         f"Generated {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC by `scripts/profile.sh callgrind`:",
         f"release binaries under valgrind's callgrind, counters zeroed after a warm-up, then {args.calls}",
-        "requests of each kind one at a time through edge → core → Redis → fake upstream. User-space",
+        "requests of each kind one at a time through edge → core → Redis → fake upstream, then through",
+        "a combined replica (`openclaw-gateway serve --http-addr`: edge and core in one process). User-space",
         "instructions only (the kernel's share, sockets and wake-ups, is not counted: see the",
         "flamegraphs for it). Self cost of every function, attributed to the crate its symbol names",
         "first; `libc` is the C library (malloc, memcpy, syscall wrappers).",
@@ -97,7 +101,7 @@ def main():
     for scenario in ("s2", "s1"):
         lines += [f"## {names[scenario]}", ""]
         per_process = {}
-        for process in ("core", "edge"):
+        for process in ("core", "edge", "replica"):
             total, functions = costs(dump_of(args.work, process, scenario))
             by_crate = collections.Counter()
             for cost, symbol in functions:
@@ -105,11 +109,13 @@ def main():
             per_process[process] = (total, by_crate, functions)
         lines += ["| process | instructions per request |", "|---|---:|"]
         for process, (total, _, _) in per_process.items():
-            lines.append(f"| {process} | {total / args.calls:,.0f} |")
+            lines.append(f"| {LABELS[process]} | {total / args.calls:,.0f} |")
+        split = per_process["core"][0] + per_process["edge"][0]
+        lines.append(f"| core + edge | {split / args.calls:,.0f} |")
         lines.append("")
         for process, (total, by_crate, functions) in per_process.items():
             lines += [
-                f"**{process}**, by crate (top 12) and by function (top 12), instructions per request:",
+                f"**{LABELS[process]}**, by crate (top 12) and by function (top 12), instructions per request:",
                 "",
                 "| crate | per request | share |",
                 "|---|---:|---:|",

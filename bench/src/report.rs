@@ -544,7 +544,7 @@ pub fn chart(summary: &Summary) -> String {
         (
             scenarios::OPENAI_COMBINED,
             "gateway",
-            "combined replica: OpenAI-compatible (s2c)",
+            "combined replica (s2c)",
             "#17becf",
         ),
         (

@@ -91,14 +91,20 @@ callgrind() {
   pids+=($!)
   wait_port "$redis_port" redis-server
   wait_port "$upstream_port" fake-upstream
-  env -i PATH="$PATH" RUST_LOG=warn OPENCLAW_GRPC_ADDR="127.0.0.1:$grpc_port" \
-    OPENCLAW_METRICS_ADDR="127.0.0.1:$(free_port)" OPENCLAW_REDIS_URL="redis://127.0.0.1:$redis_port" \
-    OPENCLAW_INTERNAL_TOKEN="$token" OPENCLAW_REPLICA_ID=profile-core OPENCLAW_DATA_DIR="$work" \
-    OPENCLAW_REDIS_TIMEOUT_MS=30000 OPENCLAW_PROVIDER_TIMEOUT_MS=120000 \
-    ZAI_BASE_URL="http://127.0.0.1:$upstream_port/v1" ZAI_API_KEY=profile-upstream-key \
-    valgrind --tool=callgrind --callgrind-out-file="$work/core.out" \
-    target/release/openclaw-gateway serve >"$work/core.log" 2>&1 &
-  pids+=($!)
+  # A core under callgrind: name, gRPC port, then any further VAR=value for its environment.
+  core_under_callgrind() {
+    local name=$1 port=$2
+    shift 2
+    env -i PATH="$PATH" RUST_LOG=warn OPENCLAW_GRPC_ADDR="127.0.0.1:$port" \
+      OPENCLAW_METRICS_ADDR="127.0.0.1:$(free_port)" OPENCLAW_REDIS_URL="redis://127.0.0.1:$redis_port" \
+      OPENCLAW_INTERNAL_TOKEN="$token" OPENCLAW_REPLICA_ID="profile-$name" OPENCLAW_DATA_DIR="$work" \
+      OPENCLAW_REDIS_TIMEOUT_MS=30000 OPENCLAW_PROVIDER_TIMEOUT_MS=120000 \
+      ZAI_BASE_URL="http://127.0.0.1:$upstream_port/v1" ZAI_API_KEY=profile-upstream-key "$@" \
+      valgrind --tool=callgrind --callgrind-out-file="$work/$name.out" \
+      target/release/openclaw-gateway serve >"$work/$name.log" 2>&1 &
+    pids+=($!)
+  }
+  core_under_callgrind core "$grpc_port"
   wait_port "$grpc_port" "openclaw-gateway under callgrind"
   env -i PATH="$PATH" RUST_LOG=warn OPENCLAW_HTTP_ADDR="127.0.0.1:$http_port" \
     OPENCLAW_METRICS_ADDR="127.0.0.1:$(free_port)" OPENCLAW_CORE_URL="http://127.0.0.1:$grpc_port" \
@@ -106,15 +112,7 @@ callgrind() {
     target/release/openclaw-rest >"$work/edge.log" 2>&1 &
   pids+=($!)
   wait_port "$http_port" "openclaw-rest under callgrind"
-  env -i PATH="$PATH" RUST_LOG=warn OPENCLAW_GRPC_ADDR="127.0.0.1:$replica_grpc_port" \
-    OPENCLAW_HTTP_ADDR="127.0.0.1:$replica_http_port" \
-    OPENCLAW_METRICS_ADDR="127.0.0.1:$(free_port)" OPENCLAW_REDIS_URL="redis://127.0.0.1:$redis_port" \
-    OPENCLAW_INTERNAL_TOKEN="$token" OPENCLAW_REPLICA_ID=profile-replica OPENCLAW_DATA_DIR="$work" \
-    OPENCLAW_REDIS_TIMEOUT_MS=30000 OPENCLAW_PROVIDER_TIMEOUT_MS=120000 \
-    ZAI_BASE_URL="http://127.0.0.1:$upstream_port/v1" ZAI_API_KEY=profile-upstream-key \
-    valgrind --tool=callgrind --callgrind-out-file="$work/replica.out" \
-    target/release/openclaw-gateway serve >"$work/replica.log" 2>&1 &
-  pids+=($!)
+  core_under_callgrind replica "$replica_grpc_port" OPENCLAW_HTTP_ADDR="127.0.0.1:$replica_http_port"
   wait_port "$replica_http_port" "the combined replica under callgrind"
   local core_pid edge_pid replica_pid
   core_pid=$(pgrep -f "callgrind-out-file=$work/core.out" | head -1)

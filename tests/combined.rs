@@ -38,12 +38,7 @@ async fn a_combined_replica_answers_as_the_guide_says_and_shares_state_with_spli
     let redis = support::start_redis();
     let upstream = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let options = CoreOptions {
-        redis_url: Some(support::redis_url(&redis)),
-        upstream: Some(upstream.base_url()),
-        data_dir: Some(dir.path().to_path_buf()),
-        env: Vec::new(),
-    };
+    let options = CoreOptions::shared(&redis, &upstream, dir.path());
     let (replica, http_port) = spawn_combined(&options);
     let core = support::spawn_core(&options);
     let edge = support::spawn_edge(&[&core]);
@@ -163,10 +158,8 @@ async fn a_combined_replica_streams_and_drains_on_sigterm() {
     let upstream = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (mut replica, http_port) = spawn_combined(&CoreOptions {
-        redis_url: Some(support::redis_url(&redis)),
-        upstream: Some(upstream.base_url()),
-        data_dir: Some(dir.path().to_path_buf()),
         env: vec![("OPENCLAW_DRAIN_TIMEOUT_MS".into(), "5000".into())],
+        ..CoreOptions::shared(&redis, &upstream, dir.path())
     });
     let base = format!("http://127.0.0.1:{http_port}");
     let http = reqwest::Client::new();

@@ -243,12 +243,7 @@ async fn a_draining_core_finishes_what_it_acknowledged_and_exits_cleanly() {
     let upstream = FakeUpstream::start().await;
     upstream.behave(Behaviour::Stall(Duration::from_millis(800)));
     let dir = tempfile::tempdir().unwrap();
-    let options = CoreOptions {
-        redis_url: Some(support::redis_url(&redis)),
-        upstream: Some(upstream.base_url()),
-        data_dir: Some(dir.path().to_path_buf()),
-        env: Vec::new(),
-    };
+    let options = CoreOptions::shared(&redis, &upstream, dir.path());
     let mut core = support::spawn_core(&options);
     let edge = support::spawn_edge(&[&core]);
     let http = reqwest::Client::new();
@@ -418,12 +413,7 @@ async fn an_edge_finds_cores_by_host_name() {
     let redis = support::start_redis();
     let upstream = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let core = support::spawn_core(&CoreOptions {
-        redis_url: Some(support::redis_url(&redis)),
-        upstream: Some(upstream.base_url()),
-        data_dir: Some(dir.path().to_path_buf()),
-        env: Vec::new(),
-    });
+    let core = support::spawn_core(&CoreOptions::shared(&redis, &upstream, dir.path()));
     let url = format!("http://localhost:{}", core.port);
     let edge = support::spawn_edge_with(&[], &[("OPENCLAW_CORE_URL", url.as_str())]);
     let http = reqwest::Client::new();
@@ -444,12 +434,7 @@ async fn restarting_a_core_costs_idempotent_clients_nothing() {
     let redis = support::start_redis();
     let upstream = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let options = CoreOptions {
-        redis_url: Some(support::redis_url(&redis)),
-        upstream: Some(upstream.base_url()),
-        data_dir: Some(dir.path().to_path_buf()),
-        env: Vec::new(),
-    };
+    let options = CoreOptions::shared(&redis, &upstream, dir.path());
     let first = support::spawn_core(&options);
     let mut second = support::spawn_core(&options);
     let second_port = second.port;

@@ -11,12 +11,7 @@ async fn a_session_started_on_one_pair_continues_on_another() {
     let redis = support::start_redis();
     let upstream = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let options = CoreOptions {
-        redis_url: Some(support::redis_url(&redis)),
-        upstream: Some(upstream.base_url()),
-        data_dir: Some(dir.path().to_path_buf()),
-        env: Vec::new(),
-    };
+    let options = CoreOptions::shared(&redis, &upstream, dir.path());
     let (core_a, core_b) = (support::spawn_core(&options), support::spawn_core(&options));
     let (edge_a, edge_b) = (
         support::spawn_edge(&[&core_a]),
@@ -82,12 +77,7 @@ async fn concurrent_sends_through_two_cores_never_interleave() {
         30,
     )));
     let dir = tempfile::tempdir().unwrap();
-    let options = CoreOptions {
-        redis_url: Some(support::redis_url(&redis)),
-        upstream: Some(upstream.base_url()),
-        data_dir: Some(dir.path().to_path_buf()),
-        env: Vec::new(),
-    };
+    let options = CoreOptions::shared(&redis, &upstream, dir.path());
     let (core_a, core_b) = (support::spawn_core(&options), support::spawn_core(&options));
     let edge = support::spawn_edge(&[&core_a, &core_b]);
     let http = reqwest::Client::new();

@@ -274,9 +274,15 @@ pub async fn run(plan: &Plan, log: &dyn Fn(&str)) -> anyhow::Result<Run> {
     if plan.wants(ADMISSION) {
         admission(plan, &stack, &mut result, log).await?;
     }
-    if plan.wants(OPENAI) {
+    for (scenario, url) in [
+        (OPENAI, stack.edge_url("/v1/chat/completions")),
+        (OPENAI_COMBINED, stack.replica_url("/v1/chat/completions")),
+    ] {
+        if !plan.wants(scenario) {
+            continue;
+        }
         let gateway = Target::Http {
-            url: stack.edge_url("/v1/chat/completions"),
+            url,
             auth: Some(stack.key.clone()),
             body: openai_body("zai/glm-4.7-flash", false),
             streamed: false,
@@ -284,26 +290,7 @@ pub async fn run(plan: &Plan, log: &dyn Fn(&str)) -> anyhow::Result<Run> {
         sweep(
             plan,
             &stack,
-            OPENAI,
-            "gateway",
-            &plan.rates,
-            gateway,
-            &mut result,
-            log,
-        )
-        .await;
-    }
-    if plan.wants(OPENAI_COMBINED) {
-        let gateway = Target::Http {
-            url: stack.replica_url("/v1/chat/completions"),
-            auth: Some(stack.key.clone()),
-            body: openai_body("zai/glm-4.7-flash", false),
-            streamed: false,
-        };
-        sweep(
-            plan,
-            &stack,
-            OPENAI_COMBINED,
+            scenario,
             "gateway",
             &plan.rates,
             gateway,
@@ -336,20 +323,13 @@ pub async fn run(plan: &Plan, log: &dyn Fn(&str)) -> anyhow::Result<Run> {
         )
         .await;
     }
-    if plan.wants(SEND_MESSAGE) {
-        send_message(
-            plan,
-            &stack,
-            SEND_MESSAGE,
-            &stack.edge_url(""),
-            &mut result,
-            log,
-        )
-        .await?;
-    }
-    if plan.wants(SEND_MESSAGE_COMBINED) {
-        let base = stack.replica_url("");
-        send_message(plan, &stack, SEND_MESSAGE_COMBINED, &base, &mut result, log).await?;
+    for (scenario, base) in [
+        (SEND_MESSAGE, stack.edge_url("")),
+        (SEND_MESSAGE_COMBINED, stack.replica_url("")),
+    ] {
+        if plan.wants(scenario) {
+            send_message(plan, &stack, scenario, &base, &mut result, log).await?;
+        }
     }
     if plan.wants(STREAMING) {
         let gateway = Target::Http {

@@ -463,6 +463,19 @@ pub struct CoreOptions {
     pub env: Vec<(String, String)>,
 }
 
+impl CoreOptions {
+    /// A core on `redis`, answered by `upstream`, with its data in `dir`: what replicas of one
+    /// deployment share.
+    pub fn shared(redis: &Process, upstream: &FakeUpstream, dir: &Path) -> Self {
+        Self {
+            redis_url: Some(redis_url(redis)),
+            upstream: Some(upstream.base_url()),
+            data_dir: Some(dir.to_path_buf()),
+            env: Vec::new(),
+        }
+    }
+}
+
 pub fn spawn_core(options: &CoreOptions) -> Process {
     spawn_core_at(options, free_port())
 }

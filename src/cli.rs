@@ -103,6 +103,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = &args.core;
     let mut telemetry = telemetry::init("openclaw-gateway", config.json_logs());
     let tls = server::grpc_tls(config)?;
+    // The REST side's settings are checked before anything starts.
+    let edge_config = args
+        .http_addr
+        .is_some()
+        .then(|| args.edge.config())
+        .transpose()?;
     let gateway = server::build(config).await?;
     config.check_production(gateway.models.any_simulated())?;
     let listener = TcpListener::bind(config.grpc_addr)
@@ -134,10 +140,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown.wait(),
     ));
     let api = CoreApi::start(gateway).await?;
-    let rest = match http {
-        Some(listener) => Some((listener, args.edge.config()?)),
-        None => None,
-    };
+    let rest = http.zip(edge_config);
     let outcome = shutdown
         .drain_within(
             run_replica(api, listener, tls, rest, &shutdown),
@@ -170,11 +173,13 @@ async fn run_replica(
             draining.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     };
-    let (core, edge) = tokio::join!(
+    // Either failing stops the replica: a REST API without its gRPC side (or the reverse) is not
+    // a replica anyone configured.
+    tokio::try_join!(
         api.serve(grpc, tls, shutdown.wait()),
         gateway_rest::serve(http, edge_config, on_drain)
-    );
-    core.and(edge)
+    )
+    .map(|((), ())| ())
 }
 
 async fn dev(mut args: DevArgs) -> anyhow::Result<()> {

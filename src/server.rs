@@ -193,29 +193,6 @@ pub fn grpc_tls(config: &CoreConfig) -> anyhow::Result<Option<ServerTlsConfig>> 
     Ok(Some(tls))
 }
 
-/// Serves the gRPC API on `listener` until `shutdown` resolves, then lets
-/// in-flight calls finish.
-pub async fn run(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    run_with_tls(listener, gateway, None, shutdown).await
-}
-
-/// [`run`], over TLS when `tls` is given (see [`grpc_tls`]).
-pub async fn run_with_tls(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    tls: Option<ServerTlsConfig>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    CoreApi::start(gateway)
-        .await?
-        .serve(listener, tls, shutdown)
-        .await
-}
-
 /// The core's gRPC API, started: every service behind the core's own layers, the cron
 /// scheduler and the health service. It is served over TCP ([`CoreApi::serve`]) and, in a
 /// combined replica, called by the REST edge of the same process ([`CoreApi::in_process`]).
@@ -280,10 +257,7 @@ impl CoreApi {
     /// The API as a service the REST edge of this process calls directly: the same services
     /// behind the same layers as over TCP, without a socket, HTTP/2 framing or a task per call.
     pub fn in_process(&self) -> gateway_rest::CoreService {
-        let service = tower::ServiceBuilder::new()
-            .layer(crate::observe::ObserveLayer)
-            .layer(OversizedMessageLayer)
-            .service(self.routes.clone());
+        let service = core_layers().service(self.routes.clone());
         gateway_rest::CoreService::in_process(service)
     }
 
@@ -336,13 +310,25 @@ impl CoreApi {
         }
         server
             .tcp_nodelay(true)
-            .layer(crate::observe::ObserveLayer)
-            .layer(OversizedMessageLayer)
+            .layer(core_layers())
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .context("serving gRPC")
     }
+}
+
+/// What every call of the core's API passes through, over TCP and in-process alike: the metrics
+/// and trace span of the call, then the oversized-message error.
+fn core_layers() -> tower::ServiceBuilder<
+    tower::layer::util::Stack<
+        OversizedMessageLayer,
+        tower::layer::util::Stack<crate::observe::ObserveLayer, tower::layer::util::Identity>,
+    >,
+> {
+    tower::ServiceBuilder::new()
+        .layer(crate::observe::ObserveLayer)
+        .layer(OversizedMessageLayer)
 }
 
 /// Keeps the gRPC health service (what readiness probes ask) in step with the

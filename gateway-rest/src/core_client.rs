@@ -18,7 +18,9 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// carries the same protobuf messages and metadata through the same core layers.
 #[derive(Debug, Clone)]
 pub enum CoreService {
+    /// The load-balanced gRPC channel to the core replicas (`openclaw-rest`).
     Network(Channel),
+    /// The core's services in this process (a combined replica).
     InProcess(InProcessCore),
 }
 

@@ -97,7 +97,7 @@ impl Call {
                 Ok((answer, admission))
             }
             Err(failure) => {
-                gateway.limits.settle(&admission, Charge::default()).await;
+                settle_behind(&gateway, &admission, Charge::default()).await;
                 Err(failure.into_api_error())
             }
         }
@@ -126,16 +126,34 @@ impl Call {
                 content: String::new(),
             }),
             Err(failure) => {
-                gateway.limits.settle(&admission, Charge::default()).await;
+                settle_behind(&gateway, &admission, Charge::default()).await;
                 Err(failure.into_api_error())
             }
         }
     }
 }
 
+/// Replaces the admission's reservation with `used` without making the caller wait for the
+/// limits store's answer. The first poll queues the settling script on this replica's
+/// connection to the store (unbudgeted, so tokio's cooperative scheduling cannot postpone it),
+/// before the reply can leave; the rest, the store's answer, is awaited in a task of its own.
+/// Every later admission of this replica is queued behind it on the same connection, and
+/// another replica's admission after the caller got the reply reaches the store later still,
+/// so the next decision sees the settled amounts; a slow store no longer holds the reply.
+async fn settle_behind(gateway: &Arc<Gateway>, admission: &Admission, used: Charge) {
+    let gateway = gateway.clone();
+    let admission = admission.clone();
+    let mut settling = Box::pin(tokio::task::unconstrained(async move {
+        gateway.limits.settle(&admission, used).await;
+    }));
+    if futures::poll!(settling.as_mut()).is_pending() {
+        tokio::spawn(settling);
+    }
+}
+
 /// Settles the reservation with the reported usage, and shapes the reply.
 async fn settle(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     admission: &Admission,
     model: &Model,
     completion: ChatCompletion,
@@ -144,7 +162,7 @@ async fn settle(
         tokens: u64::from(completion.prompt_tokens) + u64::from(completion.completion_tokens),
         context: u64::from(completion.prompt_tokens),
     };
-    gateway.limits.settle(admission, used).await;
+    settle_behind(gateway, admission, used).await;
     metrics::counter!("openclaw_tokens_total", "model" => model.id.clone(), "kind" => "prompt")
         .increment(u64::from(completion.prompt_tokens));
     metrics::counter!("openclaw_tokens_total", "model" => model.id.clone(), "kind" => "completion")
@@ -245,7 +263,7 @@ impl Streamed {
             tokens: used,
             context: u64::from(self.prompt_tokens),
         };
-        self.gateway.limits.settle(&self.admission, charge).await;
+        settle_behind(&self.gateway, &self.admission, charge).await;
         error.into_api_error(self.model.provider.name(), &self.model.id)
     }
 }

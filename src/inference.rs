@@ -134,12 +134,16 @@ impl Call {
 }
 
 /// Replaces the admission's reservation with `used` without making the caller wait for the
-/// limits store's answer. The first poll queues the settling script on this replica's
-/// connection to the store (unbudgeted, so tokio's cooperative scheduling cannot postpone it),
-/// before the reply can leave; the rest, the store's answer, is awaited in a task of its own.
-/// Every later admission of this replica is queued behind it on the same connection, and
-/// another replica's admission after the caller got the reply reaches the store later still,
-/// so the next decision sees the settled amounts; a slow store no longer holds the reply.
+/// limits store's answer, so a reply costs one round trip to the store (the admission), not two,
+/// and a slow store cannot hold a finished answer.
+///
+/// The order of decisions stays what it was: the first poll queues the settling script on this
+/// replica's connection to the store (unbudgeted, so tokio's cooperative scheduling cannot
+/// postpone it), and every later admission of this replica is queued behind it on the same
+/// connection. Yielding once then lets the connection's writer, woken by the queueing, write it
+/// to the socket before the reply is even formed, so another replica's admission, which can
+/// only follow the caller's reading of the reply, reaches the store after it too. The store's
+/// answer is awaited in a task of its own.
 async fn settle_behind(gateway: &Arc<Gateway>, admission: &Admission, used: Charge) {
     let gateway = gateway.clone();
     let admission = admission.clone();
@@ -148,6 +152,7 @@ async fn settle_behind(gateway: &Arc<Gateway>, admission: &Admission, used: Char
     }));
     if futures::poll!(settling.as_mut()).is_pending() {
         tokio::spawn(settling);
+        tokio::task::yield_now().await;
     }
 }
 

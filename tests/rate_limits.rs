@@ -244,6 +244,55 @@ async fn a_failed_call_burns_no_tokens_and_overreporting_counts_in_full() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_read_on_another_replica_right_after_an_answer_is_the_settled_usage() {
+    // Two cores, each edge pinned to one of them: every answer comes from core 0 and every
+    // read of usage from core 1. The provider reports 1000 tokens where 59 are reserved (a
+    // short prompt plus maxTokens 50), so a read that overtook the settling would be off by
+    // 941 per answer.
+    let mut cluster = Cluster::start(2, 0, &[]).await;
+    cluster.edges = vec![
+        support::spawn_edge(&[&cluster.cores[0]]),
+        support::spawn_edge(&[&cluster.cores[1]]),
+    ];
+    let key = cluster.key(json!({"tokensPerMinute": 1_000_000})).await;
+    cluster.upstream.behave(Behaviour::Reply {
+        content: "answer".into(),
+        prompt_tokens: 300,
+        completion_tokens: 700,
+    });
+    let body = json!({
+        "model": "zai/glm-4.7-flash",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 50,
+    });
+    for turn in 1..=25u64 {
+        let answered = cluster
+            .http
+            .post(format!("{}/v1/chat/completions", cluster.edge(0)))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answered.status(), 200, "{}", answered.text().await.unwrap());
+        let usage = cluster
+            .http
+            .get(format!("{}/api/v1/system/status", cluster.edge(1)))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        let status = expect_data(usage, 200).await;
+        assert_eq!(
+            status["resources"]["tokenUsage"],
+            1000 * turn,
+            "after answer {turn}: {status}"
+        );
+        assert_eq!(status["resources"]["contextUsage"], 300 * turn, "{status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_larger_than_a_whole_limit_is_invalid_not_queued() {
     let cluster = Cluster::start(1, 1, &[]).await;
     let key = cluster.key(json!({"tokensPerMinute": 500})).await;

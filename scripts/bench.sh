@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The one command behind every figure in docs/benchmarks.md: builds the release binaries, starts
 # Redis, the fake upstream, the core, the edge, a combined replica and LiteLLM's proxy on
-# loopback, runs every scenario at a sweep of rates BENCH_REPEATS times (default 3), and writes
+# loopback, runs every scenario at a sweep of rates BENCH_REPEATS times (default 5), and writes
 # docs/benchmarks.json, the tables in docs/benchmarks.md and
 # docs/benchmarks/latency-vs-throughput.svg (medians).
 #
-#   scripts/bench.sh                      the full run (about 18 minutes on 2 cores)
+#   scripts/bench.sh                      the full run (about 30 minutes on 2 cores)
 #   scripts/bench.sh --smoke              a few seconds of each scenario at a low rate, with the
 #                                         debug binaries `cargo test --workspace` built; fails if
 #                                         any request fails (CI runs this; it writes nothing in docs/)
@@ -42,5 +42,5 @@ else
   litellm=(--litellm-missing "pip could not install litellm[proxy] here")
 fi
 
-exec target/release/loadgen --bin-dir target/release --repeats "${BENCH_REPEATS:-3}" \
+exec target/release/loadgen --bin-dir target/release --repeats "${BENCH_REPEATS:-5}" \
   --command "scripts/bench.sh${*:+ $*}" "${litellm[@]}" "$@"

@@ -69,9 +69,58 @@ fn is_usable_request_id(bytes: &[u8]) -> bool {
         && bytes.iter().all(|byte| (0x20..=0x7e).contains(byte))
 }
 
-/// Outermost middleware: settles the request ID, checks the API version, logs the exchange, and
-/// stamps `X-Request-ID` and `OpenClaw-Version` on every response, errors and 404s included.
-pub(crate) async fn stamp(mut request: Request, next: Next) -> Response {
+/// What the edge checks on every request before routing it.
+#[derive(Debug, Clone)]
+pub(crate) struct Gate {
+    /// The most bytes all headers of a request may take, as on the wire: well below hyper's own
+    /// cap, so a client gets a sentence in the API's envelope, not a bare 431.
+    pub(crate) max_header_bytes: usize,
+    pub(crate) draining: crate::server::Draining,
+}
+
+impl Gate {
+    /// The answer to a request refused before routing: headers over the limit, or an API call
+    /// while this edge drains (probes still answer, so clients retry elsewhere).
+    fn refusal(&self, request: &Request) -> Option<Response> {
+        let path = request.uri().path();
+        let openai = path.starts_with("/v1/");
+        // As on the wire: "name: value\r\n" per header.
+        let size: usize = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        let error = if size > self.max_header_bytes {
+            ApiError::invalid_request(
+                "Request headers too large",
+                format!(
+                    "The request headers total {size} bytes; they must total at most {} bytes. \
+                     Send fewer or shorter headers (large cookies are a common cause)",
+                    self.max_header_bytes
+                ),
+            )
+            .with_status(axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        } else if self.draining.is_set() && (openai || path.starts_with("/api/")) {
+            ApiError::draining()
+        } else {
+            return None;
+        };
+        Some(if openai {
+            crate::routes::openai::OpenAiError::from(error).into_response()
+        } else {
+            error.into_response()
+        })
+    }
+}
+
+/// The one middleware around every route: settles the request ID, checks the API version, the
+/// headers' size and whether the edge drains ([`Gate`]), logs the exchange, and stamps
+/// `X-Request-ID` and `OpenClaw-Version` on every response, errors and 404s included.
+pub(crate) async fn stamp(
+    axum::extract::State(gate): axum::extract::State<Gate>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let request_id = RequestId::from_headers(request.headers());
     request.extensions_mut().insert(request_id.clone());
     let span = tracing::info_span!(
@@ -94,12 +143,16 @@ pub(crate) async fn stamp(mut request: Request, next: Next) -> Response {
     // OpenAI-compatible `/v1` (which answers in OpenAI's error shape) ignore the header.
     let versioned = request.uri().path().starts_with("/api/");
     let mut response = async {
-        match versioned
+        let refused = match versioned
             .then(|| check_version(request.headers()))
             .transpose()
         {
-            Ok(_) => next.run(request).await,
-            Err(error) => error.into_response(),
+            Ok(_) => gate.refusal(&request),
+            Err(error) => Some(error.into_response()),
+        };
+        match refused {
+            Some(refused) => refused,
+            None => next.run(request).await,
         }
     }
     .instrument(span.clone())
@@ -117,24 +170,6 @@ pub(crate) async fn stamp(mut request: Request, next: Next) -> Response {
         );
     });
     response
-}
-
-/// While draining, API calls are refused (probes still answer) so clients retry elsewhere.
-pub(crate) async fn refuse_while_draining(
-    axum::extract::State(draining): axum::extract::State<crate::server::Draining>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let path = request.uri().path();
-    if draining.is_set() {
-        if path.starts_with("/api/") {
-            return ApiError::draining().into_response();
-        }
-        if path.starts_with("/v1/") {
-            return crate::routes::openai::OpenAiError::from(ApiError::draining()).into_response();
-        }
-    }
-    next.run(request).await
 }
 
 fn check_version(headers: &HeaderMap) -> Result<(), ApiError> {

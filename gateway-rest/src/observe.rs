@@ -12,7 +12,7 @@ use axum::response::Response;
 
 /// Filled with the matched route's template once routing has happened.
 #[derive(Clone, Default)]
-pub(crate) struct RouteSlot(Arc<OnceLock<String>>);
+pub(crate) struct RouteSlot(Arc<OnceLock<MatchedPath>>);
 
 /// Route-level middleware: tells the outer middleware which route matched.
 pub(crate) async fn remember_route(request: Request, next: Next) -> Response {
@@ -20,7 +20,7 @@ pub(crate) async fn remember_route(request: Request, next: Next) -> Response {
         request.extensions().get::<RouteSlot>(),
         request.extensions().get::<MatchedPath>(),
     ) {
-        let _ = slot.0.set(path.as_str().to_owned());
+        let _ = slot.0.set(path.clone());
     }
     next.run(request).await
 }
@@ -42,7 +42,11 @@ impl Drop for InFlight {
 }
 
 pub(crate) fn record(method: &Method, route: &RouteSlot, status: StatusCode, elapsed: Duration) {
-    let route = route.0.get().map_or("unmatched", String::as_str).to_owned();
+    let route = route
+        .0
+        .get()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
     let labels = [
         ("route", route),
         ("method", method.as_str().to_owned()),

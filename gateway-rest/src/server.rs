@@ -43,25 +43,20 @@ pub(crate) fn router(config: &EdgeConfig) -> anyhow::Result<Router> {
         openapi: OpenApiJson(Arc::from(document.to_json()?)),
         draining: Draining(config.draining.clone()),
     };
-    let draining = state.draining.clone();
+    let gate = headers::Gate {
+        max_header_bytes: config.max_header_bytes,
+        draining: state.draining.clone(),
+    };
     Ok(api
         .merge(crate::dashboard::router())
         .route_layer(middleware::from_fn(crate::observe::remember_route))
         // Must come after the routes: it applies to the method routers that exist.
         .method_not_allowed_fallback(fallback::method_not_allowed)
         .fallback(fallback::not_found)
-        .layer(middleware::from_fn_with_state(
-            draining,
-            headers::refuse_while_draining,
-        ))
         // The JSON routes read their bodies themselves (`extract::JsonBody`, the envelope's 413);
         // this holds axum's own extractors, the dashboard's forms, to the same limit.
         .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(middleware::from_fn_with_state(
-            HeaderLimit(config.max_header_bytes),
-            limit_header_size,
-        ))
-        .layer(middleware::from_fn(headers::stamp))
+        .layer(middleware::from_fn_with_state(gate, headers::stamp))
         .with_state(state))
 }
 
@@ -77,41 +72,6 @@ pub async fn serve(
     connections.serve(listener, app, shutdown).await;
     Ok(())
 }
-
-/// Refuses requests whose headers, all together, exceed the configured size: 431 in the API's
-/// envelope. It sits well below hyper's own cap, so a client gets a sentence, not a bare 431.
-async fn limit_header_size(
-    axum::extract::State(HeaderLimit(limit)): axum::extract::State<HeaderLimit>,
-    request: axum::extract::Request,
-    next: middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
-    // As on the wire: "name: value\r\n" per header.
-    let size: usize = request
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    if size <= limit {
-        return next.run(request).await;
-    }
-    let error = crate::error::ApiError::invalid_request(
-        "Request headers too large",
-        format!(
-            "The request headers total {size} bytes; they must total at most {limit} bytes. \
-             Send fewer or shorter headers (large cookies are a common cause)"
-        ),
-    )
-    .with_status(axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    if request.uri().path().starts_with("/v1/") {
-        return crate::routes::openai::OpenAiError::from(error).into_response();
-    }
-    error.into_response()
-}
-
-/// The configured limit on a request's total header size, in bytes.
-#[derive(Debug, Clone, Copy)]
-struct HeaderLimit(usize);
 
 mod connection;
 

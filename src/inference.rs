@@ -140,10 +140,10 @@ impl Call {
 /// The order of decisions stays what it was: the first poll queues the settling script on this
 /// replica's connection to the store (unbudgeted, so tokio's cooperative scheduling cannot
 /// postpone it), and every later admission of this replica is queued behind it on the same
-/// connection. Yielding once then lets the connection's writer, woken by the queueing, write it
-/// to the socket before the reply is even formed, so another replica's admission, which can
-/// only follow the caller's reading of the reply, reaches the store after it too. The store's
-/// answer is awaited in a task of its own.
+/// connection. Yielding once then lets the connection's writer, woken by the queueing, run (here,
+/// or at once on another worker) before the reply is even formed, so the script is on its way
+/// to the store while another replica's admission can only follow the caller's reading of the
+/// reply. The store's answer is awaited in a task of its own.
 async fn settle_behind(gateway: &Arc<Gateway>, admission: &Admission, used: Charge) {
     let gateway = gateway.clone();
     let admission = admission.clone();

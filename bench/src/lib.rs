@@ -6,4 +6,5 @@ pub mod load;
 pub mod processes;
 pub mod report;
 pub mod scenarios;
+pub mod stalls;
 pub mod upstream;

@@ -40,12 +40,16 @@ pub struct Outcome {
     pub first_token: Histogram<u64>,
     /// Streaming: µs between consecutive tokens.
     pub token_gap: Histogram<u64>,
+    /// The first request's due time.
+    pub started: Instant,
     /// From the first due time to the last answer.
     pub elapsed: Duration,
     /// The slowest successful requests, slowest first. Where in a run they fall tells a stall
     /// (one moment) from a slow path (spread out); how late they were sent tells a stall of the
     /// load generator from one of the target.
     pub slowest: Vec<Slow>,
+    /// Every successful request's due time and the end of its response.
+    pub spans: Vec<(Instant, Instant)>,
 }
 
 /// One of the slowest requests of a run.
@@ -77,6 +81,7 @@ struct Collected {
     token_gap: Histogram<u64>,
     last: Instant,
     slowest: Vec<Slow>,
+    spans: Vec<(Instant, Instant)>,
 }
 
 /// Runs `call(i, due)` at `rate` per second for `duration`; waits up to `drain` for the last
@@ -102,6 +107,7 @@ where
         token_gap: histogram(),
         last: start,
         slowest: Vec::with_capacity(SLOWEST + 1),
+        spans: Vec::with_capacity(usize::try_from(total).unwrap_or(0)),
     }));
     let permits = Arc::new(Semaphore::new(max_in_flight));
     let handle = tokio::runtime::Handle::current();
@@ -129,6 +135,7 @@ where
                     match result {
                         Ok(sample) => {
                             c.ok += 1;
+                            c.spans.push((due, done));
                             c.latency.saturating_record(micros(done - due));
                             let latency = done - due;
                             if c.slowest.len() < SLOWEST
@@ -168,7 +175,7 @@ where
     };
     let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
     let _ = tokio::time::timeout(drain, permits.acquire_many(max_in_flight as u32)).await;
-    let c = collected.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = collected.lock().unwrap_or_else(|e| e.into_inner());
     let missing = total.saturating_sub(c.ok + c.errors);
     Outcome {
         rate,
@@ -181,7 +188,9 @@ where
         latency: c.latency.clone(),
         first_token: c.first_token.clone(),
         token_gap: c.token_gap.clone(),
+        started: start,
         elapsed: c.last.saturating_duration_since(start),
         slowest: c.slowest.clone(),
+        spans: std::mem::take(&mut c.spans),
     }
 }

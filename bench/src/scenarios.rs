@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use crate::load::{Call, Outcome, Sample, open_loop};
 use crate::processes::{self, Binaries, Meter, Process, Usage};
+use crate::stalls::{self, Probe, Stall};
 use crate::upstream::SettingsPatch;
 
 pub const SEND_MESSAGE: &str = "s1-send-message";
@@ -47,6 +48,8 @@ pub struct Plan {
     pub litellm: Option<PathBuf>,
     pub streams: u64,
     pub work_dir: PathBuf,
+    /// Watch for the machine's own stalls during every step ([`crate::stalls`]).
+    pub stall_probe: bool,
 }
 
 impl Plan {
@@ -98,6 +101,26 @@ pub struct Step {
     /// The slowest requests: when they were due (ms from the step's start) and their latency.
     #[serde(default)]
     pub slowest: Vec<SlowRequest>,
+    /// What the stall probe saw during the step (absent when it did not run).
+    #[serde(default)]
+    pub machine: Option<MachineStalls>,
+}
+
+/// The machine's own stalls during a step: windows of 1 ms or more in which a CPU ran no user
+/// space at all (the hypervisor had taken it away, or the kernel would not be interrupted), and
+/// the latency of the requests that no such window touched.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineStalls {
+    /// Whether the probe ran real-time (else a busy CPU also delays it, and it overcounts).
+    pub realtime: bool,
+    pub stalls: u64,
+    pub longest_ms: f64,
+    /// The stalls' lengths added up, over all CPUs.
+    pub stalled_ms: f64,
+    /// Successful requests in flight (from due time to answer) during a stall.
+    pub requests_hit: u64,
+    /// The latency of the other successful requests.
+    pub clear_latency_ms: Option<Percentiles>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -628,6 +651,7 @@ async fn measure(
     )
     .await;
     let meter = Meter::start(&stack.processes());
+    let probe = plan.stall_probe.then(Probe::start);
     let call = caller(
         target,
         stack.http.clone(),
@@ -642,6 +666,29 @@ async fn measure(
     )
     .await;
     let usage = meter.stop();
+    let machine = probe.map(|probe| {
+        let realtime = probe.realtime;
+        let seen = stalls::split(
+            probe.stop(),
+            outcome.started,
+            outcome.started + outcome.elapsed,
+            &outcome.spans,
+        );
+        let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+        MachineStalls {
+            realtime,
+            stalls: seen.stalls.len() as u64,
+            longest_ms: ms(seen
+                .stalls
+                .iter()
+                .map(Stall::length)
+                .max()
+                .unwrap_or_default()),
+            stalled_ms: ms(seen.stalls.iter().map(Stall::length).sum()),
+            requests_hit: seen.hit,
+            clear_latency_ms: Percentiles::of(&seen.clear),
+        }
+    });
     Step {
         scenario: scenario.to_string(),
         target: target_name.to_string(),
@@ -667,12 +714,13 @@ async fn measure(
                 }
             })
             .collect(),
+        machine,
     }
 }
 
 fn describe(step: &Step) -> String {
     format!(
-        "{:<24} {:<9} rate {:>6} achieved {:>8.1} p50 {:>7.3} p99 {:>8.3} p99.9 {:>8.3} ms errors {}{}; slowest {}",
+        "{:<24} {:<9} rate {:>6} achieved {:>8.1} p50 {:>7.3} p99 {:>8.3} p99.9 {:>8.3} ms errors {}{}{}; slowest {}",
         step.scenario,
         step.target,
         step.rate,
@@ -684,6 +732,16 @@ fn describe(step: &Step) -> String {
         step.first_error
             .as_deref()
             .map(|e| format!(" ({})", e.chars().take(160).collect::<String>()))
+            .unwrap_or_default(),
+        step.machine
+            .as_ref()
+            .map(|m| format!(
+                "; machine stalls {} (longest {:.1} ms, {} requests in flight), p99 of the rest {:.3} ms",
+                m.stalls,
+                m.longest_ms,
+                m.requests_hit,
+                m.clear_latency_ms.map_or(f64::NAN, |p| p.p99)
+            ))
             .unwrap_or_default(),
         step.slowest
             .iter()

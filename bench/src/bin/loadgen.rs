@@ -73,6 +73,10 @@ struct Args {
     /// Fail unless every scenario answered without errors (the CI smoke check).
     #[arg(long)]
     check: bool,
+    /// Run without the stall probe (one sleeping real-time thread per CPU that notes when the
+    /// machine itself stalls; see docs/benchmarks.md), e.g. to measure what the probe costs.
+    #[arg(long)]
+    no_stall_probe: bool,
 }
 
 fn shell(program: &str, args: &[&str]) -> String {
@@ -158,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
         litellm: args.litellm.clone(),
         streams: args.streams,
         work_dir: work_dir.clone(),
+        stall_probe: !args.no_stall_probe,
     };
     let log = |line: &str| eprintln!("[{:>6.1}s] {line}", started.elapsed().as_secs_f64());
     let mut runs = Vec::new();

@@ -37,6 +37,12 @@ pub struct Row {
     pub machine_longest_ms: Option<f64>,
     #[serde(default)]
     pub untouched_overhead_ms: Option<Percentiles>,
+    /// Attempts at this step (over all runs, baseline and target) measured again because the
+    /// machine stalled, and the overhead had the first attempts counted instead.
+    #[serde(default)]
+    pub set_aside: usize,
+    #[serde(default)]
+    pub first_attempt_overhead_ms: Option<Percentiles>,
 }
 
 impl Row {
@@ -183,6 +189,19 @@ pub fn summarise(runs: &[Run]) -> Summary {
                 steps.iter().map(|s| Some(s.machine.as_ref()?.longest_ms)),
             ),
             untouched_overhead_ms: differences(&|s| s.machine.as_ref()?.clear_latency_ms),
+            set_aside: found
+                .iter()
+                .map(|(run, step)| {
+                    let base = match is_baseline(&step.target) {
+                        true => None,
+                        false => baseline(run, step),
+                    };
+                    step.set_aside.len() + base.map_or(0, |b| b.set_aside.len())
+                })
+                .sum(),
+            first_attempt_overhead_ms: differences(&|s| {
+                Some(s.set_aside.first().map_or(s.latency_ms, |a| a.latency_ms))
+            }),
             scenario,
             target,
             rate,
@@ -243,13 +262,21 @@ fn overhead_target(
                     p99 / bound_ms
                 )
             };
-            let machine = match (r.machine_stalls, r.untouched_overhead_ms) {
+            let mut machine = match (r.machine_stalls, r.untouched_overhead_ms) {
                 (Some(stalls), Some(untouched)) => format!(
                     "; the machine stalled {stalls:.0} times in the step (median), and the requests no stall touched had overhead p99 {:.3} ms",
                     untouched.p99
                 ),
                 _ => String::new(),
             };
+            if let (n @ 1.., Some(first)) = (r.set_aside, r.first_attempt_overhead_ms) {
+                let _ = write!(
+                    machine,
+                    "; {n} attempt(s) at this step or its baseline set aside because the machine stalled ≥ {} ms (with the first attempts instead: {:.3} ms)",
+                    scenarios::REPEAT_AFTER_STALL_MS,
+                    first.p99
+                );
+            }
             Verdict {
                 target,
                 measured: measured + &machine,
@@ -488,6 +515,8 @@ pub fn markdown(summary: &Summary, meta: &str) -> String {
                 usage(&r.cpu_percent, &present),
                 usage(&r.peak_rss_mib, &present),
                 match (r.machine_stalls, r.machine_longest_ms) {
+                    (Some(n), Some(longest)) if r.set_aside > 0 =>
+                        format!("{n:.0}, {longest:.1} ({} set aside)", r.set_aside),
                     (Some(n), Some(longest)) => format!("{n:.0}, {longest:.1}"),
                     _ => String::new(),
                 },

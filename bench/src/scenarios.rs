@@ -669,23 +669,32 @@ async fn measure(
             target.clone(),
         )
         .await;
-        match step.machine.clone() {
-            Some(machine)
-                if machine.longest_ms >= REPEAT_AFTER_STALL_MS
-                    && set_aside.len() + 1 < ATTEMPTS =>
-            {
+        match step.machine.take() {
+            Some(machine) if measure_again(&machine, set_aside.len()) => {
                 set_aside.push(SetAside {
                     latency_ms: step.latency_ms,
                     errors: step.errors,
                     machine,
                 });
             }
-            _ => {
+            machine => {
+                step.machine = machine;
                 step.set_aside = set_aside;
                 return step;
             }
         }
     }
+}
+
+/// Whether an attempt during which the machine stalled as `machine` says is set aside, when
+/// `set_aside` attempts at the step already were.
+fn measure_again(machine: &MachineStalls, set_aside: usize) -> bool {
+    machine.longest_ms >= REPEAT_AFTER_STALL_MS && set_aside + 1 < ATTEMPTS
+}
+
+/// A duration in milliseconds, rounded to a tenth.
+fn tenths_of_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
 async fn measure_once(
@@ -734,17 +743,17 @@ async fn measure_once(
             outcome.started + outcome.elapsed,
             &outcome.spans,
         );
-        let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
         MachineStalls {
             realtime,
             stalls: seen.stalls.len() as u64,
-            longest_ms: ms(seen
-                .stalls
-                .iter()
-                .map(Stall::length)
-                .max()
-                .unwrap_or_default()),
-            stalled_ms: ms(seen.stalls.iter().map(Stall::length).sum()),
+            longest_ms: tenths_of_ms(
+                seen.stalls
+                    .iter()
+                    .map(Stall::length)
+                    .max()
+                    .unwrap_or_default(),
+            ),
+            stalled_ms: tenths_of_ms(seen.stalls.iter().map(Stall::length).sum()),
             requests_hit: seen.hit,
             clear_latency_ms: Percentiles::of(&seen.clear),
         }
@@ -765,13 +774,10 @@ async fn measure_once(
         slowest: outcome
             .slowest
             .iter()
-            .map(|slow| {
-                let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
-                SlowRequest {
-                    due_ms: ms(slow.due),
-                    latency_ms: ms(slow.latency),
-                    sent_late_ms: ms(slow.sent_late),
-                }
+            .map(|slow| SlowRequest {
+                due_ms: tenths_of_ms(slow.due),
+                latency_ms: tenths_of_ms(slow.latency),
+                sent_late_ms: tenths_of_ms(slow.sent_late),
             })
             .collect(),
         machine,
@@ -1116,4 +1122,35 @@ async fn hold_streams(
         task.abort();
     }
     Ok(memory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stalled(longest_ms: f64) -> MachineStalls {
+        MachineStalls {
+            realtime: true,
+            stalls: 1,
+            longest_ms,
+            stalled_ms: longest_ms,
+            requests_hit: 1,
+            clear_latency_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_step_is_measured_again_after_a_long_stall_at_most_three_times_in_all() {
+        assert!(!measure_again(&stalled(1.9), 0));
+        assert!(measure_again(&stalled(REPEAT_AFTER_STALL_MS), 0));
+        assert!(measure_again(&stalled(30.0), 1));
+        // The third attempt counts whatever the machine did.
+        assert!(!measure_again(&stalled(30.0), 2));
+    }
+
+    #[test]
+    fn durations_are_reported_in_tenths_of_a_millisecond() {
+        assert_eq!(tenths_of_ms(Duration::from_micros(1_249)), 1.2);
+        assert_eq!(tenths_of_ms(Duration::from_micros(1_251)), 1.3);
+    }
 }

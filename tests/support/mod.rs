@@ -629,12 +629,14 @@ impl Stack {
             env,
         });
         let edge = spawn_edge(&[&core]);
+        let http = reqwest::Client::new();
+        wait_until_ready(&http, &edge).await;
         Self {
             upstream,
             redis,
             core,
             edge,
-            http: reqwest::Client::new(),
+            http,
             data_dir,
         }
     }
@@ -671,6 +673,25 @@ impl Stack {
     /// Generates an API key through the REST key administration API.
     pub async fn create_key(&self, name: &str) -> String {
         create_key(&self.http, &self.url(""), name, json!({})).await
+    }
+}
+
+/// Waits until `edge` answers `GET /readyz` with 200: the channel its requests take has reached
+/// a core. An accepting REST port alone does not mean a first request gets through.
+pub async fn wait_until_ready(http: &reqwest::Client, edge: &Process) {
+    let url = format!("http://127.0.0.1:{}/readyz", edge.port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = http.get(&url).send().await.map(|r| r.status().as_u16());
+        if matches!(status, Ok(200)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edge on port {} was not ready within 20 s (last /readyz: {status:?})",
+            edge.port
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

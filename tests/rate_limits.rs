@@ -452,7 +452,7 @@ async fn a_dead_redis_fails_open_to_each_replicas_share_when_configured() {
     let key = cluster.key(json!({"requestsPerMinute": 10})).await;
     let status_url = format!("{}/api/v1/system/status", cluster.edge(0));
     // Verify the key on each core while Redis is up, straight over gRPC (the
-    // edge's balancer may pick either), so each has it cached when Redis dies.
+    // edge may send a call to either), so each has it cached when Redis dies.
     for core in &cluster.cores {
         use openclaw_gateway::proto::{
             GetStatusRequest, system_service_client::SystemServiceClient,

@@ -205,7 +205,7 @@ async fn the_edge_reaches_a_core_over_tls_by_name_and_by_address() {
     let upstream = FakeUpstream::start().await;
     let core = tls_core(&upstream, dir.path(), &cert, None);
     let ca_path = path(&ca.cert_path());
-    // A host name goes through the re-resolving balancer; an address through the fixed list.
+    // A host name is re-resolved (the certificate is checked against the name); an address is fixed.
     for host in ["localhost", "127.0.0.1"] {
         let url = format!("https://{host}:{}", core.port);
         let edge = spawn_edge_with(

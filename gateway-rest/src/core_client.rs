@@ -1,25 +1,31 @@
-//! The edge's one connection to the core: a lazily connecting, load-balanced gRPC channel, or
-//! the core's own service when both run in one process.
+//! The edge's way to the core: HTTP/2 connections to every core replica, calls spread over
+//! them ([`crate::core_pool`]), or the core's own service when both run in one process.
 
 use std::{future::Future, time::Duration};
 
 use axum::http::HeaderMap;
-use tonic::transport::{Channel, Endpoint};
+use axum::http::Uri;
 use tower::util::BoxCloneSyncService;
 
-use crate::{EdgeConfig, error::ApiError, headers, tls::CoreTlsMaterial};
+use crate::{
+    EdgeConfig,
+    core_pool::{CorePool, Target},
+    error::ApiError,
+    headers,
+    tls::CoreTlsMaterial,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The core's gRPC API as a service: a network channel to the core replicas, or the core's own
+/// The core's gRPC API as a service: connections to the core replicas, or the core's own
 /// service in this process (see [`crate::EdgeConfig::in_process_core`]). Either way a call
 /// carries the same protobuf messages and metadata through the same core layers.
 #[derive(Debug, Clone)]
 pub enum CoreService {
-    /// The load-balanced gRPC channel to the core replicas (`openclaw-rest`).
-    Network(Channel),
+    /// HTTP/2 connections to the core replicas, calls spread over them (`openclaw-rest`).
+    Network(CorePool),
     /// The core's services in this process (a combined replica).
     InProcess(InProcessCore),
 }
@@ -48,39 +54,29 @@ impl CoreService {
     }
 }
 
-fn unreachable(never: std::convert::Infallible) -> tonic::transport::Error {
-    match never {}
-}
+type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl tower::Service<axum::http::Request<tonic::body::Body>> for CoreService {
     type Response = axum::http::Response<tonic::body::Body>;
-    type Error = tonic::transport::Error;
-    type Future = futures::future::Either<
-        tonic::transport::channel::ResponseFuture,
-        futures::future::MapErr<
-            <InProcessCore as tower::Service<axum::http::Request<tonic::body::Body>>>::Future,
-            fn(std::convert::Infallible) -> tonic::transport::Error,
-        >,
-    >;
+    type Error = crate::core_pool::BoxError;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
     fn poll_ready(
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
         match self {
-            Self::Network(channel) => channel.poll_ready(cx),
-            Self::InProcess(core) => core.poll_ready(cx).map_err(unreachable),
+            // A call waits for a connection itself, bounded by the connect timeout.
+            Self::Network(_) => std::task::Poll::Ready(Ok(())),
+            Self::InProcess(core) => core.poll_ready(cx).map_err(|never| match never {}),
         }
     }
 
     fn call(&mut self, request: axum::http::Request<tonic::body::Body>) -> Self::Future {
         use futures::TryFutureExt as _;
         match self {
-            Self::Network(channel) => futures::future::Either::Left(channel.call(request)),
-            Self::InProcess(core) => futures::future::Either::Right(
-                core.call(request)
-                    .map_err(unreachable as fn(std::convert::Infallible) -> _),
-            ),
+            Self::Network(pool) => Box::pin(pool.clone().call(request)),
+            Self::InProcess(core) => Box::pin(core.call(request).map_err(|never| match never {})),
         }
     }
 }
@@ -100,8 +96,8 @@ pub(crate) struct CoreReply<T> {
 }
 
 impl CoreClient {
-    /// Builds the channel without connecting, so the edge starts (and answers 503) while the
-    /// core is down. Needs a Tokio runtime: the balancer runs as a task.
+    /// Starts connecting to the cores in the background and returns at once, so the edge
+    /// starts (and answers 503) while the cores are down. Needs a Tokio runtime.
     pub(crate) fn new(config: &EdgeConfig) -> anyhow::Result<Self> {
         if let Some(core) = &config.in_process_core {
             return Ok(Self {
@@ -110,36 +106,40 @@ impl CoreClient {
             });
         }
         let tls = tls_for(config)?;
-        let endpoints = config
+        let urls = config
             .core_urls
             .iter()
-            .map(|url| endpoint(url, tls.as_ref(), None))
+            .map(|url| CoreUrl::parse(url))
             .collect::<anyhow::Result<Vec<_>>>()?;
         anyhow::ensure!(
-            !endpoints.is_empty(),
+            !urls.is_empty(),
             "no core URL configured; set OPENCLAW_CORE_URL"
         );
-        let named: Vec<(String, u16)> = endpoints
-            .iter()
-            .filter_map(|e| {
-                let host = e.uri().host()?.trim_matches(|c| c == '[' || c == ']');
-                let port = e.uri().port_u16().unwrap_or(50051);
-                host.parse::<std::net::IpAddr>()
-                    .is_err()
-                    .then(|| (host.to_owned(), port))
-            })
-            .collect();
-        let channel = if named.is_empty() {
-            Channel::balance_list(endpoints.into_iter())
-        } else {
+        let pool = CorePool::new(
+            concat!("openclaw-rest/", env!("CARGO_PKG_VERSION")),
+            crate::core_pool::Settings {
+                connect_timeout: CONNECT_TIMEOUT,
+                keep_alive_interval: KEEP_ALIVE_INTERVAL,
+                keep_alive_timeout: KEEP_ALIVE_TIMEOUT,
+            },
+        );
+        let mut named = Vec::new();
+        for url in urls {
+            match url.host.parse::<std::net::IpAddr>() {
+                Ok(ip) => {
+                    let target = url.target((ip, url.port).into(), tls.as_ref())?;
+                    pool.insert(url.origin.to_string(), target);
+                }
+                Err(_) => named.push(url),
+            }
+        }
+        if !named.is_empty() {
             // Host names (a headless Service's) are re-resolved, so cores that
-            // come and go join and leave the balancer without a restart.
-            let (channel, changes) = Channel::balance_channel::<String>(64);
-            tokio::spawn(resolve_forever(endpoints, tls, changes));
-            channel
-        };
+            // come and go join and leave the rotation without a restart.
+            tokio::spawn(resolve_forever(named, tls, pool.clone()));
+        }
         Ok(Self {
-            channel: CoreService::Network(channel),
+            channel: CoreService::Network(pool),
             timeout: config.core_timeout,
         })
     }
@@ -221,37 +221,32 @@ impl CoreClient {
 /// How often host names of cores are looked up again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
-/// Keeps the balancer's endpoints equal to what the configured URLs resolve to.
-async fn resolve_forever(
-    configured: Vec<Endpoint>,
-    tls: Option<CoreTlsMaterial>,
-    changes: tokio::sync::mpsc::Sender<tonic::transport::channel::Change<String, Endpoint>>,
-) {
+/// Keeps the pool's connections equal to what the configured host names resolve to.
+async fn resolve_forever(configured: Vec<CoreUrl>, tls: Option<CoreTlsMaterial>, pool: CorePool) {
     use std::collections::BTreeMap;
-    use tonic::transport::channel::Change;
     let mut current: BTreeMap<String, ()> = BTreeMap::new();
     loop {
-        let mut found: BTreeMap<String, Endpoint> = BTreeMap::new();
-        for endpoint in &configured {
-            let uri = endpoint.uri();
-            let (Some(host), port) = (uri.host(), uri.port_u16().unwrap_or(50051)) else {
-                continue;
-            };
-            let host = host.trim_matches(|c| c == '[' || c == ']');
-            match tokio::net::lookup_host((host, port)).await {
+        let mut found: BTreeMap<String, Target> = BTreeMap::new();
+        for url in &configured {
+            match tokio::net::lookup_host((url.host.as_str(), url.port)).await {
                 Ok(addrs) => {
                     for addr in addrs {
-                        let url = format!("{}://{addr}", uri.scheme_str().unwrap_or("http"));
-                        // The certificate names the host, not the address it resolved to.
-                        if let Ok(resolved) = self::endpoint(&url, tls.as_ref(), Some(host)) {
-                            found.insert(url, resolved);
+                        match url.target(addr, tls.as_ref()) {
+                            Ok(target) => {
+                                found.insert(format!("{}@{addr}", url.origin), target);
+                            }
+                            Err(error) => {
+                                tracing::warn!(host = %url.host, %error, "cannot reach a core");
+                            }
                         }
                     }
                 }
-                Err(error) => tracing::warn!(%host, %error, "could not resolve a core address"),
+                Err(error) => {
+                    tracing::warn!(host = %url.host, %error, "could not resolve a core address");
+                }
             }
         }
-        // A failed lookup keeps what was known rather than emptying the balancer.
+        // A failed lookup keeps what was known rather than emptying the pool.
         if !found.is_empty() {
             for gone in current
                 .keys()
@@ -261,16 +256,12 @@ async fn resolve_forever(
             {
                 tracing::info!(core = %gone, "core left");
                 current.remove(&gone);
-                if changes.send(Change::Remove(gone)).await.is_err() {
-                    return;
-                }
+                pool.remove(&gone);
             }
-            for (url, endpoint) in found {
-                if current.insert(url.clone(), ()).is_none() {
-                    tracing::info!(core = %url, "core joined");
-                    if changes.send(Change::Insert(url, endpoint)).await.is_err() {
-                        return;
-                    }
+            for (key, target) in found {
+                if current.insert(key.clone(), ()).is_none() {
+                    tracing::info!(core = %key, "core joined");
+                    pool.insert(key, target);
                 }
             }
         }
@@ -313,43 +304,76 @@ fn is_https(url: &str) -> bool {
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
 }
 
-/// One core's endpoint. `https://` URLs get the client TLS of `tls`, checking the certificate
-/// against `domain` when given (a resolved address), else against the URL's host.
-fn endpoint(
-    url: &str,
-    tls: Option<&CoreTlsMaterial>,
-    domain: Option<&str>,
-) -> anyhow::Result<Endpoint> {
-    let url = url.trim();
-    let url = if url.contains("://") {
-        url.to_owned()
-    } else {
-        format!("http://{url}")
-    };
-    let mut endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|error| anyhow::anyhow!("invalid core URL '{url}': {error}"))?;
-    if is_https(&url) {
-        let tls = tls.ok_or_else(|| {
-            anyhow::anyhow!("the core URL {url} is https://, but no core TLS is configured")
-        })?;
-        let host = endpoint
-            .uri()
+/// A configured core URL: `http://host:port` or `https://host:port`; no scheme means `http://`,
+/// no port means 50051.
+#[derive(Debug, Clone)]
+struct CoreUrl {
+    /// The scheme and authority calls carry.
+    origin: Uri,
+    /// The host as written (a name or an address, without IPv6 brackets).
+    host: String,
+    port: u16,
+}
+
+impl CoreUrl {
+    fn parse(url: &str) -> anyhow::Result<Self> {
+        let url = url.trim();
+        let full = if url.contains("://") {
+            url.to_owned()
+        } else {
+            format!("http://{url}")
+        };
+        let invalid = |why: &str| {
+            anyhow::anyhow!(
+                "invalid core URL '{url}': {why}; write it as http://host:port or https://host:port (OPENCLAW_CORE_URL)"
+            )
+        };
+        let uri: Uri = full.parse().map_err(|error| invalid(&format!("{error}")))?;
+        let scheme = uri.scheme_str().unwrap_or_default().to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return Err(invalid("the scheme must be http or https"));
+        }
+        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+            return Err(invalid("a core URL has no path"));
+        }
+        let host = uri
             .host()
-            .unwrap_or_default()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid("it names no host"))?
             .trim_matches(|c| c == '[' || c == ']')
             .to_owned();
-        endpoint = endpoint
-            .tls_config(tls.client_config(domain.unwrap_or(&host)))
-            .map_err(|error| anyhow::anyhow!("core TLS for {url}: {error}"))?;
+        let port = uri.port_u16().unwrap_or(50051);
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        let origin = format!("{scheme}://{authority}")
+            .parse()
+            .map_err(|error| invalid(&format!("{error}")))?;
+        Ok(Self { origin, host, port })
     }
-    Ok(endpoint
-        .user_agent(concat!("openclaw-rest/", env!("CARGO_PKG_VERSION")))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .tcp_keepalive(Some(KEEP_ALIVE_INTERVAL))
-        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-        .keep_alive_while_idle(true))
+
+    /// A connection to `address`, one of this URL's host's; `https://` URLs get the client TLS
+    /// of `tls`, checking the certificate against the URL's host.
+    fn target(
+        &self,
+        address: std::net::SocketAddr,
+        tls: Option<&CoreTlsMaterial>,
+    ) -> anyhow::Result<Target> {
+        let tls = if self.origin.scheme_str() == Some("https") {
+            let tls = tls.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the core URL {} is https://, but no core TLS is configured",
+                    self.origin
+                )
+            })?;
+            Some(tls.connector(&self.host)?)
+        } else {
+            None
+        };
+        Ok(Target {
+            address,
+            origin: self.origin.clone(),
+            tls,
+        })
+    }
 }
 
 /// A part of the core's answer the contract promises; its absence is a core bug, not the caller's.
@@ -363,15 +387,22 @@ mod tests {
 
     #[test]
     fn core_urls_without_a_scheme_default_to_http() {
-        assert_eq!(
-            endpoint("127.0.0.1:50051", None, None)
-                .expect("valid")
-                .uri()
-                .to_string(),
-            "http://127.0.0.1:50051/"
-        );
-        assert!(endpoint("http://[::1]:50051", None, None).is_ok());
-        assert!(endpoint("http://exa mple:1", None, None).is_err());
+        let url = CoreUrl::parse("127.0.0.1:50051").expect("valid");
+        assert_eq!(url.origin.to_string(), "http://127.0.0.1:50051/");
+        assert_eq!((url.host.as_str(), url.port), ("127.0.0.1", 50051));
+        let url = CoreUrl::parse("http://[::1]").expect("valid");
+        assert_eq!((url.host.as_str(), url.port), ("::1", 50051));
+        let url = CoreUrl::parse(" HTTPS://core.internal:7000 ").expect("valid");
+        assert_eq!(url.origin.to_string(), "https://core.internal:7000/");
+        for bad in [
+            "http://exa mple:1",
+            "ftp://core:1",
+            "http://core:1/api",
+            "http://:1",
+        ] {
+            let error = CoreUrl::parse(bad).expect_err(bad).to_string();
+            assert!(error.contains("OPENCLAW_CORE_URL"), "{error}");
+        }
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ pub mod proto;
 pub mod request_bodies;
 
 mod core_client;
+mod core_pool;
 mod dashboard;
 mod envelope;
 mod error;

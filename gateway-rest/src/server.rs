@@ -33,7 +33,7 @@ impl Draining {
     }
 }
 
-/// The whole REST API as one router. Needs a Tokio runtime (the core channel's balancer).
+/// The whole REST API as one router. Needs a Tokio runtime (the core connections' tasks).
 pub(crate) fn router(config: &EdgeConfig) -> anyhow::Result<Router> {
     let (api, mut document) = routes::api().split_for_parts();
     openapi::document_common_headers(&mut document);

@@ -111,52 +111,66 @@ pub(crate) fn server_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::Serv
     Ok(Arc::new(config))
 }
 
-/// What the edge's gRPC client presents and trusts, read from the files once.
-#[derive(Debug, Clone)]
+/// What the edge's gRPC client presents and trusts, read from the files once: a TLS client
+/// offering HTTP/2 (ALPN `h2`), trusting only the configured CA.
+#[derive(Clone)]
 pub(crate) struct CoreTlsMaterial {
-    ca: Option<tonic::transport::Certificate>,
-    identity: Option<tonic::transport::Identity>,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for CoreTlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoreTlsMaterial").finish_non_exhaustive()
+    }
 }
 
 impl CoreTlsMaterial {
     pub(crate) fn load(tls: &CoreTls) -> anyhow::Result<Self> {
         install_crypto_provider();
-        let ca = match &tls.ca {
-            Some(path) => {
-                // Parsed here so a wrong file fails at start-up, not on the first call.
-                certificates(path, "core CA")?;
-                Some(tonic::transport::Certificate::from_pem(read(
-                    path, "core CA",
-                )?))
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(path) = &tls.ca {
+            for ca in certificates(path, "core CA")? {
+                roots.add(ca).with_context(|| {
+                    format!(
+                        "the core CA {} holds an unusable certificate",
+                        path.display()
+                    )
+                })?;
             }
-            None => None,
+        }
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let mut config = match &tls.client {
+            Some(files) => builder
+                .with_client_auth_cert(
+                    certificates(&files.cert, "client certificate")?,
+                    private_key(&files.key)?,
+                )
+                .with_context(|| {
+                    format!(
+                        "the client certificate {} and the key {} do not make a usable pair",
+                        files.cert.display(),
+                        files.key.display()
+                    )
+                })?,
+            None => builder.with_no_client_auth(),
         };
-        let identity = match &tls.client {
-            Some(files) => {
-                certificates(&files.cert, "client certificate")?;
-                private_key(&files.key)?;
-                Some(tonic::transport::Identity::from_pem(
-                    read(&files.cert, "client certificate")?,
-                    read(&files.key, "client key")?,
-                ))
-            }
-            None => None,
-        };
-        Ok(Self { ca, identity })
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
     }
 
-    /// The client TLS for a core whose certificate names `domain` (the configured host, also
-    /// when the connection goes to an address that host resolved to).
-    pub(crate) fn client_config(&self, domain: &str) -> tonic::transport::ClientTlsConfig {
-        let mut config = tonic::transport::ClientTlsConfig::new()
-            .domain_name(domain)
-            .assume_http2(true);
-        if let Some(ca) = &self.ca {
-            config = config.ca_certificate(ca.clone());
-        }
-        if let Some(identity) = &self.identity {
-            config = config.identity(identity.clone());
-        }
-        config
+    /// The client side of a TLS connection to a core whose certificate names `domain` (the
+    /// configured host, also when the connection goes to an address that host resolved to).
+    pub(crate) fn connector(
+        &self,
+        domain: &str,
+    ) -> anyhow::Result<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )> {
+        let name = rustls::pki_types::ServerName::try_from(domain.to_owned())
+            .with_context(|| format!("'{domain}' is not a host name a certificate can name"))?;
+        Ok((self.connector.clone(), name))
     }
 }

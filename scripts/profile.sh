@@ -14,11 +14,15 @@
 #                                  not depend on what else the machine runs)
 #   scripts/profile.sh             both
 #
+# BIN_DIR=<dir> profiles the openclaw-gateway and openclaw-rest found there instead of this
+# tree's release build (to compare two builds by instruction counts).
+#
 # Needs perf, valgrind (callgrind_annotate) and inferno (`cargo install inferno`), redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 what=${1:-all}
+bin=${BIN_DIR:-target/release}
 out=docs/benchmarks
 mkdir -p "$out"
 cargo build --release --quiet -p openclaw-gateway -p gateway-rest -p openclaw-bench
@@ -101,7 +105,7 @@ callgrind() {
       OPENCLAW_REDIS_TIMEOUT_MS=30000 OPENCLAW_PROVIDER_TIMEOUT_MS=120000 \
       ZAI_BASE_URL="http://127.0.0.1:$upstream_port/v1" ZAI_API_KEY=profile-upstream-key "$@" \
       valgrind --tool=callgrind --callgrind-out-file="$work/$name.out" \
-      target/release/openclaw-gateway serve >"$work/$name.log" 2>&1 &
+      "$bin"/openclaw-gateway serve >"$work/$name.log" 2>&1 &
     pids+=($!)
   }
   core_under_callgrind core "$grpc_port"
@@ -109,7 +113,7 @@ callgrind() {
   env -i PATH="$PATH" RUST_LOG=warn OPENCLAW_HTTP_ADDR="127.0.0.1:$http_port" \
     OPENCLAW_METRICS_ADDR="127.0.0.1:$(free_port)" OPENCLAW_CORE_URL="http://127.0.0.1:$grpc_port" \
     valgrind --tool=callgrind --callgrind-out-file="$work/edge.out" \
-    target/release/openclaw-rest >"$work/edge.log" 2>&1 &
+    "$bin"/openclaw-rest >"$work/edge.log" 2>&1 &
   pids+=($!)
   wait_port "$http_port" "openclaw-rest under callgrind"
   core_under_callgrind replica "$replica_grpc_port" OPENCLAW_HTTP_ADDR="127.0.0.1:$replica_http_port"

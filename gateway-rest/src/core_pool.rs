@@ -26,6 +26,9 @@ use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use tokio::sync::{oneshot, watch};
 
+/// How many connections a call tries when each turns out closed before the call goes out.
+const TRIES_BEFORE_SENDING: u32 = 3;
+
 /// What a call fails with: a `tonic::Status` (which tonic hands on unchanged) with the cause.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -167,25 +170,37 @@ impl CorePool {
             .await
             .map_err(|error| unavailable_because("the request could not be encoded", error))?
             .to_bytes();
-        let live = self.pick().await?;
-        head.uri = with_origin(&live.origin, &head.uri)?;
         head.headers
             .insert(http::header::USER_AGENT, self.shared.user_agent.clone());
-        let mut send = live
-            .send
-            .ready()
-            .await
-            .map_err(|error| self.lost(live.id, error))?;
+        // A connection found closed before the call goes out on it (the core sent GOAWAY as it
+        // drains, or the socket died) costs the call nothing, whatever its method: it takes the
+        // next connection in the rotation.
+        let mut tries = 0;
+        let (id, mut send) = loop {
+            tries += 1;
+            let live = self.pick().await?;
+            match live.send.ready().await {
+                Ok(send) => {
+                    head.uri = with_origin(&live.origin, &head.uri)?;
+                    break (live.id, send);
+                }
+                Err(error) if tries < TRIES_BEFORE_SENDING => {
+                    tracing::debug!(%error, "a core connection closed before a call went out on it");
+                    self.lost(live.id, error);
+                }
+                Err(error) => return Err(self.lost(live.id, error)),
+            }
+        };
         let end = message.is_empty();
         let (response, mut stream) = send
             .send_request(http::Request::from_parts(head, ()), end)
-            .map_err(|error| self.lost(live.id, error))?;
+            .map_err(|error| self.lost(id, error))?;
         if !end {
             stream
                 .send_data(message, true)
-                .map_err(|error| self.lost(live.id, error))?;
+                .map_err(|error| self.lost(id, error))?;
         }
-        let response = response.await.map_err(|error| self.lost(live.id, error))?;
+        let response = response.await.map_err(|error| self.lost(id, error))?;
         Ok(response.map(|body| tonic::body::Body::new(ResponseBody::new(body))))
     }
 
@@ -550,10 +565,13 @@ mod tests {
 
     /// Makes one call; returns the core that answered, or the status it failed with.
     async fn call(pool: &CorePool) -> Result<String, tonic::Status> {
+        call_with(pool, Bytes::from_static(b"message")).await
+    }
+
+    async fn call_with(pool: &CorePool, message: Bytes) -> Result<String, tonic::Status> {
+        let length = message.len();
         let request = http::Request::post("/openclaw.v1.Test/Call")
-            .body(tonic::body::Body::new(http_body_util::Full::new(
-                Bytes::from_static(b"message"),
-            )))
+            .body(tonic::body::Body::new(http_body_util::Full::new(message)))
             .unwrap();
         let response = pool
             .clone()
@@ -563,7 +581,7 @@ mod tests {
         let name = response.headers()["x-core"].to_str().unwrap().to_owned();
         assert_eq!(
             response.headers()["x-received"],
-            "7",
+            length.to_string().as_str(),
             "the message arrived whole"
         );
         let body = response.into_body().collect().await.unwrap();
@@ -613,6 +631,17 @@ mod tests {
             .unwrap();
         answered.sort();
         assert_eq!(answered, ["a", "b"], "turns alternate; b's call finished");
+    }
+
+    #[tokio::test]
+    async fn a_message_larger_than_the_cores_window_goes_out_whole() {
+        // The core's stream window is h2's default 64 KiB; the rest goes as it opens.
+        let a = core("a", None).await;
+        let pool = CorePool::new("test", SETTINGS);
+        pool.insert("a".into(), target(a));
+        let message = Bytes::from(vec![7_u8; 3 << 20]);
+        let answered = tokio::time::timeout(Duration::from_secs(10), call_with(&pool, message));
+        assert_eq!(answered.await.expect("answered").unwrap(), "a");
     }
 
     #[tokio::test]

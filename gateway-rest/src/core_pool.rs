@@ -52,6 +52,24 @@ struct Live {
     id: u64,
     origin: Uri,
     send: h2::client::SendRequest<Bytes>,
+    /// Calls on this connection that have not ended (their response bodies included).
+    pending: Arc<AtomicUsize>,
+}
+
+/// One call counted as pending on its connection until it is dropped.
+struct Pending(Arc<AtomicUsize>);
+
+impl Pending {
+    fn on(live: &Live) -> Self {
+        live.pending.fetch_add(1, Ordering::Relaxed);
+        Self(live.pending.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What calls choose from: the connections that are up, and how many cores are being connected
@@ -142,8 +160,7 @@ impl CorePool {
                     let rotation = changes.borrow_and_update();
                     let live = &rotation.live;
                     if !live.is_empty() {
-                        let i = self.shared.next.fetch_add(1, Ordering::Relaxed) % live.len();
-                        return Ok(live[i].clone());
+                        return Ok(self.choose(live).clone());
                     }
                     if rotation.connecting == 0 {
                         return Err(unavailable("no core accepts connections"));
@@ -157,6 +174,19 @@ impl CorePool {
         tokio::time::timeout(self.shared.settings.connect_timeout, wait)
             .await
             .unwrap_or_else(|_| Err(unavailable("no connection to a core could be made")))
+    }
+
+    /// Of two connections next to each other in the rotation, the one with fewer calls
+    /// pending (the first on a tie): a core that has slowed down gets fewer new calls, and
+    /// equal cores still take turns.
+    fn choose<'a>(&self, live: &'a [Live]) -> &'a Live {
+        let i = self.shared.next.fetch_add(1, Ordering::Relaxed) % live.len();
+        let (first, second) = (&live[i], &live[(i + 1) % live.len()]);
+        if second.pending.load(Ordering::Relaxed) < first.pending.load(Ordering::Relaxed) {
+            second
+        } else {
+            first
+        }
     }
 
     /// Sends one gRPC call: its headers and (unary or server-streaming) request message.
@@ -176,13 +206,14 @@ impl CorePool {
         // drains, or the socket died) costs the call nothing, whatever its method: it takes the
         // next connection in the rotation.
         let mut tries = 0;
-        let (id, mut send) = loop {
+        let (id, mut send, pending) = loop {
             tries += 1;
             let live = self.pick().await?;
+            let pending = Pending::on(&live);
             match live.send.ready().await {
                 Ok(send) => {
                     head.uri = with_origin(&live.origin, &head.uri)?;
-                    break (live.id, send);
+                    break (live.id, send, pending);
                 }
                 Err(error) if tries < TRIES_BEFORE_SENDING => {
                     tracing::debug!(%error, "a core connection closed before a call went out on it");
@@ -201,7 +232,7 @@ impl CorePool {
                 .map_err(|error| self.lost(id, error))?;
         }
         let response = response.await.map_err(|error| self.lost(id, error))?;
-        Ok(response.map(|body| tonic::body::Body::new(ResponseBody::new(body))))
+        Ok(response.map(|body| tonic::body::Body::new(ResponseBody::new(body, pending))))
     }
 
     /// A connection failed under a call: it leaves the rotation now, not when its task notices.
@@ -337,6 +368,7 @@ async fn drive(
                     id,
                     origin: target.origin.clone(),
                     send,
+                    pending: Arc::new(AtomicUsize::new(0)),
                 };
                 let Some(strong) = shared.upgrade() else {
                     return;
@@ -455,13 +487,16 @@ async fn keep_alive(ping: Option<h2::PingPong>, settings: Settings) {
 struct ResponseBody {
     recv: h2::RecvStream,
     data_done: bool,
+    /// The call stays pending on its connection until its response has been read or dropped.
+    _pending: Pending,
 }
 
 impl ResponseBody {
-    fn new(recv: h2::RecvStream) -> Self {
+    fn new(recv: h2::RecvStream, pending: Pending) -> Self {
         Self {
             recv,
             data_done: false,
+            _pending: pending,
         }
     }
 }
@@ -631,6 +666,48 @@ mod tests {
             .unwrap();
         answered.sort();
         assert_eq!(answered, ["a", "b"], "turns alternate; b's call finished");
+    }
+
+    #[tokio::test]
+    async fn new_calls_go_to_the_core_with_fewer_calls_pending() {
+        let held = Arc::new(Notify::new());
+        let (slow, fast) = (
+            core("slow", Some(held.clone())).await,
+            core("fast", None).await,
+        );
+        let pool = CorePool::new("test", SETTINGS);
+        pool.insert("slow".into(), target(slow));
+        pool.insert("fast".into(), target(fast));
+        while pool.shared.rotation.borrow().live.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Calls until one is held by the slow core (the second at the latest).
+        let held_call = loop {
+            let pool2 = pool.clone();
+            let call = tokio::spawn(async move { call(&pool2).await });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if !call.is_finished() {
+                break call;
+            }
+            assert_eq!(call.await.unwrap().unwrap(), "fast");
+        };
+        for _ in 0..6 {
+            let answered = tokio::time::timeout(Duration::from_secs(5), call(&pool));
+            assert_eq!(
+                answered.await.expect("not sent to the slow core").unwrap(),
+                "fast"
+            );
+        }
+        held.notify_one();
+        assert_eq!(held_call.await.unwrap().unwrap(), "slow");
+        let rotation = pool.shared.rotation.borrow().clone();
+        assert!(
+            rotation
+                .live
+                .iter()
+                .all(|l| l.pending.load(Ordering::Relaxed) == 0),
+            "every call ended is no longer pending"
+        );
     }
 
     #[tokio::test]

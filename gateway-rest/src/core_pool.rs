@@ -7,8 +7,9 @@
 //! wait for a CPU.
 //!
 //! Every core address gets a task that keeps one connection to it open, reconnecting with
-//! backoff; calls go round-robin over the connections that are up. A connection that fails or
-//! that the core closes (`GOAWAY` when it drains) leaves the rotation at once.
+//! backoff; a call goes to whichever of the next two connections in the rotation has fewer calls
+//! pending. A connection that fails or that the core closes (`GOAWAY` when it drains) leaves the
+//! rotation at once.
 
 use std::{
     collections::HashMap,

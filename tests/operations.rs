@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Behaviour, CoreOptions, FakeUpstream, Stack, expect_data};
+use support::{Behaviour, CoreOptions, FakeUpstream, Stack, expect_data, wait_for_status};
 
 fn gateway() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_openclaw-gateway"));
@@ -178,21 +178,6 @@ async fn metrics_expose_the_named_series_on_their_own_port() {
         .0,
         200
     );
-}
-
-async fn wait_for_status(url: &str, want: u16, within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let (status, _) = get_text(url).await;
-        if status == want {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "{url} did not answer {want} within {within:?} (last {status})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

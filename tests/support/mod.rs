@@ -629,14 +629,13 @@ impl Stack {
             env,
         });
         let edge = spawn_edge(&[&core]);
-        let http = reqwest::Client::new();
-        wait_until_ready(&http, &edge).await;
+        wait_until_ready(&edge).await;
         Self {
             upstream,
             redis,
             core,
             edge,
-            http,
+            http: reqwest::Client::new(),
             data_dir,
         }
     }
@@ -678,18 +677,23 @@ impl Stack {
 
 /// Waits until `edge` answers `GET /readyz` with 200: the channel its requests take has reached
 /// a core. An accepting REST port alone does not mean a first request gets through.
-pub async fn wait_until_ready(http: &reqwest::Client, edge: &Process) {
+pub async fn wait_until_ready(edge: &Process) {
     let url = format!("http://127.0.0.1:{}/readyz", edge.port);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    wait_for_status(&url, 200, Duration::from_secs(20)).await;
+}
+
+/// Polls `GET url` until it answers `want`, failing the test after `within`; returns how long
+/// that took.
+pub async fn wait_for_status(url: &str, want: u16, within: Duration) -> Duration {
+    let started = Instant::now();
     loop {
-        let status = http.get(&url).send().await.map(|r| r.status().as_u16());
-        if matches!(status, Ok(200)) {
-            return;
+        let status = reqwest::get(url).await.map_or(0, |r| r.status().as_u16());
+        if status == want {
+            return started.elapsed();
         }
         assert!(
-            Instant::now() < deadline,
-            "the edge on port {} was not ready within 20 s (last /readyz: {status:?})",
-            edge.port
+            started.elapsed() < within,
+            "{url} did not answer {want} within {within:?} (last {status})"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

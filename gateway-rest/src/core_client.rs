@@ -55,11 +55,23 @@ impl CoreService {
 }
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+type Answer = Result<axum::http::Response<tonic::body::Body>, crate::core_pool::BoxError>;
+
+fn never(never: std::convert::Infallible) -> crate::core_pool::BoxError {
+    match never {}
+}
 
 impl tower::Service<axum::http::Request<tonic::body::Body>> for CoreService {
     type Response = axum::http::Response<tonic::body::Body>;
     type Error = crate::core_pool::BoxError;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    /// The in-process core's future is boxed already; only a network call is boxed here.
+    type Future = futures::future::Either<
+        BoxFuture<Answer>,
+        futures::future::MapErr<
+            <InProcessCore as tower::Service<axum::http::Request<tonic::body::Body>>>::Future,
+            fn(std::convert::Infallible) -> crate::core_pool::BoxError,
+        >,
+    >;
 
     fn poll_ready(
         &mut self,
@@ -68,15 +80,20 @@ impl tower::Service<axum::http::Request<tonic::body::Body>> for CoreService {
         match self {
             // A call waits for a connection itself, bounded by the connect timeout.
             Self::Network(_) => std::task::Poll::Ready(Ok(())),
-            Self::InProcess(core) => core.poll_ready(cx).map_err(|never| match never {}),
+            Self::InProcess(core) => core.poll_ready(cx).map_err(never),
         }
     }
 
     fn call(&mut self, request: axum::http::Request<tonic::body::Body>) -> Self::Future {
         use futures::TryFutureExt as _;
         match self {
-            Self::Network(pool) => Box::pin(pool.clone().call(request)),
-            Self::InProcess(core) => Box::pin(core.call(request).map_err(|never| match never {})),
+            Self::Network(pool) => {
+                futures::future::Either::Left(Box::pin(pool.clone().call(request)))
+            }
+            Self::InProcess(core) => futures::future::Either::Right(
+                core.call(request)
+                    .map_err(never as fn(std::convert::Infallible) -> _),
+            ),
         }
     }
 }
@@ -105,7 +122,6 @@ impl CoreClient {
                 timeout: config.core_timeout,
             });
         }
-        let tls = tls_for(config)?;
         let urls = config
             .core_urls
             .iter()
@@ -115,6 +131,7 @@ impl CoreClient {
             !urls.is_empty(),
             "no core URL configured; set OPENCLAW_CORE_URL"
         );
+        let tls = tls_for(config, &urls)?;
         let pool = CorePool::new(
             concat!("openclaw-rest/", env!("CARGO_PKG_VERSION")),
             crate::core_pool::Settings {
@@ -271,12 +288,8 @@ async fn resolve_forever(configured: Vec<CoreUrl>, tls: Option<CoreTlsMaterial>,
 
 /// The core's TLS material when any core URL is `https://`; refuses settings that cannot work
 /// together (an `https://` URL without a CA to trust, TLS files for plain `http://` cores).
-fn tls_for(config: &EdgeConfig) -> anyhow::Result<Option<CoreTlsMaterial>> {
-    let secure = config
-        .core_urls
-        .iter()
-        .filter(|url| is_https(url))
-        .collect::<Vec<_>>();
+fn tls_for(config: &EdgeConfig, urls: &[CoreUrl]) -> anyhow::Result<Option<CoreTlsMaterial>> {
+    let secure = urls.iter().filter(|url| url.is_https()).collect::<Vec<_>>();
     if secure.is_empty() {
         anyhow::ensure!(
             config.core_tls.ca.is_none() && config.core_tls.client.is_none(),
@@ -286,22 +299,16 @@ fn tls_for(config: &EdgeConfig) -> anyhow::Result<Option<CoreTlsMaterial>> {
         return Ok(None);
     }
     anyhow::ensure!(
-        secure.len() == config.core_urls.len(),
+        secure.len() == urls.len(),
         "mixed core URLs: every core URL must be https://, or none (OPENCLAW_CORE_URL)"
     );
     anyhow::ensure!(
         config.core_tls.ca.is_some(),
-        "the core URL {} is https://, but no CA to trust it is set: \
+        "the core URL https://{} is https://, but no CA to trust it is set: \
          set OPENCLAW_CORE_CA to the PEM file of the CA that signed the core's certificate",
-        secure[0]
+        secure[0].origin.authority().map_or("", |a| a.as_str())
     );
     CoreTlsMaterial::load(&config.core_tls).map(Some)
-}
-
-fn is_https(url: &str) -> bool {
-    url.trim()
-        .get(..8)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
 }
 
 /// A configured core URL: `http://host:port` or `https://host:port`; no scheme means `http://`,
@@ -350,6 +357,10 @@ impl CoreUrl {
         Ok(Self { origin, host, port })
     }
 
+    fn is_https(&self) -> bool {
+        self.origin.scheme_str() == Some("https")
+    }
+
     /// A connection to `address`, one of this URL's host's; `https://` URLs get the client TLS
     /// of `tls`, checking the certificate against the URL's host.
     fn target(
@@ -357,7 +368,7 @@ impl CoreUrl {
         address: std::net::SocketAddr,
         tls: Option<&CoreTlsMaterial>,
     ) -> anyhow::Result<Target> {
-        let tls = if self.origin.scheme_str() == Some("https") {
+        let tls = if self.is_https() {
             let tls = tls.ok_or_else(|| {
                 anyhow::anyhow!(
                     "the core URL {} is https://, but no core TLS is configured",

@@ -133,7 +133,13 @@ impl CorePool {
         let (stop, stopped) = oneshot::channel();
         // Counted before the task runs, so a call made right now waits for this connection.
         let first = Connecting::start(&self.shared);
-        tokio::spawn(drive(Arc::downgrade(&self.shared), target, stopped, first));
+        tokio::spawn(drive(
+            Arc::downgrade(&self.shared),
+            target,
+            self.shared.settings,
+            stopped,
+            first,
+        ));
         // A replaced driver stops when its sender drops here.
         self.drivers().insert(key, stop);
     }
@@ -338,6 +344,7 @@ static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 async fn drive(
     shared: std::sync::Weak<Shared>,
     target: Target,
+    settings: Settings,
     mut stop: oneshot::Receiver<()>,
     first: Connecting,
 ) {
@@ -346,9 +353,6 @@ async fn drive(
     let mut failures = 0_u32;
     let mut first = Some(first);
     loop {
-        let Some(settings) = shared.upgrade().map(|s| s.settings) else {
-            return;
-        };
         let connecting = match first.take() {
             Some(first) => first,
             None => match shared.upgrade() {

@@ -17,8 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{generate_key, hash_secret};
 use crate::config::{CoreConfig, Secret};
-use crate::gateway::Gateway;
-use crate::server::{self, CoreApi};
+use crate::server::{self, CoreApi, Gateway};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -7,39 +7,57 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Principal;
 use crate::convert;
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::gateway::{Gateway, Scope, respond};
-use crate::inference::{self, Answer};
-use crate::limits::{Admission, CapKind, Leased};
+use crate::front_door::{FrontDoor, Scope};
+use crate::inference::{Answer, Inference, Streamed};
+use crate::limits::{Admission, CapKind};
+use crate::metadata::{mark_simulated, respond};
 use crate::proto::completion_service_server::CompletionService;
 use crate::proto::{self, ChatMessage};
-use crate::providers::Model;
-use crate::sessions::{
-    Sessions, TurnLock, validate_message, validate_options, validate_session_id,
-};
-use crate::store::{SessionRecord, StoredMessage};
+use crate::providers::{Model, ModelCatalog};
+use crate::sessions::turn::new_session;
+use crate::sessions::turn_lock::{TurnLock, TurnLocks};
+use crate::sessions::validation::{validate_message, validate_options, validate_session_id};
+use crate::store::{Store, StoredMessage};
+use crate::streaming::{EventStream, StreamedAnswer};
 
 const SCOPE: Scope = Scope::Named("sessions");
 const ROLES: &[&str] = &["system", "developer", "user", "assistant"];
-const STREAM_BUFFER: usize = 16;
 
-pub struct Completions {
-    gateway: Arc<Gateway>,
-    sessions: Sessions,
+pub(crate) struct Completions {
+    door: Arc<FrontDoor>,
+    completer: Arc<Completer>,
 }
 
 impl Completions {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
+    pub(crate) fn new(door: Arc<FrontDoor>, completer: Arc<Completer>) -> Self {
+        Self { door, completer }
+    }
+}
+
+/// What answering a completion takes: the model, and for one bound to a session, the
+/// session's turn lock and the store.
+pub(crate) struct Completer {
+    inference: Arc<Inference>,
+    locks: TurnLocks,
+    store: Arc<dyn Store>,
+}
+
+impl Completer {
+    pub(crate) fn new(inference: Arc<Inference>, locks: TurnLocks, store: Arc<dyn Store>) -> Self {
         Self {
-            sessions: Sessions::new(gateway.clone()),
-            gateway,
+            inference,
+            locks,
+            store,
         }
+    }
+
+    fn models(&self) -> &ModelCatalog {
+        self.inference.models()
     }
 }
 
@@ -65,18 +83,18 @@ enum Binding {
     Create(String),
 }
 
-fn check(gateway: &Gateway, body: proto::CompleteRequest) -> ApiResult<Asked> {
+fn check(models: &ModelCatalog, body: proto::CompleteRequest) -> ApiResult<Asked> {
     if body.model.trim().is_empty() {
         return Err(ApiError::invalid_field(
             "model",
             "Missing required field",
             format!(
                 "The field 'model' is required; use one of: {}",
-                gateway.models.ids().join(", ")
+                models.ids().join(", ")
             ),
         ));
     }
-    let model = gateway.models.resolve_loose(&body.model)?.clone();
+    let model = models.resolve_loose(&body.model)?.clone();
     if body.messages.is_empty() {
         return Err(ApiError::invalid_field(
             "messages",
@@ -145,23 +163,13 @@ fn completion_id() -> String {
     format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
 }
 
-fn simulated<T>(mut response: Response<T>, model: &Model) -> Response<T> {
-    if model.provider.simulated() {
-        response.metadata_mut().insert(
-            "openclaw-simulated",
-            tonic::metadata::MetadataValue::from_static("true"),
-        );
-    }
-    response
-}
-
-impl Completions {
+impl Completer {
     /// Locks the named session, or notes that it is to be created.
     async fn bind(&self, principal: &Principal, asked: &Asked) -> ApiResult<Binding> {
         let Some(id) = &asked.session_id else {
             return Ok(Binding::None);
         };
-        match self.sessions.lock(principal.owner_id(), id).await? {
+        match self.locks.lock(principal.owner_id(), id).await? {
             Some((lock, _, history)) => Ok(Binding::Existing {
                 new: unstored(&history, &asked.messages),
                 lock,
@@ -173,7 +181,7 @@ impl Completions {
     /// Gives the lock back after a failure before the turn was stored.
     async fn unbind(&self, binding: &Binding) {
         if let Binding::Existing { lock, .. } = binding {
-            self.sessions.release(lock).await;
+            self.locks.release(lock).await;
         }
     }
 
@@ -189,33 +197,23 @@ impl Completions {
             Binding::None => Ok(String::new()),
             Binding::Existing { lock, mut new } => {
                 new.push(answer.stored.clone());
-                let stored = self.sessions.store_turn(&lock, &new, None).await;
+                let stored = self.locks.append(&lock, &new, None).await;
                 if stored.is_err() {
-                    self.sessions.release(&lock).await;
+                    self.locks.release(&lock).await;
                 }
                 stored.map(|()| lock.id.clone())
             }
             Binding::Create(id) => {
-                let now = Utc::now();
-                let session = SessionRecord {
-                    owner: principal.owner_id().to_string(),
-                    id: id.clone(),
-                    model: asked.model.id.clone(),
-                    status: "active".into(),
-                    created_at: now,
-                    updated_at: now,
-                    temperature: asked.temperature,
-                    max_tokens: asked.max_tokens,
-                    message_count: 0,
-                };
+                let session = new_session(
+                    principal.owner_id(),
+                    id.clone(),
+                    &asked.model,
+                    asked.temperature,
+                    asked.max_tokens,
+                );
                 let mut messages = asked.messages.clone();
                 messages.push(answer.stored.clone());
-                if self
-                    .gateway
-                    .store
-                    .create_session(&session, &messages)
-                    .await?
-                {
+                if self.store.create_session(&session, &messages).await? {
                     Ok(id)
                 } else {
                     Err(ApiError::new(
@@ -237,17 +235,17 @@ impl Completions {
     ) -> ApiResult<(proto::CompleteResponse, Admission, Arc<Model>)> {
         let binding = self.bind(principal, asked).await?;
         let answered = async {
-            inference::admit(
-                &self.gateway,
-                principal,
-                asked.model.clone(),
-                &asked.messages,
-                asked.temperature,
-                asked.max_tokens,
-            )
-            .await?
-            .complete()
-            .await
+            self.inference
+                .admit(
+                    principal,
+                    asked.model.clone(),
+                    &asked.messages,
+                    asked.temperature,
+                    asked.max_tokens,
+                )
+                .await?
+                .complete()
+                .await
         }
         .await;
         let (answer, admission) = match answered {
@@ -259,8 +257,7 @@ impl Completions {
         };
         let session_id = self.store(principal, asked, binding, &answer).await?;
         let model = self
-            .gateway
-            .models
+            .models()
             .resolve_model(&answer.reply.model)
             .cloned()
             .unwrap_or_else(|_| asked.model.clone());
@@ -274,43 +271,31 @@ impl Completions {
     }
 }
 
-#[tonic::async_trait]
-impl CompletionService for Completions {
-    async fn complete(
-        &self,
-        request: Request<proto::CompleteRequest>,
-    ) -> Result<Response<proto::CompleteResponse>, Status> {
-        let principal = self.gateway.authorize(&request, SCOPE).await?;
-        let asked = check(&self.gateway, request.into_inner())?;
-        let (response, admission, model) = self.answer(&principal, &asked).await?;
-        Ok(simulated(respond(response, &admission), &model))
-    }
+/// A completion answered as a stream: started, its pieces, then done (with the session it
+/// was stored in, when it is bound to one).
+struct StreamedCompletion {
+    completer: Arc<Completer>,
+    principal: Principal,
+    asked: Asked,
+    binding: Binding,
+    id: String,
+    created_at: Option<prost_types::Timestamp>,
+}
 
-    type StreamCompleteStream = Leased<ReceiverStream<Result<proto::CompleteEvent, Status>>>;
+fn complete_event(event: proto::complete_event::Event) -> proto::CompleteEvent {
+    proto::CompleteEvent { event: Some(event) }
+}
 
-    async fn stream_complete(
-        &self,
-        request: Request<proto::CompleteRequest>,
-    ) -> Result<Response<Self::StreamCompleteStream>, Status> {
-        let principal = self.gateway.authorize(&request, SCOPE).await?;
-        let asked = check(&self.gateway, request.into_inner())?;
-        // Counted against the key's cap from before the model is asked until the caller
-        // leaves or the stream ends.
-        let lease = self
-            .gateway
-            .open_stream(&principal, CapKind::Streams)
-            .await?;
-        let binding = self.bind(&principal, &asked).await?;
-        let (events, stream) = mpsc::channel(STREAM_BUFFER);
-        let (opened, opening) = oneshot::channel();
-        let this = Completions::new(self.gateway.clone());
-        // The completion runs in its own task, to its end, even if the caller leaves (before or
-        // after the first piece), so a bound session stores the turn whole.
-        tokio::spawn(async move {
-            let attempt = async {
-                inference::admit(
-                    &this.gateway,
-                    &principal,
+impl StreamedAnswer for StreamedCompletion {
+    type Event = proto::CompleteEvent;
+
+    async fn open(&mut self) -> ApiResult<Streamed> {
+        let asked = &self.asked;
+        let opened = async {
+            self.completer
+                .inference
+                .admit(
+                    &self.principal,
                     asked.model.clone(),
                     &asked.messages,
                     asked.temperature,
@@ -319,81 +304,107 @@ impl CompletionService for Completions {
                 .await?
                 .stream()
                 .await
-            }
-            .await;
-            let streamed = match attempt {
-                Ok(streamed) => streamed,
-                Err(err) => {
-                    this.unbind(&binding).await;
-                    let _ = opened.send(Err(err));
-                    return;
-                }
-            };
-            let id = completion_id();
-            let created_at = convert::timestamp(Utc::now());
-            let started = proto::CompleteEvent {
-                event: Some(proto::complete_event::Event::Started(
-                    proto::CompletionStarted {
-                        id: id.clone(),
-                        model: streamed.model().id.clone(),
-                        created_at: Some(created_at),
-                    },
-                )),
-            };
-            // The buffer is empty: the first event always fits.
-            let _ = events.try_send(Ok(started));
-            let _ = opened.send(Ok((
-                streamed.admission().clone(),
-                streamed.model().provider.simulated(),
-            )));
-            let outcome = async {
-                let relayed = streamed
-                    .relay(&events, |content| proto::CompleteEvent {
-                        event: Some(proto::complete_event::Event::Delta(proto::Delta {
-                            content,
-                        })),
-                    })
-                    .await;
-                let (answer, _) = match relayed {
-                    Ok(relayed) => relayed,
-                    Err(err) => {
-                        this.unbind(&binding).await;
-                        return Err(err);
-                    }
-                };
-                let session_id = this.store(&principal, &asked, binding, &answer).await?;
-                Ok::<_, ApiError>(proto::CompleteResponse {
-                    id,
-                    reply: Some(answer.reply),
-                    created_at: Some(created_at),
-                    session_id,
-                })
-            }
-            .await;
-            let event = outcome
-                .map(|done| proto::CompleteEvent {
-                    event: Some(proto::complete_event::Event::Done(done)),
-                })
-                .map_err(Status::from);
-            let _ = events.send(event).await;
-        });
-        let (admission, simulated) = opening.await.map_err(|_| ApiError::internal())??;
-        let mut response = respond(Leased::new(ReceiverStream::new(stream), lease), &admission);
-        if simulated {
-            response.metadata_mut().insert(
-                "openclaw-simulated",
-                tonic::metadata::MetadataValue::from_static("true"),
-            );
         }
-        Ok(response)
+        .await;
+        if opened.is_err() {
+            self.completer.unbind(&self.binding).await;
+        }
+        opened
+    }
+
+    fn started(&mut self, model: &Model) -> Option<proto::CompleteEvent> {
+        self.id = completion_id();
+        let created_at = convert::timestamp(Utc::now());
+        self.created_at = Some(created_at);
+        Some(complete_event(proto::complete_event::Event::Started(
+            proto::CompletionStarted {
+                id: self.id.clone(),
+                model: model.id.clone(),
+                created_at: Some(created_at),
+            },
+        )))
+    }
+
+    fn delta(content: String) -> proto::CompleteEvent {
+        complete_event(proto::complete_event::Event::Delta(proto::Delta {
+            content,
+        }))
+    }
+
+    async fn finish(self, answer: ApiResult<Answer>) -> ApiResult<proto::CompleteEvent> {
+        let Self {
+            completer,
+            principal,
+            asked,
+            binding,
+            id,
+            created_at,
+        } = self;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(err) => {
+                completer.unbind(&binding).await;
+                return Err(err);
+            }
+        };
+        let session_id = completer
+            .store(&principal, &asked, binding, &answer)
+            .await?;
+        Ok(complete_event(proto::complete_event::Event::Done(
+            proto::CompleteResponse {
+                id,
+                reply: Some(answer.reply),
+                created_at,
+                session_id,
+            },
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl CompletionService for Completions {
+    async fn complete(
+        &self,
+        request: Request<proto::CompleteRequest>,
+    ) -> Result<Response<proto::CompleteResponse>, Status> {
+        let principal = self.door.authorize(&request, SCOPE).await?;
+        let asked = check(self.completer.models(), request.into_inner())?;
+        let (response, admission, model) = self.completer.answer(&principal, &asked).await?;
+        Ok(mark_simulated(
+            respond(response, &admission),
+            model.provider.simulated(),
+        ))
+    }
+
+    type StreamCompleteStream = EventStream<proto::CompleteEvent>;
+
+    async fn stream_complete(
+        &self,
+        request: Request<proto::CompleteRequest>,
+    ) -> Result<Response<Self::StreamCompleteStream>, Status> {
+        let principal = self.door.authorize(&request, SCOPE).await?;
+        let asked = check(self.completer.models(), request.into_inner())?;
+        // Counted against the key's cap from before the model is asked until the caller
+        // leaves or the stream ends.
+        let lease = self.door.open_stream(&principal, CapKind::Streams).await?;
+        let binding = self.completer.bind(&principal, &asked).await?;
+        let streamed = StreamedCompletion {
+            completer: self.completer.clone(),
+            principal,
+            asked,
+            binding,
+            id: String::new(),
+            created_at: None,
+        };
+        crate::streaming::stream(streamed, lease).await
     }
 
     async fn list_models(
         &self,
         request: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
-        let (_, admission) = self.gateway.enter(&request, SCOPE).await?;
-        let catalog = &self.gateway.models;
+        let (_, admission) = self.door.enter(&request, SCOPE).await?;
+        let catalog = self.completer.models();
         let default = catalog.default_model();
         let mut models: Vec<proto::ModelInfo> = catalog
             .models()

@@ -144,7 +144,7 @@ impl From<ApiError> for Status {
         }
         let mut status =
             Status::with_error_details(ApiError::grpc_code(err.code), err.message, details);
-        crate::gateway::add_metadata(status.metadata_mut(), err.metadata);
+        crate::metadata::add_metadata(status.metadata_mut(), err.metadata);
         status
     }
 }

@@ -20,21 +20,17 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use std::pin::Pin;
-
-use futures::{Stream, StreamExt as _};
+use futures::Stream;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
-use tonic::{Request, Response, Status};
-
 use crate::auth::Principal;
-use crate::error::ApiError;
-use crate::gateway::{Scope, respond};
-use crate::limits::{CapKind, Charge, Leased};
-use crate::proto::{self, event_service_server::EventService};
 use crate::store::{StoreError, StoreResult};
+
+mod service;
+
+pub(crate) use self::service::Events;
 
 /// The Redis stream that holds the events.
 pub(crate) const STREAM_KEY: &str = "oc:{sched}:events";
@@ -544,86 +540,10 @@ async fn pump(bus: EventBus, client: redis::Client) {
     }
 }
 
-/// `EventService`: the events a caller may see, as a server stream.
-pub struct Events {
-    gateway: Arc<crate::gateway::Gateway>,
-}
-
-impl Events {
-    pub fn new(gateway: Arc<crate::gateway::Gateway>) -> Self {
-        Self { gateway }
-    }
-}
-
-pub fn event_to_proto(event: &Event) -> proto::Event {
-    proto::Event {
-        id: event.id.to_string(),
-        r#type: event.kind.clone(),
-        time: Some(prost_types::Timestamp {
-            seconds: event.time_ms.div_euclid(1000),
-            nanos: (event.time_ms.rem_euclid(1000) * 1_000_000) as i32,
-        }),
-        text: event.text.clone(),
-        job_id: event.job_id.clone(),
-        run_id: event.run_id.clone(),
-        key_id: event.key_id.clone(),
-        replica: event.replica.clone(),
-    }
-}
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl EventService for Events {
-    type SubscribeStream = EventStream;
-
-    async fn subscribe(
-        &self,
-        request: Request<proto::SubscribeRequest>,
-    ) -> Result<Response<EventStream>, Status> {
-        let principal = self
-            .gateway
-            .authorize(&request, Scope::Named("cron"))
-            .await?;
-        let raw = request.get_ref().after_id.trim();
-        let after = match raw {
-            "" => None,
-            raw => Some(raw.parse::<EventId>().map_err(|()| {
-                ApiError::invalid_field(
-                    "afterId",
-                    "Invalid event id",
-                    "The field 'afterId' must be an event id such as 1771106400000-0 (or 0 for every event kept)",
-                )
-            })?),
-        };
-        if self.gateway.is_draining() {
-            return Err(ApiError::unavailable(
-                "This replica is draining; subscribe again (another replica will answer) with the last event id you saw",
-            )
-            .into());
-        }
-        // Held (and counted against the key's cap) for as long as the subscriber stays.
-        let lease = self
-            .gateway
-            .open_stream(&principal, CapKind::Subscriptions)
-            .await?;
-        let admission = self.gateway.admit(&principal, Charge::default()).await?;
-        let stream = self
-            .gateway
-            .events
-            .subscribe(principal, after)
-            .map(|item| match item {
-                Ok(event) => Ok(event_to_proto(&event)),
-                Err(err) => Err(Status::from(ApiError::from(err))),
-            });
-        let stream = Leased::new(Box::pin(stream), lease);
-        Ok(respond(Box::pin(stream) as EventStream, &admission))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt as _;
 
     #[test]
     fn ids_order_like_redis_and_round_trip() {

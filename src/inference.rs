@@ -14,10 +14,12 @@ use tonic::Status;
 use crate::auth::Principal;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
-use crate::gateway::{Gateway, QueueSlot};
+use crate::front_door::{FrontDoor, QueueSlot};
 use crate::limits::{Admission, Charge};
 use crate::proto;
-use crate::providers::{ChatCompletion, ChatRequest, Chunk, ChunkStream, Model, StreamEnd};
+use crate::providers::{
+    ChatCompletion, ChatRequest, Chunk, ChunkStream, Model, ModelCatalog, StreamEnd,
+};
 use crate::store::StoredMessage;
 use crate::tokenizer;
 
@@ -27,9 +29,17 @@ pub(crate) struct Answer {
     pub(crate) stored: StoredMessage,
 }
 
+/// What asking a model takes: the front door (admission, settling, the queue), the model
+/// catalogue, and the completion tokens reserved when a request names no maxTokens.
+pub(crate) struct Inference {
+    door: Arc<FrontDoor>,
+    models: Arc<ModelCatalog>,
+    default_max_tokens: u32,
+}
+
 /// An admitted model call, not yet made.
 pub(crate) struct Call {
-    gateway: Arc<Gateway>,
+    inference: Arc<Inference>,
     model: Arc<Model>,
     request: ChatRequest,
     prompt_tokens: u32,
@@ -37,67 +47,86 @@ pub(crate) struct Call {
     slot: QueueSlot,
 }
 
-/// Admits a call of `model` with the transcript `messages` (in order) against the caller's
-/// limits. Messages that carry their token count are not tokenized again.
-pub(crate) async fn admit<'a>(
-    gateway: &Arc<Gateway>,
-    principal: &Principal,
-    model: Arc<Model>,
-    messages: impl IntoIterator<Item = &'a StoredMessage> + Clone,
-    temperature: Option<f32>,
-    max_tokens: Option<u32>,
-) -> ApiResult<Call> {
-    let max_tokens = max_tokens.unwrap_or(gateway.default_max_tokens);
-    let prompt_tokens = tokenizer::count_prompt_known(
-        messages
-            .clone()
+impl Inference {
+    pub(crate) fn new(
+        door: Arc<FrontDoor>,
+        models: Arc<ModelCatalog>,
+        default_max_tokens: u32,
+    ) -> Self {
+        Self {
+            door,
+            models,
+            default_max_tokens,
+        }
+    }
+
+    /// The models callers may ask.
+    pub(crate) fn models(&self) -> &ModelCatalog {
+        &self.models
+    }
+
+    /// Admits a call of `model` with the transcript `messages` (in order) against the caller's
+    /// limits. Messages that carry their token count are not tokenized again.
+    pub(crate) async fn admit<'a>(
+        self: &Arc<Self>,
+        principal: &Principal,
+        model: Arc<Model>,
+        messages: impl IntoIterator<Item = &'a StoredMessage> + Clone,
+        temperature: Option<f32>,
+        max_tokens: Option<u32>,
+    ) -> ApiResult<Call> {
+        let max_tokens = max_tokens.unwrap_or(self.default_max_tokens);
+        let prompt_tokens = tokenizer::count_prompt_known(
+            messages
+                .clone()
+                .into_iter()
+                .map(|m| (m.role.as_str(), m.content.as_str(), m.tokens)),
+        );
+        let transcript = messages
             .into_iter()
-            .map(|m| (m.role.as_str(), m.content.as_str(), m.tokens)),
-    );
-    let transcript = messages
-        .into_iter()
-        .map(|m| (m.role.clone(), m.content.clone()))
-        .collect();
-    let charge = Charge {
-        tokens: u64::from(prompt_tokens) + u64::from(max_tokens),
-        context: u64::from(prompt_tokens),
-    };
-    let admission = gateway.admit(principal, charge).await?;
-    Ok(Call {
-        gateway: gateway.clone(),
-        request: ChatRequest {
-            model: model.upstream.clone(),
-            messages: transcript,
-            temperature,
-            max_tokens: Some(max_tokens),
-        },
-        model,
-        prompt_tokens,
-        admission,
-        slot: gateway.enqueue(),
-    })
+            .map(|m| (m.role.clone(), m.content.clone()))
+            .collect();
+        let charge = Charge {
+            tokens: u64::from(prompt_tokens) + u64::from(max_tokens),
+            context: u64::from(prompt_tokens),
+        };
+        let admission = self.door.admit(principal, charge).await?;
+        Ok(Call {
+            inference: self.clone(),
+            request: ChatRequest {
+                model: model.upstream.clone(),
+                messages: transcript,
+                temperature,
+                max_tokens: Some(max_tokens),
+            },
+            model,
+            prompt_tokens,
+            admission,
+            slot: self.door.enqueue(),
+        })
+    }
 }
 
 impl Call {
     /// Asks for the whole answer and settles the reservation (with nothing, if it failed).
     pub(crate) async fn complete(self) -> ApiResult<(Answer, Admission)> {
         let Call {
-            gateway,
+            inference,
             model,
             request,
             admission,
             slot,
             ..
         } = self;
-        let outcome = gateway.models.complete(&model, request).await;
+        let outcome = inference.models.complete(&model, request).await;
         drop(slot);
         match outcome {
             Ok(answered) => {
-                let answer = settle(&gateway, &admission, &answered.model, answered.value).await;
+                let answer = settle(&inference, &admission, &answered.model, answered.value).await;
                 Ok((answer, admission))
             }
             Err(failure) => {
-                settle_behind(&gateway, &admission, Charge::default()).await;
+                settle_behind(&inference, &admission, Charge::default()).await;
                 Err(failure.into_api_error())
             }
         }
@@ -107,16 +136,16 @@ impl Call {
     /// (until then, failed attempts are retried and fallbacks asked).
     pub(crate) async fn stream(self) -> ApiResult<Streamed> {
         let Call {
-            gateway,
+            inference,
             model,
             request,
             prompt_tokens,
             admission,
             slot,
         } = self;
-        match gateway.models.open_stream(&model, request).await {
+        match inference.models.open_stream(&model, request).await {
             Ok(answered) => Ok(Streamed {
-                gateway,
+                inference,
                 model: answered.model,
                 prompt_tokens,
                 admission,
@@ -126,7 +155,7 @@ impl Call {
                 content: String::new(),
             }),
             Err(failure) => {
-                settle_behind(&gateway, &admission, Charge::default()).await;
+                settle_behind(&inference, &admission, Charge::default()).await;
                 Err(failure.into_api_error())
             }
         }
@@ -144,11 +173,11 @@ impl Call {
 /// or at once on another worker) before the reply is even formed, so the script is on its way
 /// to the store while another replica's admission can only follow the caller's reading of the
 /// reply. The store's answer is awaited in a task of its own.
-async fn settle_behind(gateway: &Arc<Gateway>, admission: &Admission, used: Charge) {
-    let gateway = gateway.clone();
+async fn settle_behind(inference: &Arc<Inference>, admission: &Admission, used: Charge) {
+    let inference = inference.clone();
     let admission = admission.clone();
     let mut settling = Box::pin(tokio::task::unconstrained(async move {
-        gateway.limits.settle(&admission, used).await;
+        inference.door.settle(&admission, used).await;
     }));
     if futures::poll!(settling.as_mut()).is_pending() {
         tokio::spawn(settling);
@@ -158,7 +187,7 @@ async fn settle_behind(gateway: &Arc<Gateway>, admission: &Admission, used: Char
 
 /// Settles the reservation with the reported usage, and shapes the reply.
 async fn settle(
-    gateway: &Arc<Gateway>,
+    inference: &Arc<Inference>,
     admission: &Admission,
     model: &Model,
     completion: ChatCompletion,
@@ -167,7 +196,7 @@ async fn settle(
         tokens: u64::from(completion.prompt_tokens) + u64::from(completion.completion_tokens),
         context: u64::from(completion.prompt_tokens),
     };
-    settle_behind(gateway, admission, used).await;
+    settle_behind(inference, admission, used).await;
     metrics::counter!("openclaw_tokens_total", "model" => model.id.clone(), "kind" => "prompt")
         .increment(u64::from(completion.prompt_tokens));
     metrics::counter!("openclaw_tokens_total", "model" => model.id.clone(), "kind" => "completion")
@@ -197,7 +226,7 @@ async fn settle(
 
 /// A streamed answer whose first chunk has arrived.
 pub(crate) struct Streamed {
-    gateway: Arc<Gateway>,
+    inference: Arc<Inference>,
     model: Arc<Model>,
     prompt_tokens: u32,
     admission: Admission,
@@ -225,7 +254,7 @@ impl Streamed {
         mut self,
         events: &mpsc::Sender<Result<E, Status>>,
         forward: impl Fn(String) -> E,
-    ) -> ApiResult<(Answer, Admission)> {
+    ) -> ApiResult<Answer> {
         let mut listening = true;
         loop {
             let chunk = match self.first.take() {
@@ -254,10 +283,9 @@ impl Streamed {
         }
     }
 
-    async fn finish(self, end: StreamEnd) -> (Answer, Admission) {
+    async fn finish(self, end: StreamEnd) -> Answer {
         let completion = ChatCompletion::from_stream(self.content, end, self.prompt_tokens);
-        let answer = settle(&self.gateway, &self.admission, &self.model, completion).await;
-        (answer, self.admission)
+        settle(&self.inference, &self.admission, &self.model, completion).await
     }
 
     /// A stream that broke after its first chunk: settled with what was
@@ -268,7 +296,7 @@ impl Streamed {
             tokens: used,
             context: u64::from(self.prompt_tokens),
         };
-        settle_behind(&self.gateway, &self.admission, charge).await;
+        settle_behind(&self.inference, &self.admission, charge).await;
         error.into_api_error(self.model.provider.name(), &self.model.id)
     }
 }

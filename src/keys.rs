@@ -8,32 +8,39 @@ use tonic::{Request, Response, Status};
 use crate::auth::{SCOPES, generate_key};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
-use crate::gateway::{Gateway, Scope};
+use crate::events::{Event, EventBus};
+use crate::front_door::{FrontDoor, Scope};
 use crate::proto::key_service_server::KeyService;
 use crate::proto::{self};
-use crate::store::{KeyLimits, KeyRecord};
+use crate::store::{KeyLimits, KeyRecord, Store};
 
 const MAX_NAME_CHARS: usize = 100;
 
-pub struct Keys {
-    gateway: Arc<Gateway>,
+pub(crate) struct Keys {
+    door: Arc<FrontDoor>,
+    store: Arc<dyn Store>,
+    /// Where a revocation is announced.
+    events: EventBus,
 }
 
 impl Keys {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+    pub(crate) fn new(door: Arc<FrontDoor>, store: Arc<dyn Store>, events: EventBus) -> Self {
+        Self {
+            door,
+            store,
+            events,
+        }
     }
 
     async fn admin<T>(&self, request: &Request<T>) -> ApiResult<()> {
-        self.gateway
+        self.door
             .authorize(request, Scope::Internal)
             .await
             .map(|_| ())
     }
 
     async fn existing(&self, id: &str) -> ApiResult<KeyRecord> {
-        self.gateway
-            .store
+        self.store
             .key_by_id(id)
             .await?
             .ok_or_else(|| ApiError::not_found("Key", id))
@@ -122,8 +129,7 @@ impl KeyService for Keys {
         let scopes = validate_scopes(&body.scopes)?;
         let limits = merge_limits(&KeyLimits::default(), body.limits.as_ref())?;
         let generated = generate_key(name, scopes, limits);
-        self.gateway
-            .store
+        self.store
             .insert_key(&generated.record)
             .await
             .map_err(ApiError::from)?;
@@ -139,12 +145,7 @@ impl KeyService for Keys {
         request: Request<proto::ListKeysRequest>,
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
         self.admin(&request).await?;
-        let keys = self
-            .gateway
-            .store
-            .list_keys()
-            .await
-            .map_err(ApiError::from)?;
+        let keys = self.store.list_keys().await.map_err(ApiError::from)?;
         Ok(Response::new(proto::ListKeysResponse {
             keys: keys.iter().map(convert::api_key).collect(),
         }))
@@ -170,16 +171,10 @@ impl KeyService for Keys {
             key.name = validate_name(name)?;
         }
         key.limits = merge_limits(&key.limits, body.limits.as_ref())?;
-        if !self
-            .gateway
-            .store
-            .update_key(&key)
-            .await
-            .map_err(ApiError::from)?
-        {
+        if !self.store.update_key(&key).await.map_err(ApiError::from)? {
             return Err(ApiError::not_found("Key", &body.id).into());
         }
-        self.gateway.auth.forget(&key.secret_hash);
+        self.door.auth().forget(&key.secret_hash);
         // Re-read: a revocation racing this update is kept by the store.
         let key = self.existing(&body.id).await?;
         Ok(Response::new(convert::api_key(&key)))
@@ -194,22 +189,13 @@ impl KeyService for Keys {
         let mut key = self.existing(&id).await?;
         if key.revoked_at.is_none() {
             key.revoked_at = Some(Utc::now());
-            if !self
-                .gateway
-                .store
-                .update_key(&key)
-                .await
-                .map_err(ApiError::from)?
-            {
+            if !self.store.update_key(&key).await.map_err(ApiError::from)? {
                 return Err(ApiError::not_found("Key", &id).into());
             }
             tracing::info!(key = %key.id, "API key revoked");
-            self.gateway
-                .events
-                .announce(crate::events::Event::key_revoked(&key.id))
-                .await;
+            self.events.announce(Event::key_revoked(&key.id)).await;
         }
-        self.gateway.auth.forget(&key.secret_hash);
+        self.door.auth().forget(&key.secret_hash);
         Ok(Response::new(convert::api_key(&key)))
     }
 }

@@ -10,14 +10,17 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::auth::Authenticator;
-use crate::completions::Completions;
+use crate::completions::{Completer, Completions};
 use crate::config::CoreConfig;
 use crate::cron::scheduler::CronScheduler;
 use crate::cron::store::{CronStore, EmbeddedCronStore, RedisCronStore};
 use crate::cron::{CronContext, Crons};
-use crate::dashboard::Dashboard;
+use crate::dashboard::sessions::{DashboardSessionStore, RedisDashboardSessions};
+use crate::dashboard::traffic::Traffic;
+use crate::dashboard::{Dashboard, DashboardSessions};
 use crate::events::{Event, EventBus, EventSettings, Events, REPLICA_DRAINING};
-use crate::gateway::{DefaultLimits, Gateway};
+use crate::front_door::{DefaultLimits, FrontDoor, LimitSettings};
+use crate::inference::Inference;
 use crate::keys::Keys;
 use crate::limits::{LocalLimits, RateLimiter, RedisDownPolicy, RedisLimits};
 use crate::proto::completion_service_server::CompletionServiceServer;
@@ -29,6 +32,8 @@ use crate::proto::session_service_server::SessionServiceServer;
 use crate::proto::system_service_server::SystemServiceServer;
 use crate::providers::ModelCatalog;
 use crate::sessions::Sessions;
+use crate::sessions::turn::Turns;
+use crate::sessions::turn_lock::TurnLocks;
 use crate::store::{EmbeddedStore, RedisStore, RedisStoreConfig, Store};
 use crate::system::System;
 
@@ -109,50 +114,90 @@ pub fn model_catalog(config: &CoreConfig) -> anyhow::Result<ModelCatalog> {
     crate::providers::load_catalog(config)
 }
 
-pub async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
-    let (store, limits, schedules) = open_store(config).await?;
-    let shared = schedules.redis.clone();
-    if let Some(conn) = &shared {
-        limits.traffic.share_through(conn.clone());
+/// The core, assembled from its configuration: the parts its services are made of. Each
+/// service receives the parts it uses ([`CoreApi::start`]); none holds this.
+pub(crate) struct Gateway {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) models: Arc<ModelCatalog>,
+    /// This replica's name, in its runs, events and status.
+    pub(crate) replica: String,
+    door: Arc<FrontDoor>,
+    inference: Arc<Inference>,
+    events: EventBus,
+    cron: Arc<CronContext>,
+    sign_ins: Arc<DashboardSessions>,
+    traffic: Arc<Traffic>,
+    /// How long a session's turn lock is leased: longer than any model call.
+    turn_lease: std::time::Duration,
+    /// How long a send's result is kept for a client repeating its request id.
+    idempotency_retention: std::time::Duration,
+}
+
+impl Gateway {
+    fn is_draining(&self) -> bool {
+        self.door.is_draining()
     }
+}
+
+pub(crate) async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
+    let (store, limits, schedules) = open_store(config).await?;
+    // Counted on the request path, summed over the replicas through Redis when it is shared.
+    let traffic = Arc::new(Traffic::default());
+    let sign_in_store: Arc<dyn DashboardSessionStore> = match &schedules.redis {
+        Some(conn) => {
+            traffic.share_through(conn.clone());
+            Arc::new(RedisDashboardSessions::new(conn.clone()))
+        }
+        None => crate::dashboard::sessions::memory(),
+    };
     if config.internal_token.is_none() {
         tracing::warn!("OPENCLAW_INTERNAL_TOKEN is not set: key administration is disabled");
     }
     let auth = Authenticator::new(store.clone(), config.internal_token.clone())
         .with_timeout(config.redis_timeout());
-    let models = model_catalog(config)?;
+    let models = Arc::new(model_catalog(config)?);
     crate::tokenizer::warm_up();
-    let mut gateway = Gateway::new(
-        store,
+    let sign_ins = Arc::new(DashboardSessions::new(sign_in_store, store.clone()));
+    let door = Arc::new(FrontDoor::new(
         auth,
         limits,
-        models,
-        DefaultLimits {
-            requests_per_minute: config.default_requests_per_minute,
-            tokens_per_minute: config.default_tokens_per_minute,
-            context_tokens_per_minute: config.default_context_tokens_per_minute,
+        sign_ins.clone(),
+        traffic.clone(),
+        LimitSettings {
+            per_minute: DefaultLimits {
+                requests_per_minute: config.default_requests_per_minute,
+                tokens_per_minute: config.default_tokens_per_minute,
+                context_tokens_per_minute: config.default_context_tokens_per_minute,
+            },
+            stream_caps: config.stream_caps,
         },
+    ));
+    let inference = Arc::new(Inference::new(
+        door.clone(),
+        models.clone(),
         config.default_max_tokens,
-        // A turn's lock outlives the longest model call it may wait for.
-        config.provider_timeout() + std::time::Duration::from_secs(10),
-        config.replica(),
-        schedules.events,
-        CronContext {
+    ));
+    let replica = config.replica();
+    Ok(Arc::new(Gateway {
+        cron: Arc::new(CronContext {
             store: schedules.cron,
             settings: config.cron,
-        },
-    );
-    if let Some(fresh) = Arc::get_mut(&mut gateway) {
-        fresh.idempotency_retention =
-            std::time::Duration::from_secs(config.idempotency_retention_secs.max(1));
-        fresh.stream_caps = config.stream_caps;
-        if let Some(conn) = shared {
-            fresh.dashboard.store = Arc::new(
-                crate::dashboard::sessions::RedisDashboardSessions::new(conn),
-            );
-        }
-    }
-    Ok(gateway)
+            replica: replica.clone(),
+        }),
+        store,
+        models,
+        replica,
+        door,
+        inference,
+        events: schedules.events,
+        sign_ins,
+        traffic,
+        // A turn's lock outlives the longest model call it may wait for.
+        turn_lease: config.provider_timeout() + std::time::Duration::from_secs(10),
+        idempotency_retention: std::time::Duration::from_secs(
+            config.idempotency_retention_secs.max(1),
+        ),
+    }))
 }
 
 /// The largest request message a gRPC call may carry (tonic's default, stated so the error can
@@ -213,38 +258,75 @@ impl CoreApi {
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building gRPC reflection")?;
-        let scheduler = CronScheduler::start(gateway.clone());
+        let core = &gateway;
+        let locks = || {
+            TurnLocks::new(
+                core.store.clone(),
+                core.turn_lease,
+                core.idempotency_retention,
+            )
+        };
+        let turns = Arc::new(Turns::new(
+            core.door.clone(),
+            core.inference.clone(),
+            core.store.clone(),
+            locks(),
+        ));
+        let sessions = || Sessions::new(core.door.clone(), core.store.clone(), turns.clone());
+        let completer = Arc::new(Completer::new(
+            core.inference.clone(),
+            locks(),
+            core.store.clone(),
+        ));
+        let scheduler = CronScheduler::start(core.cron.clone(), core.store.clone(), sessions());
         const LIMIT: usize = MAX_REQUEST_MESSAGE_BYTES;
         let mut routes = Routes::builder();
         routes
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(SessionServiceServer::new(sessions()).max_decoding_message_size(LIMIT))
             .add_service(
-                SessionServiceServer::new(Sessions::new(gateway.clone()))
+                CompletionServiceServer::new(Completions::new(core.door.clone(), completer))
                     .max_decoding_message_size(LIMIT),
             )
             .add_service(
-                CompletionServiceServer::new(Completions::new(gateway.clone()))
+                KeyServiceServer::new(Keys::new(
+                    core.door.clone(),
+                    core.store.clone(),
+                    core.events.clone(),
+                ))
+                .max_decoding_message_size(LIMIT),
+            )
+            .add_service(
+                CronServiceServer::new(Crons::new(
+                    core.door.clone(),
+                    core.models.clone(),
+                    core.cron.clone(),
+                    scheduler.clone(),
+                ))
+                .max_decoding_message_size(LIMIT),
+            )
+            .add_service(
+                EventServiceServer::new(Events::new(core.door.clone(), core.events.clone()))
                     .max_decoding_message_size(LIMIT),
             )
             .add_service(
-                KeyServiceServer::new(Keys::new(gateway.clone())).max_decoding_message_size(LIMIT),
+                DashboardServiceServer::new(Dashboard::new(
+                    core.door.clone(),
+                    core.store.clone(),
+                    core.sign_ins.clone(),
+                    core.traffic.clone(),
+                ))
+                .max_decoding_message_size(LIMIT),
             )
             .add_service(
-                CronServiceServer::new(Crons::new(gateway.clone(), scheduler.clone()))
-                    .max_decoding_message_size(LIMIT),
-            )
-            .add_service(
-                EventServiceServer::new(Events::new(gateway.clone()))
-                    .max_decoding_message_size(LIMIT),
-            )
-            .add_service(
-                DashboardServiceServer::new(Dashboard::new(gateway.clone()))
-                    .max_decoding_message_size(LIMIT),
-            )
-            .add_service(
-                SystemServiceServer::new(System::new(gateway.clone()))
-                    .max_decoding_message_size(LIMIT),
+                SystemServiceServer::new(System::new(
+                    core.door.clone(),
+                    core.store.clone(),
+                    core.models.clone(),
+                    core.replica.clone(),
+                ))
+                .max_decoding_message_size(LIMIT),
             );
         Ok(Self {
             gateway,
@@ -281,7 +363,7 @@ impl CoreApi {
             .with_keepalive(Some(std::time::Duration::from_secs(60)));
         let shutdown = async move {
             shutdown.await;
-            draining.start_draining();
+            draining.door.start_draining();
             health
                 .set_not_serving::<SessionServiceServer<Sessions>>()
                 .await;
@@ -346,7 +428,8 @@ fn watch_readiness(gateway: Arc<Gateway>, health: tonic_health::server::HealthRe
                 .record(started.elapsed().as_secs_f64());
             metrics::gauge!("openclaw_store_up", "store" => gateway.store.name())
                 .set(if reachable { 1.0 } else { 0.0 });
-            let ready = !gateway.is_draining() && (reachable || gateway.limits.policy() == "open");
+            let ready =
+                !gateway.is_draining() && (reachable || gateway.door.limits().policy() == "open");
             if last != Some(ready) {
                 let status = if ready {
                     ServingStatus::Serving

@@ -5,30 +5,49 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use crate::gateway::{Gateway, Scope, respond};
+use crate::front_door::{FrontDoor, Scope};
+use crate::metadata::respond;
 use crate::proto::system_service_server::SystemService;
 use crate::proto::{self, DependencyHealth};
+use crate::providers::ModelCatalog;
+use crate::store::Store;
 
-pub struct System {
-    gateway: Arc<Gateway>,
+pub(crate) struct System {
+    door: Arc<FrontDoor>,
+    store: Arc<dyn Store>,
+    models: Arc<ModelCatalog>,
+    replica: String,
+    started: Instant,
 }
 
 impl System {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+    /// Uptime counts from here: the system service is made as the replica starts.
+    pub(crate) fn new(
+        door: Arc<FrontDoor>,
+        store: Arc<dyn Store>,
+        models: Arc<ModelCatalog>,
+        replica: String,
+    ) -> Self {
+        Self {
+            door,
+            store,
+            models,
+            replica,
+            started: Instant::now(),
+        }
     }
 
     /// The store's health, measured by one round trip.
-    pub async fn store_health(&self) -> DependencyHealth {
+    async fn store_health(&self) -> DependencyHealth {
         let started = Instant::now();
-        let outcome = self.gateway.store.ping().await;
+        let outcome = self.store.ping().await;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let (status, detail) = match outcome {
             Ok(()) => ("ok", String::new()),
             Err(err) => ("down", err.to_string()),
         };
         DependencyHealth {
-            name: self.gateway.store.name().into(),
+            name: self.store.name().into(),
             kind: "store".into(),
             status: status.into(),
             detail,
@@ -43,11 +62,11 @@ impl SystemService for System {
         &self,
         request: Request<proto::GetStatusRequest>,
     ) -> Result<Response<proto::SystemStatus>, Status> {
-        let (principal, admission) = self.gateway.enter(&request, Scope::Named("status")).await?;
-        let gateway = &self.gateway;
+        let (principal, admission) = self.door.enter(&request, Scope::Named("status")).await?;
+        let door = &self.door;
 
         let mut dependencies = vec![self.store_health().await];
-        for (provider, guard) in gateway.models.guarded_providers() {
+        for (provider, guard) in self.models.guarded_providers() {
             let simulated = provider.simulated();
             let circuit = guard.breaker.state();
             let (status, detail) = if simulated {
@@ -74,19 +93,19 @@ impl SystemService for System {
                 latency_ms: 0.0,
             });
         }
-        if gateway.limits.is_degraded() {
+        if door.limits().is_degraded() {
             dependencies.push(DependencyHealth {
                 name: "rate-limiter".into(),
                 kind: "limiter".into(),
                 status: "degraded".into(),
                 detail: format!(
                     "The shared limiter is unreachable; policy '{}' is in force",
-                    gateway.limits.policy()
+                    door.limits().policy()
                 ),
                 latency_ms: 0.0,
             });
         }
-        let state = if gateway.is_draining() {
+        let state = if door.is_draining() {
             "draining"
         } else if dependencies
             .iter()
@@ -98,18 +117,18 @@ impl SystemService for System {
         };
 
         // The caller's usage is read from the same counters that admitted this very request.
-        let quota = gateway.quota(&principal);
+        let quota = door.quota(&principal);
         let usage = admission.usage;
         let resources = proto::Resources {
             token_usage: usage.tokens,
             context_usage: usage.context,
             request_usage: usage.requests,
-            queue_depth: gateway.queue_depth(),
+            queue_depth: door.queue_depth(),
             token_limit: quota.tokens,
             context_limit: quota.context,
             request_limit: quota.requests,
         };
-        let uptime = gateway.uptime();
+        let uptime = self.started.elapsed();
         Ok(respond(
             proto::SystemStatus {
                 gateway: state.into(),
@@ -120,8 +139,8 @@ impl SystemService for System {
                 }),
                 resources: Some(resources),
                 dependencies,
-                simulated: gateway.models.any_simulated(),
-                replica: gateway.replica.clone(),
+                simulated: self.models.any_simulated(),
+                replica: self.replica.clone(),
             },
             &admission,
         ))

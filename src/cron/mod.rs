@@ -28,9 +28,11 @@ use self::store::{
     TRIGGER_MANUAL, UpdateOutcome,
 };
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::gateway::{Gateway, Scope, respond};
+use crate::front_door::{FrontDoor, Scope};
+use crate::metadata::respond;
 use crate::proto::cron_service_server::CronService;
 use crate::proto::{self};
+use crate::providers::ModelCatalog;
 
 const CRON: Scope = Scope::Named("cron");
 const MAX_NAME_CHARS: usize = 100;
@@ -100,10 +102,12 @@ impl CronSettings {
     }
 }
 
-/// What the gateway holds for cron: the store and the settings.
-pub struct CronContext {
-    pub store: Arc<dyn CronStore>,
-    pub settings: CronSettings,
+/// What cron's service and scheduler share: the store, the settings, and the name of this
+/// replica (recorded with the runs it claims).
+pub(crate) struct CronContext {
+    pub(crate) store: Arc<dyn CronStore>,
+    pub(crate) settings: CronSettings,
+    pub(crate) replica: String,
 }
 
 fn new_job_id() -> String {
@@ -188,22 +192,35 @@ pub fn run_to_proto(run: &RunRecord) -> proto::Run {
     }
 }
 
-pub struct Crons {
-    gateway: Arc<Gateway>,
+pub(crate) struct Crons {
+    door: Arc<FrontDoor>,
+    /// An agentTurn payload names a model of the catalogue.
+    models: Arc<ModelCatalog>,
+    cron: Arc<CronContext>,
     scheduler: Arc<CronScheduler>,
 }
 
 impl Crons {
-    pub fn new(gateway: Arc<Gateway>, scheduler: Arc<CronScheduler>) -> Self {
-        Self { gateway, scheduler }
+    pub(crate) fn new(
+        door: Arc<FrontDoor>,
+        models: Arc<ModelCatalog>,
+        cron: Arc<CronContext>,
+        scheduler: Arc<CronScheduler>,
+    ) -> Self {
+        Self {
+            door,
+            models,
+            cron,
+            scheduler,
+        }
     }
 
     fn store(&self) -> &Arc<dyn CronStore> {
-        &self.gateway.cron.store
+        &self.cron.store
     }
 
     fn settings(&self) -> &CronSettings {
-        &self.gateway.cron.settings
+        &self.cron.settings
     }
 
     /// The owner's job, or NOT_FOUND (also for another key's job).
@@ -228,12 +245,12 @@ impl CronService for Crons {
         &self,
         request: Request<proto::CreateJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        let (principal, admission) = self.gateway.enter(&request, CRON).await?;
+        let (principal, admission) = self.door.enter(&request, CRON).await?;
         let body = request.into_inner();
         let name = validate_name(&body.name)?;
         let now = self.store().now_ms().await.map_err(ApiError::from)?;
         let schedule = Schedule::from_request(body.schedule.as_ref(), now, self.oldest_at(now))?;
-        let payload = Payload::from_request(body.payload.as_ref(), &self.gateway.models)?;
+        let payload = Payload::from_request(body.payload.as_ref(), &self.models)?;
         let enabled = body.enabled.unwrap_or(true);
         let job = JobRecord {
             def: JobDefinition {
@@ -267,7 +284,7 @@ impl CronService for Crons {
         &self,
         request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
-        let (principal, admission) = self.gateway.enter(&request, CRON).await?;
+        let (principal, admission) = self.door.enter(&request, CRON).await?;
         let jobs = self
             .store()
             .list_jobs(principal.owner_id())
@@ -285,7 +302,7 @@ impl CronService for Crons {
         &self,
         request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        let (principal, admission) = self.gateway.enter(&request, CRON).await?;
+        let (principal, admission) = self.door.enter(&request, CRON).await?;
         let job = self
             .owned(principal.owner_id(), &request.get_ref().job_id)
             .await?;
@@ -296,13 +313,13 @@ impl CronService for Crons {
         &self,
         request: Request<proto::UpdateJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        let (principal, admission) = self.gateway.enter(&request, CRON).await?;
+        let (principal, admission) = self.door.enter(&request, CRON).await?;
         let body = request.into_inner();
         let name = body.name.as_deref().map(validate_name).transpose()?;
         let payload = body
             .payload
             .as_ref()
-            .map(|p| Payload::from_request(Some(p), &self.gateway.models))
+            .map(|p| Payload::from_request(Some(p), &self.models))
             .transpose()?;
         // Optimistic: read, change, write if nobody (a claim, another update) changed it meanwhile.
         for _ in 0..5 {
@@ -370,7 +387,7 @@ impl CronService for Crons {
         &self,
         request: Request<proto::DeleteJobRequest>,
     ) -> Result<Response<proto::DeleteJobResponse>, Status> {
-        let (principal, admission) = self.gateway.enter(&request, CRON).await?;
+        let (principal, admission) = self.door.enter(&request, CRON).await?;
         let id = &request.get_ref().job_id;
         let job = self.owned(principal.owner_id(), id).await?;
         if !self
@@ -389,7 +406,7 @@ impl CronService for Crons {
         &self,
         request: Request<proto::RunJobRequest>,
     ) -> Result<Response<proto::Run>, Status> {
-        let (principal, admission) = self.gateway.enter(&request, CRON).await?;
+        let (principal, admission) = self.door.enter(&request, CRON).await?;
         let job = self
             .owned(principal.owner_id(), &request.get_ref().job_id)
             .await?;
@@ -412,7 +429,7 @@ impl CronService for Crons {
             disable: false,
             overlap_reason: String::new(),
             token: token.clone(),
-            replica: self.gateway.replica.clone(),
+            replica: self.cron.replica.clone(),
             lease_ms: self.settings().lease_ms as i64,
             trigger: TRIGGER_MANUAL,
         };
@@ -424,7 +441,7 @@ impl CronService for Crons {
                     status: STATUS_RUNNING.into(),
                     trigger: TRIGGER_MANUAL.into(),
                     started_ms: Some(now_ms),
-                    replica: self.gateway.replica.clone(),
+                    replica: self.cron.replica.clone(),
                     ..Default::default()
                 };
                 let ticket = Ticket {
@@ -455,7 +472,7 @@ impl CronService for Crons {
         &self,
         request: Request<proto::ListRunsRequest>,
     ) -> Result<Response<proto::ListRunsResponse>, Status> {
-        let (principal, admission) = self.gateway.enter(&request, CRON).await?;
+        let (principal, admission) = self.door.enter(&request, CRON).await?;
         let body = request.get_ref();
         let job = self.owned(principal.owner_id(), &body.job_id).await?;
         let offset = if body.page_token.is_empty() {

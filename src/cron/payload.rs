@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ApiError, ApiResult};
 use crate::proto;
 use crate::providers::ModelCatalog;
-use crate::sessions::validate_session_id;
+use crate::sessions::validation::validate_session_id;
 
 const MAX_TEXT_CHARS: usize = 10_000;
 const MAX_MESSAGE_CHARS: usize = 100_000;

@@ -27,6 +27,7 @@ use rand::seq::SliceRandom as _;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tonic_types::StatusExt as _;
 
+use super::CronContext;
 use super::payload::Payload;
 use super::schedule::Schedule;
 use super::store::{
@@ -35,10 +36,9 @@ use super::store::{
 };
 use crate::auth::Principal;
 use crate::events::{Event, JOB_FAILED, SYSTEM_EVENT};
-use crate::gateway::Gateway;
 use crate::proto::session_service_server::SessionService as _;
 use crate::sessions::{OnBehalfOf, Sessions};
-use crate::store::StoreResult;
+use crate::store::{Store, StoreResult};
 
 /// The longest a tick sleeps: new jobs added on other replicas are seen this fast.
 pub const MAX_SLEEP: Duration = Duration::from_millis(250);
@@ -124,8 +124,10 @@ struct Outcome {
     events: Vec<Event>,
 }
 
-pub struct CronScheduler {
-    gateway: Arc<Gateway>,
+pub(crate) struct CronScheduler {
+    cron: Arc<CronContext>,
+    /// Where a job's owner key is looked up before its agentTurn runs.
+    keys: Arc<dyn Store>,
     sessions: Sessions,
     permits: Arc<Semaphore>,
     max_runs: u32,
@@ -151,12 +153,17 @@ fn describe(status: &tonic::Status) -> String {
 
 impl CronScheduler {
     /// Starts this replica's scheduler loop.
-    pub fn start(gateway: Arc<Gateway>) -> Arc<Self> {
-        let max_runs = gateway.cron.settings.max_concurrent_runs.max(1);
+    pub(crate) fn start(
+        cron: Arc<CronContext>,
+        keys: Arc<dyn Store>,
+        sessions: Sessions,
+    ) -> Arc<Self> {
+        let max_runs = cron.settings.max_concurrent_runs.max(1);
         let (stop, _) = watch::channel(false);
         let scheduler = Arc::new(Self {
-            sessions: Sessions::new(gateway.clone()),
-            gateway,
+            cron,
+            keys,
+            sessions,
             permits: Arc::new(Semaphore::new(max_runs as usize)),
             max_runs,
             wake: Notify::new(),
@@ -178,7 +185,7 @@ impl CronScheduler {
     /// Stops claiming, then waits (up to the per-run timeout) for the runs in progress.
     pub async fn stop(&self) {
         self.stop.send_replace(true);
-        let wait = self.gateway.cron.settings.run_timeout() + Duration::from_secs(5);
+        let wait = self.cron.settings.run_timeout() + Duration::from_secs(5);
         match tokio::time::timeout(wait, self.permits.acquire_many(self.max_runs)).await {
             Ok(_) => tracing::info!("cron scheduler stopped; no run in progress"),
             Err(_) => tracing::warn!(
@@ -213,7 +220,7 @@ impl CronScheduler {
 
     /// One look at the due index. Returns how long to sleep.
     async fn tick(self: &Arc<Self>) -> StoreResult<Duration> {
-        let store = &self.gateway.cron.store;
+        let store = &self.cron.store;
         let batch = store.due(DUE_BATCH).await?;
         let full = batch.due.len() == DUE_BATCH;
         let mut due = batch.due;
@@ -257,14 +264,14 @@ impl CronScheduler {
         now_ms: i64,
         permit: OwnedSemaphorePermit,
     ) -> StoreResult<()> {
-        let store = &self.gateway.cron.store;
+        let store = &self.cron.store;
         let Some(job) = store.job(id).await? else {
             return store.forget_due(id).await;
         };
         if job.next_ms != Some(due_ms) || !job.enabled {
             return Ok(()); // another replica got there first
         }
-        let settings = &self.gateway.cron.settings;
+        let settings = &self.cron.settings;
         let plan = plan(
             &job.def.schedule,
             due_ms,
@@ -281,7 +288,7 @@ impl CronScheduler {
             disable: matches!(job.def.schedule, Schedule::At { .. }),
             overlap_reason: OVERLAP.into(),
             token: new_token(),
-            replica: self.gateway.replica.clone(),
+            replica: self.cron.replica.clone(),
             lease_ms: settings.lease_ms as i64,
             trigger: TRIGGER_SCHEDULE,
         };
@@ -328,15 +335,15 @@ impl CronScheduler {
     /// event and its completion are one atomic write, so it was not published);
     /// an agentTurn is recorded as failed rather than risk a second model call.
     async fn recover(self: &Arc<Self>, id: &str, scheduled_ms: i64) -> StoreResult<()> {
-        let store = &self.gateway.cron.store;
-        let settings = &self.gateway.cron.settings;
+        let store = &self.cron.store;
+        let settings = &self.cron.settings;
         let token = new_token();
         let Some(run) = store
             .take_over(
                 id,
                 scheduled_ms,
                 &token,
-                &self.gateway.replica,
+                &self.cron.replica,
                 settings.lease_ms as i64,
             )
             .await?
@@ -396,13 +403,13 @@ impl CronScheduler {
         event.job_id = job.def.id.clone();
         event.run_id = run_id(&job.def.id, scheduled_ms);
         event.key_id = job.def.owner.clone();
-        event.replica = self.gateway.replica.clone();
+        event.replica = self.cron.replica.clone();
         event
     }
 
     async fn execute(self: Arc<Self>, job: JobRecord, ticket: Ticket) {
-        let store = self.gateway.cron.store.clone();
-        let settings = self.gateway.cron.settings;
+        let store = self.cron.store.clone();
+        let settings = self.cron.settings;
         let started = Instant::now();
         let heartbeat = {
             let (store, id, ticket) = (store.clone(), job.def.id.clone(), ticket.clone());
@@ -513,7 +520,7 @@ impl CronScheduler {
     /// Pushes a failing job's next run back by its backoff, recording the due
     /// times in between as skipped.
     async fn back_off(&self, id: &str) -> StoreResult<()> {
-        let store = &self.gateway.cron.store;
+        let store = &self.cron.store;
         for _ in 0..3 {
             let Some(job) = store.job(id).await? else {
                 return Ok(());
@@ -558,7 +565,7 @@ impl CronScheduler {
                 event.job_id = job.def.id.clone();
                 event.run_id = run_id(&job.def.id, ticket.scheduled_ms);
                 event.key_id = job.def.owner.clone();
-                event.replica = self.gateway.replica.clone();
+                event.replica = self.cron.replica.clone();
                 Ok(Outcome {
                     usage: None,
                     session_id: None,
@@ -612,7 +619,7 @@ impl CronScheduler {
         if owner == crate::auth::Principal::Internal.owner_id() {
             return Ok(Principal::Internal);
         }
-        match self.gateway.store.key_by_id(owner).await {
+        match self.keys.key_by_id(owner).await {
             Ok(Some(key)) if !key.is_revoked() => Ok(Principal::Key(Arc::new(key))),
             Ok(Some(_)) => Err("the API key that owns this job has been revoked".into()),
             Ok(None) => Err("the API key that owns this job no longer exists".into()),

@@ -4,10 +4,10 @@
 //! A dashboard session is a random id held by the browser in an HttpOnly
 //! cookie; the core stores only its SHA-256 (see [`sessions`]). Calls made for
 //! a signed-in user carry the id as `x-openclaw-dashboard-session` metadata,
-//! which [`Gateway::authorize`] resolves to the principal that signed in.
+//! which [`FrontDoor::authorize`] resolves to the principal that signed in.
 
-pub mod sessions;
-pub mod traffic;
+pub(crate) mod sessions;
+pub(crate) mod traffic;
 
 use std::sync::Arc;
 
@@ -19,7 +19,10 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Principal, hash_secret};
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::gateway::{Gateway, Scope, client_address};
+use crate::front_door::{FrontDoor, Scope, client_address};
+use crate::store::Store;
+
+use self::traffic::Traffic;
 use crate::proto::dashboard_service_server::DashboardService;
 use crate::proto::{self};
 
@@ -41,21 +44,22 @@ fn random_chars(n: usize) -> String {
 }
 
 /// The dashboard sessions of this deployment, and how long a new one lasts.
-pub struct DashboardSessions {
-    pub store: Arc<dyn DashboardSessionStore>,
-    pub ttl: std::time::Duration,
-}
-
-impl Default for DashboardSessions {
-    fn default() -> Self {
-        Self {
-            store: sessions::memory(),
-            ttl: SESSION_TTL,
-        }
-    }
+pub(crate) struct DashboardSessions {
+    store: Arc<dyn DashboardSessionStore>,
+    /// Where the key a session signed in with is looked up again on each call.
+    keys: Arc<dyn Store>,
+    ttl: std::time::Duration,
 }
 
 impl DashboardSessions {
+    pub(crate) fn new(store: Arc<dyn DashboardSessionStore>, keys: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            keys,
+            ttl: SESSION_TTL,
+        }
+    }
+
     async fn open(&self, principal: &Principal) -> ApiResult<(String, DashboardSession)> {
         let id = format!("{SESSION_PREFIX}{}", random_chars(43));
         let session = DashboardSession {
@@ -89,29 +93,17 @@ impl DashboardSessions {
 
     /// Resolves a call carrying dashboard-session metadata to the principal that signed in.
     /// `None` when the call carries no such metadata.
-    pub async fn resolve(
-        &self,
-        gateway: &Gateway,
-        metadata: &MetadataMap,
-    ) -> Option<ApiResult<Principal>> {
+    pub(crate) async fn resolve(&self, metadata: &MetadataMap) -> Option<ApiResult<Principal>> {
         metadata.get(SESSION_METADATA)?;
-        Some(self.principal_of(gateway, metadata).await)
+        Some(self.principal_of(metadata).await)
     }
 
-    async fn principal_of(
-        &self,
-        gateway: &Gateway,
-        metadata: &MetadataMap,
-    ) -> ApiResult<Principal> {
+    async fn principal_of(&self, metadata: &MetadataMap) -> ApiResult<Principal> {
         let session = self.find(metadata).await?;
         let Some(key_id) = &session.key_id else {
             return Ok(Principal::Internal);
         };
-        let key = gateway
-            .store
-            .key_by_id(key_id)
-            .await?
-            .ok_or_else(signed_out)?;
+        let key = self.keys.key_by_id(key_id).await?.ok_or_else(signed_out)?;
         if key.is_revoked() {
             return Err(ApiError::unauthorized(
                 "This API key has been revoked; sign in again with a valid key",
@@ -125,13 +117,26 @@ fn signed_out() -> ApiError {
     ApiError::unauthorized("The dashboard session has expired or was ended; sign in again")
 }
 
-pub struct Dashboard {
-    gateway: Arc<Gateway>,
+pub(crate) struct Dashboard {
+    door: Arc<FrontDoor>,
+    store: Arc<dyn Store>,
+    sign_ins: Arc<DashboardSessions>,
+    traffic: Arc<Traffic>,
 }
 
 impl Dashboard {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+    pub(crate) fn new(
+        door: Arc<FrontDoor>,
+        store: Arc<dyn Store>,
+        sign_ins: Arc<DashboardSessions>,
+        traffic: Arc<Traffic>,
+    ) -> Self {
+        Self {
+            door,
+            store,
+            sign_ins,
+            traffic,
+        }
     }
 
     fn identity(
@@ -161,8 +166,8 @@ impl Dashboard {
                 "The internal token has no usage; name the keys in 'keyIds'",
             ));
         };
-        let quota = self.gateway.quota(principal);
-        let usage = self.gateway.limits.usage(&key.id).await?;
+        let quota = self.door.quota(principal);
+        let usage = self.door.limits().usage(&key.id).await?;
         Ok(proto::KeyUsage {
             key_id: key.id.clone(),
             requests: usage.requests,
@@ -181,15 +186,15 @@ impl DashboardService for Dashboard {
         &self,
         request: Request<proto::SignInRequest>,
     ) -> Result<Response<proto::SignInResponse>, Status> {
-        let gateway = &self.gateway;
-        if gateway.is_draining() {
+        let door = &self.door;
+        if door.is_draining() {
             return Err(ApiError::unavailable(
                 "This core replica is shutting down; retry and another replica will answer",
             )
             .into());
         }
         let client = client_address(&request);
-        gateway.limits.check_client(&client)?;
+        door.limits().check_client(&client)?;
         let credential = request.get_ref().credential.trim();
         let mut metadata = MetadataMap::new();
         let bearer = (!credential.is_empty() && credential.len() <= MAX_CREDENTIAL_CHARS)
@@ -198,7 +203,7 @@ impl DashboardService for Dashboard {
         let principal = match bearer {
             Some(value) => {
                 metadata.insert("authorization", value);
-                gateway.auth.authenticate(&metadata).await
+                door.auth().authenticate(&metadata).await
             }
             None => Err(ApiError::unauthorized(
                 "Enter the internal token or an API key",
@@ -207,11 +212,11 @@ impl DashboardService for Dashboard {
         let principal = match principal {
             Ok(principal) => principal,
             Err(err) if err.code == ErrorCode::Unauthorized => {
-                return Err(gateway.limits.auth_failed(&client, err).await.into());
+                return Err(door.limits().auth_failed(&client, err).await.into());
             }
             Err(err) => return Err(err.into()),
         };
-        let (session_id, session) = gateway.dashboard.open(&principal).await?;
+        let (session_id, session) = self.sign_ins.open(&principal).await?;
         tracing::info!(who = principal.owner_id(), "dashboard sign-in");
         Ok(Response::new(proto::SignInResponse {
             session_id,
@@ -224,8 +229,7 @@ impl DashboardService for Dashboard {
         request: Request<proto::SignOutRequest>,
     ) -> Result<Response<proto::SignOutResponse>, Status> {
         if let Some(id) = DashboardSessions::id(request.metadata()) {
-            self.gateway
-                .dashboard
+            self.sign_ins
                 .store
                 .delete(&hash_secret(id))
                 .await
@@ -238,8 +242,8 @@ impl DashboardService for Dashboard {
         &self,
         request: Request<proto::WhoamiRequest>,
     ) -> Result<Response<proto::DashboardIdentity>, Status> {
-        let principal = self.gateway.authorize(&request, Scope::Any).await?;
-        let session = match self.gateway.dashboard.find(request.metadata()).await {
+        let principal = self.door.authorize(&request, Scope::Any).await?;
+        let session = match self.sign_ins.find(request.metadata()).await {
             Ok(session) => session,
             // A bearer caller has no session (and so no CSRF token).
             Err(_) => DashboardSession {
@@ -255,7 +259,7 @@ impl DashboardService for Dashboard {
         &self,
         request: Request<proto::GetKeyUsageRequest>,
     ) -> Result<Response<proto::GetKeyUsageResponse>, Status> {
-        let principal = self.gateway.authorize(&request, Scope::Any).await?;
+        let principal = self.door.authorize(&request, Scope::Any).await?;
         let ids = &request.get_ref().key_ids;
         let mut usage = Vec::new();
         match &principal {
@@ -274,7 +278,6 @@ impl DashboardService for Dashboard {
             Principal::Internal => {
                 for id in ids.iter().take(MAX_USAGE_KEYS) {
                     let key = self
-                        .gateway
                         .store
                         .key_by_id(id)
                         .await
@@ -291,10 +294,8 @@ impl DashboardService for Dashboard {
         &self,
         request: Request<proto::GetTrafficRequest>,
     ) -> Result<Response<proto::TrafficReport>, Status> {
-        self.gateway.authorize(&request, Scope::Internal).await?;
+        self.door.authorize(&request, Scope::Internal).await?;
         let minutes = self
-            .gateway
-            .limits
             .traffic
             .last_hour()
             .await

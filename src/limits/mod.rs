@@ -197,8 +197,6 @@ pub struct RateLimiter {
     degraded: AtomicBool,
     /// Clients refused until the given time after too many failed authentications.
     blocked: Mutex<HashMap<String, Instant>>,
-    /// Admissions, rejections and settled tokens per minute, for the dashboard's charts.
-    pub traffic: Arc<crate::dashboard::traffic::Traffic>,
     /// Bound on one decision by the backend, whatever its client does meanwhile
     /// (reconnecting included): past it, the Redis-down policy applies.
     decision_timeout: Duration,
@@ -216,7 +214,6 @@ impl RateLimiter {
             share,
             degraded: AtomicBool::new(false),
             blocked: Mutex::new(HashMap::new()),
-            traffic: Arc::default(),
             decision_timeout: Duration::from_secs(1),
         }
     }
@@ -319,10 +316,6 @@ impl RateLimiter {
             }
         };
         match decision {
-            Decision::Admitted(_) => self.traffic.admitted(),
-            Decision::Denied { .. } => self.traffic.rejected(),
-        }
-        match decision {
             Decision::Admitted(usage) => Ok(Admission {
                 key: Some(key.to_string()),
                 reservation,
@@ -411,7 +404,6 @@ impl RateLimiter {
     /// Replaces the admission's reservation with what the model really used.
     pub async fn settle(&self, admission: &Admission, used: Charge) {
         let Some(key) = &admission.key else { return };
-        self.traffic.tokens(used.tokens);
         let outcome = if admission.local {
             match &self.fallback {
                 Some(local) => local.settle(key, &admission.reservation, used).await,

@@ -19,11 +19,9 @@ use async_trait::async_trait;
 use futures::Stream;
 
 pub use self::circuit::{BreakerSettings, CircuitState};
-pub use self::file::{ProvidersFile, load_catalog};
+pub use self::file::load_catalog;
 pub use self::openai::{OpenAiCompatible, OpenAiConfig};
-pub use self::resilience::{
-    Answered, AttemptStats, CallFailure, OpenStream, ProviderGuard, RetrySettings,
-};
+pub use self::resilience::{ProviderGuard, RetrySettings};
 pub use self::simulator::Simulator;
 
 use crate::error::{ApiError, ErrorCode};

@@ -1,91 +1,89 @@
-//! The core's shared state: one value, cloned cheaply into every gRPC service.
+//! The front door every call of the core passes: who is calling and may they (authorize),
+//! does the call fit the caller's limits (admit, settle, stream caps), and is this replica
+//! still taking calls (draining) and how many model calls wait on it (queue depth). It also
+//! counts admissions, rejections and settled tokens for the dashboard's traffic charts.
+//!
+//! Services hold it beside what else they use (the store, the model catalogue, their
+//! settings); it holds nothing about any one service.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
 
-use tonic::{Request, Response};
+use tonic::Request;
 
 use crate::auth::{Authenticator, Principal};
-use crate::error::ApiResult;
+use crate::dashboard::DashboardSessions;
+use crate::dashboard::traffic::Traffic;
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::limits::{Admission, CapKind, Charge, Quota, RateLimiter, StreamCaps, StreamLease};
-use crate::providers::ModelCatalog;
-use crate::store::Store;
 
 /// The configured limits that apply to a key without its own.
 #[derive(Debug, Clone, Copy)]
-pub struct DefaultLimits {
-    pub requests_per_minute: u64,
-    pub tokens_per_minute: u64,
-    pub context_tokens_per_minute: u64,
+pub(crate) struct DefaultLimits {
+    pub(crate) requests_per_minute: u64,
+    pub(crate) tokens_per_minute: u64,
+    pub(crate) context_tokens_per_minute: u64,
 }
 
-pub struct Gateway {
-    pub store: Arc<dyn Store>,
-    pub auth: Authenticator,
-    pub limits: RateLimiter,
-    pub models: ModelCatalog,
-    pub default_limits: DefaultLimits,
-    /// Caps on streams and event subscriptions open at once, for keys without their own.
-    pub stream_caps: StreamCaps,
-    /// Completion tokens reserved (and asked of the model) when a request names no maxTokens.
-    pub default_max_tokens: u32,
-    /// How long a session's turn lock is leased: longer than any model call.
-    pub turn_lease: std::time::Duration,
-    pub replica: String,
-    /// How long a send's result is kept for a client repeating its request id.
-    pub idempotency_retention: std::time::Duration,
-    /// System events: published here, delivered by `EventService`.
-    pub events: crate::events::EventBus,
-    /// Cron jobs' store and scheduler settings.
-    pub cron: crate::cron::CronContext,
-    /// Web dashboard sign-ins (in memory until the server configures the shared store).
-    pub dashboard: crate::dashboard::DashboardSessions,
-    started: Instant,
+/// The limits of keys that set none of their own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LimitSettings {
+    pub(crate) per_minute: DefaultLimits,
+    /// Caps on streams and event subscriptions open at once.
+    pub(crate) stream_caps: StreamCaps,
+}
+
+pub(crate) struct FrontDoor {
+    auth: Authenticator,
+    limits: RateLimiter,
+    /// Web dashboard sign-ins: a call may name one instead of a credential.
+    sign_ins: Arc<DashboardSessions>,
+    /// Per-minute counts for the dashboard, which reads them.
+    traffic: Arc<Traffic>,
+    settings: LimitSettings,
     queue_depth: AtomicU64,
     draining: AtomicBool,
 }
 
-impl Gateway {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: Arc<dyn Store>,
+impl FrontDoor {
+    pub(crate) fn new(
         auth: Authenticator,
         limits: RateLimiter,
-        models: ModelCatalog,
-        default_limits: DefaultLimits,
-        default_max_tokens: u32,
-        turn_lease: std::time::Duration,
-        replica: String,
-        events: crate::events::EventBus,
-        cron: crate::cron::CronContext,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            store,
+        sign_ins: Arc<DashboardSessions>,
+        traffic: Arc<Traffic>,
+        settings: LimitSettings,
+    ) -> Self {
+        Self {
             auth,
             limits,
-            models,
-            default_limits,
-            stream_caps: StreamCaps::default(),
-            default_max_tokens,
-            turn_lease,
-            replica,
-            idempotency_retention: std::time::Duration::from_secs(24 * 3600),
-            events,
-            cron,
-            dashboard: Default::default(),
-            started: Instant::now(),
+            sign_ins,
+            traffic,
+            settings,
             queue_depth: AtomicU64::new(0),
             draining: AtomicBool::new(false),
-        })
+        }
+    }
+
+    /// The key authenticator, for services that change keys (its cache must forget them).
+    pub(crate) fn auth(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    /// The rate limiter, for services that report on it.
+    pub(crate) fn limits(&self) -> &RateLimiter {
+        &self.limits
     }
 
     /// Who is calling, and may they use `scope`? Failed attempts count
     /// against the client's address (the brute-force guard).
-    pub async fn authorize<T>(&self, request: &Request<T>, scope: Scope) -> ApiResult<Principal> {
+    pub(crate) async fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        scope: Scope,
+    ) -> ApiResult<Principal> {
         if self.is_draining() {
             // Refused before any work: the edge may safely send it to another core.
-            return Err(crate::error::ApiError::unavailable(
+            return Err(ApiError::unavailable(
                 "This core replica is shutting down; retry and another replica will answer",
             )
             .with_retry_after(std::time::Duration::from_secs(1))
@@ -94,13 +92,13 @@ impl Gateway {
         let client = client_address(request);
         self.limits.check_client(&client)?;
         // The dashboard's calls name a signed-in session instead of a credential.
-        let authenticated = match self.dashboard.resolve(self, request.metadata()).await {
+        let authenticated = match self.sign_ins.resolve(request.metadata()).await {
             Some(resolved) => resolved,
             None => self.auth.authenticate(request.metadata()).await,
         };
         let principal = match authenticated {
             Ok(principal) => principal,
-            Err(err) if err.code == crate::error::ErrorCode::Unauthorized => {
+            Err(err) if err.code == ErrorCode::Unauthorized => {
                 return Err(self.limits.auth_failed(&client, err).await);
             }
             Err(err) => return Err(err),
@@ -114,7 +112,7 @@ impl Gateway {
     }
 
     /// Authorizes the call and admits it as one request that uses no model.
-    pub async fn enter<T>(
+    pub(crate) async fn enter<T>(
         &self,
         request: &Request<T>,
         scope: Scope,
@@ -125,20 +123,39 @@ impl Gateway {
     }
 
     /// Admits one request of `principal` costing `charge` against its key's limits.
-    pub async fn admit(&self, principal: &Principal, charge: Charge) -> ApiResult<Admission> {
+    pub(crate) async fn admit(
+        &self,
+        principal: &Principal,
+        charge: Charge,
+    ) -> ApiResult<Admission> {
         match principal {
             Principal::Internal => Ok(Admission::unlimited()),
             Principal::Key(key) => {
-                self.limits
+                let admitted = self
+                    .limits
                     .admit(&key.id, self.quota(principal), charge)
-                    .await
+                    .await;
+                match &admitted {
+                    Ok(_) => self.traffic.admitted(),
+                    Err(err) if err.code == ErrorCode::RateLimitExceeded => self.traffic.rejected(),
+                    Err(_) => {}
+                }
+                admitted
             }
         }
     }
 
+    /// Replaces the admission's reservation with what the model really used.
+    pub(crate) async fn settle(&self, admission: &Admission, used: Charge) {
+        if admission.key.is_some() {
+            self.traffic.tokens(used.tokens);
+        }
+        self.limits.settle(admission, used).await;
+    }
+
     /// The limits that apply to the caller.
-    pub fn quota(&self, principal: &Principal) -> Quota {
-        let d = self.default_limits;
+    pub(crate) fn quota(&self, principal: &Principal) -> Quota {
+        let d = self.settings.per_minute;
         let own = match principal {
             Principal::Key(key) => key.limits.clone(),
             Principal::Internal => Default::default(),
@@ -153,7 +170,7 @@ impl Gateway {
     }
 
     /// The caller's cap of open streams of `kind`.
-    pub fn stream_cap(&self, principal: &Principal, kind: CapKind) -> u64 {
+    fn stream_cap(&self, principal: &Principal, kind: CapKind) -> u64 {
         let own = match principal {
             Principal::Key(key) => match kind {
                 CapKind::Streams => key.limits.concurrent_streams,
@@ -161,13 +178,13 @@ impl Gateway {
             },
             Principal::Internal => None,
         };
-        own.unwrap_or_else(|| self.stream_caps.cap(kind))
+        own.unwrap_or_else(|| self.settings.stream_caps.cap(kind))
     }
 
     /// Takes a lease on the caller's cap of open streams of `kind` (none for the
     /// internal token, which is not limited), or refuses the stream. Hold the guard
     /// for as long as the stream is open.
-    pub async fn open_stream(
+    pub(crate) async fn open_stream(
         &self,
         principal: &Principal,
         kind: CapKind,
@@ -180,37 +197,34 @@ impl Gateway {
                     &key.id,
                     kind,
                     self.stream_cap(principal, kind),
-                    self.stream_caps.lease_ttl(),
+                    self.settings.stream_caps.lease_ttl(),
                 )
                 .await
                 .map(Some),
         }
     }
 
-    pub fn uptime(&self) -> std::time::Duration {
-        self.started.elapsed()
-    }
-
-    pub fn queue_depth(&self) -> u64 {
+    /// Model calls waiting or running on this replica.
+    pub(crate) fn queue_depth(&self) -> u64 {
         self.queue_depth.load(Ordering::Relaxed)
     }
 
     /// Counts a model call as waiting or running until the guard drops.
-    pub fn enqueue(self: &Arc<Self>) -> QueueSlot {
+    pub(crate) fn enqueue(self: &Arc<Self>) -> QueueSlot {
         self.queue_depth.fetch_add(1, Ordering::Relaxed);
         QueueSlot(self.clone())
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
 }
 
-pub struct QueueSlot(Arc<Gateway>);
+pub(crate) struct QueueSlot(Arc<FrontDoor>);
 
 impl Drop for QueueSlot {
     fn drop(&mut self) {
@@ -220,7 +234,7 @@ impl Drop for QueueSlot {
 
 /// What a call needs beyond a valid credential.
 #[derive(Debug, Clone, Copy)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// An API key with this scope (or the internal token).
     Named(&'static str),
     /// The internal token only.
@@ -240,22 +254,4 @@ pub(crate) fn client_address<T>(request: &Request<T>) -> String {
         .map(str::to_string)
         .or_else(|| request.remote_addr().map(|a| a.ip().to_string()))
         .unwrap_or_else(|| "unknown".into())
-}
-
-/// A response carrying the caller's remaining quota as metadata.
-pub fn respond<T>(message: T, admission: &Admission) -> Response<T> {
-    let mut response = Response::new(message);
-    add_metadata(response.metadata_mut(), admission.headers());
-    response
-}
-
-pub fn add_metadata(
-    metadata: &mut tonic::metadata::MetadataMap,
-    entries: Vec<(&'static str, String)>,
-) {
-    for (name, value) in entries {
-        if let Ok(value) = tonic::metadata::MetadataValue::try_from(value.as_str()) {
-            metadata.insert(name, value);
-        }
-    }
 }

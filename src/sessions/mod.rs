@@ -1,0 +1,376 @@
+//! `SessionService`: conversations with a model. A turn (the user's
+//! message(s) and the model's reply) is stored whole or not at all, and the
+//! turns of one session are taken one at a time, on every replica, by a
+//! leased lock in the store.
+//!
+//! - [`validation`]: the request checks (also used by completions and cron payloads).
+//! - [`turn_lock`]: the lock's lease, its release, and the write fenced by it.
+//! - [`turn`]: one turn: history, admission, the model's answer, the fenced write.
+//! - [`streaming`]: a turn answered as a stream.
+
+mod streaming;
+pub(crate) mod turn;
+pub(crate) mod turn_lock;
+pub(crate) mod validation;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tonic::{Request, Response, Status};
+
+use crate::auth::Principal;
+use crate::convert;
+use crate::error::{ApiError, ErrorCode};
+use crate::front_door::{FrontDoor, Scope};
+use crate::idempotency::{self, SendKey};
+use crate::limits::{Admission, CapKind, Leased};
+use crate::metadata::{mark_simulated, respond};
+use crate::proto;
+use crate::proto::session_service_server::SessionService;
+use crate::store::Store;
+use crate::streaming::EventStream;
+
+use self::streaming::{StreamedTurn, delta_event, done_event};
+use self::turn::{PreparedSend, Turns, new_session, to_stored};
+use self::validation::{
+    ROLES, page_size, parse_page_token, validate_message, validate_options, validate_session_id,
+};
+
+pub(crate) struct Sessions {
+    door: Arc<FrontDoor>,
+    store: Arc<dyn Store>,
+    turns: Arc<Turns>,
+}
+
+impl Sessions {
+    pub(crate) fn new(door: Arc<FrontDoor>, store: Arc<dyn Store>, turns: Arc<Turns>) -> Self {
+        Self { door, store, turns }
+    }
+}
+
+fn new_session_id() -> String {
+    format!("sess_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A recorded answer, marked as a replay. It carries no rate-limit figures:
+/// a replay is not counted against the limits.
+fn replayed<T>(message: T, reply: Option<&proto::Reply>) -> Response<T> {
+    let mut response = Response::new(message);
+    response.metadata_mut().insert(
+        idempotency::REPLAYED,
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    mark_simulated(response, reply.is_some_and(|r| r.simulated))
+}
+
+fn reply_response<T>(
+    message: T,
+    reply: Option<&proto::Reply>,
+    admission: &Admission,
+) -> Response<T> {
+    mark_simulated(
+        respond(message, admission),
+        reply.is_some_and(|r| r.simulated),
+    )
+}
+
+const SESSIONS: Scope = Scope::Named("sessions");
+
+/// Set (in-process only: request extensions never come from the wire) by a
+/// scheduled agentTurn, which calls `create_session` for the job's owner
+/// without the owner's secret: the turn is billed and limited as that key's.
+#[derive(Clone)]
+pub(crate) struct OnBehalfOf(pub(crate) Principal);
+
+#[tonic::async_trait]
+impl SessionService for Sessions {
+    async fn create_session(
+        &self,
+        request: Request<proto::CreateSessionRequest>,
+    ) -> Result<Response<proto::CreateSessionResponse>, Status> {
+        let principal = match request.extensions().get::<OnBehalfOf>() {
+            Some(OnBehalfOf(principal)) => principal.clone(),
+            None => self.door.authorize(&request, SESSIONS).await?,
+        };
+        let owner = principal.owner_id().to_string();
+        let body = request.into_inner();
+        let models = self.turns.models();
+        let model_id = if body.model.is_empty() {
+            models.default_model()
+        } else {
+            body.model.as_str()
+        };
+        let model = models.resolve_model(model_id)?.clone();
+        for (i, message) in body.messages.iter().enumerate() {
+            validate_message(message, &format!("messages[{i}]"), ROLES)?;
+        }
+        validate_options(&body.options)?;
+        let requested_id = body
+            .context
+            .as_ref()
+            .map(|c| c.session_id.as_str())
+            .unwrap_or("");
+        if !requested_id.is_empty() {
+            validate_session_id(requested_id, "context.sessionId")?;
+        }
+        let new = to_stored(&body.messages);
+
+        // Continue a session the caller already owns.
+        if !requested_id.is_empty()
+            && let Some((lock, session, history)) =
+                self.turns.locks.lock(&owner, requested_id).await?
+        {
+            let mut turn = turn::Turn {
+                lock,
+                session,
+                history,
+                new,
+            };
+            let (reply, admission) = self
+                .turns
+                .run(&principal, &mut turn, body.options, None)
+                .await?;
+            let mut record = turn.session;
+            record.message_count += body.messages.len() as u32 + u32::from(reply.is_some());
+            let message = proto::CreateSessionResponse {
+                session: Some(convert::session(&record)),
+                reply,
+                created: false,
+            };
+            let reply = message.reply.clone();
+            return Ok(reply_response(message, reply.as_ref(), &admission));
+        }
+
+        let id = if requested_id.is_empty() {
+            new_session_id()
+        } else {
+            requested_id.to_string()
+        };
+        let options = body.options.as_ref();
+        let mut session = new_session(
+            &owner,
+            id,
+            &model,
+            options.and_then(|o| o.temperature),
+            options.and_then(|o| o.max_tokens),
+        );
+        let mut stored = new;
+        let (reply, admission) = self
+            .turns
+            .answer(
+                &principal,
+                &model,
+                &[],
+                &mut stored,
+                session.temperature,
+                session.max_tokens,
+            )
+            .await?;
+        session.updated_at = Utc::now();
+        if !self
+            .store
+            .create_session(&session, &stored)
+            .await
+            .map_err(ApiError::from)?
+        {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "Session created concurrently",
+                format!(
+                    "Another request created the session '{}' at the same moment; send your messages to it with POST /api/v1/sessions/{}/messages",
+                    session.id, session.id
+                ),
+            )
+            .into());
+        }
+        session.message_count = stored.len() as u32;
+        let message = proto::CreateSessionResponse {
+            session: Some(convert::session(&session)),
+            reply: reply.clone(),
+            created: true,
+        };
+        Ok(reply_response(message, reply.as_ref(), &admission))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<proto::SendMessageRequest>,
+    ) -> Result<Response<proto::SendMessageResponse>, Status> {
+        let principal = self.door.authorize(&request, SESSIONS).await?;
+        let owner = principal.owner_id().to_string();
+        let key = SendKey::of(&request, request.get_ref());
+        let body = request.into_inner();
+        let turn = match self.turns.prepare_send(&owner, &body, key.as_ref()).await? {
+            PreparedSend::Replay(done) => {
+                let reply = done.reply.clone();
+                return Ok(replayed(done, reply.as_ref()));
+            }
+            PreparedSend::Turn(turn) => turn,
+        };
+        // Once admitted and locked, the turn runs to completion in its own task:
+        // a client that disconnects (or times out) cancels nothing half way, the
+        // lock is released, and the stored turn can be replayed by its request id.
+        let turns = self.turns.clone();
+        let options = body.options;
+        let running = tokio::spawn(async move {
+            let mut turn = turn;
+            turns
+                .run(&principal, &mut turn, options, key.as_ref())
+                .await
+        });
+        let (reply, admission) = running.await.map_err(|err| {
+            tracing::error!(error = %err, "a turn's task failed");
+            ApiError::internal()
+        })??;
+        let out = proto::SendMessageResponse {
+            session_id: body.session_id,
+            reply: reply.clone(),
+        };
+        Ok(reply_response(out, reply.as_ref(), &admission))
+    }
+
+    type StreamMessageStream = EventStream<proto::StreamEvent>;
+
+    async fn stream_message(
+        &self,
+        request: Request<proto::SendMessageRequest>,
+    ) -> Result<Response<Self::StreamMessageStream>, Status> {
+        let principal = self.door.authorize(&request, SESSIONS).await?;
+        let owner = principal.owner_id().to_string();
+        let key = SendKey::of(&request, request.get_ref());
+        let body = request.into_inner();
+        let turn = match self.turns.prepare_send(&owner, &body, key.as_ref()).await? {
+            PreparedSend::Replay(done) => return Ok(replay_stream(done)),
+            PreparedSend::Turn(turn) => turn,
+        };
+        // Counted against the key's cap from before the model is asked until the caller
+        // leaves or the stream ends.
+        let lease = match self.door.open_stream(&principal, CapKind::Streams).await {
+            Ok(lease) => lease,
+            Err(error) => {
+                self.turns.locks.release(&turn.lock).await;
+                return Err(error.into());
+            }
+        };
+        let streamed = StreamedTurn {
+            turns: self.turns.clone(),
+            principal,
+            turn,
+            session_id: body.session_id,
+            options: body.options,
+            key,
+        };
+        crate::streaming::stream(streamed, lease).await
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<proto::GetSessionRequest>,
+    ) -> Result<Response<proto::Session>, Status> {
+        let (principal, admission) = self.door.enter(&request, SESSIONS).await?;
+        let owner = principal.owner_id();
+        let id = &request.get_ref().session_id;
+        validate_session_id(id, "sessionId")?;
+        match self
+            .store
+            .get_session(owner, id)
+            .await
+            .map_err(ApiError::from)?
+        {
+            Some(session) => Ok(respond(convert::session(&session), &admission)),
+            None => Err(ApiError::not_found("Session", id).into()),
+        }
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<proto::ListSessionsRequest>,
+    ) -> Result<Response<proto::ListSessionsResponse>, Status> {
+        let (principal, admission) = self.door.enter(&request, SESSIONS).await?;
+        let owner = principal.owner_id();
+        let body = request.get_ref();
+        let offset = parse_page_token(&body.page_token)?;
+        let limit = page_size(body.page_size, 50, 200)?;
+        let page = self
+            .store
+            .list_sessions(owner, offset, limit)
+            .await
+            .map_err(ApiError::from)?;
+        let out = proto::ListSessionsResponse {
+            sessions: page.items.iter().map(convert::session).collect(),
+            next_page_token: page.next.map(|n| n.to_string()).unwrap_or_default(),
+        };
+        Ok(respond(out, &admission))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<proto::ListMessagesRequest>,
+    ) -> Result<Response<proto::ListMessagesResponse>, Status> {
+        let (principal, admission) = self.door.enter(&request, SESSIONS).await?;
+        let owner = principal.owner_id();
+        let body = request.get_ref();
+        validate_session_id(&body.session_id, "sessionId")?;
+        let offset = parse_page_token(&body.page_token)?;
+        let limit = page_size(body.page_size, 100, 1000)?;
+        let store = &self.store;
+        if store
+            .get_session(owner, &body.session_id)
+            .await
+            .map_err(ApiError::from)?
+            .is_none()
+        {
+            return Err(ApiError::not_found("Session", &body.session_id).into());
+        }
+        let page = store
+            .list_messages(owner, &body.session_id, offset, limit)
+            .await
+            .map_err(ApiError::from)?;
+        let out = proto::ListMessagesResponse {
+            messages: page.items.iter().map(convert::message).collect(),
+            next_page_token: page.next.map(|n| n.to_string()).unwrap_or_default(),
+        };
+        Ok(respond(out, &admission))
+    }
+
+    async fn delete_session(
+        &self,
+        request: Request<proto::DeleteSessionRequest>,
+    ) -> Result<Response<proto::DeleteSessionResponse>, Status> {
+        let (principal, admission) = self.door.enter(&request, SESSIONS).await?;
+        let owner = principal.owner_id();
+        let id = &request.get_ref().session_id;
+        validate_session_id(id, "sessionId")?;
+        if self
+            .store
+            .delete_session(owner, id)
+            .await
+            .map_err(ApiError::from)?
+        {
+            Ok(respond(proto::DeleteSessionResponse {}, &admission))
+        } else {
+            Err(ApiError::not_found("Session", id).into())
+        }
+    }
+}
+
+/// A repeated send's recorded answer, as the stream it was: its whole content, then done.
+fn replay_stream(done: proto::SendMessageResponse) -> Response<EventStream<proto::StreamEvent>> {
+    let reply = done.reply.clone();
+    let content = reply
+        .as_ref()
+        .and_then(|r| r.message.as_ref())
+        .map(|m| m.content.clone())
+        .unwrap_or_default();
+    let (events, stream) = tokio::sync::mpsc::channel(2);
+    // The buffer holds both events.
+    if !content.is_empty() {
+        let _ = events.try_send(Ok(delta_event(content)));
+    }
+    let _ = events.try_send(Ok(done_event(done)));
+    // A replay streams nothing from a model: it holds no lease.
+    replayed(
+        Leased::new(tokio_stream::wrappers::ReceiverStream::new(stream), None),
+        reply.as_ref(),
+    )
+}

@@ -38,10 +38,10 @@ pub(crate) const STREAM_KEY: &str = "oc:{sched}:events";
 pub(crate) const STREAM_FIELD: &str = "e";
 
 /// Event types.
-pub const SYSTEM_EVENT: &str = "system.event";
-pub const JOB_FAILED: &str = "cron.job_failed";
-pub const KEY_REVOKED: &str = "key.revoked";
-pub const REPLICA_DRAINING: &str = "replica.draining";
+pub(crate) const SYSTEM_EVENT: &str = "system.event";
+pub(crate) const JOB_FAILED: &str = "cron.job_failed";
+pub(crate) const KEY_REVOKED: &str = "key.revoked";
+pub(crate) const REPLICA_DRAINING: &str = "replica.draining";
 
 /// How long the pump's `XREAD` blocks before it looks again.
 const PUMP_BLOCK: Duration = Duration::from_millis(1000);
@@ -82,7 +82,7 @@ impl FromStr for EventId {
 /// One event. `id` is given by the stream when it is published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Event {
+pub(crate) struct Event {
     #[serde(skip)]
     pub id: EventId,
     #[serde(rename = "type")]
@@ -145,7 +145,7 @@ impl Event {
 
 /// Settings of the event stream.
 #[derive(Debug, Clone, Copy)]
-pub struct EventSettings {
+pub(crate) struct EventSettings {
     /// About how many events the stream keeps (older ones are trimmed).
     pub max_len: u64,
 }
@@ -158,7 +158,7 @@ impl Default for EventSettings {
 
 /// Publishes events and serves subscribers. Cloning is cheap.
 #[derive(Clone)]
-pub struct EventBus {
+pub(crate) struct EventBus {
     inner: Arc<Inner>,
 }
 
@@ -216,10 +216,6 @@ impl EventBus {
                 closed,
             }),
         }
-    }
-
-    pub fn settings(&self) -> EventSettings {
-        self.inner.settings
     }
 
     /// Appends the event to the stream and returns its id.

@@ -7,10 +7,10 @@
 //! - [`store`]: the `CronStore` trait, on Redis and in the embedded file.
 //! - [`scheduler`]: each replica's claim loop, and the policies.
 
-pub mod payload;
+pub(crate) mod payload;
 pub mod schedule;
-pub mod scheduler;
-pub mod store;
+pub(crate) mod scheduler;
+pub(crate) mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,7 +149,7 @@ fn plausible_job_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-pub fn job_to_proto(job: &JobRecord) -> proto::Job {
+pub(crate) fn job_to_proto(job: &JobRecord) -> proto::Job {
     let state = &job.state;
     proto::Job {
         id: job.def.id.clone(),
@@ -171,7 +171,7 @@ pub fn job_to_proto(job: &JobRecord) -> proto::Job {
     }
 }
 
-pub fn run_to_proto(run: &RunRecord) -> proto::Run {
+pub(crate) fn run_to_proto(run: &RunRecord) -> proto::Run {
     proto::Run {
         id: run.id(),
         job_id: run.job_id.clone(),

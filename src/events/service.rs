@@ -26,7 +26,7 @@ impl Events {
     }
 }
 
-pub fn event_to_proto(event: &Event) -> proto::Event {
+fn event_to_proto(event: &Event) -> proto::Event {
     proto::Event {
         id: event.id.to_string(),
         r#type: event.kind.clone(),

@@ -131,7 +131,7 @@ pub enum RedisDownPolicy {
 /// The outcome of admitting a request: the figures for response headers, and
 /// the reservation to settle once the model has answered.
 #[derive(Debug, Clone)]
-pub struct Admission {
+pub(crate) struct Admission {
     pub key: Option<String>,
     pub reservation: String,
     pub quota: Option<Quota>,
@@ -186,9 +186,9 @@ fn rate_headers(quota: Quota, usage: Usage) -> Vec<(&'static str, String)> {
 }
 
 /// Failed authentications allowed per client address per window before it is refused.
-pub const AUTH_FAILURES_ALLOWED: u64 = 20;
+pub(crate) const AUTH_FAILURES_ALLOWED: u64 = 20;
 
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     backend: Arc<dyn LimitBackend>,
     /// Present when the backend is shared (Redis) and the policy is `Open`.
     fallback: Option<Arc<LocalLimits>>,

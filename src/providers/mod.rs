@@ -18,10 +18,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::Stream;
 
-pub use self::circuit::{BreakerSettings, CircuitState};
+pub use self::circuit::CircuitState;
 pub use self::file::load_catalog;
 pub use self::openai::{OpenAiCompatible, OpenAiConfig};
-pub use self::resilience::{ProviderGuard, RetrySettings};
+pub use self::resilience::ProviderGuard;
 pub use self::simulator::Simulator;
 
 use crate::error::{ApiError, ErrorCode};
@@ -228,26 +228,6 @@ pub struct ModelSpec {
 }
 
 impl ModelCatalog {
-    /// Serves every `model_ids` entry (`provider/name`) with `provider`, with
-    /// the default retry and breaker settings and no fallbacks.
-    pub fn add_provider(&mut self, provider: Arc<dyn ChatProvider>, model_ids: &[&str]) {
-        let guard = Arc::new(ProviderGuard::new(
-            provider.name(),
-            RetrySettings::default(),
-            self.call_budget,
-            BreakerSettings::default(),
-        ));
-        let specs = model_ids
-            .iter()
-            .map(|id| ModelSpec {
-                id: (*id).to_string(),
-                upstream: id.split_once('/').map_or(*id, |(_, name)| name).to_string(),
-                fallbacks: Vec::new(),
-            })
-            .collect();
-        self.add_models(provider, guard, specs);
-    }
-
     /// Serves `models` with `provider`, guarded by `guard`.
     pub fn add_models(
         &mut self,
@@ -327,14 +307,6 @@ impl ModelCatalog {
 
     pub fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
         self.models.iter()
-    }
-
-    /// Each distinct provider once, in the order they were added.
-    pub fn providers(&self) -> Vec<Arc<dyn ChatProvider>> {
-        self.guarded_providers()
-            .into_iter()
-            .map(|(provider, _)| provider)
-            .collect()
     }
 
     /// Each distinct provider once with its guard, in the order they were added.

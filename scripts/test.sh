@@ -74,12 +74,21 @@ if [ ${#apt_missing[@]} -gt 0 ] && [ "$can_apt" = 0 ]; then
 fi
 
 if [ ${#apt_missing[@]} -gt 0 ]; then
+  # apt's chatter is shown only when an install fails.
+  apt_log=$(mktemp)
+  trap 'rm -f "$apt_log"' EXIT
   "${sudo[@]}" apt-get update -qq
   for i in "${!apt_missing[@]}"; do
     echo "installing ${apt_missing[$i]}: ${apt_why[$i]}"
     # shellcheck disable=SC2086 # one entry names several packages
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${apt_missing[$i]} >/dev/null
+    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq ${apt_missing[$i]} >"$apt_log" 2>&1; then
+      cat "$apt_log" >&2
+      echo "apt-get install ${apt_missing[$i]} failed" >&2
+      exit 1
+    fi
   done
+  rm -f "$apt_log"
 fi
 
 if [ ${#py_missing[@]} -gt 0 ]; then

@@ -317,7 +317,7 @@ async fn browser(width: u32, height: u32) -> Browser {
         std::path::Path::new(CHROMIUM).exists()
             && Command::new(&driver_bin).arg("--version").output().is_ok(),
         "the dashboard's browser tests need Chromium and chromedriver: \
-         apt-get install -y chromium chromium-driver (.ci/run installs them)"
+         apt-get install -y chromium chromium-driver (scripts/test.sh installs them)"
     );
     let port = free_port();
     let driver = Command::new(&driver_bin)

@@ -2,6 +2,10 @@
 //! `--http-addr`, the REST API too, in the same process), `dev` (the default,
 //! so plain `cargo run`) runs the core and the REST edge in one process with a
 //! ready-to-paste API key.
+//!
+//! The REST edge is in the binary only with the `rest` feature (on by default); built without
+//! it, the command line is the same and `serve --http-addr` and `dev` are refused at start-up
+//! (see [`edge`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -9,10 +13,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use gateway_rest::EdgeArgs;
-use gateway_rest::ops::{
-    config_file, metrics, runtime::RuntimeArgs, shutdown::Shutdown, telemetry,
-};
+use openclaw_runtime::rest_listener::EdgeArgs;
+use openclaw_runtime::{config_file, metrics, runtime::RuntimeArgs, shutdown::Shutdown, telemetry};
 use tokio::net::TcpListener;
 
 use crate::auth::{generate_key, hash_secret};
@@ -106,7 +108,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let edge_config = args
         .http_addr
         .is_some()
-        .then(|| args.edge.config())
+        .then(|| edge::for_serve(&args.edge))
         .transpose()?;
     let gateway = server::build(config).await?;
     config.check_production(gateway.models.any_simulated())?;
@@ -157,31 +159,105 @@ async fn run_replica(
     api: CoreApi,
     grpc: TcpListener,
     tls: Option<tonic::transport::ServerTlsConfig>,
-    rest: Option<(TcpListener, gateway_rest::EdgeConfig)>,
+    rest: Option<(TcpListener, edge::EdgeConfig)>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    let Some((http, mut edge_config)) = rest else {
+    let Some((http, edge_config)) = rest else {
         return api.serve(grpc, tls, shutdown.wait()).await;
     };
-    edge_config.in_process_core = Some(api.in_process());
-    let draining = edge_config.draining.clone();
-    let on_drain = {
-        let stop = shutdown.wait();
-        async move {
-            stop.await;
-            draining.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    };
+    let rest = edge::serve(&api, http, edge_config, shutdown.wait());
     // Either failing stops the replica: a REST API without its gRPC side (or the reverse) is not
     // a replica anyone configured.
-    tokio::try_join!(
-        api.serve(grpc, tls, shutdown.wait()),
-        gateway_rest::serve(http, edge_config, on_drain)
-    )
-    .map(|((), ())| ())
+    tokio::try_join!(api.serve(grpc, tls, shutdown.wait()), rest).map(|((), ())| ())
+}
+
+/// The REST edge in this process: a combined replica's REST side, calling the core in-process.
+#[cfg(feature = "rest")]
+mod edge {
+    use openclaw_runtime::rest_listener::EdgeArgs;
+    use tokio::net::TcpListener;
+
+    use crate::server::CoreApi;
+
+    pub(super) use gateway_rest::EdgeConfig;
+
+    /// The edge of `serve --http-addr`, from the REST listener's settings.
+    pub(super) fn for_serve(args: &EdgeArgs) -> anyhow::Result<EdgeConfig> {
+        EdgeConfig::from_args(args)
+    }
+
+    /// The edge of `dev`: every setting at its default.
+    pub(super) fn for_dev() -> anyhow::Result<EdgeConfig> {
+        Ok(EdgeConfig::default())
+    }
+
+    /// Serves the REST API on `http`, its calls going straight to `api`, until `stop` resolves;
+    /// then readiness turns false and the requests in flight finish.
+    pub(super) fn serve<F>(
+        api: &CoreApi,
+        http: TcpListener,
+        mut config: EdgeConfig,
+        stop: F,
+    ) -> impl Future<Output = anyhow::Result<()>> + use<F>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        config.in_process_core = Some(api.in_process());
+        let draining = config.draining.clone();
+        let on_drain = async move {
+            stop.await;
+            draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        };
+        gateway_rest::serve(http, config, on_drain)
+    }
+}
+
+/// A binary built without the REST edge (no `rest` feature): whatever asks for the REST API is
+/// refused where its edge would be configured, before anything is bound, rather than the flag
+/// being ignored and a gRPC-only core started in its place.
+#[cfg(not(feature = "rest"))]
+mod edge {
+    use openclaw_runtime::rest_listener::EdgeArgs;
+    use tokio::net::TcpListener;
+
+    use crate::server::CoreApi;
+
+    /// There is no edge to configure: no value of this type exists, so no REST side can start.
+    pub(super) enum EdgeConfig {}
+
+    pub(super) fn for_serve(_: &EdgeArgs) -> anyhow::Result<EdgeConfig> {
+        Err(refusal(
+            "--http-addr (OPENCLAW_HTTP_ADDR) asks `serve` for the REST API",
+        ))
+    }
+
+    pub(super) fn for_dev() -> anyhow::Result<EdgeConfig> {
+        Err(refusal(
+            "`dev` (what `openclaw-gateway` runs without a command) serves the REST API",
+        ))
+    }
+
+    pub(super) fn serve(
+        _: &CoreApi,
+        _: TcpListener,
+        config: EdgeConfig,
+        _: impl Future<Output = ()>,
+    ) -> std::future::Ready<anyhow::Result<()>> {
+        match config {}
+    }
+
+    fn refusal(asked: &str) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{asked}, but this openclaw-gateway was built without the REST edge (cargo feature \
+             `rest`). Run `openclaw-gateway serve` (gRPC only) with `openclaw-rest --core-url \
+             http://<this core's gRPC address>` beside it, or use a build with default features \
+             (`cargo build -p openclaw-gateway`), which serves REST in this process."
+        )
+    }
 }
 
 async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
+    let edge_config = edge::for_dev()?;
     let mut telemetry = telemetry::init("openclaw-gateway", args.core.json_logs());
     let token_file = args.core.data_dir.join("internal-token");
     if args.core.internal_token.is_none() {
@@ -241,7 +317,7 @@ async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
     );
     println!();
 
-    let rest = Some((http, gateway_rest::EdgeConfig::default()));
+    let rest = Some((http, edge_config));
     let outcome = shutdown
         .drain_within(
             run_replica(api, grpc, None, rest, &shutdown),

@@ -157,7 +157,7 @@ pub struct CoreConfig {
         value_enum,
         default_value = "development"
     )]
-    pub profile: gateway_rest::ops::Profile,
+    pub profile: openclaw_runtime::Profile,
 
     /// Address of the Prometheus metrics and probe endpoints (/metrics, /livez, /readyz).
     #[arg(long, env = "OPENCLAW_METRICS_ADDR", default_value = "0.0.0.0:9464")]
@@ -188,15 +188,16 @@ pub struct CoreConfig {
 impl CoreConfig {
     /// JSON log lines: asked for, or implied by the production profile.
     pub fn json_logs(&self) -> bool {
-        self.log_format.as_deref().map_or(
-            self.profile == gateway_rest::ops::Profile::Production,
-            |f| f == "json",
-        )
+        self.log_format
+            .as_deref()
+            .map_or(self.profile == openclaw_runtime::Profile::Production, |f| {
+                f == "json"
+            })
     }
 
     /// The production profile's refusals, each naming what to change.
     pub fn check_production(&self, simulated_models: bool) -> anyhow::Result<()> {
-        if self.profile != gateway_rest::ops::Profile::Production {
+        if self.profile != openclaw_runtime::Profile::Production {
             return Ok(());
         }
         let mut problems = Vec::new();

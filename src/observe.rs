@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use gateway_rest::ops::telemetry;
+use openclaw_runtime::telemetry;
 use tower::{Layer, Service};
 use tracing::Instrument as _;
 

@@ -224,7 +224,7 @@ pub fn grpc_tls(config: &CoreConfig) -> anyhow::Result<Option<ServerTlsConfig>> 
             "set both OPENCLAW_GRPC_TLS_CERT and OPENCLAW_GRPC_TLS_KEY for TLS on the gRPC address, or neither"
         ),
     };
-    gateway_rest::tls::install_crypto_provider();
+    openclaw_runtime::tls::install_crypto_provider();
     let mut tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
             read(cert, "gRPC certificate chain")?,
@@ -338,6 +338,8 @@ impl CoreApi {
 
     /// The API as a service the REST edge of this process calls directly: the same services
     /// behind the same layers as over TCP, without a socket, HTTP/2 framing or a task per call.
+    /// Only a binary built with the edge (the `rest` feature) has one to hand it to.
+    #[cfg(feature = "rest")]
     pub fn in_process(&self) -> gateway_rest::CoreService {
         let service = core_layers().service(self.routes.clone());
         gateway_rest::CoreService::in_process(service)
@@ -454,7 +456,7 @@ fn watch_readiness(gateway: Arc<Gateway>, health: tonic_health::server::HealthRe
 }
 
 /// The core's readiness for the metrics port's `/readyz`.
-pub fn readiness_check(gateway: Arc<Gateway>) -> gateway_rest::ops::metrics::ReadinessCheck {
+pub fn readiness_check(gateway: Arc<Gateway>) -> openclaw_runtime::metrics::ReadinessCheck {
     Arc::new(move || {
         let gateway = gateway.clone();
         Box::pin(async move {

@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     }
     drop(file);
     COMMAND.with(|command| {
-        if let Ok(pairs) = gateway_rest::ops::config_file::read(&path, command) {
+        if let Ok(pairs) = openclaw_runtime::config_file::read(&path, command) {
             // Only known settings get through, each as its environment variable.
             for (env, _) in pairs {
                 assert!(!env.is_empty() && !env.contains('='), "{env}");

@@ -130,9 +130,9 @@ pub(crate) async fn stamp(
         path = request.uri().path(),
     );
     // Continue the caller's trace, if it sent one.
-    crate::ops::telemetry::adopt(
+    openclaw_runtime::telemetry::adopt(
         &span,
-        &crate::ops::telemetry::HeaderSource(request.headers()),
+        &openclaw_runtime::telemetry::HeaderSource(request.headers()),
     );
     let route = crate::observe::RouteSlot::default();
     request.extensions_mut().insert(route.clone());
@@ -245,9 +245,9 @@ impl Caller {
         forwarded.insert(REQUEST_ID, request_id.0);
         // The edge's own span continues the trace into the core; without an
         // exporter there is no span context, and the caller's is passed through.
-        crate::ops::telemetry::inject(
+        openclaw_runtime::telemetry::inject(
             &tracing::Span::current(),
-            &mut crate::ops::telemetry::HeaderCarrier(&mut forwarded),
+            &mut openclaw_runtime::telemetry::HeaderCarrier(&mut forwarded),
         );
         if !forwarded.contains_key(&TRACEPARENT) {
             for name in [TRACEPARENT, TRACESTATE] {

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-pub mod ops;
+use openclaw_runtime::metrics::ReadinessCheck;
+use openclaw_runtime::rest_listener;
+use openclaw_runtime::tls::TlsFiles;
+
 pub mod proto;
 pub mod request_bodies;
 
@@ -28,6 +31,7 @@ mod timestamp;
 pub mod tls;
 
 pub use core_client::CoreService;
+pub use openclaw_runtime::rest_listener::EdgeArgs;
 pub use server::serve;
 
 /// How the edge reaches the core and what it accepts from clients.
@@ -39,7 +43,7 @@ pub struct EdgeConfig {
     /// How the edge trusts (and, for mutual TLS, proves itself to) `https://` cores.
     pub core_tls: tls::CoreTls,
     /// The public listener's certificate and key; absent, it serves plain HTTP.
-    pub tls: Option<tls::TlsFiles>,
+    pub tls: Option<TlsFiles>,
     /// How long a client may take to send a request's headers (and, with TLS, to finish the
     /// handshake) before its connection is closed: slow clients cannot hold connections open.
     pub header_read_timeout: Duration,
@@ -64,9 +68,11 @@ impl Default for EdgeConfig {
             core_urls: vec!["http://127.0.0.1:50051".into()],
             core_tls: tls::CoreTls::default(),
             tls: None,
-            header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 16 * 1024,
-            max_body_bytes: 1024 * 1024,
+            header_read_timeout: Duration::from_millis(
+                rest_listener::DEFAULT_HEADER_READ_TIMEOUT_MS,
+            ),
+            max_header_bytes: rest_listener::DEFAULT_MAX_HEADER_BYTES,
+            max_body_bytes: rest_listener::DEFAULT_MAX_BODY_BYTES,
             core_timeout: Duration::from_secs(180),
             draining: Arc::default(),
             in_process_core: None,
@@ -74,53 +80,25 @@ impl Default for EdgeConfig {
     }
 }
 
-/// What the REST listener accepts from clients: the settings an edge has whether it runs as its
-/// own process (`openclaw-rest`) or inside a combined replica (`openclaw-gateway serve
-/// --http-addr`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct EdgeArgs {
-    /// The largest request body accepted, in bytes.
-    #[arg(long, env = "OPENCLAW_MAX_BODY_BYTES", default_value_t = EdgeConfig::default().max_body_bytes)]
-    pub max_body_bytes: usize,
-    /// The largest total size of a request's headers, in bytes (larger: 431).
-    #[arg(long, env = "OPENCLAW_MAX_HEADER_BYTES", default_value_t = EdgeConfig::default().max_header_bytes)]
-    pub max_header_bytes: usize,
-    /// How long a client may take to send its request headers (and finish the TLS handshake)
-    /// before the connection is closed, in milliseconds.
-    #[arg(
-        long,
-        env = "OPENCLAW_HEADER_READ_TIMEOUT_MS",
-        default_value_t = 10_000
-    )]
-    pub header_read_timeout_ms: u64,
-    /// PEM certificate chain (leaf first) for HTTPS on the REST address; with --tls-key.
-    /// Absent: plain HTTP (for TLS terminated in front of the edge).
-    #[arg(long, env = "OPENCLAW_TLS_CERT")]
-    pub tls_cert: Option<std::path::PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "OPENCLAW_TLS_KEY")]
-    pub tls_key: Option<std::path::PathBuf>,
-}
-
-impl EdgeArgs {
-    /// The edge configuration these settings make, everything else at its default.
-    pub fn config(&self) -> anyhow::Result<EdgeConfig> {
-        Ok(EdgeConfig {
-            tls: tls::TlsFiles::from_pair(
-                self.tls_cert.clone(),
-                self.tls_key.clone(),
+impl EdgeConfig {
+    /// The edge configuration the REST listener's settings make, everything else at its default.
+    pub fn from_args(args: &EdgeArgs) -> anyhow::Result<Self> {
+        Ok(Self {
+            tls: TlsFiles::from_pair(
+                args.tls_cert.clone(),
+                args.tls_key.clone(),
                 ("OPENCLAW_TLS_CERT", "OPENCLAW_TLS_KEY"),
             )?,
-            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
-            max_header_bytes: self.max_header_bytes,
-            max_body_bytes: self.max_body_bytes,
-            ..EdgeConfig::default()
+            header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+            max_header_bytes: args.max_header_bytes,
+            max_body_bytes: args.max_body_bytes,
+            ..Self::default()
         })
     }
 }
 
 /// The edge's readiness for the metrics port's `/readyz`: not draining, and a core answers.
-pub fn readiness_check(config: &EdgeConfig) -> anyhow::Result<ops::metrics::ReadinessCheck> {
+pub fn readiness_check(config: &EdgeConfig) -> anyhow::Result<ReadinessCheck> {
     let core = core_client::CoreClient::new(config)?;
     let draining = config.draining.clone();
     Ok(Arc::new(move || {

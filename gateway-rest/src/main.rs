@@ -4,11 +4,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use gateway_rest::ops::{
+use gateway_rest::tls::CoreTls;
+use gateway_rest::{EdgeArgs, EdgeConfig};
+use openclaw_runtime::tls::TlsFiles;
+use openclaw_runtime::{
     Profile, config_file, metrics, runtime::RuntimeArgs, shutdown::Shutdown, telemetry,
 };
-use gateway_rest::tls::{CoreTls, TlsFiles};
-use gateway_rest::{EdgeArgs, EdgeConfig};
 use tokio::net::TcpListener;
 
 /// OpenClaw Gateway REST edge: serves the JSON API and forwards every call to the core over gRPC.
@@ -98,7 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ("OPENCLAW_CORE_CLIENT_CERT", "OPENCLAW_CORE_CLIENT_KEY"),
             )?,
         },
-        ..cli.edge.config()?
+        ..EdgeConfig::from_args(&cli.edge)?
     };
     let draining = config.draining.clone();
     let listener = TcpListener::bind(cli.http_addr).await?;

@@ -1,51 +1,14 @@
-//! TLS for the edge: the public listener's certificate (HTTPS, with ALPN for HTTP/2 and
-//! HTTP/1.1), and the edge's side of its gRPC connection to the core (a CA to trust, and a client
-//! certificate when the core asks for one: mutual TLS).
-//!
-//! Files are read once, at start-up; a missing or unreadable file stops the process with a message
-//! naming the file and the setting that points at it.
+//! TLS the edge alone uses: its public listener's certificate (HTTPS, with ALPN for HTTP/2 and
+//! HTTP/1.1), and its side of the gRPC connections to the cores (a CA to trust, and a client
+//! certificate when a core asks for one: mutual TLS). The files are read with the shared runtime's
+//! loaders ([`openclaw_runtime::tls`]), so both processes name a bad file the same way.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio_rustls::rustls::{
-    self,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
-};
-
-/// A certificate chain and its private key, both PEM files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// The certificate chain, leaf first (`OPENCLAW_TLS_CERT`).
-    pub cert: PathBuf,
-    /// The private key of the leaf certificate, PKCS#8, PKCS#1 or SEC1 (`OPENCLAW_TLS_KEY`).
-    pub key: PathBuf,
-}
-
-impl TlsFiles {
-    /// Both paths or neither: one without the other is a configuration mistake, named.
-    pub fn from_pair(
-        cert: Option<PathBuf>,
-        key: Option<PathBuf>,
-        (cert_setting, key_setting): (&str, &str),
-    ) -> anyhow::Result<Option<Self>> {
-        match (cert, key) {
-            (Some(cert), Some(key)) => Ok(Some(Self { cert, key })),
-            (None, None) => Ok(None),
-            (Some(_), None) => {
-                anyhow::bail!(
-                    "{cert_setting} is set but {key_setting} is not: set both, or neither"
-                )
-            }
-            (None, Some(_)) => {
-                anyhow::bail!(
-                    "{key_setting} is set but {cert_setting} is not: set both, or neither"
-                )
-            }
-        }
-    }
-}
+use openclaw_runtime::tls::{TlsFiles, certificates, install_crypto_provider, private_key};
+use tokio_rustls::rustls;
 
 /// How the edge reaches the core over TLS. Used for `https://` core URLs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,39 +19,6 @@ pub struct CoreTls {
     /// The edge's client certificate and key, for a core that requires mutual TLS
     /// (`OPENCLAW_CORE_CLIENT_CERT`, `OPENCLAW_CORE_CLIENT_KEY`).
     pub client: Option<TlsFiles>,
-}
-
-/// The same cryptography everywhere (aws-lc-rs), whatever else the dependency tree enables.
-pub fn install_crypto_provider() {
-    // Err only means a provider is installed already, which is what we want.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
-}
-
-fn certificates(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let pem = read(path, what)?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("the {what} {} is not valid PEM", path.display()))?;
-    anyhow::ensure!(
-        !chain.is_empty(),
-        "the {what} {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-        path.display()
-    );
-    Ok(chain)
-}
-
-fn private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    let pem = read(path, "private key")?;
-    PrivateKeyDer::from_pem_slice(&pem).with_context(|| {
-        format!(
-            "the private key {} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
-            path.display()
-        )
-    })
 }
 
 /// The public listener's TLS configuration: the certificate and key from `files`, ALPN offering

@@ -213,9 +213,9 @@ impl OpenAiCompatible {
         }
         // The trace continues into the provider (W3C traceparent), when traces are exported.
         let mut trace = reqwest::header::HeaderMap::new();
-        gateway_rest::ops::telemetry::inject(
+        openclaw_runtime::telemetry::inject(
             &tracing::Span::current(),
-            &mut gateway_rest::ops::telemetry::HeaderCarrier(&mut trace),
+            &mut openclaw_runtime::telemetry::HeaderCarrier(&mut trace),
         );
         call = call.headers(trace);
         let response = call

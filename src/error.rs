@@ -166,6 +166,10 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %err, "state store returned data that does not decode");
                 ApiError::internal()
             }
+            StoreError::Internal(_) => {
+                tracing::error!(error = %err, "state store refused an operation of ours");
+                ApiError::internal()
+            }
         }
     }
 }

@@ -1,16 +1,19 @@
 //! The product's errors, defined once. Each [`ErrorCode`] (from `proto/openclaw/v1/errors.proto`)
 //! maps to exactly one gRPC status here; the REST edge maps the same code to its HTTP status.
 //! A failed call carries the code as `google.rpc.ErrorInfo.reason`, the sentence telling the
-//! user what to fix as `ErrorInfo.metadata["details"]`, field problems as `BadRequest`, and
-//! the wait before a retry as `RetryInfo`, so gRPC and REST callers learn the same things.
+//! user what to fix as `ErrorInfo.metadata["details"]`, field problems as `BadRequest` (the
+//! field's name, and a [`FieldViolationReason`] where a client acts on it), and the wait
+//! before a retry as `RetryInfo`, so gRPC and REST callers learn the same things. Everything a
+//! client may act on travels in those details: the sentences are for people, and no reader of
+//! a status has to parse them.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-pub use crate::proto::ErrorCode;
+pub use crate::proto::{ErrorCode, FieldViolationReason};
 use crate::store::StoreError;
 
 /// The `ErrorInfo.domain` of every error this gateway raises.
@@ -25,6 +28,8 @@ pub struct ApiError {
     pub details: String,
     /// The request field at fault, when one is.
     pub field: Option<String>,
+    /// Why [`Self::field`] is at fault, when a client may act on the reason (an unknown model).
+    pub field_reason: Option<FieldViolationReason>,
     pub retry_after: Option<Duration>,
     /// Extra response metadata (rate-limit figures) that travels with the error.
     pub metadata: Vec<(&'static str, String)>,
@@ -39,6 +44,7 @@ impl ApiError {
             message: message.into(),
             details: details.into(),
             field: None,
+            field_reason: None,
             retry_after: None,
             metadata: Vec::new(),
         }
@@ -90,6 +96,13 @@ impl ApiError {
         )
     }
 
+    /// Names why the field is at fault, for clients that act on it (`BadRequest`'s
+    /// `FieldViolation.reason`); only meaningful with [`Self::invalid_field`].
+    pub fn with_field_reason(mut self, reason: FieldViolationReason) -> Self {
+        self.field_reason = Some(reason);
+        self
+    }
+
     pub fn with_retry_after(mut self, wait: Duration) -> Self {
         self.retry_after = Some(wait);
         self
@@ -137,7 +150,15 @@ impl From<ApiError> for Status {
         let mut details = ErrorDetails::new();
         details.set_error_info(err.code.as_str_name(), ERROR_DOMAIN, info);
         if let Some(field) = &err.field {
-            details.add_bad_request_violation(field.clone(), err.details.clone());
+            details.set_bad_request(vec![FieldViolation {
+                field: field.clone(),
+                description: err.details.clone(),
+                reason: err
+                    .field_reason
+                    .map(|reason| reason.as_str_name().to_owned())
+                    .unwrap_or_default(),
+                localized_message: None,
+            }]);
         }
         if let Some(wait) = err.retry_after {
             details.set_retry_info(Some(wait));
@@ -166,6 +187,88 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %err, "state store returned data that does not decode");
                 ApiError::internal()
             }
+            StoreError::Internal(_) => {
+                tracing::error!(error = %err, "state store refused an operation of ours");
+                ApiError::internal()
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::StatusExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_field_error_names_its_field_in_bad_request() {
+        let status = Status::from(ApiError::invalid_field(
+            "schedule.everyMs",
+            "Invalid field value",
+            "Any wording at all",
+        ));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "INVALID_REQUEST");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(
+            info.metadata.get("details").map(String::as_str),
+            Some("Any wording at all")
+        );
+        let violations = &details.bad_request().expect("BadRequest").field_violations;
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].field, "schedule.everyMs");
+        assert_eq!(violations[0].description, "Any wording at all");
+        assert_eq!(
+            violations[0].reason, "",
+            "an ordinary invalid value has no reason"
+        );
+    }
+
+    #[test]
+    fn a_field_reason_travels_as_the_violation_reason() {
+        let status = Status::from(
+            ApiError::invalid_field("payload.model", "Unknown model", "Not here")
+                .with_field_reason(FieldViolationReason::UnknownModel),
+        );
+        let details = status.get_error_details();
+        let violation = &details.bad_request().expect("BadRequest").field_violations[0];
+        assert_eq!(violation.field, "payload.model");
+        assert_eq!(violation.reason, "UNKNOWN_MODEL");
+    }
+
+    #[test]
+    fn an_error_without_a_field_has_no_bad_request() {
+        let status = Status::from(ApiError::not_found("Session", "s1"));
+        assert!(status.get_error_details().bad_request().is_none());
+    }
+
+    #[test]
+    fn a_wait_travels_as_retry_info() {
+        let status = Status::from(
+            ApiError::new(ErrorCode::RateLimitExceeded, "Rate limit exceeded", "Wait")
+                .with_retry_after(Duration::from_millis(2_500)),
+        );
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = status.get_error_details();
+        assert_eq!(
+            details.retry_info().and_then(|info| info.retry_delay),
+            Some(Duration::from_millis(2_500))
+        );
+    }
+
+    #[test]
+    fn a_store_timeout_is_unavailable_and_a_refused_operation_internal() {
+        let timeout = ApiError::from(StoreError::Timeout);
+        assert_eq!(timeout.code, ErrorCode::Unavailable);
+        assert!(timeout.retry_after.is_some());
+        let refused = ApiError::from(StoreError::Internal("WRONGTYPE".into()));
+        assert_eq!(refused.code, ErrorCode::InternalError);
+        assert!(
+            !refused.details.contains("WRONGTYPE"),
+            "no Redis internals leak"
+        );
     }
 }

@@ -233,7 +233,7 @@ impl EventBus {
                     .arg(event.encode())
                     .query_async(&mut conn)
                     .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                    .map_err(StoreError::from)?;
                 id.parse()
                     .map_err(|_| StoreError::Corrupt(format!("stream id {id}")))
             }
@@ -285,7 +285,7 @@ impl EventBus {
                     .arg(limit)
                     .query_async(&mut conn)
                     .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                    .map_err(StoreError::from)?;
                 Ok(reply.ids.iter().filter_map(decode_entry).collect())
             }
             Backend::Memory { ring } => {

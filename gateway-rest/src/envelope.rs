@@ -53,20 +53,15 @@ pub(crate) struct ErrorObject {
     pub(crate) retry_after: Option<u64>,
 }
 
-impl ErrorEnvelope {
-    pub(crate) fn new(
-        code: &str,
-        message: String,
-        details: String,
-        retry_after: Option<u64>,
-    ) -> Self {
+impl From<&ApiError> for ErrorEnvelope {
+    fn from(error: &ApiError) -> Self {
         Self {
             success: false,
             error: ErrorObject {
-                code: code.to_owned(),
-                message,
-                details,
-                retry_after,
+                code: crate::error::code_name(error.code).to_owned(),
+                message: error.message.clone(),
+                details: error.details.clone(),
+                retry_after: error.rendered_retry_after(),
             },
             timestamp: timestamp::now(),
         }

@@ -1,9 +1,12 @@
 //! The one error type of the edge, and the one place where an error code becomes an HTTP status.
 //!
 //! Errors reach the edge from two sides: the core answers a failed call with a `tonic::Status`
-//! carrying `google.rpc.ErrorInfo` (the code name and the details sentence), and the edge itself
-//! rejects requests whose JSON shape, headers or route are wrong. Both end as an [`ApiError`],
-//! rendered into the guide's envelope by its `IntoResponse`.
+//! carrying `google.rpc` details (`ErrorInfo`: the code name and the details sentence;
+//! `BadRequest`: the field at fault and, where a client acts on it, why; `RetryInfo`: the wait),
+//! and the edge itself rejects requests whose JSON shape, headers or route are wrong. Both end
+//! as an [`ApiError`], read from the details and never from the sentences. Every body shape
+//! renders from it through [`ApiError::render`]: the guide's envelope (its `IntoResponse`) and
+//! OpenAI's (`routes::openai`), with the same status and headers.
 
 use std::time::Duration;
 
@@ -11,10 +14,15 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use serde::Serialize;
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
-use crate::{envelope::ErrorEnvelope, headers, proto::ErrorCode};
+use crate::{
+    envelope::ErrorEnvelope,
+    headers,
+    proto::{ErrorCode, FieldViolationReason},
+};
 
 /// What the edge tells the caller when a request fails.
 #[derive(Debug, Clone)]
@@ -26,6 +34,10 @@ pub(crate) struct ApiError {
     pub(crate) details: String,
     /// Whole seconds; only for `RATE_LIMIT_EXCEEDED`.
     pub(crate) retry_after: Option<u64>,
+    /// The request field at fault (`model`, `messages[0].role`), when one is.
+    pub(crate) field: Option<String>,
+    /// Why [`Self::field`] is at fault, when the contract names the reason (an unknown model).
+    pub(crate) field_reason: Option<FieldViolationReason>,
     /// Set where the contract refines a code's status (413, 415, 405 for `INVALID_REQUEST`).
     status_override: Option<StatusCode>,
     /// Headers the core asked to pass on (rate-limit state, `Retry-After`). Boxed: most errors
@@ -68,6 +80,8 @@ impl ApiError {
             message: message.into(),
             details: details.into(),
             retry_after: None,
+            field: None,
+            field_reason: None,
             status_override: None,
             headers: None,
         }
@@ -75,6 +89,18 @@ impl ApiError {
 
     pub(crate) fn invalid_request(message: impl Into<String>, details: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidRequest, message, details)
+    }
+
+    /// A request field is missing or wrong; `field` is its path in the request
+    /// (`messages[0].role`).
+    pub(crate) fn invalid_field(
+        field: impl Into<String>,
+        message: impl Into<String>,
+        details: impl Into<String>,
+    ) -> Self {
+        let mut error = Self::invalid_request(message, details);
+        error.field = Some(field.into());
+        error
     }
 
     pub(crate) fn internal() -> Self {
@@ -131,13 +157,44 @@ impl ApiError {
         self
     }
 
-    /// The headers the core asked to pass on, for a renderer of another body shape
-    /// (the OpenAI-compatible routes).
-    pub(crate) fn take_headers(&mut self) -> HeaderMap {
-        self.headers
+    /// `retryAfter`: the wait the caller is told, only where the contract promises one.
+    pub(crate) fn rendered_retry_after(&self) -> Option<u64> {
+        match self.code {
+            ErrorCode::RateLimitExceeded => self.retry_after,
+            _ => None,
+        }
+    }
+
+    /// The one way a failed request becomes a response, whatever the body's shape: `body` is
+    /// this error in the caller's API (the guide's envelope, OpenAI's `{"error": ...}`); the
+    /// status, the log line and the headers are the same for all.
+    pub(crate) fn render<B: Serialize>(mut self, body: impl FnOnce(&ApiError) -> B) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
+        }
+        let headers = self.response_headers();
+        let mut response = (status, crate::envelope::json_body(&body(&self))).into_response();
+        response.headers_mut().extend(headers);
+        response
+    }
+
+    /// The headers every rendering of this error carries: what the core asked to pass on
+    /// (rate-limit state), and `Retry-After` with the wait the body states.
+    fn response_headers(&mut self) -> HeaderMap {
+        let mut headers = self
+            .headers
             .take()
             .map(|headers| *headers)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(seconds) = self.rendered_retry_after()
+            && !headers.contains_key(header::RETRY_AFTER)
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        headers
     }
 
     pub(crate) fn status(&self) -> StatusCode {
@@ -160,40 +217,16 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// The guide's envelope.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
-        } else {
-            tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
-        }
-        let retry_after = match self.code {
-            ErrorCode::RateLimitExceeded => self.retry_after,
-            _ => None,
-        };
-        let body = ErrorEnvelope::new(
-            code_name(self.code),
-            self.message,
-            self.details,
-            retry_after,
-        );
-        let mut response = (status, crate::envelope::json_body(&body)).into_response();
-        let out = response.headers_mut();
-        if let Some(forwarded) = self.headers {
-            out.extend(*forwarded);
-        }
-        if let Some(seconds) = retry_after
-            && !out.contains_key(header::RETRY_AFTER)
-        {
-            out.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
+        self.render(|error| ErrorEnvelope::from(error))
     }
 }
 
 /// A failed core call. The core names the code in `ErrorInfo.reason`; a status without one came
 /// from the transport (or from something that is not our core) and is mapped by its gRPC code.
+/// The field at fault and its reason come from `BadRequest`, the wait from `RetryInfo`.
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let forwarded = headers::forwardable(status.metadata());
@@ -217,6 +250,16 @@ impl From<tonic::Status> for ApiError {
             }
             None => from_bare_status(&status),
         };
+        if let Some(violation) = details
+            .bad_request()
+            .and_then(|bad| bad.field_violations.first())
+            .filter(|violation| !violation.field.is_empty())
+        {
+            error.field = Some(violation.field.clone());
+            // A reason this edge does not know yet is an ordinary field error to it.
+            error.field_reason = FieldViolationReason::from_str_name(&violation.reason)
+                .filter(|reason| *reason != FieldViolationReason::Unspecified);
+        }
         if error.code == ErrorCode::RateLimitExceeded {
             error.retry_after = details
                 .retry_info()
@@ -539,6 +582,40 @@ mod tests {
         assert_eq!(http, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(body["error"]["code"], "INTERNAL_ERROR");
         assert!(!body.to_string().contains("redis"));
+    }
+
+    #[test]
+    fn the_field_and_its_reason_come_from_bad_request() {
+        let mut details = ErrorDetails::with_error_info(
+            "INVALID_REQUEST",
+            "openclaw.ai",
+            HashMap::from([("details".to_owned(), "Whatever the core says".to_owned())]),
+        );
+        details.set_bad_request(vec![tonic_types::FieldViolation {
+            field: "payload.model".to_owned(),
+            description: "Whatever the core says".to_owned(),
+            reason: "UNKNOWN_MODEL".to_owned(),
+            localized_message: None,
+        }]);
+        let status = tonic::Status::with_error_details(Code::InvalidArgument, "Nope", details);
+        let error = ApiError::from(status);
+        assert_eq!(error.code, ErrorCode::InvalidRequest);
+        assert_eq!(error.field.as_deref(), Some("payload.model"));
+        assert_eq!(error.field_reason, Some(FieldViolationReason::UnknownModel));
+    }
+
+    #[test]
+    fn a_status_without_bad_request_names_no_field() {
+        let status = status_from_core(
+            Code::InvalidArgument,
+            "INVALID_REQUEST",
+            "Missing required field",
+            "The field 'model' is required",
+            None,
+        );
+        let error = ApiError::from(status);
+        assert_eq!(error.field, None, "the sentence is not read for a field");
+        assert_eq!(error.field_reason, None);
     }
 
     #[test]

@@ -208,7 +208,8 @@ fn data_error(path: &str, message: &str) -> ApiError {
         } else {
             format!("{path}.{field}")
         };
-        return ApiError::invalid_request(
+        return ApiError::invalid_field(
+            full.clone(),
             "Missing required field",
             format!("The field '{full}' is required"),
         );
@@ -221,11 +222,13 @@ fn data_error(path: &str, message: &str) -> ApiError {
             "Invalid request body",
             "The request body must be a JSON object",
         ),
-        (false, Some(expected)) => ApiError::invalid_request(
+        (false, Some(expected)) => ApiError::invalid_field(
+            path,
             "Invalid field type",
             format!("The field '{path}' must be {expected}"),
         ),
-        (false, None) => ApiError::invalid_request(
+        (false, None) => ApiError::invalid_field(
+            path,
             "Invalid field value",
             format!("The field '{path}' is invalid: {message}"),
         ),

@@ -55,10 +55,6 @@ fn redis_key(hash: &str) -> String {
     format!("oc:dash:{hash}")
 }
 
-fn unavailable(err: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(err.to_string())
-}
-
 #[async_trait]
 impl DashboardSessionStore for RedisDashboardSessions {
     async fn put(&self, hash: &str, session: &DashboardSession) -> StoreResult<()> {
@@ -72,7 +68,7 @@ impl DashboardSessionStore for RedisDashboardSessions {
             .arg(seconds_left(session))
             .query_async::<()>(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(StoreError::from)
     }
 
     async fn get(&self, hash: &str) -> StoreResult<Option<DashboardSession>> {
@@ -81,7 +77,7 @@ impl DashboardSessionStore for RedisDashboardSessions {
             .arg(redis_key(hash))
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         let Some(json) = json else { return Ok(None) };
         let session: DashboardSession =
             serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -94,7 +90,7 @@ impl DashboardSessionStore for RedisDashboardSessions {
             .arg(redis_key(hash))
             .query_async::<()>(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(StoreError::from)
     }
 }
 

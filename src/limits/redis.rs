@@ -167,10 +167,6 @@ fn lease_set(key: &str, kind: CapKind) -> String {
     format!("oc:rl:{{{key}}}:{}", kind.suffix())
 }
 
-fn unavailable(err: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(err.to_string())
-}
-
 #[async_trait]
 impl LimitBackend for RedisLimits {
     async fn admit(
@@ -196,7 +192,7 @@ impl LimitBackend for RedisLimits {
             .arg(charge.context)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         let figure = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
         let usage = Usage {
             requests: figure(1),
@@ -226,7 +222,7 @@ impl LimitBackend for RedisLimits {
             .arg(used.context)
             .invoke_async::<i64>(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(())
     }
 
@@ -238,7 +234,7 @@ impl LimitBackend for RedisLimits {
             .arg(window.as_millis() as u64)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(n.max(0) as u64)
     }
 
@@ -259,7 +255,7 @@ impl LimitBackend for RedisLimits {
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         let figure = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
         Ok(LeaseDecision {
             taken: figure(0) == 1,
@@ -281,7 +277,7 @@ impl LimitBackend for RedisLimits {
             .arg(ttl.as_millis() as u64)
             .invoke_async::<i64>(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(())
     }
 
@@ -292,7 +288,7 @@ impl LimitBackend for RedisLimits {
             .arg(lease)
             .query_async::<i64>(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(())
     }
 }

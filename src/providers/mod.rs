@@ -24,7 +24,7 @@ pub use self::openai::{OpenAiCompatible, OpenAiConfig};
 pub use self::resilience::ProviderGuard;
 pub use self::simulator::Simulator;
 
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode, FieldViolationReason};
 use crate::tokenizer;
 
 #[derive(Debug, Clone)]
@@ -271,6 +271,7 @@ impl ModelCatalog {
     /// Like [`Self::resolve`], as a handle that outlives the catalog borrow.
     pub fn resolve_model(&self, id: &str) -> Result<&Arc<Model>, ApiError> {
         self.models.iter().find(|m| m.id == id).ok_or_else(|| {
+            // The reason, not the sentence, is what clients act on (OpenAI's `model_not_found`).
             ApiError::invalid_field(
                 "model",
                 "Unknown model",
@@ -279,6 +280,7 @@ impl ModelCatalog {
                     self.ids().join(", ")
                 ),
             )
+            .with_field_reason(FieldViolationReason::UnknownModel)
         })
     }
 
@@ -322,5 +324,48 @@ impl ModelCatalog {
 
     pub fn any_simulated(&self) -> bool {
         self.models.iter().any(|m| m.provider.simulated())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::StatusExt as _;
+
+    use super::*;
+
+    fn catalog() -> ModelCatalog {
+        let mut catalog = ModelCatalog::default();
+        catalog.add_provider(Arc::new(Simulator::new("zai")), &[DEFAULT_MODEL]);
+        catalog
+    }
+
+    /// A client learns that the model is unknown, and which field named it, from the status's
+    /// `BadRequest` details: the sentences may be reworded at any time.
+    #[test]
+    fn an_unknown_model_is_marked_as_such_in_the_status_details() {
+        let Err(error) = catalog().resolve_loose("nobody/nothing") else {
+            panic!("an unknown model resolves to nothing");
+        };
+        assert_eq!(error.code, ErrorCode::InvalidRequest);
+        assert_eq!(error.field.as_deref(), Some("model"));
+        assert_eq!(error.field_reason, Some(FieldViolationReason::UnknownModel));
+
+        let status = tonic::Status::from(error);
+        let details = status.get_error_details();
+        let violation = details
+            .bad_request()
+            .and_then(|bad| bad.field_violations.first())
+            .expect("a field violation");
+        assert_eq!(violation.field, "model");
+        assert_eq!(violation.reason, "UNKNOWN_MODEL");
+        assert_eq!(
+            details.error_info().map(|info| info.reason.as_str()),
+            Some("INVALID_REQUEST")
+        );
+    }
+
+    #[test]
+    fn a_served_model_resolves() {
+        assert!(catalog().resolve(DEFAULT_MODEL).is_ok());
     }
 }

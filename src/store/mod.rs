@@ -9,6 +9,7 @@
 
 mod embedded;
 mod redis;
+mod redis_error;
 
 use std::time::Duration;
 
@@ -28,6 +29,10 @@ pub enum StoreError {
     Timeout,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The backend refused an operation as we wrote it (a script that fails, a command
+    /// against a value of another type): a fault of ours, which retrying does not cure.
+    #[error("storage backend refused the operation: {0}")]
+    Internal(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -190,14 +190,6 @@ fn key_hash_key(hash: &str) -> String {
 
 const KEYS_INDEX: &str = "oc:keys";
 
-fn to_store_error(err: redis::RedisError) -> StoreError {
-    if err.is_timeout() {
-        StoreError::Timeout
-    } else {
-        StoreError::Unavailable(err.to_string())
-    }
-}
-
 fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -233,7 +225,7 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
-            .map_err(to_store_error)?;
+            .map_err(StoreError::from)?;
         Ok(Self {
             conn,
             scripts: std::sync::Arc::new(Scripts::new()),
@@ -257,7 +249,7 @@ impl Store for RedisStore {
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await
-            .map_err(to_store_error)?;
+            .map_err(StoreError::from)?;
         Ok(())
     }
 
@@ -270,7 +262,7 @@ impl Store for RedisStore {
             .zadd(KEYS_INDEX, &key.id, key.created_at.timestamp_millis())
             .query_async::<()>(&mut conn)
             .await
-            .map_err(to_store_error)
+            .map_err(StoreError::from)
     }
 
     async fn key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<KeyRecord>> {
@@ -278,7 +270,7 @@ impl Store for RedisStore {
         let id: Option<String> = conn
             .get(key_hash_key(secret_hash))
             .await
-            .map_err(to_store_error)?;
+            .map_err(StoreError::from)?;
         match id {
             Some(id) => self.key_by_id(&id).await,
             None => Ok(None),
@@ -287,7 +279,7 @@ impl Store for RedisStore {
 
     async fn key_by_id(&self, id: &str) -> StoreResult<Option<KeyRecord>> {
         let mut conn = self.conn.clone();
-        let raw: Option<String> = conn.get(key_key(id)).await.map_err(to_store_error)?;
+        let raw: Option<String> = conn.get(key_key(id)).await.map_err(StoreError::from)?;
         raw.as_deref().map(decode).transpose()
     }
 
@@ -296,12 +288,12 @@ impl Store for RedisStore {
         let ids: Vec<String> = conn
             .zrange(KEYS_INDEX, 0, -1)
             .await
-            .map_err(to_store_error)?;
+            .map_err(StoreError::from)?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = ids.iter().map(|id| key_key(id)).collect();
-        let raws: Vec<Option<String>> = conn.mget(keys).await.map_err(to_store_error)?;
+        let raws: Vec<Option<String>> = conn.mget(keys).await.map_err(StoreError::from)?;
         raws.iter().flatten().map(|raw| decode(raw)).collect()
     }
 
@@ -316,7 +308,7 @@ impl Store for RedisStore {
                 .arg(encode(&record)?)
                 .invoke_async(&mut conn)
                 .await
-                .map_err(to_store_error)?;
+                .map_err(StoreError::from)?;
             match outcome {
                 1 => return Ok(true),
                 0 => return Ok(false),
@@ -353,7 +345,7 @@ impl Store for RedisStore {
         let created: i64 = invocation
             .invoke_async(&mut conn)
             .await
-            .map_err(to_store_error)?;
+            .map_err(StoreError::from)?;
         Ok(created == 1)
     }
 
@@ -368,7 +360,7 @@ impl Store for RedisStore {
             .llen(format!("{base}:msgs"))
             .query_async(&mut conn)
             .await
-            .map_err(to_store_error)?;
+            .map_err(StoreError::from)?;
         match record {
             Some(record) => Ok(Some(decode_session(&record, updated_at.as_deref(), count)?)),
             None => Ok(None),
@@ -387,7 +379,7 @@ impl Store for RedisStore {
         let mut ids: Vec<String> = conn
             .zrevrange(owner_index(owner), start, stop)
             .await
-            .map_err(to_store_error)?;
+            .map_err(StoreError::from)?;
         let more = ids.len() > limit as usize;
         ids.truncate(limit as usize);
         let mut pipe = redis::pipe();
@@ -402,8 +394,10 @@ impl Store for RedisStore {
         let rows: Vec<((Option<String>, Option<String>), u32)> = if ids.is_empty() {
             Vec::new()
         } else {
-            let flat: Vec<redis::Value> =
-                pipe.query_async(&mut conn).await.map_err(to_store_error)?;
+            let flat: Vec<redis::Value> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(StoreError::from)?;
             flat.chunks(2)
                 .map(|pair| {
                     let meta = redis::from_redis_value(pair[0].clone())
@@ -441,7 +435,7 @@ impl Store for RedisStore {
         let raws: Vec<String> = conn
             .lrange(format!("{base}:msgs"), start, stop)
             .await
-            .map_err(to_store_error)?;
+            .map_err(StoreError::from)?;
         let more = raws.len() > limit as usize;
         let items = raws
             .iter()
@@ -468,7 +462,7 @@ impl Store for RedisStore {
             .arg(id)
             .invoke_async(&mut conn)
             .await
-            .map_err(to_store_error)?;
+            .map_err(StoreError::from)?;
         Ok(deleted == 1)
     }
 
@@ -491,7 +485,7 @@ impl Store for RedisStore {
             .arg(lease.as_millis().max(1) as u64)
             .invoke_async(&mut conn)
             .await
-            .map_err(to_store_error)?;
+            .map_err(StoreError::from)?;
         match reply.first().and_then(|s| s.as_deref()) {
             Some("none") => Ok(LockOutcome::NoSession),
             Some("busy") => Ok(LockOutcome::Busy),
@@ -541,7 +535,7 @@ impl Store for RedisStore {
         let outcome: String = invocation
             .invoke_async(&mut conn)
             .await
-            .map_err(to_store_error)?;
+            .map_err(StoreError::from)?;
         match outcome.as_str() {
             "ok" => Ok(AppendOutcome::Appended),
             "lost" => Ok(AppendOutcome::LockLost),
@@ -561,7 +555,7 @@ impl Store for RedisStore {
             .arg(token)
             .invoke_async::<i64>(&mut conn)
             .await
-            .map_err(to_store_error)?;
+            .map_err(StoreError::from)?;
         Ok(())
     }
 
@@ -594,7 +588,7 @@ impl Store for RedisStore {
         let outcome: String = invocation
             .invoke_async(&mut conn)
             .await
-            .map_err(to_store_error)?;
+            .map_err(StoreError::from)?;
         match outcome.as_str() {
             "ok" => Ok(AppendOutcome::Appended),
             "lost" => Ok(AppendOutcome::LockLost),
@@ -620,6 +614,6 @@ impl Store for RedisStore {
             .arg(request_id)
             .invoke_async(&mut conn)
             .await
-            .map_err(to_store_error)
+            .map_err(StoreError::from)
     }
 }

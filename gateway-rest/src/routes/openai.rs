@@ -8,7 +8,7 @@ use std::convert::Infallible;
 
 use axum::{
     extract::{FromRef, FromRequest, Request, State},
-    http::{HeaderMap, HeaderName, HeaderValue, header},
+    http::{HeaderMap, HeaderName, HeaderValue},
     response::{IntoResponse, Response, sse::Event},
 };
 use futures::StreamExt as _;
@@ -74,7 +74,7 @@ pub(crate) struct OpenAiErrorObject {
 }
 
 fn error_body(error: &ApiError) -> OpenAiErrorBody {
-    use crate::proto::ErrorCode as C;
+    use crate::proto::{ErrorCode as C, FieldViolationReason};
     let kind = match error.code {
         C::InvalidRequest => "invalid_request_error",
         C::Unauthorized => "authentication_error",
@@ -88,48 +88,27 @@ fn error_body(error: &ApiError) -> OpenAiErrorBody {
         | C::Unavailable
         | C::UpstreamTimeout => "server_error",
     };
-    // The gateway's sentences name the field they are about: "The field 'model' is required".
-    let mut param = error
-        .details
-        .strip_prefix("The field '")
-        .and_then(|rest| rest.split_once('\''))
-        .map(|(field, _)| field.to_owned());
-    let code = if error.message == "Unknown model" {
-        param = Some("model".to_owned());
-        "model_not_found".to_owned()
-    } else {
-        crate::error::code_name(error.code).to_ascii_lowercase()
+    // OpenAI's own code where one exists for the field's reason, the gateway's otherwise.
+    let code = match error.field_reason {
+        Some(FieldViolationReason::UnknownModel) => "model_not_found".to_owned(),
+        Some(FieldViolationReason::Unspecified) | None => {
+            crate::error::code_name(error.code).to_ascii_lowercase()
+        }
     };
     OpenAiErrorBody {
         error: OpenAiErrorObject {
             message: error.details.clone(),
             kind,
-            param,
+            param: error.field.clone(),
             code,
         },
     }
 }
 
+/// The same status and headers as the guide's envelope would have; only the body differs.
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        let mut error = self.0;
-        let status = error.status();
-        if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), %error, "request failed");
-        } else {
-            tracing::debug!(status = status.as_u16(), %error, "request rejected");
-        }
-        let forwarded = error.take_headers();
-        let mut response =
-            (status, crate::envelope::json_body(&error_body(&error))).into_response();
-        let headers = response.headers_mut();
-        headers.extend(forwarded);
-        if let Some(seconds) = error.retry_after
-            && !headers.contains_key(header::RETRY_AFTER)
-        {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
+        self.0.render(error_body)
     }
 }
 
@@ -207,8 +186,8 @@ pub(crate) struct ContentPart {
     text: Option<String>,
 }
 
-fn invalid(details: String) -> ApiError {
-    ApiError::invalid_request("Invalid request", details)
+fn invalid(field: String, details: String) -> ApiError {
+    ApiError::invalid_field(field, "Invalid request", details)
 }
 
 impl InputMessage {
@@ -222,9 +201,12 @@ impl InputMessage {
                     match (part.kind.as_str(), part.text) {
                         ("text", Some(piece)) => text.push_str(&piece),
                         _ => {
-                            return Err(invalid(format!(
-                                "The field 'messages[{index}].content[{p}]' must be a text part ({{\"type\": \"text\", \"text\": \"...\"}}); other content is not supported"
-                            )));
+                            return Err(invalid(
+                                format!("messages[{index}].content[{p}]"),
+                                format!(
+                                    "The field 'messages[{index}].content[{p}]' must be a text part ({{\"type\": \"text\", \"text\": \"...\"}}); other content is not supported"
+                                ),
+                            ));
                         }
                     }
                 }
@@ -245,6 +227,7 @@ pub(crate) fn completion_request(
 ) -> Result<(proto::CompleteRequest, bool, bool), ApiError> {
     if body.n.is_some_and(|n| n != 1) {
         return Err(invalid(
+            "n".into(),
             "The field 'n' must be 1: the gateway returns one choice".into(),
         ));
     }
@@ -674,12 +657,158 @@ pub(crate) async fn list_models(
 
 #[cfg(test)]
 mod tests {
+    use std::{collections::HashMap, time::Duration};
+
+    use axum::{
+        body::to_bytes,
+        http::{StatusCode, header},
+    };
+    use serde_json::Value;
+    use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
+
     use super::*;
-    use crate::proto::ErrorCode;
+    use crate::proto::{ErrorCode, FieldViolationReason};
+
+    /// A status as the core sends it for a field error: `ErrorInfo` with the code and the
+    /// sentence, and a `BadRequest` violation naming the field (and the reason, if any).
+    fn field_status(message: &str, details: &str, field: &str, reason: &str) -> tonic::Status {
+        let mut error_details = ErrorDetails::with_error_info(
+            "INVALID_REQUEST",
+            "openclaw.ai",
+            HashMap::from([("details".to_owned(), details.to_owned())]),
+        );
+        error_details.set_bad_request(vec![FieldViolation {
+            field: field.to_owned(),
+            description: details.to_owned(),
+            reason: reason.to_owned(),
+            localized_message: None,
+        }]);
+        tonic::Status::with_error_details(tonic::Code::InvalidArgument, message, error_details)
+    }
+
+    async fn render(error: OpenAiError) -> (StatusCode, HeaderMap, Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (
+            status,
+            headers,
+            serde_json::from_slice(&bytes).expect("JSON body"),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_unknown_model_is_model_not_found_whatever_the_core_says() {
+        let status = field_status(
+            "That model is not something we serve",
+            "Pick another one from GET /v1/models",
+            "model",
+            "UNKNOWN_MODEL",
+        );
+        let (http, _, body) = render(OpenAiError::from(status)).await;
+        assert_eq!(http, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["code"], "model_not_found");
+        assert_eq!(body["error"]["param"], "model");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(
+            body["error"]["message"],
+            "Pick another one from GET /v1/models"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_field_error_names_its_param_whatever_the_core_says() {
+        let status = field_status(
+            "Out of range",
+            "Temperatures above two are too hot",
+            "temperature",
+            "",
+        );
+        let (http, _, body) = render(OpenAiError::from(status)).await;
+        assert_eq!(http, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["param"], "temperature");
+        assert_eq!(body["error"]["code"], "invalid_request");
+    }
+
+    #[tokio::test]
+    async fn sentences_that_look_like_a_field_or_an_unknown_model_are_not_read() {
+        let status = tonic::Status::with_error_details(
+            tonic::Code::InvalidArgument,
+            "Unknown model",
+            ErrorDetails::with_error_info(
+                "INVALID_REQUEST",
+                "openclaw.ai",
+                HashMap::from([(
+                    "details".to_owned(),
+                    "The field 'model' is not served here".to_owned(),
+                )]),
+            ),
+        );
+        let (_, _, body) = render(OpenAiError::from(status)).await;
+        assert_eq!(body["error"]["code"], "invalid_request");
+        assert!(body["error"]["param"].is_null(), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_reason_this_edge_does_not_know_is_an_ordinary_field_error() {
+        let status = field_status("Bad", "Fix it", "messages", "SOMETHING_NEWER");
+        let (_, _, body) = render(OpenAiError::from(status)).await;
+        assert_eq!(body["error"]["code"], "invalid_request");
+        assert_eq!(body["error"]["param"], "messages");
+    }
+
+    #[tokio::test]
+    async fn both_shapes_send_the_same_status_and_headers() {
+        let limited = || {
+            let mut details = ErrorDetails::with_error_info(
+                "RATE_LIMIT_EXCEEDED",
+                "openclaw.ai",
+                HashMap::from([("details".to_owned(), "Wait a little".to_owned())]),
+            );
+            details.set_retry_info(Some(Duration::from_millis(4_100)));
+            let mut status = tonic::Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                "Slow down",
+                details,
+            );
+            status.metadata_mut().insert(
+                "x-ratelimit-remaining-requests",
+                "0".parse().expect("ascii"),
+            );
+            status
+        };
+        let (openai_status, openai_headers, openai_body) =
+            render(OpenAiError::from(limited())).await;
+        let guide = ApiError::from(limited()).into_response();
+        assert_eq!(openai_status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(guide.status(), openai_status);
+        for name in [
+            header::RETRY_AFTER.as_str(),
+            "x-ratelimit-remaining-requests",
+        ] {
+            assert!(openai_headers.get(name).is_some(), "{name}");
+            assert_eq!(
+                guide.headers().get(name),
+                openai_headers.get(name),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            openai_headers
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"5"[..])
+        );
+        assert_eq!(openai_body["error"]["type"], "rate_limit_error");
+    }
 
     #[test]
     fn errors_take_openai_types_and_name_the_field() {
-        let body = error_body(&ApiError::invalid_request(
+        let body = error_body(&ApiError::invalid_field(
+            "model",
             "Missing required field",
             "The field 'model' is required",
         ));
@@ -694,11 +823,10 @@ mod tests {
         assert_eq!(body.error.kind, "rate_limit_error");
         assert_eq!(body.error.code, "rate_limit_exceeded");
         assert_eq!(body.error.param, None);
-        let body = error_body(&ApiError::new(
-            ErrorCode::InvalidRequest,
-            "Unknown model",
-            "The model 'x' is not served here",
-        ));
+        let mut unknown =
+            ApiError::invalid_field("model", "Unknown model", "The model 'x' is not served here");
+        unknown.field_reason = Some(FieldViolationReason::UnknownModel);
+        let body = error_body(&unknown);
         assert_eq!(body.error.code, "model_not_found");
         assert_eq!(body.error.param.as_deref(), Some("model"));
     }

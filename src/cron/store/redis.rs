@@ -290,14 +290,6 @@ pub struct RedisCronStore {
     events_max_len: u64,
 }
 
-fn unavailable(err: redis::RedisError) -> StoreError {
-    if err.is_timeout() {
-        StoreError::Timeout
-    } else {
-        StoreError::Unavailable(err.to_string())
-    }
-}
-
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("cron store: {what}"))
 }
@@ -407,7 +399,7 @@ impl RedisCronStore {
             pipe.hgetall(key);
         }
         let mut conn = self.conn.clone();
-        pipe.query_async(&mut conn).await.map_err(unavailable)
+        pipe.query_async(&mut conn).await.map_err(StoreError::from)
     }
 }
 
@@ -418,7 +410,7 @@ impl CronStore for RedisCronStore {
         let (secs, micros): (i64, i64) = redis::cmd("TIME")
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(secs * 1000 + micros / 1000)
     }
 
@@ -443,7 +435,9 @@ impl CronStore for RedisCronStore {
             pipe.zadd(DUE, id, next);
         }
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(StoreError::from)
     }
 
     async fn job(&self, id: &str) -> StoreResult<Option<JobRecord>> {
@@ -462,7 +456,7 @@ impl CronStore for RedisCronStore {
             .arg(-1)
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         let keys: Vec<String> = ids.iter().map(|id| job_key(id)).collect();
         let mut out = Vec::with_capacity(keys.len());
         for map in self.hgetall_many(&keys).await? {
@@ -490,7 +484,7 @@ impl CronStore for RedisCronStore {
             .arg(if reset_errors { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(match outcome.as_str() {
             "ok" => UpdateOutcome::Updated,
             "conflict" => UpdateOutcome::Conflict,
@@ -511,7 +505,7 @@ impl CronStore for RedisCronStore {
             .arg(run_prefix(id))
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(deleted == 1)
     }
 
@@ -526,7 +520,7 @@ impl CronStore for RedisCronStore {
             .arg(EXPIRED_BATCH)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(DueBatch {
             now_ms: now.parse().map_err(corrupt)?,
             due: scored(due),
@@ -542,7 +536,7 @@ impl CronStore for RedisCronStore {
             .arg(id)
             .query_async::<i64>(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(())
     }
 
@@ -574,7 +568,7 @@ impl CronStore for RedisCronStore {
         let reply: Vec<String> = invocation
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(match reply.first().map(String::as_str) {
             Some("claimed") => ClaimOutcome::Claimed {
                 now_ms: reply
@@ -609,7 +603,7 @@ impl CronStore for RedisCronStore {
             .arg(lease_member(job_id, scheduled_ms))
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(renewed == 1)
     }
 
@@ -647,7 +641,7 @@ impl CronStore for RedisCronStore {
         let reply: Vec<i64> = invocation
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         let _ = STREAM_FIELD; // the scripts write the same field name ('e')
         Ok(reply.first() == Some(&1))
     }
@@ -672,7 +666,7 @@ impl CronStore for RedisCronStore {
             .arg(lease_ms)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         match reply {
             Some(flat) if !flat.is_empty() => decode_run(pairs_to_map(flat)),
             _ => Ok(None),
@@ -703,7 +697,7 @@ impl CronStore for RedisCronStore {
         let moved: i64 = invocation
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         Ok(moved == 1)
     }
 
@@ -722,7 +716,7 @@ impl CronStore for RedisCronStore {
             .arg(stop)
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         let more = members.len() > limit as usize;
         members.truncate(limit as usize);
         let prefix = run_prefix(job_id);

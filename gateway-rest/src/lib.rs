@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub mod ops;
 pub mod proto;
+pub mod redact;
 pub mod request_bodies;
 
 mod core_client;

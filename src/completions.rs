@@ -306,7 +306,7 @@ impl CompletionService for Completions {
         let this = Completions::new(self.gateway.clone());
         // The completion runs in its own task, to its end, even if the caller leaves (before or
         // after the first piece), so a bound session stores the turn whole.
-        tokio::spawn(async move {
+        tokio::spawn(crate::observe::carrying_request_id(async move {
             let attempt = async {
                 inference::admit(
                     &this.gateway,
@@ -376,7 +376,7 @@ impl CompletionService for Completions {
                 })
                 .map_err(Status::from);
             let _ = events.send(event).await;
-        });
+        }));
         let (admission, simulated) = opening.await.map_err(|_| ApiError::internal())??;
         let mut response = respond(Leased::new(ReceiverStream::new(stream), lease), &admission);
         if simulated {

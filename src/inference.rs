@@ -35,6 +35,8 @@ pub(crate) struct Call {
     prompt_tokens: u32,
     admission: Admission,
     slot: QueueSlot,
+    /// The caller's request id, quoted in errors whose details only the logs keep.
+    request_id: Option<String>,
 }
 
 /// Admits a call of `model` with the transcript `messages` (in order) against the caller's
@@ -75,6 +77,7 @@ pub(crate) async fn admit<'a>(
         prompt_tokens,
         admission,
         slot: gateway.enqueue(),
+        request_id: crate::observe::request_id(),
     })
 }
 
@@ -87,6 +90,7 @@ impl Call {
             request,
             admission,
             slot,
+            request_id,
             ..
         } = self;
         let outcome = gateway.models.complete(&model, request).await;
@@ -98,7 +102,7 @@ impl Call {
             }
             Err(failure) => {
                 settle_behind(&gateway, &admission, Charge::default()).await;
-                Err(failure.into_api_error())
+                Err(failure.into_api_error(request_id.as_deref()))
             }
         }
     }
@@ -113,6 +117,7 @@ impl Call {
             prompt_tokens,
             admission,
             slot,
+            request_id,
         } = self;
         match gateway.models.open_stream(&model, request).await {
             Ok(answered) => Ok(Streamed {
@@ -124,10 +129,11 @@ impl Call {
                 first: Some(answered.value.first),
                 rest: answered.value.rest,
                 content: String::new(),
+                request_id,
             }),
             Err(failure) => {
                 settle_behind(&gateway, &admission, Charge::default()).await;
-                Err(failure.into_api_error())
+                Err(failure.into_api_error(request_id.as_deref()))
             }
         }
     }
@@ -206,6 +212,8 @@ pub(crate) struct Streamed {
     rest: ChunkStream,
     /// The text so far.
     content: String,
+    /// The caller's request id: the relay runs in a task of its own, past the call's scope.
+    request_id: Option<String>,
 }
 
 impl Streamed {
@@ -269,6 +277,10 @@ impl Streamed {
             context: u64::from(self.prompt_tokens),
         };
         settle_behind(&self.gateway, &self.admission, charge).await;
-        error.into_api_error(self.model.provider.name(), &self.model.id)
+        error.into_api_error(
+            self.model.provider.name(),
+            &self.model.id,
+            self.request_id.as_deref(),
+        )
     }
 }

@@ -766,7 +766,7 @@ impl SessionService for Sessions {
         // lock is released, and the stored turn can be replayed by its request id.
         let sessions = Sessions::new(self.gateway.clone());
         let options = body.options;
-        let turn = tokio::spawn(async move {
+        let turn = tokio::spawn(crate::observe::carrying_request_id(async move {
             sessions
                 .turn_recording(
                     &principal,
@@ -778,7 +778,7 @@ impl SessionService for Sessions {
                     key.as_ref(),
                 )
                 .await
-        });
+        }));
         let (reply, admission) = turn.await.map_err(|err| {
             tracing::error!(error = %err, "a turn's task failed");
             ApiError::internal()
@@ -843,7 +843,7 @@ impl SessionService for Sessions {
         let (opened, opening) = oneshot::channel();
         // From here the turn runs in its own task, to its end, even if the caller leaves
         // (before or after the first piece): the reply is stored whole and the lock released.
-        tokio::spawn(async move {
+        tokio::spawn(crate::observe::carrying_request_id(async move {
             let streamed = match sessions
                 .open_streamed_turn(
                     &principal,
@@ -892,7 +892,7 @@ impl SessionService for Sessions {
                 }
             };
             let _ = events.send(event).await;
-        });
+        }));
         let (admission, simulated) = opening.await.map_err(|_| ApiError::internal())??;
         let mut response = respond(Leased::new(ReceiverStream::new(stream), lease), &admission);
         if simulated {

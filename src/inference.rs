@@ -127,7 +127,7 @@ impl Call {
             }
             Err(failure) => {
                 settle_behind(&inference, &admission, Charge::default()).await;
-                Err(failure.into_api_error())
+                Err(failure.into_api_error(crate::observe::request_id().as_deref()))
             }
         }
     }
@@ -156,7 +156,7 @@ impl Call {
             }),
             Err(failure) => {
                 settle_behind(&inference, &admission, Charge::default()).await;
-                Err(failure.into_api_error())
+                Err(failure.into_api_error(crate::observe::request_id().as_deref()))
             }
         }
     }
@@ -297,6 +297,10 @@ impl Streamed {
             context: u64::from(self.prompt_tokens),
         };
         settle_behind(&self.inference, &self.admission, charge).await;
-        error.into_api_error(self.model.provider.name(), &self.model.id)
+        error.into_api_error(
+            self.model.provider.name(),
+            &self.model.id,
+            crate::observe::request_id().as_deref(),
+        )
     }
 }

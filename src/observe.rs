@@ -10,6 +10,29 @@ use openclaw_runtime::telemetry;
 use tower::{Layer, Service};
 use tracing::Instrument as _;
 
+tokio::task_local! {
+    /// The `x-request-id` of the gRPC call this task serves.
+    static REQUEST_ID: String;
+}
+
+/// The request id of the call being served, if it has one: what the core names when it tells a
+/// caller that the details of a failure are in its logs.
+pub(crate) fn request_id() -> Option<String> {
+    REQUEST_ID
+        .try_with(|id| id.clone())
+        .ok()
+        .filter(|id| !id.is_empty())
+}
+
+/// `work`, to be spawned to finish a call's work in a task of its own, keeping the call's
+/// request id (a task-local does not follow a spawn by itself).
+pub(crate) fn carrying_request_id<F: std::future::Future>(
+    work: F,
+) -> impl std::future::Future<Output = F::Output> {
+    let id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
+    REQUEST_ID.scope(id, work)
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ObserveLayer;
 
@@ -81,30 +104,31 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(
-            async move {
-                let in_flight = InFlight::start();
-                let started = Instant::now();
-                let outcome = inner.call(request).await;
-                drop(in_flight);
-                // Errors answer in the headers ("trailers-only"); success reports OK in trailers.
-                let status = match &outcome {
-                    Ok(response) => response
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<i32>().ok())
-                        .map_or("Ok".to_string(), |code| {
-                            format!("{:?}", tonic::Code::from(code))
-                        }),
-                    Err(_) => "Transport".to_string(),
-                };
-                let labels = [("method", method), ("status", status)];
-                metrics::counter!("openclaw_grpc_requests_total", &labels).increment(1);
-                metrics::histogram!("openclaw_grpc_request_duration_seconds", &labels)
-                    .record(started.elapsed().as_secs_f64());
-                outcome
-            }
-            .instrument(span),
+            REQUEST_ID
+                .scope(request_id, async move {
+                    let in_flight = InFlight::start();
+                    let started = Instant::now();
+                    let outcome = inner.call(request).await;
+                    drop(in_flight);
+                    // Errors answer in the headers ("trailers-only"); success reports OK in trailers.
+                    let status = match &outcome {
+                        Ok(response) => response
+                            .headers()
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<i32>().ok())
+                            .map_or("Ok".to_string(), |code| {
+                                format!("{:?}", tonic::Code::from(code))
+                            }),
+                        Err(_) => "Transport".to_string(),
+                    };
+                    let labels = [("method", method), ("status", status)];
+                    metrics::counter!("openclaw_grpc_requests_total", &labels).increment(1);
+                    metrics::histogram!("openclaw_grpc_request_duration_seconds", &labels)
+                        .record(started.elapsed().as_secs_f64());
+                    outcome
+                })
+                .instrument(span),
         )
     }
 }

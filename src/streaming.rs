@@ -54,7 +54,8 @@ pub(crate) async fn stream<A: StreamedAnswer>(
 ) -> Result<Response<EventStream<A::Event>>, Status> {
     let (events, stream) = mpsc::channel(STREAM_BUFFER);
     let (opened, opening) = oneshot::channel();
-    tokio::spawn(async move {
+    // The task keeps the call's request id, which errors quote.
+    tokio::spawn(crate::observe::carrying_request_id(async move {
         let streamed = match answer.open().await {
             Ok(streamed) => streamed,
             Err(error) => {
@@ -73,7 +74,7 @@ pub(crate) async fn stream<A: StreamedAnswer>(
         let relayed = streamed.relay(&events, A::delta).await;
         let last = answer.finish(relayed).await.map_err(Status::from);
         let _ = events.send(last).await;
-    });
+    }));
     let (admission, simulated) = opening.await.map_err(|_| ApiError::internal())??;
     let response = respond(Leased::new(ReceiverStream::new(stream), lease), &admission);
     Ok(mark_simulated(response, simulated))

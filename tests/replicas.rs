@@ -186,3 +186,139 @@ async fn a_killed_core_with_redis_loses_nothing_acknowledged() {
 async fn a_killed_core_with_the_embedded_store_loses_nothing_acknowledged() {
     restart_keeps_acknowledged_turns(None).await;
 }
+
+/// Waits until Redis has been sent `count` commands naming `key` (seen through MONITOR), and
+/// returns the last one.
+async fn command_on(
+    monitor: &mut tokio::io::Lines<tokio::io::BufReader<tokio::net::TcpStream>>,
+    key: &str,
+    count: usize,
+) -> String {
+    let named = format!("\"{key}\"");
+    let mut seen = 0;
+    loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), monitor.next_line())
+            .await
+            .expect("Redis saw the command in time")
+            .unwrap()
+            .expect("MONITOR goes on");
+        if line.contains(&named) {
+            seen += 1;
+            if seen == count {
+                return line;
+            }
+        }
+    }
+}
+
+// Multi-threaded: the slow link runs on the test's runtime while the test waits for processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_lowering_a_key_s_limits_is_not_undone_by_its_use_on_another_core() {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let redis = support::start_redis();
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Core B reaches Redis through a slow link: a read-then-write over it stays open long enough
+    // for core A's write to land in between.
+    let slow = support::fault_proxy::FaultProxy::start(redis.addr()).await;
+    let options_a = CoreOptions::shared(&redis, &upstream, dir.path());
+    let options_b = CoreOptions {
+        redis_url: Some(format!("redis://127.0.0.1:{}", slow.port)),
+        env: vec![("OPENCLAW_REDIS_TIMEOUT_MS".into(), "10000".into())],
+        ..options_a.clone()
+    };
+    let (core_a, core_b) = (
+        support::spawn_core(&options_a),
+        support::spawn_core(&options_b),
+    );
+    let (edge_a, edge_b) = (
+        support::spawn_edge(&[&core_a]),
+        support::spawn_edge(&[&core_b]),
+    );
+    let http = reqwest::Client::new();
+    let a = format!("http://127.0.0.1:{}", edge_a.port);
+    let b = format!("http://127.0.0.1:{}", edge_b.port);
+    let created = http
+        .post(format!("{a}/api/v1/keys"))
+        .bearer_auth(support::INTERNAL_TOKEN)
+        .json(&json!({"name": "tuned", "limits": {"requestsPerMinute": 1000}}))
+        .send()
+        .await
+        .unwrap();
+    let created = expect_data(created, 201).await;
+    let (id, key) = (
+        created["id"].as_str().unwrap().to_string(),
+        created["key"].as_str().unwrap().to_string(),
+    );
+    let record = format!("oc:key:{id}");
+
+    let mut monitor = tokio::net::TcpStream::connect(redis.addr()).await.unwrap();
+    monitor.write_all(b"MONITOR\r\n").await.unwrap();
+    let mut monitor = tokio::io::BufReader::new(monitor).lines();
+    slow.set_latency(
+        std::time::Duration::from_millis(400),
+        std::time::Duration::from_millis(400),
+    );
+    // The key's first use on core B: authenticating reads its record, then recording the use
+    // reaches it again.
+    let used = tokio::spawn({
+        let (http, b, key) = (http.clone(), b.clone(), key.clone());
+        async move {
+            http.get(format!("{b}/api/v1/system/status"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    command_on(&mut monitor, &record, 2).await;
+    // That moment, the administrator lowers the key's limits through core A.
+    let lowered = http
+        .patch(format!("{a}/api/v1/keys/{id}"))
+        .bearer_auth(support::INTERNAL_TOKEN)
+        .json(&json!({"limits": {"requestsPerMinute": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_data(lowered, 200).await["limits"]["requestsPerMinute"],
+        2
+    );
+    assert!(used.await.unwrap().is_success());
+    // Whatever core B still had in flight has landed by now.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    slow.heal();
+    let stored = http
+        .get(format!("{a}/api/v1/keys/{id}"))
+        .bearer_auth(support::INTERNAL_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let stored = expect_data(stored, 200).await;
+    assert_eq!(
+        stored["limits"]["requestsPerMinute"], 2,
+        "recording the key's use undid the administrator's change: {stored}"
+    );
+    assert!(
+        !stored["lastUsedAt"].is_null(),
+        "the use was recorded: {stored}"
+    );
+
+    // The lowered limit holds on core B once its cached copy of the key has expired.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = http
+            .get(format!("{b}/api/v1/system/status"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert!(
+        statuses.contains(&429),
+        "2 requests a minute, 4 made: {statuses:?}"
+    );
+}

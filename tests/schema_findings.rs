@@ -135,3 +135,70 @@ async fn a_completion_without_a_json_body_gets_the_declared_415() {
         );
     }
 }
+
+/// Whether `value` satisfies the string schema `schema` declares (length bounds only: the one
+/// kind of constraint the document puts on `X-Request-ID`).
+fn string_schema_accepts(schema: &Value, value: &str) -> bool {
+    let len = value.chars().count() as u64;
+    schema["minLength"].as_u64().is_none_or(|min| len >= min)
+        && schema["maxLength"].as_u64().is_none_or(|max| len <= max)
+}
+
+// Found by schemathesis (ST201) on GET /healthz and GET /readyz: the document bounded
+// X-Request-ID to 1-128 characters, yet an empty one was accepted (as it is everywhere: an
+// unusable ID is replaced by a generated one). A probe must never turn an orchestrator away over a
+// header, so the document now describes what every route does.
+#[tokio::test]
+async fn probes_answer_an_empty_request_id_as_their_document_says() {
+    let stack = Stack::start().await;
+    let document = served_document(&stack).await;
+    for path in ["/healthz", "/readyz"] {
+        let parameter = document["paths"][path]["get"]["parameters"]
+            .as_array()
+            .and_then(|params| params.iter().find(|p| p["name"] == "X-Request-ID"))
+            .unwrap_or_else(|| panic!("GET {path} documents X-Request-ID"))
+            .clone();
+        let documented_accepts_empty = string_schema_accepts(&parameter["schema"], "");
+        let response = stack
+            .http
+            .get(stack.url(path))
+            .header("x-request-id", "")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let answered_id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(
+            status.is_client_error(),
+            !documented_accepts_empty,
+            "GET {path}: the document {} an empty X-Request-ID, the probe answered {status}",
+            if documented_accepts_empty {
+                "allows"
+            } else {
+                "forbids"
+            }
+        );
+        assert!(status.is_success(), "GET {path} answered {status}");
+        assert!(
+            !answered_id.is_empty(),
+            "GET {path}: an empty X-Request-ID is replaced by a generated one"
+        );
+    }
+    // Every other operation treats the header the same way, so the document says one thing.
+    for (path, method, operation) in operations(&document) {
+        if let Some(parameter) = operation["parameters"]
+            .as_array()
+            .and_then(|params| params.iter().find(|p| p["name"] == "X-Request-ID"))
+        {
+            assert!(
+                string_schema_accepts(&parameter["schema"], ""),
+                "{method} {path} forbids the empty X-Request-ID every route accepts"
+            );
+        }
+    }
+}

@@ -146,3 +146,130 @@ async fn no_secret_or_message_content_reaches_logs_or_traces() {
         spans.len()
     );
 }
+
+const PASSWORD: &str = "redis-Pa55word-7c1e";
+
+/// Runs a binary with only `env` (and PATH) in its environment, in an empty folder, and returns
+/// everything it wrote.
+fn run_printing(binary: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(binary)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn printed_configuration_shows_urls_without_their_credentials() {
+    let core = std::path::PathBuf::from(env!("CARGO_BIN_EXE_openclaw-gateway"));
+    let flag_url = format!("redis://:{PASSWORD}@10.0.0.7:6379/0");
+    let by_flag = run_printing(
+        &core,
+        &["serve", "--redis-url", &flag_url, "--print-config"],
+        &[],
+    );
+    assert!(
+        by_flag.contains("redis-url = \"redis://:***@10.0.0.7:6379/0\""),
+        "{by_flag}"
+    );
+    let env_url = format!("redis://admin:{PASSWORD}@[::1]:6379");
+    let by_env = run_printing(
+        &core,
+        &["serve", "--print-config"],
+        &[
+            ("OPENCLAW_REDIS_URL", env_url.as_str()),
+            (
+                "ZAI_BASE_URL",
+                &format!("https://z.example/v4?api-key={PASSWORD}"),
+            ),
+        ],
+    );
+    assert!(
+        by_env.contains("redis-url = \"redis://***:***@[::1]:6379\""),
+        "{by_env}"
+    );
+    assert!(
+        by_env.contains("zai-base-url = \"https://z.example/v4?api-key=***\""),
+        "{by_env}"
+    );
+    let unparsable = run_printing(
+        &core,
+        &["serve", "--print-config"],
+        &[("OPENCLAW_REDIS_URL", &format!("redis://:{PASSWORD}/x@host"))],
+    );
+    let edge = run_printing(
+        &support::binary("openclaw-rest"),
+        &["--print-config"],
+        &[(
+            "OPENCLAW_CORE_URL",
+            &format!("http://core-a:50051,https://u:{PASSWORD}@core-b:50051"),
+        )],
+    );
+    assert!(
+        edge.contains("core-url = \"http://core-a:50051,https://***:***@core-b:50051\""),
+        "{edge}"
+    );
+    for printed in [by_flag, by_env, unparsable, edge] {
+        assert!(!printed.contains(PASSWORD), "{printed}");
+    }
+}
+
+#[test]
+fn startup_logs_and_errors_show_urls_without_their_credentials() {
+    // A core whose Redis is away and whose trace collector needs a token: it starts, logs at
+    // debug, and complains about both, without their credentials.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("core.log");
+    let core = support::spawn_core_logging(
+        &CoreOptions {
+            redis_url: Some(format!(
+                "redis://:{PASSWORD}@127.0.0.1:{}",
+                support::free_port()
+            )),
+            upstream: Some(format!("http://127.0.0.1:1/v1?token={PASSWORD}")),
+            data_dir: Some(dir.path().to_path_buf()),
+            env: [
+                ("RUST_LOG", "debug".to_string()),
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    format!("http://otel:{PASSWORD}@127.0.0.1:{}", support::free_port()),
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        },
+        support::free_port(),
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(core);
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("exporting traces over OTLP"), "{logs}");
+    assert!(!logs.contains(PASSWORD), "{logs}");
+
+    // An edge refusing a core URL it cannot use names it without its credentials.
+    let edge = run_printing(
+        &support::binary("openclaw-rest"),
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        &[(
+            "OPENCLAW_CORE_URL",
+            &format!("ftp://u:{PASSWORD}@core:50051"),
+        )],
+    );
+    assert!(
+        edge.contains("invalid core URL 'ftp://***:***@core:50051'"),
+        "{edge}"
+    );
+    assert!(!edge.contains(PASSWORD), "{edge}");
+}

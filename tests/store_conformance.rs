@@ -283,6 +283,43 @@ async fn check_revocation_is_permanent(store: &dyn Store) {
     assert_eq!(stored.last_used_at, Some(at(6)));
 }
 
+/// Recording a key's last use changes that field only: touches racing an administrator's
+/// update (which another replica may write between a touch's read and its write) never bring
+/// back the limits or name the update replaced, and the last use never moves backwards.
+async fn check_touch_never_undoes_an_update(store: &dyn Store) {
+    let original = key(at(0));
+    store.insert_key(&original).await.unwrap();
+    for round in 0..20u64 {
+        let mut lowered = original.clone();
+        lowered.name = format!("lowered {round}");
+        lowered.limits.requests_per_minute = Some(round + 1);
+        let touches = join_all((0..40).map(|i| store.touch_key(&original.id, at(1 + i))));
+        let (touched, updated) = futures::join!(touches, store.update_key(&lowered));
+        assert!(updated.unwrap());
+        for outcome in touched {
+            outcome.unwrap();
+        }
+        let stored = store.key_by_id(&original.id).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.name.as_str(), stored.limits.requests_per_minute),
+            (lowered.name.as_str(), Some(round + 1)),
+            "a touch undid the update of round {round}"
+        );
+    }
+    store.touch_key(&original.id, at(100)).await.unwrap();
+    store.touch_key(&original.id, at(50)).await.unwrap();
+    let stored = store.key_by_id(&original.id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.last_used_at,
+        Some(at(100)),
+        "the last use moved back"
+    );
+    assert_eq!(stored.limits.requests_per_minute, Some(20));
+    // Touching an unknown key writes nothing.
+    store.touch_key("no-such-key", at(1)).await.unwrap();
+    assert_eq!(store.key_by_id("no-such-key").await.unwrap(), None);
+}
+
 /// Creating a session returns true; a second create of the same (owner, id)
 /// returns false and leaves the first session and its history untouched.
 async fn check_create_session_once(store: &dyn Store) {
@@ -1496,6 +1533,7 @@ conformance!(
     check_ping_and_name,
     check_keys,
     check_revocation_is_permanent,
+    check_touch_never_undoes_an_update,
     check_create_session_once,
     check_owners_are_separate,
     check_other_owner_sees_nothing,

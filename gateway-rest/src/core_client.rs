@@ -332,7 +332,8 @@ impl CoreUrl {
         };
         let invalid = |why: &str| {
             anyhow::anyhow!(
-                "invalid core URL '{url}': {why}; write it as http://host:port or https://host:port (OPENCLAW_CORE_URL)"
+                "invalid core URL '{}': {why}; write it as http://host:port or https://host:port (OPENCLAW_CORE_URL)",
+                openclaw_runtime::redact::url(url)
             )
         };
         let uri: Uri = full.parse().map_err(|error| invalid(&format!("{error}")))?;
@@ -372,7 +373,7 @@ impl CoreUrl {
             let tls = tls.ok_or_else(|| {
                 anyhow::anyhow!(
                     "the core URL {} is https://, but no core TLS is configured",
-                    self.origin
+                    openclaw_runtime::redact::url(&self.origin.to_string())
                 )
             })?;
             Some(tls.connector(&self.host)?)

@@ -114,15 +114,13 @@ pub(crate) fn document_common_headers(openapi: &mut openapi::OpenApi) {
         .parameter_in(ParameterIn::Header)
         .required(openapi::Required::False)
         .description(Some(
-            "Your ID for this request (1-128 printable ASCII characters), echoed back and \
-             used as the idempotency key of a send; generated when absent or unusable",
+            "Your ID for this request, echoed back and used as the idempotency key of a send. \
+             Usable IDs are 1-128 printable ASCII characters; any other value (empty, too long) \
+             is not refused but replaced by a generated ID, on every route, the probes included",
         ))
-        .schema(Some(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .min_length(Some(1))
-                .max_length(Some(128)),
-        ))
+        // No length bounds in the schema: no route refuses an unusable ID (a probe must never
+        // turn an orchestrator away over a header), so bounds here would promise a refusal.
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
         .build();
     let add_params = |params: &mut Option<Vec<Parameter>>, versioned: bool| {
         let params = params.get_or_insert_with(Vec::new);

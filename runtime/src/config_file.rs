@@ -105,7 +105,8 @@ pub fn apply(command: &clap::Command) -> anyhow::Result<()> {
 
 /// The effective settings of a parsed command line, as TOML `flag-name = "value"` lines:
 /// whatever came from flags, environment, file or defaults. Values of settings
-/// marked secret (`hide_env_values`) are redacted.
+/// marked secret (`hide_env_values`) are redacted, and URL-shaped ones shown without
+/// credentials (`crate::redact::url`).
 pub fn render(command: &clap::Command, matches: &clap::ArgMatches) -> String {
     let mut out = String::new();
     for arg in command.get_arguments() {
@@ -124,6 +125,9 @@ pub fn render(command: &clap::Command, matches: &clap::ArgMatches) -> String {
         };
         let shown = if arg.is_hide_env_values_set() {
             "<redacted>".to_string()
+        } else if long.ends_with("url") || values.iter().any(|v| v.contains("://")) {
+            // URL-shaped settings keep their host but lose any credential they carry.
+            crate::redact::urls(&values).join(",")
         } else {
             values.join(",")
         };
@@ -167,6 +171,21 @@ mod tests {
         assert!(printed.contains("token = \"<redacted>\""), "{printed}");
         assert!(printed.contains("name = \"a\""), "{printed}");
         assert!(!printed.contains("hunter2"));
+    }
+
+    #[test]
+    fn printed_urls_lose_their_credentials() {
+        let command = Example::command();
+        let matches =
+            command
+                .clone()
+                .get_matches_from(["x", "--redis-url", "redis://:hunter2@r:6379"]);
+        let printed = render(&command, &matches);
+        assert!(
+            printed.contains("redis-url = \"redis://:***@r:6379\""),
+            "{printed}"
+        );
+        assert!(!printed.contains("hunter2"), "{printed}");
     }
 
     #[test]

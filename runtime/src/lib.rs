@@ -8,6 +8,7 @@
 
 pub mod config_file;
 pub mod metrics;
+pub mod redact;
 pub mod rest_listener;
 pub mod runtime;
 pub mod shutdown;

@@ -65,12 +65,17 @@ pub fn init(service: &'static str, json: bool) -> Telemetry {
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
         .filter(|e| !e.is_empty());
+    // The endpoint may carry credentials (userinfo, a token parameter): logged without them.
+    let shown = endpoint
+        .as_deref()
+        .map(crate::redact::url)
+        .unwrap_or_default();
     let provider = endpoint
         .as_deref()
         .and_then(|endpoint| match exporter(service, endpoint) {
             Ok(provider) => Some(provider),
             Err(err) => {
-                eprintln!("telemetry: OTLP export to {endpoint} is off: {err}");
+                eprintln!("telemetry: OTLP export to {shown} is off: {err}");
                 None
             }
         });
@@ -86,8 +91,8 @@ pub fn init(service: &'static str, json: bool) -> Telemetry {
             layer.with_filter(EnvFilter::new(traces))
         }))
         .try_init();
-    if let Some(endpoint) = endpoint.filter(|_| provider.is_some()) {
-        tracing::info!(%endpoint, "exporting traces over OTLP");
+    if provider.is_some() {
+        tracing::info!(endpoint = %shown, "exporting traces over OTLP");
     }
     Telemetry { provider }
 }

@@ -85,6 +85,66 @@ fn parse_tz(tz: &str) -> Result<Tz, ()> {
     Tz::from_str(tz).map_err(|_| ())
 }
 
+/// Missed due times of a cron job counted one by one, beyond the ones recorded: past this many,
+/// a claim says "more than" instead of walking a whole outage (a per-second job down for a day
+/// has 86,400).
+pub const MAX_COUNTED_MISSES: u64 = 1_000;
+
+/// Parsed cron expressions kept per process, so the scheduler does not parse a job's expression
+/// again at every claim and every due time. Cleared whole when full: the jobs in use come back
+/// after one parse each.
+const PARSED_CACHE_SIZE: usize = 4_096;
+
+type Parsed = std::sync::Arc<(Cron, Tz)>;
+
+fn parsed(expr: &str, tz: &str) -> Option<Parsed> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<(String, String), Parsed>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    let key = (expr.to_owned(), tz.to_owned());
+    if let Some(found) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Some(found);
+    }
+    let found: Parsed = std::sync::Arc::new((parse_expr(expr).ok()?, parse_tz(tz).ok()?));
+    if let Ok(mut cache) = cache.lock() {
+        if cache.len() >= PARSED_CACHE_SIZE {
+            cache.clear();
+        }
+        cache.insert(key, found.clone());
+    }
+    Some(found)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Searches for a cron match made by this thread: the work a computation did.
+    static SEARCHES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The searches for a cron match this thread has made so far (tests bound work with it).
+#[cfg(test)]
+pub fn searches() -> u64 {
+    SEARCHES.with(std::cell::Cell::get)
+}
+
+/// The first match of `cron` in `tz` strictly after (`forward`) or at or before (`!forward`)
+/// `t_ms`, in Unix milliseconds. Matches are whole seconds.
+fn search(cron: &Cron, tz: Tz, t_ms: i64, forward: bool) -> Option<i64> {
+    #[cfg(test)]
+    SEARCHES.with(|n| n.set(n.get() + 1));
+    // Checked: a time near i64's ends has no due time, rather than an overflow.
+    let floor = t_ms.div_euclid(1000).checked_mul(1000)?;
+    let start = Utc.timestamp_millis_opt(floor).single()?.with_timezone(&tz);
+    let found = if forward {
+        // Searching after the whole second at or before `t_ms` finds the first match after it.
+        cron.find_next_occurrence(&start, false)
+    } else {
+        cron.find_previous_occurrence(&start, true)
+    };
+    Some(found.ok()?.timestamp_millis())
+}
+
 impl Schedule {
     /// Validates a requested schedule. `now_ms` anchors an `every` schedule
     /// without one; an `at` time older than `oldest_at_ms` is refused, since it
@@ -244,15 +304,8 @@ impl Schedule {
             }
             Schedule::At { at_ms, .. } => (*at_ms > t_ms).then_some(*at_ms),
             Schedule::Cron { expr, tz } => {
-                let cron = parse_expr(expr).ok()?;
-                let tz = parse_tz(tz).ok()?;
-                // Matches are whole seconds: searching after the whole second
-                // at or before `t_ms` finds the first match after `t_ms`.
-                // Checked: a time near i64's ends has no due time, rather than an overflow.
-                let floor = t_ms.div_euclid(1000).checked_mul(1000)?;
-                let start = Utc.timestamp_millis_opt(floor).single()?.with_timezone(&tz);
-                let next = cron.find_next_occurrence(&start, false).ok()?;
-                Some(next.timestamp_millis())
+                let parsed = parsed(expr, tz)?;
+                search(&parsed.0, parsed.1, t_ms, true)
             }
         }
     }
@@ -267,8 +320,20 @@ impl Schedule {
     }
 
     /// The due times in `(after_ms, up_to_ms]`, oldest first, at most `limit`
-    /// of the newest ones, and how many older ones were left out.
+    /// of the newest ones, and how many older ones were left out (at least; see
+    /// [`Schedule::due_times`]).
     pub fn due_between(&self, after_ms: i64, up_to_ms: i64, limit: usize) -> (Vec<i64>, u64) {
+        let (dues, dropped, _) = self.due_times(after_ms, up_to_ms, limit);
+        (dues, dropped)
+    }
+
+    /// [`Schedule::due_between`], and whether the count of older due times is exact (`false`:
+    /// at least that many, when a cron job missed more than [`MAX_COUNTED_MISSES`] besides).
+    ///
+    /// The work is bounded however long the span: an `every` schedule is counted, not walked;
+    /// a cron schedule's newest due times are found searching back from `up_to_ms`, and the
+    /// older ones counted up to [`MAX_COUNTED_MISSES`].
+    pub fn due_times(&self, after_ms: i64, up_to_ms: i64, limit: usize) -> (Vec<i64>, u64, bool) {
         let mut out = std::collections::VecDeque::new();
         let mut dropped = 0u64;
         if let Schedule::Every {
@@ -278,10 +343,10 @@ impl Schedule {
         {
             // Counted, not walked: a long outage of a one-second job is cheap.
             let Some(first) = self.next_after(after_ms) else {
-                return (Vec::new(), 0);
+                return (Vec::new(), 0, true);
             };
             if first > up_to_ms {
-                return (Vec::new(), 0);
+                return (Vec::new(), 0, true);
             }
             let last_k = (up_to_ms - anchor_ms).div_euclid(*every_ms);
             let first_k = (first - anchor_ms).div_euclid(*every_ms);
@@ -291,10 +356,49 @@ impl Schedule {
             for k in (last_k - keep as i64 + 1)..=last_k {
                 out.push_back(anchor_ms + k * every_ms);
             }
-            return (out.into(), dropped);
+            return (out.into(), dropped, true);
         }
-        let mut cursor = after_ms;
-        while let Some(next) = self.next_after(cursor) {
+        let Schedule::Cron { expr, tz } = self else {
+            // A one-shot time: due once, if in the span.
+            let due = self.next_after(after_ms).filter(|next| *next <= up_to_ms);
+            return (due.into_iter().collect(), 0, true);
+        };
+        let Some(parsed) = parsed(expr, tz) else {
+            return (Vec::new(), 0, true);
+        };
+        let (cron, tz) = (&parsed.0, parsed.1);
+        // Jump close to `up_to_ms`: the `limit + 1`-th newest due time, searched backwards, is
+        // where the walk forward starts; what lies before it is only counted.
+        let mut start = after_ms;
+        let mut exact = true;
+        let mut cursor = up_to_ms;
+        for _ in 0..=limit {
+            match search(cron, tz, cursor, false) {
+                Some(previous) if previous > after_ms => cursor = previous - 1,
+                _ => {
+                    cursor = after_ms;
+                    break;
+                }
+            }
+        }
+        if cursor > after_ms {
+            // More than `limit` due times in the span: those up to `cursor` are counted only.
+            let mut counted = after_ms;
+            while let Some(next) = search(cron, tz, counted, true) {
+                if next > cursor {
+                    break;
+                }
+                if dropped == MAX_COUNTED_MISSES {
+                    exact = false;
+                    break;
+                }
+                dropped += 1;
+                counted = next;
+            }
+            start = cursor;
+        }
+        let mut walked = start;
+        while let Some(next) = search(cron, tz, walked, true) {
             if next > up_to_ms {
                 break;
             }
@@ -303,9 +407,9 @@ impl Schedule {
                 out.pop_front();
                 dropped += 1;
             }
-            cursor = next;
+            walked = next;
         }
-        (out.into(), dropped)
+        (out.into(), dropped, exact)
     }
 
     /// The API's form of the schedule.

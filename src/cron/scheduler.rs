@@ -78,8 +78,8 @@ pub struct Plan {
 /// store's time `now_ms`. Every due time from `due_ms` up to `next_ms`
 /// (excluded) is either run or recorded, exactly once.
 pub fn plan(schedule: &Schedule, due_ms: i64, now_ms: i64, catch_up_window_ms: i64) -> Plan {
-    let (mut dues, dropped) =
-        schedule.due_between(due_ms - 1, now_ms.max(due_ms), MAX_SKIP_RECORDS + 1);
+    let (mut dues, dropped, exact) =
+        schedule.due_times(due_ms - 1, now_ms.max(due_ms), MAX_SKIP_RECORDS + 1);
     let slot = dues.pop().unwrap_or(due_ms);
     let mut skipped: Vec<(i64, String)> = dues
         .into_iter()
@@ -88,7 +88,8 @@ pub fn plan(schedule: &Schedule, due_ms: i64, now_ms: i64, catch_up_window_ms: i
     if dropped > 0
         && let Some(first) = skipped.first_mut()
     {
-        first.1 = format!("{MISSED}; {dropped} earlier due times were missed too");
+        let more = if exact { "" } else { "more than " };
+        first.1 = format!("{MISSED}; {more}{dropped} earlier due times were missed too");
     }
     let run_ms = if now_ms - slot <= catch_up_window_ms {
         Some(slot)
@@ -684,6 +685,65 @@ mod tests {
             plan.skipped[0]
                 .1
                 .contains("earlier due times were missed too")
+        );
+    }
+
+    #[test]
+    fn a_per_second_cron_job_down_for_a_year_catches_up_with_bounded_work() {
+        let s = Schedule::Cron {
+            expr: "* * * * * *".into(),
+            tz: "UTC".into(),
+        };
+        let due = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+        let now = due + 365 * 86_400_000 + 250;
+        let before = crate::cron::schedule::searches();
+        let plan = plan(&s, due, now, 3_600_000);
+        let searches = crate::cron::schedule::searches() - before;
+        // The documented policy: the latest passed due time runs once, the 100 before it are
+        // recorded as missed, and the oldest record counts the rest.
+        let latest = now - 250;
+        assert_eq!(plan.run_ms, Some(latest));
+        let skipped: Vec<i64> = plan.skipped.iter().map(|(ms, _)| *ms).collect();
+        let expected: Vec<i64> = (1..=MAX_SKIP_RECORDS as i64)
+            .rev()
+            .map(|back| latest - back * 1000)
+            .collect();
+        assert_eq!(skipped, expected);
+        assert!(plan.skipped[1..].iter().all(|(_, why)| why == MISSED));
+        assert!(
+            plan.skipped[0].1.ends_with(&format!(
+                "; more than {} earlier due times were missed too",
+                crate::cron::schedule::MAX_COUNTED_MISSES + 1
+            )),
+            "{}",
+            plan.skipped[0].1
+        );
+        assert_eq!(plan.next_ms, Some(latest + 1000));
+        // A year is 31,536,000 due times; the work does not grow with them.
+        let bound = crate::cron::schedule::MAX_COUNTED_MISSES + 4 * (MAX_SKIP_RECORDS as u64 + 2);
+        assert!(
+            searches <= bound,
+            "{searches} searches for a year's catch-up"
+        );
+    }
+
+    #[test]
+    fn a_short_cron_outage_counts_its_missed_due_times_exactly() {
+        let s = Schedule::Cron {
+            expr: "* * * * * *".into(),
+            tz: "UTC".into(),
+        };
+        let due = 1_767_225_600_000;
+        let plan = plan(&s, due, due + 500_000, 3_600_000);
+        assert_eq!(plan.run_ms, Some(due + 500_000));
+        assert_eq!(plan.skipped.len(), MAX_SKIP_RECORDS);
+        // 501 due times: 1 runs, 100 are recorded, 400 counted.
+        assert!(
+            plan.skipped[0]
+                .1
+                .ends_with("; 400 earlier due times were missed too"),
+            "{}",
+            plan.skipped[0].1
         );
     }
 

@@ -136,7 +136,7 @@ impl ProvidersFile {
             {
                 bail!(
                     "provider '{name}': baseUrl '{}' must start with http:// or https://",
-                    provider.base_url
+                    openclaw_runtime::redact::url(&provider.base_url)
                 );
             }
             if provider.models.is_empty() {
@@ -247,7 +247,7 @@ fn build_catalog(
             None => openai(entry, config, None, timeout)?,
         };
         if !provider.simulated() {
-            tracing::info!(provider = %entry.name, base_url = %entry.base_url, "provider {}: {listed}", entry.name);
+            tracing::info!(provider = %entry.name, base_url = %openclaw_runtime::redact::url(&entry.base_url), "provider {}: {listed}", entry.name);
         }
         let guard = Arc::new(ProviderGuard::new(
             entry.name.clone(),

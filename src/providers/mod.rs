@@ -101,8 +101,10 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    /// What the caller is told: the provider's name and what happened, never its key or URL.
-    pub fn into_api_error(self, provider: &str, model: &str) -> ApiError {
+    /// What the caller is told: the provider's name and what happened, never its key, its URL,
+    /// or its own words (they may carry account ids or key fragments): those are logged here,
+    /// under `request_id`, which the caller is given to quote.
+    pub fn into_api_error(self, provider: &str, model: &str, request_id: Option<&str>) -> ApiError {
         match self {
             ProviderError::Timeout(after) => ApiError::new(
                 ErrorCode::UpstreamTimeout,
@@ -121,11 +123,26 @@ impl ProviderError {
             ),
             ProviderError::Status {
                 status, message, ..
-            } => ApiError::new(
-                ErrorCode::UpstreamError,
-                "Model provider error",
-                format!("{provider} answered HTTP {status} for {model}: {message}"),
-            ),
+            } => {
+                tracing::warn!(
+                    request_id = request_id.unwrap_or_default(),
+                    provider,
+                    model,
+                    status,
+                    provider_message = %message,
+                    "the model provider refused a call"
+                );
+                let quoted = request_id
+                    .map(|id| format!("; the request id is {id}"))
+                    .unwrap_or_default();
+                ApiError::new(
+                    ErrorCode::UpstreamError,
+                    "Model provider error",
+                    format!(
+                        "The model provider '{provider}' answered {status} for {model}{quoted}; operators can find the provider's message in the gateway's logs"
+                    ),
+                )
+            }
             ProviderError::BadResponse(_) => ApiError::new(
                 ErrorCode::UpstreamError,
                 "Model provider error",

@@ -49,7 +49,7 @@ impl OpenAiCompatible {
             anyhow::anyhow!(
                 "provider '{}': the base URL '{}' is not a valid URL ({error})",
                 config.name,
-                config.base_url
+                openclaw_runtime::redact::url(&config.base_url)
             )
         })?;
         Ok(Self {

@@ -121,8 +121,10 @@ pub struct CallFailure {
 }
 
 impl CallFailure {
-    pub fn into_api_error(self) -> ApiError {
-        self.error.into_api_error(&self.provider, &self.model)
+    /// The caller's error; `request_id` names the call in the logs that keep the provider's words.
+    pub fn into_api_error(self, request_id: Option<&str>) -> ApiError {
+        self.error
+            .into_api_error(&self.provider, &self.model, request_id)
     }
 }
 

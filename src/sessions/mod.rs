@@ -212,12 +212,12 @@ impl SessionService for Sessions {
         // lock is released, and the stored turn can be replayed by its request id.
         let turns = self.turns.clone();
         let options = body.options;
-        let running = tokio::spawn(async move {
+        let running = tokio::spawn(crate::observe::carrying_request_id(async move {
             let mut turn = turn;
             turns
                 .run(&principal, &mut turn, options, key.as_ref())
                 .await
-        });
+        }));
         let (reply, admission) = running.await.map_err(|err| {
             tracing::error!(error = %err, "a turn's task failed");
             ApiError::internal()

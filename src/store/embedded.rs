@@ -628,6 +628,29 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn touch_key(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.blocking(move |db, _| {
+            // Read and written in one transaction: an update committed meanwhile is either
+            // before it (and kept) or after it.
+            let txn = db.begin_write().or_unavailable()?;
+            let touched = {
+                let mut keys = txn.open_table(KEYS).or_unavailable()?;
+                match read_key(&keys, &id)? {
+                    Some(mut key) if key.last_used_at.is_none_or(|last| last < at) => {
+                        key.last_used_at = Some(at);
+                        keys.insert(id.as_str(), encode("key", &key)?.as_slice())
+                            .or_unavailable()?;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            finish(txn, touched)
+        })
+        .await
+    }
+
     // ---- sessions ----
 
     async fn create_session(

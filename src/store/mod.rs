@@ -170,7 +170,9 @@ pub trait Store: Send + Sync + 'static {
     /// Revocation is permanent: a write racing a revoke never clears it.
     async fn update_key(&self, key: &KeyRecord) -> StoreResult<bool>;
 
-    /// Records that the key was used at `at` (never moving the time backwards).
+    /// Records that the key was used at `at` (never moving the time backwards), changing
+    /// nothing else: a store overrides this read-then-write with one atomic step, since another
+    /// replica may update the key (an administrator lowering its limits) in between.
     async fn touch_key(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
         if let Some(mut key) = self.key_by_id(id).await?
             && key.last_used_at.is_none_or(|last| last < at)

@@ -3,7 +3,8 @@
 //!
 //! Layout (all keys under `oc:`; a session's keys share one hash tag so its
 //! scripts touch a single slot):
-//! - `oc:key:<id>` the key record (JSON); `oc:keyhash:<sha256>` → id; `oc:keys` zset of ids by creation.
+//! - `oc:key:<id>` the key record (JSON; a use sets its `lastUsedAt` in place, by script);
+//!   `oc:keyhash:<sha256>` → id; `oc:keys` zset of ids by creation.
 //! - `oc:s:{<owner>/<id>}:meta` hash {record (JSON), updatedAt}; `…:msgs` list of messages (JSON);
 //!   `…:lock` the turn lock's token, with a lease (PX); `…:results` hash of request id → the
 //!   recorded result of a client's request, `…:results:exp` zset of request id by expiry (ms).
@@ -61,6 +62,7 @@ struct Scripts {
     unlock_session: Script,
     delete_session: Script,
     update_key: Script,
+    touch_key: Script,
 }
 
 impl Scripts {
@@ -165,6 +167,40 @@ impl Scripts {
                   return -1
                 end
                 redis.call('SET', KEYS[1], ARGV[1])
+                return 1
+                "#,
+            ),
+            // Sets lastUsedAt (ARGV[1], its JSON) in the current record, and nothing else: an
+            // administrator's change written since the key was read stays. The record is JSON
+            // as serde writes it, so the field is found as text (a name inside a string value
+            // has its quotes escaped and cannot match); decoding and re-encoding with cjson
+            // would turn empty lists into objects and large numbers into exponents. The time
+            // moves forward only: ARGV[2] is the new time as YYYYMMDDhhmmss + 9 digits of
+            // nanoseconds, compared with the stored one put in the same form.
+            touch_key: Script::new(
+                r#"
+                local cur = redis.call('GET', KEYS[1])
+                if not cur then return 0 end
+                local s, e = string.find(cur, '"lastUsedAt":null', 1, true)
+                if not s then
+                  local value
+                  s, e, value = string.find(cur, '"lastUsedAt":"([^"]*)"')
+                  if s then
+                    local y, mo, d, h, mi, sec, frac =
+                      string.match(value, '^(%d%d%d%d)-(%d%d)-(%d%d)T(%d%d):(%d%d):(%d%d)%.?(%d*)Z$')
+                    if y and #frac <= 9 then
+                      local stored = y .. mo .. d .. h .. mi .. sec .. frac .. string.rep('0', 9 - #frac)
+                      if stored >= ARGV[2] then return 0 end
+                    end
+                  end
+                end
+                local field = '"lastUsedAt":' .. ARGV[1]
+                if s then
+                  cur = string.sub(cur, 1, s - 1) .. field .. string.sub(cur, e + 1)
+                else
+                  cur = '{' .. field .. ',' .. string.sub(cur, 2)
+                end
+                redis.call('SET', KEYS[1], cur)
                 return 1
                 "#,
             ),
@@ -321,6 +357,20 @@ impl Store for RedisStore {
                 }
             }
         }
+    }
+
+    async fn touch_key(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .touch_key
+            .key(key_key(id))
+            .arg(encode(&at)?)
+            .arg(at.format("%Y%m%d%H%M%S%9f").to_string())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(to_store_error)?;
+        Ok(())
     }
 
     async fn create_session(

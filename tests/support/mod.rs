@@ -442,7 +442,7 @@ fn stream_reply(
 
 // ---------------------------------------------------------------- the gateway
 
-fn binary(name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     // Both binaries land in the same target folder; `cargo test --workspace` builds them.
     let core = PathBuf::from(env!("CARGO_BIN_EXE_openclaw-gateway"));
     let path = core.with_file_name(name);

@@ -108,7 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         addr = %listener.local_addr()?,
         tls = config.tls.is_some(),
         metrics = %metrics_listener.local_addr()?,
-        core = ?gateway_rest::redact::urls(&config.core_urls),
+        core = ?openclaw_runtime::redact::urls(&config.core_urls),
         "openclaw-rest listening"
     );
     tokio::spawn(metrics::serve(

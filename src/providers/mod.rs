@@ -346,13 +346,26 @@ impl ModelCatalog {
 
 #[cfg(test)]
 mod tests {
+    use crate::providers::circuit::BreakerSettings;
+    use crate::providers::resilience::RetrySettings;
     use tonic_types::StatusExt as _;
 
     use super::*;
 
     fn catalog() -> ModelCatalog {
         let mut catalog = ModelCatalog::default();
-        catalog.add_provider(Arc::new(Simulator::new("zai")), &[DEFAULT_MODEL]);
+        let guard = Arc::new(ProviderGuard::new(
+            "zai",
+            RetrySettings::default(),
+            catalog.call_budget(),
+            BreakerSettings::default(),
+        ));
+        let spec = ModelSpec {
+            id: DEFAULT_MODEL.to_string(),
+            upstream: "glm-4.7-flash".to_string(),
+            fallbacks: Vec::new(),
+        };
+        catalog.add_models(Arc::new(Simulator::new("zai")), guard, vec![spec]);
         catalog
     }
 

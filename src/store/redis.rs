@@ -369,7 +369,7 @@ impl Store for RedisStore {
             .arg(at.format("%Y%m%d%H%M%S%9f").to_string())
             .invoke_async(&mut conn)
             .await
-            .map_err(to_store_error)?;
+            .map_err(StoreError::from)?;
         Ok(())
     }
 

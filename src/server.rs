@@ -535,32 +535,12 @@ fn oversized_message(headers: &http::HeaderMap) -> Option<String> {
         return None;
     }
     let message = headers.get("grpc-message")?.to_str().ok()?;
-    let message = percent_decode(message);
+    // `grpc-message` is percent-encoded on the wire.
+    let message = percent_encoding::percent_decode_str(message).decode_utf8_lossy();
     let rest = message
         .split_once("decoded message length too large: found ")?
         .1;
     Some(rest.split(' ').next()?.to_owned())
-}
-
-/// `grpc-message` is percent-encoded on the wire.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(value) = text
-                .get(i + 1..i + 3)
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-        {
-            out.push(value);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

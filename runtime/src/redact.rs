@@ -106,7 +106,10 @@ fn redacted(input: &str) -> Option<String> {
 /// `password`, `sig`, …, or any name ending in `key`, `token` or `secret` (case-insensitive,
 /// percent-encoding decoded).
 fn credential_like(name: &str) -> bool {
-    let name = percent_decoded(name).to_ascii_lowercase();
+    // `%XX` escapes decoded (invalid ones kept as written), for comparing names only.
+    let name = percent_encoding::percent_decode_str(name)
+        .decode_utf8_lossy()
+        .to_ascii_lowercase();
     const NAMES: [&str; 10] = [
         "key",
         "api_key",
@@ -123,31 +126,6 @@ fn credential_like(name: &str) -> bool {
         || ["key", "token", "secret", "password"]
             .iter()
             .any(|suffix| name.ends_with(suffix))
-}
-
-/// `%XX` escapes decoded (invalid ones kept as written), for comparing names only.
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escape = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escape {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

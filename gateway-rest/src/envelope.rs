@@ -141,13 +141,14 @@ pub(crate) fn json_body<T: Serialize>(value: &T) -> Response {
 pub(crate) type ApiResult<T> = Result<Enveloped<T>, ApiError>;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use axum::body::to_bytes;
     use serde_json::{Value, json};
 
     use super::*;
 
-    async fn render(response: Response) -> (StatusCode, HeaderMap, Value) {
+    /// A response's status, headers and JSON body, for the edge's unit tests.
+    pub(crate) async fn render(response: Response) -> (StatusCode, HeaderMap, Value) {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = to_bytes(response.into_body(), usize::MAX)

@@ -360,7 +360,6 @@ fn default_details(code: ErrorCode) -> &'static str {
 mod tests {
     use std::collections::HashMap;
 
-    use axum::body::to_bytes;
     use serde_json::Value;
     use tonic_types::{ErrorDetails, StatusExt as _};
 
@@ -380,17 +379,7 @@ mod tests {
     ];
 
     async fn render(error: ApiError) -> (StatusCode, HeaderMap, Value) {
-        let response = error.into_response();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("body");
-        (
-            status,
-            headers,
-            serde_json::from_slice(&bytes).expect("JSON body"),
-        )
+        crate::envelope::tests::render(error.into_response()).await
     }
 
     fn status_from_core(

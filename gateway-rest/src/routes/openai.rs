@@ -659,10 +659,7 @@ pub(crate) async fn list_models(
 mod tests {
     use std::{collections::HashMap, time::Duration};
 
-    use axum::{
-        body::to_bytes,
-        http::{StatusCode, header},
-    };
+    use axum::http::{StatusCode, header};
     use serde_json::Value;
     use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
 
@@ -687,17 +684,7 @@ mod tests {
     }
 
     async fn render(error: OpenAiError) -> (StatusCode, HeaderMap, Value) {
-        let response = error.into_response();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("body");
-        (
-            status,
-            headers,
-            serde_json::from_slice(&bytes).expect("JSON body"),
-        )
+        crate::envelope::tests::render(error.into_response()).await
     }
 
     #[tokio::test]

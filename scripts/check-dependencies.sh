@@ -52,4 +52,13 @@ else
   failed=1
 fi
 
+# Built without the edge, asking for the REST API is refused with what to run instead.
+if cargo test --locked -q -p openclaw-gateway --no-default-features --lib cli:: >/dev/null; then
+  echo "ok   the core without the rest feature refuses --http-addr and dev, naming what to run"
+else
+  echo "FAIL the core without the rest feature does not refuse the REST API as it should"
+  echo "     cargo test -p openclaw-gateway --no-default-features --lib cli::"
+  failed=1
+fi
+
 exit "$failed"

@@ -393,3 +393,48 @@ async fn dev_key(gateway: &Arc<Gateway>, path: &Path) -> anyhow::Result<String> 
     write_private(path, &generated.secret)?;
     Ok(generated.secret)
 }
+
+#[cfg(all(test, not(feature = "rest")))]
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Cli, Command, edge};
+
+    /// Built without the edge, the command line still takes every REST setting, and asking for
+    /// the REST API is refused with what to run instead.
+    #[test]
+    fn without_the_edge_the_rest_api_is_refused_with_the_way_to_get_one() {
+        let cli = Cli::try_parse_from([
+            "openclaw-gateway",
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--max-body-bytes",
+            "2048",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+        ])
+        .expect("the REST settings parse as they do with the edge");
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("serve parsed as another command");
+        };
+        // No `else`: this build has no edge configuration to return, so only Err is possible.
+        let Err(refused) = edge::for_serve(&args.edge);
+        let refused = refused.to_string();
+        for expected in [
+            "--http-addr",
+            "without the REST edge",
+            "openclaw-rest",
+            "default features",
+        ] {
+            assert!(refused.contains(expected), "{expected}: {refused}");
+        }
+        let Err(refused) = edge::for_dev();
+        let refused = refused.to_string();
+        for expected in ["`dev`", "without the REST edge", "openclaw-rest"] {
+            assert!(refused.contains(expected), "{expected}: {refused}");
+        }
+    }
+}

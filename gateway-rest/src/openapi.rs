@@ -221,7 +221,7 @@ pub(crate) async fn openapi_json(State(OpenApiJson(document)): State<OpenApiJson
 pub(crate) mod responses {
     #![allow(dead_code)] // Types only: they exist to be named in `responses(...)`.
 
-    use utoipa::ToResponse;
+    use utoipa::{IntoResponses, ToResponse};
 
     use crate::envelope::ErrorEnvelope;
 
@@ -287,4 +287,34 @@ pub(crate) mod responses {
     #[derive(ToResponse)]
     #[response(example = json!({"success": false, "error": {"code": "UPSTREAM_TIMEOUT", "message": "The request timed out", "details": "Retry later, with the same X-Request-ID to avoid a duplicate"}, "timestamp": "2026-02-14T22:00:00Z"}))]
     pub(crate) struct UpstreamTimeout(ErrorEnvelope);
+
+    /// The errors any authenticated call through the core can answer with: the key, its scope,
+    /// its limits, and the gateway or core failing or not answering in time. Named in a route's
+    /// `responses(...)` in place of the six entries.
+    #[derive(IntoResponses)]
+    pub(crate) enum CallErrors {
+        #[response(status = 401)]
+        Unauthorized(#[ref_response] Unauthorized),
+        #[response(status = 403)]
+        Forbidden(#[ref_response] Forbidden),
+        #[response(status = 429)]
+        RateLimited(#[ref_response] RateLimited),
+        #[response(status = 500)]
+        InternalError(#[ref_response] InternalError),
+        #[response(status = 503)]
+        Unavailable(#[ref_response] Unavailable),
+        #[response(status = 504)]
+        UpstreamTimeout(#[ref_response] UpstreamTimeout),
+    }
+
+    /// The errors of reading a JSON body: malformed or invalid, too large, not declared as JSON.
+    #[derive(IntoResponses)]
+    pub(crate) enum BodyErrors {
+        #[response(status = 400)]
+        InvalidRequest(#[ref_response] InvalidRequest),
+        #[response(status = 413)]
+        PayloadTooLarge(#[ref_response] PayloadTooLarge),
+        #[response(status = 415)]
+        UnsupportedMediaType(#[ref_response] UnsupportedMediaType),
+    }
 }

@@ -351,15 +351,8 @@ pub(crate) struct RunList {
     request_body = CreateJobRequest,
     responses(
         (status = 201, description = "Job created", body = SuccessEnvelope<Job>),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        BodyErrors,
+        CallErrors,
     ),
     security(("bearer" = []))
 )]
@@ -387,12 +380,7 @@ pub(crate) async fn create_job(
     responses(
         (status = 200, description = "The caller's jobs", body = SuccessEnvelope<JobList>),
         (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        CallErrors,
     ),
     security(("bearer" = []))
 )]
@@ -419,13 +407,8 @@ pub(crate) async fn list_jobs(
     params(("jobId" = String, Path, description = "The job to read")),
     responses(
         (status = 200, description = "The job", body = SuccessEnvelope<Job>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        CallErrors,
     ),
     security(("bearer" = []))
 )]
@@ -451,17 +434,10 @@ pub(crate) async fn get_job(
     request_body = UpdateJobRequest,
     responses(
         (status = 200, description = "The changed job", body = SuccessEnvelope<Job>),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        BodyErrors,
+        CallErrors,
     ),
     security(("bearer" = []))
 )]
@@ -488,13 +464,8 @@ pub(crate) async fn update_job(
     params(("jobId" = String, Path, description = "The job to delete")),
     responses(
         (status = 200, description = "The job is gone", body = SuccessEnvelope<DeletedJob>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        CallErrors,
     ),
     security(("bearer" = []))
 )]
@@ -526,14 +497,9 @@ pub(crate) async fn delete_job(
     params(("jobId" = String, Path, description = "The job to run")),
     responses(
         (status = 202, description = "The run started", body = SuccessEnvelope<Run>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        CallErrors,
     ),
     security(("bearer" = []))
 )]
@@ -561,13 +527,8 @@ pub(crate) async fn run_job(
     responses(
         (status = 200, description = "One page of runs", body = SuccessEnvelope<RunList>),
         (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        CallErrors,
     ),
     security(("bearer" = []))
 )]

@@ -124,12 +124,7 @@ fn sse_event(item: Result<proto::Event, tonic::Status>) -> SseEvent {
     responses(
         (status = 200, description = "An endless `text/event-stream`: `id:` the event id, `event:` its type, `data:` the event as JSON", content_type = "text/event-stream", body = EventData),
         (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        CallErrors,
     ),
     security(("bearer" = []))
 )]

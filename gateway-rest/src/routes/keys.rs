@@ -179,16 +179,9 @@ impl From<proto::ApiKey> for ApiKey {
     request_body = CreateKeyRequest,
     responses(
         (status = 201, description = "Key created", body = SuccessEnvelope<CreatedKey>),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        BodyErrors,
+        CallErrors,
     ),
     security(("bearer" = []))
 )]
@@ -221,12 +214,7 @@ pub(crate) async fn create_key(
     responses(
         (status = 200, description = "All keys", body = SuccessEnvelope<KeyList>),
         (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        CallErrors,
     ),
     security(("bearer" = []))
 )]
@@ -254,13 +242,8 @@ pub(crate) async fn list_keys(
     responses(
         (status = 200, description = "The key", body = SuccessEnvelope<ApiKey>),
         (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        CallErrors,
     ),
     security(("bearer" = []))
 )]
@@ -288,17 +271,10 @@ pub(crate) async fn get_key(
     request_body = UpdateKeyRequest,
     responses(
         (status = 200, description = "The updated key", body = SuccessEnvelope<ApiKey>),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        BodyErrors,
+        CallErrors,
     ),
     security(("bearer" = []))
 )]
@@ -326,13 +302,8 @@ pub(crate) async fn update_key(
     responses(
         (status = 200, description = "The revoked key", body = SuccessEnvelope<ApiKey>),
         (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        CallErrors,
     ),
     security(("bearer" = []))
 )]

@@ -322,18 +322,11 @@ fn non_empty(token: String) -> Option<String> {
     responses(
         (status = 201, description = "Session created", body = SuccessEnvelope<CreatedSession>),
         (status = 200, description = "An existing session of the caller was continued", body = SuccessEnvelope<CreatedSession>),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
         (status = 502, response = UpstreamError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        BodyErrors,
+        CallErrors,
     ),
     security(("bearer" = []))
 )]
@@ -393,18 +386,11 @@ pub(crate) async fn create_session(
             (SuccessEnvelope<SentMessage> = "application/json"),
             (StreamEvent = "text/event-stream", example = "event: delta\ndata: {\"content\":\"Hel\"}\n\nevent: delta\ndata: {\"content\":\"lo\"}\n\nevent: done\ndata: {\"sessionId\":\"session-123\",\"message\":{\"role\":\"assistant\",\"content\":\"Hello\"},\"usage\":{\"promptTokens\":10,\"completionTokens\":2,\"totalTokens\":12},\"model\":\"zai/glm-4.7-flash\",\"finishReason\":\"stop\"}\n\n"),
         )),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
         (status = 502, response = UpstreamError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        BodyErrors,
+        CallErrors,
     ),
     security(("bearer" = []))
 )]
@@ -560,12 +546,7 @@ fn error_event(error: ApiError) -> Event {
     responses(
         (status = 200, description = "One page of sessions", body = SuccessEnvelope<SessionList>),
         (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        CallErrors,
     ),
     security(("bearer" = []))
 )]
@@ -603,13 +584,8 @@ pub(crate) async fn list_sessions(
     responses(
         (status = 200, description = "The session", body = SuccessEnvelope<Session>),
         (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        CallErrors,
     ),
     security(("bearer" = []))
 )]
@@ -641,13 +617,8 @@ pub(crate) async fn get_session(
     responses(
         (status = 200, description = "One page of messages", body = SuccessEnvelope<MessageList>),
         (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        CallErrors,
     ),
     security(("bearer" = []))
 )]
@@ -688,14 +659,9 @@ pub(crate) async fn list_messages(
     responses(
         (status = 200, description = "The session is gone", body = SuccessEnvelope<DeletedSession>),
         (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        CallErrors,
     ),
     security(("bearer" = []))
 )]

@@ -125,12 +125,7 @@ impl From<proto::SystemStatus> for SystemStatus {
     responses(
         (status = 200, description = "The gateway's status", body = SuccessEnvelope<SystemStatus>),
         (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 429, response = RateLimited),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
-        (status = 504, response = UpstreamTimeout),
+        CallErrors,
     ),
     security(("bearer" = []))
 )]

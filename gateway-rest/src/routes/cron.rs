@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     core_client::CoreClient,
-    envelope::{ApiResult, Enveloped, SuccessEnvelope},
+    envelope::{ApiResult, SuccessEnvelope},
     extract::{JsonBody, PathId, QueryParams},
     headers::Caller,
     openapi::responses::*,
@@ -362,14 +362,17 @@ pub(crate) async fn create_job(
     JsonBody(body): JsonBody<CreateJobRequest>,
 ) -> ApiResult<Job> {
     let request = body.into_proto();
-    let reply = core
-        .call(&caller, request, |channel, request| async move {
-            CronServiceClient::new(channel).create_job(request).await
-        })
+    let created = core
+        .enveloped(
+            &caller,
+            request,
+            |channel, request| async move {
+                CronServiceClient::new(channel).create_job(request).await
+            },
+            Job::from,
+        )
         .await?;
-    Ok(Enveloped::ok(Job::from(reply.message))
-        .with_status(StatusCode::CREATED)
-        .with_headers(reply.headers))
+    Ok(created.with_status(StatusCode::CREATED))
 }
 
 /// List the caller's jobs (guide 2.4), oldest first.
@@ -388,15 +391,15 @@ pub(crate) async fn list_jobs(
     State(core): State<CoreClient>,
     caller: Caller,
 ) -> ApiResult<JobList> {
-    let reply = core
-        .call(&caller, proto::ListJobsRequest {}, |channel, request| async move {
-            CronServiceClient::new(channel).list_jobs(request).await
-        })
-        .await?;
-    let data = JobList {
-        jobs: reply.message.jobs.into_iter().map(Into::into).collect(),
-    };
-    Ok(Enveloped::ok(data).with_headers(reply.headers))
+    core.enveloped(
+        &caller,
+        proto::ListJobsRequest {},
+        |channel, request| async move { CronServiceClient::new(channel).list_jobs(request).await },
+        |listed| JobList {
+            jobs: listed.jobs.into_iter().map(Into::into).collect(),
+        },
+    )
+    .await
 }
 
 /// Read one job.
@@ -417,12 +420,13 @@ pub(crate) async fn get_job(
     caller: Caller,
     PathId(job_id): PathId,
 ) -> ApiResult<Job> {
-    let reply = core
-        .call(&caller, proto::GetJobRequest { job_id }, |channel, request| async move {
-            CronServiceClient::new(channel).get_job(request).await
-        })
-        .await?;
-    Ok(Enveloped::ok(Job::from(reply.message)).with_headers(reply.headers))
+    core.enveloped(
+        &caller,
+        proto::GetJobRequest { job_id },
+        |channel, request| async move { CronServiceClient::new(channel).get_job(request).await },
+        Job::from,
+    )
+    .await
 }
 
 /// Change a job: name, schedule, payload, or enable/disable it.
@@ -448,12 +452,13 @@ pub(crate) async fn update_job(
     JsonBody(body): JsonBody<UpdateJobRequest>,
 ) -> ApiResult<Job> {
     let request = body.into_proto(job_id);
-    let reply = core
-        .call(&caller, request, |channel, request| async move {
-            CronServiceClient::new(channel).update_job(request).await
-        })
-        .await?;
-    Ok(Enveloped::ok(Job::from(reply.message)).with_headers(reply.headers))
+    core.enveloped(
+        &caller,
+        request,
+        |channel, request| async move { CronServiceClient::new(channel).update_job(request).await },
+        Job::from,
+    )
+    .await
 }
 
 /// Delete a job and its run history.
@@ -477,16 +482,16 @@ pub(crate) async fn delete_job(
     let request = proto::DeleteJobRequest {
         job_id: job_id.clone(),
     };
-    let reply = core
-        .call(&caller, request, |channel, request| async move {
-            CronServiceClient::new(channel).delete_job(request).await
-        })
-        .await?;
-    let data = DeletedJob {
-        id: job_id,
-        deleted: true,
-    };
-    Ok(Enveloped::ok(data).with_headers(reply.headers))
+    core.enveloped(
+        &caller,
+        request,
+        |channel, request| async move { CronServiceClient::new(channel).delete_job(request).await },
+        |_| DeletedJob {
+            id: job_id,
+            deleted: true,
+        },
+    )
+    .await
 }
 
 /// Run a job now, outside its schedule; the run's outcome shows in its history.
@@ -508,14 +513,15 @@ pub(crate) async fn run_job(
     caller: Caller,
     PathId(job_id): PathId,
 ) -> ApiResult<Run> {
-    let reply = core
-        .call(&caller, proto::RunJobRequest { job_id }, |channel, request| async move {
-            CronServiceClient::new(channel).run_job(request).await
-        })
+    let started = core
+        .enveloped(
+            &caller,
+            proto::RunJobRequest { job_id },
+            |channel, request| async move { CronServiceClient::new(channel).run_job(request).await },
+            Run::from,
+        )
         .await?;
-    Ok(Enveloped::ok(Run::from(reply.message))
-        .with_status(StatusCode::ACCEPTED)
-        .with_headers(reply.headers))
+    Ok(started.with_status(StatusCode::ACCEPTED))
 }
 
 /// A job's run history, newest first.
@@ -543,15 +549,15 @@ pub(crate) async fn list_runs(
         page_size: query.page_size.unwrap_or_default(),
         page_token: query.page_token.unwrap_or_default(),
     };
-    let reply = core
-        .call(&caller, request, |channel, request| async move {
-            CronServiceClient::new(channel).list_runs(request).await
-        })
-        .await?;
-    let data = RunList {
-        job_id,
-        runs: reply.message.runs.into_iter().map(Into::into).collect(),
-        next_page_token: Some(reply.message.next_page_token).filter(|t| !t.is_empty()),
-    };
-    Ok(Enveloped::ok(data).with_headers(reply.headers))
+    core.enveloped(
+        &caller,
+        request,
+        |channel, request| async move { CronServiceClient::new(channel).list_runs(request).await },
+        |listed| RunList {
+            job_id,
+            runs: listed.runs.into_iter().map(Into::into).collect(),
+            next_page_token: Some(listed.next_page_token).filter(|t| !t.is_empty()),
+        },
+    )
+    .await
 }

@@ -222,15 +222,15 @@ pub(crate) async fn list_keys(
     State(core): State<CoreClient>,
     caller: Caller,
 ) -> ApiResult<KeyList> {
-    let reply = core
-        .call(&caller, proto::ListKeysRequest {}, |channel, request| async move {
-            KeyServiceClient::new(channel).list_keys(request).await
-        })
-        .await?;
-    let data = KeyList {
-        keys: reply.message.keys.into_iter().map(Into::into).collect(),
-    };
-    Ok(Enveloped::ok(data).with_headers(reply.headers))
+    core.enveloped(
+        &caller,
+        proto::ListKeysRequest {},
+        |channel, request| async move { KeyServiceClient::new(channel).list_keys(request).await },
+        |listed| KeyList {
+            keys: listed.keys.into_iter().map(Into::into).collect(),
+        },
+    )
+    .await
 }
 
 /// Read one key.
@@ -252,14 +252,13 @@ pub(crate) async fn get_key(
     caller: Caller,
     PathId(id): PathId,
 ) -> ApiResult<ApiKey> {
-    let reply = core
-        .call(
-            &caller,
-            proto::GetKeyRequest { id },
-            |channel, request| async move { KeyServiceClient::new(channel).get_key(request).await },
-        )
-        .await?;
-    Ok(Enveloped::ok(ApiKey::from(reply.message)).with_headers(reply.headers))
+    core.enveloped(
+        &caller,
+        proto::GetKeyRequest { id },
+        |channel, request| async move { KeyServiceClient::new(channel).get_key(request).await },
+        ApiKey::from,
+    )
+    .await
 }
 
 /// Rename a key or change its limits.
@@ -285,12 +284,13 @@ pub(crate) async fn update_key(
     JsonBody(body): JsonBody<UpdateKeyRequest>,
 ) -> ApiResult<ApiKey> {
     let request = body.into_proto(id);
-    let reply = core
-        .call(&caller, request, |channel, request| async move {
-            KeyServiceClient::new(channel).update_key(request).await
-        })
-        .await?;
-    Ok(Enveloped::ok(ApiKey::from(reply.message)).with_headers(reply.headers))
+    core.enveloped(
+        &caller,
+        request,
+        |channel, request| async move { KeyServiceClient::new(channel).update_key(request).await },
+        ApiKey::from,
+    )
+    .await
 }
 
 /// Revoke a key on every replica. Revoking twice is harmless.
@@ -312,10 +312,11 @@ pub(crate) async fn revoke_key(
     caller: Caller,
     PathId(id): PathId,
 ) -> ApiResult<ApiKey> {
-    let reply = core
-        .call(&caller, proto::RevokeKeyRequest { id }, |channel, request| async move {
-            KeyServiceClient::new(channel).revoke_key(request).await
-        })
-        .await?;
-    Ok(Enveloped::ok(ApiKey::from(reply.message)).with_headers(reply.headers))
+    core.enveloped(
+        &caller,
+        proto::RevokeKeyRequest { id },
+        |channel, request| async move { KeyServiceClient::new(channel).revoke_key(request).await },
+        ApiKey::from,
+    )
+    .await
 }

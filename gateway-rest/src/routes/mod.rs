@@ -1,8 +1,17 @@
 //! The REST routes, one file per resource. Each handler translates one call to the core.
 
+use std::future::Future;
+
+use serde::Serialize;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{openapi, server::AppState};
+use crate::{
+    core_client::{CoreClient, CoreService},
+    envelope::{ApiResult, Enveloped},
+    headers::Caller,
+    openapi,
+    server::AppState,
+};
 
 pub(crate) mod cron;
 pub(crate) mod events;
@@ -32,4 +41,25 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))
         .routes(routes!(openapi::openapi_json))
+}
+
+impl CoreClient {
+    /// The usual handler's answer: `call` the core with `message`, make `data` of its answer,
+    /// and envelope that (200) with the headers the core passed on.
+    pub(crate) async fn enveloped<Req, Resp, T, F, Fut>(
+        &self,
+        caller: &Caller,
+        message: Req,
+        call: F,
+        data: impl FnOnce(Resp) -> T,
+    ) -> ApiResult<T>
+    where
+        Req: Clone,
+        T: Serialize,
+        F: Fn(CoreService, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let reply = self.call(caller, message, call).await?;
+        Ok(Enveloped::ok(data(reply.message)).with_headers(reply.headers))
+    }
 }

@@ -559,18 +559,20 @@ pub(crate) async fn list_sessions(
         page_size: page.page_size.unwrap_or_default(),
         page_token: page.page_token.unwrap_or_default(),
     };
-    let reply = core
-        .call(&caller, request, |channel, request| async move {
+    core.enveloped(
+        &caller,
+        request,
+        |channel, request| async move {
             SessionServiceClient::new(channel)
                 .list_sessions(request)
                 .await
-        })
-        .await?;
-    let data = SessionList {
-        sessions: reply.message.sessions.into_iter().map(Into::into).collect(),
-        next_page_token: non_empty(reply.message.next_page_token),
-    };
-    Ok(Enveloped::ok(data).with_headers(reply.headers))
+        },
+        |listed| SessionList {
+            sessions: listed.sessions.into_iter().map(Into::into).collect(),
+            next_page_token: non_empty(listed.next_page_token),
+        },
+    )
+    .await
 }
 
 /// Read one session.
@@ -595,14 +597,17 @@ pub(crate) async fn get_session(
     PathId(session_id): PathId,
 ) -> ApiResult<Session> {
     let request = proto::GetSessionRequest { session_id };
-    let reply = core
-        .call(&caller, request, |channel, request| async move {
+    core.enveloped(
+        &caller,
+        request,
+        |channel, request| async move {
             SessionServiceClient::new(channel)
                 .get_session(request)
                 .await
-        })
-        .await?;
-    Ok(Enveloped::ok(Session::from(reply.message)).with_headers(reply.headers))
+        },
+        Session::from,
+    )
+    .await
 }
 
 /// Read a session's history, oldest first.
@@ -633,19 +638,21 @@ pub(crate) async fn list_messages(
         page_size: page.page_size.unwrap_or_default(),
         page_token: page.page_token.unwrap_or_default(),
     };
-    let reply = core
-        .call(&caller, request, |channel, request| async move {
+    core.enveloped(
+        &caller,
+        request,
+        |channel, request| async move {
             SessionServiceClient::new(channel)
                 .list_messages(request)
                 .await
-        })
-        .await?;
-    let data = MessageList {
-        session_id,
-        messages: reply.message.messages.into_iter().map(Into::into).collect(),
-        next_page_token: non_empty(reply.message.next_page_token),
-    };
-    Ok(Enveloped::ok(data).with_headers(reply.headers))
+        },
+        |listed| MessageList {
+            session_id,
+            messages: listed.messages.into_iter().map(Into::into).collect(),
+            next_page_token: non_empty(listed.next_page_token),
+        },
+    )
+    .await
 }
 
 /// Delete a session and its history.
@@ -673,16 +680,18 @@ pub(crate) async fn delete_session(
     let request = proto::DeleteSessionRequest {
         session_id: session_id.clone(),
     };
-    let reply = core
-        .call(&caller, request, |channel, request| async move {
+    core.enveloped(
+        &caller,
+        request,
+        |channel, request| async move {
             SessionServiceClient::new(channel)
                 .delete_session(request)
                 .await
-        })
-        .await?;
-    let data = DeletedSession {
-        session_id,
-        deleted: true,
-    };
-    Ok(Enveloped::ok(data).with_headers(reply.headers))
+        },
+        |_| DeletedSession {
+            session_id,
+            deleted: true,
+        },
+    )
+    .await
 }

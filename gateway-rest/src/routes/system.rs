@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use crate::{
     core_client::CoreClient,
-    envelope::{ApiResult, Enveloped, SuccessEnvelope},
+    envelope::{ApiResult, SuccessEnvelope},
     headers::Caller,
     openapi::responses::*,
     proto::{self, system_service_client::SystemServiceClient},
@@ -133,16 +133,13 @@ pub(crate) async fn status(
     State(core): State<CoreClient>,
     caller: Caller,
 ) -> ApiResult<SystemStatus> {
-    let reply = core
-        .call(
-            &caller,
-            proto::GetStatusRequest {},
-            |channel, request| async move {
-                SystemServiceClient::new(channel).get_status(request).await
-            },
-        )
-        .await?;
-    Ok(Enveloped::ok(SystemStatus::from(reply.message)).with_headers(reply.headers))
+    core.enveloped(
+        &caller,
+        proto::GetStatusRequest {},
+        |channel, request| async move { SystemServiceClient::new(channel).get_status(request).await },
+        SystemStatus::from,
+    )
+    .await
 }
 
 /// The liveness probe's answer.

@@ -39,6 +39,12 @@ fn needs_operator(viewer: &Viewer) -> Result<(), Box<Response>> {
     }
 }
 
+/// A posted key form is acted on only with the viewer's CSRF token and by an operator.
+fn operator_post(viewer: &Viewer, form: &[(String, String)]) -> Result<(), Box<Response>> {
+    viewer.require_csrf(field(form, "csrf"))?;
+    needs_operator(viewer)
+}
+
 /// Reads `limits.*` fields: empty means "leave as it is" (or the default, for a new key).
 fn limits(form: &[(String, String)]) -> Result<proto::Limits, Box<Response>> {
     let parse = |name: &str, label: &str| -> Result<Option<u64>, Box<Response>> {
@@ -205,10 +211,7 @@ pub(crate) async fn create(
     headers: HeaderMap,
     Form(form): Form<Vec<(String, String)>>,
 ) -> PageResult {
-    if let Err(refused) = viewer.require_csrf(field(&form, "csrf")) {
-        return Ok(*refused);
-    }
-    if let Err(refused) = needs_operator(&viewer) {
+    if let Err(refused) = operator_post(&viewer, &form) {
         return Ok(*refused);
     }
     let limits = match limits(&form) {
@@ -279,22 +282,39 @@ async fn get_key(viewer: &Viewer, id: String) -> Result<proto::ApiKey, pages::Pa
         .message)
 }
 
-pub(crate) async fn edit_form(viewer: Viewer, Path(id): Path<String>) -> PageResult {
-    if let Err(refused) = needs_operator(&viewer) {
+/// An operator's page with one form about key `id`, posting to the key's address and `action`:
+/// `fields` (ending with the submit button), then a way back.
+async fn key_form(
+    viewer: &Viewer,
+    id: String,
+    title: &str,
+    action: &str,
+    fields: impl FnOnce(&proto::ApiKey) -> Markup,
+) -> PageResult {
+    if let Err(refused) = needs_operator(viewer) {
         return Ok(*refused);
     }
-    let key = get_key(&viewer, id).await?;
+    let key = get_key(viewer, id).await?;
     let body = html! {
-        form.card method="post" action=(format!("/dashboard/settings/keys/{}", key.id)) {
+        form.card method="post" action=(format!("/dashboard/settings/keys/{}{action}", key.id)) {
             input type="hidden" name="csrf" value=(viewer.identity.csrf_token);
-            p { "Key " strong { (key.name) } " (" code { (key.prefix) "…" } ")" }
-            (limit_inputs(key.limits.as_ref()))
-            button type="submit" { "Save limits" }
+            (fields(&key))
             " "
             a href="/dashboard/settings/keys" { "Cancel" }
         }
     };
-    Ok(page(&viewer, "Edit limits", "Settings", body).into_response())
+    Ok(page(viewer, title, "Settings", body).into_response())
+}
+
+pub(crate) async fn edit_form(viewer: Viewer, Path(id): Path<String>) -> PageResult {
+    key_form(&viewer, id, "Edit limits", "", |key| {
+        html! {
+            p { "Key " strong { (key.name) } " (" code { (key.prefix) "…" } ")" }
+            (limit_inputs(key.limits.as_ref()))
+            button type="submit" { "Save limits" }
+        }
+    })
+    .await
 }
 
 pub(crate) async fn update(
@@ -302,10 +322,7 @@ pub(crate) async fn update(
     Path(id): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> PageResult {
-    if let Err(refused) = viewer.require_csrf(field(&form, "csrf")) {
-        return Ok(*refused);
-    }
-    if let Err(refused) = needs_operator(&viewer) {
+    if let Err(refused) = operator_post(&viewer, &form) {
         return Ok(*refused);
     }
     let limits = match limits(&form) {
@@ -328,21 +345,14 @@ pub(crate) async fn update(
 }
 
 pub(crate) async fn revoke_form(viewer: Viewer, Path(id): Path<String>) -> PageResult {
-    if let Err(refused) = needs_operator(&viewer) {
-        return Ok(*refused);
-    }
-    let key = get_key(&viewer, id).await?;
-    let body = html! {
-        form.card method="post" action=(format!("/dashboard/settings/keys/{}/revoke", key.id)) {
-            input type="hidden" name="csrf" value=(viewer.identity.csrf_token);
+    key_form(&viewer, id, "Revoke key", "/revoke", |key| {
+        html! {
             p { "Revoke key " strong { (key.name) } " (" code { (key.prefix) "…" } ")?" }
             p { "Every client using it gets 401 within seconds. This cannot be undone." }
             button.danger type="submit" { "Revoke key" }
-            " "
-            a href="/dashboard/settings/keys" { "Cancel" }
         }
-    };
-    Ok(page(&viewer, "Revoke key", "Settings", body).into_response())
+    })
+    .await
 }
 
 pub(crate) async fn revoke(
@@ -350,10 +360,7 @@ pub(crate) async fn revoke(
     Path(id): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> PageResult {
-    if let Err(refused) = viewer.require_csrf(field(&form, "csrf")) {
-        return Ok(*refused);
-    }
-    if let Err(refused) = needs_operator(&viewer) {
+    if let Err(refused) = operator_post(&viewer, &form) {
         return Ok(*refused);
     }
     viewer

@@ -115,13 +115,12 @@ struct World {
 
 async fn key(stack: &Stack, name: &str, scopes: &[&str]) -> Value {
     let response = stack
-        .http
-        .post(stack.url("/api/v1/keys"))
-        .bearer_auth(INTERNAL_TOKEN)
-        .json(&json!({"name": name, "scopes": scopes, "limits": {"requestsPerMinute": 100000}}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/api/v1/keys",
+            INTERNAL_TOKEN,
+            &json!({"name": name, "scopes": scopes, "limits": {"requestsPerMinute": 100000}}),
+        )
+        .await;
     expect_data(response, 201).await
 }
 
@@ -150,22 +149,20 @@ impl World {
         }
         let secret = owner["key"].as_str().unwrap().to_string();
         let session = stack
-            .http
-            .post(stack.url("/api/v1/sessions"))
-            .bearer_auth(&secret)
-            .json(&json!({"messages": [], "context": {"sessionId": "owned-session"}}))
-            .send()
-            .await
-            .unwrap();
+            .post(
+                "/api/v1/sessions",
+                &secret,
+                &json!({"messages": [], "context": {"sessionId": "owned-session"}}),
+            )
+            .await;
         expect_data(session, 201).await;
         let job = stack
-            .http
-            .post(stack.url("/api/v1/cron/jobs"))
-            .bearer_auth(&secret)
-            .json(&sample_body("POST", "/api/v1/cron/jobs").unwrap())
-            .send()
-            .await
-            .unwrap();
+            .post(
+                "/api/v1/cron/jobs",
+                &secret,
+                &sample_body("POST", "/api/v1/cron/jobs").unwrap(),
+            )
+            .await;
         let job = expect_data(job, 201).await;
         let mut ids = BTreeMap::new();
         ids.insert("{sessionId}", "owned-session".to_string());
@@ -296,14 +293,7 @@ async fn every_rest_route_answers_every_credential_as_the_contract_says() {
 
     // Nothing of the owner's leaks into another key's listings.
     for list in ["/api/v1/sessions", "/api/v1/cron/jobs"] {
-        let response = world
-            .stack
-            .http
-            .get(world.stack.url(list))
-            .bearer_auth(&world.another)
-            .send()
-            .await
-            .unwrap();
+        let response = world.stack.get(list, &world.another).await;
         let body = response.text().await.unwrap();
         for id in world.ids.values() {
             assert!(

@@ -74,35 +74,35 @@ async fn a_combined_replica_answers_as_the_guide_says_and_shares_state_with_spli
     assert!(created["message"]["content"].as_str().is_some());
 
     // Bad input gets the contract's error, and what is stored stays as it was.
-    let refused = http
-        .post(format!("{combined}/api/v1/sessions/{id}/messages"))
-        .bearer_auth(&key)
-        .json(&json!({"message": {"role": "user", "content": 7}}))
-        .send()
-        .await
-        .unwrap();
+    let refused = support::post_with_key(
+        &http,
+        format!("{combined}/api/v1/sessions/{id}/messages"),
+        &key,
+        &json!({"message": {"role": "user", "content": 7}}),
+    )
+    .await;
     let error = expect_error(refused, 400, "INVALID_REQUEST").await;
     assert!(
         error["details"].as_str().unwrap().contains("content"),
         "{error}"
     );
-    let unknown = http
-        .get(format!("{combined}/api/v1/system/status"))
-        .bearer_auth("oc_not-a-real-key")
-        .send()
-        .await
-        .unwrap();
+    let unknown = support::get_with_key(
+        &http,
+        format!("{combined}/api/v1/system/status"),
+        "oc_not-a-real-key",
+    )
+    .await;
     expect_error(unknown, 401, "UNAUTHORIZED").await;
 
     // The session goes on through a split edge and core, and back: one history.
     for (base, text) in [(&split, "second"), (&combined, "third")] {
-        let sent = http
-            .post(format!("{base}/api/v1/sessions/{id}/messages"))
-            .bearer_auth(&key)
-            .json(&json!({"message": {"role": "user", "content": text}}))
-            .send()
-            .await
-            .unwrap();
+        let sent = support::post_with_key(
+            &http,
+            format!("{base}/api/v1/sessions/{id}/messages"),
+            &key,
+            &json!({"message": {"role": "user", "content": text}}),
+        )
+        .await;
         expect_data(sent, 200).await;
     }
     let last = upstream.received().pop().unwrap();
@@ -113,12 +113,12 @@ async fn a_combined_replica_answers_as_the_guide_says_and_shares_state_with_spli
     );
 
     // One window for the key across both kinds of replica: the fourth request is the last.
-    let history = http
-        .get(format!("{split}/api/v1/sessions/{id}/messages"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let history = support::get_with_key(
+        &http,
+        format!("{split}/api/v1/sessions/{id}/messages"),
+        &key,
+    )
+    .await;
     assert_eq!(history.headers()["x-ratelimit-remaining-requests"], "0");
     let history = expect_data(history, 200).await;
     assert_eq!(
@@ -126,13 +126,13 @@ async fn a_combined_replica_answers_as_the_guide_says_and_shares_state_with_spli
         6,
         "{history}"
     );
-    let over = http
-        .post(format!("{combined}/api/v1/sessions/{id}/messages"))
-        .bearer_auth(&key)
-        .json(&json!({"message": {"role": "user", "content": "fourth"}}))
-        .send()
-        .await
-        .unwrap();
+    let over = support::post_with_key(
+        &http,
+        format!("{combined}/api/v1/sessions/{id}/messages"),
+        &key,
+        &json!({"message": {"role": "user", "content": "fourth"}}),
+    )
+    .await;
     expect_error(over, 429, "RATE_LIMIT_EXCEEDED").await;
 
     // Internal services still reach the replica over gRPC.

@@ -16,23 +16,18 @@ use support::{Behaviour, CoreOptions, FakeUpstream, Stack, all_events, expect_da
 const EVERY_MS: i64 = 1000;
 
 async fn create_job(http: &reqwest::Client, base: &str, key: &str, body: Value) -> Value {
-    let response = http
-        .post(format!("{base}/api/v1/cron/jobs"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        support::post_with_key(http, format!("{base}/api/v1/cron/jobs"), key, &body).await;
     expect_data(response, 201).await
 }
 
 async fn runs(http: &reqwest::Client, base: &str, key: &str, job: &str) -> Vec<Value> {
-    let response = http
-        .get(format!("{base}/api/v1/cron/jobs/{job}/runs?pageSize=500"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
+    let response = support::get_with_key(
+        http,
+        format!("{base}/api/v1/cron/jobs/{job}/runs?pageSize=500"),
+        key,
+    )
+    .await;
     let data = expect_data(response, 200).await;
     data["runs"].as_array().unwrap().clone()
 }
@@ -272,12 +267,8 @@ async fn a_due_time_that_comes_while_the_previous_run_is_going_is_skipped() {
     assert_eq!(run["usage"]["completionTokens"], 5);
     let session = run["sessionId"].as_str().unwrap();
     let messages = stack
-        .http
-        .get(stack.url(&format!("/api/v1/sessions/{session}/messages")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/sessions/{session}/messages"), &key)
+        .await;
     let messages = expect_data(messages, 200).await;
     assert_eq!(messages["messages"][0]["content"], "summarize the day");
     assert_eq!(
@@ -303,13 +294,7 @@ async fn a_failing_job_backs_off_and_announces_its_failure() {
     .await;
     let id = job["id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let response = stack
-        .http
-        .get(stack.url(&format!("/api/v1/cron/jobs/{id}")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get(&format!("/api/v1/cron/jobs/{id}"), &key).await;
     let job = expect_data(response, 200).await;
     assert_eq!(job["state"]["lastStatus"], "error", "{job}");
     assert_eq!(
@@ -425,14 +410,7 @@ async fn bad_schedules_and_payloads_are_invalid_requests_naming_the_field() {
         ),
     ];
     for (body, field) in cases {
-        let response = stack
-            .http
-            .post(stack.url("/api/v1/cron/jobs"))
-            .bearer_auth(&key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = stack.post("/api/v1/cron/jobs", &key, &body).await;
         let error = expect_error(response, 400, "INVALID_REQUEST").await;
         let details = error["details"].as_str().unwrap();
         assert!(details.contains(&format!("'{field}'")), "{body}: {details}");
@@ -479,13 +457,7 @@ async fn jobs_can_be_read_changed_run_now_and_deleted_by_their_key_only() {
         )
         .await;
     }
-    let bobs = stack
-        .http
-        .get(stack.url("/api/v1/cron/jobs"))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
+    let bobs = stack.get("/api/v1/cron/jobs", &bob).await;
     assert_eq!(expect_data(bobs, 200).await["jobs"], json!([]));
 
     // Disable, rename, re-enable with a new schedule.
@@ -530,17 +502,7 @@ async fn jobs_can_be_read_changed_run_now_and_deleted_by_their_key_only() {
     assert_eq!(history.len(), 1);
     assert_eq!(history[0]["status"], "ok");
     assert!(history[0]["durationMs"].is_i64());
-    let job = expect_data(
-        stack
-            .http
-            .get(&url)
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let job = expect_data(support::get_with_key(&stack.http, &url, &alice).await, 200).await;
     assert_eq!(job["state"]["lastStatus"], "ok");
     assert!(job["state"]["lastRunAt"].as_str().unwrap().ends_with('Z'));
 
@@ -553,13 +515,7 @@ async fn jobs_can_be_read_changed_run_now_and_deleted_by_their_key_only() {
         .unwrap();
     assert_eq!(expect_data(deleted, 200).await["deleted"], true);
     expect_error(
-        stack
-            .http
-            .get(&url)
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap(),
+        support::get_with_key(&stack.http, &url, &alice).await,
         404,
         "NOT_FOUND",
     )
@@ -594,13 +550,7 @@ async fn a_one_shot_job_runs_once_then_is_disabled_or_deleted() {
         ))
     };
     let kept = expect_data(
-        stack
-            .http
-            .get(url(&keep))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
+        support::get_with_key(&stack.http, url(&keep), &key).await,
         200,
     )
     .await;
@@ -616,13 +566,7 @@ async fn a_one_shot_job_runs_once_then_is_disabled_or_deleted() {
     .await;
     assert_eq!(history.len(), 1);
     expect_error(
-        stack
-            .http
-            .get(url(&gone))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
+        support::get_with_key(&stack.http, url(&gone), &key).await,
         404,
         "NOT_FOUND",
     )
@@ -710,13 +654,7 @@ async fn system_events_stream_over_sse_and_resume_from_the_last_event_id() {
     assert_eq!(replay[0].0, first[1].0);
     assert_ne!(replay[1].0, first[1].0);
 
-    let bad = stack
-        .http
-        .get(stack.url("/api/v1/events?after=yesterday"))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap();
+    let bad = stack.get("/api/v1/events?after=yesterday", &alice).await;
     expect_error(bad, 400, "INVALID_REQUEST").await;
 }
 
@@ -725,13 +663,7 @@ async fn revoking_a_key_is_announced_to_internal_subscribers() {
     let stack = Stack::start().await;
     let key = stack.create_key("short-lived").await;
     let keys = expect_data(
-        stack
-            .http
-            .get(stack.url("/api/v1/keys"))
-            .bearer_auth(support::INTERNAL_TOKEN)
-            .send()
-            .await
-            .unwrap(),
+        stack.get("/api/v1/keys", support::INTERNAL_TOKEN).await,
         200,
     )
     .await;

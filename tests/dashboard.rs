@@ -580,13 +580,12 @@ async fn a_key_holder_sees_only_its_own_key_and_sessions() {
     let theirs = stack.create_key("someone-else").await;
     let their_session = expect_data(
         stack
-            .http
-            .post(stack.url("/api/v1/sessions"))
-            .bearer_auth(&theirs)
-            .json(&json!({"messages": [{"role": "user", "content": "secret plans"}]}))
-            .send()
-            .await
-            .unwrap(),
+            .post(
+                "/api/v1/sessions",
+                &theirs,
+                &json!({"messages": [{"role": "user", "content": "secret plans"}]}),
+            )
+            .await,
         201,
     )
     .await["sessionId"]
@@ -654,13 +653,12 @@ async fn screenshots_of_every_page() {
     .await;
     let session = expect_data(
         stack
-            .http
-            .post(stack.url("/api/v1/sessions"))
-            .bearer_auth(INTERNAL_TOKEN)
-            .json(&json!({"messages": [{"role": "user", "content": "Hello"}]}))
-            .send()
-            .await
-            .unwrap(),
+            .post(
+                "/api/v1/sessions",
+                INTERNAL_TOKEN,
+                &json!({"messages": [{"role": "user", "content": "Hello"}]}),
+            )
+            .await,
         201,
     )
     .await["sessionId"]

@@ -41,13 +41,7 @@ async fn missing_garbage_and_revoked_keys_are_unauthorized() {
         error["details"].as_str().unwrap().contains("Authorization"),
         "{error}"
     );
-    let garbage = stack
-        .http
-        .get(&status)
-        .bearer_auth("not-a-key")
-        .send()
-        .await
-        .unwrap();
+    let garbage = support::get_with_key(&stack.http, &status, "not-a-key").await;
     expect_error(garbage, 401, "UNAUTHORIZED").await;
     let scheme = stack
         .http
@@ -57,25 +51,19 @@ async fn missing_garbage_and_revoked_keys_are_unauthorized() {
         .await
         .unwrap();
     expect_error(scheme, 401, "UNAUTHORIZED").await;
-    let lookalike = stack
-        .http
-        .get(&status)
-        .bearer_auth("oc_0000000000000000000000000000000000000000")
-        .send()
-        .await
-        .unwrap();
+    let lookalike = support::get_with_key(
+        &stack.http,
+        &status,
+        "oc_0000000000000000000000000000000000000000",
+    )
+    .await;
     expect_error(lookalike, 401, "UNAUTHORIZED").await;
 
     // Revocation: the key works, is revoked, and then fails within seconds.
     let key = stack.create_key("to revoke").await;
     assert_eq!(
-        stack
-            .http
-            .get(&status)
-            .bearer_auth(&key)
-            .send()
+        support::get_with_key(&stack.http, &status, &key)
             .await
-            .unwrap()
             .status(),
         200
     );
@@ -104,13 +92,7 @@ async fn missing_garbage_and_revoked_keys_are_unauthorized() {
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let response = stack
-            .http
-            .get(&status)
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+        let response = support::get_with_key(&stack.http, &status, &key).await;
         if response.status() == 401 {
             let error = expect_error(response, 401, "UNAUTHORIZED").await;
             assert!(
@@ -330,12 +312,8 @@ async fn bad_input_is_invalid_request_and_changes_nothing() {
         .await;
     expect_error(response, 400, "INVALID_REQUEST").await;
     let response = stack
-        .http
-        .get(stack.url(&format!("/api/v1/sessions/{}", "x".repeat(200))))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/sessions/{}", "x".repeat(200)), &key)
+        .await;
     expect_error(response, 400, "INVALID_REQUEST").await;
     let response = stack.get("/api/v1/sessions/no-such", &key).await;
     expect_error(response, 404, "NOT_FOUND").await;
@@ -436,12 +414,12 @@ async fn a_stalled_upstream_is_upstream_timeout() {
     let base = format!("http://127.0.0.1:{}", edge.port);
     let key = support::create_key(&http, &base, "slow", json!({})).await;
     upstream.behave(support::Behaviour::Stall(std::time::Duration::from_secs(3)));
-    let response = http
-        .post(format!("{base}/api/v1/sessions"))
-        .bearer_auth(&key)
-        .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let response = support::post_with_key(
+        &http,
+        format!("{base}/api/v1/sessions"),
+        &key,
+        &json!({"messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
     expect_error(response, 504, "UPSTREAM_TIMEOUT").await;
 }

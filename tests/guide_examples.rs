@@ -79,13 +79,12 @@ async fn the_guide_session_examples_work_as_written() {
         .expect("the guide creates a session");
     // The guide's create request names a session id to continue; it is new here, so it is created.
     let response = stack
-        .http
-        .post(stack.url(&create.path))
-        .bearer_auth(&key)
-        .json(create.body.as_ref().expect("create body"))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            &create.path,
+            &key,
+            create.body.as_ref().expect("create body"),
+        )
+        .await;
     let data = expect_data(response, 201).await;
     assert_eq!(data["sessionId"], "optional-session-id");
     assert_eq!(data["status"], "active");
@@ -101,13 +100,8 @@ async fn the_guide_session_examples_work_as_written() {
         .expect("the guide sends a message");
     let path = send.path.replace("{sessionId}", "optional-session-id");
     let response = stack
-        .http
-        .post(stack.url(&path))
-        .bearer_auth(&key)
-        .json(send.body.as_ref().expect("send body"))
-        .send()
-        .await
-        .unwrap();
+        .post(&path, &key, send.body.as_ref().expect("send body"))
+        .await;
     let data = expect_data(response, 200).await;
     assert_eq!(
         data["message"],
@@ -120,13 +114,7 @@ async fn the_guide_session_examples_work_as_written() {
         .iter()
         .find(|e| e.path == "/api/v1/system/status")
         .expect("the guide reads the status");
-    let response = stack
-        .http
-        .get(stack.url(&status.path))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get(&status.path, &key).await;
     let data = expect_data(response, 200).await;
     assert_eq!(data["gateway"], "running");
     assert_eq!(data["version"], env!("CARGO_PKG_VERSION"));
@@ -271,13 +259,12 @@ async fn the_guide_cron_examples_work_as_written() {
         .find(|e| e.method == "POST" && e.path == "/api/v1/cron/jobs")
         .expect("the guide creates a cron job");
     let response = stack
-        .http
-        .post(stack.url(&create.path))
-        .bearer_auth(&key)
-        .json(create.body.as_ref().expect("create body"))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            &create.path,
+            &key,
+            create.body.as_ref().expect("create body"),
+        )
+        .await;
     let created = expect_data(response, 201).await;
     assert_eq!(created["name"], "daily-backup");
     assert_eq!(created["schedule"]["kind"], "every");
@@ -292,13 +279,7 @@ async fn the_guide_cron_examples_work_as_written() {
         .iter()
         .find(|e| e.method == "GET" && e.path == "/api/v1/cron/jobs")
         .expect("the guide lists cron jobs");
-    let response = stack
-        .http
-        .get(stack.url(&list.path))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get(&list.path, &key).await;
     let data = expect_data(response, 200).await;
     let example: Value = blocks("json")
         .iter()

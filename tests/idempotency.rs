@@ -13,13 +13,8 @@ use support::{Behaviour, Stack, expect_data, expect_error};
 
 async fn create(stack: &Stack, key: &str) -> String {
     let response = stack
-        .http
-        .post(stack.url("/api/v1/sessions"))
-        .bearer_auth(key)
-        .json(&json!({"messages": []}))
-        .send()
-        .await
-        .unwrap();
+        .post("/api/v1/sessions", key, &json!({"messages": []}))
+        .await;
     expect_data(response, 201).await["sessionId"]
         .as_str()
         .unwrap()
@@ -46,12 +41,8 @@ async fn send(
 
 async fn history(stack: &Stack, key: &str, id: &str) -> Vec<Value> {
     let response = stack
-        .http
-        .get(stack.url(&format!("/api/v1/sessions/{id}/messages")))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/sessions/{id}/messages"), key)
+        .await;
     expect_data(response, 200).await["messages"]
         .as_array()
         .unwrap()

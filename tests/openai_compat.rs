@@ -155,13 +155,7 @@ async fn the_official_openai_python_sdk_works_unchanged_whole_and_streamed() {
     assert_eq!(out["model_error"]["param"], "model");
 
     assert_eq!(out["bound"]["session"], "sdk-chat");
-    let history = stack
-        .http
-        .get(stack.url("/api/v1/sessions/sdk-chat/messages"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let history = stack.get("/api/v1/sessions/sdk-chat/messages", &key).await;
     let messages = expect_data(history, 200).await["messages"].clone();
     assert_eq!(messages[0]["content"], "Remember me");
     assert_eq!(messages[1]["content"], "echo: Remember me");
@@ -174,14 +168,7 @@ async fn the_official_openai_python_sdk_works_unchanged_whole_and_streamed() {
 }
 
 async fn complete(stack: &Stack, key: &str, body: Value) -> reqwest::Response {
-    stack
-        .http
-        .post(stack.url("/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    stack.post("/v1/chat/completions", key, &body).await
 }
 
 async fn openai_error(response: reqwest::Response, status: u16) -> Value {
@@ -373,13 +360,7 @@ async fn a_bound_session_records_the_conversation_the_client_keeps() {
     .unwrap();
     assert!(second.ends_with("data: [DONE]\n\n"), "{second}");
 
-    let history = stack
-        .http
-        .get(stack.url("/api/v1/sessions/my-chat/messages"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let history = stack.get("/api/v1/sessions/my-chat/messages", &key).await;
     let messages = expect_data(history, 200).await["messages"].clone();
     let turns: Vec<(&str, &str)> = messages
         .as_array()

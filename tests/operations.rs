@@ -129,13 +129,12 @@ async fn metrics_expose_the_named_series_on_their_own_port() {
     let stack = Stack::start().await;
     let key = stack.create_key("metrics").await;
     let response = stack
-        .http
-        .post(stack.url("/api/v1/sessions"))
-        .bearer_auth(&key)
-        .json(&json!({"messages": [{"role": "user", "content": "count me"}]}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/api/v1/sessions",
+            &key,
+            &json!({"messages": [{"role": "user", "content": "count me"}]}),
+        )
+        .await;
     expect_data(response, 201).await;
     let (status, edge) = get_text(&format!(
         "http://127.0.0.1:{}/metrics",
@@ -244,13 +243,13 @@ async fn a_draining_core_finishes_what_it_acknowledged_and_exits_cleanly() {
         .map(|i| {
             let (http, base, key) = (http.clone(), base.clone(), key.clone());
             tokio::spawn(async move {
-                let response = http
-                    .post(format!("{base}/api/v1/sessions"))
-                    .bearer_auth(&key)
-                    .json(&json!({"messages": [{"role": "user", "content": format!("turn {i}")}]}))
-                    .send()
-                    .await
-                    .unwrap();
+                let response = support::post_with_key(
+                    &http,
+                    format!("{base}/api/v1/sessions"),
+                    &key,
+                    &json!({"messages": [{"role": "user", "content": format!("turn {i}")}]}),
+                )
+                .await;
                 let status = response.status().as_u16();
                 let body: serde_json::Value = response.json().await.unwrap();
                 (status, body)
@@ -293,12 +292,8 @@ async fn a_draining_core_finishes_what_it_acknowledged_and_exits_cleanly() {
     let edge = support::spawn_edge(&[&core]);
     let base = format!("http://127.0.0.1:{}", edge.port);
     for id in acknowledged {
-        let response = http
-            .get(format!("{base}/api/v1/sessions/{id}"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+        let response =
+            support::get_with_key(&http, format!("{base}/api/v1/sessions/{id}"), &key).await;
         assert_eq!(expect_data(response, 200).await["messageCount"], 2);
     }
 }
@@ -405,12 +400,7 @@ async fn an_edge_finds_cores_by_host_name() {
     let base = format!("http://127.0.0.1:{}", edge.port);
     wait_for_status(&format!("{base}/readyz"), 200, Duration::from_secs(10)).await;
     let key = support::create_key(&http, &base, "named", json!({})).await;
-    let status = http
-        .get(format!("{base}/api/v1/system/status"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let status = support::get_with_key(&http, format!("{base}/api/v1/system/status"), &key).await;
     expect_data(status, 200).await;
 }
 

@@ -132,13 +132,12 @@ async fn hundreds_of_concurrent_requests_across_replicas_admit_exactly_the_limit
 async fn every_response_carries_the_remaining_quota() {
     let cluster = Cluster::start(1, 1, &[]).await;
     let key = cluster.key(json!({"requestsPerMinute": 10, "tokensPerMinute": 5000, "contextTokensPerMinute": 3000})).await;
-    let response = cluster
-        .http
-        .get(format!("{}/api/v1/sessions", cluster.edge(0)))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let response = support::get_with_key(
+        &cluster.http,
+        format!("{}/api/v1/sessions", cluster.edge(0)),
+        &key,
+    )
+    .await;
     let headers = response.headers();
     assert_eq!(headers["x-ratelimit-limit-requests"], "10");
     assert_eq!(headers["x-ratelimit-remaining-requests"], "9");
@@ -204,14 +203,7 @@ async fn a_failed_call_burns_no_tokens_and_overreporting_counts_in_full() {
     });
     let url = format!("{}/api/v1/sessions", cluster.edge(0));
     let body = json!({"messages": [{"role": "user", "content": "hi"}], "maxTokens": 50});
-    let failed = cluster
-        .http
-        .post(&url)
-        .bearer_auth(&key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let failed = support::post_with_key(&cluster.http, &url, &key, &body).await;
     expect_error(failed, 502, "UPSTREAM_ERROR").await;
     let status = cluster.status(&key).await;
     assert_eq!(status["resources"]["tokenUsage"], 0, "{status}");
@@ -225,14 +217,7 @@ async fn a_failed_call_burns_no_tokens_and_overreporting_counts_in_full() {
         prompt_tokens: 300,
         completion_tokens: 700,
     });
-    let ok = cluster
-        .http
-        .post(&url)
-        .bearer_auth(&key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let ok = support::post_with_key(&cluster.http, &url, &key, &body).await;
     let data = expect_data(ok, 201).await;
     assert_eq!(data["usage"]["completionTokens"], 700);
     let status = cluster.status(&key).await;
@@ -266,22 +251,20 @@ async fn usage_read_on_another_replica_right_after_an_answer_is_the_settled_usag
         "max_tokens": 50,
     });
     for turn in 1..=25u64 {
-        let answered = cluster
-            .http
-            .post(format!("{}/v1/chat/completions", cluster.edge(0)))
-            .bearer_auth(&key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let answered = support::post_with_key(
+            &cluster.http,
+            format!("{}/v1/chat/completions", cluster.edge(0)),
+            &key,
+            &body,
+        )
+        .await;
         assert_eq!(answered.status(), 200, "{}", answered.text().await.unwrap());
-        let usage = cluster
-            .http
-            .get(format!("{}/api/v1/system/status", cluster.edge(1)))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+        let usage = support::get_with_key(
+            &cluster.http,
+            format!("{}/api/v1/system/status", cluster.edge(1)),
+            &key,
+        )
+        .await;
         let status = expect_data(usage, 200).await;
         assert_eq!(
             status["resources"]["tokenUsage"],
@@ -296,14 +279,13 @@ async fn usage_read_on_another_replica_right_after_an_answer_is_the_settled_usag
 async fn a_request_larger_than_a_whole_limit_is_invalid_not_queued() {
     let cluster = Cluster::start(1, 1, &[]).await;
     let key = cluster.key(json!({"tokensPerMinute": 500})).await;
-    let response = cluster
-        .http
-        .post(format!("{}/api/v1/sessions", cluster.edge(0)))
-        .bearer_auth(&key)
-        .json(&json!({"messages": [{"role": "user", "content": "hi"}], "maxTokens": 1000}))
-        .send()
-        .await
-        .unwrap();
+    let response = support::post_with_key(
+        &cluster.http,
+        format!("{}/api/v1/sessions", cluster.edge(0)),
+        &key,
+        &json!({"messages": [{"role": "user", "content": "hi"}], "maxTokens": 1000}),
+    )
+    .await;
     let error = expect_error(response, 400, "INVALID_REQUEST").await;
     assert!(
         error["details"].as_str().unwrap().contains("maxTokens"),
@@ -316,14 +298,13 @@ async fn a_request_larger_than_a_whole_limit_is_invalid_not_queued() {
 async fn limits_are_changed_through_key_administration_and_apply_at_once() {
     let cluster = Cluster::start(2, 1, &[]).await;
     let base = cluster.edge(0);
-    let created = cluster
-        .http
-        .post(format!("{base}/api/v1/keys"))
-        .bearer_auth(support::INTERNAL_TOKEN)
-        .json(&json!({"name": "tunable", "limits": {"requestsPerMinute": 2}}))
-        .send()
-        .await
-        .unwrap();
+    let created = support::post_with_key(
+        &cluster.http,
+        format!("{base}/api/v1/keys"),
+        support::INTERNAL_TOKEN,
+        &json!({"name": "tunable", "limits": {"requestsPerMinute": 2}}),
+    )
+    .await;
     let created = expect_data(created, 201).await;
     assert_eq!(created["limits"]["requestsPerMinute"], 2);
     assert_eq!(
@@ -338,13 +319,8 @@ async fn limits_are_changed_through_key_administration_and_apply_at_once() {
     let list = format!("{base}/api/v1/sessions");
     for expected in [200, 200, 429] {
         assert_eq!(
-            cluster
-                .http
-                .get(&list)
-                .bearer_auth(key)
-                .send()
+            support::get_with_key(&cluster.http, &list, key)
                 .await
-                .unwrap()
                 .status(),
             expected
         );
@@ -364,13 +340,8 @@ async fn limits_are_changed_through_key_administration_and_apply_at_once() {
     // The key cache lives 2 s per replica; within seconds the new limit holds everywhere.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let statuses: Vec<u16> = futures::future::join_all((0..4).map(|_| async {
-        cluster
-            .http
-            .get(&list)
-            .bearer_auth(key)
-            .send()
+        support::get_with_key(&cluster.http, &list, key)
             .await
-            .unwrap()
             .status()
             .as_u16()
     }))
@@ -388,25 +359,14 @@ async fn a_paused_redis_fails_closed_within_the_timeout_and_recovers() {
     let key = cluster.key(json!({})).await;
     let url = format!("{}/api/v1/sessions", cluster.edge(0));
     assert_eq!(
-        cluster
-            .http
-            .get(&url)
-            .bearer_auth(&key)
-            .send()
+        support::get_with_key(&cluster.http, &url, &key)
             .await
-            .unwrap()
             .status(),
         200
     );
     signal(&cluster.redis, "-STOP");
     let started = Instant::now();
-    let response = cluster
-        .http
-        .get(&url)
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let response = support::get_with_key(&cluster.http, &url, &key).await;
     let waited = started.elapsed();
     let error = expect_error(response, 503, "UNAVAILABLE").await;
     println!("paused Redis answered UNAVAILABLE after {waited:?}");
@@ -418,13 +378,8 @@ async fn a_paused_redis_fails_closed_within_the_timeout_and_recovers() {
     signal(&cluster.redis, "-CONT");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = cluster
-            .http
-            .get(&url)
-            .bearer_auth(&key)
-            .send()
+        let status = support::get_with_key(&cluster.http, &url, &key)
             .await
-            .unwrap()
             .status();
         if status == 200 {
             break;
@@ -470,13 +425,7 @@ async fn a_dead_redis_fails_open_to_each_replicas_share_when_configured() {
     let mut statuses = Vec::new();
     let mut degraded = None;
     for _ in 0..30 {
-        let response = cluster
-            .http
-            .get(&status_url)
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+        let response = support::get_with_key(&cluster.http, &status_url, &key).await;
         statuses.push(response.status().as_u16());
         if response.status() == 200 {
             degraded = Some(response.json::<Value>().await.unwrap());

@@ -23,24 +23,24 @@ async fn a_session_started_on_one_pair_continues_on_another() {
 
     // A key made through one pair works through the other.
     let key = support::create_key(&http, &a, "shared", json!({})).await;
-    let created = http
-        .post(format!("{a}/api/v1/sessions"))
-        .bearer_auth(&key)
-        .json(&json!({"messages": [{"role": "user", "content": "first"}]}))
-        .send()
-        .await
-        .unwrap();
+    let created = support::post_with_key(
+        &http,
+        format!("{a}/api/v1/sessions"),
+        &key,
+        &json!({"messages": [{"role": "user", "content": "first"}]}),
+    )
+    .await;
     let id = expect_data(created, 201).await["sessionId"]
         .as_str()
         .unwrap()
         .to_string();
-    let sent = http
-        .post(format!("{b}/api/v1/sessions/{id}/messages"))
-        .bearer_auth(&key)
-        .json(&json!({"message": {"role": "user", "content": "second"}}))
-        .send()
-        .await
-        .unwrap();
+    let sent = support::post_with_key(
+        &http,
+        format!("{b}/api/v1/sessions/{id}/messages"),
+        &key,
+        &json!({"message": {"role": "user", "content": "second"}}),
+    )
+    .await;
     expect_data(sent, 200).await;
     let last = upstream.received().pop().unwrap();
     assert_eq!(
@@ -83,13 +83,13 @@ async fn concurrent_sends_through_two_cores_never_interleave() {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", edge.port);
     let key = support::create_key(&http, &base, "race", json!({})).await;
-    let created = http
-        .post(format!("{base}/api/v1/sessions"))
-        .bearer_auth(&key)
-        .json(&json!({"messages": []}))
-        .send()
-        .await
-        .unwrap();
+    let created = support::post_with_key(
+        &http,
+        format!("{base}/api/v1/sessions"),
+        &key,
+        &json!({"messages": []}),
+    )
+    .await;
     let id = expect_data(created, 201).await["sessionId"]
         .as_str()
         .unwrap()
@@ -145,13 +145,13 @@ async fn restart_keeps_acknowledged_turns(redis: Option<&support::Process>) {
         let edge = support::spawn_edge(&[&core]);
         let base = format!("http://127.0.0.1:{}", edge.port);
         let key = support::create_key(&http, &base, "durable", json!({})).await;
-        let created = http
-            .post(format!("{base}/api/v1/sessions"))
-            .bearer_auth(&key)
-            .json(&json!({"messages": [{"role": "user", "content": "remember me"}]}))
-            .send()
-            .await
-            .unwrap();
+        let created = support::post_with_key(
+            &http,
+            format!("{base}/api/v1/sessions"),
+            &key,
+            &json!({"messages": [{"role": "user", "content": "remember me"}]}),
+        )
+        .await;
         let id = expect_data(created, 201).await["sessionId"]
             .as_str()
             .unwrap()
@@ -238,13 +238,13 @@ async fn an_administrator_lowering_a_key_s_limits_is_not_undone_by_its_use_on_an
     let http = reqwest::Client::new();
     let a = format!("http://127.0.0.1:{}", edge_a.port);
     let b = format!("http://127.0.0.1:{}", edge_b.port);
-    let created = http
-        .post(format!("{a}/api/v1/keys"))
-        .bearer_auth(support::INTERNAL_TOKEN)
-        .json(&json!({"name": "tuned", "limits": {"requestsPerMinute": 1000}}))
-        .send()
-        .await
-        .unwrap();
+    let created = support::post_with_key(
+        &http,
+        format!("{a}/api/v1/keys"),
+        support::INTERNAL_TOKEN,
+        &json!({"name": "tuned", "limits": {"requestsPerMinute": 1000}}),
+    )
+    .await;
     let created = expect_data(created, 201).await;
     let (id, key) = (
         created["id"].as_str().unwrap().to_string(),
@@ -289,12 +289,12 @@ async fn an_administrator_lowering_a_key_s_limits_is_not_undone_by_its_use_on_an
     // Whatever core B still had in flight has landed by now.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     slow.heal();
-    let stored = http
-        .get(format!("{a}/api/v1/keys/{id}"))
-        .bearer_auth(support::INTERNAL_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let stored = support::get_with_key(
+        &http,
+        format!("{a}/api/v1/keys/{id}"),
+        support::INTERNAL_TOKEN,
+    )
+    .await;
     let stored = expect_data(stored, 200).await;
     assert_eq!(
         stored["limits"]["requestsPerMinute"], 2,
@@ -309,12 +309,8 @@ async fn an_administrator_lowering_a_key_s_limits_is_not_undone_by_its_use_on_an
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        let response = http
-            .get(format!("{b}/api/v1/system/status"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+        let response =
+            support::get_with_key(&http, format!("{b}/api/v1/system/status"), &key).await;
         statuses.push(response.status().as_u16());
     }
     assert!(

@@ -27,13 +27,12 @@ fn zai(upstream: &FakeUpstream, settings: &str) -> String {
 
 async fn create(stack: &Stack, key: &str, model: &str) -> String {
     let response = stack
-        .http
-        .post(stack.url("/api/v1/sessions"))
-        .bearer_auth(key)
-        .json(&json!({"model": model, "messages": []}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/api/v1/sessions",
+            key,
+            &json!({"model": model, "messages": []}),
+        )
+        .await;
     expect_data(response, 201).await["sessionId"]
         .as_str()
         .unwrap()
@@ -42,13 +41,12 @@ async fn create(stack: &Stack, key: &str, model: &str) -> String {
 
 async fn send(stack: &Stack, key: &str, id: &str, content: &str) -> reqwest::Response {
     stack
-        .http
-        .post(stack.url(&format!("/api/v1/sessions/{id}/messages")))
-        .bearer_auth(key)
-        .json(&json!({"message": {"role": "user", "content": content}}))
-        .send()
+        .post(
+            &format!("/api/v1/sessions/{id}/messages"),
+            key,
+            &json!({"message": {"role": "user", "content": content}}),
+        )
         .await
-        .unwrap()
 }
 
 fn gaps(times: &[Instant]) -> Vec<Duration> {
@@ -200,13 +198,7 @@ async fn the_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe
         metrics.contains("openclaw_provider_circuit_state{provider=\"zai\"} 1"),
         "{metrics}"
     );
-    let status = stack
-        .http
-        .get(stack.url("/api/v1/system/status"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let status = stack.get("/api/v1/system/status", &key).await;
     let status = expect_data(status, 200).await;
     let zai = status["dependencies"]
         .as_array()
@@ -282,12 +274,8 @@ async fn an_unreachable_provider_falls_back_to_the_next_model_in_order() {
 
     // The session keeps its model; the next turn tries it first again.
     let session: Value = stack
-        .http
-        .get(stack.url(&format!("/api/v1/sessions/{id}")))
-        .bearer_auth(&key)
-        .send()
+        .get(&format!("/api/v1/sessions/{id}"), &key)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -295,13 +283,12 @@ async fn an_unreachable_provider_falls_back_to_the_next_model_in_order() {
 
     // The declared default model serves a request that names none.
     let response = stack
-        .http
-        .post(stack.url("/api/v1/sessions"))
-        .bearer_auth(&key)
-        .json(&json!({"messages": [{"role": "user", "content": "default?"}]}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/api/v1/sessions",
+            &key,
+            &json!({"messages": [{"role": "user", "content": "default?"}]}),
+        )
+        .await;
     let data = expect_data(response, 201).await;
     assert_eq!(data["model"], "zai/glm-4.7-flash");
 
@@ -327,13 +314,12 @@ async fn a_stream_is_retried_before_its_first_piece() {
     let id = create(&stack, &key, "zai/glm-4.7-flash").await;
     stack.upstream.fail_times(1, 500);
     let text = stack
-        .http
-        .post(stack.url(&format!("/api/v1/sessions/{id}/messages")))
-        .bearer_auth(&key)
-        .json(&json!({"message": {"role": "user", "content": "retry me"}, "stream": true}))
-        .send()
+        .post(
+            &format!("/api/v1/sessions/{id}/messages"),
+            &key,
+            &json!({"message": {"role": "user", "content": "retry me"}, "stream": true}),
+        )
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

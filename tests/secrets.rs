@@ -48,40 +48,35 @@ async fn no_secret_or_message_content_reaches_logs_or_traces() {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", edge.port);
 
-    let created = http
-        .post(format!("{base}/api/v1/keys"))
-        .bearer_auth(INTERNAL_TOKEN)
-        .json(&json!({"name": "secret holder"}))
-        .send()
-        .await
-        .unwrap();
+    let created = support::post_with_key(
+        &http,
+        format!("{base}/api/v1/keys"),
+        INTERNAL_TOKEN,
+        &json!({"name": "secret holder"}),
+    )
+    .await;
     let created = expect_data(created, 201).await;
     let key = created["key"].as_str().unwrap().to_string();
-    let session = http
-        .post(format!("{base}/api/v1/sessions"))
-        .bearer_auth(&key)
-        .json(&json!({"messages": [{"role": "user", "content": SENSITIVE}]}))
-        .send()
-        .await
-        .unwrap();
+    let session = support::post_with_key(
+        &http,
+        format!("{base}/api/v1/sessions"),
+        &key,
+        &json!({"messages": [{"role": "user", "content": SENSITIVE}]}),
+    )
+    .await;
     let id = expect_data(session, 201).await["sessionId"]
         .as_str()
         .unwrap()
         .to_string();
-    let sent = http
-        .post(format!("{base}/api/v1/sessions/{id}/messages"))
-        .bearer_auth(&key)
-        .json(&json!({"message": {"role": "user", "content": format!("again {SENSITIVE}")}}))
-        .send()
-        .await
-        .unwrap();
+    let sent = support::post_with_key(
+        &http,
+        format!("{base}/api/v1/sessions/{id}/messages"),
+        &key,
+        &json!({"message": {"role": "user", "content": format!("again {SENSITIVE}")}}),
+    )
+    .await;
     expect_data(sent, 200).await;
-    let status = http
-        .get(format!("{base}/api/v1/system/status"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let status = support::get_with_key(&http, format!("{base}/api/v1/system/status"), &key).await;
     expect_data(status, 200).await;
     let revoked = http
         .delete(format!(
@@ -94,12 +89,7 @@ async fn no_secret_or_message_content_reaches_logs_or_traces() {
         .unwrap();
     expect_data(revoked, 200).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let refused = http
-        .get(format!("{base}/api/v1/system/status"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let refused = support::get_with_key(&http, format!("{base}/api/v1/system/status"), &key).await;
     expect_error(refused, 401, "UNAUTHORIZED").await;
 
     // Wait for both processes' spans, then stop them so their logs are complete.

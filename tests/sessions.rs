@@ -296,13 +296,13 @@ async fn without_a_provider_key_the_simulator_answers_and_says_so() {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", edge.port);
     let key = support::create_key(&http, &base, "sim", json!({})).await;
-    let response = http
-        .post(format!("{base}/api/v1/sessions"))
-        .bearer_auth(&key)
-        .json(&json!({"model": "zai/glm-4.7-flash", "messages": [{"role": "user", "content": "Hello"}]}))
-        .send()
-        .await
-        .unwrap();
+    let response = support::post_with_key(
+        &http,
+        format!("{base}/api/v1/sessions"),
+        &key,
+        &json!({"model": "zai/glm-4.7-flash", "messages": [{"role": "user", "content": "Hello"}]}),
+    )
+    .await;
     assert_eq!(response.headers()["openclaw-simulated"], "true");
     let data = expect_data(response, 201).await;
     assert!(
@@ -312,12 +312,7 @@ async fn without_a_provider_key_the_simulator_answers_and_says_so() {
             .contains("simulator")
     );
     assert!(data["usage"]["promptTokens"].as_u64().unwrap() > 0);
-    let status = http
-        .get(format!("{base}/api/v1/system/status"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let status = support::get_with_key(&http, format!("{base}/api/v1/system/status"), &key).await;
     let status = expect_data(status, 200).await;
     assert_eq!(status["simulated"], true);
     let zai = status["dependencies"]

@@ -361,14 +361,13 @@ async fn a_key_without_its_own_caps_gets_the_configured_defaults_and_can_be_give
     let cluster = Cluster::start().await;
     let internal = support::INTERNAL_TOKEN;
     let a = cluster.edge(0);
-    let created = cluster
-        .http
-        .post(a.url("/api/v1/keys"))
-        .bearer_auth(internal)
-        .json(&json!({"name": "defaults"}))
-        .send()
-        .await
-        .unwrap();
+    let created = support::post_with_key(
+        &cluster.http,
+        a.url("/api/v1/keys"),
+        internal,
+        &json!({"name": "defaults"}),
+    )
+    .await;
     let created = expect_data(created, 201).await;
     let (key, id) = (
         created["key"].as_str().unwrap().to_string(),

@@ -76,13 +76,12 @@ impl Events {
 
 async fn create(stack: &Stack, key: &str) -> String {
     let response = stack
-        .http
-        .post(stack.url("/api/v1/sessions"))
-        .bearer_auth(key)
-        .json(&json!({"messages": [{"role": "system", "content": "Be brief"}]}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/api/v1/sessions",
+            key,
+            &json!({"messages": [{"role": "system", "content": "Be brief"}]}),
+        )
+        .await;
     expect_data(response, 201).await["sessionId"]
         .as_str()
         .unwrap()
@@ -91,23 +90,18 @@ async fn create(stack: &Stack, key: &str) -> String {
 
 async fn send_streamed(stack: &Stack, key: &str, id: &str, content: &str) -> reqwest::Response {
     stack
-        .http
-        .post(stack.url(&format!("/api/v1/sessions/{id}/messages")))
-        .bearer_auth(key)
-        .json(&json!({"message": {"role": "user", "content": content}, "stream": true}))
-        .send()
+        .post(
+            &format!("/api/v1/sessions/{id}/messages"),
+            key,
+            &json!({"message": {"role": "user", "content": content}, "stream": true}),
+        )
         .await
-        .unwrap()
 }
 
 async fn history(stack: &Stack, key: &str, id: &str) -> Vec<Value> {
     let response = stack
-        .http
-        .get(stack.url(&format!("/api/v1/sessions/{id}/messages")))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/sessions/{id}/messages"), key)
+        .await;
     expect_data(response, 200).await["messages"]
         .as_array()
         .unwrap()
@@ -162,13 +156,12 @@ async fn a_streamed_send_arrives_as_deltas_then_done_and_stores_what_a_whole_sen
 
     // A whole send right after stores the same shape of turn.
     let whole = stack
-        .http
-        .post(stack.url(&format!("/api/v1/sessions/{id}/messages")))
-        .bearer_auth(&key)
-        .json(&json!({"message": {"role": "user", "content": "again"}}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            &format!("/api/v1/sessions/{id}/messages"),
+            &key,
+            &json!({"message": {"role": "user", "content": "again"}}),
+        )
+        .await;
     let whole = expect_data(whole, 200).await;
     assert_eq!(whole["usage"], done.data["usage"]);
     let stored = history(&stack, &key, &id).await;
@@ -345,13 +338,12 @@ async fn a_client_that_leaves_mid_stream_still_gets_the_whole_turn_stored() {
     // The session is not left locked: the next send is answered at once.
     stack.upstream.behave(Behaviour::Stall(Duration::ZERO));
     let next = stack
-        .http
-        .post(stack.url(&format!("/api/v1/sessions/{id}/messages")))
-        .bearer_auth(&key)
-        .json(&json!({"message": {"role": "user", "content": "still there?"}}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            &format!("/api/v1/sessions/{id}/messages"),
+            &key,
+            &json!({"message": {"role": "user", "content": "still there?"}}),
+        )
+        .await;
     assert_eq!(
         expect_data(next, 200).await["message"]["content"],
         "echo: still there?"
@@ -393,14 +385,13 @@ async fn a_client_that_leaves_before_the_first_piece_still_gets_the_turn_stored(
     assert_eq!(stored.len(), 3, "{stored:?}");
     assert_eq!(stored[2]["content"], "slow answer");
     stack.upstream.behave(Behaviour::Stall(Duration::ZERO));
-    let next = stack
-        .http
-        .post(&url)
-        .bearer_auth(&key)
-        .json(&json!({"message": {"role": "user", "content": "next"}}))
-        .send()
-        .await
-        .unwrap();
+    let next = support::post_with_key(
+        &stack.http,
+        &url,
+        &key,
+        &json!({"message": {"role": "user", "content": "next"}}),
+    )
+    .await;
     assert_eq!(
         expect_data(next, 200).await["message"]["content"],
         "echo: next",

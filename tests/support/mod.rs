@@ -6,6 +6,7 @@
 pub mod fault_proxy;
 pub mod otlp;
 
+use std::fmt::Display;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +19,7 @@ use axum::response::IntoResponse;
 use axum::serve::ListenerExt as _;
 use axum::{Json, Router, routing::post};
 use futures::StreamExt as _;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 pub const INTERNAL_TOKEN: &str = "test-internal-token-0123456789";
@@ -649,30 +651,52 @@ impl Stack {
     }
 
     /// `POST path` with a bearer key and a JSON body.
-    pub async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .bearer_auth(key)
-            .json(body)
-            .send()
-            .await
-            .expect("POST to the edge")
+    pub async fn post(
+        &self,
+        path: &str,
+        key: impl Display,
+        body: &(impl Serialize + ?Sized),
+    ) -> reqwest::Response {
+        post_with_key(&self.http, self.url(path), key, body).await
     }
 
     /// `GET path` with a bearer key.
-    pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
-        self.http
-            .get(self.url(path))
-            .bearer_auth(key)
-            .send()
-            .await
-            .expect("GET from the edge")
+    pub async fn get(&self, path: &str, key: impl Display) -> reqwest::Response {
+        get_with_key(&self.http, self.url(path), key).await
     }
 
     /// Generates an API key through the REST key administration API.
     pub async fn create_key(&self, name: &str) -> String {
         create_key(&self.http, &self.url(""), name, json!({})).await
     }
+}
+
+/// `GET url` with a bearer key.
+pub async fn get_with_key(
+    http: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    key: impl Display,
+) -> reqwest::Response {
+    http.get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("GET with a key")
+}
+
+/// `POST url` with a bearer key and a JSON body.
+pub async fn post_with_key(
+    http: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    key: impl Display,
+    body: &(impl Serialize + ?Sized),
+) -> reqwest::Response {
+    http.post(url)
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("POST with a key")
 }
 
 /// Waits until `edge` answers `GET /readyz` with 200: the channel its requests take has reached

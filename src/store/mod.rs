@@ -171,17 +171,9 @@ pub trait Store: Send + Sync + 'static {
     async fn update_key(&self, key: &KeyRecord) -> StoreResult<bool>;
 
     /// Records that the key was used at `at` (never moving the time backwards), changing
-    /// nothing else: a store overrides this read-then-write with one atomic step, since another
-    /// replica may update the key (an administrator lowering its limits) in between.
-    async fn touch_key(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
-        if let Some(mut key) = self.key_by_id(id).await?
-            && key.last_used_at.is_none_or(|last| last < at)
-        {
-            key.last_used_at = Some(at);
-            self.update_key(&key).await?;
-        }
-        Ok(())
-    }
+    /// nothing else, in one atomic step: read-then-write through `update_key` would undo an
+    /// administrator's change written by another replica in between.
+    async fn touch_key(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()>;
 
     // ---- sessions ----
 

@@ -23,7 +23,7 @@ fn spawn_combined(options: &CoreOptions) -> (Process, u16) {
     let replica = support::spawn_core_logging(&options, support::free_port(), Stdio::inherit());
     // The REST listener is bound right after the gRPC one.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+    while !support::listening(http_port) {
         assert!(
             std::time::Instant::now() < deadline,
             "the combined replica did not listen on its REST port {http_port}"

@@ -329,7 +329,7 @@ async fn browser(width: u32, height: u32) -> Browser {
         .expect("start chromedriver");
     let profile = tempfile::tempdir().expect("browser profile dir");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !support::listening(port) {
         assert!(Instant::now() < deadline, "chromedriver did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

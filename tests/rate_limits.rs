@@ -36,7 +36,10 @@ impl Cluster {
         };
         let cores: Vec<Process> = (0..cores).map(|_| support::spawn_core(&options)).collect();
         let refs: Vec<&Process> = cores.iter().collect();
-        let edges = (0..edges).map(|_| support::spawn_edge(&refs)).collect();
+        let edges: Vec<Process> = (0..edges).map(|_| support::spawn_edge(&refs)).collect();
+        for edge in &edges {
+            support::wait_until_ready(edge).await;
+        }
         Self {
             redis,
             upstream,

@@ -42,10 +42,18 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Whether something listens on loopback `port`. A connection to a port nobody listens on can
+/// still succeed: Linux may pick the target port as the ephemeral source port and connect the
+/// socket to itself (TCP simultaneous open), so only a connection whose two ends differ counts.
+pub fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port))
+        .is_ok_and(|stream| stream.local_addr().ok() != stream.peer_addr().ok())
+}
+
 fn wait_for_port(port: u16, what: &str, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if listening(port) {
             return;
         }
         if let Ok(Some(status)) = child.try_wait() {

@@ -125,6 +125,9 @@ struct CachedKey {
 pub struct Authenticator {
     store: Arc<dyn Store>,
     internal_token: Option<Secret>,
+    /// What an edge holding the internal token sends to vouch for the client address it
+    /// forwards ([`openclaw_runtime::forwarding`]).
+    edge_proof: Option<String>,
     cache: Mutex<HashMap<String, CachedKey>>,
     touched: Mutex<HashMap<String, Instant>>,
     /// Bound on one key lookup in the store (the Redis timeout).
@@ -133,9 +136,13 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(store: Arc<dyn Store>, internal_token: Option<Secret>) -> Self {
+        let edge_proof = internal_token
+            .as_ref()
+            .map(|token| openclaw_runtime::forwarding::edge_proof(token.expose()));
         Self {
             store,
             internal_token,
+            edge_proof,
             cache: Mutex::new(HashMap::new()),
             touched: Mutex::new(HashMap::new()),
             lookup_timeout: Duration::from_secs(1),
@@ -146,6 +153,24 @@ impl Authenticator {
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.lookup_timeout = timeout;
         self
+    }
+
+    /// Whether the call comes from an edge that holds the internal token: only then is the
+    /// client address it forwards believed. Constant time, and false when no token is set.
+    pub fn is_edge(&self, metadata: &MetadataMap) -> bool {
+        let (Some(expected), Some(sent)) = (
+            &self.edge_proof,
+            metadata.get(openclaw_runtime::forwarding::EDGE_PROOF),
+        ) else {
+            return false;
+        };
+        bool::from(expected.as_bytes().ct_eq(sent.as_bytes()))
+    }
+
+    /// Whether the call presents a credential that could be right or wrong: a bearer secret.
+    /// A call without one (or with a header no secret could pass) guesses nothing.
+    pub fn presents_credential(metadata: &MetadataMap) -> bool {
+        bearer(metadata).is_ok()
     }
 
     /// Verifies the caller's bearer credential.

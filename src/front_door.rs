@@ -69,13 +69,43 @@ impl FrontDoor {
         &self.auth
     }
 
+    /// Counts a wrong credential from `client` as a guess: `error` while the address has guessed
+    /// little, 429 once it has guessed too often (and for every guess while it is blocked).
+    pub(crate) async fn guessed_wrong(&self, client: &str, error: ApiError) -> ApiError {
+        match self.limits.check_client(client) {
+            Err(blocked) => blocked,
+            Ok(()) => self.limits.auth_failed(client, error).await,
+        }
+    }
+
+    /// The address a call came from, as the guard counts it. An edge forwards its client's
+    /// (`x-openclaw-client-ip`), believed only beside the edge's proof of the internal token
+    /// or a client certificate the listener verified (mutual TLS); any other caller is known
+    /// by its socket, whatever it claims.
+    pub(crate) fn client_address<T>(&self, request: &Request<T>) -> String {
+        let metadata = request.metadata();
+        let from_edge = request.extensions().get::<InProcessEdge>().is_some()
+            || self.auth.is_edge(metadata)
+            || request.peer_certs().is_some_and(|certs| !certs.is_empty());
+        from_edge
+            .then(|| metadata.get(openclaw_runtime::forwarding::CLIENT_IP))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<std::net::IpAddr>().ok())
+            .or_else(|| request.remote_addr().map(|a| a.ip()))
+            .map_or_else(|| "unknown".into(), |ip| ip.to_string())
+    }
+
     /// The rate limiter, for services that report on it.
     pub(crate) fn limits(&self) -> &RateLimiter {
         &self.limits
     }
 
-    /// Who is calling, and may they use `scope`? Failed attempts count
-    /// against the client's address (the brute-force guard).
+    /// Who is calling, and may they use `scope`? A valid credential is judged by its own
+    /// limits only, never by its address. A wrong one is a guess: guesses count against the
+    /// client's address (the brute-force guard), and an address that made too many gets 429
+    /// for every further guess. A call with no credential at all guesses nothing and is only
+    /// told to send one.
     pub(crate) async fn authorize<T>(
         &self,
         request: &Request<T>,
@@ -89,17 +119,20 @@ impl FrontDoor {
             .with_retry_after(std::time::Duration::from_secs(1))
             .with_metadata(vec![("openclaw-retry-elsewhere", "1".to_string())]));
         }
-        let client = client_address(request);
-        self.limits.check_client(&client)?;
+        let metadata = request.metadata();
         // The dashboard's calls name a signed-in session instead of a credential.
-        let authenticated = match self.sign_ins.resolve(request.metadata()).await {
+        let authenticated = match self.sign_ins.resolve(metadata).await {
             Some(resolved) => resolved,
-            None => self.auth.authenticate(request.metadata()).await,
+            None => self.auth.authenticate(metadata).await,
         };
         let principal = match authenticated {
             Ok(principal) => principal,
-            Err(err) if err.code == ErrorCode::Unauthorized => {
-                return Err(self.limits.auth_failed(&client, err).await);
+            Err(err)
+                if err.code == ErrorCode::Unauthorized
+                    && (Authenticator::presents_credential(metadata)
+                        || DashboardSessions::id(metadata).is_some()) =>
+            {
+                return Err(self.guessed_wrong(&self.client_address(request), err).await);
             }
             Err(err) => return Err(err),
         };
@@ -232,6 +265,11 @@ impl Drop for QueueSlot {
     }
 }
 
+/// Marks a call made by the REST edge of this same process (a combined replica): no socket in
+/// between, and the client address it forwards is believed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InProcessEdge;
+
 /// What a call needs beyond a valid credential.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Scope {
@@ -241,17 +279,4 @@ pub(crate) enum Scope {
     Internal,
     /// Any valid credential: calls that only describe the caller itself.
     Any,
-}
-
-/// The address a request came from: the edge forwards its client's as
-/// `x-openclaw-client-ip`; direct gRPC callers are known by their socket.
-pub(crate) fn client_address<T>(request: &Request<T>) -> String {
-    request
-        .metadata()
-        .get("x-openclaw-client-ip")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64)
-        .map(str::to_string)
-        .or_else(|| request.remote_addr().map(|a| a.ip().to_string()))
-        .unwrap_or_else(|| "unknown".into())
 }

@@ -341,7 +341,15 @@ impl CoreApi {
     /// Only a binary built with the edge (the `rest` feature) has one to hand it to.
     #[cfg(feature = "rest")]
     pub fn in_process(&self) -> gateway_rest::CoreService {
-        let service = core_layers().service(self.routes.clone());
+        // Calls from this process's own edge carry its clients' addresses, believed as such.
+        let service = core_layers()
+            .map_request(|mut request: http::Request<tonic::body::Body>| {
+                request
+                    .extensions_mut()
+                    .insert(crate::front_door::InProcessEdge);
+                request
+            })
+            .service(self.routes.clone());
         gateway_rest::CoreService::in_process(service)
     }
 

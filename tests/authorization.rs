@@ -126,7 +126,7 @@ async fn key(stack: &Stack, name: &str, scopes: &[&str]) -> Value {
 
 impl World {
     async fn build() -> Self {
-        let stack = Stack::start().await;
+        let stack = Stack::behind_proxy().await;
         let owner = key(&stack, "owner", &[]).await;
         let revoked = key(&stack, "revoked", &[]).await;
         let revoke = stack
@@ -394,9 +394,16 @@ async fn every_grpc_method_refuses_missing_wrong_and_underscoped_credentials() {
                             .metadata_mut()
                             .insert("authorization", format!("Bearer {secret}").parse().unwrap());
                     }
+                    // As an edge holding the internal token forwards its client's address.
                     request.metadata_mut().insert(
                         "x-openclaw-client-ip",
                         client_address(checked).parse().unwrap(),
+                    );
+                    request.metadata_mut().insert(
+                        "x-openclaw-edge-proof",
+                        openclaw_runtime::forwarding::edge_proof(INTERNAL_TOKEN)
+                            .parse()
+                            .unwrap(),
                     );
                     let path: http::uri::PathAndQuery =
                         format!("/{service_name}/{}", method.name())

@@ -1,7 +1,7 @@
 //! Headers in and out: the request ID and API version on every exchange, the caller's identity
 //! forwarded to the core as gRPC metadata, and the core's rate-limit headers passed back.
 
-use std::{convert::Infallible, net::SocketAddr, time::Instant};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use axum::{
     extract::{ConnectInfo, FromRequestParts, Request},
@@ -12,6 +12,7 @@ use axum::{
 use tonic::metadata::MetadataMap;
 use tracing::Instrument as _;
 
+use crate::client_address::Forwarding;
 use crate::error::ApiError;
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -24,10 +25,10 @@ pub(crate) const OPENCLAW_REPLAYED: HeaderName =
 const IDEMPOTENT: HeaderName = HeaderName::from_static("x-openclaw-idempotent");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// The gRPC metadata naming a dashboard session (set by [`Caller::for_dashboard`] only).
 const DASHBOARD_SESSION: &str = "x-openclaw-dashboard-session";
-const CLIENT_IP: HeaderName = HeaderName::from_static("x-openclaw-client-ip");
+const CLIENT_IP: HeaderName = HeaderName::from_static(openclaw_runtime::forwarding::CLIENT_IP);
+const EDGE_PROOF: HeaderName = HeaderName::from_static(openclaw_runtime::forwarding::EDGE_PROOF);
 
 /// The API versions this edge speaks; a request without `OpenClaw-Version` means the first.
 pub(crate) const SUPPORTED_VERSIONS: &[&str] = &["1.0"];
@@ -76,6 +77,8 @@ pub(crate) struct Gate {
     /// cap, so a client gets a sentence in the API's envelope, not a bare 431.
     pub(crate) max_header_bytes: usize,
     pub(crate) draining: crate::server::Draining,
+    /// Whose `X-Forwarded-For` is believed, and the proof the core believes the result by.
+    pub(crate) forwarding: Arc<Forwarding>,
 }
 
 impl Gate {
@@ -123,6 +126,7 @@ pub(crate) async fn stamp(
 ) -> Response {
     let request_id = RequestId::from_headers(request.headers());
     request.extensions_mut().insert(request_id.clone());
+    request.extensions_mut().insert(gate.forwarding.clone());
     let span = tracing::info_span!(
         "request",
         request_id = request_id.as_str(),
@@ -259,11 +263,19 @@ impl Caller {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string());
-        if let Some(ip) = first_forwarded_for(headers).or(peer)
-            && let Ok(value) = HeaderValue::from_str(&ip)
+            .map(|ConnectInfo(addr)| *addr);
+        let forwarding = parts.extensions.get::<Arc<Forwarding>>();
+        let client = match forwarding {
+            Some(forwarding) => forwarding.client(peer, headers),
+            None => peer.map(|addr| addr.ip()),
+        };
+        if let Some(ip) = client
+            && let Ok(value) = HeaderValue::from_str(&ip.to_string())
         {
             forwarded.insert(CLIENT_IP, value);
+        }
+        if let Some(proof) = forwarding.and_then(|f| f.proof.clone()) {
+            forwarded.insert(EDGE_PROOF, proof);
         }
         Self {
             metadata: MetadataMap::from_headers(forwarded),
@@ -271,17 +283,6 @@ impl Caller {
                 || parts.method == axum::http::Method::HEAD,
         }
     }
-}
-
-/// The first `X-Forwarded-For` entry, when it is an IP address: the edge runs behind a load
-/// balancer, whose own address says nothing about the client.
-fn first_forwarded_for(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(&FORWARDED_FOR)?.to_str().ok()?;
-    let first = value.split(',').next()?.trim();
-    first
-        .parse::<std::net::IpAddr>()
-        .ok()
-        .map(|ip| ip.to_string())
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -372,16 +373,25 @@ mod tests {
 
     #[test]
     fn caller_forwards_identity_and_trace_as_metadata() {
-        let caller = Caller::from_parts(&parts(&[
+        let mut request_parts = parts(&[
             ("authorization", "Bearer oc_secret"),
             ("x-request-id", "req-1"),
             (
                 "traceparent",
                 "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             ),
-            ("x-forwarded-for", "203.0.113.9, 10.0.0.1"),
+            ("x-forwarded-for", "198.51.100.1, 203.0.113.9, 10.0.0.1"),
             ("cookie", "not-for-the-core"),
-        ]));
+        ]);
+        // From a trusted load balancer, whose own hops are trusted too.
+        request_parts
+            .extensions
+            .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 2], 40000))));
+        request_parts.extensions.insert(Arc::new(Forwarding {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            proof: Forwarding::proof_for("ocit_token"),
+        }));
+        let caller = Caller::from_parts(&request_parts);
         let metadata = caller.request(()).metadata().clone();
         let get = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
         assert_eq!(get("authorization"), Some("Bearer oc_secret"));
@@ -391,6 +401,10 @@ mod tests {
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         );
         assert_eq!(get("x-openclaw-client-ip"), Some("203.0.113.9"));
+        assert_eq!(
+            get("x-openclaw-edge-proof"),
+            Some(openclaw_runtime::forwarding::edge_proof("ocit_token").as_str())
+        );
         assert_eq!(
             get("x-openclaw-idempotent"),
             Some("1"),
@@ -422,7 +436,11 @@ mod tests {
 
     #[test]
     fn caller_without_authorization_forwards_none_and_uses_the_peer_ip() {
-        let mut request_parts = parts(&[]);
+        // X-Forwarded-For from a peer that is no trusted proxy is not believed.
+        let mut request_parts = parts(&[("x-forwarded-for", "203.0.113.9")]);
+        request_parts
+            .extensions
+            .insert(Arc::new(Forwarding::default()));
         request_parts
             .extensions
             .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 7], 40000))));

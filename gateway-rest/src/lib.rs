@@ -16,6 +16,7 @@ use openclaw_runtime::tls::TlsFiles;
 pub mod proto;
 pub mod request_bodies;
 
+pub mod client_address;
 mod core_client;
 mod core_pool;
 mod dashboard;
@@ -56,6 +57,9 @@ pub struct EdgeConfig {
     /// Set when the process starts draining: readiness turns false and new
     /// requests are refused with UNAVAILABLE while those in flight finish.
     pub draining: Arc<AtomicBool>,
+    /// Which peers' `X-Forwarded-For` is believed, and the proof that makes the core believe
+    /// the client address this edge forwards.
+    pub forwarding: client_address::Forwarding,
     /// The core running in this same process (a combined replica): calls go straight to its
     /// gRPC service, with no socket, no HTTP/2 framing and no extra task in between.
     /// `core_urls` and `core_tls` are then unused.
@@ -75,6 +79,7 @@ impl Default for EdgeConfig {
             max_body_bytes: rest_listener::DEFAULT_MAX_BODY_BYTES,
             core_timeout: Duration::from_secs(180),
             draining: Arc::default(),
+            forwarding: client_address::Forwarding::default(),
             in_process_core: None,
         }
     }
@@ -92,6 +97,10 @@ impl EdgeConfig {
             header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
             max_header_bytes: args.max_header_bytes,
             max_body_bytes: args.max_body_bytes,
+            forwarding: client_address::Forwarding {
+                trusted_proxies: client_address::Forwarding::parse_trusted(&args.trusted_proxies)?,
+                proof: None,
+            },
             ..Self::default()
         })
     }

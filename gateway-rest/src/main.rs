@@ -54,6 +54,11 @@ struct Cli {
     /// PEM private key of --core-client-cert.
     #[arg(long, env = "OPENCLAW_CORE_CLIENT_KEY")]
     core_client_key: Option<std::path::PathBuf>,
+    /// The cores' internal token. The edge never sends it: it proves with a hash of it that the
+    /// client addresses it forwards are its clients' (the cores' brute-force guard counts
+    /// failed sign-ins by them). Without it every client of this edge counts as the edge.
+    #[arg(long, env = "OPENCLAW_INTERNAL_TOKEN", hide_env_values = true)]
+    internal_token: Option<String>,
     /// Address of the Prometheus metrics and probe endpoints (/metrics, /livez, /readyz).
     #[arg(long, env = "OPENCLAW_METRICS_ADDR", default_value = "0.0.0.0:9465")]
     metrics_addr: SocketAddr,
@@ -89,7 +94,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut telemetry = telemetry::init("openclaw-rest", json);
     let shutdown = Shutdown::new();
     shutdown.on_signals();
-    let config = EdgeConfig {
+    let mut config = EdgeConfig {
         core_urls: cli.core_urls.clone(),
         core_tls: CoreTls {
             ca: cli.core_ca.clone(),
@@ -101,6 +106,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         ..EdgeConfig::from_args(&cli.edge)?
     };
+    match cli.internal_token.as_deref() {
+        Some(token) if !token.trim().is_empty() => {
+            config.forwarding.proof = gateway_rest::client_address::Forwarding::proof_for(token);
+        }
+        _ => tracing::warn!(
+            "OPENCLAW_INTERNAL_TOKEN is not set on this edge: cores cannot believe the client \
+             addresses it forwards and count every client of this edge as one address"
+        ),
+    }
     let draining = config.draining.clone();
     let listener = TcpListener::bind(cli.http_addr).await?;
     let metrics_listener = metrics::bind(cli.metrics_addr).await?;

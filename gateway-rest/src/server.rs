@@ -46,6 +46,7 @@ pub(crate) fn router(config: &EdgeConfig) -> anyhow::Result<Router> {
     let gate = headers::Gate {
         max_header_bytes: config.max_header_bytes,
         draining: state.draining.clone(),
+        forwarding: Arc::new(config.forwarding.clone()),
     };
     Ok(api
         .merge(crate::dashboard::router())

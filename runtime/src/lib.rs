@@ -7,6 +7,7 @@
 //! edge (and the edge without the core).
 
 pub mod config_file;
+pub mod forwarding;
 pub mod metrics;
 pub mod redact;
 pub mod rest_listener;

@@ -31,6 +31,16 @@ pub struct EdgeArgs {
         default_value_t = DEFAULT_HEADER_READ_TIMEOUT_MS
     )]
     pub header_read_timeout_ms: u64,
+    /// The load balancers or proxies in front of the edge, as IP addresses or CIDR blocks
+    /// (comma-separated). Only a request from one of them has its `X-Forwarded-For` read (from
+    /// the right, past every trusted proxy) for the client's address; any other request is known
+    /// by its peer address. Empty: `X-Forwarded-For` is never believed.
+    #[arg(
+        long = "trusted-proxies",
+        env = "OPENCLAW_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
     /// PEM certificate chain (leaf first) for HTTPS on the REST address; with --tls-key.
     /// Absent: plain HTTP (for TLS terminated in front of the edge).
     #[arg(long, env = "OPENCLAW_TLS_CERT")]

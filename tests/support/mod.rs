@@ -567,6 +567,8 @@ pub fn spawn_edge_to(urls: &[String], port: u16, env: &[(&str, &str)], stderr: S
         .env("OPENCLAW_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("OPENCLAW_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
         .env("OPENCLAW_CORE_URL", urls.join(","))
+        // Lets the cores believe the client addresses this edge forwards.
+        .env("OPENCLAW_INTERNAL_TOKEN", INTERNAL_TOKEN)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -605,7 +607,21 @@ impl Stack {
     }
 
     async fn with(redis: Option<Process>, redis_url: Option<String>) -> Self {
-        Self::configured(redis, redis_url, |_, _| Vec::new()).await
+        Self::configured(redis, redis_url, |_, _| Vec::new(), &[]).await
+    }
+
+    /// Redis-backed stack whose edge sits behind a load balancer on loopback
+    /// (`OPENCLAW_TRUSTED_PROXIES=127.0.0.1`): a test's `X-Forwarded-For` names the client.
+    pub async fn behind_proxy() -> Self {
+        let redis = start_redis();
+        let url = redis_url(&redis);
+        Self::configured(
+            Some(redis),
+            Some(url),
+            |_, _| Vec::new(),
+            &[("OPENCLAW_TRUSTED_PROXIES", "127.0.0.1")],
+        )
+        .await
     }
 
     /// Redis-backed stack whose core reads the providers file `providers`
@@ -613,14 +629,19 @@ impl Stack {
     pub async fn with_providers(providers: impl FnOnce(&FakeUpstream) -> String) -> Self {
         let redis = start_redis();
         let url = redis_url(&redis);
-        Self::configured(Some(redis), Some(url), |upstream, dir| {
-            let path = dir.join("providers.toml");
-            std::fs::write(&path, providers(upstream)).expect("write the providers file");
-            vec![(
-                "OPENCLAW_PROVIDERS_FILE".to_string(),
-                path.display().to_string(),
-            )]
-        })
+        Self::configured(
+            Some(redis),
+            Some(url),
+            |upstream, dir| {
+                let path = dir.join("providers.toml");
+                std::fs::write(&path, providers(upstream)).expect("write the providers file");
+                vec![(
+                    "OPENCLAW_PROVIDERS_FILE".to_string(),
+                    path.display().to_string(),
+                )]
+            },
+            &[],
+        )
         .await
     }
 
@@ -628,6 +649,7 @@ impl Stack {
         redis: Option<Process>,
         redis_url: Option<String>,
         env: impl FnOnce(&FakeUpstream, &Path) -> Vec<(String, String)>,
+        edge_env: &[(&str, &str)],
     ) -> Self {
         let upstream = FakeUpstream::start().await;
         let data_dir = tempfile::tempdir().expect("temp dir");
@@ -638,7 +660,7 @@ impl Stack {
             data_dir: Some(data_dir.path().to_path_buf()),
             env,
         });
-        let edge = spawn_edge(&[&core]);
+        let edge = spawn_edge_with(&[&core], edge_env);
         wait_until_ready(&edge).await;
         Self {
             upstream,

@@ -10,7 +10,10 @@
 # It starts a real stack of its own on free ports: a private redis-server, the core
 # (`openclaw-gateway serve`) and the edge (`openclaw-rest`) from target/debug, models answered by
 # the offline simulator (no ZAI_API_KEY), and a key with generous limits created through the
-# REST key API. Schemathesis (pinned below) is installed into target/schemathesis-venv if missing.
+# REST key API. Before the run, a burst of requests without a credential and with wrong keys from
+# the same address trips the brute-force guard; the run must then meet no 429 at all (the guard
+# refuses guesses, never a valid key). Schemathesis (pinned below) is installed into
+# target/schemathesis-venv if missing.
 set -euo pipefail
 
 SCHEMATHESIS_VERSION=4.32.5
@@ -18,7 +21,7 @@ long=0
 for arg in "$@"; do
   case "$arg" in
     --long) long=1 ;;
-    -h|--help) sed -n 2,13p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac
 done
@@ -78,7 +81,7 @@ pids+=($!)
 wait_port "$grpc_port" "openclaw-gateway serve" "${pids[-1]}"
 (cd "$work" && exec env -i PATH="$PATH" RUST_LOG=warn \
   OPENCLAW_HTTP_ADDR="127.0.0.1:$http_port" OPENCLAW_METRICS_ADDR="127.0.0.1:$edge_metrics" \
-  OPENCLAW_CORE_URL="http://127.0.0.1:$grpc_port" \
+  OPENCLAW_CORE_URL="http://127.0.0.1:$grpc_port" OPENCLAW_INTERNAL_TOKEN="$token" \
   "$root/target/debug/openclaw-rest") >"$work/edge.log" 2>&1 &
 pids+=($!)
 wait_port "$http_port" openclaw-rest "${pids[-1]}"
@@ -88,6 +91,26 @@ key=$(curl -fsS -X POST "$base/api/v1/keys" \
   -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
   -d '{"name":"schemathesis","limits":{"requestsPerMinute":1000000000,"tokensPerMinute":1000000000000,"contextTokensPerMinute":1000000000000}}' |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["key"])')
+
+# First, from this same address, a burst of requests without a credential and with wrong keys,
+# enough to trip the brute-force guard: it must refuse further guesses, and nothing else.
+status_of() { curl -s -o /dev/null -w '%{http_code}' "$@" "$base/api/v1/system/status"; }
+for _ in $(seq 1 25); do
+  status_of >/dev/null
+  status_of -H "Authorization: Bearer oc_wrongwrongwrongwrongwrongwrongwrongwrong" >/dev/null
+done
+guess=$(status_of -H "Authorization: Bearer oc_wrongwrongwrongwrongwrongwrongwrongwrong")
+valid=$(status_of -H "Authorization: Bearer $key")
+if [ "$guess" != 429 ] || [ "$valid" != 200 ]; then
+  echo "after the burst a further guess got $guess (want 429) and the valid key $valid (want 200)" >&2
+  exit 1
+fi
+# 429s the edge has answered so far (the burst's); schemathesis's valid key must add none.
+refused() {
+  curl -fsS "http://127.0.0.1:$edge_metrics/metrics" |
+    awk '/^openclaw_http_requests_total\{/ && /status="429"/ { n += $NF } END { print n + 0 }'
+}
+refused_before=$(refused)
 
 checks=not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance
 if [ "$long" = 1 ]; then
@@ -107,6 +130,12 @@ cd "$root/target"
   --suppress-health-check all \
   --report junit --report-dir "$root/target/schemathesis-report" \
   "${limits[@]}" || status=$?
+refused_by_run=$(( $(refused) - refused_before ))
+echo "requests refused with 429 during the run (key with roomy limits, after the guard tripped): $refused_by_run"
+if [ "$refused_by_run" != 0 ] && [ "$status" = 0 ]; then
+  echo "the valid key met $refused_by_run refusals (429): the guard or a limit stood in its way" >&2
+  status=1
+fi
 if [ "$status" != 0 ]; then
   cp "$work/core.log" "$work/edge.log" "$root/target/schemathesis-report/" 2>/dev/null || true
   echo "--- core log (tail; whole log in target/schemathesis-report/core.log)"; tail -n 40 "$work/core.log" || true

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use openclaw_gateway::limits::{Charge, Decision, LimitBackend, Quota, RedisLimits};
-use redis::aio::ConnectionManager;
+use openclaw_gateway::store::{RedisConfig, SharedConnection};
 
 const QUOTA: Quota = Quota {
     requests: u64::MAX / 4,
@@ -96,8 +96,12 @@ async fn run(
 #[tokio::main]
 async fn main() {
     let (_redis, port) = start_redis();
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-    let conn = ConnectionManager::new(client).await.unwrap();
+    let conn = SharedConnection::open(&RedisConfig::standalone(
+        format!("redis://127.0.0.1:{port}"),
+        Duration::from_secs(1),
+    ))
+    .await
+    .unwrap();
     let limits = Arc::new(RedisLimits::new(conn));
     // Warm up: load the script, fill the connection.
     run(limits.clone(), 1, 8, 2_000).await;

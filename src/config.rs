@@ -62,9 +62,46 @@ pub struct CoreConfig {
     #[arg(long, env = "OPENCLAW_GRPC_CLIENT_CA")]
     pub grpc_client_ca: Option<PathBuf>,
 
-    /// Redis URL for shared state (redis://host:port/db). Absent: the embedded store.
+    /// Redis URL for shared state: one node (redis://host:port/db, rediss:// for TLS). Absent,
+    /// with no cluster nodes and no Sentinels: the embedded store.
     #[arg(long, env = "OPENCLAW_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// Seed nodes of a Redis Cluster for shared state, comma-separated (host:port, or
+    /// redis[s]://host:port); the rest of the cluster is discovered from them.
+    #[arg(long, env = "OPENCLAW_REDIS_CLUSTER_NODES", value_delimiter = ',')]
+    pub redis_cluster_nodes: Vec<String>,
+
+    /// Redis Sentinels that name the primary holding shared state, comma-separated (host:port,
+    /// or redis[s]://host:port); needs --redis-sentinel-master.
+    #[arg(long, env = "OPENCLAW_REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Vec<String>,
+
+    /// The name the Sentinels monitor the primary under (`sentinel monitor <name> …`).
+    #[arg(long, env = "OPENCLAW_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// ACL user for every Redis node and Sentinel (instead of URL userinfo).
+    #[arg(long, env = "OPENCLAW_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// Password for every Redis node and Sentinel (instead of URL userinfo).
+    #[arg(long, env = "OPENCLAW_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<Secret>,
+
+    /// PEM file of the CA that signed the Redis servers' certificates (rediss:// addresses);
+    /// absent: the system's roots. Server names are always checked.
+    #[arg(long, env = "OPENCLAW_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for Redis servers that require mutual TLS; with
+    /// --redis-client-key.
+    #[arg(long, env = "OPENCLAW_REDIS_CLIENT_CERT")]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-client-cert.
+    #[arg(long, env = "OPENCLAW_REDIS_CLIENT_KEY")]
+    pub redis_client_key: Option<PathBuf>,
 
     /// Bound on any one Redis command, in milliseconds; a dead Redis fails requests this fast.
     #[arg(long, env = "OPENCLAW_REDIS_TIMEOUT_MS", default_value_t = 1000)]
@@ -209,7 +246,7 @@ impl CoreConfig {
                 "models would be answered by the offline simulator: set ZAI_API_KEY or declare providers in OPENCLAW_PROVIDERS_FILE",
             );
         }
-        if self.redis_url.is_none() && self.core_replicas > 1 {
+        if !self.uses_redis() && self.core_replicas > 1 {
             problems.push(
                 "the embedded store serves one process, but OPENCLAW_CORE_REPLICAS > 1: set OPENCLAW_REDIS_URL",
             );
@@ -224,6 +261,82 @@ impl CoreConfig {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// Whether state is shared through Redis (any topology) rather than the embedded store.
+    pub fn uses_redis(&self) -> bool {
+        self.redis_url.is_some()
+            || !self.redis_cluster_nodes.is_empty()
+            || !self.redis_sentinels.is_empty()
+    }
+
+    /// How to reach Redis, or `None` for the embedded store; a contradictory or incomplete
+    /// setting is an error naming it.
+    pub fn redis(&self) -> anyhow::Result<Option<crate::store::RedisConfig>> {
+        use crate::store::{RedisConfig, RedisTlsFiles, RedisTopology};
+        let cluster = !self.redis_cluster_nodes.is_empty();
+        let sentinel = !self.redis_sentinels.is_empty();
+        let chosen = [self.redis_url.is_some(), cluster, sentinel]
+            .iter()
+            .filter(|set| **set)
+            .count();
+        anyhow::ensure!(
+            chosen <= 1,
+            "set one of OPENCLAW_REDIS_URL (one node), OPENCLAW_REDIS_CLUSTER_NODES (a Redis \
+             Cluster) or OPENCLAW_REDIS_SENTINELS (a Sentinel-managed primary), not several"
+        );
+        anyhow::ensure!(
+            sentinel || self.redis_sentinel_master.is_none(),
+            "OPENCLAW_REDIS_SENTINEL_MASTER is set without OPENCLAW_REDIS_SENTINELS: list the \
+             Sentinels (host:port,…) that monitor it"
+        );
+        let topology = if let Some(url) = &self.redis_url {
+            RedisTopology::Standalone { url: url.clone() }
+        } else if cluster {
+            RedisTopology::Cluster {
+                seeds: self.redis_cluster_nodes.clone(),
+            }
+        } else if sentinel {
+            let master = self.redis_sentinel_master.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "OPENCLAW_REDIS_SENTINELS is set without OPENCLAW_REDIS_SENTINEL_MASTER: name \
+                     the primary as the Sentinels monitor it (`sentinel monitor <name> …`)"
+                )
+            })?;
+            RedisTopology::Sentinel {
+                sentinels: self.redis_sentinels.clone(),
+                master,
+            }
+        } else {
+            anyhow::ensure!(
+                self.redis_ca_file.is_none()
+                    && self.redis_client_cert.is_none()
+                    && self.redis_username.is_none()
+                    && self.redis_password.is_none(),
+                "Redis credentials or TLS files are set, but no Redis is: set OPENCLAW_REDIS_URL, \
+                 OPENCLAW_REDIS_CLUSTER_NODES or OPENCLAW_REDIS_SENTINELS"
+            );
+            return Ok(None);
+        };
+        let client = match (&self.redis_client_cert, &self.redis_client_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => anyhow::bail!(
+                "set both OPENCLAW_REDIS_CLIENT_CERT and OPENCLAW_REDIS_CLIENT_KEY for mutual TLS \
+                 with Redis, or neither"
+            ),
+        };
+        Ok(Some(RedisConfig {
+            topology,
+            username: self.redis_username.clone(),
+            password: self.redis_password.as_ref().map(|p| p.expose().to_string()),
+            tls: RedisTlsFiles {
+                ca: self.redis_ca_file.clone(),
+                client,
+            },
+            connect_timeout: self.redis_timeout(),
+            response_timeout: self.redis_timeout(),
+        }))
     }
 
     pub fn redis_timeout(&self) -> Duration {

@@ -20,8 +20,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::store::{RedisConfig, SharedConnection};
 use futures::Stream;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
@@ -172,7 +172,7 @@ struct Inner {
 }
 
 enum Backend {
-    Redis { conn: ConnectionManager },
+    Redis { conn: SharedConnection },
     Memory { ring: Mutex<Ring> },
 }
 
@@ -183,14 +183,12 @@ struct Ring {
 }
 
 impl EventBus {
-    /// The shared stream in Redis; starts this replica's pump, which follows
-    /// the stream on a connection of its own (made from `url`).
-    pub fn redis(conn: ConnectionManager, url: &str, settings: EventSettings) -> StoreResult<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
+    /// The shared stream in Redis; starts this replica's pump, which follows the stream on a
+    /// connection of its own (its reads block), made from `redis`.
+    pub fn redis(conn: SharedConnection, redis: &RedisConfig, settings: EventSettings) -> Self {
         let bus = Self::with_backend(Backend::Redis { conn }, settings);
-        tokio::spawn(pump(bus.clone(), client));
-        Ok(bus)
+        tokio::spawn(pump(bus.clone(), redis.clone()));
+        bus
     }
 
     /// The in-process ring, for the embedded single-process deployment.
@@ -447,30 +445,29 @@ fn decode_entry(entry: &redis::streams::StreamId) -> Option<Event> {
 }
 
 /// Follows the stream and hands new entries to this replica's subscribers.
-async fn pump(bus: EventBus, client: redis::Client) {
+async fn pump(bus: EventBus, redis: RedisConfig) {
     let mut closed = bus.inner.closed.subscribe();
     // "$": only entries added from now on; afterwards the last id delivered.
     let mut last: Option<String> = None;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(PUMP_BLOCK + Duration::from_secs(5)));
+    let redis = RedisConfig {
+        connect_timeout: Duration::from_secs(2),
+        ..redis
+    };
     'connect: loop {
         if *closed.borrow() {
             return;
         }
-        let mut conn = match client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
-            Ok(conn) => conn,
-            Err(err) => {
-                tracing::debug!(error = %err, "event pump cannot reach Redis; retrying");
-                tokio::select! {
-                    _ = closed.changed() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'connect,
+        let mut conn =
+            match SharedConnection::dedicated(&redis, PUMP_BLOCK + Duration::from_secs(5)).await {
+                Ok(conn) => conn,
+                Err(err) => {
+                    tracing::debug!(error = %err, "event pump cannot reach Redis; retrying");
+                    tokio::select! {
+                        _ = closed.changed() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'connect,
+                    }
                 }
-            }
-        };
+            };
         if last.is_none() {
             // Start from the newest entry, so nothing added after this read is missed.
             let newest: redis::streams::StreamRangeReply = match redis::cmd("XREVRANGE")

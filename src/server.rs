@@ -34,7 +34,7 @@ use crate::providers::ModelCatalog;
 use crate::sessions::Sessions;
 use crate::sessions::turn::Turns;
 use crate::sessions::turn_lock::TurnLocks;
-use crate::store::{EmbeddedStore, RedisStore, RedisStoreConfig, Store};
+use crate::store::{EmbeddedStore, RedisStore, SharedConnection, Store};
 use crate::system::System;
 
 /// File name of the embedded store inside the data folder.
@@ -45,7 +45,7 @@ pub struct Schedules {
     pub events: EventBus,
     pub cron: Arc<dyn CronStore>,
     /// The Redis connection, when state is shared: dashboard sessions and traffic counts use it.
-    pub redis: Option<redis::aio::ConnectionManager>,
+    pub redis: Option<SharedConnection>,
 }
 
 /// The store, the rate limiter that goes with it (shared through Redis, or in
@@ -53,19 +53,19 @@ pub struct Schedules {
 pub async fn open_store(
     config: &CoreConfig,
 ) -> anyhow::Result<(Arc<dyn Store>, RateLimiter, Schedules)> {
-    match &config.redis_url {
-        Some(url) => {
-            let store = RedisStore::connect(RedisStoreConfig {
-                url: url.clone(),
-                connect_timeout: config.redis_timeout(),
-                response_timeout: config.redis_timeout(),
-            })
-            .await
-            .context("configuring the Redis store")?;
+    match config.redis()? {
+        Some(redis) => {
+            let store = RedisStore::connect(&redis)
+                .await
+                .context("configuring the Redis store")?;
             if let Err(err) = store.ping().await {
                 tracing::warn!(error = %err, "Redis does not answer yet; requests fail with UNAVAILABLE until it does");
             }
-            tracing::info!("state store: redis (shared by every replica)");
+            tracing::info!(
+                topology = redis.mode(),
+                tls = redis.uses_tls(),
+                "state store: redis (shared by every replica)"
+            );
             let fallback = match config.rate_limit_redis_down {
                 RedisDownPolicy::Closed => None,
                 RedisDownPolicy::Open => Some((LocalLimits::default(), config.core_replicas)),
@@ -78,8 +78,7 @@ pub async fn open_store(
                 max_len: config.cron.events_max_len,
             };
             let schedules = Schedules {
-                events: EventBus::redis(store.connection(), url, event_settings)
-                    .context("configuring the event stream")?,
+                events: EventBus::redis(store.connection(), &redis, event_settings),
                 cron: Arc::new(RedisCronStore::new(
                     store.connection(),
                     config.cron.events_max_len,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openclaw_gateway::limits::{Charge, Decision, LimitBackend, LocalLimits, Quota, RedisLimits};
+use openclaw_gateway::store::{RedisConfig, SharedConnection};
 
 const WINDOW: Duration = Duration::from_secs(1);
 /// Past the window, with room for a slow machine's scheduling.
@@ -38,8 +39,12 @@ async fn local() -> Backend {
 
 async fn redis() -> Backend {
     let server = support::start_redis();
-    let client = ::redis::Client::open(support::redis_url(&server)).unwrap();
-    let conn = ::redis::aio::ConnectionManager::new(client).await.unwrap();
+    let conn = SharedConnection::open(&RedisConfig::standalone(
+        support::redis_url(&server),
+        std::time::Duration::from_secs(1),
+    ))
+    .await
+    .unwrap();
     Backend {
         limits: Arc::new(RedisLimits::with_window(conn, WINDOW)),
         _redis: Some(server),

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use futures::future::join_all;
 use openclaw_gateway::store::{
-    AppendOutcome, EmbeddedStore, KeyLimits, KeyRecord, LockOutcome, RecordedResult, RedisStore,
-    RedisStoreConfig, SessionRecord, Store, StoredMessage,
+    AppendOutcome, EmbeddedStore, KeyLimits, KeyRecord, LockOutcome, RecordedResult, RedisConfig,
+    RedisStore, SessionRecord, Store, StoredMessage,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -1435,10 +1435,10 @@ impl RedisServer {
     }
 
     async fn store(&self) -> RedisStore {
-        RedisStore::connect(RedisStoreConfig {
-            url: format!("redis://127.0.0.1:{}", self.port),
-            ..RedisStoreConfig::default()
-        })
+        RedisStore::connect(&RedisConfig::standalone(
+            format!("redis://127.0.0.1:{}", self.port),
+            Duration::from_secs(1),
+        ))
         .await
         .expect("connect to the test redis-server")
     }

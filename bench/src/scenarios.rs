@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 use openclaw_gateway::limits::{Charge, LimitBackend as _, Quota, RedisLimits};
 use openclaw_gateway::proto;
 use openclaw_gateway::proto::completion_service_client::CompletionServiceClient;
+use openclaw_gateway::store::{RedisConfig, SharedConnection};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -440,7 +441,7 @@ enum Target {
         keys: u64,
     },
     RedisPing {
-        conn: redis::aio::ConnectionManager,
+        conn: SharedConnection,
     },
 }
 
@@ -917,8 +918,11 @@ async fn admission(
     result: &mut Run,
     log: &dyn Fn(&str),
 ) -> anyhow::Result<()> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{}", stack.redis.port))?;
-    let conn = redis::aio::ConnectionManager::new(client).await?;
+    let conn = SharedConnection::open(&RedisConfig::standalone(
+        format!("redis://127.0.0.1:{}", stack.redis.port),
+        std::time::Duration::from_secs(1),
+    ))
+    .await?;
     let limits = Arc::new(RedisLimits::new(conn.clone()));
     let target = Target::Admission { limits, keys: 1000 };
     let baseline = Target::RedisPing { conn };

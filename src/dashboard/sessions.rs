@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::store::SharedConnection;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{StoreError, StoreResult};
@@ -42,11 +42,11 @@ fn seconds_left(session: &DashboardSession) -> u64 {
 
 /// `oc:dash:<sha256 of the session id>` → the session as JSON, with `EX`.
 pub struct RedisDashboardSessions {
-    conn: ConnectionManager,
+    conn: SharedConnection,
 }
 
 impl RedisDashboardSessions {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: SharedConnection) -> Self {
         Self { conn }
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::store::SharedConnection;
 
 /// How often counts are added into Redis.
 const FLUSH_EVERY: Duration = Duration::from_secs(5);
@@ -43,7 +43,7 @@ struct Minutes {
 #[derive(Default)]
 pub struct Traffic {
     minutes: Mutex<Minutes>,
-    shared: OnceLock<ConnectionManager>,
+    shared: OnceLock<SharedConnection>,
 }
 
 fn current_minute() -> i64 {
@@ -94,7 +94,7 @@ impl Traffic {
     }
 
     /// Sums the counts of every replica through Redis from now on.
-    pub fn share_through(self: &Arc<Self>, conn: ConnectionManager) {
+    pub fn share_through(self: &Arc<Self>, conn: SharedConnection) {
         if self.shared.set(conn).is_err() {
             return;
         }

@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
+use crate::store::SharedConnection;
 use async_trait::async_trait;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::{CapKind, Charge, Decision, LeaseDecision, LimitBackend, Quota, Usage, WINDOW};
 use crate::store::StoreError;
@@ -126,7 +126,7 @@ return 1
 "#;
 
 pub struct RedisLimits {
-    conn: ConnectionManager,
+    conn: SharedConnection,
     admit: Script,
     settle: Script,
     auth_failure: Script,
@@ -136,12 +136,12 @@ pub struct RedisLimits {
 }
 
 impl RedisLimits {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: SharedConnection) -> Self {
         Self::with_window(conn, WINDOW)
     }
 
     /// A limiter with another window (tests use short ones).
-    pub fn with_window(conn: ConnectionManager, window: Duration) -> Self {
+    pub fn with_window(conn: SharedConnection, window: Duration) -> Self {
         Self {
             conn,
             admit: Script::new(ADMIT),

@@ -9,6 +9,7 @@
 
 mod embedded;
 mod redis;
+pub mod redis_connection;
 mod redis_error;
 
 use std::time::Duration;
@@ -18,7 +19,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use self::embedded::EmbeddedStore;
-pub use self::redis::{RedisStore, RedisStoreConfig};
+pub use self::redis::RedisStore;
+pub use self::redis_connection::{
+    ConfigError as RedisConfigError, RedisConfig, SharedConnection, TlsFiles as RedisTlsFiles,
+    Topology as RedisTopology,
+};
 
 /// A failure of the storage backend itself (never "not found": that is `Ok(None)`/`Ok(false)`).
 #[derive(Debug, thiserror::Error)]

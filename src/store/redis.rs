@@ -10,46 +10,24 @@
 //!   recorded result of a client's request, `…:results:exp` zset of request id by expiry (ms).
 //! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time.
 //!
-//! Every command goes through one multiplexed, auto-reconnecting connection
-//! with connect and response timeouts, so a dead Redis fails a request fast
-//! instead of hanging it.
+//! Every command goes through one [`SharedConnection`] (standalone, cluster or Sentinel) with
+//! connect and response timeouts, so a dead Redis fails a request fast instead of hanging it.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
+use super::redis_connection::{RedisConfig, SharedConnection};
 use super::{
     AppendOutcome, KeyRecord, LockOutcome, Page, RecordedResult, SessionRecord, Store, StoreError,
     StoreResult, StoredMessage,
 };
 
-/// How to reach Redis.
-#[derive(Debug, Clone)]
-pub struct RedisStoreConfig {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
-    pub url: String,
-    /// Bound on establishing a connection.
-    pub connect_timeout: Duration,
-    /// Bound on any single command's answer.
-    pub response_timeout: Duration,
-}
-
-impl Default for RedisStoreConfig {
-    fn default() -> Self {
-        Self {
-            url: "redis://127.0.0.1:6379".into(),
-            connect_timeout: Duration::from_millis(1000),
-            response_timeout: Duration::from_millis(1000),
-        }
-    }
-}
-
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: SharedConnection,
     scripts: std::sync::Arc<Scripts>,
 }
 
@@ -250,18 +228,12 @@ fn decode_session(
 }
 
 impl RedisStore {
-    /// Prepares the connection. It is made lazily and remade after failures,
-    /// so the core starts (and reports Redis as down) while Redis is away.
-    pub async fn connect(config: RedisStoreConfig) -> StoreResult<Self> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
-            .map_err(StoreError::from)?;
+    /// Prepares the connection (see [`SharedConnection::open`]): the core starts, and reports
+    /// Redis as down, while Redis is away.
+    pub async fn connect(config: &RedisConfig) -> StoreResult<Self> {
+        let conn = SharedConnection::open(config)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.0))?;
         Ok(Self {
             conn,
             scripts: std::sync::Arc::new(Scripts::new()),
@@ -269,7 +241,7 @@ impl RedisStore {
     }
 
     /// The shared connection, for other Redis-backed parts of the core.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> SharedConnection {
         self.conn.clone()
     }
 }

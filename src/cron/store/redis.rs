@@ -17,9 +17,9 @@
 
 use std::collections::HashMap;
 
+use crate::store::SharedConnection;
 use async_trait::async_trait;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::{
     Claim, ClaimOutcome, CronStore, DueBatch, Finish, JobDefinition, JobRecord, JobState,
@@ -285,7 +285,7 @@ impl Scripts {
 
 #[derive(Clone)]
 pub struct RedisCronStore {
-    conn: ConnectionManager,
+    conn: SharedConnection,
     scripts: std::sync::Arc<Scripts>,
     events_max_len: u64,
 }
@@ -382,7 +382,7 @@ fn opt_arg(value: Option<i64>) -> String {
 
 impl RedisCronStore {
     /// `conn` is the store's shared connection (`RedisStore::connection`).
-    pub fn new(conn: ConnectionManager, events_max_len: u64) -> Self {
+    pub fn new(conn: SharedConnection, events_max_len: u64) -> Self {
         Self {
             conn,
             scripts: std::sync::Arc::new(Scripts::new()),

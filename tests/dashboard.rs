@@ -25,8 +25,13 @@ fn http() -> reqwest::Client {
 
 /// Signs in through the form; returns the cookie pair (`name=value`) and the raw Set-Cookie.
 async fn sign_in(stack: &Stack, credential: &str, extra: &[(&str, &str)]) -> (String, String) {
+    sign_in_at(&stack.url(""), credential, extra).await
+}
+
+/// Signs in through the form of the edge at `base`.
+async fn sign_in_at(base: &str, credential: &str, extra: &[(&str, &str)]) -> (String, String) {
     let mut request = http()
-        .post(stack.url("/dashboard/login"))
+        .post(format!("{base}/dashboard/login"))
         .form(&[("credential", credential)]);
     for (name, value) in extra {
         request = request.header(*name, *value);
@@ -289,6 +294,151 @@ async fn a_session_is_seen_by_every_edge_and_signing_out_ends_it_everywhere() {
         .await
         .unwrap();
     assert_eq!(after.headers()["location"], "/dashboard/login");
+}
+
+// ---------------------------------------------------------------- what ends a session
+
+/// Two cores on one Redis, each behind an edge of its own: two replicas of one deployment.
+struct Replicas {
+    redis: Process,
+    upstream: FakeUpstream,
+    dir: tempfile::TempDir,
+    cores: Vec<Process>,
+    edges: Vec<Process>,
+}
+
+impl Replicas {
+    async fn start() -> Self {
+        let redis = start_redis();
+        let upstream = FakeUpstream::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = CoreOptions::shared(&redis, &upstream, dir.path());
+        let cores: Vec<Process> = (0..2).map(|_| spawn_core(&options)).collect();
+        let edges: Vec<Process> = cores.iter().map(|core| spawn_edge(&[core])).collect();
+        for edge in &edges {
+            wait_until_ready(edge).await;
+        }
+        Self {
+            redis,
+            upstream,
+            dir,
+            cores,
+            edges,
+        }
+    }
+
+    /// The address of `path` on edge `n`.
+    fn url(&self, n: usize, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.edges[n].port)
+    }
+
+    /// Stops every core and starts it again where its edge expects it, holding `token` as the
+    /// internal token: what rotating `OPENCLAW_INTERNAL_TOKEN` on a deployment does.
+    async fn restart_cores_with(&mut self, token: &str) {
+        let mut options = CoreOptions::shared(&self.redis, &self.upstream, self.dir.path());
+        options
+            .env
+            .push(("OPENCLAW_INTERNAL_TOKEN".into(), token.into()));
+        for core in &mut self.cores {
+            core.kill();
+        }
+        for core in &mut self.cores {
+            *core = spawn_core_at(&options, core.port);
+        }
+        for edge in &self.edges {
+            wait_until_ready(edge).await;
+        }
+    }
+}
+
+/// What a dashboard page answers for `cookie` through the edge at `url`, once a core answers at
+/// all (right after a core restarts, its edge may still be reconnecting): the status, and the
+/// redirect target or the page.
+async fn page_for(url: &str, cookie: &str, extra: &[(&str, &str)]) -> (u16, String) {
+    let started = Instant::now();
+    loop {
+        let mut request = http().get(url).header("cookie", cookie);
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("dashboard page");
+        let status = response.status().as_u16();
+        if status != 503 || started.elapsed() > Duration::from_secs(20) {
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let text = response.text().await.unwrap_or_default();
+            return (status, location.unwrap_or(text));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signed_in(page: &(u16, String)) -> bool {
+    page.0 == 200
+}
+
+fn sent_to_sign_in(page: &(u16, String)) -> bool {
+    page.0 == 303 && page.1 == "/dashboard/login"
+}
+
+#[tokio::test]
+async fn an_operator_session_ends_on_every_replica_once_the_internal_token_changes() {
+    let mut replicas = Replicas::start().await;
+    let holder = create_key(&http(), &replicas.url(0, ""), "holder", json!({})).await;
+    let (operator, _) = sign_in_at(&replicas.url(0, ""), INTERNAL_TOKEN, &[]).await;
+    let (key_holder, _) = sign_in_at(&replicas.url(0, ""), &holder, &[]).await;
+    for edge in 0..2 {
+        let page = page_for(&replicas.url(edge, "/dashboard/status"), &operator, &[]).await;
+        assert!(
+            signed_in(&page),
+            "edge {edge} before the rotation: {page:?}"
+        );
+    }
+
+    let rotated = "rotated-internal-token-9876543210";
+    replicas.restart_cores_with(rotated).await;
+    for edge in 0..2 {
+        let page = page_for(&replicas.url(edge, "/dashboard/status"), &operator, &[]).await;
+        assert!(
+            sent_to_sign_in(&page),
+            "edge {edge}: a session opened with the old internal token still resolves: {page:?}"
+        );
+    }
+    let page = page_for(&replicas.url(1, "/dashboard/status"), &key_holder, &[]).await;
+    assert!(
+        signed_in(&page),
+        "a key holder's session does not depend on the internal token: {page:?}"
+    );
+    // The old token no longer signs in; the new one does, and its session is seen everywhere.
+    let old = http()
+        .post(replicas.url(1, "/dashboard/login"))
+        .form(&[("credential", INTERNAL_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 401);
+    let (fresh, _) = sign_in_at(&replicas.url(1, ""), rotated, &[]).await;
+    let page = page_for(&replicas.url(0, "/dashboard/status"), &fresh, &[]).await;
+    assert!(signed_in(&page), "{page:?}");
+
+    // The old session was ended, not merely refused: going back to the old token (a rolled
+    // back deployment) does not bring it back.
+    replicas.restart_cores_with(INTERNAL_TOKEN).await;
+    for edge in 0..2 {
+        let page = page_for(&replicas.url(edge, "/dashboard/status"), &operator, &[]).await;
+        assert!(
+            sent_to_sign_in(&page),
+            "edge {edge}: the ended session came back with the old token: {page:?}"
+        );
+        let page = page_for(&replicas.url(edge, "/dashboard/status"), &fresh, &[]).await;
+        assert!(
+            sent_to_sign_in(&page),
+            "edge {edge}: a session of the rotated token outlived it: {page:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- the browser

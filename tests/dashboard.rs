@@ -441,6 +441,38 @@ async fn an_operator_session_ends_on_every_replica_once_the_internal_token_chang
     }
 }
 
+#[tokio::test]
+async fn over_tls_only_the_host_prefixed_cookie_names_a_session() {
+    let stack = Stack::start().await;
+    let attacker = stack.create_key("attacker").await;
+    let tls = [("x-forwarded-proto", "https")];
+    let (victim, _) = sign_in(&stack, INTERNAL_TOKEN, &tls).await;
+    assert!(victim.starts_with("__Host-openclaw_dash="), "{victim}");
+    let victim_id = victim.split_once('=').unwrap().1;
+    // The attacker's own session, as a sibling subdomain could plant it: a plain-named cookie
+    // (`Domain=` the parent domain), which browsers send before or beside ours.
+    let (planted, _) = sign_in(&stack, &attacker, &[]).await;
+    assert!(planted.starts_with("openclaw_dash="), "{planted}");
+    let status = stack.url("/dashboard/status");
+
+    let page = page_for(&status, &format!("{planted}; {victim}"), &tls).await;
+    assert!(signed_in(&page), "{page:?}");
+    assert!(
+        page.1.contains("Signed in as operator") && !page.1.contains("attacker"),
+        "a planted plain-named cookie chose the session over TLS"
+    );
+    let page = page_for(&status, &planted, &tls).await;
+    assert!(
+        sent_to_sign_in(&page),
+        "over TLS a plain-named cookie alone is no session: {page:?}"
+    );
+    let page = page_for(&status, &format!("openclaw_dash={victim_id}"), &tls).await;
+    assert!(sent_to_sign_in(&page), "{page:?}");
+    // Over plain HTTP, where no cookie can be Secure, the plain name still works.
+    let page = page_for(&status, &planted, &[]).await;
+    assert!(signed_in(&page) && page.1.contains("attacker"), "{page:?}");
+}
+
 // ---------------------------------------------------------------- the browser
 
 struct Browser {

@@ -442,6 +442,105 @@ async fn an_operator_session_ends_on_every_replica_once_the_internal_token_chang
 }
 
 #[tokio::test]
+async fn signing_out_everywhere_ends_every_session_of_that_identity_on_every_replica() {
+    let replicas = Replicas::start().await;
+    let key = create_key(&http(), &replicas.url(0, ""), "laptop", json!({})).await;
+    let other = create_key(&http(), &replicas.url(0, ""), "other", json!({})).await;
+    let (desk, _) = sign_in_at(&replicas.url(0, ""), INTERNAL_TOKEN, &[]).await;
+    let (phone, _) = sign_in_at(&replicas.url(1, ""), INTERNAL_TOKEN, &[]).await;
+    let (holder_a, _) = sign_in_at(&replicas.url(0, ""), &key, &[]).await;
+    let (holder_b, _) = sign_in_at(&replicas.url(1, ""), &key, &[]).await;
+    let (bystander, _) = sign_in_at(&replicas.url(1, ""), &other, &[]).await;
+
+    // The operator, from the phone, through the second replica: a form with the CSRF token.
+    let settings = page_for(&replicas.url(1, "/dashboard/settings"), &phone, &[]).await;
+    assert!(signed_in(&settings), "{settings:?}");
+    assert!(
+        settings
+            .1
+            .contains("action=\"/dashboard/logout/everywhere\""),
+        "Settings offers 'Sign out everywhere'"
+    );
+    let without_token = http()
+        .post(replicas.url(1, "/dashboard/logout/everywhere"))
+        .header("cookie", &phone)
+        .form(&[("confirm", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without_token.status(), 403, "the CSRF token is required");
+    assert!(signed_in(
+        &page_for(&replicas.url(0, "/dashboard/status"), &desk, &[]).await
+    ));
+    let out = http()
+        .post(replicas.url(1, "/dashboard/logout/everywhere"))
+        .header("cookie", &phone)
+        .form(&[("csrf", csrf_of(&settings.1).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(
+        out.headers()["location"],
+        "/dashboard/login?done=everywhere"
+    );
+    assert!(
+        out.headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().contains("Max-Age=0"))
+    );
+    let notice = http()
+        .get(replicas.url(1, "/dashboard/login?done=everywhere"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(notice.contains("has been ended"), "{notice}");
+    for edge in 0..2 {
+        for (who, cookie) in [("desk", &desk), ("phone", &phone)] {
+            let page = page_for(&replicas.url(edge, "/dashboard/status"), cookie, &[]).await;
+            assert!(sent_to_sign_in(&page), "edge {edge}, {who}: {page:?}");
+        }
+        for (who, cookie) in [("key holder", &holder_a), ("other key", &bystander)] {
+            let page = page_for(&replicas.url(edge, "/dashboard/status"), cookie, &[]).await;
+            assert!(signed_in(&page), "edge {edge}, {who}: {page:?}");
+        }
+    }
+    // Signing in again works at once.
+    let (again, _) = sign_in_at(&replicas.url(0, ""), INTERNAL_TOKEN, &[]).await;
+    assert!(signed_in(
+        &page_for(&replicas.url(1, "/dashboard/status"), &again, &[]).await
+    ));
+
+    // A key holder ends its key's sessions, not another key's, nor the operator's.
+    let settings = page_for(&replicas.url(0, "/dashboard/settings"), &holder_a, &[]).await;
+    let out = http()
+        .post(replicas.url(0, "/dashboard/logout/everywhere"))
+        .header("cookie", &holder_a)
+        .form(&[("csrf", csrf_of(&settings.1).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    for edge in 0..2 {
+        for (who, cookie) in [("laptop a", &holder_a), ("laptop b", &holder_b)] {
+            let page = page_for(&replicas.url(edge, "/dashboard/status"), cookie, &[]).await;
+            assert!(sent_to_sign_in(&page), "edge {edge}, {who}: {page:?}");
+        }
+        for (who, cookie) in [("operator", &again), ("other key", &bystander)] {
+            let page = page_for(&replicas.url(edge, "/dashboard/status"), cookie, &[]).await;
+            assert!(signed_in(&page), "edge {edge}, {who}: {page:?}");
+        }
+    }
+    // The key itself still works on the API: only its dashboard sessions ended.
+    let status = get_with_key(&http(), replicas.url(1, "/api/v1/system/status"), &key).await;
+    assert_eq!(status.status(), 200);
+}
+
+#[tokio::test]
 async fn over_tls_only_the_host_prefixed_cookie_names_a_session() {
     let stack = Stack::start().await;
     let attacker = stack.create_key("attacker").await;

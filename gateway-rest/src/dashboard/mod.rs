@@ -55,6 +55,10 @@ pub(crate) fn router() -> Router<AppState> {
             get(pages::login_form).post(pages::login),
         )
         .route("/dashboard/logout", post(pages::logout))
+        .route(
+            "/dashboard/logout/everywhere",
+            post(pages::logout_everywhere),
+        )
         .route("/dashboard/status", get(views::status))
         .route("/dashboard/api/traffic", get(views::traffic))
         .route("/dashboard/settings", get(views::settings))

@@ -911,6 +911,35 @@ async fn a_key_holder_sees_only_its_own_key_and_sessions() {
     assert!(!client.source().await.unwrap().contains("someone-else"));
 }
 
+#[tokio::test]
+async fn a_key_holder_signs_out_everywhere_from_settings_in_the_browser() {
+    let stack = Stack::start().await;
+    let key = stack.create_key("shared-laptop").await;
+    let (elsewhere, _) = sign_in(&stack, &key, &[]).await;
+    let (operator, _) = sign_in(&stack, INTERNAL_TOKEN, &[]).await;
+
+    let browser = browser(1280, 800).await;
+    let client = &browser.client;
+    browser_sign_in(&stack, client, &key).await;
+    click_link(client, "Settings").await;
+    click_button(client, "Sign out everywhere").await;
+    expect_h1(client, "Sign in").await;
+    assert!(
+        client.source().await.unwrap().contains("has been ended"),
+        "the sign-in page says what happened"
+    );
+    client.goto(&stack.url("/dashboard/status")).await.unwrap();
+    expect_h1(client, "Sign in").await;
+    let status = stack.url("/dashboard/status");
+    let page = page_for(&status, &elsewhere, &[]).await;
+    assert!(
+        sent_to_sign_in(&page),
+        "the key's other session ended: {page:?}"
+    );
+    let page = page_for(&status, &operator, &[]).await;
+    assert!(signed_in(&page), "the operator's session stays: {page:?}");
+}
+
 // ---------------------------------------------------------------- screenshots
 
 /// Regenerates `docs/screenshots/*.png` (run by `scripts/dashboard-screenshots.sh`).
@@ -1077,4 +1106,19 @@ async fn the_embedded_default_serves_the_dashboard_too() {
         usage.contains("Your usage this minute"),
         "a key holder sees its own usage"
     );
+
+    // Without Redis, signing out everywhere ends the key's sessions all the same.
+    let (other, _) = sign_in(&stack, &key, &[]).await;
+    let out = http()
+        .post(stack.url("/dashboard/logout/everywhere"))
+        .header("cookie", &pair)
+        .form(&[("csrf", csrf_of(&usage).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    for cookie in [&pair, &other] {
+        let page = page_for(&stack.url("/dashboard/status"), cookie, &[]).await;
+        assert!(sent_to_sign_in(&page), "{page:?}");
+    }
 }

@@ -156,7 +156,11 @@ pub(crate) async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
         .with_timeout(config.redis_timeout());
     let models = Arc::new(model_catalog(config)?);
     crate::tokenizer::warm_up();
-    let sign_ins = Arc::new(DashboardSessions::new(sign_in_store, store.clone()));
+    let sign_ins = Arc::new(DashboardSessions::new(
+        sign_in_store,
+        store.clone(),
+        config.internal_token.clone(),
+    ));
     let door = Arc::new(FrontDoor::new(
         auth,
         limits,

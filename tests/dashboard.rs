@@ -25,8 +25,13 @@ fn http() -> reqwest::Client {
 
 /// Signs in through the form; returns the cookie pair (`name=value`) and the raw Set-Cookie.
 async fn sign_in(stack: &Stack, credential: &str, extra: &[(&str, &str)]) -> (String, String) {
+    sign_in_at(&stack.url(""), credential, extra).await
+}
+
+/// Signs in through the form of the edge at `base`.
+async fn sign_in_at(base: &str, credential: &str, extra: &[(&str, &str)]) -> (String, String) {
     let mut request = http()
-        .post(stack.url("/dashboard/login"))
+        .post(format!("{base}/dashboard/login"))
         .form(&[("credential", credential)]);
     for (name, value) in extra {
         request = request.header(*name, *value);
@@ -289,6 +294,282 @@ async fn a_session_is_seen_by_every_edge_and_signing_out_ends_it_everywhere() {
         .await
         .unwrap();
     assert_eq!(after.headers()["location"], "/dashboard/login");
+}
+
+// ---------------------------------------------------------------- what ends a session
+
+/// Two cores on one Redis, each behind an edge of its own: two replicas of one deployment.
+struct Replicas {
+    redis: Process,
+    upstream: FakeUpstream,
+    dir: tempfile::TempDir,
+    cores: Vec<Process>,
+    edges: Vec<Process>,
+}
+
+impl Replicas {
+    async fn start() -> Self {
+        let redis = start_redis();
+        let upstream = FakeUpstream::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = CoreOptions::shared(&redis, &upstream, dir.path());
+        let cores: Vec<Process> = (0..2).map(|_| spawn_core(&options)).collect();
+        let edges: Vec<Process> = cores.iter().map(|core| spawn_edge(&[core])).collect();
+        for edge in &edges {
+            wait_until_ready(edge).await;
+        }
+        Self {
+            redis,
+            upstream,
+            dir,
+            cores,
+            edges,
+        }
+    }
+
+    /// The address of `path` on edge `n`.
+    fn url(&self, n: usize, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.edges[n].port)
+    }
+
+    /// Stops every core and starts it again where its edge expects it, holding `token` as the
+    /// internal token: what rotating `OPENCLAW_INTERNAL_TOKEN` on a deployment does.
+    async fn restart_cores_with(&mut self, token: &str) {
+        let mut options = CoreOptions::shared(&self.redis, &self.upstream, self.dir.path());
+        options
+            .env
+            .push(("OPENCLAW_INTERNAL_TOKEN".into(), token.into()));
+        for core in &mut self.cores {
+            core.kill();
+        }
+        for core in &mut self.cores {
+            *core = spawn_core_at(&options, core.port);
+        }
+        for edge in &self.edges {
+            wait_until_ready(edge).await;
+        }
+    }
+}
+
+/// What a dashboard page answers for `cookie` through the edge at `url`, once a core answers at
+/// all (right after a core restarts, its edge may still be reconnecting): the status, and the
+/// redirect target or the page.
+async fn page_for(url: &str, cookie: &str, extra: &[(&str, &str)]) -> (u16, String) {
+    let started = Instant::now();
+    loop {
+        let mut request = http().get(url).header("cookie", cookie);
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("dashboard page");
+        let status = response.status().as_u16();
+        if status != 503 || started.elapsed() > Duration::from_secs(20) {
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let text = response.text().await.unwrap_or_default();
+            return (status, location.unwrap_or(text));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signed_in(page: &(u16, String)) -> bool {
+    page.0 == 200
+}
+
+fn sent_to_sign_in(page: &(u16, String)) -> bool {
+    page.0 == 303 && page.1 == "/dashboard/login"
+}
+
+#[tokio::test]
+async fn an_operator_session_ends_on_every_replica_once_the_internal_token_changes() {
+    let mut replicas = Replicas::start().await;
+    let holder = create_key(&http(), &replicas.url(0, ""), "holder", json!({})).await;
+    let (operator, _) = sign_in_at(&replicas.url(0, ""), INTERNAL_TOKEN, &[]).await;
+    let (key_holder, _) = sign_in_at(&replicas.url(0, ""), &holder, &[]).await;
+    for edge in 0..2 {
+        let page = page_for(&replicas.url(edge, "/dashboard/status"), &operator, &[]).await;
+        assert!(
+            signed_in(&page),
+            "edge {edge} before the rotation: {page:?}"
+        );
+    }
+
+    let rotated = "rotated-internal-token-9876543210";
+    replicas.restart_cores_with(rotated).await;
+    for edge in 0..2 {
+        let page = page_for(&replicas.url(edge, "/dashboard/status"), &operator, &[]).await;
+        assert!(
+            sent_to_sign_in(&page),
+            "edge {edge}: a session opened with the old internal token still resolves: {page:?}"
+        );
+    }
+    let page = page_for(&replicas.url(1, "/dashboard/status"), &key_holder, &[]).await;
+    assert!(
+        signed_in(&page),
+        "a key holder's session does not depend on the internal token: {page:?}"
+    );
+    // The old token no longer signs in; the new one does, and its session is seen everywhere.
+    let old = http()
+        .post(replicas.url(1, "/dashboard/login"))
+        .form(&[("credential", INTERNAL_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 401);
+    let (fresh, _) = sign_in_at(&replicas.url(1, ""), rotated, &[]).await;
+    let page = page_for(&replicas.url(0, "/dashboard/status"), &fresh, &[]).await;
+    assert!(signed_in(&page), "{page:?}");
+
+    // The old session was ended, not merely refused: going back to the old token (a rolled
+    // back deployment) does not bring it back.
+    replicas.restart_cores_with(INTERNAL_TOKEN).await;
+    for edge in 0..2 {
+        let page = page_for(&replicas.url(edge, "/dashboard/status"), &operator, &[]).await;
+        assert!(
+            sent_to_sign_in(&page),
+            "edge {edge}: the ended session came back with the old token: {page:?}"
+        );
+        let page = page_for(&replicas.url(edge, "/dashboard/status"), &fresh, &[]).await;
+        assert!(
+            sent_to_sign_in(&page),
+            "edge {edge}: a session of the rotated token outlived it: {page:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn signing_out_everywhere_ends_every_session_of_that_identity_on_every_replica() {
+    let replicas = Replicas::start().await;
+    let key = create_key(&http(), &replicas.url(0, ""), "laptop", json!({})).await;
+    let other = create_key(&http(), &replicas.url(0, ""), "other", json!({})).await;
+    let (desk, _) = sign_in_at(&replicas.url(0, ""), INTERNAL_TOKEN, &[]).await;
+    let (phone, _) = sign_in_at(&replicas.url(1, ""), INTERNAL_TOKEN, &[]).await;
+    let (holder_a, _) = sign_in_at(&replicas.url(0, ""), &key, &[]).await;
+    let (holder_b, _) = sign_in_at(&replicas.url(1, ""), &key, &[]).await;
+    let (bystander, _) = sign_in_at(&replicas.url(1, ""), &other, &[]).await;
+
+    // The operator, from the phone, through the second replica: a form with the CSRF token.
+    let settings = page_for(&replicas.url(1, "/dashboard/settings"), &phone, &[]).await;
+    assert!(signed_in(&settings), "{settings:?}");
+    assert!(
+        settings
+            .1
+            .contains("action=\"/dashboard/logout/everywhere\""),
+        "Settings offers 'Sign out everywhere'"
+    );
+    let without_token = http()
+        .post(replicas.url(1, "/dashboard/logout/everywhere"))
+        .header("cookie", &phone)
+        .form(&[("confirm", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without_token.status(), 403, "the CSRF token is required");
+    assert!(signed_in(
+        &page_for(&replicas.url(0, "/dashboard/status"), &desk, &[]).await
+    ));
+    let out = http()
+        .post(replicas.url(1, "/dashboard/logout/everywhere"))
+        .header("cookie", &phone)
+        .form(&[("csrf", csrf_of(&settings.1).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(
+        out.headers()["location"],
+        "/dashboard/login?done=everywhere"
+    );
+    assert!(
+        out.headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().contains("Max-Age=0"))
+    );
+    let notice = http()
+        .get(replicas.url(1, "/dashboard/login?done=everywhere"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(notice.contains("has been ended"), "{notice}");
+    for edge in 0..2 {
+        for (who, cookie) in [("desk", &desk), ("phone", &phone)] {
+            let page = page_for(&replicas.url(edge, "/dashboard/status"), cookie, &[]).await;
+            assert!(sent_to_sign_in(&page), "edge {edge}, {who}: {page:?}");
+        }
+        for (who, cookie) in [("key holder", &holder_a), ("other key", &bystander)] {
+            let page = page_for(&replicas.url(edge, "/dashboard/status"), cookie, &[]).await;
+            assert!(signed_in(&page), "edge {edge}, {who}: {page:?}");
+        }
+    }
+    // Signing in again works at once.
+    let (again, _) = sign_in_at(&replicas.url(0, ""), INTERNAL_TOKEN, &[]).await;
+    assert!(signed_in(
+        &page_for(&replicas.url(1, "/dashboard/status"), &again, &[]).await
+    ));
+
+    // A key holder ends its key's sessions, not another key's, nor the operator's.
+    let settings = page_for(&replicas.url(0, "/dashboard/settings"), &holder_a, &[]).await;
+    let out = http()
+        .post(replicas.url(0, "/dashboard/logout/everywhere"))
+        .header("cookie", &holder_a)
+        .form(&[("csrf", csrf_of(&settings.1).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    for edge in 0..2 {
+        for (who, cookie) in [("laptop a", &holder_a), ("laptop b", &holder_b)] {
+            let page = page_for(&replicas.url(edge, "/dashboard/status"), cookie, &[]).await;
+            assert!(sent_to_sign_in(&page), "edge {edge}, {who}: {page:?}");
+        }
+        for (who, cookie) in [("operator", &again), ("other key", &bystander)] {
+            let page = page_for(&replicas.url(edge, "/dashboard/status"), cookie, &[]).await;
+            assert!(signed_in(&page), "edge {edge}, {who}: {page:?}");
+        }
+    }
+    // The key itself still works on the API: only its dashboard sessions ended.
+    let status = get_with_key(&http(), replicas.url(1, "/api/v1/system/status"), &key).await;
+    assert_eq!(status.status(), 200);
+}
+
+#[tokio::test]
+async fn over_tls_only_the_host_prefixed_cookie_names_a_session() {
+    let stack = Stack::start().await;
+    let attacker = stack.create_key("attacker").await;
+    let tls = [("x-forwarded-proto", "https")];
+    let (victim, _) = sign_in(&stack, INTERNAL_TOKEN, &tls).await;
+    assert!(victim.starts_with("__Host-openclaw_dash="), "{victim}");
+    let victim_id = victim.split_once('=').unwrap().1;
+    // The attacker's own session, as a sibling subdomain could plant it: a plain-named cookie
+    // (`Domain=` the parent domain), which browsers send before or beside ours.
+    let (planted, _) = sign_in(&stack, &attacker, &[]).await;
+    assert!(planted.starts_with("openclaw_dash="), "{planted}");
+    let status = stack.url("/dashboard/status");
+
+    let page = page_for(&status, &format!("{planted}; {victim}"), &tls).await;
+    assert!(signed_in(&page), "{page:?}");
+    assert!(
+        page.1.contains("Signed in as operator") && !page.1.contains("attacker"),
+        "a planted plain-named cookie chose the session over TLS"
+    );
+    let page = page_for(&status, &planted, &tls).await;
+    assert!(
+        sent_to_sign_in(&page),
+        "over TLS a plain-named cookie alone is no session: {page:?}"
+    );
+    let page = page_for(&status, &format!("openclaw_dash={victim_id}"), &tls).await;
+    assert!(sent_to_sign_in(&page), "{page:?}");
+    // Over plain HTTP, where no cookie can be Secure, the plain name still works.
+    let page = page_for(&status, &planted, &[]).await;
+    assert!(signed_in(&page) && page.1.contains("attacker"), "{page:?}");
 }
 
 // ---------------------------------------------------------------- the browser
@@ -630,6 +911,35 @@ async fn a_key_holder_sees_only_its_own_key_and_sessions() {
     assert!(!client.source().await.unwrap().contains("someone-else"));
 }
 
+#[tokio::test]
+async fn a_key_holder_signs_out_everywhere_from_settings_in_the_browser() {
+    let stack = Stack::start().await;
+    let key = stack.create_key("shared-laptop").await;
+    let (elsewhere, _) = sign_in(&stack, &key, &[]).await;
+    let (operator, _) = sign_in(&stack, INTERNAL_TOKEN, &[]).await;
+
+    let browser = browser(1280, 800).await;
+    let client = &browser.client;
+    browser_sign_in(&stack, client, &key).await;
+    click_link(client, "Settings").await;
+    click_button(client, "Sign out everywhere").await;
+    expect_h1(client, "Sign in").await;
+    assert!(
+        client.source().await.unwrap().contains("has been ended"),
+        "the sign-in page says what happened"
+    );
+    client.goto(&stack.url("/dashboard/status")).await.unwrap();
+    expect_h1(client, "Sign in").await;
+    let status = stack.url("/dashboard/status");
+    let page = page_for(&status, &elsewhere, &[]).await;
+    assert!(
+        sent_to_sign_in(&page),
+        "the key's other session ended: {page:?}"
+    );
+    let page = page_for(&status, &operator, &[]).await;
+    assert!(signed_in(&page), "the operator's session stays: {page:?}");
+}
+
 // ---------------------------------------------------------------- screenshots
 
 /// Regenerates `docs/screenshots/*.png` (run by `scripts/dashboard-screenshots.sh`).
@@ -796,4 +1106,19 @@ async fn the_embedded_default_serves_the_dashboard_too() {
         usage.contains("Your usage this minute"),
         "a key holder sees its own usage"
     );
+
+    // Without Redis, signing out everywhere ends the key's sessions all the same.
+    let (other, _) = sign_in(&stack, &key, &[]).await;
+    let out = http()
+        .post(stack.url("/dashboard/logout/everywhere"))
+        .header("cookie", &pair)
+        .form(&[("csrf", csrf_of(&usage).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    for cookie in [&pair, &other] {
+        let page = page_for(&stack.url("/dashboard/status"), cookie, &[]).await;
+        assert!(sent_to_sign_in(&page), "{page:?}");
+    }
 }

@@ -12,15 +12,19 @@ pub(crate) mod traffic;
 use std::sync::Arc;
 
 use chrono::Utc;
+use hmac::{Hmac, Mac};
 use rand::Rng;
 use rand::distr::Alphanumeric;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Principal, hash_secret};
+use crate::config::Secret;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::front_door::{FrontDoor, Scope};
-use crate::store::Store;
+use crate::store::{KeyRecord, Store};
 
 use self::traffic::Traffic;
 use crate::proto::dashboard_service_server::DashboardService;
@@ -48,28 +52,84 @@ pub(crate) struct DashboardSessions {
     store: Arc<dyn DashboardSessionStore>,
     /// Where the key a session signed in with is looked up again on each call.
     keys: Arc<dyn Store>,
+    /// The internal token this replica accepts: an operator session resolves only while it
+    /// is the token the session was opened with.
+    internal_token: Option<Secret>,
     ttl: std::time::Duration,
 }
 
+/// What a session is bound to: the credential that opened it, as it stands now.
+enum Credential<'a> {
+    /// The internal token this replica holds (`None`: it holds none).
+    Operator(Option<&'a Secret>),
+    Key(&'a KeyRecord),
+}
+
+/// A keyed hash of the credential a session was opened with: HMAC-SHA256 keyed with the
+/// session id over a domain-separated description of the credential. The store keeps only
+/// this and the SHA-256 of the session id, so whoever reads the store can neither find the
+/// token in it nor test guesses of the token against it without the browser's cookie.
+/// `None` when there is nothing to bind to (an operator session on a replica without a token).
+fn binding(session_id: &str, credential: Credential<'_>) -> Option<String> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(session_id.as_bytes()).ok()?;
+    mac.update(b"openclaw dashboard session binding v1\0");
+    match credential {
+        Credential::Operator(token) => {
+            mac.update(b"operator\0");
+            mac.update(token?.expose().as_bytes());
+        }
+        Credential::Key(key) => {
+            mac.update(b"key\0");
+            mac.update(key.id.as_bytes());
+            mac.update(b"\0");
+            mac.update(key.secret_hash.as_bytes());
+        }
+    }
+    let digest = mac.finalize().into_bytes();
+    Some(digest.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
 impl DashboardSessions {
-    pub(crate) fn new(store: Arc<dyn DashboardSessionStore>, keys: Arc<dyn Store>) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn DashboardSessionStore>,
+        keys: Arc<dyn Store>,
+        internal_token: Option<Secret>,
+    ) -> Self {
         Self {
             store,
             keys,
+            internal_token,
             ttl: SESSION_TTL,
+        }
+    }
+
+    fn credential<'a>(&'a self, principal: &'a Principal) -> Credential<'a> {
+        match principal {
+            Principal::Key(key) => Credential::Key(key),
+            Principal::Internal => Credential::Operator(self.internal_token.as_ref()),
         }
     }
 
     async fn open(&self, principal: &Principal) -> ApiResult<(String, DashboardSession)> {
         let id = format!("{SESSION_PREFIX}{}", random_chars(43));
+        let key_id = match principal {
+            Principal::Key(key) => Some(key.id.clone()),
+            Principal::Internal => None,
+        };
+        let identity = sessions::identity_of(key_id.as_deref());
         let session = DashboardSession {
-            key_id: match principal {
-                Principal::Key(key) => Some(key.id.clone()),
-                Principal::Internal => None,
-            },
+            key_id,
             csrf_token: random_chars(43),
             expires_at: Utc::now()
                 + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::hours(12)),
+            binding: binding(&id, self.credential(principal)).ok_or_else(|| {
+                ApiError::unauthorized(
+                    "This replica holds no internal token; sign in with an API key, or set OPENCLAW_INTERNAL_TOKEN",
+                )
+            })?,
+            // Read before the session is stored: a "sign out everywhere" racing this sign-in
+            // ends it rather than missing it.
+            generation: self.store.generation(&identity).await?,
         };
         self.store.put(&hash_secret(&id), &session).await?;
         Ok((id, session))
@@ -99,18 +159,92 @@ impl DashboardSessions {
     }
 
     async fn principal_of(&self, metadata: &MetadataMap) -> ApiResult<Principal> {
-        let session = self.find(metadata).await?;
-        let Some(key_id) = &session.key_id else {
-            return Ok(Principal::Internal);
-        };
-        let key = self.keys.key_by_id(key_id).await?.ok_or_else(signed_out)?;
-        if key.is_revoked() {
-            return Err(ApiError::unauthorized(
-                "This API key has been revoked; sign in again with a valid key",
-            ));
+        let id = Self::id(metadata).ok_or_else(signed_out)?;
+        let hash = hash_secret(id);
+        let session = self.store.get(&hash).await?.ok_or_else(signed_out)?;
+        match self.check(id, &session).await? {
+            Ok(principal) => Ok(principal),
+            Err(ended) => {
+                // Ended for good: deleted at once, so no later call (on any replica, with any
+                // token) can bring it back.
+                self.store.delete(&hash).await?;
+                tracing::info!(
+                    who = session.identity(),
+                    reason = ended.reason,
+                    "dashboard session ended"
+                );
+                Err(ApiError::unauthorized(ended.details))
+            }
         }
-        Ok(Principal::Key(Arc::new(key)))
     }
+
+    /// Whether the session still stands: its identity has not signed out everywhere since it
+    /// was opened, and the credential it was opened with still holds (the same internal token;
+    /// the same key, not revoked). The outer error is the store failing, the inner one why the
+    /// session has ended.
+    async fn check(
+        &self,
+        id: &str,
+        session: &DashboardSession,
+    ) -> ApiResult<Result<Principal, Ended>> {
+        if self.store.generation(&session.identity()).await? != session.generation {
+            return Ok(Err(Ended {
+                reason: "signed out everywhere",
+                details: "This dashboard session was ended by 'Sign out everywhere'; sign in again",
+            }));
+        }
+        let principal = match &session.key_id {
+            None => Principal::Internal,
+            Some(key_id) => match self.keys.key_by_id(key_id).await? {
+                None => {
+                    return Ok(Err(Ended {
+                        reason: "key deleted",
+                        details: "The API key this dashboard session was opened with no longer exists; sign in again with a valid key",
+                    }));
+                }
+                Some(key) if key.is_revoked() => {
+                    return Ok(Err(Ended {
+                        reason: "key revoked",
+                        details: "This API key has been revoked; sign in again with a valid key",
+                    }));
+                }
+                Some(key) => Principal::Key(Arc::new(key)),
+            },
+        };
+        let bound = binding(id, self.credential(&principal))
+            .is_some_and(|now| bool::from(now.as_bytes().ct_eq(session.binding.as_bytes())));
+        if !bound {
+            return Ok(Err(match principal {
+                Principal::Internal => Ended {
+                    reason: "internal token changed",
+                    details: "The internal token changed since this dashboard session was opened; sign in again with the current token",
+                },
+                Principal::Key(_) => Ended {
+                    reason: "key changed",
+                    details: "The API key this dashboard session was opened with has changed; sign in again with a valid key",
+                },
+            }));
+        }
+        Ok(Ok(principal))
+    }
+
+    /// Ends every dashboard session of `principal`'s identity, on every replica.
+    async fn end_all(&self, principal: &Principal) -> ApiResult<()> {
+        let key_id = match principal {
+            Principal::Key(key) => Some(key.id.as_str()),
+            Principal::Internal => None,
+        };
+        let identity = sessions::identity_of(key_id);
+        self.store.end_all(&identity).await?;
+        tracing::info!(who = identity, "dashboard: signed out everywhere");
+        Ok(())
+    }
+}
+
+/// Why a stored session no longer stands: a log word, and what its holder is told.
+struct Ended {
+    reason: &'static str,
+    details: &'static str,
 }
 
 fn signed_out() -> ApiError {
@@ -240,6 +374,15 @@ impl DashboardService for Dashboard {
         Ok(Response::new(proto::SignOutResponse {}))
     }
 
+    async fn sign_out_everywhere(
+        &self,
+        request: Request<proto::SignOutEverywhereRequest>,
+    ) -> Result<Response<proto::SignOutEverywhereResponse>, Status> {
+        let principal = self.door.authorize(&request, Scope::Any).await?;
+        self.sign_ins.end_all(&principal).await?;
+        Ok(Response::new(proto::SignOutEverywhereResponse {}))
+    }
+
     async fn whoami(
         &self,
         request: Request<proto::WhoamiRequest>,
@@ -252,6 +395,8 @@ impl DashboardService for Dashboard {
                 key_id: None,
                 csrf_token: String::new(),
                 expires_at: Utc::now(),
+                binding: String::new(),
+                generation: 0,
             },
         };
         Ok(Response::new(self.identity(&principal, &session)))
@@ -313,5 +458,29 @@ impl DashboardService for Dashboard {
             })
             .collect();
         Ok(Response::new(proto::TrafficReport { minutes }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binding_names_one_session_and_one_credential() {
+        let token = Secret::new("token-a");
+        let rotated = Secret::new("token-b");
+        let bound = binding("ocd_1", Credential::Operator(Some(&token)));
+        assert!(bound.as_ref().is_some_and(|b| b.len() == 64));
+        assert_eq!(bound, binding("ocd_1", Credential::Operator(Some(&token))));
+        assert_ne!(
+            bound,
+            binding("ocd_1", Credential::Operator(Some(&rotated)))
+        );
+        assert_ne!(bound, binding("ocd_2", Credential::Operator(Some(&token))));
+        assert!(
+            !bound.as_ref().is_some_and(|b| b.contains("token-a")),
+            "the token is not in the stored binding"
+        );
+        assert_eq!(binding("ocd_1", Credential::Operator(None)), None);
     }
 }

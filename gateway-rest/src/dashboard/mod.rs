@@ -55,6 +55,10 @@ pub(crate) fn router() -> Router<AppState> {
             get(pages::login_form).post(pages::login),
         )
         .route("/dashboard/logout", post(pages::logout))
+        .route(
+            "/dashboard/logout/everywhere",
+            post(pages::logout_everywhere),
+        )
         .route("/dashboard/status", get(views::status))
         .route("/dashboard/api/traffic", get(views::traffic))
         .route("/dashboard/settings", get(views::settings))
@@ -147,15 +151,20 @@ fn over_tls(parts: &Parts) -> bool {
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
 }
 
-/// The dashboard session id from the cookie, either name.
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
+/// The dashboard session id from the cookie. Over TLS only the `__Host-` name counts: browsers
+/// let only this origin, over HTTPS, set a cookie of that name, whereas a plain-named cookie can
+/// be planted by a sibling subdomain (`Domain=` the parent) or a plain-HTTP response, and would
+/// pin the victim to the planter's session. Over plain HTTP (no `Secure` cookie is possible)
+/// either name.
+fn session_cookie(headers: &HeaderMap, tls: bool) -> Option<String> {
+    let accepted = |name: &str| name == SECURE_COOKIE || (!tls && name == COOKIE);
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, value)| (*name == COOKIE || *name == SECURE_COOKIE) && !value.is_empty())
+        .find(|(name, value)| accepted(name) && !value.is_empty())
         .map(|(_, value)| value.to_string())
 }
 
@@ -239,7 +248,7 @@ impl FromRequestParts<AppState> for Viewer {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let core = CoreClient::from_ref(state);
-        let Some(session) = session_cookie(&parts.headers) else {
+        let Some(session) = session_cookie(&parts.headers, over_tls(parts)) else {
             return Err(to_login());
         };
         let caller = Caller::from_request_parts(parts, state)
@@ -271,5 +280,30 @@ impl FromRequestParts<AppState> for Viewer {
 impl From<ApiError> for pages::PageError {
     fn from(error: ApiError) -> Self {
         Self(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookies(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn over_tls_only_the_host_prefixed_cookie_names_a_session() {
+        let planted = cookies("openclaw_dash=ocd_attacker");
+        assert_eq!(session_cookie(&planted, true), None);
+        assert_eq!(
+            session_cookie(&planted, false).as_deref(),
+            Some("ocd_attacker")
+        );
+        let both = cookies("openclaw_dash=ocd_attacker; __Host-openclaw_dash=ocd_victim");
+        assert_eq!(session_cookie(&both, true).as_deref(), Some("ocd_victim"));
+        let host = cookies("__Host-openclaw_dash=ocd_victim");
+        assert_eq!(session_cookie(&host, false).as_deref(), Some("ocd_victim"));
     }
 }

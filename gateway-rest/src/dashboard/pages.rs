@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use axum::{
     Form,
-    extract::{FromRequestParts, Path, State},
+    extract::{FromRequestParts, Path, Query, State},
     http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Redirect, Response},
 };
@@ -124,9 +124,14 @@ impl IntoResponse for PageError {
 pub(crate) type PageResult = Result<Response, PageError>;
 
 fn login_page(status: StatusCode, problem: Option<&str>) -> Response {
+    login_page_with(status, problem, None)
+}
+
+fn login_page_with(status: StatusCode, problem: Option<&str>, done: Option<&str>) -> Response {
     let body = bare(
         "Sign in",
         html! {
+            (notice(done))
             @if let Some(problem) = problem {
                 p.problem role="alert" { (problem) }
             }
@@ -145,8 +150,8 @@ fn login_page(status: StatusCode, problem: Option<&str>) -> Response {
     (status, body).into_response()
 }
 
-pub(crate) async fn login_form() -> Response {
-    login_page(StatusCode::OK, None)
+pub(crate) async fn login_form(Query(query): Query<HashMap<String, String>>) -> Response {
+    login_page_with(StatusCode::OK, None, query.get("done").map(String::as_str))
 }
 
 /// Signs in through the core (which counts failures against the brute-force guard) and hands the
@@ -234,6 +239,37 @@ pub(crate) async fn logout(viewer: Viewer, Form(form): Form<HashMap<String, Stri
     response
 }
 
+/// Ends every dashboard session of the signed-in identity (the operator, or this key), on every
+/// replica, this one included.
+pub(crate) async fn logout_everywhere(
+    viewer: Viewer,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if let Err(refused) = viewer.require_csrf(form.get("csrf").map(String::as_str)) {
+        return *refused;
+    }
+    let ended = viewer
+        .core
+        .call(
+            &viewer.caller,
+            proto::SignOutEverywhereRequest {},
+            |channel, request| async move {
+                DashboardServiceClient::new(channel)
+                    .sign_out_everywhere(request)
+                    .await
+            },
+        )
+        .await;
+    if let Err(error) = ended {
+        return api_error_page(&error);
+    }
+    let mut response = Redirect::to("/dashboard/login?done=everywhere").into_response();
+    for (name, value) in clear_cookies() {
+        response.headers_mut().append(name, value);
+    }
+    response
+}
+
 pub(crate) async fn asset(Path(file): Path<String>) -> Response {
     let (body, kind) = match file.as_str() {
         "dashboard.js" => (SCRIPT, "text/javascript; charset=utf-8"),
@@ -312,6 +348,9 @@ pub(crate) fn notice(done: Option<&str>) -> Markup {
         Some("enabled") => "The job is enabled.",
         Some("disabled") => "The job is disabled.",
         Some("ran") => "The job ran.",
+        Some("everywhere") => {
+            "Every dashboard session you had open, in any browser and on any replica, has been ended."
+        }
         _ => return html! {},
     };
     html! { p.notice role="status" { (text) } }

@@ -159,6 +159,23 @@ pub(crate) async fn settings(viewer: Viewer) -> Response {
                     h2 { a href="/dashboard/settings/keys" { "API Keys" } }
                     p { "Generate, inspect, limit and revoke the keys clients use." }
                 }
+                li.card {
+                    h2 #sign-ins { "Dashboard sign-ins" }
+                    p {
+                        "Signed in as " (viewer.name()) " until " (when(viewer.identity.expires_at.as_ref())) ". "
+                        @if viewer.is_operator() {
+                            "“Sign out everywhere” ends every dashboard session opened with the internal token, in every browser and on every replica, this one included. "
+                            "Changing the internal token ends them too."
+                        } @else {
+                            "“Sign out everywhere” ends every dashboard session opened with this API key, in every browser and on every replica, this one included. "
+                            "Revoking the key ends them too."
+                        }
+                    }
+                    form method="post" action="/dashboard/logout/everywhere" {
+                        input type="hidden" name="csrf" value=(viewer.identity.csrf_token);
+                        button type="submit" { "Sign out everywhere" }
+                    }
+                }
             }
         }
     };

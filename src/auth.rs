@@ -3,7 +3,9 @@
 //! or the internal token from the environment or `.env`.
 //!
 //! Verified keys are cached per replica for [`KEY_CACHE_TTL`], which bounds
-//! how long a revocation takes to reach every replica.
+//! how long a revocation takes to reach every replica: new calls are refused by then, and
+//! calls that stay open (event subscriptions) re-check their key through the same cache
+//! ([`Authenticator::still_valid`]) and end by then too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +24,10 @@ use crate::store::{KeyRecord, Store};
 
 /// How long a replica trusts a key it has verified before asking the store again.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(2);
+/// How often a long-lived call (an event subscription) checks that its key still holds, and
+/// how old a cached verification that check accepts: half the cache's lifetime each, so a key
+/// revoked on any replica ends such calls within [`KEY_CACHE_TTL`] too.
+pub const KEY_RECHECK_INTERVAL: Duration = Duration::from_millis(1000);
 /// How long a verified key is still trusted while the store is unreachable.
 const STALE_KEY_GRACE: Duration = Duration::from_secs(300);
 /// How often a key's last-used time is written, at most.
@@ -184,39 +190,58 @@ impl Authenticator {
         if !secret.starts_with(KEY_PREFIX) {
             return Err(invalid_key());
         }
-        let hash = hash_secret(secret);
-        let record = match self.cached(&hash, KEY_CACHE_TTL) {
-            Some(record) => record,
-            None => match tokio::time::timeout(self.lookup_timeout, self.store.key_by_hash(&hash))
-                .await
-                .unwrap_or(Err(crate::store::StoreError::Timeout))
-            {
-                Ok(Some(record)) => {
-                    // The index lookup matched; compare the full hash in constant
-                    // time anyway so no code path compares secrets byte by byte.
-                    if !bool::from(record.secret_hash.as_bytes().ct_eq(hash.as_bytes())) {
-                        return Err(invalid_key());
-                    }
-                    let record = Arc::new(record);
-                    self.remember(hash, record.clone());
-                    record
-                }
-                Ok(None) => return Err(invalid_key()),
-                // The store is unreachable: a key verified recently stays
-                // trusted for a while (without refreshing it), so the limits'
-                // Redis-down policy decides what happens, not authentication.
-                Err(err) => self
-                    .cached(&hash, STALE_KEY_GRACE)
-                    .ok_or_else(|| ApiError::from(err))?,
-            },
-        };
+        let record = self.verified(&hash_secret(secret), KEY_CACHE_TTL).await?;
         if record.is_revoked() {
-            return Err(ApiError::unauthorized(
-                "This API key has been revoked; generate a new key in the dashboard (Settings → API Keys)",
-            ));
+            return Err(revoked());
         }
         self.touch(&record);
         Ok(Principal::Key(record))
+    }
+
+    /// Whether a key verified earlier, by a call still open (an event subscription), still
+    /// holds: `Err(UNAUTHORIZED)` once it has been revoked or deleted on any replica. Answered
+    /// from the cache while its verification is younger than [`KEY_RECHECK_INTERVAL`], so
+    /// checking every interval costs a key at most one store read per interval and replica,
+    /// whatever the number of its open calls. Not a use of the key: its last use is not
+    /// recorded.
+    pub async fn still_valid(&self, key: &KeyRecord) -> ApiResult<()> {
+        let record = self
+            .verified(&key.secret_hash, KEY_RECHECK_INTERVAL)
+            .await?;
+        if record.is_revoked() {
+            return Err(revoked());
+        }
+        Ok(())
+    }
+
+    /// The key whose secret hashes to `hash`: from the cache while its verification is younger
+    /// than `max_age`, otherwise read from the store (and cached).
+    async fn verified(&self, hash: &str, max_age: Duration) -> ApiResult<Arc<KeyRecord>> {
+        if let Some(record) = self.cached(hash, max_age) {
+            return Ok(record);
+        }
+        match tokio::time::timeout(self.lookup_timeout, self.store.key_by_hash(hash))
+            .await
+            .unwrap_or(Err(crate::store::StoreError::Timeout))
+        {
+            Ok(Some(record)) => {
+                // The index lookup matched; compare the full hash in constant
+                // time anyway so no code path compares secrets byte by byte.
+                if !bool::from(record.secret_hash.as_bytes().ct_eq(hash.as_bytes())) {
+                    return Err(invalid_key());
+                }
+                let record = Arc::new(record);
+                self.remember(hash.to_owned(), record.clone());
+                Ok(record)
+            }
+            Ok(None) => Err(invalid_key()),
+            // The store is unreachable: a key verified recently stays
+            // trusted for a while (without refreshing it), so the limits'
+            // Redis-down policy decides what happens, not authentication.
+            Err(err) => self
+                .cached(hash, STALE_KEY_GRACE)
+                .ok_or_else(|| ApiError::from(err)),
+        }
     }
 
     /// Forgets a key at once on this replica (others follow within [`KEY_CACHE_TTL`]).
@@ -272,6 +297,12 @@ impl Authenticator {
             }
         });
     }
+}
+
+fn revoked() -> ApiError {
+    ApiError::unauthorized(
+        "This API key has been revoked; generate a new key in the dashboard (Settings → API Keys)",
+    )
 }
 
 fn invalid_key() -> ApiError {

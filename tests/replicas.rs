@@ -318,3 +318,101 @@ async fn an_administrator_lowering_a_key_s_limits_is_not_undone_by_its_use_on_an
         "2 requests a minute, 4 made: {statuses:?}"
     );
 }
+
+// Multi-threaded: the slow turn's client waits on the test's runtime while the test goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_turn_never_lands_in_a_session_created_again_under_its_id() {
+    use std::time::{Duration, Instant};
+    let redis = support::start_redis();
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = CoreOptions::shared(&redis, &upstream, dir.path());
+    let (core_a, core_b) = (support::spawn_core(&options), support::spawn_core(&options));
+    let (edge_a, edge_b) = (
+        support::spawn_edge(&[&core_a]),
+        support::spawn_edge(&[&core_b]),
+    );
+    let http = reqwest::Client::new();
+    let a = format!("http://127.0.0.1:{}", edge_a.port);
+    let b = format!("http://127.0.0.1:{}", edge_b.port);
+    let key = support::create_key(&http, &a, "reborn", json!({})).await;
+    let id = "sess-reborn";
+    let create = |base: &str, content: &str| {
+        let body = json!({"messages": [{"role": "user", "content": content}], "context": {"sessionId": id}});
+        let (http, url, key) = (http.clone(), format!("{base}/api/v1/sessions"), key.clone());
+        async move { support::post_with_key(&http, url, &key, &body).await }
+    };
+    let first = expect_data(create(&a, "first life").await, 201).await;
+    assert_eq!(first["sessionId"], id);
+
+    // A slow turn on the first session, through core A.
+    upstream.then([support::Behaviour::Stall(Duration::from_secs(3))]);
+    let asked = upstream.received().len();
+    let slow_turn = tokio::spawn({
+        let (http, a, key) = (http.clone(), a.clone(), key.clone());
+        async move {
+            support::post_with_key(
+                &http,
+                format!("{a}/api/v1/sessions/{id}/messages"),
+                &key,
+                &json!({"message": {"role": "user", "content": "stale question"}}),
+            )
+            .await
+        }
+    });
+    let started = Instant::now();
+    while upstream.received().len() == asked {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the slow turn reached the model"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Meanwhile, through core B, the session is deleted and created again under the same id.
+    let deleted = http
+        .delete(format!("{b}/api/v1/sessions/{id}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    expect_data(deleted, 200).await;
+    let second = expect_data(create(&b, "second life").await, 201).await;
+    assert_eq!(second["sessionId"], id);
+    assert!(
+        !slow_turn.is_finished(),
+        "the slow turn is still being answered"
+    );
+
+    // The slow turn ends with a clear error, and the new session holds only its own turn.
+    let error = support::expect_error(slow_turn.await.unwrap(), 404, "NOT_FOUND").await;
+    let details = error["details"].as_str().unwrap();
+    assert!(details.contains("deleted while"), "{error}");
+    let history = expect_data(
+        support::get_with_key(&http, format!("{a}/api/v1/sessions/{id}/messages"), &key).await,
+        200,
+    )
+    .await;
+    let contents: Vec<&str> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents.len(), 2, "{history}");
+    assert_eq!(contents[0], "second life", "{history}");
+    assert!(
+        !contents.iter().any(|c| c.contains("stale question")),
+        "the old turn landed in the new session: {history}"
+    );
+
+    // And the new session takes its own turns at once.
+    let sent = support::post_with_key(
+        &http,
+        format!("{b}/api/v1/sessions/{id}/messages"),
+        &key,
+        &json!({"message": {"role": "user", "content": "next"}}),
+    )
+    .await;
+    expect_data(sent, 200).await;
+}

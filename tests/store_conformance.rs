@@ -13,7 +13,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures::future::join_all;
 use openclaw_gateway::store::{
     AppendOutcome, EmbeddedStore, KeyLimits, KeyRecord, LockOutcome, RecordedResult, RedisConfig,
-    RedisStore, SessionRecord, Store, StoredMessage,
+    RedisStore, SessionRecord, Store, StoredMessage, TurnFence,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -60,6 +60,18 @@ fn session(owner: &str, id: &str, created_at: DateTime<Utc>) -> SessionRecord {
         temperature: Some(0.5),
         max_tokens: Some(256),
         message_count: 0,
+        incarnation: FIRST_LIFE.into(),
+    }
+}
+
+/// The incarnation of every session `session` makes.
+const FIRST_LIFE: &str = "first-life";
+
+/// The fence of a turn that `token` began on a session made by `session`.
+fn fence(token: &str) -> TurnFence<'_> {
+    TurnFence {
+        token,
+        incarnation: FIRST_LIFE,
     }
 }
 
@@ -388,7 +400,7 @@ async fn check_owners_are_separate(store: &dyn Store) {
     let reply = vec![msg("assistant", "for alice only", at(2))];
     assert_eq!(
         store
-            .append_turn(&alice, &id, "alice-token", &reply, at(2))
+            .append_turn(&alice, &id, fence("alice-token"), &reply, at(2))
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -414,7 +426,8 @@ async fn check_owners_are_separate(store: &dyn Store) {
 }
 
 /// Another owner sees nothing of a session: get is None, listings are empty,
-/// lock finds no session, delete finds nothing (and deletes nothing).
+/// lock finds no session, delete finds nothing (and deletes nothing), an append finds no
+/// session (and writes nothing).
 async fn check_other_owner_sees_nothing(store: &dyn Store) {
     let (owner, stranger, id) = (uid("owner"), uid("stranger"), uid("session"));
     let s = session(&owner, &id, at(0));
@@ -436,10 +449,11 @@ async fn check_other_owner_sees_nothing(store: &dyn Store) {
     assert!(!store.delete_session(&stranger, &id).await.unwrap());
     assert_eq!(
         store
-            .append_turn(&stranger, &id, "t", &turn(2, at(1)), at(1))
+            .append_turn(&stranger, &id, fence("t"), &turn(2, at(1)), at(1))
             .await
             .unwrap(),
-        AppendOutcome::LockLost
+        AppendOutcome::SessionGone,
+        "the stranger has no such session"
     );
 
     assert_eq!(snapshot(store, &owner, &id).await, before);
@@ -487,7 +501,7 @@ async fn check_ids_with_separator_characters(store: &dyn Store) {
     );
     assert_eq!(
         store
-            .append_turn(&owner, &tricky[0], "t", &turn(0, at(0)), at(0))
+            .append_turn(&owner, &tricky[0], fence("t"), &turn(0, at(0)), at(0))
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -582,7 +596,7 @@ async fn check_list_messages(store: &dyn Store) {
     acquire(store, &owner, &id, "t", LEASE).await;
     assert_eq!(
         store
-            .append_turn(&owner, &id, "t", &all[3..], at(7))
+            .append_turn(&owner, &id, fence("t"), &all[3..], at(7))
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -632,7 +646,7 @@ async fn check_message_count(store: &dyn Store) {
     assert_eq!(history.len(), 2);
     assert_eq!(
         store
-            .append_turn(&owner, &id, "t1", &turn(1, at(5)), at(5))
+            .append_turn(&owner, &id, fence("t1"), &turn(1, at(5)), at(5))
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -650,7 +664,7 @@ async fn check_message_count(store: &dyn Store) {
     ];
     assert_eq!(
         store
-            .append_turn(&owner, &id, "t2", &three, at(9))
+            .append_turn(&owner, &id, fence("t2"), &three, at(9))
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -739,7 +753,7 @@ async fn check_lock_session(store: &dyn Store) {
     acquire(store, &owner, &id, "setup", LEASE).await;
     assert_eq!(
         store
-            .append_turn(&owner, &id, "setup", &turn(1, at(4)), at(4))
+            .append_turn(&owner, &id, fence("setup"), &turn(1, at(4)), at(4))
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -819,7 +833,7 @@ async fn check_lease_expiry(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, "old", &turn(1, at(5)), at(5))
+            .append_turn(&owner, &id, fence("old"), &turn(1, at(5)), at(5))
             .await
             .unwrap(),
         AppendOutcome::LockLost
@@ -833,7 +847,7 @@ async fn check_lease_expiry(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, "new", &turn(2, at(6)), at(6))
+            .append_turn(&owner, &id, fence("new"), &turn(2, at(6)), at(6))
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -862,7 +876,7 @@ async fn check_append_turn(store: &dyn Store) {
     ];
     assert_eq!(
         store
-            .append_turn(&owner, &id, "a", &whole_turn, at(3))
+            .append_turn(&owner, &id, fence("a"), &whole_turn, at(3))
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -878,7 +892,7 @@ async fn check_append_turn(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, "a", &turn(9, at(9)), at(9))
+            .append_turn(&owner, &id, fence("a"), &turn(9, at(9)), at(9))
             .await
             .unwrap(),
         AppendOutcome::LockLost,
@@ -902,7 +916,7 @@ async fn check_append_after_delete(store: &dyn Store) {
     assert!(store.delete_session(&owner, &id).await.unwrap());
     assert_eq!(
         store
-            .append_turn(&owner, &id, "a", &turn(1, at(1)), at(1))
+            .append_turn(&owner, &id, fence("a"), &turn(1, at(1)), at(1))
             .await
             .unwrap(),
         AppendOutcome::SessionGone
@@ -921,6 +935,104 @@ async fn check_append_after_delete(store: &dyn Store) {
     let (_, history) = acquire(store, &owner, &id, "b", LEASE).await;
     assert!(history.is_empty());
     store.unlock_session(&owner, &id, "b").await.unwrap();
+}
+
+/// A session deleted and created again under the same id is another incarnation: a turn
+/// begun on the old one stores nothing in it (SessionGone, with or without a recorded result),
+/// keeps no lock on it, and does not release the new one's holder; the new incarnation's own
+/// turns store as usual.
+async fn check_append_refuses_another_incarnation(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    assert!(
+        store
+            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)))
+            .await
+            .unwrap()
+    );
+    let (seen, _) = acquire(store, &owner, &id, "old", LEASE).await;
+    assert_eq!(seen.incarnation, FIRST_LIFE, "a lock reads the incarnation");
+    assert!(store.delete_session(&owner, &id).await.unwrap());
+    let second = SessionRecord {
+        incarnation: "second-life".into(),
+        ..session(&owner, &id, at(1))
+    };
+    assert!(
+        store
+            .create_session(&second, &turn(1, at(1)))
+            .await
+            .unwrap()
+    );
+
+    // The old turn's lock went with the old session: the new one is not held up by it.
+    let (seen, history) = acquire(store, &owner, &id, "new", LEASE).await;
+    assert_eq!(seen.incarnation, "second-life");
+    assert_eq!(history, turn(1, at(1)));
+    let before = snapshot(store, &owner, &id).await;
+
+    assert_eq!(
+        store
+            .append_turn(&owner, &id, fence("old"), &turn(9, at(9)), at(9))
+            .await
+            .unwrap(),
+        AppendOutcome::SessionGone
+    );
+    assert_eq!(
+        store
+            .append_turn_recording(
+                &owner,
+                &id,
+                fence("old"),
+                &turn(9, at(9)),
+                at(9),
+                recorded("old-request", RESULT_BODY, LEASE),
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::SessionGone
+    );
+    assert_eq!(snapshot(store, &owner, &id).await, before);
+    assert_eq!(
+        store
+            .recorded_result(&owner, &id, "old-request")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        lock_outcome(store, &owner, &id, "third").await,
+        LockOutcome::Busy,
+        "a refused append must not release the new incarnation's holder"
+    );
+
+    // Even holding the new lock's token, a fence naming the old incarnation stores nothing.
+    let stale = TurnFence {
+        token: "new",
+        incarnation: FIRST_LIFE,
+    };
+    assert_eq!(
+        store
+            .append_turn(&owner, &id, stale, &turn(9, at(9)), at(9))
+            .await
+            .unwrap(),
+        AppendOutcome::SessionGone
+    );
+    assert_eq!(snapshot(store, &owner, &id).await, before);
+
+    let (seen, _) = acquire(store, &owner, &id, "newer", LEASE).await;
+    let fence = TurnFence {
+        token: "newer",
+        incarnation: &seen.incarnation,
+    };
+    assert_eq!(
+        store
+            .append_turn(&owner, &id, fence, &turn(2, at(2)), at(2))
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    let mut expected = turn(1, at(1));
+    expected.extend(turn(2, at(2)));
+    assert_eq!(all_messages(store, &owner, &id).await, expected);
 }
 
 /// 20 concurrent turns (lock, retrying on Busy; append a numbered question
@@ -955,7 +1067,7 @@ async fn check_concurrent_turns(store: &dyn Store) {
             // Give the others a chance to try the lock while this turn holds it.
             tokio::task::yield_now().await;
             let outcome = store
-                .append_turn(&owner, &id, &token, &turn(n, at(1)), at(1))
+                .append_turn(&owner, &id, fence(&token), &turn(n, at(1)), at(1))
                 .await
                 .unwrap();
             assert_eq!(outcome, AppendOutcome::Appended, "turn {n}");
@@ -1031,7 +1143,7 @@ async fn check_unicode_and_large_content(store: &dyn Store) {
     ];
     assert_eq!(
         store
-            .append_turn(&owner, &id, "🔑 token", &second, at(5))
+            .append_turn(&owner, &id, fence("🔑 token"), &second, at(5))
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -1081,7 +1193,7 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, "never-locked", &turn(9, at(9)), at(9))
+            .append_turn(&owner, &id, fence("never-locked"), &turn(9, at(9)), at(9))
             .await
             .unwrap(),
         AppendOutcome::LockLost
@@ -1097,7 +1209,7 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
     acquire(store, &owner, &id, "new", LEASE).await;
     assert_eq!(
         store
-            .append_turn(&owner, &id, "old", &turn(9, at(9)), at(9))
+            .append_turn(&owner, &id, fence("old"), &turn(9, at(9)), at(9))
             .await
             .unwrap(),
         AppendOutcome::LockLost
@@ -1110,10 +1222,16 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &uid("missing"), "new", &turn(9, at(9)), at(9))
+            .append_turn(
+                &owner,
+                &uid("missing"),
+                fence("new"),
+                &turn(9, at(9)),
+                at(9)
+            )
             .await
             .unwrap(),
-        AppendOutcome::LockLost
+        AppendOutcome::SessionGone
     );
     store.unlock_session(&owner, &id, "new").await.unwrap();
     assert_eq!(snapshot(store, &owner, &id).await, before);
@@ -1151,7 +1269,7 @@ async fn check_recorded_result_is_written_with_its_turn(store: &dyn Store) {
             .append_turn_recording(
                 &owner,
                 &id,
-                "a",
+                fence("a"),
                 &turn(1, at(1)),
                 at(1),
                 recorded("req-1", RESULT_BODY, LEASE),
@@ -1187,7 +1305,7 @@ async fn check_recorded_result_is_written_with_its_turn(store: &dyn Store) {
             .append_turn_recording(
                 &owner,
                 &id,
-                "b",
+                fence("b"),
                 &turn(2, at(2)),
                 at(2),
                 recorded("req-2", b"second", LEASE),
@@ -1223,7 +1341,7 @@ async fn check_recorded_result_needs_the_turn(store: &dyn Store) {
             .append_turn_recording(
                 &owner,
                 &id,
-                "intruder",
+                fence("intruder"),
                 &turn(1, at(1)),
                 at(1),
                 recorded("req-1", RESULT_BODY, LEASE),
@@ -1243,7 +1361,7 @@ async fn check_recorded_result_needs_the_turn(store: &dyn Store) {
             .append_turn_recording(
                 &owner,
                 &id,
-                "holder",
+                fence("holder"),
                 &turn(1, at(1)),
                 at(1),
                 recorded("req-1", RESULT_BODY, LEASE),
@@ -1272,7 +1390,7 @@ async fn check_recorded_result_expires(store: &dyn Store) {
         .append_turn_recording(
             &owner,
             &id,
-            "a",
+            fence("a"),
             &turn(1, at(1)),
             at(1),
             recorded("short", RESULT_BODY, Duration::from_millis(300)),
@@ -1296,7 +1414,7 @@ async fn check_recorded_result_expires(store: &dyn Store) {
         .append_turn_recording(
             &owner,
             &id,
-            "b",
+            fence("b"),
             &turn(2, at(2)),
             at(2),
             recorded("long", RESULT_BODY, LEASE),
@@ -1333,7 +1451,7 @@ async fn check_delete_session_drops_recorded_results(store: &dyn Store) {
             .append_turn_recording(
                 &owner,
                 session_id,
-                "a",
+                fence("a"),
                 &turn(1, at(1)),
                 at(1),
                 recorded("req-1", RESULT_BODY, LEASE),
@@ -1547,6 +1665,7 @@ conformance!(
     check_lease_expiry,
     check_append_turn,
     check_append_after_delete,
+    check_append_refuses_another_incarnation,
     check_concurrent_turns,
     check_unicode_and_large_content,
     check_refused_writes_change_nothing,
@@ -1575,7 +1694,7 @@ async fn embedded_file_reopen_keeps_state() {
         acquire(&store, &owner, &id, "a", LEASE).await;
         assert_eq!(
             store
-                .append_turn(&owner, &id, "a", &turn(1, at(2)), at(2))
+                .append_turn(&owner, &id, fence("a"), &turn(1, at(2)), at(2))
                 .await
                 .unwrap(),
             AppendOutcome::Appended

@@ -247,6 +247,7 @@ pub(crate) fn new_session(
         temperature,
         max_tokens,
         message_count: 0,
+        incarnation: uuid::Uuid::new_v4().simple().to_string(),
     }
 }
 

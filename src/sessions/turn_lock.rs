@@ -1,6 +1,8 @@
 //! A session's turn lock: leased in the store, so the turns of one session are taken one at a
-//! time on every replica. Its token fences the turn's write: a turn whose lease ran out (and
-//! whose session another turn may have continued) stores nothing.
+//! time on every replica. Its token and the session's incarnation fence the turn's write: a turn
+//! whose lease ran out (and whose session another turn may have continued) stores nothing, and
+//! neither does a turn whose session was deleted meanwhile, even if a session with the same id
+//! was created since.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +13,7 @@ use chrono::Utc;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::idempotency::SendKey;
 use crate::store::{
-    AppendOutcome, LockOutcome, RecordedResult, SessionRecord, Store, StoredMessage,
+    AppendOutcome, LockOutcome, RecordedResult, SessionRecord, Store, StoredMessage, TurnFence,
 };
 
 /// The session's turn lock, held until the turn is stored or abandoned.
@@ -24,12 +26,21 @@ pub(crate) struct TurnLock {
     pub(crate) owner: String,
     pub(crate) id: String,
     token: String,
+    /// The incarnation of the session the lock was taken on.
+    incarnation: String,
     store: Arc<dyn Store>,
     lease_ends: tokio::time::Instant,
     held: AtomicBool,
 }
 
 impl TurnLock {
+    fn fence(&self) -> TurnFence<'_> {
+        TurnFence {
+            token: &self.token,
+            incarnation: &self.incarnation,
+        }
+    }
+
     /// The lock is gone from the store (stored with the turn, or found lost): nothing to release.
     fn forget(&self) {
         self.held.store(false, Ordering::Relaxed);
@@ -143,6 +154,7 @@ impl TurnLocks {
                         owner: owner.to_string(),
                         id: id.to_string(),
                         token,
+                        incarnation: session.incarnation.clone(),
                         store: self.store.clone(),
                         lease_ends,
                         held: AtomicBool::new(true),
@@ -192,7 +204,7 @@ impl TurnLocks {
         let outcome = match record {
             None => {
                 store
-                    .append_turn(&lock.owner, &lock.id, &lock.token, new, Utc::now())
+                    .append_turn(&lock.owner, &lock.id, lock.fence(), new, Utc::now())
                     .await?
             }
             Some((key, body)) => {
@@ -200,7 +212,7 @@ impl TurnLocks {
                     .append_turn_recording(
                         &lock.owner,
                         &lock.id,
-                        &lock.token,
+                        lock.fence(),
                         new,
                         Utc::now(),
                         RecordedResult {
@@ -217,7 +229,14 @@ impl TurnLocks {
         lock.forget();
         match outcome {
             AppendOutcome::Appended => Ok(()),
-            AppendOutcome::SessionGone => Err(ApiError::not_found("Session", &lock.id)),
+            AppendOutcome::SessionGone => Err(ApiError::new(
+                ErrorCode::NotFound,
+                "Session deleted",
+                format!(
+                    "The session '{}' was deleted while this reply was being produced, so the reply was not stored; create a new session (POST /api/v1/sessions) and send the message there",
+                    lock.id
+                ),
+            )),
             AppendOutcome::LockLost => Err(ApiError::new(
                 ErrorCode::Conflict,
                 "Turn not stored",

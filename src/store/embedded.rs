@@ -35,7 +35,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     AppendOutcome, KeyRecord, LockOutcome, Page, RecordedResult, SessionRecord, Store, StoreError,
-    StoreResult, StoredMessage,
+    StoreResult, StoredMessage, TurnFence,
 };
 
 type SessionKey = (&'static str, &'static str);
@@ -212,6 +212,13 @@ fn session_exists(db: &Database, owner: &str, id: &str) -> StoreResult<bool> {
     Ok(sessions.get((owner, id)).or_unavailable()?.is_some())
 }
 
+/// Whether the session exists as the incarnation a turn began on.
+fn incarnation_lives(db: &Database, owner: &str, id: &str, incarnation: &str) -> StoreResult<bool> {
+    let txn = db.begin_read().or_unavailable()?;
+    let sessions = txn.open_table(SESSIONS).or_unavailable()?;
+    Ok(read_session(&sessions, owner, id)?.is_some_and(|s| s.incarnation == incarnation))
+}
+
 /// Now, as unix milliseconds (the clock of the turn results' expiry).
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -319,11 +326,13 @@ fn delete_results(txn: &WriteTransaction, owner: &str, id: &str) -> StoreResult<
 }
 
 /// Appends already-encoded messages and bumps the session row (and records
-/// `result`, when given), in one transaction.
+/// `result`, when given), in one transaction, if the session is still the incarnation
+/// the turn began on.
 fn write_turn(
     db: &Database,
     owner: &str,
     id: &str,
+    incarnation: &str,
     encoded: &[Vec<u8>],
     at: DateTime<Utc>,
     result: Option<&OwnedResult>,
@@ -332,6 +341,7 @@ fn write_turn(
     let outcome = {
         let mut sessions = txn.open_table(SESSIONS).or_unavailable()?;
         match read_session(&sessions, owner, id)? {
+            Some(session) if session.incarnation != incarnation => AppendOutcome::SessionGone,
             None => AppendOutcome::SessionGone,
             Some(mut session) => {
                 let mut messages = txn.open_table(MESSAGES).or_unavailable()?;
@@ -454,12 +464,13 @@ impl EmbeddedStore {
         self.db.clone()
     }
 
-    /// Appends a turn (recording `result` with it, when given) if `token` holds the lock.
+    /// Appends a turn (recording `result` with it, when given) if the session is the fence's
+    /// incarnation and the fence's token holds the lock.
     async fn append(
         &self,
         owner: &str,
         id: &str,
-        token: &str,
+        fence: TurnFence<'_>,
         messages: &[StoredMessage],
         at: DateTime<Utc>,
         result: Option<OwnedResult>,
@@ -469,19 +480,30 @@ impl EmbeddedStore {
             .map(|m| encode("message", m))
             .collect::<StoreResult<Vec<_>>>()?;
         let key = (owner.to_owned(), id.to_owned());
-        let token = token.to_owned();
+        let token = fence.token.to_owned();
+        let incarnation = fence.incarnation.to_owned();
         // All in one blocking task, so a caller that gives up half way cannot
         // leave the lock in the committing state.
         self.blocking(move |db, locks| {
             let now = Instant::now();
-            {
+            let held = {
                 let mut table = lock_table(locks);
                 match table.get_mut(&key) {
                     Some(lock) if lock.token == token && !lock.committing && lock.expires > now => {
                         lock.committing = true;
+                        true
                     }
-                    _ => return Ok(AppendOutcome::LockLost),
+                    _ => false,
                 }
+            };
+            if !held {
+                // Deleting a session drops its lock: say the session is gone (deleted, or
+                // created again as another incarnation) when it is, not that the lock was lost.
+                return Ok(if incarnation_lives(db, &key.0, &key.1, &incarnation)? {
+                    AppendOutcome::LockLost
+                } else {
+                    AppendOutcome::SessionGone
+                });
             }
             let mut guard = CommitGuard {
                 locks,
@@ -489,7 +511,15 @@ impl EmbeddedStore {
                 token: &token,
                 release: false,
             };
-            let outcome = write_turn(db, &key.0, &key.1, &encoded, at, result.as_ref())?;
+            let outcome = write_turn(
+                db,
+                &key.0,
+                &key.1,
+                &incarnation,
+                &encoded,
+                at,
+                result.as_ref(),
+            )?;
             guard.release = true;
             drop(guard);
             Ok(outcome)
@@ -788,7 +818,7 @@ impl Store for EmbeddedStore {
 
     async fn delete_session(&self, owner: &str, id: &str) -> StoreResult<bool> {
         let (owner, id) = (owner.to_owned(), id.to_owned());
-        self.blocking(move |db, _| {
+        self.blocking(move |db, locks| {
             let (owner, id) = (owner.as_str(), id.as_str());
             let txn = db.begin_write().or_unavailable()?;
             let deleted = {
@@ -813,9 +843,18 @@ impl Store for EmbeddedStore {
                     }
                 }
             };
-            // A turn in flight keeps its lock: its append then finds the
-            // session gone and says so.
             finish(txn, deleted)?;
+            if deleted {
+                // The lock goes with the session: a turn in flight is fenced by the
+                // incarnation (its append finds the session gone and says so), and a session
+                // created again under the id is not kept waiting for it. A lock that is
+                // committing is left to its append, which finishes within the moment.
+                let mut table = lock_table(locks);
+                let key = (owner.to_owned(), id.to_owned());
+                if table.get(&key).is_some_and(|lock| !lock.committing) {
+                    table.remove(&key);
+                }
+            }
             Ok(deleted)
         })
         .await
@@ -888,11 +927,11 @@ impl Store for EmbeddedStore {
         &self,
         owner: &str,
         id: &str,
-        token: &str,
+        fence: TurnFence<'_>,
         messages: &[StoredMessage],
         at: DateTime<Utc>,
     ) -> StoreResult<AppendOutcome> {
-        self.append(owner, id, token, messages, at, None).await
+        self.append(owner, id, fence, messages, at, None).await
     }
 
     async fn unlock_session(&self, owner: &str, id: &str, token: &str) -> StoreResult<()> {
@@ -908,13 +947,13 @@ impl Store for EmbeddedStore {
         &self,
         owner: &str,
         id: &str,
-        token: &str,
+        fence: TurnFence<'_>,
         messages: &[StoredMessage],
         at: DateTime<Utc>,
         result: RecordedResult<'_>,
     ) -> StoreResult<AppendOutcome> {
         let result = OwnedResult::new(result);
-        self.append(owner, id, token, messages, at, Some(result))
+        self.append(owner, id, fence, messages, at, Some(result))
             .await
     }
 

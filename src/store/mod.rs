@@ -96,6 +96,12 @@ pub struct SessionRecord {
     /// Filled in by reads; ignored on writes.
     #[serde(default)]
     pub message_count: u32,
+    /// This life of the session id: fresh each time a session is created, so a session deleted
+    /// and created again under the same id is another incarnation, and a turn begun on the old
+    /// one cannot store into the new one ([`TurnFence`]). Sessions stored before incarnations
+    /// existed have the empty one.
+    #[serde(default)]
+    pub incarnation: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,13 +130,23 @@ impl StoredMessage {
     }
 }
 
+/// What a turn's write is fenced by: the turn lock's token, and the incarnation of the session
+/// the lock was taken on ([`LockOutcome::Acquired`]'s `session.incarnation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnFence<'a> {
+    pub token: &'a str,
+    pub incarnation: &'a str,
+}
+
 /// What became of an [`Store::append_turn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendOutcome {
     Appended,
     /// The lock was not held with this token any more (its lease ran out): nothing was written.
     LockLost,
-    /// The session was deleted meanwhile: nothing was written.
+    /// The session was deleted meanwhile (and perhaps created again under the same id, as
+    /// another incarnation): nothing was written. Checked before the lock, since deleting a
+    /// session drops its lock too.
     SessionGone,
 }
 
@@ -205,7 +221,9 @@ pub trait Store: Send + Sync + 'static {
         offset: u64,
         limit: u32,
     ) -> StoreResult<Page<StoredMessage>>;
-    /// Deletes the session and its history. Returns false when there was none.
+    /// Deletes the session, its history and its turn lock (a turn in flight then finds the
+    /// session gone when it stores, see [`AppendOutcome::SessionGone`], and a session created
+    /// again under the id is not kept waiting for it). Returns false when there was none.
     async fn delete_session(&self, owner: &str, id: &str) -> StoreResult<bool>;
 
     /// Takes the session's turn lock for `lease` unless another holder has it,
@@ -218,12 +236,13 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> StoreResult<LockOutcome>;
     /// Appends a whole turn (user message(s) and the reply) and releases the
-    /// lock, atomically, if and only if `token` still holds the lock.
+    /// lock, atomically, if and only if the session is still the incarnation the fence names
+    /// and the fence's token still holds the lock.
     async fn append_turn(
         &self,
         owner: &str,
         id: &str,
-        token: &str,
+        fence: TurnFence<'_>,
         messages: &[StoredMessage],
         at: DateTime<Utc>,
     ) -> StoreResult<AppendOutcome>;
@@ -236,7 +255,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         owner: &str,
         id: &str,
-        token: &str,
+        fence: TurnFence<'_>,
         messages: &[StoredMessage],
         at: DateTime<Utc>,
         result: RecordedResult<'_>,

@@ -5,7 +5,8 @@
 //! scripts touch a single slot):
 //! - `oc:key:<id>` the key record (JSON; a use sets its `lastUsedAt` in place, by script);
 //!   `oc:keyhash:<sha256>` → id; `oc:keys` zset of ids by creation.
-//! - `oc:s:{<owner>/<id>}:meta` hash {record (JSON), updatedAt}; `…:msgs` list of messages (JSON);
+//! - `oc:s:{<owner>/<id>}:meta` hash {record (JSON), updatedAt, incarnation (the record's, for
+//!   the fenced append to compare)}; `…:msgs` list of messages (JSON);
 //!   `…:lock` the turn lock's token, with a lease (PX); `…:results` hash of request id → the
 //!   recorded result of a client's request, `…:results:exp` zset of request id by expiry (ms).
 //! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time.
@@ -22,7 +23,7 @@ use redis::{AsyncCommands, Script};
 use super::redis_connection::{RedisConfig, SharedConnection};
 use super::{
     AppendOutcome, KeyRecord, LockOutcome, Page, RecordedResult, SessionRecord, Store, StoreError,
-    StoreResult, StoredMessage,
+    StoreResult, StoredMessage, TurnFence,
 };
 
 #[derive(Clone)]
@@ -49,8 +50,8 @@ impl Scripts {
             create_session: Script::new(
                 r#"
                 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-                redis.call('HSET', KEYS[1], 'record', ARGV[1], 'updatedAt', ARGV[2])
-                for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+                redis.call('HSET', KEYS[1], 'record', ARGV[1], 'updatedAt', ARGV[2], 'incarnation', ARGV[5])
+                for i = 6, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
                 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
                 return 1
                 "#,
@@ -68,30 +69,35 @@ impl Scripts {
                 return out
                 "#,
             ),
+            // The session first: deleting it drops its lock, so a turn that began on this
+            // incarnation (ARGV[3]) learns that it is gone, deleted or created again, rather
+            // than that it lost the lock. The lock is dropped only if it is still ours.
             append_turn: Script::new(
                 r#"
-                if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
-                if redis.call('EXISTS', KEYS[2]) == 0 then
-                  redis.call('DEL', KEYS[1])
+                local incarnation = redis.call('HGET', KEYS[2], 'incarnation') or ''
+                if redis.call('EXISTS', KEYS[2]) == 0 or incarnation ~= ARGV[3] then
+                  if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
                   return 'gone'
                 end
-                for i = 3, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+                if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
+                for i = 4, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
                 redis.call('HSET', KEYS[2], 'updatedAt', ARGV[2])
                 redis.call('DEL', KEYS[1])
                 return 'ok'
                 "#,
             ),
-            // As append_turn, plus the result under the request id, expiring
-            // after the retention (ms, ARGV[5]) by the server's clock; a few
+            // As append_turn (the incarnation is ARGV[6]), plus the result under the request
+            // id, expiring after the retention (ms, ARGV[5]) by the server's clock; a few
             // expired records are dropped on the way.
             append_turn_recording: Script::new(
                 r#"
-                if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
-                if redis.call('EXISTS', KEYS[2]) == 0 then
-                  redis.call('DEL', KEYS[1])
+                local incarnation = redis.call('HGET', KEYS[2], 'incarnation') or ''
+                if redis.call('EXISTS', KEYS[2]) == 0 or incarnation ~= ARGV[6] then
+                  if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
                   return 'gone'
                 end
-                for i = 6, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+                if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
+                for i = 7, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
                 redis.call('HSET', KEYS[2], 'updatedAt', ARGV[2])
                 local t = redis.call('TIME')
                 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -125,12 +131,13 @@ impl Scripts {
                 return 1
                 "#,
             ),
-            // The lock is left to its lease, so a turn in progress learns
-            // that the session is gone rather than that it lost the lock.
+            // The lock goes too: a turn in progress is fenced by the incarnation (it learns
+            // that the session is gone), and a session created again under the id is not
+            // kept waiting for that turn.
             delete_session: Script::new(
                 r#"
                 local n = redis.call('DEL', KEYS[1])
-                redis.call('DEL', KEYS[2], KEYS[4], KEYS[5])
+                redis.call('DEL', KEYS[2], KEYS[4], KEYS[5], KEYS[6])
                 redis.call('ZREM', KEYS[3], ARGV[1])
                 return n
                 "#,
@@ -359,7 +366,8 @@ impl Store for RedisStore {
             .arg(encode(session)?)
             .arg(session.updated_at.to_rfc3339())
             .arg(session.created_at.timestamp_millis())
-            .arg(&session.id);
+            .arg(&session.id)
+            .arg(&session.incarnation);
         for message in messages {
             invocation.arg(encode(message)?);
         }
@@ -481,6 +489,7 @@ impl Store for RedisStore {
             .key(owner_index(owner))
             .key(format!("{base}:results"))
             .key(format!("{base}:results:exp"))
+            .key(format!("{base}:lock"))
             .arg(id)
             .invoke_async(&mut conn)
             .await
@@ -538,7 +547,7 @@ impl Store for RedisStore {
         &self,
         owner: &str,
         id: &str,
-        token: &str,
+        fence: TurnFence<'_>,
         messages: &[StoredMessage],
         at: DateTime<Utc>,
     ) -> StoreResult<AppendOutcome> {
@@ -548,8 +557,9 @@ impl Store for RedisStore {
             .key(format!("{base}:lock"))
             .key(format!("{base}:meta"))
             .key(format!("{base}:msgs"))
-            .arg(token)
-            .arg(at.to_rfc3339());
+            .arg(fence.token)
+            .arg(at.to_rfc3339())
+            .arg(fence.incarnation);
         for message in messages {
             invocation.arg(encode(message)?);
         }
@@ -585,7 +595,7 @@ impl Store for RedisStore {
         &self,
         owner: &str,
         id: &str,
-        token: &str,
+        fence: TurnFence<'_>,
         messages: &[StoredMessage],
         at: DateTime<Utc>,
         result: RecordedResult<'_>,
@@ -598,11 +608,12 @@ impl Store for RedisStore {
             .key(format!("{base}:msgs"))
             .key(format!("{base}:results"))
             .key(format!("{base}:results:exp"))
-            .arg(token)
+            .arg(fence.token)
             .arg(at.to_rfc3339())
             .arg(result.request_id)
             .arg(result.body)
-            .arg(result.retention.as_millis().max(1) as u64);
+            .arg(result.retention.as_millis().max(1) as u64)
+            .arg(fence.incarnation);
         for message in messages {
             invocation.arg(encode(message)?);
         }

@@ -14,16 +14,16 @@ use axum::{
 };
 use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
-use tonic_types::StatusExt as _;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     core_client::CoreClient,
-    error::ApiError,
+    envelope::ErrorObject,
+    error::{ApiError, code_name},
     extract::QueryParams,
     headers::Caller,
     openapi::responses::*,
-    proto::{self, event_service_client::EventServiceClient},
+    proto::{self, ErrorCode, event_service_client::EventServiceClient},
     timestamp,
 };
 
@@ -94,20 +94,26 @@ fn sse_event(item: Result<proto::Event, tonic::Status>) -> SseEvent {
                 .unwrap_or_else(|_| SseEvent::default().comment("unencodable event"))
         }
         Err(status) => {
-            // The stream ends after this; the client reconnects with its Last-Event-ID.
-            let details = status.get_error_details();
-            let code = details
-                .error_info()
-                .map(|info| info.reason.clone())
-                .unwrap_or_else(|| "UNAVAILABLE".into());
-            SseEvent::default().event("error").data(
-                serde_json::json!({
-                    "code": code,
-                    "message": status.message(),
-                    "details": "The event stream was interrupted; reconnect with the last id you received as Last-Event-ID",
-                })
-                .to_string(),
-            )
+            // The stream ends after this, with the envelope's `error` object. Cut short (the
+            // store or the core away), the client reconnects with its Last-Event-ID; ended by
+            // the core for a reason (a key revoked meanwhile), the core's details say what to do.
+            let error = ApiError::from(status);
+            let details = match error.code {
+                ErrorCode::Unavailable | ErrorCode::InternalError => {
+                    "The event stream was interrupted; reconnect with the last id you received as Last-Event-ID".to_owned()
+                }
+                _ => error.details.clone(),
+            };
+            let object = ErrorObject {
+                code: code_name(error.code).to_owned(),
+                retry_after: error.rendered_retry_after(),
+                message: error.message,
+                details,
+            };
+            SseEvent::default()
+                .event("error")
+                .json_data(&object)
+                .unwrap_or_else(|_| SseEvent::default().event("error").data("{}"))
         }
     }
 }

@@ -94,7 +94,8 @@ async fn status_with(stack: &Stack, key: &str) -> u16 {
 
 #[tokio::test]
 async fn signing_in_sets_a_strict_http_only_cookie_and_pages_carry_a_strict_csp() {
-    let stack = Stack::start().await;
+    // Behind a TLS-terminating load balancer on loopback, which says so with X-Forwarded-Proto.
+    let stack = Stack::behind_proxy().await;
     let root = http().get(stack.url("/")).send().await.expect("GET /");
     assert!(root.status().is_redirection());
     assert_eq!(root.headers()["location"], "/dashboard");
@@ -235,7 +236,7 @@ async fn a_cross_site_post_or_the_cookie_alone_changes_nothing() {
 }
 
 #[tokio::test]
-async fn repeated_wrong_sign_ins_are_limited() {
+async fn repeated_wrong_sign_ins_are_limited_and_the_right_credential_still_signs_in() {
     let stack = Stack::start().await;
     let mut statuses = Vec::new();
     for i in 0..25 {
@@ -249,14 +250,22 @@ async fn repeated_wrong_sign_ins_are_limited() {
     }
     assert_eq!(statuses[0], 401, "{statuses:?}");
     assert_eq!(*statuses.last().unwrap(), 429, "{statuses:?}");
-    // Even the right token is refused while the address is blocked.
-    let blocked = http()
+    // The right token is no guess: the address's failures do not stand in its way.
+    let right = http()
         .post(stack.url("/dashboard/login"))
         .form(&[("credential", INTERNAL_TOKEN)])
         .send()
         .await
         .unwrap();
-    assert_eq!(blocked.status(), 429);
+    assert_eq!(right.status(), 303, "signed in");
+    // Further guesses from the address are still refused.
+    let guess = http()
+        .post(stack.url("/dashboard/login"))
+        .form(&[("credential", "oc_wrong_again")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(guess.status(), 429);
 }
 
 #[tokio::test]
@@ -541,8 +550,25 @@ async fn signing_out_everywhere_ends_every_session_of_that_identity_on_every_rep
 }
 
 #[tokio::test]
-async fn over_tls_only_the_host_prefixed_cookie_names_a_session() {
+async fn x_forwarded_proto_is_believed_only_from_a_trusted_proxy() {
+    // No trusted proxies: a client claiming HTTPS over plain HTTP gets the plain cookie, and a
+    // plain-named cookie keeps working for it (it cannot make the edge ignore it either).
     let stack = Stack::start().await;
+    let (pair, cookie) = sign_in(&stack, INTERNAL_TOKEN, &[("x-forwarded-proto", "https")]).await;
+    assert!(pair.starts_with("openclaw_dash="), "{cookie}");
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    let page = page_for(
+        &stack.url("/dashboard/status"),
+        &pair,
+        &[("x-forwarded-proto", "https")],
+    )
+    .await;
+    assert!(signed_in(&page), "{page:?}");
+}
+
+#[tokio::test]
+async fn over_tls_only_the_host_prefixed_cookie_names_a_session() {
+    let stack = Stack::behind_proxy().await;
     let attacker = stack.create_key("attacker").await;
     let tls = [("x-forwarded-proto", "https")];
     let (victim, _) = sign_in(&stack, INTERNAL_TOKEN, &tls).await;

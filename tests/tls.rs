@@ -177,6 +177,36 @@ async fn the_edge_serves_https_over_http2_and_http1_to_clients_trusting_its_ca()
     assert_eq!(health.version(), reqwest::Version::HTTP_11);
     create_and_talk(&http1, &base).await;
 
+    // A dashboard sign-in over the edge's own TLS gets the `__Host-` cookie, Secure, whichever
+    // HTTP version carried it (an HTTP/1.1 request line names no scheme).
+    for http1_only in [false, true] {
+        let mut client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("CA pem")])
+            .redirect(reqwest::redirect::Policy::none());
+        if http1_only {
+            client = client.http1_only();
+        }
+        let signed_in = client
+            .build()
+            .expect("HTTPS client")
+            .post(format!("{base}/dashboard/login"))
+            .form(&[("credential", INTERNAL_TOKEN)])
+            .send()
+            .await
+            .expect("dashboard sign-in over HTTPS");
+        let cookie = signed_in
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            cookie.starts_with("__Host-openclaw_dash=") && cookie.contains("; Secure"),
+            "{:?}: {cookie}",
+            signed_in.version()
+        );
+    }
+
     // A client that does not trust the CA refuses the edge; plain HTTP gets no answer.
     let stranger = TestCa::new(dir.path(), "stranger");
     assert!(

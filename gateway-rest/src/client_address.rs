@@ -14,6 +14,10 @@ use ipnet::IpNet;
 
 const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// Marks a request that reached this edge on its own TLS listener.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReachedOverTls;
+
 /// How this edge learns and vouches for its clients' addresses.
 #[derive(Debug, Clone, Default)]
 pub struct Forwarding {
@@ -54,6 +58,11 @@ impl Forwarding {
                 .ok()?;
         value.set_sensitive(true);
         Some(value)
+    }
+
+    /// Whether `peer` is a trusted proxy, whose `X-Forwarded-*` headers are believed.
+    pub(crate) fn is_trusted_proxy(&self, peer: Option<SocketAddr>) -> bool {
+        peer.is_some_and(|peer| self.trusts(peer.ip()))
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {

@@ -141,10 +141,28 @@ fn same_origin(headers: &HeaderMap) -> bool {
         .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
 }
 
-/// Whether the browser reached us over TLS (directly or through a proxy that says so).
+/// Whether the browser reached us over TLS: on this edge's own TLS listener, or through a
+/// trusted proxy (`OPENCLAW_TRUSTED_PROXIES`) that says so with `X-Forwarded-Proto: https`. The
+/// header from any other peer is the client's own word and is not believed.
 fn over_tls(parts: &Parts) -> bool {
-    parts.uri.scheme_str() == Some("https")
+    if parts.uri.scheme_str() == Some("https")
         || parts
+            .extensions
+            .get::<crate::client_address::ReachedOverTls>()
+            .is_some()
+    {
+        return true;
+    }
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0);
+    let from_proxy = parts
+        .extensions
+        .get::<std::sync::Arc<crate::client_address::Forwarding>>()
+        .is_some_and(|forwarding| forwarding.is_trusted_proxy(peer));
+    from_proxy
+        && parts
             .headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())

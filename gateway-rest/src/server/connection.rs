@@ -119,9 +119,15 @@ impl Connections {
                     _ = stopped.wait_for(|stop| *stop) => return,
                 };
                 let Some(io) = started else { return };
+                let tls = connections.0.tls.is_some();
                 let service = hyper::service::service_fn(
                     move |mut request: hyper::Request<hyper::body::Incoming>| {
                         request.extensions_mut().insert(ConnectInfo(remote));
+                        if tls {
+                            request
+                                .extensions_mut()
+                                .insert(crate::client_address::ReachedOverTls);
+                        }
                         // The router is always ready and never fails.
                         tower::ServiceExt::oneshot(app.clone(), request)
                     },

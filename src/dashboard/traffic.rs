@@ -1,6 +1,6 @@
 //! Requests, tokens and rate-limit rejections per minute, for the dashboard's
 //! charts. Counting is a short in-memory lock on the request path; with Redis,
-//! a background task adds the counts into `oc:stats:<unix minute>` (a hash
+//! a background task adds the counts into `oc:{stats}:<unix minute>` (a hash
 //! with fields `r`, `t`, `x`) every few seconds, so the charts sum every
 //! replica without a Redis round trip per request.
 
@@ -50,8 +50,10 @@ fn current_minute() -> i64 {
     chrono::Utc::now().timestamp().div_euclid(60)
 }
 
+/// One hash per minute, all under the hash tag `{stats}`: the flush and the chart's read are
+/// pipelines over many minutes, which a Redis Cluster serves only within one slot.
 fn stats_key(minute: i64) -> String {
-    format!("oc:stats:{minute}")
+    format!("oc:{{stats}}:{minute}")
 }
 
 impl Traffic {

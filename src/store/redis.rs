@@ -11,6 +11,13 @@
 //!   recorded result of a client's request, `…:results:exp` zset of request id by expiry (ms).
 //! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time.
 //!
+//! On a Redis Cluster every script and pipeline touches one slot: a session's keys share the
+//! hash tag `{<owner>/<id>}`; a key record, its secret's index entry and the list of keys are
+//! single-key commands, as is the owner's index. The writes that span slots (a session and its
+//! owner's index; a key record, its secret and the listing) are ordered so that stopping
+//! between them is harmless, and listings skip what such a stop leaves behind (see
+//! `create_session`, `delete_session`, `insert_key`).
+//!
 //! Every command goes through one [`SharedConnection`] (standalone, cluster or Sentinel) with
 //! connect and response timeouts, so a dead Redis fails a request fast instead of hanging it.
 
@@ -52,7 +59,6 @@ impl Scripts {
                 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
                 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'updatedAt', ARGV[2], 'incarnation', ARGV[5])
                 for i = 6, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-                redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
                 return 1
                 "#,
             ),
@@ -137,8 +143,7 @@ impl Scripts {
             delete_session: Script::new(
                 r#"
                 local n = redis.call('DEL', KEYS[1])
-                redis.call('DEL', KEYS[2], KEYS[4], KEYS[5], KEYS[6])
-                redis.call('ZREM', KEYS[3], ARGV[1])
+                redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
                 return n
                 "#,
             ),
@@ -247,6 +252,26 @@ impl RedisStore {
         })
     }
 
+    /// Drops index entries of `owner` naming sessions that do not exist, once they are older
+    /// than a create could take: a younger one may belong to a create in progress (listed
+    /// first, created second). Best effort: a listing never fails for it.
+    async fn drop_stale_index_entries(&self, owner: &str, ids: &[String]) {
+        const CREATE_BOUND_MS: i64 = 60_000;
+        let mut conn = self.conn.clone();
+        let index = owner_index(owner);
+        let cutoff = Utc::now().timestamp_millis() - CREATE_BOUND_MS;
+        for id in ids {
+            let score: Option<i64> = conn.zscore(&index, id).await.unwrap_or(None);
+            let exists: bool = conn
+                .exists(format!("{}:meta", session_base(owner, id)))
+                .await
+                .unwrap_or(true);
+            if !exists && score.is_some_and(|created| created < cutoff) {
+                let _: Result<(), _> = conn.zrem(&index, id).await;
+            }
+        }
+    }
+
     /// The shared connection, for other Redis-backed parts of the core.
     pub fn connection(&self) -> SharedConnection {
         self.conn.clone()
@@ -269,13 +294,18 @@ impl Store for RedisStore {
     }
 
     async fn insert_key(&self, key: &KeyRecord) -> StoreResult<()> {
+        // Three keys in three slots, written in an order that is safe to stop anywhere: the
+        // record, then the secret's index entry (a key that authenticates has a record), then
+        // the listing (a listed key authenticates). A failure in between leaves a key nobody
+        // holds the secret of (creation answered an error), invisible to listings.
         let mut conn = self.conn.clone();
-        redis::pipe()
-            .atomic()
-            .set(key_key(&key.id), encode(key)?)
-            .set(key_hash_key(&key.secret_hash), &key.id)
-            .zadd(KEYS_INDEX, &key.id, key.created_at.timestamp_millis())
-            .query_async::<()>(&mut conn)
+        conn.set::<_, _, ()>(key_key(&key.id), encode(key)?)
+            .await
+            .map_err(StoreError::from)?;
+        conn.set::<_, _, ()>(key_hash_key(&key.secret_hash), &key.id)
+            .await
+            .map_err(StoreError::from)?;
+        conn.zadd::<_, _, _, ()>(KEYS_INDEX, &key.id, key.created_at.timestamp_millis())
             .await
             .map_err(StoreError::from)
     }
@@ -307,8 +337,16 @@ impl Store for RedisStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| key_key(id)).collect();
-        let raws: Vec<Option<String>> = conn.mget(keys).await.map_err(StoreError::from)?;
+        // Records live in their own slots: one GET each, all sent at once.
+        let raws = futures::future::try_join_all(ids.iter().map(|id| {
+            let mut conn = self.conn.clone();
+            async move {
+                conn.get::<_, Option<String>>(key_key(id))
+                    .await
+                    .map_err(StoreError::from)
+            }
+        }))
+        .await?;
         raws.iter().flatten().map(|raw| decode(raw)).collect()
     }
 
@@ -358,11 +396,23 @@ impl Store for RedisStore {
         messages: &[StoredMessage],
     ) -> StoreResult<bool> {
         let base = session_base(&session.owner, &session.id);
+        let mut conn = self.conn.clone();
+        // Listed first, created second: the owner's index lives in another slot, so the two
+        // cannot be one script on a cluster. An entry whose session was never created (a
+        // failure in between) is skipped by listings and dropped once it is old.
+        // NX: a create refused because the session exists leaves its entry as it was.
+        redis::cmd("ZADD")
+            .arg(owner_index(&session.owner))
+            .arg("NX")
+            .arg(session.created_at.timestamp_millis())
+            .arg(&session.id)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(StoreError::from)?;
         let mut invocation = self.scripts.create_session.prepare_invoke();
         invocation
             .key(format!("{base}:meta"))
             .key(format!("{base}:msgs"))
-            .key(owner_index(&session.owner))
             .arg(encode(session)?)
             .arg(session.updated_at.to_rfc3339())
             .arg(session.created_at.timestamp_millis())
@@ -371,7 +421,6 @@ impl Store for RedisStore {
         for message in messages {
             invocation.arg(encode(message)?);
         }
-        let mut conn = self.conn.clone();
         let created: i64 = invocation
             .invoke_async(&mut conn)
             .await
@@ -412,38 +461,36 @@ impl Store for RedisStore {
             .map_err(StoreError::from)?;
         let more = ids.len() > limit as usize;
         ids.truncate(limit as usize);
-        let mut pipe = redis::pipe();
-        for id in &ids {
+        // One pipeline per session (each session's keys share a slot; different sessions may
+        // not), all sent at once on the multiplexed connection.
+        let rows = futures::future::try_join_all(ids.iter().map(|id| {
             let base = session_base(owner, id);
-            pipe.cmd("HMGET")
-                .arg(format!("{base}:meta"))
-                .arg("record")
-                .arg("updatedAt");
-            pipe.llen(format!("{base}:msgs"));
-        }
-        let rows: Vec<((Option<String>, Option<String>), u32)> = if ids.is_empty() {
-            Vec::new()
-        } else {
-            let flat: Vec<redis::Value> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(StoreError::from)?;
-            flat.chunks(2)
-                .map(|pair| {
-                    let meta = redis::from_redis_value(pair[0].clone())
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    let count = redis::from_redis_value(pair[1].clone())
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    Ok((meta, count))
-                })
-                .collect::<StoreResult<_>>()?
-        };
-        let mut items = Vec::with_capacity(rows.len());
-        for ((record, updated_at), count) in rows {
-            // A session deleted between the two reads is simply not listed.
-            if let Some(record) = record {
-                items.push(decode_session(&record, updated_at.as_deref(), count)?);
+            let mut conn = self.conn.clone();
+            async move {
+                let mut pipe = redis::pipe();
+                pipe.cmd("HMGET")
+                    .arg(format!("{base}:meta"))
+                    .arg("record")
+                    .arg("updatedAt");
+                pipe.llen(format!("{base}:msgs"));
+                pipe.query_async::<((Option<String>, Option<String>), u32)>(&mut conn)
+                    .await
+                    .map_err(StoreError::from)
             }
+        }))
+        .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        let mut orphans = Vec::new();
+        for (id, ((record, updated_at), count)) in ids.iter().zip(rows) {
+            match record {
+                Some(record) => items.push(decode_session(&record, updated_at.as_deref(), count)?),
+                // Deleted between the two reads, or an index entry left by a create or delete
+                // that failed halfway: not listed.
+                None => orphans.push(id.clone()),
+            }
+        }
+        if !orphans.is_empty() {
+            self.drop_stale_index_entries(owner, &orphans).await;
         }
         Ok(Page {
             items,
@@ -486,14 +533,33 @@ impl Store for RedisStore {
             .delete_session
             .key(format!("{base}:meta"))
             .key(format!("{base}:msgs"))
-            .key(owner_index(owner))
             .key(format!("{base}:results"))
             .key(format!("{base}:results:exp"))
             .key(format!("{base}:lock"))
-            .arg(id)
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
+        // Deleted first, unlisted second (the index is in another slot): a failure in between
+        // leaves an entry that listings skip and drop once it is old.
+        conn.zrem::<_, _, ()>(owner_index(owner), id)
+            .await
+            .map_err(StoreError::from)?;
+        // A session created again under this id between the two steps keeps its entry.
+        let recreated: Option<String> = conn
+            .hget(format!("{base}:meta"), "record")
+            .await
+            .map_err(StoreError::from)?;
+        if let Some(record) = recreated {
+            let session: SessionRecord = decode(&record)?;
+            redis::cmd("ZADD")
+                .arg(owner_index(owner))
+                .arg("NX")
+                .arg(session.created_at.timestamp_millis())
+                .arg(id)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(StoreError::from)?;
+        }
         Ok(deleted == 1)
     }
 

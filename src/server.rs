@@ -59,6 +59,9 @@ pub async fn open_store(
                 .await
                 .context("configuring the Redis store")?;
             if let Err(err) = store.ping().await {
+                if let Some(problem) = redis.tls_failure(&err.to_string()) {
+                    anyhow::bail!(problem);
+                }
                 tracing::warn!(error = %err, "Redis does not answer yet; requests fail with UNAVAILABLE until it does");
             }
             tracing::info!(
@@ -441,6 +444,16 @@ fn watch_readiness(gateway: Arc<Gateway>, health: tonic_health::server::HealthRe
                 .record(started.elapsed().as_secs_f64());
             metrics::gauge!("openclaw_store_up", "store" => gateway.store.name())
                 .set(if reachable { 1.0 } else { 0.0 });
+            if let Ok(nodes) = gateway.store.nodes().await {
+                for node in nodes {
+                    metrics::gauge!(
+                        "openclaw_redis_node_up",
+                        "node" => node.address,
+                        "role" => node.role
+                    )
+                    .set(if node.up { 1.0 } else { 0.0 });
+                }
+            }
             let ready =
                 !gateway.is_draining() && (reachable || gateway.door.limits().policy() == "open");
             if last != Some(ready) {

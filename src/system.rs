@@ -66,6 +66,19 @@ impl SystemService for System {
         let door = &self.door;
 
         let mut dependencies = vec![self.store_health().await];
+        // Each Redis node, where there are several: one down is visible here (and degrades the
+        // status) while the state is still served.
+        if let Ok(nodes) = self.store.nodes().await {
+            for node in nodes {
+                dependencies.push(DependencyHealth {
+                    name: format!("redis {}", node.address),
+                    kind: format!("store-{}", node.role),
+                    status: if node.up { "ok" } else { "down" }.into(),
+                    detail: node.detail,
+                    latency_ms: 0.0,
+                });
+            }
+        }
         for (provider, guard) in self.models.guarded_providers() {
             let simulated = provider.simulated();
             let circuit = guard.breaker.state();

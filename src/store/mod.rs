@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
 pub use self::redis_connection::{
-    ConfigError as RedisConfigError, RedisConfig, SharedConnection, TlsFiles as RedisTlsFiles,
-    Topology as RedisTopology,
+    ConfigError as RedisConfigError, NodeHealth, RedisConfig, SharedConnection,
+    TlsFiles as RedisTlsFiles, Topology as RedisTopology,
 };
 
 /// A failure of the storage backend itself (never "not found": that is `Ok(None)`/`Ok(false)`).
@@ -177,6 +177,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// A cheap round trip that proves the backend answers.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// The health of each node behind the store, where there are several (a Redis Cluster, a
+    /// Sentinel-managed primary and its replicas); empty for a single node or an embedded
+    /// store, whose health is [`Store::ping`]'s.
+    async fn nodes(&self) -> StoreResult<Vec<NodeHealth>> {
+        Ok(Vec::new())
+    }
 
     // ---- API keys ----
 

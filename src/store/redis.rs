@@ -284,6 +284,10 @@ impl Store for RedisStore {
         "redis"
     }
 
+    async fn nodes(&self) -> StoreResult<Vec<super::NodeHealth>> {
+        self.conn.nodes().await.map_err(StoreError::from)
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         let mut conn = self.conn.clone();
         redis::cmd("PING")

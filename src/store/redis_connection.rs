@@ -106,6 +106,38 @@ impl RedisConfig {
             .any(|address| address.starts_with("rediss://"))
     }
 
+    /// When `error` (from a first command) is a failed TLS handshake, what an operator should
+    /// check, naming the settings: a wrong CA or host name is a configuration error to stop on,
+    /// not an outage to wait out.
+    pub fn tls_failure(&self, error: &str) -> Option<String> {
+        if !self.uses_tls() {
+            return None;
+        }
+        let lower = error.to_ascii_lowercase();
+        let tls = [
+            "certificate",
+            "handshake",
+            "unknownissuer",
+            "notvalidforname",
+            "tls",
+            "alert",
+        ]
+        .iter()
+        .any(|word| lower.contains(word));
+        tls.then(|| {
+            let ca = match &self.tls.ca {
+                Some(ca) => format!("OPENCLAW_REDIS_CA_FILE ({})", ca.display()),
+                None => "OPENCLAW_REDIS_CA_FILE (unset: the system's roots)".to_string(),
+            };
+            format!(
+                "the TLS handshake with Redis failed: {error}. Check that {ca} is the CA that \
+                 signed the Redis server's certificate, that the address names a host the \
+                 certificate was issued for, and, if the server requires client certificates, \
+                 OPENCLAW_REDIS_CLIENT_CERT and OPENCLAW_REDIS_CLIENT_KEY"
+            )
+        })
+    }
+
     /// The address settings as the client reads them, with TCP_NODELAY and the configured
     /// credentials. `host:port` is read as `redis://host:port`.
     fn connection_info(&self, address: &str) -> RedisResult<ConnectionInfo> {
@@ -262,12 +294,13 @@ impl SharedConnection {
                     ))
                 })?
                 .map_err(|e| {
-                    ConfigError(format!(
-                        "cannot reach the Redis Cluster through OPENCLAW_REDIS_CLUSTER_NODES ({}): \
-                         {}",
-                        openclaw_runtime::redact::urls(seeds).join(","),
-                        e
-                    ))
+                    ConfigError(config.tls_failure(&e.to_string()).unwrap_or_else(|| {
+                        format!(
+                            "cannot reach the Redis Cluster through OPENCLAW_REDIS_CLUSTER_NODES \
+                             ({}): {e}",
+                            openclaw_runtime::redact::urls(seeds).join(",")
+                        )
+                    }))
                 })?;
                 Link::Cluster(connection)
             }
@@ -307,6 +340,7 @@ impl SharedConnection {
                 Link::Sentinel(Arc::new(SentinelLink {
                     client: tokio::sync::Mutex::new(builder.build()?),
                     current: Mutex::new(None),
+                    address: Mutex::new(None),
                     connect_timeout: config.connect_timeout,
                     response_timeout: timeout,
                 }))
@@ -316,12 +350,126 @@ impl SharedConnection {
     }
 }
 
+/// One Redis node as the deployment sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeHealth {
+    /// `host:port`.
+    pub address: String,
+    /// `primary` or `replica`.
+    pub role: String,
+    pub up: bool,
+    /// What is wrong, when it is not up (the cluster's flags, a lost link).
+    pub detail: String,
+}
+
+impl SharedConnection {
+    /// Each node of a cluster (as `CLUSTER NODES` on any node reports them) or of a
+    /// Sentinel-managed group (the primary's `ROLE`: itself and its connected replicas); empty
+    /// for one standalone node, which the store's own health covers.
+    pub async fn nodes(&self) -> RedisResult<Vec<NodeHealth>> {
+        let mut connection = self.clone();
+        match &self.inner {
+            Link::Standalone(_) => Ok(Vec::new()),
+            Link::Cluster(_) => {
+                let listing: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut connection)
+                    .await?;
+                Ok(cluster_nodes(&listing))
+            }
+            Link::Sentinel(_) => {
+                let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut connection).await?;
+                Ok(sentinel_nodes(&role, &self.primary_address()))
+            }
+        }
+    }
+
+    fn primary_address(&self) -> String {
+        match &self.inner {
+            Link::Sentinel(link) => link
+                .address
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+                .unwrap_or_else(|| "primary".into()),
+            _ => String::new(),
+        }
+    }
+}
+
+/// Reads `CLUSTER NODES`: `<id> <ip:port@bus> <flags> <primary> <ping> <pong> <epoch> <link>
+/// <slots…>` per line.
+fn cluster_nodes(listing: &str) -> Vec<NodeHealth> {
+    let mut nodes: Vec<NodeHealth> = listing
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 {
+                return None;
+            }
+            let address = fields[1].split('@').next().unwrap_or(fields[1]).to_string();
+            let flags: Vec<&str> = fields[2].split(',').collect();
+            let role = if flags.contains(&"master") {
+                "primary"
+            } else {
+                "replica"
+            };
+            let failing = flags.iter().any(|f| *f == "fail" || *f == "fail?");
+            let disconnected = fields[7] != "connected" && !flags.contains(&"myself");
+            let detail = if failing {
+                format!("the cluster flags it {}", fields[2])
+            } else if disconnected {
+                "the cluster bus link to it is down".to_string()
+            } else {
+                String::new()
+            };
+            Some(NodeHealth {
+                address,
+                role: role.into(),
+                up: !failing && !disconnected,
+                detail,
+            })
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.address.cmp(&b.address));
+    nodes
+}
+
+/// Reads a primary's `ROLE`: `master`, its offset, and `[ip, port, offset]` per connected
+/// replica.
+fn sentinel_nodes(role: &[Value], primary: &str) -> Vec<NodeHealth> {
+    let text = |value: &Value| redis::from_redis_value::<String>(value.clone()).ok();
+    let mut nodes = vec![NodeHealth {
+        address: primary.to_string(),
+        role: "primary".into(),
+        up: role.first().and_then(text).as_deref() == Some("master"),
+        detail: String::new(),
+    }];
+    if let Some(Value::Array(replicas)) = role.get(2) {
+        for replica in replicas {
+            if let Value::Array(fields) = replica {
+                let host = fields.first().and_then(text).unwrap_or_default();
+                let port = fields.get(1).and_then(text).unwrap_or_default();
+                nodes.push(NodeHealth {
+                    address: format!("{host}:{port}"),
+                    role: "replica".into(),
+                    up: true,
+                    detail: String::new(),
+                });
+            }
+        }
+    }
+    nodes
+}
+
 /// The primary the Sentinels named last, and how to ask them again.
 struct SentinelLink {
     client: tokio::sync::Mutex<SentinelClient>,
     /// The connection to the primary, with a generation so a failed command drops only the
     /// connection it failed on.
     current: Mutex<Option<(u64, ConnectionManager)>>,
+    /// The primary's address as the Sentinels named it last, for status.
+    address: Mutex<Option<String>>,
     connect_timeout: Duration,
     response_timeout: Duration,
 }
@@ -338,6 +486,8 @@ impl SentinelLink {
             return Ok(current);
         }
         let primary = client.async_get_client().await?;
+        *self.address.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(primary.get_connection_info().addr().to_string());
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.response_timeout))
@@ -457,5 +607,72 @@ impl ConnectionLike for SharedConnection {
             Link::Cluster(connection) => connection.get_db(),
             Link::Sentinel(_) => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_are_read_with_their_role_and_failures() {
+        let listing = "\
+07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@40004 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected
+67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@40002 master - 0 1426238316232 2 connected 5461-10922
+292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@40003 master,fail - 1426238316232 1426238316232 3 disconnected 10923-16383
+e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+";
+        let nodes = cluster_nodes(listing);
+        let summary: Vec<(&str, &str, bool)> = nodes
+            .iter()
+            .map(|n| (n.address.as_str(), n.role.as_str(), n.up))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("127.0.0.1:30001", "primary", true),
+                ("127.0.0.1:30002", "primary", true),
+                ("127.0.0.1:30003", "primary", false),
+                ("127.0.0.1:30004", "replica", true),
+            ]
+        );
+        assert!(
+            nodes[2].detail.contains("master,fail"),
+            "{}",
+            nodes[2].detail
+        );
+    }
+
+    #[test]
+    fn tls_is_chosen_by_the_address_and_tls_files_need_it() {
+        let plain = RedisConfig::standalone("redis://127.0.0.1:6379", Duration::from_secs(1));
+        assert!(!plain.uses_tls());
+        assert!(plain.certificates().unwrap().is_none());
+        let with_ca = RedisConfig {
+            tls: TlsFiles {
+                ca: Some("/nonexistent/ca.pem".into()),
+                client: None,
+            },
+            ..plain.clone()
+        };
+        let refused = with_ca.certificates().unwrap_err().0;
+        assert!(refused.contains("rediss://"), "{refused}");
+        let tls = RedisConfig {
+            topology: Topology::Standalone {
+                url: "rediss://127.0.0.1:6380".into(),
+            },
+            ..with_ca
+        };
+        assert!(tls.uses_tls());
+        let unreadable = tls.certificates().unwrap_err().0;
+        assert!(
+            unreadable.contains("OPENCLAW_REDIS_CA_FILE") && unreadable.contains("/nonexistent"),
+            "{unreadable}"
+        );
+        let failure = tls
+            .tls_failure("invalid peer certificate: UnknownIssuer")
+            .expect("a certificate failure is named");
+        assert!(failure.contains("OPENCLAW_REDIS_CA_FILE"), "{failure}");
+        assert_eq!(plain.tls_failure("connection refused"), None);
     }
 }

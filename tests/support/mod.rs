@@ -5,6 +5,7 @@
 
 pub mod fault_proxy;
 pub mod otlp;
+pub mod redis_topologies;
 
 use std::fmt::Display;
 use std::net::{SocketAddr, TcpListener, TcpStream};

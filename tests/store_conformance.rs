@@ -3,7 +3,10 @@
 //! `RedisStore` talking to a real `redis-server` that the test starts itself.
 //! A test is named `<backend>::<check>`, so a failure names both.
 //!
-//! The Redis tests need `redis-server` on PATH and fail (never skip) without it.
+//! The Redis tests need `redis-server` on PATH and fail (never skip) without it. The whole suite
+//! also runs against a real Redis Cluster (`redis_cluster_passes_every_check`).
+
+mod support;
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
@@ -13,7 +16,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures::future::join_all;
 use openclaw_gateway::store::{
     AppendOutcome, EmbeddedStore, KeyLimits, KeyRecord, LockOutcome, RecordedResult, RedisConfig,
-    RedisStore, SessionRecord, Store, StoredMessage, TurnFence,
+    RedisStore, RedisTopology, SessionRecord, Store, StoredMessage, TurnFence,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -1644,6 +1647,16 @@ macro_rules! conformance {
                 }
             )+
         }
+
+        /// Every check, one after another, on one store: for backends too costly to start
+        /// once per check (a Redis Cluster). Checks name their own owners and ids, so they do
+        /// not see each other's data.
+        async fn every_check(store: &dyn Store) {
+            $(
+                eprintln!("conformance: {}", stringify!($check));
+                $check(store).await;
+            )+
+        }
     };
 }
 
@@ -1674,6 +1687,27 @@ conformance!(
     check_recorded_result_expires,
     check_delete_session_drops_recorded_results,
 );
+
+// ---------------------------------------------------------------- Redis Cluster
+
+/// The whole suite against a real Redis Cluster (three primaries, each with a replica): every
+/// script and pipeline of the store must touch one hash slot, or the cluster refuses it
+/// (CROSSSLOT), and every multi-slot write must be ordered as the layout says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_passes_every_check() {
+    let cluster = support::redis_topologies::RedisCluster::start(3, 1);
+    let store = RedisStore::connect(&RedisConfig {
+        topology: RedisTopology::Cluster {
+            seeds: cluster.seeds().split(',').map(str::to_string).collect(),
+        },
+        ..RedisConfig::standalone("", Duration::from_secs(2))
+    })
+    .await
+    .expect("connect to the test cluster");
+    every_check(&store).await;
+    drop(store);
+    drop(cluster);
+}
 
 // ---------------------------------------------------------------- embedded only
 

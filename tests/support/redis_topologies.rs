@@ -770,7 +770,7 @@ impl RedisCluster {
             .unwrap_or_else(Instant::now);
         let killed_id = self.ids[&killed].clone();
         let result = poll(within, || {
-            for port in self.live_ports() {
+            for port in self.live_ports().into_iter().filter(|&p| p != killed) {
                 let nodes = parse_cluster_nodes(&self.cli.run(port, &["CLUSTER", "NODES"])?)?;
                 let dead = nodes
                     .iter()

@@ -102,70 +102,60 @@ impl TopologyOptions {
         .cli()
     }
 
-    /// `redis-server` arguments that listen on `port` as these options say.
-    fn listen_args(&self, port: u16) -> Vec<String> {
-        let mut args: Vec<String> = Vec::new();
+    /// `redis-server` arguments for a data node on `port` keeping its files in `dir`: how it
+    /// listens, its credentials, and nothing on disk.
+    fn server_args(&self, port: u16, dir: &Path) -> Vec<String> {
+        let port = port.to_string();
+        let mut args = flags(&[
+            ("bind", "127.0.0.1"),
+            ("dir", path_str(dir)),
+            ("appendonly", "no"),
+            ("save", ""),
+            // Replicas sync at once instead of waiting five seconds for more to join.
+            ("repl-diskless-sync-delay", "0"),
+        ]);
         match &self.tls {
-            Some(tls) => {
-                let auth_clients = if self.require_client_cert {
-                    "yes"
-                } else {
-                    "no"
-                };
-                args.extend(
-                    [
-                        "--port",
-                        "0",
-                        "--tls-port",
-                        &port.to_string(),
-                        "--tls-cert-file",
-                        path_str(&tls.server_cert),
-                        "--tls-key-file",
-                        path_str(&tls.server_key),
-                        "--tls-ca-cert-file",
-                        path_str(&tls.ca_cert),
-                        "--tls-auth-clients",
-                        auth_clients,
-                        "--tls-replication",
-                        "yes",
-                    ]
-                    .map(String::from),
-                );
-            }
-            None => args.extend(["--port".to_string(), port.to_string()]),
+            Some(tls) => args.extend(flags(&[
+                ("port", "0"),
+                ("tls-port", &port),
+                ("tls-cert-file", path_str(&tls.server_cert)),
+                ("tls-key-file", path_str(&tls.server_key)),
+                ("tls-ca-cert-file", path_str(&tls.ca_cert)),
+                ("tls-auth-clients", yes_no(self.require_client_cert)),
+                ("tls-replication", "yes"),
+            ])),
+            None => args.extend(flags(&[("port", &port)])),
         }
-        args
-    }
-
-    /// `redis-server` arguments for the credentials (required of clients, used to replicate).
-    fn auth_args(&self) -> Vec<String> {
         let Some(auth) = &self.auth else {
-            return Vec::new();
+            return args;
         };
-        let mut args: Vec<String> = Vec::new();
         match &auth.user {
             Some(user) => {
-                // One argument per token: redis-server quotes each argument as one word.
+                // One argument per word: redis-server quotes each argument as one word.
                 args.extend(["--user", "default", "off"].map(String::from));
+                let password = format!(">{}", auth.password);
                 args.extend(
-                    [
-                        "--user",
-                        user,
-                        "on",
-                        &format!(">{}", auth.password),
-                        "~*",
-                        "&*",
-                        "+@all",
-                    ]
-                    .map(String::from),
+                    ["--user", user, "on", &password, "~*", "&*", "+@all"].map(String::from),
                 );
-                args.extend(["--masteruser".to_string(), user.clone()]);
+                args.extend(flags(&[("masteruser", user)]));
             }
-            None => args.extend(["--requirepass".to_string(), auth.password.clone()]),
+            None => args.extend(flags(&[("requirepass", &auth.password)])),
         }
-        args.extend(["--masterauth".to_string(), auth.password.clone()]);
+        args.extend(flags(&[("masterauth", &auth.password)]));
         args
     }
+}
+
+/// `--name value` arguments.
+fn flags(pairs: &[(&str, &str)]) -> Vec<String> {
+    pairs
+        .iter()
+        .flat_map(|(name, value)| [format!("--{name}"), value.to_string()])
+        .collect()
+}
+
+fn yes_no(yes: bool) -> &'static str {
+    if yes { "yes" } else { "no" }
 }
 
 // ---------------------------------------------------------------- redis-cli
@@ -564,37 +554,20 @@ impl RedisCluster {
         let nodes: Vec<Process> = (0..count)
             .map(|_| {
                 spawn_server_on_free_port("cluster-node", dir.path(), cluster_node_port, |port| {
-                    let mut args = options.listen_args(port);
-                    args.extend(options.auth_args());
                     let nodes_conf = dir.path().join(format!("nodes-{port}.conf"));
-                    args.extend(
-                        [
-                            "--bind",
-                            "127.0.0.1",
-                            "--dir",
-                            path_str(dir.path()),
-                            "--cluster-enabled",
-                            "yes",
-                            "--cluster-config-file",
-                            path_str(&nodes_conf),
-                            "--cluster-node-timeout",
+                    let mut args = options.server_args(port, dir.path());
+                    args.extend(flags(&[
+                        ("cluster-enabled", "yes"),
+                        ("cluster-config-file", path_str(&nodes_conf)),
+                        (
+                            "cluster-node-timeout",
                             &CLUSTER_NODE_TIMEOUT.as_millis().to_string(),
-                            "--cluster-replica-validity-factor",
-                            "0",
-                            "--cluster-allow-reads-when-down",
-                            "no",
-                            "--cluster-require-full-coverage",
-                            "yes",
-                            "--appendonly",
-                            "no",
-                            "--save",
-                            "",
-                        ]
-                        .map(String::from),
-                    );
-                    if options.tls.is_some() {
-                        args.extend(["--tls-cluster".to_string(), "yes".to_string()]);
-                    }
+                        ),
+                        ("cluster-replica-validity-factor", "0"),
+                        ("cluster-allow-reads-when-down", "no"),
+                        ("cluster-require-full-coverage", "yes"),
+                        ("tls-cluster", yes_no(options.tls.is_some())),
+                    ]));
                     args
                 })
             })
@@ -797,7 +770,7 @@ impl RedisCluster {
             .unwrap_or_else(Instant::now);
         let killed_id = self.ids[&killed].clone();
         let result = poll(within, || {
-            for port in self.live_ports() {
+            for port in self.live_ports().into_iter().filter(|&p| p != killed) {
                 let nodes = parse_cluster_nodes(&self.cli.run(port, &["CLUSTER", "NODES"])?)?;
                 let dead = nodes
                     .iter()
@@ -897,27 +870,9 @@ impl SentinelGroup {
     pub fn start_with(master_name: &str, options: &TopologyOptions) -> SentinelGroup {
         let dir = temp_dir("redis-sentinel-");
         let data_args = |port: u16, primary: Option<u16>| {
-            let mut args = options.listen_args(port);
-            args.extend(options.auth_args());
-            args.extend(
-                [
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    path_str(dir.path()),
-                    "--appendonly",
-                    "no",
-                    "--save",
-                    "",
-                ]
-                .map(String::from),
-            );
+            let mut args = options.server_args(port, dir.path());
             if let Some(primary) = primary {
-                args.extend([
-                    "--replicaof".to_string(),
-                    "127.0.0.1".to_string(),
-                    primary.to_string(),
-                ]);
+                args.extend(["--replicaof", "127.0.0.1", &primary.to_string()].map(String::from));
             }
             args
         };
@@ -959,11 +914,7 @@ impl SentinelGroup {
         let mut conf = String::new();
         match &self.options.tls {
             Some(tls) => {
-                let auth_clients = if self.options.require_client_cert {
-                    "yes"
-                } else {
-                    "no"
-                };
+                let auth_clients = yes_no(self.options.require_client_cert);
                 conf += &format!(
                     "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
                      tls-ca-cert-file {}\ntls-auth-clients {auth_clients}\ntls-replication yes\n",
@@ -1370,21 +1321,7 @@ pub fn start_redis_tls(material: &TlsMaterial, require_client_cert: bool) -> Pro
         require_client_cert,
     };
     let redis = spawn_server_on_free_port("redis-tls", material.dir(), free_port, |port| {
-        let mut args = options.listen_args(port);
-        args.extend(
-            [
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                path_str(material.dir()),
-                "--appendonly",
-                "no",
-                "--save",
-                "",
-            ]
-            .map(String::from),
-        );
-        args
+        options.server_args(port, material.dir())
     });
     let log = material.dir().join(format!("redis-tls-{}.log", redis.port));
     let cli = material.cli();

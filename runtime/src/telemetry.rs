@@ -54,7 +54,17 @@ impl Drop for Telemetry {
 
 /// Installs logging (and tracing export when configured) for `service`.
 pub fn init(service: &'static str, json: bool) -> Telemetry {
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = || {
+        let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        // The Redis client reports every retry of a cluster failover as a warning (dozens a
+        // second); the gateway says what matters itself. `RUST_LOG=redis=warn` brings them back.
+        let spec = if spec.contains("redis") {
+            spec
+        } else {
+            format!("{spec},redis=error")
+        };
+        EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info,redis=error"))
+    };
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = if json {
         fmt.json().with_current_span(true).boxed()

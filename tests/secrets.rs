@@ -187,6 +187,35 @@ fn printed_configuration_shows_urls_without_their_credentials() {
         by_env.contains("zai-base-url = \"https://z.example/v4?api-key=***\""),
         "{by_env}"
     );
+    // Cluster seeds, Sentinels and the password of every Redis mode.
+    let topologies = run_printing(
+        &core,
+        &["serve", "--print-config"],
+        &[
+            (
+                "OPENCLAW_REDIS_CLUSTER_NODES",
+                &format!("rediss://ops:{PASSWORD}@10.0.0.7:6379,10.0.0.8:6379"),
+            ),
+            (
+                "OPENCLAW_REDIS_SENTINELS",
+                &format!("redis://:{PASSWORD}@10.0.0.9:26379"),
+            ),
+            ("OPENCLAW_REDIS_PASSWORD", PASSWORD),
+        ],
+    );
+    assert!(
+        topologies
+            .contains("redis-cluster-nodes = \"rediss://***:***@10.0.0.7:6379,10.0.0.8:6379\""),
+        "{topologies}"
+    );
+    assert!(
+        topologies.contains("redis-sentinels = \"redis://:***@10.0.0.9:26379\""),
+        "{topologies}"
+    );
+    assert!(
+        topologies.contains("redis-password = \"<redacted>\""),
+        "{topologies}"
+    );
     let unparsable = run_printing(
         &core,
         &["serve", "--print-config"],
@@ -204,7 +233,7 @@ fn printed_configuration_shows_urls_without_their_credentials() {
         edge.contains("core-url = \"http://core-a:50051,https://***:***@core-b:50051\""),
         "{edge}"
     );
-    for printed in [by_flag, by_env, unparsable, edge] {
+    for printed in [by_flag, by_env, topologies, unparsable, edge] {
         assert!(!printed.contains(PASSWORD), "{printed}");
     }
 }

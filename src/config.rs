@@ -358,3 +358,62 @@ impl CoreConfig {
             .unwrap_or_else(|| format!("core-{}", std::process::id()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: CoreConfig,
+    }
+
+    fn redis(args: &[&str]) -> anyhow::Result<Option<crate::store::RedisConfig>> {
+        let mut all = vec!["openclaw-gateway"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all)?.config.redis()
+    }
+
+    #[test]
+    fn one_redis_topology_is_chosen_and_contradictions_are_named() {
+        assert!(redis(&[]).unwrap().is_none(), "embedded");
+        let cluster = redis(&["--redis-cluster-nodes", "a:1,b:2"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(cluster.mode(), "cluster");
+        let sentinel = redis(&[
+            "--redis-sentinels",
+            "s:26379",
+            "--redis-sentinel-master",
+            "main",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(sentinel.mode(), "sentinel");
+        for (args, named) in [
+            (
+                &["--redis-url", "redis://a", "--redis-cluster-nodes", "b:1"][..],
+                "not several",
+            ),
+            (
+                &["--redis-sentinels", "s:26379"][..],
+                "OPENCLAW_REDIS_SENTINEL_MASTER",
+            ),
+            (
+                &["--redis-sentinel-master", "main"][..],
+                "OPENCLAW_REDIS_SENTINELS",
+            ),
+            (&["--redis-ca-file", "/ca.pem"][..], "no Redis is"),
+            (
+                &["--redis-url", "rediss://a", "--redis-client-cert", "/c.pem"][..],
+                "OPENCLAW_REDIS_CLIENT_KEY",
+            ),
+        ] {
+            let error = redis(args).unwrap_err().to_string();
+            assert!(error.contains(named), "{args:?}: {error}");
+        }
+    }
+}

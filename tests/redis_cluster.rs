@@ -19,7 +19,7 @@ const REDIS_TIMEOUT_MS: u64 = 1000;
 struct ClusterStack {
     cluster: RedisCluster,
     _upstream: FakeUpstream,
-    _cores: Vec<Process>,
+    cores: Vec<Process>,
     edges: Vec<Process>,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -53,7 +53,7 @@ impl ClusterStack {
         Self {
             cluster,
             _upstream: upstream,
-            _cores: cores,
+            cores,
             edges,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -174,7 +174,26 @@ async fn the_guides_flows_limits_and_cron_hold_across_replicas_on_a_redis_cluste
     let refused = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((admitted, refused), (25, 35), "{statuses:?}");
 
-    // Cron: a job every second, claimed by two cores, runs once per due time.
+    // Cron: a job every second, claimed by two cores, runs once per due time, and each run's
+    // event reaches a live subscriber on either core (the event stream is read with blocking
+    // reads on a cluster connection of its own).
+    let mut subscriber =
+        openclaw_gateway::proto::event_service_client::EventServiceClient::connect(format!(
+            "http://127.0.0.1:{}",
+            stack.cores[1].port
+        ))
+        .await
+        .unwrap();
+    let mut subscribe = tonic::Request::new(openclaw_gateway::proto::SubscribeRequest {
+        after_id: String::new(),
+    });
+    subscribe.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", support::INTERNAL_TOKEN)
+            .parse()
+            .unwrap(),
+    );
+    let mut live = subscriber.subscribe(subscribe).await.unwrap().into_inner();
     let (cron_key, _) = stack.key("cluster-cron", json!({})).await;
     let job = support::post_with_key(
         &stack.http,
@@ -203,6 +222,36 @@ async fn the_guides_flows_limits_and_cron_hold_across_replicas_on_a_redis_cluste
     let unique: BTreeSet<&&str> = due.iter().collect();
     assert!(due.len() >= 4, "a run per second: {due:?}");
     assert_eq!(unique.len(), due.len(), "a due time ran twice: {due:?}");
+    // The job keeps ticking: read what has arrived, up to the runs listed above.
+    let mut ticks = 0;
+    while ticks < due.len() {
+        match tokio::time::timeout(Duration::from_millis(1500), live.message()).await {
+            Ok(Ok(Some(event))) if event.job_id == job => ticks += 1,
+            Ok(Ok(Some(_))) => {}
+            _ => break,
+        }
+    }
+    assert!(ticks >= 4, "live events of the job's runs: {ticks}");
+
+    // The dashboard's traffic counts reached the cluster (a pipeline over minutes, one slot).
+    let minute = chrono::Utc::now().timestamp().div_euclid(60);
+    let counted: u64 = [minute, minute - 1]
+        .iter()
+        .map(|m| {
+            stack
+                .cluster
+                .cli()
+                .run_in_cluster(
+                    stack.cluster.live_ports()[0],
+                    &["HGET", &format!("oc:{{stats}}:{m}"), "r"],
+                )
+                .unwrap_or_default()
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(counted > 0, "no traffic counted in the cluster");
     drop(stack.cluster);
 }
 

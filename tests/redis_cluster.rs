@@ -437,3 +437,83 @@ async fn a_primary_killed_mid_traffic_is_followed_by_its_replica() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_down_is_shown_in_status_and_leaves_the_cores_ready() {
+    let mut stack = ClusterStack::start().await;
+    let (key, _) = stack.key("cluster-health", json!({})).await;
+    let status = |stack: &ClusterStack| {
+        let http = stack.http.clone();
+        let url = format!("{}/api/v1/system/status", stack.edge(0));
+        let key = key.clone();
+        async move { expect_data(support::get_with_key(&http, url, key).await, 200).await }
+    };
+    let nodes = |status: &Value| -> BTreeMap<String, (String, String)> {
+        status["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["kind"].as_str().unwrap_or_default().starts_with("store-"))
+            .map(|d| {
+                (
+                    d["name"].as_str().unwrap().to_string(),
+                    (
+                        d["kind"].as_str().unwrap().to_string(),
+                        d["status"].as_str().unwrap().to_string(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let before = nodes(&status(&stack).await);
+    assert_eq!(before.len(), 6, "every node listed: {before:?}");
+    assert_eq!(
+        before
+            .values()
+            .filter(|(kind, _)| kind == "store-primary")
+            .count(),
+        3,
+        "{before:?}"
+    );
+    assert!(before.values().all(|(_, up)| up == "ok"), "{before:?}");
+
+    let primary = stack.cluster.primaries()[0];
+    let replica = stack.cluster.replicas_of(primary)[0];
+    stack.cluster.kill(replica);
+    let killed = Instant::now();
+    let name = format!("redis 127.0.0.1:{replica}");
+    loop {
+        let status = status(&stack).await;
+        if nodes(&status)
+            .get(&name)
+            .is_some_and(|(_, up)| up == "down")
+        {
+            assert_eq!(status["gateway"], "degraded", "{status}");
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "the dead replica is not shown down: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The state is still served: every core stays ready, and requests succeed.
+    for core in &stack.cores {
+        let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", core.metrics_port))
+            .await
+            .unwrap();
+        assert_eq!(
+            ready.status(),
+            200,
+            "a replica down does not make a core unready"
+        );
+    }
+    let created = support::post_with_key(
+        &stack.http,
+        format!("{}/api/v1/sessions", stack.edge(1)),
+        &key,
+        &json!({"messages": [{"role": "user", "content": "still here"}]}),
+    )
+    .await;
+    expect_data(created, 201).await;
+}

@@ -89,6 +89,11 @@ pub struct CoreConfig {
     #[arg(long, env = "OPENCLAW_REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<Secret>,
 
+    /// Replicas that must confirm a key's creation or change (a revocation, new limits) before
+    /// it is acknowledged (Redis `WAIT`), so a failover right after cannot undo it; 0: none.
+    #[arg(long, env = "OPENCLAW_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
     /// PEM file of the CA that signed the Redis servers' certificates (rediss:// addresses);
     /// absent: the system's roots. Server names are always checked.
     #[arg(long, env = "OPENCLAW_REDIS_CA_FILE")]
@@ -336,6 +341,7 @@ impl CoreConfig {
             },
             connect_timeout: self.redis_timeout(),
             response_timeout: self.redis_timeout(),
+            wait_replicas: self.redis_wait_replicas,
         }))
     }
 

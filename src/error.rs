@@ -191,6 +191,10 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %err, "state store refused an operation of ours");
                 ApiError::internal()
             }
+            StoreError::NotReplicated(detail) => {
+                tracing::warn!(%detail, "a write was not confirmed by enough replicas");
+                ApiError::unavailable(detail).with_retry_after(Duration::from_secs(1))
+            }
         }
     }
 }

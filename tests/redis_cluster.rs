@@ -42,6 +42,8 @@ impl ClusterStack {
                 ),
                 // Keeps a turn lock orphaned by the failover short-lived.
                 ("OPENCLAW_PROVIDER_TIMEOUT_MS".into(), "5000".into()),
+                // Key creations and changes wait for a replica's confirmation.
+                ("OPENCLAW_REDIS_WAIT_REPLICAS".into(), "1".into()),
             ],
         };
         let cores: Vec<Process> = (0..2).map(|_| support::spawn_core(&options)).collect();
@@ -516,4 +518,34 @@ async fn a_replica_down_is_shown_in_status_and_leaves_the_cores_ready() {
     )
     .await;
     expect_data(created, 201).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_no_replica_confirms_is_not_acknowledged() {
+    // One node without replicas, asked for one confirmation: the key is not reported created.
+    let redis = support::start_redis();
+    let dir = tempfile::tempdir().unwrap();
+    let core = support::spawn_core(&CoreOptions {
+        redis_url: Some(support::redis_url(&redis)),
+        upstream: None,
+        data_dir: Some(dir.path().to_path_buf()),
+        env: vec![
+            ("OPENCLAW_REDIS_WAIT_REPLICAS".into(), "1".into()),
+            ("OPENCLAW_REDIS_TIMEOUT_MS".into(), "500".into()),
+        ],
+    });
+    let edge = support::spawn_edge(&[&core]);
+    support::wait_until_ready(&edge).await;
+    let refused = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/api/v1/keys", edge.port))
+        .bearer_auth(support::INTERNAL_TOKEN)
+        .json(&json!({"name": "unconfirmed"}))
+        .send()
+        .await
+        .unwrap();
+    let error = support::expect_error(refused, 503, "UNAVAILABLE").await;
+    assert!(
+        error.to_string().contains("OPENCLAW_REDIS_WAIT_REPLICAS"),
+        "{error}"
+    );
 }

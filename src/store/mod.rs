@@ -38,6 +38,10 @@ pub enum StoreError {
     /// against a value of another type): a fault of ours, which retrying does not cure.
     #[error("storage backend refused the operation: {0}")]
     Internal(String),
+    /// A write the primary holds but fewer replicas confirmed than configured
+    /// (`OPENCLAW_REDIS_WAIT_REPLICAS`); repeating it is safe.
+    #[error("{0}")]
+    NotReplicated(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -311,7 +311,8 @@ impl Store for RedisStore {
             .map_err(StoreError::from)?;
         conn.zadd::<_, _, _, ()>(KEYS_INDEX, &key.id, key.created_at.timestamp_millis())
             .await
-            .map_err(StoreError::from)
+            .map_err(StoreError::from)?;
+        self.conn.replicated().await
     }
 
     async fn key_by_hash(&self, secret_hash: &str) -> StoreResult<Option<KeyRecord>> {
@@ -367,7 +368,11 @@ impl Store for RedisStore {
                 .await
                 .map_err(StoreError::from)?;
             match outcome {
-                1 => return Ok(true),
+                1 => {
+                    // A revocation or a lowered limit must not be undone by a failover.
+                    self.conn.replicated().await?;
+                    return Ok(true);
+                }
                 0 => return Ok(false),
                 _ => {
                     // Revoked meanwhile: keep the revocation, apply the rest.

@@ -67,6 +67,9 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Bound on any single command's answer (retries included).
     pub response_timeout: Duration,
+    /// Replicas that must confirm a key's creation or change (revocation included) before it is
+    /// acknowledged (`WAIT`); 0: none.
+    pub wait_replicas: u32,
 }
 
 impl RedisConfig {
@@ -79,6 +82,7 @@ impl RedisConfig {
             tls: TlsFiles::default(),
             connect_timeout: timeout,
             response_timeout: timeout,
+            wait_replicas: 0,
         }
     }
 
@@ -212,6 +216,7 @@ pub struct SharedConnection {
     inner: Link,
     /// Bound on one command or pipeline, retries included.
     timeout: Duration,
+    wait_replicas: u32,
 }
 
 #[derive(Clone)]
@@ -346,7 +351,39 @@ impl SharedConnection {
                 }))
             }
         };
-        Ok(Self { inner, timeout })
+        Ok(Self {
+            inner,
+            timeout,
+            wait_replicas: config.wait_replicas,
+        })
+    }
+
+    /// Waits until `wait_replicas` replicas hold every write this connection made so far
+    /// (`WAIT`, on every primary of a cluster), within the Redis timeout; an error says how
+    /// many confirmed. Nothing to wait for when `wait_replicas` is 0.
+    pub async fn replicated(&self) -> Result<(), super::StoreError> {
+        if self.wait_replicas == 0 {
+            return Ok(());
+        }
+        let mut connection = self.clone();
+        let bound = self
+            .timeout
+            .saturating_sub(Duration::from_millis(50))
+            .max(Duration::from_millis(1));
+        let confirmed: i64 = redis::cmd("WAIT")
+            .arg(self.wait_replicas)
+            .arg(bound.as_millis() as u64)
+            .query_async(&mut connection)
+            .await?;
+        if confirmed >= i64::from(self.wait_replicas) {
+            return Ok(());
+        }
+        Err(super::StoreError::NotReplicated(format!(
+            "The change was written, but only {confirmed} of the {} Redis replicas \
+             OPENCLAW_REDIS_WAIT_REPLICAS asks for confirmed it within {bound:?}; repeat the call \
+             once the replicas are back (it is safe to repeat)",
+            self.wait_replicas
+        )))
     }
 }
 

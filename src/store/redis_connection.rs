@@ -33,7 +33,7 @@ use redis::{
 };
 
 /// Where Redis is, as configured.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Topology {
     /// One node: `redis://[user:password@]host:port[/db]` or `rediss://…`.
     Standalone { url: String },
@@ -43,7 +43,40 @@ pub enum Topology {
     Sentinel {
         sentinels: Vec<String>,
         master: String,
+        /// The Sentinels' own credentials, when they require any: Sentinels are protected
+        /// apart from the data nodes (often not at all while the data nodes are). Absent: the
+        /// userinfo of their addresses, or none.
+        username: Option<String>,
+        password: Option<String>,
     },
+}
+
+/// Addresses without their credentials, and no password: fit for logs.
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Topology::Standalone { url } => f
+                .debug_struct("Standalone")
+                .field("url", &openclaw_runtime::redact::url(url))
+                .finish(),
+            Topology::Cluster { seeds } => f
+                .debug_struct("Cluster")
+                .field("seeds", &openclaw_runtime::redact::urls(seeds))
+                .finish(),
+            Topology::Sentinel {
+                sentinels,
+                master,
+                username,
+                password,
+            } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", &openclaw_runtime::redact::urls(sentinels))
+                .field("master", master)
+                .field("username", username)
+                .field("password", &password.as_ref().map(|_| "<redacted>"))
+                .finish(),
+        }
+    }
 }
 
 /// PEM files for TLS to Redis; used only when an address says `rediss://`.
@@ -56,10 +89,11 @@ pub struct TlsFiles {
 }
 
 /// How to reach Redis.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
     pub topology: Topology,
-    /// User and password for every node (and Sentinel), beside or instead of URL userinfo.
+    /// User and password for every data node (not the Sentinels, see [`Topology::Sentinel`]),
+    /// beside or instead of URL userinfo.
     pub username: Option<String>,
     pub password: Option<String>,
     pub tls: TlsFiles,
@@ -67,6 +101,20 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Bound on any single command's answer (retries included).
     pub response_timeout: Duration,
+}
+
+/// Without the password: fit for logs.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("topology", &self.topology)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -138,15 +186,51 @@ impl RedisConfig {
         })
     }
 
+    /// When `error` (from a first command) means Redis refused the credentials, what an
+    /// operator should set, naming the settings: like a failed TLS handshake, a configuration
+    /// error to stop on, not an outage to wait out.
+    pub fn credentials_failure(&self, error: &str) -> Option<String> {
+        let lower = error.to_ascii_lowercase();
+        let refused = [
+            "noauth",
+            "wrongpass",
+            "authentication",
+            "invalid username-password",
+        ]
+        .iter()
+        .any(|word| lower.contains(word));
+        if !refused {
+            return None;
+        }
+        let settings = match &self.topology {
+            Topology::Sentinel { .. } => {
+                "The primary and replicas take OPENCLAW_REDIS_USERNAME and \
+                 OPENCLAW_REDIS_PASSWORD; the Sentinels take their own, \
+                 OPENCLAW_REDIS_SENTINEL_USERNAME and OPENCLAW_REDIS_SENTINEL_PASSWORD (leave \
+                 them unset for Sentinels that require none)"
+            }
+            _ => {
+                "Check OPENCLAW_REDIS_USERNAME and OPENCLAW_REDIS_PASSWORD (or the user:password \
+                 of the address); leave the user unset for a server protected by requirepass \
+                 alone"
+            }
+        };
+        Some(format!(
+            "Redis refused the credentials: {error}. {settings}"
+        ))
+    }
+
+    /// What stops the core at start-up when a first command fails with `error`: a failed TLS
+    /// handshake or refused credentials. Anything else (Redis down) is waited out.
+    pub fn startup_failure(&self, error: &str) -> Option<String> {
+        self.tls_failure(error)
+            .or_else(|| self.credentials_failure(error))
+    }
+
     /// The address settings as the client reads them, with TCP_NODELAY and the configured
     /// credentials. `host:port` is read as `redis://host:port`.
     fn connection_info(&self, address: &str) -> RedisResult<ConnectionInfo> {
-        let url = if address.contains("://") {
-            address.to_string()
-        } else {
-            format!("redis://{address}")
-        };
-        let mut info = url.as_str().into_connection_info()?;
+        let mut info = parse_address(address)?;
         let mut redis = info.redis_settings().clone();
         if let Some(username) = &self.username {
             redis = redis.set_username(username);
@@ -191,6 +275,15 @@ impl RedisConfig {
             client_tls,
             root_cert,
         }))
+    }
+}
+
+/// `redis[s]://…` or `host:port` (read as `redis://host:port`), as written.
+fn parse_address(address: &str) -> RedisResult<ConnectionInfo> {
+    if address.contains("://") {
+        address.into_connection_info()
+    } else {
+        format!("redis://{address}").as_str().into_connection_info()
     }
 }
 
@@ -294,7 +387,7 @@ impl SharedConnection {
                     ))
                 })?
                 .map_err(|e| {
-                    ConfigError(config.tls_failure(&e.to_string()).unwrap_or_else(|| {
+                    ConfigError(config.startup_failure(&e.to_string()).unwrap_or_else(|| {
                         format!(
                             "cannot reach the Redis Cluster through OPENCLAW_REDIS_CLUSTER_NODES \
                              ({}): {e}",
@@ -304,15 +397,29 @@ impl SharedConnection {
                 })?;
                 Link::Cluster(connection)
             }
-            Topology::Sentinel { sentinels, master } => {
-                let addresses = sentinels
+            Topology::Sentinel {
+                sentinels,
+                master,
+                username: sentinel_username,
+                password: sentinel_password,
+            } => {
+                // The data nodes' credentials are not the Sentinels': a Sentinel without a
+                // password refuses an AUTH, so each side gets only its own.
+                let infos = sentinels
                     .iter()
-                    .map(|sentinel| {
-                        config
-                            .connection_info(sentinel)
-                            .map(|info| info.addr().clone())
-                    })
-                    .collect::<RedisResult<Vec<ConnectionAddr>>>()?;
+                    .map(|sentinel| parse_address(sentinel))
+                    .collect::<RedisResult<Vec<ConnectionInfo>>>()?;
+                let from_addresses = |part: fn(&ConnectionInfo) -> Option<&str>| {
+                    infos.iter().find_map(|info| part(info).map(str::to_string))
+                };
+                let sentinel_username = sentinel_username
+                    .clone()
+                    .or_else(|| from_addresses(|info| info.redis_settings().username()));
+                let sentinel_password = sentinel_password
+                    .clone()
+                    .or_else(|| from_addresses(|info| info.redis_settings().password()));
+                let addresses: Vec<ConnectionAddr> =
+                    infos.iter().map(|info| info.addr().clone()).collect();
                 let mut builder = SentinelClientBuilder::new(
                     addresses,
                     master.clone(),
@@ -321,14 +428,16 @@ impl SharedConnection {
                 .set_client_to_redis_tcp_settings(TcpSettings::default().set_nodelay(true))
                 .set_client_to_sentinel_tcp_settings(TcpSettings::default().set_nodelay(true));
                 if let Some(username) = &config.username {
-                    builder = builder
-                        .set_client_to_redis_username(username)
-                        .set_client_to_sentinel_username(username);
+                    builder = builder.set_client_to_redis_username(username);
                 }
                 if let Some(password) = &config.password {
-                    builder = builder
-                        .set_client_to_redis_password(password)
-                        .set_client_to_sentinel_password(password);
+                    builder = builder.set_client_to_redis_password(password);
+                }
+                if let Some(username) = &sentinel_username {
+                    builder = builder.set_client_to_sentinel_username(username);
+                }
+                if let Some(password) = &sentinel_password {
+                    builder = builder.set_client_to_sentinel_password(password);
                 }
                 if let Some(certs) = certificates {
                     builder = builder
@@ -485,7 +594,28 @@ impl SentinelLink {
         if let Some(current) = self.current() {
             return Ok(current);
         }
-        let primary = client.async_get_client().await?;
+        let primary = match client.async_get_client().await {
+            Ok(primary) => primary,
+            Err(error) if refused_credentials(&error) => {
+                // The client asks the Sentinels, then the primary they name: which of the two
+                // refused is what the operator needs to know.
+                let sentinels_accept = client.async_get_sentinel_client().await.is_ok();
+                let detail = if sentinels_accept {
+                    "the primary the Sentinels name refused them: set OPENCLAW_REDIS_USERNAME \
+                     and OPENCLAW_REDIS_PASSWORD to the data nodes' credentials"
+                } else {
+                    "the Sentinels refused them: set OPENCLAW_REDIS_SENTINEL_USERNAME and \
+                     OPENCLAW_REDIS_SENTINEL_PASSWORD to the Sentinels' own credentials, or \
+                     leave them unset when the Sentinels require none"
+                };
+                return Err(RedisError::from((
+                    redis::ErrorKind::AuthenticationFailed,
+                    "authentication failed",
+                    format!("{detail} ({error})"),
+                )));
+            }
+            Err(error) => return Err(error),
+        };
         *self.address.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(primary.get_connection_info().addr().to_string());
         let manager = ConnectionManagerConfig::new()
@@ -525,6 +655,12 @@ impl SentinelLink {
             *current = None;
         }
     }
+}
+
+/// Whether `error` is a server refusing the credentials (or asking for some).
+fn refused_credentials(error: &RedisError) -> bool {
+    error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS"))
 }
 
 fn timed_out(bound: Duration) -> RedisError {

@@ -147,6 +147,21 @@ impl RedisConfig {
         }
     }
 
+    /// The setting holding the addresses a connection is made to; in Sentinel mode, the
+    /// data nodes' addresses are the ones the Sentinels announce.
+    fn address_setting(&self) -> &'static str {
+        match self.topology {
+            Topology::Standalone { .. } => "OPENCLAW_REDIS_URL",
+            Topology::Cluster { .. } => {
+                "OPENCLAW_REDIS_CLUSTER_NODES (or the addresses the cluster announces)"
+            }
+            Topology::Sentinel { .. } => {
+                "OPENCLAW_REDIS_SENTINELS (or the addresses the Sentinels announce for the \
+                 primary and replicas)"
+            }
+        }
+    }
+
     /// Whether the connections use TLS: an address written `rediss://`.
     pub fn uses_tls(&self) -> bool {
         self.addresses()
@@ -155,35 +170,72 @@ impl RedisConfig {
     }
 
     /// When `error` (from a first command) is a failed TLS handshake, what an operator should
-    /// check, naming the settings: a wrong CA or host name is a configuration error to stop on,
-    /// not an outage to wait out.
+    /// do, naming the setting: a wrong CA, host name or client certificate is a configuration
+    /// error to stop on, not an outage to wait out.
     pub fn tls_failure(&self, error: &str) -> Option<String> {
         if !self.uses_tls() {
             return None;
         }
         let lower = error.to_ascii_lowercase();
-        let tls = [
+        let has = |words: &[&str]| words.iter().any(|word| lower.contains(word));
+        if !has(&[
             "certificate",
             "handshake",
             "unknownissuer",
             "notvalidforname",
             "tls",
             "alert",
-        ]
-        .iter()
-        .any(|word| lower.contains(word));
-        tls.then(|| {
-            let ca = match &self.tls.ca {
-                Some(ca) => format!("OPENCLAW_REDIS_CA_FILE ({})", ca.display()),
-                None => "OPENCLAW_REDIS_CA_FILE (unset: the system's roots)".to_string(),
-            };
+            "corrupt message",
+        ]) {
+            return None;
+        }
+        let ca = match &self.tls.ca {
+            Some(ca) => format!("OPENCLAW_REDIS_CA_FILE ({})", ca.display()),
+            None => "OPENCLAW_REDIS_CA_FILE (unset: the system's roots)".to_string(),
+        };
+        let client = match &self.tls.client {
+            Some((cert, _)) => format!("OPENCLAW_REDIS_CLIENT_CERT ({})", cert.display()),
+            None => "OPENCLAW_REDIS_CLIENT_CERT (unset)".to_string(),
+        };
+        let fix = if has(&["unknownissuer", "unknown issuer", "badsignature"]) {
             format!(
-                "the TLS handshake with Redis failed: {error}. Check that {ca} is the CA that \
-                 signed the Redis server's certificate, that the address names a host the \
-                 certificate was issued for, and, if the server requires client certificates, \
-                 OPENCLAW_REDIS_CLIENT_CERT and OPENCLAW_REDIS_CLIENT_KEY"
+                "The Redis server's certificate is not signed by the CA in {ca}: set it to the \
+                 PEM file of the CA that signed the server's certificate"
             )
-        })
+        } else if has(&["notvalidforname", "not valid for name"]) {
+            format!(
+                "The Redis server's certificate is not issued for the host in {}: write the \
+                 address with a name or IP address the certificate lists (server names are \
+                 always checked), or reissue the certificate",
+                self.address_setting()
+            )
+        } else if has(&["certificaterequired", "certificate required"]) {
+            "The Redis server requires a client certificate: set OPENCLAW_REDIS_CLIENT_CERT \
+             and OPENCLAW_REDIS_CLIENT_KEY to a certificate its CA (tls-ca-cert-file) signed \
+             and the certificate's key"
+                .to_string()
+        } else if self.tls.client.is_some() && has(&["unknownca", "badcertificate", "alert"]) {
+            format!(
+                "The Redis server refused the client certificate {client}: use one signed by \
+                 the CA the server trusts (tls-ca-cert-file), with its key in \
+                 OPENCLAW_REDIS_CLIENT_KEY"
+            )
+        } else if has(&["corrupt message", "invalidcontenttype"]) {
+            format!(
+                "The server at {} does not speak TLS: write its address as \
+                 redis://host:port, or point the rediss:// address at the server's tls-port",
+                self.address_setting()
+            )
+        } else {
+            format!(
+                "Check that {ca} is the CA that signed the Redis server's certificate, that the \
+                 address names a host the certificate was issued for, and, if the server \
+                 requires client certificates, {client} and OPENCLAW_REDIS_CLIENT_KEY"
+            )
+        };
+        Some(format!(
+            "the TLS handshake with Redis failed: {error}. {fix}"
+        ))
     }
 
     /// When `error` (from a first command) means Redis refused the credentials, what an
@@ -221,10 +273,54 @@ impl RedisConfig {
     }
 
     /// What stops the core at start-up when a first command fails with `error`: a failed TLS
-    /// handshake or refused credentials. Anything else (Redis down) is waited out.
-    pub fn startup_failure(&self, error: &str) -> Option<String> {
-        self.tls_failure(error)
+    /// handshake, refused credentials, or a `rediss://` address of a server that answers in
+    /// plain text (its handshake never completes, so the command only timed out). Anything
+    /// else (Redis down) is waited out.
+    pub async fn startup_failure(&self, error: &str) -> Option<String> {
+        if let Some(failure) = self
+            .tls_failure(error)
             .or_else(|| self.credentials_failure(error))
+        {
+            return Some(failure);
+        }
+        let plain = self.plain_text_server().await?;
+        Some(format!(
+            "Redis did not complete a TLS handshake ({error}): the server at {plain} answers \
+             plain-text Redis, not TLS. Write its address in {} as redis://host:port, or point \
+             the rediss:// address at the server's tls-port",
+            self.address_setting()
+        ))
+    }
+
+    /// The first `rediss://` address whose server answers a plain-text `PING` (`+PONG`, or an
+    /// error asking for credentials), redacted: a TLS client waits there for a handshake that
+    /// never comes.
+    async fn plain_text_server(&self) -> Option<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        for address in self.addresses() {
+            if !address.starts_with("rediss://") {
+                continue;
+            }
+            let Ok(info) = parse_address(address) else {
+                continue;
+            };
+            let ConnectionAddr::TcpTls { host, port, .. } = info.addr() else {
+                continue;
+            };
+            let probe = async {
+                let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                stream.write_all(b"PING\r\n").await?;
+                let mut answer = [0u8; 16];
+                let read = stream.read(&mut answer).await?;
+                Ok::<_, std::io::Error>(answer[..read].to_vec())
+            };
+            if let Ok(Ok(answer)) = tokio::time::timeout(self.connect_timeout, probe).await
+                && (answer.starts_with(b"+PONG") || answer.starts_with(b"-NOAUTH"))
+            {
+                return Some(openclaw_runtime::redact::url(address));
+            }
+        }
+        None
     }
 
     /// The address settings as the client reads them, with TCP_NODELAY and the configured
@@ -305,6 +401,8 @@ pub struct SharedConnection {
     inner: Link,
     /// Bound on one command or pipeline, retries included.
     timeout: Duration,
+    /// Bound on (re)connecting before a command, the TLS handshake included.
+    connect_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -387,7 +485,7 @@ impl SharedConnection {
                     ))
                 })?
                 .map_err(|e| {
-                    ConfigError(config.startup_failure(&e.to_string()).unwrap_or_else(|| {
+                    ConfigError(config.tls_failure(&e.to_string()).or_else(|| config.credentials_failure(&e.to_string())).unwrap_or_else(|| {
                         format!(
                             "cannot reach the Redis Cluster through OPENCLAW_REDIS_CLUSTER_NODES \
                              ({}): {e}",
@@ -455,7 +553,11 @@ impl SharedConnection {
                 }))
             }
         };
-        Ok(Self { inner, timeout })
+        Ok(Self {
+            inner,
+            timeout,
+            connect_timeout: config.connect_timeout,
+        })
     }
 }
 
@@ -672,10 +774,17 @@ fn timed_out(bound: Duration) -> RedisError {
 
 impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let bound = self.timeout;
+        let (bound, connect_timeout) = (self.timeout, self.connect_timeout);
         Box::pin(async move {
             match &mut self.inner {
-                Link::Standalone(connection) => connection.req_packed_command(cmd).await,
+                // The manager's own timeouts do not cover a TLS handshake that never
+                // completes (a rediss:// address of a plain server): bounded here as well.
+                Link::Standalone(connection) => tokio::time::timeout(
+                    bound + connect_timeout,
+                    connection.req_packed_command(cmd),
+                )
+                .await
+                .unwrap_or_else(|_| Err(timed_out(bound))),
                 Link::Cluster(connection) => {
                     tokio::time::timeout(bound, connection.req_packed_command(cmd))
                         .await
@@ -704,14 +813,15 @@ impl ConnectionLike for SharedConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let bound = self.timeout;
+        let (bound, connect_timeout) = (self.timeout, self.connect_timeout);
         Box::pin(async move {
             match &mut self.inner {
-                Link::Standalone(connection) => {
-                    connection
-                        .req_packed_commands(pipeline, offset, count)
-                        .await
-                }
+                Link::Standalone(connection) => tokio::time::timeout(
+                    bound + connect_timeout,
+                    connection.req_packed_commands(pipeline, offset, count),
+                )
+                .await
+                .unwrap_or_else(|_| Err(timed_out(bound))),
                 Link::Cluster(connection) => tokio::time::timeout(
                     bound,
                     connection.req_packed_commands(pipeline, offset, count),
@@ -809,6 +919,43 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@40001 myself,master - 0
             .tls_failure("invalid peer certificate: UnknownIssuer")
             .expect("a certificate failure is named");
         assert!(failure.contains("OPENCLAW_REDIS_CA_FILE"), "{failure}");
+        let failure = tls
+            .tls_failure("received fatal alert: CertificateRequired")
+            .expect("a missing client certificate is named");
+        assert!(failure.contains("OPENCLAW_REDIS_CLIENT_KEY"), "{failure}");
         assert_eq!(plain.tls_failure("connection refused"), None);
+    }
+
+    #[test]
+    fn refused_credentials_name_the_settings_of_the_side_that_holds_them() {
+        let plain = RedisConfig::standalone("redis://127.0.0.1:6379", Duration::from_secs(1));
+        let failure = plain
+            .credentials_failure("WRONGPASS invalid username-password pair")
+            .expect("refused credentials are named");
+        assert!(failure.contains("OPENCLAW_REDIS_PASSWORD"), "{failure}");
+        let sentinel = RedisConfig {
+            topology: Topology::Sentinel {
+                sentinels: vec!["127.0.0.1:26379".into()],
+                master: "main".into(),
+                username: None,
+                password: Some("sentinel-secret".into()),
+            },
+            password: Some("data-secret".into()),
+            ..plain.clone()
+        };
+        let failure = sentinel
+            .credentials_failure("Password authentication failed - AuthenticationFailed")
+            .expect("refused credentials are named");
+        assert!(
+            failure.contains("OPENCLAW_REDIS_SENTINEL_PASSWORD")
+                && failure.contains("OPENCLAW_REDIS_PASSWORD"),
+            "{failure}"
+        );
+        assert_eq!(sentinel.credentials_failure("Connection refused"), None);
+        let shown = format!("{sentinel:?}");
+        assert!(
+            !shown.contains("sentinel-secret") && !shown.contains("data-secret"),
+            "{shown}"
+        );
     }
 }

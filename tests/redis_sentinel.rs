@@ -293,7 +293,7 @@ async fn survives_the_primarys_loss(options: TopologyOptions) {
     let (promoted, promotion) = stack.group.wait_for_promotion(Duration::from_secs(20));
     assert_eq!(promoted, replica, "the only replica is the one promoted");
     eprintln!(
-        "sentinel failover ({}): sentinels agreed on {promoted} within {promotion:?} of the kill; \
+        "sentinel failover ({}): every Sentinel named {promoted} when checked, {promotion:?} after the kill; \
          first success {resumed_after:?} after the kill; answers {answers:?}; slowest answer \
          {slowest:?} (bound {SEND_BOUND:?})",
         match &options.auth {
@@ -358,4 +358,64 @@ async fn data_nodes_behind_an_acl_user_are_reached_through_sentinels_that_have_n
         ..TopologyOptions::default()
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_stop_the_core_at_start_up_naming_the_side_that_refused() {
+    let group = SentinelGroup::start_with(
+        "openclaw-auth",
+        &TopologyOptions {
+            auth: Some(RedisAuth::password("data-node-secret")),
+            ..TopologyOptions::default()
+        },
+    );
+    let options = |extra: &[(&str, &str)]| CoreOptions {
+        env: [
+            ("OPENCLAW_REDIS_SENTINELS", group.sentinels().as_str()),
+            ("OPENCLAW_REDIS_SENTINEL_MASTER", group.master_name()),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        ..CoreOptions::default()
+    };
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        // The data nodes' password missing, or wrong: the primary refuses.
+        (
+            &[],
+            "OPENCLAW_REDIS_PASSWORD to the data nodes' credentials",
+        ),
+        (
+            &[("OPENCLAW_REDIS_PASSWORD", "not-the-secret")],
+            "OPENCLAW_REDIS_PASSWORD to the data nodes' credentials",
+        ),
+        // A password for Sentinels that have none: the Sentinels refuse.
+        (
+            &[
+                ("OPENCLAW_REDIS_PASSWORD", "data-node-secret"),
+                ("OPENCLAW_REDIS_SENTINEL_PASSWORD", "data-node-secret"),
+            ],
+            "the Sentinels refused them",
+        ),
+    ];
+    for (extra, named) in cases {
+        let started = Instant::now();
+        let (code, output) =
+            support::run_core_to_exit(&options(extra), &[], Duration::from_secs(10));
+        assert!(
+            code.is_some_and(|c| c != 0),
+            "with {extra:?} the core did not exit with an error (code {code:?}):\n{output}"
+        );
+        assert!(output.contains(named), "with {extra:?}:\n{output}");
+        assert!(
+            !output.contains("data-node-secret") && !output.contains("not-the-secret"),
+            "a password is printed:\n{output}"
+        );
+        eprintln!(
+            "with {extra:?} refused in {:?}: {}",
+            started.elapsed(),
+            output.trim()
+        );
+    }
 }

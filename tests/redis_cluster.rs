@@ -36,10 +36,7 @@ impl ClusterStack {
             data_dir: Some(dir.path().to_path_buf()),
             env: vec![
                 ("OPENCLAW_REDIS_CLUSTER_NODES".into(), cluster.seeds()),
-                (
-                    "OPENCLAW_REDIS_TIMEOUT_MS".into(),
-                    REDIS_TIMEOUT_MS.to_string(),
-                ),
+                ("OPENCLAW_REDIS_TIMEOUT_MS".into(), REDIS_TIMEOUT_MS.to_string()),
                 // Keeps a turn lock orphaned by the failover short-lived.
                 ("OPENCLAW_PROVIDER_TIMEOUT_MS".into(), "5000".into()),
             ],
@@ -227,10 +224,7 @@ fn wait_for_replication(cluster: &RedisCluster, primary: u16) {
         {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "replicas of {primary} lag behind"
-        );
+        assert!(Instant::now() < deadline, "replicas of {primary} lag behind");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -303,9 +297,7 @@ async fn a_primary_killed_mid_traffic_is_followed_by_its_replica() {
         }
         assert!(took < bound, "a send took {took:?} during the failover");
     }
-    let promotion = stack
-        .cluster
-        .wait_for_failover(victim, Duration::from_secs(30));
+    let promotion = stack.cluster.wait_for_failover(victim, Duration::from_secs(30));
     eprintln!(
         "failover: replica promoted within {promotion:?} of waiting; first success {:?} after \
          the kill; answers {answers:?}; slowest answer {slowest:?}",

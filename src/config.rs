@@ -81,11 +81,14 @@ pub struct CoreConfig {
     #[arg(long, env = "OPENCLAW_REDIS_SENTINEL_MASTER")]
     pub redis_sentinel_master: Option<String>,
 
-    /// ACL user for every Redis node and Sentinel (instead of URL userinfo).
+    /// ACL user for every Redis data node: the one node, each cluster node, or the primary and
+    /// replicas Sentinels name (instead of URL userinfo). Sentinels take
+    /// --redis-sentinel-username.
     #[arg(long, env = "OPENCLAW_REDIS_USERNAME")]
     pub redis_username: Option<String>,
 
-    /// Password for every Redis node and Sentinel (instead of URL userinfo).
+    /// Password for every Redis data node, as --redis-username (instead of URL userinfo).
+    /// Sentinels take --redis-sentinel-password.
     #[arg(long, env = "OPENCLAW_REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<Secret>,
 
@@ -93,6 +96,17 @@ pub struct CoreConfig {
     /// it is acknowledged (Redis `WAIT`), so a failover right after cannot undo it; 0: none.
     #[arg(long, env = "OPENCLAW_REDIS_WAIT_REPLICAS", default_value_t = 0)]
     pub redis_wait_replicas: u32,
+
+    /// ACL user of the Sentinels themselves, when they require one; absent: the user in the
+    /// Sentinels' redis://user:password@host:port addresses, or none.
+    #[arg(long, env = "OPENCLAW_REDIS_SENTINEL_USERNAME")]
+    pub redis_sentinel_username: Option<String>,
+
+    /// Password of the Sentinels themselves (`requirepass` in sentinel.conf), which is often
+    /// none even when the data nodes have one; absent: the password in the Sentinels'
+    /// addresses, or none.
+    #[arg(long, env = "OPENCLAW_REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<Secret>,
 
     /// PEM file of the CA that signed the Redis servers' certificates (rediss:// addresses);
     /// absent: the system's roots. Server names are always checked.
@@ -291,6 +305,14 @@ impl CoreConfig {
              Cluster) or OPENCLAW_REDIS_SENTINELS (a Sentinel-managed primary), not several"
         );
         anyhow::ensure!(
+            sentinel
+                || (self.redis_sentinel_username.is_none()
+                    && self.redis_sentinel_password.is_none()),
+            "OPENCLAW_REDIS_SENTINEL_USERNAME or OPENCLAW_REDIS_SENTINEL_PASSWORD is set without \
+             OPENCLAW_REDIS_SENTINELS: they are the Sentinels' own credentials; the data nodes \
+             take OPENCLAW_REDIS_USERNAME and OPENCLAW_REDIS_PASSWORD"
+        );
+        anyhow::ensure!(
             sentinel || self.redis_sentinel_master.is_none(),
             "OPENCLAW_REDIS_SENTINEL_MASTER is set without OPENCLAW_REDIS_SENTINELS: list the \
              Sentinels (host:port,…) that monitor it"
@@ -311,6 +333,11 @@ impl CoreConfig {
             RedisTopology::Sentinel {
                 sentinels: self.redis_sentinels.clone(),
                 master,
+                username: self.redis_sentinel_username.clone(),
+                password: self
+                    .redis_sentinel_password
+                    .as_ref()
+                    .map(|p| p.expose().to_string()),
             }
         } else {
             anyhow::ensure!(

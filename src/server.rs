@@ -59,7 +59,7 @@ pub async fn open_store(
                 .await
                 .context("configuring the Redis store")?;
             if let Err(err) = store.ping().await {
-                if let Some(problem) = redis.tls_failure(&err.to_string()) {
+                if let Some(problem) = redis.startup_failure(&err.to_string()).await {
                     anyhow::bail!(problem);
                 }
                 tracing::warn!(error = %err, "Redis does not answer yet; requests fail with UNAVAILABLE until it does");

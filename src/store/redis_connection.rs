@@ -33,7 +33,7 @@ use redis::{
 };
 
 /// Where Redis is, as configured.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Topology {
     /// One node: `redis://[user:password@]host:port[/db]` or `rediss://…`.
     Standalone { url: String },
@@ -43,7 +43,40 @@ pub enum Topology {
     Sentinel {
         sentinels: Vec<String>,
         master: String,
+        /// The Sentinels' own credentials, when they require any: Sentinels are protected
+        /// apart from the data nodes (often not at all while the data nodes are). Absent: the
+        /// userinfo of their addresses, or none.
+        username: Option<String>,
+        password: Option<String>,
     },
+}
+
+/// Addresses without their credentials, and no password: fit for logs.
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Topology::Standalone { url } => f
+                .debug_struct("Standalone")
+                .field("url", &openclaw_runtime::redact::url(url))
+                .finish(),
+            Topology::Cluster { seeds } => f
+                .debug_struct("Cluster")
+                .field("seeds", &openclaw_runtime::redact::urls(seeds))
+                .finish(),
+            Topology::Sentinel {
+                sentinels,
+                master,
+                username,
+                password,
+            } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", &openclaw_runtime::redact::urls(sentinels))
+                .field("master", master)
+                .field("username", username)
+                .field("password", &password.as_ref().map(|_| "<redacted>"))
+                .finish(),
+        }
+    }
 }
 
 /// PEM files for TLS to Redis; used only when an address says `rediss://`.
@@ -56,10 +89,11 @@ pub struct TlsFiles {
 }
 
 /// How to reach Redis.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
     pub topology: Topology,
-    /// User and password for every node (and Sentinel), beside or instead of URL userinfo.
+    /// User and password for every data node (not the Sentinels, see [`Topology::Sentinel`]),
+    /// beside or instead of URL userinfo.
     pub username: Option<String>,
     pub password: Option<String>,
     pub tls: TlsFiles,
@@ -70,6 +104,20 @@ pub struct RedisConfig {
     /// Replicas that must confirm a key's creation or change (revocation included) before it is
     /// acknowledged (`WAIT`); 0: none.
     pub wait_replicas: u32,
+}
+
+/// Without the password: fit for logs.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("topology", &self.topology)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -103,6 +151,21 @@ impl RedisConfig {
         }
     }
 
+    /// The setting holding the addresses a connection is made to; in Sentinel mode, the
+    /// data nodes' addresses are the ones the Sentinels announce.
+    fn address_setting(&self) -> &'static str {
+        match self.topology {
+            Topology::Standalone { .. } => "OPENCLAW_REDIS_URL",
+            Topology::Cluster { .. } => {
+                "OPENCLAW_REDIS_CLUSTER_NODES (or the addresses the cluster announces)"
+            }
+            Topology::Sentinel { .. } => {
+                "OPENCLAW_REDIS_SENTINELS (or the addresses the Sentinels announce for the \
+                 primary and replicas)"
+            }
+        }
+    }
+
     /// Whether the connections use TLS: an address written `rediss://`.
     pub fn uses_tls(&self) -> bool {
         self.addresses()
@@ -111,46 +174,163 @@ impl RedisConfig {
     }
 
     /// When `error` (from a first command) is a failed TLS handshake, what an operator should
-    /// check, naming the settings: a wrong CA or host name is a configuration error to stop on,
-    /// not an outage to wait out.
+    /// do, naming the setting: a wrong CA, host name or client certificate is a configuration
+    /// error to stop on, not an outage to wait out.
     pub fn tls_failure(&self, error: &str) -> Option<String> {
         if !self.uses_tls() {
             return None;
         }
         let lower = error.to_ascii_lowercase();
-        let tls = [
+        let has = |words: &[&str]| words.iter().any(|word| lower.contains(word));
+        if !has(&[
             "certificate",
             "handshake",
             "unknownissuer",
             "notvalidforname",
             "tls",
             "alert",
+            "corrupt message",
+        ]) {
+            return None;
+        }
+        let ca = match &self.tls.ca {
+            Some(ca) => format!("OPENCLAW_REDIS_CA_FILE ({})", ca.display()),
+            None => "OPENCLAW_REDIS_CA_FILE (unset: the system's roots)".to_string(),
+        };
+        let client = match &self.tls.client {
+            Some((cert, _)) => format!("OPENCLAW_REDIS_CLIENT_CERT ({})", cert.display()),
+            None => "OPENCLAW_REDIS_CLIENT_CERT (unset)".to_string(),
+        };
+        let fix = if has(&["unknownissuer", "unknown issuer", "badsignature"]) {
+            format!(
+                "The Redis server's certificate is not signed by the CA in {ca}: set it to the \
+                 PEM file of the CA that signed the server's certificate"
+            )
+        } else if has(&["notvalidforname", "not valid for name"]) {
+            format!(
+                "The Redis server's certificate is not issued for the host in {}: write the \
+                 address with a name or IP address the certificate lists (server names are \
+                 always checked), or reissue the certificate",
+                self.address_setting()
+            )
+        } else if has(&["certificaterequired", "certificate required"]) {
+            "The Redis server requires a client certificate: set OPENCLAW_REDIS_CLIENT_CERT \
+             and OPENCLAW_REDIS_CLIENT_KEY to a certificate its CA (tls-ca-cert-file) signed \
+             and the certificate's key"
+                .to_string()
+        } else if self.tls.client.is_some() && has(&["unknownca", "badcertificate", "alert"]) {
+            format!(
+                "The Redis server refused the client certificate {client}: use one signed by \
+                 the CA the server trusts (tls-ca-cert-file), with its key in \
+                 OPENCLAW_REDIS_CLIENT_KEY"
+            )
+        } else if has(&["corrupt message", "invalidcontenttype"]) {
+            format!(
+                "The server at {} does not speak TLS: write its address as \
+                 redis://host:port, or point the rediss:// address at the server's tls-port",
+                self.address_setting()
+            )
+        } else {
+            format!(
+                "Check that {ca} is the CA that signed the Redis server's certificate, that the \
+                 address names a host the certificate was issued for, and, if the server \
+                 requires client certificates, {client} and OPENCLAW_REDIS_CLIENT_KEY"
+            )
+        };
+        Some(format!(
+            "the TLS handshake with Redis failed: {error}. {fix}"
+        ))
+    }
+
+    /// When `error` (from a first command) means Redis refused the credentials, what an
+    /// operator should set, naming the settings: like a failed TLS handshake, a configuration
+    /// error to stop on, not an outage to wait out.
+    pub fn credentials_failure(&self, error: &str) -> Option<String> {
+        let lower = error.to_ascii_lowercase();
+        let refused = [
+            "noauth",
+            "wrongpass",
+            "authentication",
+            "invalid username-password",
         ]
         .iter()
         .any(|word| lower.contains(word));
-        tls.then(|| {
-            let ca = match &self.tls.ca {
-                Some(ca) => format!("OPENCLAW_REDIS_CA_FILE ({})", ca.display()),
-                None => "OPENCLAW_REDIS_CA_FILE (unset: the system's roots)".to_string(),
+        if !refused {
+            return None;
+        }
+        let settings = match &self.topology {
+            Topology::Sentinel { .. } => {
+                "The primary and replicas take OPENCLAW_REDIS_USERNAME and \
+                 OPENCLAW_REDIS_PASSWORD; the Sentinels take their own, \
+                 OPENCLAW_REDIS_SENTINEL_USERNAME and OPENCLAW_REDIS_SENTINEL_PASSWORD (leave \
+                 them unset for Sentinels that require none)"
+            }
+            _ => {
+                "Check OPENCLAW_REDIS_USERNAME and OPENCLAW_REDIS_PASSWORD (or the user:password \
+                 of the address); leave the user unset for a server protected by requirepass \
+                 alone"
+            }
+        };
+        Some(format!(
+            "Redis refused the credentials: {error}. {settings}"
+        ))
+    }
+
+    /// What stops the core at start-up when a first command fails with `error`: a failed TLS
+    /// handshake, refused credentials, or a `rediss://` address of a server that answers in
+    /// plain text (its handshake never completes, so the command only timed out). Anything
+    /// else (Redis down) is waited out.
+    pub async fn startup_failure(&self, error: &str) -> Option<String> {
+        if let Some(failure) = self
+            .tls_failure(error)
+            .or_else(|| self.credentials_failure(error))
+        {
+            return Some(failure);
+        }
+        let plain = self.plain_text_server().await?;
+        Some(format!(
+            "Redis did not complete a TLS handshake ({error}): the server at {plain} answers \
+             plain-text Redis, not TLS. Write its address in {} as redis://host:port, or point \
+             the rediss:// address at the server's tls-port",
+            self.address_setting()
+        ))
+    }
+
+    /// The first `rediss://` address whose server answers a plain-text `PING` (`+PONG`, or an
+    /// error asking for credentials), redacted: a TLS client waits there for a handshake that
+    /// never comes.
+    async fn plain_text_server(&self) -> Option<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        for address in self.addresses() {
+            if !address.starts_with("rediss://") {
+                continue;
+            }
+            let Ok(info) = parse_address(address) else {
+                continue;
             };
-            format!(
-                "the TLS handshake with Redis failed: {error}. Check that {ca} is the CA that \
-                 signed the Redis server's certificate, that the address names a host the \
-                 certificate was issued for, and, if the server requires client certificates, \
-                 OPENCLAW_REDIS_CLIENT_CERT and OPENCLAW_REDIS_CLIENT_KEY"
-            )
-        })
+            let ConnectionAddr::TcpTls { host, port, .. } = info.addr() else {
+                continue;
+            };
+            let probe = async {
+                let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                stream.write_all(b"PING\r\n").await?;
+                let mut answer = [0u8; 16];
+                let read = stream.read(&mut answer).await?;
+                Ok::<_, std::io::Error>(answer[..read].to_vec())
+            };
+            if let Ok(Ok(answer)) = tokio::time::timeout(self.connect_timeout, probe).await
+                && (answer.starts_with(b"+PONG") || answer.starts_with(b"-NOAUTH"))
+            {
+                return Some(openclaw_runtime::redact::url(address));
+            }
+        }
+        None
     }
 
     /// The address settings as the client reads them, with TCP_NODELAY and the configured
     /// credentials. `host:port` is read as `redis://host:port`.
     fn connection_info(&self, address: &str) -> RedisResult<ConnectionInfo> {
-        let url = if address.contains("://") {
-            address.to_string()
-        } else {
-            format!("redis://{address}")
-        };
-        let mut info = url.as_str().into_connection_info()?;
+        let mut info = parse_address(address)?;
         let mut redis = info.redis_settings().clone();
         if let Some(username) = &self.username {
             redis = redis.set_username(username);
@@ -198,6 +378,15 @@ impl RedisConfig {
     }
 }
 
+/// `redis[s]://…` or `host:port` (read as `redis://host:port`), as written.
+fn parse_address(address: &str) -> RedisResult<ConnectionInfo> {
+    if address.contains("://") {
+        address.into_connection_info()
+    } else {
+        format!("redis://{address}").as_str().into_connection_info()
+    }
+}
+
 /// A configuration that cannot work, named in words an operator can act on.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -217,6 +406,8 @@ pub struct SharedConnection {
     /// Bound on one command or pipeline, retries included.
     timeout: Duration,
     wait_replicas: u32,
+    /// Bound on (re)connecting before a command, the TLS handshake included.
+    connect_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -299,7 +490,7 @@ impl SharedConnection {
                     ))
                 })?
                 .map_err(|e| {
-                    ConfigError(config.tls_failure(&e.to_string()).unwrap_or_else(|| {
+                    ConfigError(config.tls_failure(&e.to_string()).or_else(|| config.credentials_failure(&e.to_string())).unwrap_or_else(|| {
                         format!(
                             "cannot reach the Redis Cluster through OPENCLAW_REDIS_CLUSTER_NODES \
                              ({}): {e}",
@@ -309,15 +500,29 @@ impl SharedConnection {
                 })?;
                 Link::Cluster(connection)
             }
-            Topology::Sentinel { sentinels, master } => {
-                let addresses = sentinels
+            Topology::Sentinel {
+                sentinels,
+                master,
+                username: sentinel_username,
+                password: sentinel_password,
+            } => {
+                // The data nodes' credentials are not the Sentinels': a Sentinel without a
+                // password refuses an AUTH, so each side gets only its own.
+                let infos = sentinels
                     .iter()
-                    .map(|sentinel| {
-                        config
-                            .connection_info(sentinel)
-                            .map(|info| info.addr().clone())
-                    })
-                    .collect::<RedisResult<Vec<ConnectionAddr>>>()?;
+                    .map(|sentinel| parse_address(sentinel))
+                    .collect::<RedisResult<Vec<ConnectionInfo>>>()?;
+                let from_addresses = |part: fn(&ConnectionInfo) -> Option<&str>| {
+                    infos.iter().find_map(|info| part(info).map(str::to_string))
+                };
+                let sentinel_username = sentinel_username
+                    .clone()
+                    .or_else(|| from_addresses(|info| info.redis_settings().username()));
+                let sentinel_password = sentinel_password
+                    .clone()
+                    .or_else(|| from_addresses(|info| info.redis_settings().password()));
+                let addresses: Vec<ConnectionAddr> =
+                    infos.iter().map(|info| info.addr().clone()).collect();
                 let mut builder = SentinelClientBuilder::new(
                     addresses,
                     master.clone(),
@@ -326,14 +531,16 @@ impl SharedConnection {
                 .set_client_to_redis_tcp_settings(TcpSettings::default().set_nodelay(true))
                 .set_client_to_sentinel_tcp_settings(TcpSettings::default().set_nodelay(true));
                 if let Some(username) = &config.username {
-                    builder = builder
-                        .set_client_to_redis_username(username)
-                        .set_client_to_sentinel_username(username);
+                    builder = builder.set_client_to_redis_username(username);
                 }
                 if let Some(password) = &config.password {
-                    builder = builder
-                        .set_client_to_redis_password(password)
-                        .set_client_to_sentinel_password(password);
+                    builder = builder.set_client_to_redis_password(password);
+                }
+                if let Some(username) = &sentinel_username {
+                    builder = builder.set_client_to_sentinel_username(username);
+                }
+                if let Some(password) = &sentinel_password {
+                    builder = builder.set_client_to_sentinel_password(password);
                 }
                 if let Some(certs) = certificates {
                     builder = builder
@@ -354,6 +561,7 @@ impl SharedConnection {
         Ok(Self {
             inner,
             timeout,
+            connect_timeout: config.connect_timeout,
             wait_replicas: config.wait_replicas,
         })
     }
@@ -522,7 +730,28 @@ impl SentinelLink {
         if let Some(current) = self.current() {
             return Ok(current);
         }
-        let primary = client.async_get_client().await?;
+        let primary = match client.async_get_client().await {
+            Ok(primary) => primary,
+            Err(error) if refused_credentials(&error) => {
+                // The client asks the Sentinels, then the primary they name: which of the two
+                // refused is what the operator needs to know.
+                let sentinels_accept = client.async_get_sentinel_client().await.is_ok();
+                let detail = if sentinels_accept {
+                    "the primary the Sentinels name refused them: set OPENCLAW_REDIS_USERNAME \
+                     and OPENCLAW_REDIS_PASSWORD to the data nodes' credentials"
+                } else {
+                    "the Sentinels refused them: set OPENCLAW_REDIS_SENTINEL_USERNAME and \
+                     OPENCLAW_REDIS_SENTINEL_PASSWORD to the Sentinels' own credentials, or \
+                     leave them unset when the Sentinels require none"
+                };
+                return Err(RedisError::from((
+                    redis::ErrorKind::AuthenticationFailed,
+                    "authentication failed",
+                    format!("{detail} ({error})"),
+                )));
+            }
+            Err(error) => return Err(error),
+        };
         *self.address.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(primary.get_connection_info().addr().to_string());
         let manager = ConnectionManagerConfig::new()
@@ -564,6 +793,12 @@ impl SentinelLink {
     }
 }
 
+/// Whether `error` is a server refusing the credentials (or asking for some).
+fn refused_credentials(error: &RedisError) -> bool {
+    error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
 fn timed_out(bound: Duration) -> RedisError {
     RedisError::from(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
@@ -573,10 +808,17 @@ fn timed_out(bound: Duration) -> RedisError {
 
 impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let bound = self.timeout;
+        let (bound, connect_timeout) = (self.timeout, self.connect_timeout);
         Box::pin(async move {
             match &mut self.inner {
-                Link::Standalone(connection) => connection.req_packed_command(cmd).await,
+                // The manager's own timeouts do not cover a TLS handshake that never
+                // completes (a rediss:// address of a plain server): bounded here as well.
+                Link::Standalone(connection) => tokio::time::timeout(
+                    bound + connect_timeout,
+                    connection.req_packed_command(cmd),
+                )
+                .await
+                .unwrap_or_else(|_| Err(timed_out(bound))),
                 Link::Cluster(connection) => {
                     tokio::time::timeout(bound, connection.req_packed_command(cmd))
                         .await
@@ -605,14 +847,15 @@ impl ConnectionLike for SharedConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let bound = self.timeout;
+        let (bound, connect_timeout) = (self.timeout, self.connect_timeout);
         Box::pin(async move {
             match &mut self.inner {
-                Link::Standalone(connection) => {
-                    connection
-                        .req_packed_commands(pipeline, offset, count)
-                        .await
-                }
+                Link::Standalone(connection) => tokio::time::timeout(
+                    bound + connect_timeout,
+                    connection.req_packed_commands(pipeline, offset, count),
+                )
+                .await
+                .unwrap_or_else(|_| Err(timed_out(bound))),
                 Link::Cluster(connection) => tokio::time::timeout(
                     bound,
                     connection.req_packed_commands(pipeline, offset, count),
@@ -710,6 +953,43 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@40001 myself,master - 0
             .tls_failure("invalid peer certificate: UnknownIssuer")
             .expect("a certificate failure is named");
         assert!(failure.contains("OPENCLAW_REDIS_CA_FILE"), "{failure}");
+        let failure = tls
+            .tls_failure("received fatal alert: CertificateRequired")
+            .expect("a missing client certificate is named");
+        assert!(failure.contains("OPENCLAW_REDIS_CLIENT_KEY"), "{failure}");
         assert_eq!(plain.tls_failure("connection refused"), None);
+    }
+
+    #[test]
+    fn refused_credentials_name_the_settings_of_the_side_that_holds_them() {
+        let plain = RedisConfig::standalone("redis://127.0.0.1:6379", Duration::from_secs(1));
+        let failure = plain
+            .credentials_failure("WRONGPASS invalid username-password pair")
+            .expect("refused credentials are named");
+        assert!(failure.contains("OPENCLAW_REDIS_PASSWORD"), "{failure}");
+        let sentinel = RedisConfig {
+            topology: Topology::Sentinel {
+                sentinels: vec!["127.0.0.1:26379".into()],
+                master: "main".into(),
+                username: None,
+                password: Some("sentinel-secret".into()),
+            },
+            password: Some("data-secret".into()),
+            ..plain.clone()
+        };
+        let failure = sentinel
+            .credentials_failure("Password authentication failed - AuthenticationFailed")
+            .expect("refused credentials are named");
+        assert!(
+            failure.contains("OPENCLAW_REDIS_SENTINEL_PASSWORD")
+                && failure.contains("OPENCLAW_REDIS_PASSWORD"),
+            "{failure}"
+        );
+        assert_eq!(sentinel.credentials_failure("Connection refused"), None);
+        let shown = format!("{sentinel:?}");
+        assert!(
+            !shown.contains("sentinel-secret") && !shown.contains("data-secret"),
+            "{shown}"
+        );
     }
 }

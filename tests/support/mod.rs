@@ -840,3 +840,56 @@ pub async fn all_events(core_port: u16) -> Vec<openclaw_gateway::proto::Event> {
     }
     out
 }
+
+/// Runs `openclaw-gateway serve` (with `args` before `serve`'s own, e.g. `--print-config`) with
+/// `options`, expecting it to exit by itself within `within`: its exit code (`None` when it
+/// was still running, and was killed) and everything it wrote to stdout and stderr.
+pub fn run_core_to_exit(
+    options: &CoreOptions,
+    args: &[&str],
+    within: Duration,
+) -> (Option<i32>, String) {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("out.log");
+    let file = std::fs::File::create(&out).expect("create the output file");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_openclaw-gateway"));
+    cmd.args(args)
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .env("OPENCLAW_GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env(
+            "OPENCLAW_METRICS_ADDR",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("OPENCLAW_INTERNAL_TOKEN", INTERNAL_TOKEN)
+        .env(
+            "OPENCLAW_DATA_DIR",
+            options.data_dir.as_deref().unwrap_or(dir.path()),
+        )
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("clone the output file"))
+        .stderr(file);
+    if let Some(url) = &options.redis_url {
+        cmd.env("OPENCLAW_REDIS_URL", url);
+    }
+    if let Some(upstream) = &options.upstream {
+        cmd.env("ZAI_BASE_URL", upstream)
+            .env("ZAI_API_KEY", "upstream-secret-key");
+    }
+    for (k, v) in &options.env {
+        cmd.env(k, v);
+    }
+    let mut process = Process {
+        child: cmd.spawn().expect("start openclaw-gateway serve"),
+        port,
+        metrics_port: 0,
+        name: "core".into(),
+    };
+    let code = process.wait_exit(within);
+    process.kill();
+    (code, std::fs::read_to_string(&out).unwrap_or_default())
+}

@@ -1309,6 +1309,74 @@ impl TlsMaterial {
     pub fn cli(&self) -> RedisCli {
         RedisCli::tls(&self.ca_cert, Some((&self.client_cert, &self.client_key)))
     }
+
+    /// This material with a server certificate the same CA signed for `dns_name` alone (no
+    /// `localhost`, no IP): a server presenting it must be refused by a client that checks
+    /// names and connects to `localhost` or 127.0.0.1.
+    pub fn with_server_cert_for(&self, dns_name: &str) -> TlsMaterial {
+        let path = |name: &str| self.dir().join(name);
+        let ext = path(&format!("{dns_name}.ext"));
+        std::fs::write(
+            &ext,
+            format!(
+                "basicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
+                 extendedKeyUsage = serverAuth,clientAuth\nsubjectAltName = DNS:{dns_name}\n"
+            ),
+        )
+        .expect("write the extensions file");
+        let (key, csr, cert) = (
+            path(&format!("{dns_name}.key")),
+            path(&format!("{dns_name}.csr")),
+            path(&format!("{dns_name}.crt")),
+        );
+        let steps: [Vec<&str>; 2] = [
+            vec![
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=elsewhere",
+                "-keyout",
+                path_str(&key),
+                "-out",
+                path_str(&csr),
+            ],
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                path_str(&csr),
+                "-CA",
+                path_str(&self.ca_cert),
+                "-CAkey",
+                path_str(&self.ca_key),
+                "-set_serial",
+                "4100",
+                "-days",
+                "7",
+                "-extfile",
+                path_str(&ext),
+                "-out",
+                path_str(&cert),
+            ],
+        ];
+        for args in steps {
+            let mut command = Command::new("openssl");
+            command.args(&args).stdin(Stdio::null());
+            if let Err(e) = run_bounded(command, None, Duration::from_secs(30)) {
+                panic!("openssl {}: {e}", args.join(" "));
+            }
+        }
+        TlsMaterial {
+            server_cert: cert,
+            server_key: key,
+            ..self.clone()
+        }
+    }
 }
 
 /// A standalone `redis-server` speaking only TLS (`--port 0`) on a free port, with `material`'s

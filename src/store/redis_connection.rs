@@ -567,17 +567,15 @@ impl SharedConnection {
     }
 
     /// Waits until `wait_replicas` replicas hold every write this connection made so far
-    /// (`WAIT`, on every primary of a cluster), within the Redis timeout; an error says how
+    /// (`WAIT`, on every primary of a cluster), within half the Redis timeout; an error says how
     /// many confirmed. Nothing to wait for when `wait_replicas` is 0.
     pub async fn replicated(&self) -> Result<(), super::StoreError> {
         if self.wait_replicas == 0 {
             return Ok(());
         }
         let mut connection = self.clone();
-        let bound = self
-            .timeout
-            .saturating_sub(Duration::from_millis(50))
-            .max(Duration::from_millis(1));
+        // Half the Redis timeout: the command itself is bounded by the whole of it.
+        let bound = (self.timeout / 2).max(Duration::from_millis(1));
         let confirmed: i64 = redis::cmd("WAIT")
             .arg(self.wait_replicas)
             .arg(bound.as_millis() as u64)

@@ -336,16 +336,22 @@ impl Tally {
                     .unwrap_or(0);
                 words.iter().skip(3).take(n).collect()
             }
+            "XREAD" | "XREADGROUP" => words
+                .iter()
+                .position(|w| w.eq_ignore_ascii_case("STREAMS"))
+                .and_then(|i| words.get(i + 1))
+                .into_iter()
+                .collect(),
             "PING" | "INFO" | "CLUSTER" | "CLIENT" | "READONLY" | "SCRIPT" | "HELLO" | "SELECT"
             | "AUTH" | "TIME" | "COMMAND" | "ASKING" => Vec::new(),
             _ => words.get(1).into_iter().collect(),
         };
         let mut shape = command.clone();
-        if command.starts_with("EVAL") {
-            if let Some(sha) = words.get(1) {
-                shape.push(' ');
-                shape.push_str(&sha.chars().take(8).collect::<String>());
-            }
+        if command.starts_with("EVAL")
+            && let Some(sha) = words.get(1)
+        {
+            shape.push(' ');
+            shape.push_str(&sha.chars().take(8).collect::<String>());
         }
         for key in keys {
             shape.push(' ');

@@ -188,7 +188,18 @@ pub async fn run(
     let mut runs = Vec::new();
     for &layout in &comparison.layouts {
         log(&format!("{}: starting", layout.name()));
-        let stack = scenarios::start(plan, layout).await?;
+        // A process that lost its free port to another between the check and its bind exits at
+        // start; once more, on other ports, before giving up.
+        let stack = match scenarios::start(plan, layout).await {
+            Ok(stack) => stack,
+            Err(error) => {
+                log(&format!(
+                    "{}: start failed ({error:#}); again",
+                    layout.name()
+                ));
+                scenarios::start(plan, layout).await?
+            }
+        };
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut result = scenarios::Run::default();
         let openai = Target::Http {
@@ -396,12 +407,10 @@ fn shard_capacity(
 /// The last `… requests per second` figure `redis-benchmark -q` printed (its lines are
 /// rewritten with `\r` as it goes; the final one holds the result).
 fn requests_per_second(text: &str) -> Option<f64> {
-    text.split(['\r', '\n'])
-        .filter_map(|line| {
-            let (before, _) = line.split_once(" requests per second")?;
-            before.rsplit([' ', ':']).next()?.trim().parse::<f64>().ok()
-        })
-        .last()
+    text.rsplit(['\r', '\n']).find_map(|line| {
+        let (before, _) = line.split_once(" requests per second")?;
+        before.rsplit([' ', ':']).next()?.trim().parse::<f64>().ok()
+    })
 }
 
 // ---------------------------------------------------------------- report
@@ -411,7 +420,7 @@ pub fn markdown(runs: &[Vec<LayoutRun>], meta: &str) -> String {
     let mut out = String::new();
     out.push_str(meta);
     out.push_str("\n\n### Latency and throughput, standalone against cluster\n\n");
-    out.push_str("Each cell: achieved/s, p50 / p99 ms of the gateway (the fake upstream alone in brackets: p50 / p99), one entry per run.\n\n");
+    out.push_str("Each cell: achieved/s, p50 / p99 ms of the gateway (the fake upstream alone in brackets: p50 / p99), and the CPU time Redis used per request (every node, `/proc`), one entry per run.\n\n");
     let layouts: Vec<String> = runs
         .first()
         .map(|r| r.iter().map(|l| l.layout.clone()).collect())
@@ -449,7 +458,7 @@ pub fn markdown(runs: &[Vec<LayoutRun>], meta: &str) -> String {
                         let g = find("gateway")?;
                         let b = find("upstream");
                         Some(format!(
-                            "{:.0}{}, {:.2} / {:.2}{}",
+                            "{:.0}{}, {:.2} / {:.2}{}, Redis {:.0} µs",
                             g.achieved,
                             if g.saturated() { " (saturated)" } else { "" },
                             g.latency_ms.p50,
@@ -458,7 +467,8 @@ pub fn markdown(runs: &[Vec<LayoutRun>], meta: &str) -> String {
                                 " [{:.2} / {:.2}]",
                                 b.latency_ms.p50, b.latency_ms.p99
                             ))
-                            .unwrap_or_default()
+                            .unwrap_or_default(),
+                            redis_cpu_usec_per_request(g)
                         ))
                     })
                     .collect();
@@ -472,8 +482,8 @@ pub fn markdown(runs: &[Vec<LayoutRun>], meta: &str) -> String {
         }
     }
     out.push_str("\n### Redis commands per request\n\n");
-    out.push_str("From `INFO commandstats` deltas over a counting window (summed over all nodes), less the gateway's idle rate over the same time, divided by the requests answered; `MONITOR` on every node meanwhile splits them into commands the gateway sent (round trips; a script, `EVALSHA`, is one) and commands its scripts ran inside Redis (which `commandstats` also counts). Redis µs: time Redis spent executing the commands sent (`usec` of `commandstats`). One entry per run.\n\n");
-    out.push_str("| endpoint | layout | commandstats commands / request | sent (round trips) / request | run inside scripts / request | Redis µs / request | requests counted |\n|---|---|---|---|---|---|---|\n");
+    out.push_str("From `INFO commandstats` deltas over a counting window (summed over all nodes), less the gateway's idle rate over the same time, divided by the requests answered; `MONITOR` on every node meanwhile splits them into commands the gateway sent (round trips; a script, `EVALSHA`, is one) and commands its scripts ran inside Redis (which `commandstats` also counts). Redis µs: time Redis spent inside the commands sent (`usec` of `commandstats`) with MONITOR attached, which formats every command, a script's inner ones included, inside that time: an upper bound, not a cost figure (the CPU per request of the latency steps above and the full-speed runs below are). One entry per run.\n\n");
+    out.push_str("| endpoint | layout | commandstats commands / request | sent (round trips) / request | run inside scripts / request | Redis µs / request (MONITOR attached) | requests counted |\n|---|---|---|---|---|---|---|\n");
     for endpoint in ENDPOINTS {
         for layout in &layouts {
             let counts: Vec<&EndpointCount> = runs

@@ -46,6 +46,9 @@ struct Args {
     /// Write the Markdown here.
     #[arg(long, default_value = "docs/benchmarks/redis-topologies.md")]
     markdown: PathBuf,
+    /// Only write the Markdown again from a JSON this program wrote (no measurement).
+    #[arg(long)]
+    render: Option<PathBuf>,
     /// The command line to quote.
     #[arg(long, default_value = "scripts/bench.sh --redis-topologies")]
     command: String,
@@ -54,6 +57,18 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(json) = &args.render {
+        let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json)?)?;
+        let runs: Vec<Vec<topologies::LayoutRun>> = serde_json::from_value(saved["runs"].clone())?;
+        let meta = saved["meta"].as_str().unwrap_or_default();
+        let markdown = topologies::markdown(&runs, meta);
+        std::fs::write(
+            &args.markdown,
+            format!("# Standalone Redis against a Redis Cluster (generated)\n\n{markdown}"),
+        )?;
+        println!("{markdown}");
+        return Ok(());
+    }
     let started = Instant::now();
     let work_dir = std::env::temp_dir().join(format!("openclaw-topologies-{}", std::process::id()));
     std::fs::create_dir_all(&work_dir)?;

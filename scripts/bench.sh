@@ -11,6 +11,13 @@
 #                                         any request fails (CI runs this; it writes nothing in docs/)
 #   scripts/bench.sh [loadgen flags]      e.g. --only s2,litellm --rates 500,1000 (see
 #                                         `target/release/loadgen --help`)
+#   scripts/bench.sh --redis-topologies [flags]
+#                                         standalone Redis against a 3-primary Redis Cluster
+#                                         under the same gateway: send-message and
+#                                         /v1/chat/completions side by side, Redis commands per
+#                                         request, one node's capacity (redis-benchmark); writes
+#                                         docs/benchmarks/redis-topologies.{md,json}; about 4
+#                                         minutes (see `target/release/redis-topologies --help`)
 #
 # Set BENCH_NO_LITELLM=1 to skip installing and running LiteLLM.
 set -euo pipefail
@@ -32,6 +39,12 @@ if [ "${1:-}" = "--smoke" ]; then
 fi
 
 cargo build --release -p openclaw-gateway -p gateway-rest -p openclaw-bench
+
+if [ "${1:-}" = "--redis-topologies" ]; then
+  shift
+  exec target/release/redis-topologies --bin-dir target/release \
+    --command "scripts/bench.sh --redis-topologies${*:+ $*}" "$@"
+fi
 
 litellm=()
 if [ -n "${BENCH_NO_LITELLM:-}" ]; then

@@ -4,7 +4,9 @@
 
 pub mod load;
 pub mod processes;
+pub mod redis_topology;
 pub mod report;
 pub mod scenarios;
 pub mod stalls;
+pub mod topologies;
 pub mod upstream;

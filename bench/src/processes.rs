@@ -61,7 +61,13 @@ impl Drop for Process {
     }
 }
 
-fn spawn(name: &str, mut command: Command, port: u16, within: Duration) -> anyhow::Result<Process> {
+/// Starts `command` and waits until it listens on `port`.
+pub fn spawn_listening(
+    name: &str,
+    mut command: Command,
+    port: u16,
+    within: Duration,
+) -> anyhow::Result<Process> {
     let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -119,44 +125,48 @@ pub fn redis() -> anyhow::Result<Process> {
         "--appendonly",
         "no",
     ]);
-    spawn("redis", command, port, Duration::from_secs(10))
+    spawn_listening("redis", command, port, Duration::from_secs(10))
 }
 
 pub fn upstream(binaries: &Binaries) -> anyhow::Result<Process> {
     let port = free_port()?;
     let mut command = Command::new(&binaries.upstream);
     command.args(["--listen", &format!("127.0.0.1:{port}")]);
-    spawn("upstream", command, port, Duration::from_secs(10))
+    spawn_listening("upstream", command, port, Duration::from_secs(10))
 }
 
-pub fn core(binaries: &Binaries, redis_port: u16, upstream_port: u16) -> anyhow::Result<Process> {
+/// Where the core finds Redis: the variable that says it and its value
+/// (`OPENCLAW_REDIS_URL`, or `OPENCLAW_REDIS_CLUSTER_NODES` for a cluster).
+pub type RedisEnv = (&'static str, String);
+
+pub fn core(binaries: &Binaries, redis: &RedisEnv, upstream_port: u16) -> anyhow::Result<Process> {
     let port = free_port()?;
-    let command = core_command(binaries, redis_port, upstream_port, port, "bench-core")?;
-    spawn("core", command, port, Duration::from_secs(30))
+    let command = core_command(binaries, redis, upstream_port, port, "bench-core")?;
+    spawn_listening("core", command, port, Duration::from_secs(30))
 }
 
 /// A combined replica: `openclaw-gateway serve --http-addr`, the REST API served by the core's
 /// own process (its edge calls the core in-process). Its `port` is the REST one.
 pub fn replica(
     binaries: &Binaries,
-    redis_port: u16,
+    redis: &RedisEnv,
     upstream_port: u16,
 ) -> anyhow::Result<Process> {
     let port = free_port()?;
     let mut command = core_command(
         binaries,
-        redis_port,
+        redis,
         upstream_port,
         free_port()?,
         "bench-replica",
     )?;
     command.env("OPENCLAW_HTTP_ADDR", format!("127.0.0.1:{port}"));
-    spawn("replica", command, port, Duration::from_secs(30))
+    spawn_listening("replica", command, port, Duration::from_secs(30))
 }
 
 fn core_command(
     binaries: &Binaries,
-    redis_port: u16,
+    redis: &RedisEnv,
     upstream_port: u16,
     grpc_port: u16,
     replica: &str,
@@ -172,10 +182,7 @@ fn core_command(
             "OPENCLAW_METRICS_ADDR",
             format!("127.0.0.1:{}", free_port()?),
         )
-        .env(
-            "OPENCLAW_REDIS_URL",
-            format!("redis://127.0.0.1:{redis_port}"),
-        )
+        .env(redis.0, &redis.1)
         .env("OPENCLAW_INTERNAL_TOKEN", INTERNAL_TOKEN)
         .env("OPENCLAW_REPLICA_ID", replica)
         // The 10,000-stream memory figure holds streams open for tens of seconds.
@@ -205,7 +212,7 @@ pub fn edge(binaries: &Binaries, core_port: u16) -> anyhow::Result<Process> {
         .env("OPENCLAW_CORE_URL", format!("http://127.0.0.1:{core_port}"))
         .stderr(Stdio::null());
     pass_tuning(&mut command);
-    spawn("edge", command, port, Duration::from_secs(30))
+    spawn_listening("edge", command, port, Duration::from_secs(30))
 }
 
 /// Runtime tuning set in the load generator's environment applies to the core and the edge
@@ -244,7 +251,7 @@ pub fn litellm(executable: &Path, upstream_port: u16, dir: &Path) -> anyhow::Res
         .env("LITELLM_TELEMETRY", "False")
         .env("DISABLE_SCHEMA_UPDATE", "True")
         .stderr(Stdio::null());
-    spawn("litellm", command, port, Duration::from_secs(180))
+    spawn_listening("litellm", command, port, Duration::from_secs(180))
 }
 
 // ---------------------------------------------------------------- /proc

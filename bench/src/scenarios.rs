@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::load::{Call, Outcome, Sample, open_loop};
 use crate::processes::{self, Binaries, Meter, Process, Usage};
+use crate::redis_topology::{Layout, RedisDeployment};
 use crate::stalls::{self, Probe, Stall};
 use crate::upstream::SettingsPatch;
 
@@ -169,16 +170,16 @@ pub struct Run {
     pub streams: Option<StreamsMemory>,
 }
 
-struct Stack {
+pub(crate) struct Stack {
     // Dropped (killed) in reverse order of start.
     litellm: Option<Process>,
     replica: Process,
     edge: Process,
     core: Process,
     upstream: Process,
-    redis: Process,
-    http: reqwest::Client,
-    key: HeaderValue,
+    pub(crate) redis: RedisDeployment,
+    pub(crate) http: reqwest::Client,
+    pub(crate) key: HeaderValue,
 }
 
 impl Stack {
@@ -186,11 +187,13 @@ impl Stack {
         let mut all = vec![
             ("loadgen".to_string(), std::process::id()),
             ("upstream".to_string(), self.upstream.pid()),
-            ("redis".to_string(), self.redis.pid()),
+        ];
+        all.extend(self.redis.processes());
+        all.extend([
             ("core".to_string(), self.core.pid()),
             ("edge".to_string(), self.edge.pid()),
             ("replica".to_string(), self.replica.pid()),
-        ];
+        ]);
         if let Some(litellm) = &self.litellm {
             all.push(("litellm".to_string(), litellm.pid()));
         }
@@ -201,7 +204,7 @@ impl Stack {
         format!("http://127.0.0.1:{}{path}", self.upstream.port)
     }
 
-    fn edge_url(&self, path: &str) -> String {
+    pub(crate) fn edge_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.edge.port)
     }
 
@@ -239,12 +242,14 @@ fn client(max_in_flight: usize) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-async fn start(plan: &Plan) -> anyhow::Result<Stack> {
-    let redis = processes::redis()?;
+/// Redis laid out as `layout`, the fake upstream, a core, an edge and a combined replica, and
+/// (when given) LiteLLM; one API key with limits that are checked on every call and never hit.
+pub(crate) async fn start(plan: &Plan, layout: Layout) -> anyhow::Result<Stack> {
+    let redis = RedisDeployment::start(layout, &plan.work_dir)?;
     let upstream = processes::upstream(&plan.binaries)?;
-    let core = processes::core(&plan.binaries, redis.port, upstream.port)?;
+    let core = processes::core(&plan.binaries, &redis.core_env(), upstream.port)?;
     let edge = processes::edge(&plan.binaries, core.port)?;
-    let replica = processes::replica(&plan.binaries, redis.port, upstream.port)?;
+    let replica = processes::replica(&plan.binaries, &redis.core_env(), upstream.port)?;
     let litellm = match &plan.litellm {
         Some(executable) if plan.wants(LITELLM) => {
             match processes::litellm(executable, upstream.port, &plan.work_dir) {
@@ -294,7 +299,7 @@ async fn start(plan: &Plan) -> anyhow::Result<Stack> {
 
 /// One whole run: start everything, measure idle memory, every wanted scenario, the streams.
 pub async fn run(plan: &Plan, log: &dyn Fn(&str)) -> anyhow::Result<Run> {
-    let stack = start(plan).await?;
+    let stack = start(plan, Layout::Standalone).await?;
     // Let start-up work (script loading, connection pools) settle before idle figures.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut result = Run {
@@ -418,7 +423,7 @@ pub async fn run(plan: &Plan, log: &dyn Fn(&str)) -> anyhow::Result<Run> {
 // ---------------------------------------------------------------- targets
 
 #[derive(Clone)]
-enum Target {
+pub(crate) enum Target {
     Http {
         url: String,
         auth: Option<HeaderValue>,
@@ -460,7 +465,7 @@ fn history() -> Vec<Value> {
 
 const NEW_TURN: &str = "Thanks. Please draft the e-mail announcing it.";
 
-fn openai_body(model: &str, stream: bool) -> Bytes {
+pub(crate) fn openai_body(model: &str, stream: bool) -> Bytes {
     let mut body = json!({
         "model": model,
         "messages": [{"role": "user", "content": "Hello! Say something short."}],
@@ -539,7 +544,7 @@ const ADMISSION_QUOTA: Quota = Quota {
     context: u64::MAX / 4,
 };
 
-fn caller(
+pub(crate) fn caller(
     target: Target,
     http: reqwest::Client,
     run: u64,
@@ -833,7 +838,7 @@ fn describe(step: &Step) -> String {
 /// The target and its baseline (the fake upstream alone with the equivalent request) at every
 /// rate, until the target saturates.
 #[allow(clippy::too_many_arguments)]
-async fn sweep(
+pub(crate) async fn sweep(
     plan: &Plan,
     stack: &Stack,
     scenario: &str,
@@ -919,7 +924,7 @@ async fn admission(
     log: &dyn Fn(&str),
 ) -> anyhow::Result<()> {
     let conn = SharedConnection::open(&RedisConfig::standalone(
-        format!("redis://127.0.0.1:{}", stack.redis.port),
+        stack.redis.first_url(),
         std::time::Duration::from_secs(1),
     ))
     .await?;
@@ -947,7 +952,7 @@ async fn admission(
 /// of sessions (one per request per second: each is sent to about once a second, and its
 /// history grows by one turn per second of measurement).
 /// Scenario 1 through the REST API at `base`: the split edge and core, or a combined replica.
-async fn send_message(
+pub(crate) async fn send_message(
     plan: &Plan,
     stack: &Stack,
     scenario: &str,
@@ -995,7 +1000,7 @@ async fn send_message(
     Ok(())
 }
 
-async fn create_sessions(stack: &Stack, count: usize) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn create_sessions(stack: &Stack, count: usize) -> anyhow::Result<Vec<String>> {
     use futures::StreamExt as _;
     let body =
         Bytes::from(json!({"model": "zai/glm-4.7-flash", "messages": history()}).to_string());

@@ -11,62 +11,40 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::redis_topologies::RedisCluster;
-use support::{CoreOptions, FakeUpstream, Process, expect_data};
+use support::{CoreOptions, Replicas, expect_data};
 
 /// The Redis timeout the cores run with: the bound on any one store command.
 const REDIS_TIMEOUT_MS: u64 = 1000;
 
 struct ClusterStack {
     cluster: RedisCluster,
-    _upstream: FakeUpstream,
-    cores: Vec<Process>,
-    edges: Vec<Process>,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    replicas: Replicas,
+}
+
+impl std::ops::Deref for ClusterStack {
+    type Target = Replicas;
+
+    fn deref(&self) -> &Replicas {
+        &self.replicas
+    }
 }
 
 impl ClusterStack {
     async fn start() -> Self {
         let cluster = RedisCluster::start(3, 1);
-        let upstream = FakeUpstream::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let options = CoreOptions {
-            redis_url: None,
-            upstream: Some(upstream.base_url()),
-            data_dir: Some(dir.path().to_path_buf()),
-            env: vec![
-                ("OPENCLAW_REDIS_CLUSTER_NODES".into(), cluster.seeds()),
-                (
-                    "OPENCLAW_REDIS_TIMEOUT_MS".into(),
-                    REDIS_TIMEOUT_MS.to_string(),
-                ),
-                // Keeps a turn lock orphaned by the failover short-lived.
-                ("OPENCLAW_PROVIDER_TIMEOUT_MS".into(), "5000".into()),
-                // Key creations and changes wait for a replica's confirmation.
-                ("OPENCLAW_REDIS_WAIT_REPLICAS".into(), "1".into()),
-            ],
-        };
-        let cores: Vec<Process> = (0..2).map(|_| support::spawn_core(&options)).collect();
-        let refs: Vec<&Process> = cores.iter().collect();
-        let edges: Vec<Process> = (0..2).map(|_| support::spawn_edge(&refs)).collect();
-        for edge in &edges {
-            support::wait_until_ready(edge).await;
-        }
-        Self {
-            cluster,
-            _upstream: upstream,
-            cores,
-            edges,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-            _dir: dir,
-        }
-    }
-
-    fn edge(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.edges[i % self.edges.len()].port)
+        let replicas = Replicas::start(vec![
+            ("OPENCLAW_REDIS_CLUSTER_NODES".into(), cluster.seeds()),
+            (
+                "OPENCLAW_REDIS_TIMEOUT_MS".into(),
+                REDIS_TIMEOUT_MS.to_string(),
+            ),
+            // Keeps a turn lock orphaned by the failover short-lived.
+            ("OPENCLAW_PROVIDER_TIMEOUT_MS".into(), "5000".into()),
+            // Key creations and changes wait for a replica's confirmation.
+            ("OPENCLAW_REDIS_WAIT_REPLICAS".into(), "1".into()),
+        ])
+        .await;
+        Self { cluster, replicas }
     }
 
     /// A key with `limits`; returns (secret, id).
@@ -84,35 +62,6 @@ impl ClusterStack {
             data["key"].as_str().unwrap().to_string(),
             data["id"].as_str().unwrap().to_string(),
         )
-    }
-
-    async fn send(&self, edge: usize, key: &str, session: &str, text: &str) -> reqwest::Response {
-        support::post_with_key(
-            &self.http,
-            format!("{}/api/v1/sessions/{session}/messages", self.edge(edge)),
-            key,
-            &json!({"message": {"role": "user", "content": text}}),
-        )
-        .await
-    }
-
-    async fn history(&self, edge: usize, key: &str, session: &str) -> Vec<String> {
-        let response = support::get_with_key(
-            &self.http,
-            format!(
-                "{}/api/v1/sessions/{session}/messages?pageSize=500",
-                self.edge(edge)
-            ),
-            key,
-        )
-        .await;
-        let data = expect_data(response, 200).await;
-        data["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["content"].as_str().unwrap_or_default().to_string())
-            .collect()
     }
 }
 
@@ -254,7 +203,6 @@ async fn the_guides_flows_limits_and_cron_hold_across_replicas_on_a_redis_cluste
         })
         .sum();
     assert!(counted > 0, "no traffic counted in the cluster");
-    drop(stack.cluster);
 }
 
 /// Polls the replicas of `primary` until each has applied everything the primary holds, so

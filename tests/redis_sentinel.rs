@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::redis_topologies::{RedisAuth, SentinelGroup, TopologyOptions};
-use support::{CoreOptions, FakeUpstream, Process, expect_data};
+use support::{CoreOptions, Replicas, expect_data};
 
 /// The Redis timeout the cores run with: the bound on any one store command.
 const REDIS_TIMEOUT_MS: u64 = 1000;
@@ -27,18 +27,20 @@ const RESUME_BOUND: Duration = Duration::from_secs(20);
 
 struct SentinelStack {
     group: SentinelGroup,
-    _upstream: FakeUpstream,
-    _cores: Vec<Process>,
-    edges: Vec<Process>,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    replicas: Replicas,
+}
+
+impl std::ops::Deref for SentinelStack {
+    type Target = Replicas;
+
+    fn deref(&self) -> &Replicas {
+        &self.replicas
+    }
 }
 
 impl SentinelStack {
     async fn start(options: &TopologyOptions) -> Self {
         let group = SentinelGroup::start_with("openclaw", options);
-        let upstream = FakeUpstream::start().await;
-        let dir = tempfile::tempdir().unwrap();
         let mut env = vec![
             ("OPENCLAW_REDIS_SENTINELS".to_string(), group.sentinels()),
             (
@@ -62,67 +64,13 @@ impl SentinelStack {
             }
             env.push(("OPENCLAW_REDIS_PASSWORD".to_string(), auth.password.clone()));
         }
-        let core_options = CoreOptions {
-            redis_url: None,
-            upstream: Some(upstream.base_url()),
-            data_dir: Some(dir.path().to_path_buf()),
-            env,
-        };
-        let cores: Vec<Process> = (0..2).map(|_| support::spawn_core(&core_options)).collect();
-        let refs: Vec<&Process> = cores.iter().collect();
-        let edges: Vec<Process> = (0..2).map(|_| support::spawn_edge(&refs)).collect();
-        for edge in &edges {
-            support::wait_until_ready(edge).await;
-        }
-        Self {
-            group,
-            _upstream: upstream,
-            _cores: cores,
-            edges,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-            _dir: dir,
-        }
-    }
-
-    fn edge(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.edges[i % self.edges.len()].port)
+        let replicas = Replicas::start(env).await;
+        Self { group, replicas }
     }
 
     /// A new key's secret.
     async fn key(&self, name: &str) -> String {
         support::create_key(&self.http, &self.edge(0), name, json!({})).await
-    }
-
-    async fn send(&self, edge: usize, key: &str, session: &str, text: &str) -> reqwest::Response {
-        support::post_with_key(
-            &self.http,
-            format!("{}/api/v1/sessions/{session}/messages", self.edge(edge)),
-            key,
-            &json!({"message": {"role": "user", "content": text}}),
-        )
-        .await
-    }
-
-    async fn history(&self, edge: usize, key: &str, session: &str) -> Vec<String> {
-        let response = support::get_with_key(
-            &self.http,
-            format!(
-                "{}/api/v1/sessions/{session}/messages?pageSize=500",
-                self.edge(edge)
-            ),
-            key,
-        )
-        .await;
-        let data = expect_data(response, 200).await;
-        data["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["content"].as_str().unwrap_or_default().to_string())
-            .collect()
     }
 
     /// The Redis nodes the status through `edge` lists: (address, kind, status).

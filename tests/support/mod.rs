@@ -702,6 +702,88 @@ impl Stack {
     }
 }
 
+/// Two cores and two edges (each edge balancing over both cores) on state shared through the
+/// Redis that `env` points them at, with a fake upstream: what the Redis topology tests run on.
+pub struct Replicas {
+    pub upstream: FakeUpstream,
+    pub cores: Vec<Process>,
+    pub edges: Vec<Process>,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Replicas {
+    /// Starts them with `env` on every core, and returns once both edges are ready.
+    pub async fn start(env: Vec<(String, String)>) -> Self {
+        let upstream = FakeUpstream::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = CoreOptions {
+            redis_url: None,
+            upstream: Some(upstream.base_url()),
+            data_dir: Some(dir.path().to_path_buf()),
+            env,
+        };
+        let cores: Vec<Process> = (0..2).map(|_| spawn_core(&options)).collect();
+        let refs: Vec<&Process> = cores.iter().collect();
+        let edges: Vec<Process> = (0..2).map(|_| spawn_edge(&refs)).collect();
+        for edge in &edges {
+            wait_until_ready(edge).await;
+        }
+        Self {
+            upstream,
+            cores,
+            edges,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("HTTP client"),
+            _dir: dir,
+        }
+    }
+
+    /// The base URL of edge `i` (modulo the number of edges).
+    pub fn edge(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.edges[i % self.edges.len()].port)
+    }
+
+    /// Sends `text` to `session` through edge `edge`.
+    pub async fn send(
+        &self,
+        edge: usize,
+        key: &str,
+        session: &str,
+        text: &str,
+    ) -> reqwest::Response {
+        post_with_key(
+            &self.http,
+            format!("{}/api/v1/sessions/{session}/messages", self.edge(edge)),
+            key,
+            &json!({"message": {"role": "user", "content": text}}),
+        )
+        .await
+    }
+
+    /// The contents of `session`'s messages, oldest first, read through edge `edge`.
+    pub async fn history(&self, edge: usize, key: &str, session: &str) -> Vec<String> {
+        let response = get_with_key(
+            &self.http,
+            format!(
+                "{}/api/v1/sessions/{session}/messages?pageSize=500",
+                self.edge(edge)
+            ),
+            key,
+        )
+        .await;
+        let data = expect_data(response, 200).await;
+        data["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["content"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
 /// `GET url` with a bearer key.
 pub async fn get_with_key(
     http: &reqwest::Client,

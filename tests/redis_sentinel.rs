@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -192,52 +191,12 @@ async fn survives_the_primarys_loss(options: TopologyOptions) {
     let killed_at = Instant::now();
 
     // Keep talking through both edges until the session answers again, then a little longer.
-    let mut answers: BTreeMap<u16, usize> = BTreeMap::new();
-    let mut slowest = Duration::ZERO;
-    let mut resumed_after = None;
-    let mut after_resume = 0;
-    let mut n = 0;
-    while after_resume < 6 {
-        assert!(
-            killed_at.elapsed() < RESUME_BOUND,
-            "service did not resume within {RESUME_BOUND:?} of the kill: {answers:?}"
-        );
-        n += 1;
-        let text = format!("during {n}");
-        let started = Instant::now();
-        let response = stack.send(n, &key, &session, &text).await;
-        let took = started.elapsed();
-        slowest = slowest.max(took);
-        let status = response.status().as_u16();
-        *answers.entry(status).or_default() += 1;
-        match status {
-            200 => {
-                acknowledged.push(text);
-                resumed_after.get_or_insert(killed_at.elapsed());
-                after_resume += 1;
-            }
-            503 => {
-                let error = support::expect_error(response, 503, "UNAVAILABLE").await;
-                assert!(
-                    !error
-                        .to_string()
-                        .to_ascii_lowercase()
-                        .contains("redis error"),
-                    "an UNAVAILABLE leaks the Redis error: {error}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => panic!(
-                "during the failover a send got {other}: {}",
-                response.text().await.unwrap_or_default()
-            ),
-        }
-        assert!(
-            took < SEND_BOUND,
-            "a send took {took:?} during the failover"
-        );
-    }
-    let resumed_after = resumed_after.unwrap();
+    let during = stack
+        .talk_through_failover(&key, &session, killed_at, 6, (SEND_BOUND, RESUME_BOUND))
+        .await;
+    acknowledged.extend(during.acknowledged.iter().cloned());
+    let (answers, slowest) = (&during.answers, during.slowest);
+    let resumed_after = during.resumed_after.unwrap();
     let (promoted, promotion) = stack.group.wait_for_promotion(Duration::from_secs(20));
     assert_eq!(promoted, replica, "the only replica is the one promoted");
     eprintln!(

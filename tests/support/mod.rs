@@ -763,6 +763,63 @@ impl Replicas {
         .await
     }
 
+    /// Keeps sending turns to `session` through both edges, from the moment a Redis primary
+    /// was killed (`killed_at`), until `successes` have been answered after it answers again.
+    /// Every answer must be a success or the contract's UNAVAILABLE (never leaking a Redis
+    /// error), each within `send_bound`, and service must resume within `resume_bound`.
+    pub async fn talk_through_failover(
+        &self,
+        key: &str,
+        session: &str,
+        killed_at: Instant,
+        successes: usize,
+        (send_bound, resume_bound): (Duration, Duration),
+    ) -> Failover {
+        let mut seen = Failover::default();
+        let mut n = 0;
+        while seen.acknowledged.len() < successes {
+            assert!(
+                killed_at.elapsed() < resume_bound,
+                "service did not resume within {resume_bound:?} of the kill: {:?}",
+                seen.answers
+            );
+            n += 1;
+            let text = format!("during {n}");
+            let started = Instant::now();
+            let response = self.send(n, key, session, &text).await;
+            let took = started.elapsed();
+            seen.slowest = seen.slowest.max(took);
+            let status = response.status().as_u16();
+            *seen.answers.entry(status).or_default() += 1;
+            match status {
+                200 => {
+                    seen.acknowledged.push(text);
+                    seen.resumed_after.get_or_insert(killed_at.elapsed());
+                }
+                503 => {
+                    let error = expect_error(response, 503, "UNAVAILABLE").await;
+                    assert!(
+                        !error
+                            .to_string()
+                            .to_ascii_lowercase()
+                            .contains("redis error"),
+                        "an UNAVAILABLE leaks the Redis error: {error}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => panic!(
+                    "during the failover a send got {other}: {}",
+                    response.text().await.unwrap_or_default()
+                ),
+            }
+            assert!(
+                took < send_bound,
+                "a send took {took:?} during the failover"
+            );
+        }
+        seen
+    }
+
     /// The contents of `session`'s messages, oldest first, read through edge `edge`.
     pub async fn history(&self, edge: usize, key: &str, session: &str) -> Vec<String> {
         let response = get_with_key(
@@ -782,6 +839,19 @@ impl Replicas {
             .map(|m| m["content"].as_str().unwrap_or_default().to_string())
             .collect()
     }
+}
+
+/// What the sends during a failover met ([`Replicas::talk_through_failover`]).
+#[derive(Debug, Default)]
+pub struct Failover {
+    /// The turns answered with success, in order.
+    pub acknowledged: Vec<String>,
+    /// How many answers of each HTTP status.
+    pub answers: std::collections::BTreeMap<u16, usize>,
+    /// The slowest answer.
+    pub slowest: Duration,
+    /// From the kill to the first success.
+    pub resumed_after: Option<Duration>,
 }
 
 /// `GET url` with a bearer key.

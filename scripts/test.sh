@@ -34,6 +34,10 @@ missing_apt() { apt_missing+=("$1"); apt_why+=("$2"); }
 
 command -v redis-server >/dev/null ||
   missing_apt "redis-server" "every test starts a private redis-server"
+command -v redis-cli >/dev/null ||
+  missing_apt "redis-tools" "the Redis Cluster and Sentinel tests build their topologies with redis-cli"
+command -v openssl >/dev/null ||
+  missing_apt "openssl" "the Redis TLS tests make their certificates with openssl"
 command -v curl >/dev/null ||
   missing_apt "curl" "the API guide's cURL examples run as written"
 { command -v node && command -v npm; } >/dev/null ||

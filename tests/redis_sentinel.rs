@@ -229,9 +229,16 @@ async fn survives_the_primarys_loss(options: TopologyOptions) {
             let nodes = stack.redis_nodes(edge, &key).await;
             let primaries: Vec<&(String, String, String)> =
                 nodes.iter().filter(|n| n.1 == "store-primary").collect();
+            // The lost primary stays listed, now as a replica that is down.
+            let lost = (
+                format!("127.0.0.1:{killed}"),
+                "store-replica".to_string(),
+                "down".to_string(),
+            );
             if primaries.len() == 1
                 && primaries[0].0 == format!("127.0.0.1:{promoted}")
                 && primaries[0].2 == "ok"
+                && nodes.contains(&lost)
             {
                 break;
             }

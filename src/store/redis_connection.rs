@@ -553,6 +553,7 @@ impl SharedConnection {
                     client: tokio::sync::Mutex::new(builder.build()?),
                     current: Mutex::new(None),
                     address: Mutex::new(None),
+                    master: master.clone(),
                     connect_timeout: config.connect_timeout,
                     response_timeout: timeout,
                 }))
@@ -607,7 +608,8 @@ pub struct NodeHealth {
 
 impl SharedConnection {
     /// Each node of a cluster (as `CLUSTER NODES` on any node reports them) or of a
-    /// Sentinel-managed group (the primary's `ROLE`: itself and its connected replicas); empty
+    /// Sentinel-managed group (the primary's `ROLE`, and every replica as the Sentinels see
+    /// it, down ones included); empty
     /// for one standalone node, which the store's own health covers.
     pub async fn nodes(&self) -> RedisResult<Vec<NodeHealth>> {
         let mut connection = self.clone();
@@ -620,9 +622,19 @@ impl SharedConnection {
                     .await?;
                 Ok(cluster_nodes(&listing))
             }
-            Link::Sentinel(_) => {
+            Link::Sentinel(link) => {
                 let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut connection).await?;
-                Ok(sentinel_nodes(&role, &self.primary_address()))
+                let mut nodes = sentinel_nodes(&role, &self.primary_address());
+                // The Sentinels also know the replicas that are down, which the primary no
+                // longer lists; when they answer, their view of the replicas is the one shown.
+                let bound = link.connect_timeout + link.response_timeout;
+                if let Ok(Ok(replicas)) =
+                    tokio::time::timeout(bound, link.replicas_known_to_sentinels()).await
+                {
+                    nodes.truncate(1);
+                    nodes.extend(replicas);
+                }
+                Ok(nodes)
             }
         }
     }
@@ -713,11 +725,47 @@ struct SentinelLink {
     current: Mutex<Option<(u64, ConnectionManager)>>,
     /// The primary's address as the Sentinels named it last, for status.
     address: Mutex<Option<String>>,
+    /// The name the Sentinels monitor the primary under.
+    master: String,
     connect_timeout: Duration,
     response_timeout: Duration,
 }
 
 impl SentinelLink {
+    /// `SENTINEL REPLICAS <master>` of the first Sentinel that answers: every replica, with
+    /// the Sentinels' flags (`s_down`, `o_down`, `disconnected` mean down).
+    async fn replicas_known_to_sentinels(&self) -> RedisResult<Vec<NodeHealth>> {
+        let sentinel = self.client.lock().await.async_get_sentinel_client().await?;
+        let mut connection = sentinel.get_multiplexed_async_connection().await?;
+        let replicas: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
+            .arg("REPLICAS")
+            .arg(&self.master)
+            .query_async(&mut connection)
+            .await?;
+        let mut nodes: Vec<NodeHealth> = replicas
+            .iter()
+            .map(|fields| {
+                let field = |name: &str| fields.get(name).cloned().unwrap_or_default();
+                let flags = field("flags");
+                let down = flags
+                    .split(',')
+                    .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"));
+                NodeHealth {
+                    address: format!("{}:{}", field("ip"), field("port")),
+                    role: "replica".into(),
+                    up: !down,
+                    detail: if down {
+                        format!("the Sentinels flag it {flags}")
+                    } else {
+                        String::new()
+                    },
+                }
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.address.cmp(&b.address));
+        Ok(nodes)
+    }
+
     /// The connection to the current primary, asking the Sentinels when there is none.
     async fn connection(&self) -> RedisResult<(u64, ConnectionManager)> {
         if let Some(current) = self.current() {

@@ -819,6 +819,21 @@ impl SentinelLink {
             .clone()
     }
 
+    /// Runs `command` on the current primary; a failure that means the primary may have moved
+    /// makes the next command ask the Sentinels again.
+    async fn on_primary<T, F, Fut>(&self, command: F) -> RedisResult<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
+        let (generation, primary) = self.connection().await?;
+        let answer = command(primary).await;
+        if let Err(error) = &answer {
+            self.failed(generation, error);
+        }
+        answer
+    }
+
     /// After `error` on the connection of `generation`: when it means the primary may have
     /// moved, the next command asks the Sentinels again.
     fn failed(&self, generation: u64, error: &RedisError) {
@@ -852,39 +867,44 @@ fn timed_out(bound: Duration) -> RedisError {
     ))
 }
 
+impl SharedConnection {
+    /// The most one command or pipeline may take. A cluster's client connects within its own
+    /// retries; the others may have to (re)connect first, and a standalone manager's own
+    /// timeouts do not cover a TLS handshake that never completes (a rediss:// address of a
+    /// plain server).
+    fn bound(&self) -> Duration {
+        match self.inner {
+            Link::Cluster(_) => self.timeout,
+            Link::Standalone(_) | Link::Sentinel(_) => self.timeout + self.connect_timeout,
+        }
+    }
+}
+
+/// `answer`, or a timeout error once `bound` has passed.
+async fn within<T>(
+    bound: Duration,
+    answer: impl std::future::Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    tokio::time::timeout(bound, answer)
+        .await
+        .unwrap_or_else(|_| Err(timed_out(bound)))
+}
+
 impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let (bound, connect_timeout) = (self.timeout, self.connect_timeout);
-        Box::pin(async move {
+        let bound = self.bound();
+        Box::pin(within(bound, async move {
             match &mut self.inner {
-                // The manager's own timeouts do not cover a TLS handshake that never
-                // completes (a rediss:// address of a plain server): bounded here as well.
-                Link::Standalone(connection) => tokio::time::timeout(
-                    bound + connect_timeout,
-                    connection.req_packed_command(cmd),
-                )
-                .await
-                .unwrap_or_else(|_| Err(timed_out(bound))),
-                Link::Cluster(connection) => {
-                    tokio::time::timeout(bound, connection.req_packed_command(cmd))
-                        .await
-                        .unwrap_or_else(|_| Err(timed_out(bound)))
-                }
+                Link::Standalone(connection) => connection.req_packed_command(cmd).await,
+                Link::Cluster(connection) => connection.req_packed_command(cmd).await,
                 Link::Sentinel(link) => {
-                    let asked = async {
-                        let (generation, mut connection) = link.connection().await?;
-                        let answer = connection.req_packed_command(cmd).await;
-                        if let Err(error) = &answer {
-                            link.failed(generation, error);
-                        }
-                        answer
-                    };
-                    tokio::time::timeout(bound + link.connect_timeout, asked)
-                        .await
-                        .unwrap_or_else(|_| Err(timed_out(bound)))
+                    link.on_primary(
+                        |mut primary| async move { primary.req_packed_command(cmd).await },
+                    )
+                    .await
                 }
             }
-        })
+        }))
     }
 
     fn req_packed_commands<'a>(
@@ -893,38 +913,27 @@ impl ConnectionLike for SharedConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let (bound, connect_timeout) = (self.timeout, self.connect_timeout);
-        Box::pin(async move {
+        let bound = self.bound();
+        Box::pin(within(bound, async move {
             match &mut self.inner {
-                Link::Standalone(connection) => tokio::time::timeout(
-                    bound + connect_timeout,
-                    connection.req_packed_commands(pipeline, offset, count),
-                )
-                .await
-                .unwrap_or_else(|_| Err(timed_out(bound))),
-                Link::Cluster(connection) => tokio::time::timeout(
-                    bound,
-                    connection.req_packed_commands(pipeline, offset, count),
-                )
-                .await
-                .unwrap_or_else(|_| Err(timed_out(bound))),
-                Link::Sentinel(link) => {
-                    let asked = async {
-                        let (generation, mut connection) = link.connection().await?;
-                        let answer = connection
-                            .req_packed_commands(pipeline, offset, count)
-                            .await;
-                        if let Err(error) = &answer {
-                            link.failed(generation, error);
-                        }
-                        answer
-                    };
-                    tokio::time::timeout(bound + link.connect_timeout, asked)
+                Link::Standalone(connection) => {
+                    connection
+                        .req_packed_commands(pipeline, offset, count)
                         .await
-                        .unwrap_or_else(|_| Err(timed_out(bound)))
+                }
+                Link::Cluster(connection) => {
+                    connection
+                        .req_packed_commands(pipeline, offset, count)
+                        .await
+                }
+                Link::Sentinel(link) => {
+                    link.on_primary(|mut primary| async move {
+                        primary.req_packed_commands(pipeline, offset, count).await
+                    })
+                    .await
                 }
             }
-        })
+        }))
     }
 
     fn get_db(&self) -> i64 {

@@ -116,6 +116,7 @@ pub fn generate_key(
         prefix: secret[..SHOWN_PREFIX_CHARS].to_string(),
         scopes,
         limits,
+        quotas: Default::default(),
         created_at: Utc::now(),
         last_used_at: None,
         revoked_at: None,

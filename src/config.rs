@@ -182,6 +182,47 @@ pub struct CoreConfig {
     )]
     pub default_context_tokens_per_minute: u64,
 
+    /// Default quota: sessions a key keeps at once (`maxSessions`).
+    #[arg(long, env = "OPENCLAW_DEFAULT_MAX_SESSIONS", default_value_t = 1_000)]
+    pub default_max_sessions: u64,
+
+    /// Default quota: messages one session holds (`maxMessagesPerSession`).
+    #[arg(
+        long,
+        env = "OPENCLAW_DEFAULT_MAX_MESSAGES_PER_SESSION",
+        default_value_t = 10_000
+    )]
+    pub default_max_messages_per_session: u64,
+
+    /// Default quota: bytes of message content one session holds (`maxSessionBytes`, 16 MiB).
+    #[arg(
+        long,
+        env = "OPENCLAW_DEFAULT_MAX_SESSION_BYTES",
+        default_value_t = 16 * 1024 * 1024
+    )]
+    pub default_max_session_bytes: u64,
+
+    /// Default quota: bytes of content one message may carry (`maxMessageBytes`, 1 MiB).
+    #[arg(
+        long,
+        env = "OPENCLAW_DEFAULT_MAX_MESSAGE_BYTES",
+        default_value_t = 1024 * 1024
+    )]
+    pub default_max_message_bytes: u64,
+
+    /// Default quota: cron jobs a key owns at once (`maxCronJobs`).
+    #[arg(long, env = "OPENCLAW_DEFAULT_MAX_CRON_JOBS", default_value_t = 100)]
+    pub default_max_cron_jobs: u64,
+
+    /// Default seconds a session is kept after its last turn (`sessionIdleTtlSeconds`, 30 days);
+    /// `0` keeps sessions until they are deleted.
+    #[arg(
+        long,
+        env = "OPENCLAW_DEFAULT_SESSION_IDLE_TTL_SECONDS",
+        default_value_t = 30 * 24 * 3600
+    )]
+    pub default_session_idle_ttl_seconds: u64,
+
     /// Completion tokens reserved against the token limit, and asked of the
     /// model as max_tokens, when a request names no maxTokens.
     #[arg(long, env = "OPENCLAW_DEFAULT_MAX_TOKENS", default_value_t = 4096)]

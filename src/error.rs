@@ -31,11 +31,25 @@ pub struct ApiError {
     /// Why [`Self::field`] is at fault, when a client may act on the reason (an unknown model).
     pub field_reason: Option<FieldViolationReason>,
     pub retry_after: Option<Duration>,
+    /// The quota a `QUOTA_EXCEEDED` error is about.
+    pub quota: Option<QuotaBreach>,
     /// Extra response metadata (rate-limit figures) that travels with the error.
     pub metadata: Vec<(&'static str, String)>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Which quota a request would pass, its value and what is in use: what a `QUOTA_EXCEEDED`
+/// error carries (as `ErrorInfo.metadata` `quota`, `limit` and `used`), so a client acts on it
+/// without reading the sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaBreach {
+    /// The quota's name as the key administration API spells it (`maxSessions`).
+    pub quota: &'static str,
+    pub limit: u64,
+    /// The usage the request found, before the request (it would have made it more).
+    pub used: u64,
+}
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>, details: impl Into<String>) -> Self {
@@ -46,8 +60,29 @@ impl ApiError {
             field: None,
             field_reason: None,
             retry_after: None,
+            quota: None,
             metadata: Vec::new(),
         }
+    }
+
+    /// A request would pass one of its key's quotas; nothing was stored. `unit` names what the
+    /// figures count ("sessions", "bytes"), `remedy` what the caller can do about it.
+    pub fn quota_exceeded(
+        quota: &'static str,
+        limit: u64,
+        used: u64,
+        unit: &str,
+        remedy: &str,
+    ) -> Self {
+        let mut err = Self::new(
+            ErrorCode::QuotaExceeded,
+            "Quota exceeded",
+            format!(
+                "This API key's quota '{quota}' is {limit} {unit} and {used} {unit} are in use; {remedy}"
+            ),
+        );
+        err.quota = Some(QuotaBreach { quota, limit, used });
+        err
     }
 
     /// A request field is missing or wrong.
@@ -119,7 +154,7 @@ impl ApiError {
             ErrorCode::Unauthorized => Code::Unauthenticated,
             ErrorCode::InvalidRequest => Code::InvalidArgument,
             ErrorCode::NotFound => Code::NotFound,
-            ErrorCode::RateLimitExceeded => Code::ResourceExhausted,
+            ErrorCode::RateLimitExceeded | ErrorCode::QuotaExceeded => Code::ResourceExhausted,
             ErrorCode::Forbidden => Code::PermissionDenied,
             ErrorCode::Conflict => Code::Aborted,
             ErrorCode::UpstreamError | ErrorCode::Unavailable => Code::Unavailable,
@@ -147,6 +182,11 @@ impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
         let mut info = HashMap::new();
         info.insert("details".to_string(), err.details.clone());
+        if let Some(breach) = &err.quota {
+            info.insert("quota".to_string(), breach.quota.to_owned());
+            info.insert("limit".to_string(), breach.limit.to_string());
+            info.insert("used".to_string(), breach.used.to_string());
+        }
         let mut details = ErrorDetails::new();
         details.set_error_info(err.code.as_str_name(), ERROR_DOMAIN, info);
         if let Some(field) = &err.field {
@@ -241,6 +281,25 @@ mod tests {
         let violation = &details.bad_request().expect("BadRequest").field_violations[0];
         assert_eq!(violation.field, "payload.model");
         assert_eq!(violation.reason, "UNKNOWN_MODEL");
+    }
+
+    #[test]
+    fn a_quota_error_carries_the_quota_its_value_and_the_usage() {
+        let status = Status::from(ApiError::quota_exceeded(
+            "maxSessions",
+            3,
+            3,
+            "sessions",
+            "delete sessions you no longer need",
+        ));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "QUOTA_EXCEEDED");
+        assert_eq!(info.metadata["quota"], "maxSessions");
+        assert_eq!(info.metadata["limit"], "3");
+        assert_eq!(info.metadata["used"], "3");
+        assert!(info.metadata["details"].contains("'maxSessions' is 3 sessions"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod metadata;
 mod observe;
 pub mod proto;
 mod providers;
+mod quotas;
 mod server;
 mod sessions;
 pub mod store;

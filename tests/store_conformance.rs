@@ -46,6 +46,7 @@ fn key(created_at: DateTime<Utc>) -> KeyRecord {
         secret_hash: hash,
         scopes: vec!["chat".into(), "sessions".into()],
         limits: KeyLimits::default(),
+        quotas: Default::default(),
         created_at,
         last_used_at: None,
         revoked_at: None,

@@ -39,7 +39,7 @@ pub(crate) struct ErrorEnvelope {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ErrorObject {
     /// One of UNAUTHORIZED, INVALID_REQUEST, NOT_FOUND, RATE_LIMIT_EXCEEDED, INTERNAL_ERROR,
-    /// FORBIDDEN, CONFLICT, UPSTREAM_ERROR, UNAVAILABLE, UPSTREAM_TIMEOUT.
+    /// FORBIDDEN, CONFLICT, UPSTREAM_ERROR, UNAVAILABLE, UPSTREAM_TIMEOUT, QUOTA_EXCEEDED.
     #[schema(example = "INVALID_REQUEST")]
     pub(crate) code: String,
     #[schema(example = "Missing required field")]
@@ -51,6 +51,10 @@ pub(crate) struct ErrorObject {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false, example = 30, minimum = 1)]
     pub(crate) retry_after: Option<u64>,
+    /// The quota a QUOTA_EXCEEDED error is about; only with that code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) quota: Option<crate::error::QuotaBreach>,
 }
 
 impl From<&ApiError> for ErrorEnvelope {
@@ -62,6 +66,7 @@ impl From<&ApiError> for ErrorEnvelope {
                 message: error.message.clone(),
                 details: error.details.clone(),
                 retry_after: error.rendered_retry_after(),
+                quota: error.quota.clone(),
             },
             timestamp: timestamp::now(),
         }

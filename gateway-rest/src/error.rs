@@ -38,11 +38,28 @@ pub(crate) struct ApiError {
     pub(crate) field: Option<String>,
     /// Why [`Self::field`] is at fault, when the contract names the reason (an unknown model).
     pub(crate) field_reason: Option<FieldViolationReason>,
+    /// The quota a `QUOTA_EXCEEDED` error is about: its name, value and the usage.
+    pub(crate) quota: Option<QuotaBreach>,
     /// Set where the contract refines a code's status (413, 415, 405 for `INVALID_REQUEST`).
     status_override: Option<StatusCode>,
     /// Headers the core asked to pass on (rate-limit state, `Retry-After`). Boxed: most errors
     /// have none, and the error travels in every handler's `Result`.
     headers: Option<Box<HeaderMap>>,
+}
+
+/// What a `QUOTA_EXCEEDED` error names: the quota (`maxSessions`), its value and the usage the
+/// request found; rendered as `error.quota`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub(crate) struct QuotaBreach {
+    /// The quota's name as the key administration API spells it.
+    #[schema(example = "maxSessions")]
+    pub(crate) name: String,
+    /// The quota's value for this key.
+    #[schema(example = 1000)]
+    pub(crate) limit: u64,
+    /// What is in use (sessions, bytes, messages, jobs), before the refused request.
+    #[schema(example = 1000)]
+    pub(crate) used: u64,
 }
 
 /// The HTTP status of each code. The proto's `ErrorCode` comment holds the same table.
@@ -53,7 +70,7 @@ pub(crate) fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::RateLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::InternalError | ErrorCode::Unspecified => StatusCode::INTERNAL_SERVER_ERROR,
-        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden | ErrorCode::QuotaExceeded => StatusCode::FORBIDDEN,
         ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::UpstreamError => StatusCode::BAD_GATEWAY,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -82,6 +99,7 @@ impl ApiError {
             retry_after: None,
             field: None,
             field_reason: None,
+            quota: None,
             status_override: None,
             headers: None,
         }
@@ -260,6 +278,15 @@ impl From<tonic::Status> for ApiError {
             error.field_reason = FieldViolationReason::from_str_name(&violation.reason)
                 .filter(|reason| *reason != FieldViolationReason::Unspecified);
         }
+        if error.code == ErrorCode::QuotaExceeded {
+            error.quota = details.error_info().and_then(|info| {
+                Some(QuotaBreach {
+                    name: info.metadata.get("quota")?.clone(),
+                    limit: info.metadata.get("limit")?.parse().ok()?,
+                    used: info.metadata.get("used")?.parse().ok()?,
+                })
+            });
+        }
         if error.code == ErrorCode::RateLimitExceeded {
             error.retry_after = details
                 .retry_info()
@@ -331,6 +358,7 @@ fn default_message(code: ErrorCode) -> &'static str {
         ErrorCode::InternalError | ErrorCode::Unspecified => "Internal server error",
         ErrorCode::Forbidden => "Forbidden",
         ErrorCode::Conflict => "Conflict",
+        ErrorCode::QuotaExceeded => "Quota exceeded",
         ErrorCode::UpstreamError => "The model provider failed",
         ErrorCode::Unavailable => "Service unavailable",
         ErrorCode::UpstreamTimeout => "The request timed out",
@@ -348,6 +376,9 @@ fn default_details(code: ErrorCode) -> &'static str {
         }
         ErrorCode::Forbidden => "The API key lacks the scope this request needs",
         ErrorCode::Conflict => "The resource changed meanwhile; read it again and retry",
+        ErrorCode::QuotaExceeded => {
+            "Delete what this API key no longer needs, or ask an administrator for a higher quota"
+        }
         ErrorCode::UpstreamError => "Retry later, or choose another model",
         ErrorCode::Unavailable => "Retry shortly",
         ErrorCode::UpstreamTimeout => {
@@ -365,7 +396,7 @@ mod tests {
 
     use super::*;
 
-    const ALL_CODES: [(ErrorCode, u16); 10] = [
+    const ALL_CODES: [(ErrorCode, u16); 11] = [
         (ErrorCode::Unauthorized, 401),
         (ErrorCode::InvalidRequest, 400),
         (ErrorCode::NotFound, 404),
@@ -376,6 +407,7 @@ mod tests {
         (ErrorCode::UpstreamError, 502),
         (ErrorCode::Unavailable, 503),
         (ErrorCode::UpstreamTimeout, 504),
+        (ErrorCode::QuotaExceeded, 403),
     ];
 
     async fn render(error: ApiError) -> (StatusCode, HeaderMap, Value) {

@@ -61,6 +61,31 @@ pub struct KeyLimits {
     pub event_subscriptions: Option<u64>,
 }
 
+/// Per-key quotas on what a key may keep stored; `None` takes the configured default
+/// (`OPENCLAW_DEFAULT_MAX_SESSIONS` and its siblings, see [`crate::config::CoreConfig`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyQuotas {
+    /// Sessions the key keeps at once.
+    #[serde(default)]
+    pub max_sessions: Option<u64>,
+    /// Messages one session holds (its whole history, every role).
+    #[serde(default)]
+    pub max_messages_per_session: Option<u64>,
+    /// Bytes of message content one session holds.
+    #[serde(default)]
+    pub max_session_bytes: Option<u64>,
+    /// Bytes of content one message may carry.
+    #[serde(default)]
+    pub max_message_bytes: Option<u64>,
+    /// Cron jobs the key owns at once.
+    #[serde(default)]
+    pub max_cron_jobs: Option<u64>,
+    /// Seconds a session is kept after its last turn; `0` keeps sessions until deleted.
+    #[serde(default)]
+    pub session_idle_ttl_seconds: Option<u64>,
+}
+
 /// An API key as stored: never the secret, only its SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -73,6 +98,9 @@ pub struct KeyRecord {
     pub prefix: String,
     pub scopes: Vec<String>,
     pub limits: KeyLimits,
+    /// Keys stored before quotas existed have none of their own (the defaults apply).
+    #[serde(default)]
+    pub quotas: KeyQuotas,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,

@@ -78,7 +78,7 @@ fn error_body(error: &ApiError) -> OpenAiErrorBody {
     let kind = match error.code {
         C::InvalidRequest => "invalid_request_error",
         C::Unauthorized => "authentication_error",
-        C::Forbidden => "permission_error",
+        C::Forbidden | C::QuotaExceeded => "permission_error",
         C::NotFound => "not_found_error",
         C::RateLimitExceeded => "rate_limit_error",
         C::Conflict => "conflict_error",

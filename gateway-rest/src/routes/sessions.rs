@@ -530,6 +530,7 @@ fn error_event(error: ApiError) -> Event {
         message: error.message,
         details: error.details,
         retry_after: error.retry_after,
+        quota: error.quota,
     };
     Event::default()
         .event("error")

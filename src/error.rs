@@ -31,10 +31,13 @@ pub struct ApiError {
     /// Why [`Self::field`] is at fault, when a client may act on the reason (an unknown model).
     pub field_reason: Option<FieldViolationReason>,
     pub retry_after: Option<Duration>,
-    /// The quota a `QUOTA_EXCEEDED` error is about.
-    pub quota: Option<QuotaBreach>,
-    /// Extra response metadata (rate-limit figures) that travels with the error.
-    pub metadata: Vec<(&'static str, String)>,
+    /// The quota a `QUOTA_EXCEEDED` error is about (boxed: rare, and the error travels in
+    /// every `Result`).
+    pub quota: Option<Box<QuotaBreach>>,
+    /// Extra response metadata (rate-limit figures) that travels with the error. Boxed, with
+    /// [`Self::quota`], to keep the error small: it travels in every `Result`.
+    #[allow(clippy::box_collection)] // one pointer where a `Vec` is three
+    pub metadata: Option<Box<Vec<(&'static str, String)>>>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -61,7 +64,7 @@ impl ApiError {
             field_reason: None,
             retry_after: None,
             quota: None,
-            metadata: Vec::new(),
+            metadata: None,
         }
     }
 
@@ -81,7 +84,7 @@ impl ApiError {
                 "This API key's quota '{quota}' is {limit} {unit} and {used} {unit} are in use; {remedy}"
             ),
         );
-        err.quota = Some(QuotaBreach { quota, limit, used });
+        err.quota = Some(Box::new(QuotaBreach { quota, limit, used }));
         err
     }
 
@@ -144,7 +147,7 @@ impl ApiError {
     }
 
     pub fn with_metadata(mut self, metadata: Vec<(&'static str, String)>) -> Self {
-        self.metadata = metadata;
+        self.metadata = (!metadata.is_empty()).then(|| Box::new(metadata));
         self
     }
 
@@ -205,7 +208,9 @@ impl From<ApiError> for Status {
         }
         let mut status =
             Status::with_error_details(ApiError::grpc_code(err.code), err.message, details);
-        crate::metadata::add_metadata(status.metadata_mut(), err.metadata);
+        if let Some(metadata) = err.metadata {
+            crate::metadata::add_metadata(status.metadata_mut(), *metadata);
+        }
         status
     }
 }

@@ -66,7 +66,7 @@ impl From<&ApiError> for ErrorEnvelope {
                 message: error.message.clone(),
                 details: error.details.clone(),
                 retry_after: error.rendered_retry_after(),
-                quota: error.quota.clone(),
+                quota: error.quota.as_deref().cloned(),
             },
             timestamp: timestamp::now(),
         }

@@ -38,8 +38,9 @@ pub(crate) struct ApiError {
     pub(crate) field: Option<String>,
     /// Why [`Self::field`] is at fault, when the contract names the reason (an unknown model).
     pub(crate) field_reason: Option<FieldViolationReason>,
-    /// The quota a `QUOTA_EXCEEDED` error is about: its name, value and the usage.
-    pub(crate) quota: Option<QuotaBreach>,
+    /// The quota a `QUOTA_EXCEEDED` error is about: its name, value and the usage. Boxed like
+    /// the headers: rare, and the error travels in every handler's `Result`.
+    pub(crate) quota: Option<Box<QuotaBreach>>,
     /// Set where the contract refines a code's status (413, 415, 405 for `INVALID_REQUEST`).
     status_override: Option<StatusCode>,
     /// Headers the core asked to pass on (rate-limit state, `Retry-After`). Boxed: most errors
@@ -280,11 +281,11 @@ impl From<tonic::Status> for ApiError {
         }
         if error.code == ErrorCode::QuotaExceeded {
             error.quota = details.error_info().and_then(|info| {
-                Some(QuotaBreach {
+                Some(Box::new(QuotaBreach {
                     name: info.metadata.get("quota")?.clone(),
                     limit: info.metadata.get("limit")?.parse().ok()?,
                     used: info.metadata.get("used")?.parse().ok()?,
-                })
+                }))
             });
         }
         if error.code == ErrorCode::RateLimitExceeded {

@@ -107,7 +107,7 @@ fn sse_event(item: Result<proto::Event, tonic::Status>) -> SseEvent {
             let object = ErrorObject {
                 code: code_name(error.code).to_owned(),
                 retry_after: error.rendered_retry_after(),
-                quota: error.quota,
+                quota: error.quota.map(|quota| *quota),
                 message: error.message,
                 details,
             };

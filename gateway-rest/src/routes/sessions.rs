@@ -530,7 +530,7 @@ fn error_event(error: ApiError) -> Event {
         message: error.message,
         details: error.details,
         retry_after: error.retry_after,
-        quota: error.quota,
+        quota: error.quota.map(|quota| *quota),
     };
     Event::default()
         .event("error")

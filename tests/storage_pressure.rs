@@ -593,3 +593,70 @@ async fn without_maxmemory_or_redis_no_policy_applies_and_status_says_why() {
         "{status}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_every_primary_is_sampled_and_the_fullest_decides() {
+    use support::redis_topologies::RedisCluster;
+    let cluster = RedisCluster::start(3, 0);
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3);
+    // Different ceilings: the smallest one is filled, the others stay nearly empty.
+    let small: u64 = 24 * 1024 * 1024;
+    for (i, port) in primaries.iter().enumerate() {
+        let max = if i == 1 { small } else { 256 * 1024 * 1024 };
+        cluster.redis_cli(*port, &["CONFIG", "SET", "maxmemory", &max.to_string()]);
+        cluster.redis_cli(*port, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    }
+    let replicas = support::Replicas::start(vec![
+        ("OPENCLAW_REDIS_CLUSTER_NODES".into(), cluster.seeds()),
+        ("OPENCLAW_STORAGE_SAMPLE_MS".into(), "200".into()),
+    ])
+    .await;
+    let key = support::create_key(&replicas.http, &replicas.edge(0), "tenant", json!({})).await;
+    let status = |edge: usize| {
+        let http = replicas.http.clone();
+        let url = format!("{}/api/v1/system/status", replicas.edge(edge));
+        let key = key.clone();
+        async move { expect_data(support::get_with_key(&http, url, &key).await, 200).await }
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = status(0).await;
+    assert_eq!(before["storage"]["level"], "normal", "{before}");
+
+    // Fill the small primary past the hard threshold, through a connection to it alone.
+    let target = primaries[1];
+    let client = redis::Client::open(format!("redis://127.0.0.1:{target}")).unwrap();
+    let mut node = client.get_multiplexed_async_connection().await.unwrap();
+    let mut n = 0;
+    while used_memory(&mut node).await < small * 92 / 100 {
+        let name = format!("filler:{n}");
+        n += 1;
+        if cluster.primary_for_key(&name) != target {
+            continue;
+        }
+        let _: () = redis::cmd("SET")
+            .arg(&name)
+            .arg(vec![b'f'; 256 * 1024])
+            .query_async(&mut node)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for edge in 0..2 {
+        let after = status(edge).await;
+        assert_eq!(after["storage"]["level"], "hard", "{after}");
+        assert_eq!(
+            after["storage"]["maxBytes"], small,
+            "the fullest primary: {after}"
+        );
+    }
+    let refused = support::post_with_key(
+        &replicas.http,
+        format!("{}/api/v1/sessions", replicas.edge(1)),
+        &key,
+        &json!({"messages": [{"role": "user", "content": "hello"}]}),
+    )
+    .await;
+    let error = expect_error(refused, 403, "QUOTA_EXCEEDED").await;
+    assert_eq!(error["quota"]["name"], "storage");
+}

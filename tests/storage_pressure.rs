@@ -660,3 +660,46 @@ async fn on_a_redis_cluster_every_primary_is_sampled_and_the_fullest_decides() {
     let error = expect_error(refused, 403, "QUOTA_EXCEEDED").await;
     assert_eq!(error["quota"]["name"], "storage");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_count_drifted_is_recounted_before_it_is_refused() {
+    let (d, mut redis) = Deployment::start(MAXMEMORY, &[]).await;
+    let generous = json!({"requestsPerMinute": 100000, "tokensPerMinute": 1000000000u64, "contextTokensPerMinute": 1000000000u64});
+    let (drifted, drifted_id) = d.key("drifted", generous.clone()).await;
+    let (flooder, _) = d.key("flooder", generous).await;
+    expect_data(d.create_session(&drifted, "small").await, 201).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Its count says 30 MB (sessions gone by expiry, say, and never subtracted); it stores a
+    // few hundred bytes.
+    let _: () = redis::cmd("ZADD")
+        .arg("oc:storage:bytes")
+        .arg(30_000_000)
+        .arg(&drifted_id)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let mut refused = false;
+    for i in 0..200 {
+        let response = d.create_session(&flooder, &big_text(i)).await;
+        if response.status() == 403 {
+            let error = expect_error(response, 403, "QUOTA_EXCEEDED").await;
+            assert_eq!(error["quota"]["name"], "storage");
+            refused = true;
+            break;
+        }
+        expect_data(response, 201).await;
+    }
+    assert!(refused, "the flooder was never refused");
+    // The drifted key was recounted, not refused for bytes it does not store.
+    expect_data(d.create_session(&drifted, "still welcome").await, 201).await;
+    let count: f64 = redis::cmd("ZSCORE")
+        .arg("oc:storage:bytes")
+        .arg(&drifted_id)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(count < 100_000.0, "recounted to {count}");
+    let status = d.status(&drifted).await;
+    assert_eq!(status["storage"]["level"], "soft", "{status}");
+}

@@ -13,11 +13,15 @@
 //!   Cluster, `INFO` goes to each primary) once a second, and, above the soft threshold, the keys
 //!   storing more than their fair share; a request's check ([`StoragePressure::check_growth`])
 //!   reads that snapshot from memory.
+//! - Under pressure the counts of the heaviest keys are checked against what Redis holds
+//!   ([`recount`], at most every [`RECOUNT_EVERY`] per key): counts drift where sessions go away
+//!   other than by the gateway's delete (expiry), were stored before counting began, or a core
+//!   stopped before flushing, and a key must not be refused for bytes it no longer stores.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::Value;
 
@@ -29,6 +33,12 @@ pub const STORED_BYTES: &str = "oc:storage:bytes";
 
 /// Heavy keys read per sample, most first: refusing these is what relieves the pressure.
 const MAX_HEAVY: usize = 1000;
+/// How often one key's count may be checked against Redis, under pressure.
+pub const RECOUNT_EVERY: Duration = Duration::from_secs(60);
+/// Keys recounted per sample, at most.
+const RECOUNTS_PER_SAMPLE: usize = 3;
+/// Sessions of one key measured by a recount, at most (the newest ones).
+const RECOUNT_MAX_SESSIONS: isize = 10_000;
 
 /// When the gateway starts refusing growth, as percentages of Redis's `maxmemory`.
 #[derive(Debug, Clone, Copy, clap::Args)]
@@ -261,13 +271,14 @@ impl StoragePressure {
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(settings.sample_ms));
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut recounted: HashMap<String, Instant> = HashMap::new();
             loop {
                 every.tick().await;
                 let Some(pressure) = weak.upgrade() else {
                     return;
                 };
                 flush(&conn, &ledger).await;
-                match sample(&conn, &settings).await {
+                match sample(&conn, &settings, &mut recounted).await {
                     Ok(snapshot) => pressure.publish(snapshot),
                     Err(err) => {
                         // The last sample stays: a Redis that does not answer refuses writes
@@ -286,13 +297,17 @@ impl StoragePressure {
         metrics::gauge!("openclaw_storage_pressure_level").set(snapshot.level.gauge());
         let before = self.snapshot().level;
         if before != snapshot.level {
-            tracing::warn!(
-                level = snapshot.level.as_str(),
-                used = snapshot.used_bytes,
-                max = snapshot.max_bytes,
-                heavy = snapshot.heavy.len(),
-                "storage pressure changed"
+            let (level, used, max, heavy) = (
+                snapshot.level.as_str(),
+                snapshot.used_bytes,
+                snapshot.max_bytes,
+                snapshot.heavy.len(),
             );
+            if snapshot.level > Level::Normal {
+                tracing::warn!(level, used, max, heavy, "storage pressure: refusing growth");
+            } else {
+                tracing::info!(level, used, max, "storage pressure: no growth refused");
+            }
         }
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = snapshot;
     }
@@ -418,6 +433,7 @@ async fn flush(conn: &SharedConnection, ledger: &StorageLedger) {
 async fn sample(
     conn: &SharedConnection,
     settings: &StorageSettings,
+    recounted: &mut HashMap<String, Instant>,
 ) -> redis::RedisResult<Snapshot> {
     let mut conn = conn.clone();
     let info: Value = redis::cmd("INFO")
@@ -479,8 +495,83 @@ async fn sample(
             .into_iter()
             .map(|(owner, bytes)| (owner, bytes.max(0.0) as u64))
             .collect();
+        // The heaviest keys not checked lately: their counts are what refuses them.
+        recounted.retain(|_, at| at.elapsed() < RECOUNT_EVERY);
+        let mut due: Vec<(String, u64)> = snapshot
+            .heavy
+            .iter()
+            .filter(|(owner, _)| !recounted.contains_key(*owner))
+            .map(|(owner, bytes)| (owner.clone(), *bytes))
+            .collect();
+        due.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+        for (owner, counted) in due.into_iter().take(RECOUNTS_PER_SAMPLE) {
+            recounted.insert(owner.clone(), Instant::now());
+            let actual = match recount(&conn, &owner).await {
+                Ok(actual) => actual,
+                Err(err) => {
+                    tracing::debug!(error = %err, owner = %owner, "could not recount a key's stored bytes");
+                    continue;
+                }
+            };
+            if actual.abs_diff(counted) > counted / 10 {
+                tracing::info!(owner = %owner, counted, actual, "corrected a key's count of stored bytes");
+            }
+            if actual > share {
+                snapshot.heavy.insert(owner, actual);
+            } else {
+                snapshot.heavy.remove(&owner);
+            }
+        }
     }
     Ok(snapshot)
+}
+
+/// Measures what `owner`'s sessions hold in Redis now (`MEMORY USAGE` of each session's message
+/// list, the newest [`RECOUNT_MAX_SESSIONS`]) and replaces its count in [`STORED_BYTES`] with it.
+/// Deltas other cores have not flushed yet are added on top later: the count may run ahead by
+/// about a second of growth, never behind by what expired.
+async fn recount(conn: &SharedConnection, owner: &str) -> redis::RedisResult<u64> {
+    let mut c = conn.clone();
+    let ids: Vec<String> = redis::cmd("ZREVRANGE")
+        .arg(super::redis::owner_index(owner))
+        .arg(0)
+        .arg(RECOUNT_MAX_SESSIONS - 1)
+        .query_async(&mut c)
+        .await?;
+    let mut total: u64 = 0;
+    // Each session lives in its own slot: one command each, a batch at a time.
+    for batch in ids.chunks(64) {
+        let sizes = futures::future::try_join_all(batch.iter().map(|id| {
+            let mut c = conn.clone();
+            let key = format!("{}:msgs", super::redis::session_base(owner, id));
+            async move {
+                redis::cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(key)
+                    .arg("SAMPLES")
+                    .arg(0)
+                    .query_async::<Option<u64>>(&mut c)
+                    .await
+            }
+        }))
+        .await?;
+        total += sizes.into_iter().flatten().sum::<u64>();
+    }
+    if total == 0 {
+        redis::cmd("ZREM")
+            .arg(STORED_BYTES)
+            .arg(owner)
+            .query_async::<()>(&mut c)
+            .await?;
+    } else {
+        redis::cmd("ZADD")
+            .arg(STORED_BYTES)
+            .arg(total)
+            .arg(owner)
+            .query_async::<()>(&mut c)
+            .await?;
+    }
+    Ok(total)
 }
 
 /// The soft threshold's memory divided evenly among the keys storing data.

@@ -212,11 +212,11 @@ impl Scripts {
     }
 }
 
-fn session_base(owner: &str, id: &str) -> String {
+pub(super) fn session_base(owner: &str, id: &str) -> String {
     format!("oc:s:{{{owner}/{id}}}")
 }
 
-fn owner_index(owner: &str) -> String {
+pub(super) fn owner_index(owner: &str) -> String {
     format!("oc:o:{owner}:sessions")
 }
 

@@ -347,6 +347,44 @@ async fn a_flooding_key_is_refused_first_while_everyone_else_keeps_working() {
         )
         .await;
     expect_error(job, 403, "QUOTA_EXCEEDED").await;
+    // Streamed, the refusal comes before any event.
+    let streamed = d
+        .post(
+            &format!("/api/v1/sessions/{last}/messages"),
+            &flooder,
+            &json!({"message": {"role": "user", "content": "more"}, "stream": true}),
+        )
+        .await;
+    let streamed = expect_error(streamed, 403, "QUOTA_EXCEEDED").await;
+    assert_eq!(streamed["quota"]["name"], "storage");
+    // An OpenAI-style completion stored in a session is growth; one that stores nothing is not.
+    let completion =
+        json!({"model": "zai/glm-4.7-flash", "messages": [{"role": "user", "content": "hi"}]});
+    let bound = d
+        .http
+        .post(format!("{}/v1/chat/completions", d.base))
+        .bearer_auth(&flooder)
+        .header("OpenClaw-Session-Id", "bound-turns")
+        .json(&completion)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bound.status(), 403);
+    let bound: Value = bound.json().await.unwrap();
+    assert_eq!(bound["error"]["code"], "quota_exceeded", "{bound}");
+    let unbound = d
+        .http
+        .post(format!("{}/v1/chat/completions", d.base))
+        .bearer_auth(&flooder)
+        .json(&completion)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        unbound.status(),
+        200,
+        "a completion that stores nothing is served"
+    );
     expect_data(
         d.get(&format!("/api/v1/sessions/{last}"), &flooder).await,
         200,

@@ -741,3 +741,55 @@ async fn a_key_whose_count_drifted_is_recounted_before_it_is_refused() {
     let status = d.status(&drifted).await;
     assert_eq!(status["storage"]["level"], "soft", "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_refuses_info_leaves_the_policy_off_and_status_says_why() {
+    let redis = support::start_redis();
+    let client = redis::Client::open(support::redis_url(&redis)).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // A managed Redis whose user may run everything but INFO.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("gateway")
+        .arg("on")
+        .arg(">gateway-password")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-info")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = CoreOptions::shared(&redis, &upstream, dir.path());
+    options.env = vec![
+        ("OPENCLAW_REDIS_USERNAME".into(), "gateway".into()),
+        ("OPENCLAW_REDIS_PASSWORD".into(), "gateway-password".into()),
+        ("OPENCLAW_STORAGE_SAMPLE_MS".into(), "100".into()),
+    ];
+    let core = support::spawn_core(&options);
+    let edge = support::spawn_edge(&[&core]);
+    support::wait_until_ready(&edge).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", edge.port);
+    let key = support::create_key(&http, &base, "tenant", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = expect_data(
+        support::get_with_key(&http, format!("{base}/api/v1/system/status"), &key).await,
+        200,
+    )
+    .await;
+    assert_eq!(status["storage"]["level"], "off", "{status}");
+    let detail = status["storage"]["detail"].as_str().unwrap();
+    assert!(detail.contains("could not be sampled"), "{detail}");
+    // Everything else works as before.
+    let created = support::post_with_key(
+        &http,
+        format!("{base}/api/v1/sessions"),
+        &key,
+        &json!({"messages": [{"role": "user", "content": "hello"}]}),
+    )
+    .await;
+    expect_data(created, 201).await;
+}

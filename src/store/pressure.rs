@@ -31,6 +31,8 @@ use crate::error::ApiError;
 /// The zset of owner id → bytes its sessions store (the JSON of every stored message).
 pub const STORED_BYTES: &str = "oc:storage:bytes";
 
+const NOT_SAMPLED: &str = "Redis's memory has not been sampled yet";
+
 /// Heavy keys read per sample, most first: refusing these is what relieves the pressure.
 const MAX_HEAVY: usize = 1000;
 /// How often one key's count may be checked against Redis, under pressure.
@@ -170,7 +172,12 @@ impl StorageLedger {
             self.grown.fetch_add(delta, Ordering::Relaxed);
         }
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        *pending.entry(owner.to_string()).or_default() += delta;
+        match pending.get_mut(owner) {
+            Some(sum) => *sum += delta,
+            None => {
+                pending.insert(owner.to_string(), delta);
+            }
+        }
     }
 
     /// Bytes stored here since the last flush.
@@ -263,7 +270,7 @@ impl StoragePressure {
     ) -> Arc<Self> {
         let pressure = Arc::new(Self {
             settings,
-            state: RwLock::new(Snapshot::off("Redis's memory has not been sampled yet")),
+            state: RwLock::new(Snapshot::off(NOT_SAMPLED)),
             conn: Some(conn.clone()),
             ledger: Some(ledger.clone()),
         });
@@ -282,8 +289,10 @@ impl StoragePressure {
                     Ok(snapshot) => pressure.publish(snapshot),
                     Err(err) => {
                         // The last sample stays: a Redis that does not answer refuses writes
-                        // by itself, and comes back to the level it had.
+                        // by itself, and comes back to the level it had. Never sampled (INFO
+                        // refused, say), status tells why no policy applies.
                         tracing::debug!(error = %err, "could not sample Redis's memory");
+                        pressure.unsampled(&err);
                     }
                 }
             }
@@ -310,6 +319,21 @@ impl StoragePressure {
             }
         }
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = snapshot;
+    }
+
+    /// A sample failed: while none has succeeded, the reason is what status shows.
+    fn unsampled(&self, err: &redis::RedisError) {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        if state.level != Level::Off || state.max_bytes != 0 || state.used_bytes != 0 {
+            return;
+        }
+        let detail = format!(
+            "Redis's memory could not be sampled (INFO memory: {err}): no storage-pressure policy applies until it can be"
+        );
+        if state.detail == NOT_SAMPLED {
+            tracing::warn!(error = %err, "could not sample Redis's memory; the storage-pressure policy waits for it");
+        }
+        state.detail = detail;
     }
 
     /// The last sample.

@@ -169,6 +169,8 @@ impl Completer {
         let Some(id) = &asked.session_id else {
             return Ok(Binding::None);
         };
+        // A bound completion stores its turn: refused while Redis is short of memory.
+        self.inference.door().check_growth(principal)?;
         match self.locks.lock(principal.owner_id(), id).await? {
             Some((lock, _, history)) => Ok(Binding::Existing {
                 new: unstored(&history, &asked.messages),

@@ -44,6 +44,10 @@ pub struct CoreConfig {
     #[command(flatten)]
     pub stream_caps: crate::limits::StreamCaps,
 
+    /// When the storage-pressure policy refuses growth (docs/storage-pressure.md).
+    #[command(flatten)]
+    pub storage: crate::store::pressure::StorageSettings,
+
     /// Address of the gRPC server.
     #[arg(long, env = "OPENCLAW_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,

@@ -6,8 +6,8 @@
 //! Services hold it beside what else they use (the store, the model catalogue, their
 //! settings); it holds nothing about any one service.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tonic::Request;
 
@@ -16,6 +16,7 @@ use crate::dashboard::DashboardSessions;
 use crate::dashboard::traffic::Traffic;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::limits::{Admission, CapKind, Charge, Quota, RateLimiter, StreamCaps, StreamLease};
+use crate::store::pressure::StoragePressure;
 
 /// The configured limits that apply to a key without its own.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +44,9 @@ pub(crate) struct FrontDoor {
     settings: LimitSettings,
     queue_depth: AtomicU64,
     draining: AtomicBool,
+    /// Whether Redis has room for a key's new sessions, messages and cron jobs (set once, as
+    /// the core is built; none until then).
+    pressure: OnceLock<Arc<StoragePressure>>,
 }
 
 impl FrontDoor {
@@ -61,7 +65,26 @@ impl FrontDoor {
             settings,
             queue_depth: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            pressure: OnceLock::new(),
         }
+    }
+
+    /// Puts the storage-pressure policy in force (once).
+    pub(crate) fn set_pressure(&self, pressure: Arc<StoragePressure>) {
+        if self.pressure.set(pressure).is_err() {
+            tracing::warn!("the storage-pressure policy was set twice; the first stays");
+        }
+    }
+
+    pub(crate) fn pressure(&self) -> &StoragePressure {
+        self.pressure
+            .get_or_init(|| StoragePressure::off("no storage-pressure policy is configured"))
+    }
+
+    /// Refuses what would store more for `principal` while Redis is short of memory (see
+    /// [`StoragePressure::check_growth`]); costs no round trip.
+    pub(crate) fn check_growth(&self, principal: &Principal) -> ApiResult<()> {
+        self.pressure().check_growth(principal.owner_id())
     }
 
     /// The key authenticator, for services that change keys (its cache must forget them).

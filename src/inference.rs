@@ -61,6 +61,11 @@ impl Inference {
     }
 
     /// The models callers may ask.
+    /// The front door the calls pass (admission, and the storage-pressure check).
+    pub(crate) fn door(&self) -> &FrontDoor {
+        &self.door
+    }
+
     pub(crate) fn models(&self) -> &ModelCatalog {
         &self.models
     }

@@ -34,6 +34,7 @@ use crate::providers::ModelCatalog;
 use crate::sessions::Sessions;
 use crate::sessions::turn::Turns;
 use crate::sessions::turn_lock::TurnLocks;
+use crate::store::pressure::StoragePressure;
 use crate::store::{EmbeddedStore, RedisStore, SharedConnection, Store};
 use crate::system::System;
 
@@ -178,6 +179,13 @@ pub(crate) async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
             stream_caps: config.stream_caps,
         },
     ));
+    config.storage.validate()?;
+    door.set_pressure(match (store.storage_ledger(), &schedules.redis) {
+        (Some(ledger), Some(conn)) => StoragePressure::start(config.storage, conn.clone(), ledger),
+        _ => StoragePressure::off(
+            "the embedded store keeps sessions on disk, not in Redis's memory: no storage-pressure policy applies",
+        ),
+    });
     let inference = Arc::new(Inference::new(
         door.clone(),
         models.clone(),

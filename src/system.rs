@@ -56,6 +56,25 @@ impl System {
     }
 }
 
+impl System {
+    /// Redis's memory as last sampled, the policy's thresholds, and what the caller stores.
+    async fn storage_status(&self, owner: &str) -> proto::StorageStatus {
+        let pressure = self.door.pressure();
+        let snapshot = pressure.snapshot();
+        let settings = pressure.settings();
+        proto::StorageStatus {
+            used_bytes: snapshot.used_bytes,
+            max_bytes: snapshot.max_bytes,
+            level: snapshot.level.as_str().into(),
+            soft_percent: settings.soft_percent.into(),
+            hard_percent: settings.hard_percent.into(),
+            fair_share_bytes: snapshot.fair_share_bytes,
+            key_stored_bytes: pressure.stored_bytes(owner).await.unwrap_or(0),
+            detail: snapshot.detail,
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl SystemService for System {
     async fn get_status(
@@ -141,6 +160,7 @@ impl SystemService for System {
             context_limit: quota.context,
             request_limit: quota.requests,
         };
+        let storage = self.storage_status(principal.owner_id()).await;
         let uptime = self.started.elapsed();
         Ok(respond(
             proto::SystemStatus {
@@ -154,6 +174,7 @@ impl SystemService for System {
                 dependencies,
                 simulated: self.models.any_simulated(),
                 replica: self.replica.clone(),
+                storage: Some(storage),
             },
             &admission,
         ))

@@ -251,6 +251,8 @@ impl CronService for Crons {
         let now = self.store().now_ms().await.map_err(ApiError::from)?;
         let schedule = Schedule::from_request(body.schedule.as_ref(), now, self.oldest_at(now))?;
         let payload = Payload::from_request(body.payload.as_ref(), &self.models)?;
+        // A new job is growth: refused while Redis is short of memory.
+        self.door.check_growth(&principal)?;
         let enabled = body.enabled.unwrap_or(true);
         let job = JobRecord {
             def: JobDefinition {

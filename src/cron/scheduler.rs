@@ -18,6 +18,13 @@
 //!   `skipped`. A success resets it.
 //! - Timeout: a run longer than the per-run timeout is stopped and recorded
 //!   as an error.
+//! - Fairness: every run is a call of its owner: its key must exist and not be revoked, or
+//!   the run is recorded `skipped` and the job switched off (all payload kinds); a
+//!   `systemEvent` run is admitted against the owner's request limit like any call, and an
+//!   `agentTurn` against its limits and quotas. A run refused by a limit or a quota
+//!   (`RATE_LIMIT_EXCEEDED`, `QUOTA_EXCEEDED`, storage pressure included) is recorded `skipped`
+//!   with the reason: it is the owner's usage, not a failure, so it neither backs off nor
+//!   publishes `job.failed`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,11 +38,13 @@ use super::CronContext;
 use super::payload::Payload;
 use super::schedule::Schedule;
 use super::store::{
-    Claim, ClaimOutcome, Finish, JobRecord, RunUsage, STATUS_ERROR, STATUS_OK, TRIGGER_SCHEDULE,
-    run_id,
+    Claim, ClaimOutcome, Finish, JobRecord, RunUsage, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED,
+    TRIGGER_SCHEDULE, UpdateOutcome, run_id,
 };
 use crate::auth::Principal;
+use crate::error::{ApiError, ErrorCode};
 use crate::events::{Event, JOB_FAILED, SYSTEM_EVENT};
+use crate::limits::Charge;
 use crate::proto::session_service_server::SessionService as _;
 use crate::sessions::{OnBehalfOf, Sessions};
 use crate::store::{Store, StoreResult};
@@ -116,6 +125,50 @@ pub struct Ticket {
     pub scheduled_ms: i64,
     pub token: String,
     pub started_ms: i64,
+}
+
+/// Why a payload did not run to its end.
+enum Failure {
+    /// Recorded `error`: counts towards the backoff and publishes `job.failed`.
+    Error(String),
+    /// Recorded `skipped` with the reason: the owner is over a limit or a quota.
+    Refused(String),
+    /// Recorded `skipped`, and the job is switched off: its owner key is revoked or gone.
+    OwnerGone(String),
+}
+
+/// A refusal of the owner's call: over a limit or a quota is a skip, anything else an error.
+fn refusal(code: &str, described: String) -> Failure {
+    if code == ErrorCode::RateLimitExceeded.as_str_name()
+        || code == ErrorCode::QuotaExceeded.as_str_name()
+    {
+        Failure::Refused(format!(
+            "skipped: the owner's call was refused ({described}); the job runs again at its next due time"
+        ))
+    } else {
+        Failure::Error(described)
+    }
+}
+
+fn api_refusal(error: &ApiError) -> Failure {
+    refusal(
+        error.code.as_str_name(),
+        format!(
+            "{}: {} ({})",
+            error.code.as_str_name(),
+            error.message,
+            error.details
+        ),
+    )
+}
+
+fn status_refusal(status: &tonic::Status) -> Failure {
+    let reason = status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default();
+    refusal(&reason, describe(status))
 }
 
 /// How a payload ended.
@@ -443,17 +496,20 @@ impl CronScheduler {
             tokio::time::timeout(settings.run_timeout(), self.perform(&job, &ticket)).await;
         heartbeat.abort();
         let duration_ms = started.elapsed().as_millis() as i64;
+        let nothing = || Outcome {
+            usage: None,
+            session_id: None,
+            events: Vec::new(),
+        };
+        let mut owner_gone = false;
         let (status, error, outcome) = match outcome {
             Ok(Ok(outcome)) => (STATUS_OK, None, outcome),
-            Ok(Err(error)) => (
-                STATUS_ERROR,
-                Some(error),
-                Outcome {
-                    usage: None,
-                    session_id: None,
-                    events: Vec::new(),
-                },
-            ),
+            Ok(Err(Failure::Error(error))) => (STATUS_ERROR, Some(error), nothing()),
+            Ok(Err(Failure::Refused(reason))) => (STATUS_SKIPPED, Some(reason), nothing()),
+            Ok(Err(Failure::OwnerGone(reason))) => {
+                owner_gone = true;
+                (STATUS_SKIPPED, Some(reason), nothing())
+            }
             Err(_) => (
                 STATUS_ERROR,
                 Some(format!(
@@ -468,7 +524,7 @@ impl CronScheduler {
             ),
         };
         let mut events = outcome.events;
-        if let Some(error) = &error {
+        if let (STATUS_ERROR, Some(error)) = (status, &error) {
             events.push(self.failure_event(&job, ticket.scheduled_ms, error));
         }
         metrics::counter!("openclaw_cron_runs_total", "status" => status.to_string()).increment(1);
@@ -511,11 +567,38 @@ impl CronScheduler {
             tracing::warn!(job = %finish.job_id, "a run finished after losing its lease; another replica recorded it");
             return;
         }
-        if error.is_some()
+        if status == STATUS_ERROR
             && let Err(err) = self.back_off(&job.def.id).await
         {
             tracing::warn!(error = %err, job = %job.def.id, "could not apply the error backoff");
         }
+        if owner_gone && let Err(err) = self.switch_off(&job.def.id).await {
+            tracing::warn!(error = %err, job = %job.def.id, "could not switch off the job of a revoked or deleted key");
+        }
+    }
+
+    /// Switches off a job whose owner key is revoked or gone: it stops being claimed at all.
+    async fn switch_off(&self, id: &str) -> StoreResult<()> {
+        let store = &self.cron.store;
+        for _ in 0..3 {
+            let Some(mut job) = store.job(id).await? else {
+                return Ok(());
+            };
+            if !job.enabled {
+                return Ok(());
+            }
+            job.enabled = false;
+            job.next_ms = None;
+            job.def.updated_at_ms = store.now_ms().await?;
+            match store.update_job(&job, false).await? {
+                UpdateOutcome::Conflict => continue,
+                UpdateOutcome::Updated | UpdateOutcome::Gone => {
+                    tracing::info!(job = %id, "switched off the cron job of a revoked or deleted key");
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Pushes a failing job's next run back by its backoff, recording the due
@@ -559,9 +642,17 @@ impl CronScheduler {
     }
 
     /// Does what the job's payload says.
-    async fn perform(&self, job: &JobRecord, ticket: &Ticket) -> Result<Outcome, String> {
+    async fn perform(&self, job: &JobRecord, ticket: &Ticket) -> Result<Outcome, Failure> {
+        // Every kind runs as a call of its owner, who must still hold a valid key.
+        let principal = self.owner(&job.def.owner).await?;
         match &job.def.payload {
             Payload::SystemEvent { text } => {
+                // One request against the owner's limit, like any other call.
+                self.sessions
+                    .door()
+                    .admit(&principal, Charge::default())
+                    .await
+                    .map_err(|error| api_refusal(&error))?;
                 let mut event = Event::new(SYSTEM_EVENT, text.clone());
                 event.job_id = job.def.id.clone();
                 event.run_id = run_id(&job.def.id, ticket.scheduled_ms);
@@ -578,7 +669,6 @@ impl CronScheduler {
                 model,
                 session_id,
             } => {
-                let principal = self.owner(&job.def.owner).await?;
                 let mut request = tonic::Request::new(crate::proto::CreateSessionRequest {
                     model: model.clone().unwrap_or_default(),
                     messages: vec![crate::proto::ChatMessage {
@@ -596,7 +686,7 @@ impl CronScheduler {
                     .sessions
                     .create_session(request)
                     .await
-                    .map_err(|status| describe(&status))?
+                    .map_err(|status| status_refusal(&status))?
                     .into_inner();
                 let usage = response
                     .reply
@@ -616,15 +706,21 @@ impl CronScheduler {
     }
 
     /// The job's owner, as a caller: its key must still exist and be valid.
-    async fn owner(&self, owner: &str) -> Result<Principal, String> {
+    async fn owner(&self, owner: &str) -> Result<Principal, Failure> {
         if owner == crate::auth::Principal::Internal.owner_id() {
             return Ok(Principal::Internal);
         }
         match self.keys.key_by_id(owner).await {
             Ok(Some(key)) if !key.is_revoked() => Ok(Principal::Key(Arc::new(key))),
-            Ok(Some(_)) => Err("the API key that owns this job has been revoked".into()),
-            Ok(None) => Err("the API key that owns this job no longer exists".into()),
-            Err(err) => Err(format!("the key store is unavailable: {err}")),
+            Ok(Some(_)) => Err(Failure::OwnerGone(
+                "skipped: the API key that owns this job has been revoked; the job is switched off and runs no more".into(),
+            )),
+            Ok(None) => Err(Failure::OwnerGone(
+                "skipped: the API key that owns this job no longer exists; the job is switched off and runs no more".into(),
+            )),
+            Err(err) => Err(Failure::Error(format!(
+                "the key store is unavailable: {err}"
+            ))),
         }
     }
 }

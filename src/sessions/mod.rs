@@ -46,6 +46,11 @@ impl Sessions {
     pub(crate) fn new(door: Arc<FrontDoor>, store: Arc<dyn Store>, turns: Arc<Turns>) -> Self {
         Self { door, store, turns }
     }
+
+    /// The front door its calls pass: a scheduled systemEvent is admitted through it too.
+    pub(crate) fn door(&self) -> &FrontDoor {
+        &self.door
+    }
 }
 
 fn new_session_id() -> String {

@@ -73,6 +73,9 @@ impl Turns {
         temperature: Option<f32>,
         max_tokens: Option<u32>,
     ) -> ApiResult<(Option<proto::Reply>, Admission)> {
+        // Everything answered here is stored: refused while Redis is short of memory, before
+        // the model is asked.
+        self.door.check_growth(principal)?;
         if new.last().is_none_or(|m| m.role != "user") {
             return Ok((None, self.door.admit(principal, Charge::default()).await?));
         }
@@ -146,6 +149,7 @@ impl Turns {
         options: Option<&proto::GenerationOptions>,
     ) -> ApiResult<Streamed> {
         let opened = async {
+            self.door.check_growth(principal)?;
             let model = self.models().resolve_model(&turn.session.model)?.clone();
             let (temperature, max_tokens) = merge_options(&turn.session, options);
             self.inference

@@ -8,6 +8,7 @@
 //! reveal, another key's session.
 
 mod embedded;
+pub mod pressure;
 mod redis;
 pub mod redis_connection;
 mod redis_error;
@@ -215,6 +216,12 @@ pub trait Store: Send + Sync + 'static {
     /// store, whose health is [`Store::ping`]'s.
     async fn nodes(&self) -> StoreResult<Vec<NodeHealth>> {
         Ok(Vec::new())
+    }
+
+    /// Where the store counts the bytes each key's sessions store, for the storage-pressure
+    /// policy ([`pressure`]); `None` where no such policy applies (the embedded store).
+    fn storage_ledger(&self) -> Option<std::sync::Arc<pressure::StorageLedger>> {
+        None
     }
 
     // ---- API keys ----

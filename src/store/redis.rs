@@ -10,6 +10,8 @@
 //!   `…:lock` the turn lock's token, with a lease (PX); `…:results` hash of request id → the
 //!   recorded result of a client's request, `…:results:exp` zset of request id by expiry (ms).
 //! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time.
+//! - `oc:storage:bytes` zset of owner → bytes of its stored messages, for the storage-pressure
+//!   policy (counted here in memory, added there by the sampler: see [`super::pressure`]).
 //!
 //! On a Redis Cluster every script and pipeline touches one slot: a session's keys share the
 //! hash tag `{<owner>/<id>}`; a key record, its secret's index entry and the list of keys are
@@ -27,6 +29,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, Script};
 
+use super::pressure::StorageLedger;
 use super::redis_connection::{RedisConfig, SharedConnection};
 use super::{
     AppendOutcome, KeyRecord, LockOutcome, Page, RecordedResult, SessionRecord, Store, StoreError,
@@ -37,6 +40,8 @@ use super::{
 pub struct RedisStore {
     conn: SharedConnection,
     scripts: std::sync::Arc<Scripts>,
+    /// The bytes each owner's sessions gain and lose (see [`super::pressure`]).
+    ledger: std::sync::Arc<StorageLedger>,
 }
 
 struct Scripts {
@@ -49,6 +54,7 @@ struct Scripts {
     delete_session: Script,
     update_key: Script,
     touch_key: Script,
+    session_bytes: Script,
 }
 
 impl Scripts {
@@ -147,6 +153,14 @@ impl Scripts {
                 return n
                 "#,
             ),
+            // The bytes of a session's stored messages (read-only), for the storage ledger.
+            session_bytes: Script::new(
+                r#"
+                local n = 0
+                for _, m in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do n = n + #m end
+                return n
+                "#,
+            ),
             // Revocation is permanent: a write that would clear it (a stale
             // read-modify-write racing a revoke) is refused with -1.
             update_key: Script::new(
@@ -198,11 +212,11 @@ impl Scripts {
     }
 }
 
-fn session_base(owner: &str, id: &str) -> String {
+pub(super) fn session_base(owner: &str, id: &str) -> String {
     format!("oc:s:{{{owner}/{id}}}")
 }
 
-fn owner_index(owner: &str) -> String {
+pub(super) fn owner_index(owner: &str) -> String {
     format!("oc:o:{owner}:sessions")
 }
 
@@ -222,6 +236,20 @@ fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
 
 fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> StoreResult<T> {
     serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Adds each message (as JSON) to the script's arguments; returns the bytes they take.
+fn encoded_args(
+    invocation: &mut redis::ScriptInvocation<'_>,
+    messages: &[StoredMessage],
+) -> StoreResult<i64> {
+    let mut bytes = 0;
+    for message in messages {
+        let encoded = encode(message)?;
+        bytes += encoded.len() as i64;
+        invocation.arg(encoded);
+    }
+    Ok(bytes)
 }
 
 fn decode_session(
@@ -249,6 +277,7 @@ impl RedisStore {
         Ok(Self {
             conn,
             scripts: std::sync::Arc::new(Scripts::new()),
+            ledger: std::sync::Arc::default(),
         })
     }
 
@@ -282,6 +311,10 @@ impl RedisStore {
 impl Store for RedisStore {
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    fn storage_ledger(&self) -> Option<std::sync::Arc<StorageLedger>> {
+        Some(self.ledger.clone())
     }
 
     async fn nodes(&self) -> StoreResult<Vec<super::NodeHealth>> {
@@ -427,13 +460,14 @@ impl Store for RedisStore {
             .arg(session.created_at.timestamp_millis())
             .arg(&session.id)
             .arg(&session.incarnation);
-        for message in messages {
-            invocation.arg(encode(message)?);
-        }
+        let bytes = encoded_args(&mut invocation, messages)?;
         let created: i64 = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
+        if created == 1 {
+            self.ledger.add(&session.owner, bytes);
+        }
         Ok(created == 1)
     }
 
@@ -537,6 +571,15 @@ impl Store for RedisStore {
     async fn delete_session(&self, owner: &str, id: &str) -> StoreResult<bool> {
         let base = session_base(owner, id);
         let mut conn = self.conn.clone();
+        // Measured before, subtracted after: a turn stored in between stays counted (the
+        // ledger errs towards a key storing more).
+        let bytes: i64 = self
+            .scripts
+            .session_bytes
+            .key(format!("{base}:msgs"))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(StoreError::from)?;
         let deleted: i64 = self
             .scripts
             .delete_session
@@ -548,6 +591,9 @@ impl Store for RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
+        if deleted == 1 {
+            self.ledger.add(owner, -bytes);
+        }
         // Deleted first, unlisted second (the index is in another slot): a failure in between
         // leaves an entry that listings skip and drop once it is old.
         conn.zrem::<_, _, ()>(owner_index(owner), id)
@@ -635,16 +681,17 @@ impl Store for RedisStore {
             .arg(fence.token)
             .arg(at.to_rfc3339())
             .arg(fence.incarnation);
-        for message in messages {
-            invocation.arg(encode(message)?);
-        }
+        let bytes = encoded_args(&mut invocation, messages)?;
         let mut conn = self.conn.clone();
         let outcome: String = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
         match outcome.as_str() {
-            "ok" => Ok(AppendOutcome::Appended),
+            "ok" => {
+                self.ledger.add(owner, bytes);
+                Ok(AppendOutcome::Appended)
+            }
             "lost" => Ok(AppendOutcome::LockLost),
             "gone" => Ok(AppendOutcome::SessionGone),
             other => Err(StoreError::Corrupt(format!(
@@ -689,16 +736,17 @@ impl Store for RedisStore {
             .arg(result.body)
             .arg(result.retention.as_millis().max(1) as u64)
             .arg(fence.incarnation);
-        for message in messages {
-            invocation.arg(encode(message)?);
-        }
+        let bytes = encoded_args(&mut invocation, messages)?;
         let mut conn = self.conn.clone();
         let outcome: String = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
         match outcome.as_str() {
-            "ok" => Ok(AppendOutcome::Appended),
+            "ok" => {
+                self.ledger.add(owner, bytes);
+                Ok(AppendOutcome::Appended)
+            }
             "lost" => Ok(AppendOutcome::LockLost),
             "gone" => Ok(AppendOutcome::SessionGone),
             other => Err(StoreError::Corrupt(format!(

@@ -34,6 +34,36 @@ pub(crate) struct SystemStatus {
     /// The core replica that answered.
     #[schema(example = "core-0")]
     replica: String,
+    storage: Storage,
+}
+
+/// How full the store is, and whether new growth is refused (docs/storage-pressure.md).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Storage {
+    /// Redis's used_memory (the fullest primary's, on a cluster).
+    #[schema(example = 21474836)]
+    used_bytes: u64,
+    /// Redis's maxmemory; 0 when none is set.
+    #[schema(example = 33554432)]
+    max_bytes: u64,
+    /// "off" (embedded store, or no maxmemory), "normal", "soft" (keys storing more than their
+    /// fair share are refused new sessions, messages and cron jobs) or "hard" (every key is).
+    #[schema(example = "normal")]
+    level: String,
+    #[schema(example = 80)]
+    soft_percent: u32,
+    #[schema(example = 90)]
+    hard_percent: u32,
+    /// Above the soft threshold: the soft threshold's memory divided among the keys storing data.
+    #[schema(example = 0)]
+    fair_share_bytes: u64,
+    /// Bytes the caller's sessions store, as last counted.
+    #[schema(example = 52000)]
+    key_stored_bytes: u64,
+    /// Why no policy applies, when none does.
+    #[schema(example = "")]
+    detail: String,
 }
 
 /// The caller's usage in the current one-minute window, and the replica's queue.
@@ -113,6 +143,19 @@ impl From<proto::SystemStatus> for SystemStatus {
                 .collect(),
             simulated: status.simulated,
             replica: status.replica,
+            storage: {
+                let storage = status.storage.unwrap_or_default();
+                Storage {
+                    used_bytes: storage.used_bytes,
+                    max_bytes: storage.max_bytes,
+                    level: storage.level,
+                    soft_percent: storage.soft_percent,
+                    hard_percent: storage.hard_percent,
+                    fair_share_bytes: storage.fair_share_bytes,
+                    key_stored_bytes: storage.key_stored_bytes,
+                    detail: storage.detail,
+                }
+            },
         }
     }
 }

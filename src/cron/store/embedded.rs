@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Claim, ClaimOutcome, CronStore, DueBatch, Finish, JobDefinition, JobRecord, JobState,
-    RUN_HISTORY, RunRecord, STATUS_OK, STATUS_RUNNING, STATUS_SKIPPED, TRIGGER_SCHEDULE,
-    UpdateOutcome,
+    RUN_HISTORY, RunRecord, STATUS_ERROR, STATUS_OK, STATUS_RUNNING, STATUS_SKIPPED,
+    TRIGGER_SCHEDULE, UpdateOutcome,
 };
 use crate::events::EventBus;
 use crate::store::{Page, StoreError, StoreResult};
@@ -519,9 +519,10 @@ impl CronStore for EmbeddedCronStore {
                     job.state.last_status = Some(finish.status.into());
                     job.state.last_error = finish.error.clone();
                     job.state.last_duration_ms = Some(finish.duration_ms);
+                    // A skipped run (the owner over a limit or quota) is no error.
                     if finish.status == STATUS_OK {
                         job.state.consecutive_errors = 0;
-                    } else {
+                    } else if finish.status == STATUS_ERROR {
                         job.state.consecutive_errors += 1;
                     }
                     changes.jobs.push(id.clone());

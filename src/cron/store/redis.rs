@@ -188,7 +188,7 @@ impl Scripts {
                     'lastError', ARGV[3], 'lastDurationMs', ARGV[5])
                   if ARGV[2] == 'ok' then
                     redis.call('HSET', KEYS[1], 'errors', 0)
-                  else
+                  elseif ARGV[2] == 'error' then
                     redis.call('HINCRBY', KEYS[1], 'errors', 1)
                   end
                   if ARGV[10] == '1' and ARGV[2] == 'ok' then

@@ -31,7 +31,9 @@ use crate::proto::key_service_server::KeyServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
 use crate::proto::system_service_server::SystemServiceServer;
 use crate::providers::ModelCatalog;
+use crate::quotas::Quotas;
 use crate::sessions::Sessions;
+use crate::sessions::retention::{Retention, start_sweep};
 use crate::sessions::turn::Turns;
 use crate::sessions::turn_lock::TurnLocks;
 use crate::store::{EmbeddedStore, RedisStore, SharedConnection, Store};
@@ -133,6 +135,9 @@ pub(crate) struct Gateway {
     turn_lease: std::time::Duration,
     /// How long a send's result is kept for a client repeating its request id.
     idempotency_retention: std::time::Duration,
+    /// How long sessions are kept, and how often expired ones are swept.
+    retention: Retention,
+    session_sweep_interval: std::time::Duration,
 }
 
 impl Gateway {
@@ -203,6 +208,10 @@ pub(crate) async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
         idempotency_retention: std::time::Duration::from_secs(
             config.idempotency_retention_secs.max(1),
         ),
+        retention: Retention {
+            defaults: Quotas::defaults(config),
+        },
+        session_sweep_interval: std::time::Duration::from_secs(config.session_sweep_interval_secs),
     }))
 }
 
@@ -278,7 +287,15 @@ impl CoreApi {
             core.store.clone(),
             locks(),
         ));
-        let sessions = || Sessions::new(core.door.clone(), core.store.clone(), turns.clone());
+        let sessions = || {
+            Sessions::new(
+                core.door.clone(),
+                core.store.clone(),
+                turns.clone(),
+                core.retention,
+            )
+        };
+        start_sweep(core.store.clone(), core.session_sweep_interval);
         let completer = Arc::new(Completer::new(
             core.inference.clone(),
             locks(),

@@ -37,6 +37,7 @@ use super::store::{
 use crate::auth::Principal;
 use crate::events::{Event, JOB_FAILED, SYSTEM_EVENT};
 use crate::proto::session_service_server::SessionService as _;
+use crate::sessions::retention::CronRunSession;
 use crate::sessions::{OnBehalfOf, Sessions};
 use crate::store::{Store, StoreResult};
 
@@ -590,8 +591,15 @@ impl CronScheduler {
                         session_id: id.clone(),
                     }),
                     options: None,
+                    expires_at: None,
                 });
                 request.extensions_mut().insert(OnBehalfOf(principal));
+                if session_id.is_none() {
+                    // A fresh session per run: kept for the cron session retention.
+                    request.extensions_mut().insert(CronRunSession {
+                        retention_secs: self.cron.settings.session_retention_secs,
+                    });
+                }
                 let response = self
                     .sessions
                     .create_session(request)

@@ -9,6 +9,9 @@
 //!   the fenced append to compare)}; `…:msgs` list of messages (JSON);
 //!   `…:lock` the turn lock's token, with a lease (PX); `…:results` hash of request id → the
 //!   recorded result of a client's request, `…:results:exp` zset of request id by expiry (ms).
+//!   The meta hash also holds `idleTtlMs` and `expiresAtMs` (0: none), fixed at creation: a
+//!   session that expires carries PEXPIREAT on all of these keys, set by the script that
+//!   creates it and moved by each script that appends a turn (docs/retention.md).
 //! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time.
 //!
 //! On a Redis Cluster every script and pipeline touches one slot: a session's keys share the
@@ -21,7 +24,8 @@
 //! Every command goes through one [`SharedConnection`] (standalone, cluster or Sentinel) with
 //! connect and response timeouts, so a dead Redis fails a request fast instead of hanging it.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -37,7 +41,36 @@ use super::{
 pub struct RedisStore {
     conn: SharedConnection,
     scripts: std::sync::Arc<Scripts>,
+    /// Where the next sweep of the owners' session indexes goes on from.
+    sweep: std::sync::Arc<std::sync::Mutex<SweepCursor>>,
+    /// Index entries a sweep found without their session: (owner, id) → (score, first seen).
+    /// One still so a while later was no create in progress, and is dropped.
+    suspects: std::sync::Arc<std::sync::Mutex<HashMap<(String, String), (i64, Instant)>>>,
 }
+
+/// How long an index entry must go on naming no session, from when a sweep first saw it so,
+/// before the sweep drops it: far longer than the one round trip between a create's index
+/// entry and its session.
+const SUSPECT_BOUND: Duration = Duration::from_secs(5);
+
+/// At most this many suspects are remembered (the rest wait for a later sweep).
+const MAX_SUSPECTS: usize = 100_000;
+
+/// A position in the walk over every owner's session index: the owner's place in the list
+/// of keys, and the place in its index.
+#[derive(Debug, Default, Clone, Copy)]
+struct SweepCursor {
+    owner: usize,
+    offset: isize,
+}
+
+/// The owner id of sessions created with the internal token (`Principal::Internal`), which
+/// has no key record to be listed by.
+const INTERNAL_OWNER: &str = "internal";
+
+/// How old an index entry must be before a missing session is taken for gone rather than for
+/// a create in progress (listed first, created second).
+const CREATE_BOUND_MS: i64 = 60_000;
 
 struct Scripts {
     create_session: Script,
@@ -49,7 +82,42 @@ struct Scripts {
     delete_session: Script,
     update_key: Script,
     touch_key: Script,
+    drop_index_entry: Script,
 }
+
+/// The tail of both append scripts (KEYS[2] meta, KEYS[3] msgs, KEYS[4] results, KEYS[5]
+/// results:exp): moves the session's expiry to now + its idle time to live, never past its own
+/// `expiresAt`, by the server's clock. The recorded results go at the same time, or sooner when
+/// the newest of them is due sooner. A session that never expires has nothing to move.
+const REFRESH_EXPIRY: &str = r#"
+                do
+                  local life = redis.call('HMGET', KEYS[2], 'idleTtlMs', 'expiresAtMs')
+                  local ttl, hard = tonumber(life[1]) or 0, tonumber(life[2]) or 0
+                  if ttl > 0 or hard > 0 then
+                    local t = redis.call('TIME')
+                    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                    local at = hard
+                    if ttl > 0 and (hard == 0 or now + ttl < hard) then at = now + ttl end
+                    redis.call('PEXPIREAT', KEYS[2], string.format('%d', at))
+                    redis.call('PEXPIREAT', KEYS[3], string.format('%d', at))
+                    local newest = redis.call('ZRANGE', KEYS[5], -1, -1, 'WITHSCORES')
+                    if #newest == 2 then
+                      local results = string.format('%d', math.min(at, tonumber(newest[2])))
+                      redis.call('PEXPIREAT', KEYS[4], results)
+                      redis.call('PEXPIREAT', KEYS[5], results)
+                    end
+                  end
+                end
+"#;
+
+/// A script assembled from pieces.
+fn script(pieces: &[&str]) -> Script {
+    Script::new(&pieces.concat())
+}
+
+/// The longest idle time to live the store sets (100 years; longer ones are cut to it), so the
+/// milliseconds stay exact in the scripts' numbers.
+const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3_600_000;
 
 impl Scripts {
     fn new() -> Self {
@@ -57,8 +125,19 @@ impl Scripts {
             create_session: Script::new(
                 r#"
                 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-                redis.call('HSET', KEYS[1], 'record', ARGV[1], 'updatedAt', ARGV[2], 'incarnation', ARGV[5])
-                for i = 6, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+                redis.call('HSET', KEYS[1], 'record', ARGV[1], 'updatedAt', ARGV[2], 'incarnation', ARGV[5],
+                  'idleTtlMs', ARGV[6], 'expiresAtMs', ARGV[7])
+                for i = 8, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+                local ttl, hard = tonumber(ARGV[6]), tonumber(ARGV[7])
+                if ttl > 0 or hard > 0 then
+                  local t = redis.call('TIME')
+                  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                  local at = hard
+                  if ttl > 0 and (hard == 0 or now + ttl < hard) then at = now + ttl end
+                  at = string.format('%d', at)
+                  redis.call('PEXPIREAT', KEYS[1], at)
+                  redis.call('PEXPIREAT', KEYS[2], at)
+                end
                 return 1
                 "#,
             ),
@@ -78,7 +157,7 @@ impl Scripts {
             // The session first: deleting it drops its lock, so a turn that began on this
             // incarnation (ARGV[3]) learns that it is gone, deleted or created again, rather
             // than that it lost the lock. The lock is dropped only if it is still ours.
-            append_turn: Script::new(
+            append_turn: script(&[
                 r#"
                 local incarnation = redis.call('HGET', KEYS[2], 'incarnation') or ''
                 if redis.call('EXISTS', KEYS[2]) == 0 or incarnation ~= ARGV[3] then
@@ -88,14 +167,17 @@ impl Scripts {
                 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
                 for i = 4, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
                 redis.call('HSET', KEYS[2], 'updatedAt', ARGV[2])
+                "#,
+                REFRESH_EXPIRY,
+                r#"
                 redis.call('DEL', KEYS[1])
                 return 'ok'
                 "#,
-            ),
+            ]),
             // As append_turn (the incarnation is ARGV[6]), plus the result under the request
             // id, expiring after the retention (ms, ARGV[5]) by the server's clock; a few
             // expired records are dropped on the way.
-            append_turn_recording: Script::new(
+            append_turn_recording: script(&[
                 r#"
                 local incarnation = redis.call('HGET', KEYS[2], 'incarnation') or ''
                 if redis.call('EXISTS', KEYS[2]) == 0 or incarnation ~= ARGV[6] then
@@ -117,10 +199,13 @@ impl Scripts {
                 redis.call('ZADD', KEYS[5], now + retention, ARGV[3])
                 redis.call('PEXPIRE', KEYS[4], retention)
                 redis.call('PEXPIRE', KEYS[5], retention)
+                "#,
+                REFRESH_EXPIRY,
+                r#"
                 redis.call('DEL', KEYS[1])
                 return 'ok'
                 "#,
-            ),
+            ]),
             recorded_result: Script::new(
                 r#"
                 local expires = redis.call('ZSCORE', KEYS[2], ARGV[1])
@@ -145,6 +230,17 @@ impl Scripts {
                 local n = redis.call('DEL', KEYS[1])
                 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
                 return n
+                "#,
+            ),
+            // Drops an owner's index entry only if it still has the score it was seen with: a
+            // session created again under the id since moved it to its own creation time.
+            drop_index_entry: Script::new(
+                r#"
+                local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+                if score and tonumber(score) == tonumber(ARGV[2]) then
+                  return redis.call('ZREM', KEYS[1], ARGV[1])
+                end
+                return 0
                 "#,
             ),
             // Revocation is permanent: a write that would clear it (a stale
@@ -249,6 +345,8 @@ impl RedisStore {
         Ok(Self {
             conn,
             scripts: std::sync::Arc::new(Scripts::new()),
+            sweep: Default::default(),
+            suspects: Default::default(),
         })
     }
 
@@ -256,7 +354,6 @@ impl RedisStore {
     /// than a create could take: a younger one may belong to a create in progress (listed
     /// first, created second). Best effort: a listing never fails for it.
     async fn drop_stale_index_entries(&self, owner: &str, ids: &[String]) {
-        const CREATE_BOUND_MS: i64 = 60_000;
         let mut conn = self.conn.clone();
         let index = owner_index(owner);
         let cutoff = Utc::now().timestamp_millis() - CREATE_BOUND_MS;
@@ -270,6 +367,105 @@ impl RedisStore {
                 let _: Result<(), _> = conn.zrem(&index, id).await;
             }
         }
+    }
+
+    /// Checks up to `budget` entries of the owners' session indexes from the sweep's cursor on,
+    /// and drops those whose session is gone (expired, or left by a create or delete that
+    /// stopped half way): at once when older than a create could take, otherwise when a later
+    /// sweep, [`SUSPECT_BOUND`] on, still finds no session. Returns how many it dropped.
+    async fn sweep_index_entries(&self, budget: usize) -> StoreResult<usize> {
+        const CHUNK: usize = 200;
+        let mut conn = self.conn.clone();
+        let mut owners: Vec<String> = conn
+            .zrange(KEYS_INDEX, 0, -1)
+            .await
+            .map_err(StoreError::from)?;
+        owners.push(INTERNAL_OWNER.to_owned());
+        let mut cursor = *self
+            .sweep
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cutoff = Utc::now().timestamp_millis() - CREATE_BOUND_MS;
+        let (mut checked, mut dropped) = (0usize, 0usize);
+        while checked < budget && cursor.owner < owners.len() {
+            let index = owner_index(&owners[cursor.owner]);
+            let take = CHUNK.min(budget - checked) as isize;
+            let entries: Vec<(String, f64)> = conn
+                .zrange_withscores(&index, cursor.offset, cursor.offset + take - 1)
+                .await
+                .map_err(StoreError::from)?;
+            if entries.is_empty() {
+                cursor = SweepCursor {
+                    owner: cursor.owner + 1,
+                    offset: 0,
+                };
+                continue;
+            }
+            checked += entries.len();
+            // Each session's meta is in its own slot: one EXISTS each, all sent at once.
+            let owner = &owners[cursor.owner];
+            let exists = futures::future::try_join_all(entries.iter().map(|(id, _)| {
+                let mut conn = self.conn.clone();
+                let meta = format!("{}:meta", session_base(owner, id));
+                async move { conn.exists::<_, bool>(meta).await.map_err(StoreError::from) }
+            }))
+            .await?;
+            let mut kept = entries.len() as isize;
+            let mut doomed = Vec::new();
+            {
+                let mut suspects = self
+                    .suspects
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for ((id, score), exists) in entries.iter().zip(exists) {
+                    let score = *score as i64;
+                    let key = (owner.clone(), id.clone());
+                    if exists {
+                        suspects.remove(&key);
+                        continue;
+                    }
+                    let seen_long_enough = match suspects.get(&key) {
+                        Some((seen_score, since)) if *seen_score == score => {
+                            since.elapsed() >= SUSPECT_BOUND
+                        }
+                        _ => {
+                            if suspects.len() < MAX_SUSPECTS {
+                                suspects.insert(key, (score, Instant::now()));
+                            }
+                            false
+                        }
+                    };
+                    if seen_long_enough || score < cutoff {
+                        suspects.remove(&(owner.clone(), id.clone()));
+                        doomed.push((id.clone(), score));
+                    }
+                }
+            }
+            for (id, score) in doomed {
+                let removed: i64 = self
+                    .scripts
+                    .drop_index_entry
+                    .key(&index)
+                    .arg(&id)
+                    .arg(score)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(StoreError::from)?;
+                if removed == 1 {
+                    dropped += 1;
+                    kept -= 1;
+                }
+            }
+            cursor.offset += kept;
+        }
+        if cursor.owner >= owners.len() {
+            cursor = SweepCursor::default();
+        }
+        *self
+            .sweep
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = cursor;
+        Ok(dropped)
     }
 
     /// The shared connection, for other Redis-backed parts of the core.
@@ -410,14 +606,21 @@ impl Store for RedisStore {
         // cannot be one script on a cluster. An entry whose session was never created (a
         // failure in between) is skipped by listings and dropped once it is old.
         // NX: a create refused because the session exists leaves its entry as it was.
-        redis::cmd("ZADD")
+        let listed: i64 = redis::cmd("ZADD")
             .arg(owner_index(&session.owner))
             .arg("NX")
             .arg(session.created_at.timestamp_millis())
             .arg(&session.id)
-            .query_async::<()>(&mut conn)
+            .query_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
+        let idle_ttl_ms = session
+            .idle_ttl_seconds
+            .saturating_mul(1000)
+            .min(MAX_TTL_MS);
+        let expires_at_ms = session
+            .expires_at
+            .map_or(0, |at| at.timestamp_millis().max(1));
         let mut invocation = self.scripts.create_session.prepare_invoke();
         invocation
             .key(format!("{base}:meta"))
@@ -426,7 +629,9 @@ impl Store for RedisStore {
             .arg(session.updated_at.to_rfc3339())
             .arg(session.created_at.timestamp_millis())
             .arg(&session.id)
-            .arg(&session.incarnation);
+            .arg(&session.incarnation)
+            .arg(idle_ttl_ms)
+            .arg(expires_at_ms);
         for message in messages {
             invocation.arg(encode(message)?);
         }
@@ -434,6 +639,17 @@ impl Store for RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
+        if created == 1 && listed == 0 {
+            // The entry was an earlier life's (a session that expired, or one a sweep was
+            // dropping meanwhile): list this one at its own creation time.
+            conn.zadd::<_, _, _, ()>(
+                owner_index(&session.owner),
+                &session.id,
+                session.created_at.timestamp_millis(),
+            )
+            .await
+            .map_err(StoreError::from)?;
+        }
         Ok(created == 1)
     }
 
@@ -632,6 +848,8 @@ impl Store for RedisStore {
             .key(format!("{base}:lock"))
             .key(format!("{base}:meta"))
             .key(format!("{base}:msgs"))
+            .key(format!("{base}:results"))
+            .key(format!("{base}:results:exp"))
             .arg(fence.token)
             .arg(at.to_rfc3339())
             .arg(fence.incarnation);
@@ -723,5 +941,11 @@ impl Store for RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)
+    }
+
+    /// Redis drops an expired session's keys itself (PEXPIREAT); what is left is the entry in
+    /// its owner's index, another key in another slot.
+    async fn sweep_expired_sessions(&self, budget: usize) -> StoreResult<usize> {
+        self.sweep_index_entries(budget).await
     }
 }

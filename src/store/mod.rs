@@ -353,6 +353,8 @@ pub trait Store: Send + Sync + 'static {
 
 /// What [`Store::lock_session`] found.
 #[derive(Debug, Clone, PartialEq)]
+// Acquired is the outcome nearly every time: boxing it would cost an allocation per turn.
+#[allow(clippy::large_enum_variant)]
 pub enum LockOutcome {
     Acquired {
         session: SessionRecord,

@@ -45,8 +45,11 @@ pub struct RedisStore {
     sweep: std::sync::Arc<std::sync::Mutex<SweepCursor>>,
     /// Index entries a sweep found without their session: (owner, id) → (score, first seen).
     /// One still so a while later was no create in progress, and is dropped.
-    suspects: std::sync::Arc<std::sync::Mutex<HashMap<(String, String), (i64, Instant)>>>,
+    suspects: std::sync::Arc<std::sync::Mutex<Suspects>>,
 }
+
+/// Index entries seen naming no session: (owner, id) → (the entry's score, first seen).
+type Suspects = HashMap<(String, String), (i64, Instant)>;
 
 /// How long an index entry must go on naming no session, from when a sweep first saw it so,
 /// before the sweep drops it: far longer than the one round trip between a create's index

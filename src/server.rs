@@ -300,6 +300,7 @@ impl CoreApi {
             core.inference.clone(),
             locks(),
             core.store.clone(),
+            core.retention,
         ));
         let scheduler = CronScheduler::start(core.cron.clone(), core.store.clone(), sessions());
         const LIMIT: usize = MAX_REQUEST_MESSAGE_BYTES;

@@ -18,9 +18,10 @@ use support::{
 /// sweep of expired sessions runs every second.
 struct Gateway {
     _upstream: FakeUpstream,
-    redis: Option<Process>,
-    _core: Process,
+    // The edge first: dropped before its core, it never retries a core that is gone.
     edge: Process,
+    core: Process,
+    redis: Option<Process>,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
@@ -46,7 +47,7 @@ impl Gateway {
         Self {
             _upstream: upstream,
             redis,
-            _core: core,
+            core,
             edge,
             http: reqwest::Client::new(),
             _dir: dir,
@@ -512,4 +513,97 @@ async fn a_cron_run_session_expires_after_the_cron_session_retention() {
         30,
         "{read}"
     );
+}
+
+/// A session bound to an OpenAI-compatible completion (`OpenClaw-Session-Id`) gets its key's
+/// idle time to live like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_bound_to_a_completion_expires_too() {
+    let gw = Gateway::start(false, &[("OPENCLAW_DEFAULT_SESSION_IDLE_TTL_SECONDS", "2")]).await;
+    let (_, key) = gw.key("openai-sdk").await;
+    let response = gw
+        .http
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("OpenClaw-Session-Id", "bound")
+        .json(
+            &json!({"model": "zai/glm-4.7-flash", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .expect("completion");
+    assert_eq!(response.status(), 200);
+    let session = expect_data(gw.get("/api/v1/sessions/bound", &key).await, 200).await;
+    assert_eq!(
+        (time(&session["expiresAt"]) - time(&session["updatedAt"])).num_seconds(),
+        2,
+        "{session}"
+    );
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_gone(&gw, &key, "bound").await;
+}
+
+/// gRPC callers set and read the same expiry: `CreateSessionRequest.expires_at` (RFC 3339) and
+/// `Session.expires_at`; a past time is INVALID_ARGUMENT naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_callers_set_and_read_expires_at() {
+    use openclaw_gateway::proto::session_service_client::SessionServiceClient;
+    use openclaw_gateway::proto::{ChatMessage, CreateSessionRequest, GetSessionRequest};
+    use tonic_types::StatusExt as _;
+
+    let gw = Gateway::start(false, &[]).await;
+    let (_, key) = gw.key("grpc").await;
+    let mut client = SessionServiceClient::connect(format!("http://127.0.0.1:{}", gw.core.port))
+        .await
+        .expect("connect");
+    let request = |expires_at: &str| {
+        let mut request = tonic::Request::new(CreateSessionRequest {
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                content: "hi".into(),
+                created_at: None,
+            }],
+            expires_at: Some(expires_at.to_string()),
+            ..CreateSessionRequest::default()
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        request
+    };
+    let status = client
+        .create_session(request("2001-01-01T00:00:00Z"))
+        .await
+        .expect_err("a past expiresAt is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let details = status.get_error_details();
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "INVALID_REQUEST");
+    let fields: Vec<&str> = details
+        .bad_request()
+        .map(|b| {
+            b.field_violations
+                .iter()
+                .map(|v| v.field.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(fields, vec!["expiresAt"], "{status:?}");
+
+    let end = Utc::now() + chrono::Duration::hours(2);
+    let created = client
+        .create_session(request(&end.to_rfc3339()))
+        .await
+        .expect("created")
+        .into_inner();
+    let session = created.session.expect("session");
+    let shown = session.expires_at.expect("expires_at");
+    assert_eq!(shown.seconds, end.timestamp());
+    let mut get = tonic::Request::new(GetSessionRequest {
+        session_id: session.session_id.clone(),
+    });
+    get.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let read = client.get_session(get).await.expect("read").into_inner();
+    assert_eq!(read.expires_at.map(|t| t.seconds), Some(end.timestamp()));
 }

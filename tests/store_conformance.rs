@@ -2030,3 +2030,36 @@ async fn embedded_open_reports_bad_path() {
         "a file that is not a redb database must be refused"
     );
 }
+
+/// The sweep deletes each expired session once, and only expired ones: its count is what it
+/// found due, so a second sweep finds nothing, and a session still alive is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_sweep_deletes_each_expired_session_once() {
+    let store = EmbeddedStore::open_temporary().expect("store");
+    let owner = uid("owner");
+    for n in 0..3 {
+        let id = format!("short-{n}");
+        assert!(
+            store
+                .create_session(&expiring(&owner, &id, 1), &turn(n, Utc::now()))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        store
+            .create_session(&expiring(&owner, "long", 3600), &[])
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.sweep_expired_sessions(100).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        store.sweep_expired_sessions(2).await.unwrap(),
+        2,
+        "a sweep takes at most its budget"
+    );
+    assert_eq!(store.sweep_expired_sessions(100).await.unwrap(), 1);
+    assert_eq!(store.sweep_expired_sessions(100).await.unwrap(), 0);
+    assert_eq!(ids(&all_sessions(&store, &owner).await), vec!["long"]);
+}

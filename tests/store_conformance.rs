@@ -1690,6 +1690,7 @@ conformance!(
     check_recorded_result_expires,
     check_delete_session_drops_recorded_results,
     check_idle_session_expires_everywhere,
+    check_deleting_an_expired_session_finds_none,
     check_a_turn_keeps_a_session_alive,
     check_expires_at_ends_a_session_in_use,
     check_recorded_results_expire_with_their_session,
@@ -1739,12 +1740,18 @@ async fn check_idle_session_expires_everywhere(store: &dyn Store) {
         lock_outcome(store, &owner, &id, "late").await,
         LockOutcome::NoSession
     );
+
+    // Created after the expired one, before its id is used again.
+    let between = uid("between");
     assert!(
-        !store.delete_session(&owner, &id).await.unwrap(),
-        "an expired session is not there to delete"
+        store
+            .create_session(&expiring(&owner, &between, 0), &[])
+            .await
+            .unwrap()
     );
 
-    // The id is free again: a new session under it starts empty and is listed once.
+    // The id is free again: a new session under it starts empty and is listed once, as the
+    // newest.
     let again = SessionRecord {
         incarnation: "second-life".into(),
         ..expiring(&owner, &id, 0)
@@ -1767,10 +1774,35 @@ async fn check_idle_session_expires_everywhere(store: &dyn Store) {
         vec!["question 5", "answer 5"]
     );
     let listed = all_sessions(store, &owner).await;
-    assert_eq!(ids(&listed), vec![id.clone()]);
+    assert_eq!(ids(&listed), vec![id.clone(), between]);
     assert_eq!(
         listed[0].created_at, again.created_at,
         "listed as the new session"
+    );
+}
+
+/// Deleting an expired session finds nothing to delete, and leaves nothing behind.
+async fn check_deleting_an_expired_session_finds_none(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let s = expiring(&owner, &id, 1);
+    assert!(
+        store
+            .create_session(&s, &turn(0, s.created_at))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        !store.delete_session(&owner, &id).await.unwrap(),
+        "an expired session is not there to delete"
+    );
+    assert_eq!(
+        snapshot(store, &owner, &id).await,
+        Snapshot {
+            session: None,
+            history: Vec::new(),
+            listing: Vec::new(),
+        }
     );
 }
 

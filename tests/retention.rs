@@ -270,6 +270,30 @@ async fn an_idle_session_disappears_from_get_list_and_history_on_the_embedded_st
     let gw = Gateway::start(false, &[("OPENCLAW_DEFAULT_SESSION_IDLE_TTL_SECONDS", "2")]).await;
     let (_, key) = gw.key("short-lived").await;
     idle_session_disappears(&gw, &key).await;
+    // Reads hid it at once; the sweep (every second here) deleted it, and counts so.
+    let metrics = format!("http://127.0.0.1:{}/metrics", gw.core.metrics_port);
+    let mut swept = 0.0;
+    for _ in 0..20 {
+        let text = gw
+            .http
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        swept = text
+            .lines()
+            .find_map(|line| line.strip_prefix("openclaw_expired_sessions_swept_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if swept >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(swept, 1.0, "the sweep deleted the expired session once");
 }
 
 async fn sends_keep_a_session_alive(gw: &Gateway) {

@@ -126,7 +126,12 @@ pub(crate) fn start_sweep(store: Arc<dyn Store>, interval: Duration) {
             tick.tick().await;
             // A full batch may mean more are due: go on, yielding between batches.
             loop {
-                match store.sweep_expired_sessions(BATCH).await {
+                let swept = store.sweep_expired_sessions(BATCH).await;
+                if let Ok(dropped) = swept {
+                    metrics::counter!("openclaw_expired_sessions_swept_total")
+                        .increment(dropped as u64);
+                }
+                match swept {
                     Ok(dropped) if dropped >= BATCH => tokio::task::yield_now().await,
                     Ok(dropped) => {
                         if dropped > 0 {
@@ -135,6 +140,8 @@ pub(crate) fn start_sweep(store: Arc<dyn Store>, interval: Duration) {
                         break;
                     }
                     Err(err) => {
+                        metrics::counter!("openclaw_store_errors_total", "op" => "sweep")
+                            .increment(1);
                         tracing::warn!(error = %err, "sweeping expired sessions failed; trying again at the next interval");
                         break;
                     }

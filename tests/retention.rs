@@ -308,6 +308,11 @@ async fn sends_keep_a_session_alive(gw: &Gateway) {
     let session = expect_data(gw.get(&format!("/api/v1/sessions/{id}"), &key).await, 200).await;
     assert_eq!(session["messageCount"], 8, "{session}");
     assert_eq!(
+        gw.listed(&key).await,
+        vec![id.clone()],
+        "still listed: the sweep saw it was due and found it alive"
+    );
+    assert_eq!(
         (time(&session["expiresAt"]) - time(&session["updatedAt"])).num_seconds(),
         2
     );

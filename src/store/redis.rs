@@ -12,7 +12,10 @@
 //!   The meta hash also holds `idleTtlMs` and `expiresAtMs` (0: none), fixed at creation: a
 //!   session that expires carries PEXPIREAT on all of these keys, set by the script that
 //!   creates it and moved by each script that appends a turn (docs/retention.md).
-//! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time.
+//! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time;
+//!   `{oc:o:<owner>:sessions}:expiring` zset of those that expire, by when they are due at the
+//!   earliest (ms): its hash tag is the index's whole name, so both share a slot. The sweep
+//!   reads the due ones, and drops from the index those whose session is gone.
 //!
 //! On a Redis Cluster every script and pipeline touches one slot: a session's keys share the
 //! hash tag `{<owner>/<id>}`; a key record, its secret's index entry and the list of keys are
@@ -24,8 +27,7 @@
 //! Every command goes through one [`SharedConnection`] (standalone, cluster or Sentinel) with
 //! connect and response timeouts, so a dead Redis fails a request fast instead of hanging it.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -41,31 +43,14 @@ use super::{
 pub struct RedisStore {
     conn: SharedConnection,
     scripts: std::sync::Arc<Scripts>,
-    /// Where the next sweep of the owners' session indexes goes on from.
-    sweep: std::sync::Arc<std::sync::Mutex<SweepCursor>>,
-    /// Index entries a sweep found without their session: (owner, id) → (score, first seen).
-    /// One still so a while later was no create in progress, and is dropped.
-    suspects: std::sync::Arc<std::sync::Mutex<Suspects>>,
+    /// Which owner the next sweep starts from, so a sweep that runs out of budget does not
+    /// leave the same owners behind every time.
+    sweep_start: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// Index entries seen naming no session: (owner, id) → (the entry's score, first seen).
-type Suspects = HashMap<(String, String), (i64, Instant)>;
-
-/// How long an index entry must go on naming no session, from when a sweep first saw it so,
-/// before the sweep drops it: far longer than the one round trip between a create's index
-/// entry and its session.
-const SUSPECT_BOUND: Duration = Duration::from_secs(5);
-
-/// At most this many suspects are remembered (the rest wait for a later sweep).
-const MAX_SUSPECTS: usize = 100_000;
-
-/// A position in the walk over every owner's session index: the owner's place in the list
-/// of keys, and the place in its index.
-#[derive(Debug, Default, Clone, Copy)]
-struct SweepCursor {
-    owner: usize,
-    offset: isize,
-}
+/// How long past its due time an expiry entry whose session is gone is left alone: a create
+/// lists its session (and its expiry entry) one round trip before it writes the session.
+const EXPIRY_GRACE_MS: i64 = 5_000;
 
 /// The owner id of sessions created with the internal token (`Principal::Internal`), which
 /// has no key record to be listed by.
@@ -85,7 +70,9 @@ struct Scripts {
     delete_session: Script,
     update_key: Script,
     touch_key: Script,
-    drop_index_entry: Script,
+    list_session: Script,
+    unlist_session: Script,
+    drop_expired_entry: Script,
 }
 
 /// The tail of both append scripts (KEYS[2] meta, KEYS[3] msgs, KEYS[4] results, KEYS[5]
@@ -235,15 +222,34 @@ impl Scripts {
                 return n
                 "#,
             ),
-            // Drops an owner's index entry only if it still has the score it was seen with: a
-            // session created again under the id since moved it to its own creation time.
-            drop_index_entry: Script::new(
+            // KEYS: the owner's index, its expiry entries. ARGV: creation ms, id, first due ms
+            // (0: never). NX: a create refused because the session exists leaves its entry.
+            // Returns 1 when the index had no entry for the id.
+            list_session: Script::new(
                 r#"
-                local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-                if score and tonumber(score) == tonumber(ARGV[2]) then
-                  return redis.call('ZREM', KEYS[1], ARGV[1])
+                local added = redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2])
+                if tonumber(ARGV[3]) > 0 then
+                  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+                else
+                  redis.call('ZREM', KEYS[2], ARGV[2])
                 end
-                return 0
+                return added
+                "#,
+            ),
+            unlist_session: Script::new(
+                r#"
+                redis.call('ZREM', KEYS[2], ARGV[1])
+                return redis.call('ZREM', KEYS[1], ARGV[1])
+                "#,
+            ),
+            // Drops a session that expired from its owner's index, only if its expiry entry is
+            // still the one the sweep saw: a session created again under the id rewrote it.
+            drop_expired_entry: Script::new(
+                r#"
+                local due = redis.call('ZSCORE', KEYS[2], ARGV[1])
+                if not due or tonumber(due) ~= tonumber(ARGV[2]) then return 0 end
+                redis.call('ZREM', KEYS[2], ARGV[1])
+                return redis.call('ZREM', KEYS[1], ARGV[1])
                 "#,
             ),
             // Revocation is permanent: a write that would clear it (a stale
@@ -305,6 +311,12 @@ fn owner_index(owner: &str) -> String {
     format!("oc:o:{owner}:sessions")
 }
 
+/// The owner's sessions that expire, by when they are due at the earliest (ms). Its hash tag is
+/// the whole name of the owner's index, so the two share a slot and one script writes both.
+fn owner_expiring(owner: &str) -> String {
+    format!("{{oc:o:{owner}:sessions}}:expiring")
+}
+
 fn key_key(id: &str) -> String {
     format!("oc:key:{id}")
 }
@@ -348,8 +360,7 @@ impl RedisStore {
         Ok(Self {
             conn,
             scripts: std::sync::Arc::new(Scripts::new()),
-            sweep: Default::default(),
-            suspects: Default::default(),
+            sweep_start: Default::default(),
         })
     }
 
@@ -367,107 +378,105 @@ impl RedisStore {
                 .await
                 .unwrap_or(true);
             if !exists && score.is_some_and(|created| created < cutoff) {
-                let _: Result<(), _> = conn.zrem(&index, id).await;
+                let _: Result<i64, _> = self
+                    .scripts
+                    .unlist_session
+                    .key(&index)
+                    .key(owner_expiring(owner))
+                    .arg(id)
+                    .invoke_async(&mut conn)
+                    .await;
             }
         }
     }
 
-    /// Checks up to `budget` entries of the owners' session indexes from the sweep's cursor on,
-    /// and drops those whose session is gone (expired, or left by a create or delete that
-    /// stopped half way): at once when older than a create could take, otherwise when a later
-    /// sweep, [`SUSPECT_BOUND`] on, still finds no session. Returns how many it dropped.
+    /// Looks at up to `budget` due entries of the owners' expiry sets (`…:expiring`): a
+    /// session still there is due again when its keys expire (its turns moved that), one
+    /// without an expiry leaves the set, and one that is gone (expired, or a create that
+    /// stopped half way) leaves its owner's index. Returns how many index entries it dropped.
+    /// The cost is one read per owner and one per due entry, never one per session.
     async fn sweep_index_entries(&self, budget: usize) -> StoreResult<usize> {
-        const CHUNK: usize = 200;
+        use std::sync::atomic::Ordering;
         let mut conn = self.conn.clone();
         let mut owners: Vec<String> = conn
             .zrange(KEYS_INDEX, 0, -1)
             .await
             .map_err(StoreError::from)?;
         owners.push(INTERNAL_OWNER.to_owned());
-        let mut cursor = *self
-            .sweep
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let cutoff = Utc::now().timestamp_millis() - CREATE_BOUND_MS;
-        let (mut checked, mut dropped) = (0usize, 0usize);
-        while checked < budget && cursor.owner < owners.len() {
-            let index = owner_index(&owners[cursor.owner]);
-            let take = CHUNK.min(budget - checked) as isize;
-            let entries: Vec<(String, f64)> = conn
-                .zrange_withscores(&index, cursor.offset, cursor.offset + take - 1)
+        let first = self.sweep_start.load(Ordering::Relaxed) % owners.len();
+        let now = Utc::now().timestamp_millis();
+        let (mut looked, mut dropped) = (0usize, 0usize);
+        for turn in 0..owners.len() {
+            if looked >= budget {
+                // Next time, start where this sweep stopped.
+                self.sweep_start
+                    .store((first + turn) % owners.len(), Ordering::Relaxed);
+                return Ok(dropped);
+            }
+            let owner = &owners[(first + turn) % owners.len()];
+            let (index, expiring) = (owner_index(owner), owner_expiring(owner));
+            let due: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&expiring)
+                .arg("-inf")
+                .arg(now)
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(budget - looked)
+                .query_async(&mut conn)
                 .await
                 .map_err(StoreError::from)?;
-            if entries.is_empty() {
-                cursor = SweepCursor {
-                    owner: cursor.owner + 1,
-                    offset: 0,
-                };
-                continue;
-            }
-            checked += entries.len();
-            // Each session's meta is in its own slot: one EXISTS each, all sent at once.
-            let owner = &owners[cursor.owner];
-            let exists = futures::future::try_join_all(entries.iter().map(|(id, _)| {
+            looked += due.len();
+            // Each session's meta is in its own slot: one PTTL each, all sent at once.
+            let ttls = futures::future::try_join_all(due.iter().map(|(id, _)| {
                 let mut conn = self.conn.clone();
                 let meta = format!("{}:meta", session_base(owner, id));
-                async move { conn.exists::<_, bool>(meta).await.map_err(StoreError::from) }
+                async move { conn.pttl::<_, i64>(meta).await.map_err(StoreError::from) }
             }))
             .await?;
-            let mut kept = entries.len() as isize;
-            let mut doomed = Vec::new();
-            {
-                let mut suspects = self
-                    .suspects
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for ((id, score), exists) in entries.iter().zip(exists) {
-                    let score = *score as i64;
-                    let key = (owner.clone(), id.clone());
-                    if exists {
-                        suspects.remove(&key);
-                        continue;
+            for ((id, score), ttl) in due.iter().zip(ttls) {
+                match ttl {
+                    // Kept until deleted (a session created again under the id without expiry).
+                    -1 => {
+                        redis::cmd("ZREM")
+                            .arg(&expiring)
+                            .arg(id)
+                            .query_async::<()>(&mut conn)
+                            .await
+                            .map_err(StoreError::from)?;
                     }
-                    let seen_long_enough = match suspects.get(&key) {
-                        Some((seen_score, since)) if *seen_score == score => {
-                            since.elapsed() >= SUSPECT_BOUND
-                        }
-                        _ => {
-                            if suspects.len() < MAX_SUSPECTS {
-                                suspects.insert(key, (score, Instant::now()));
-                            }
-                            false
-                        }
-                    };
-                    if seen_long_enough || score < cutoff {
-                        suspects.remove(&(owner.clone(), id.clone()));
-                        doomed.push((id.clone(), score));
+                    // Gone. A create lists first and writes second: an entry only just due
+                    // may be a create in progress, and waits for the next sweep.
+                    -2 if (*score as i64) < now - EXPIRY_GRACE_MS => {
+                        let removed: i64 = self
+                            .scripts
+                            .drop_expired_entry
+                            .key(&index)
+                            .key(&expiring)
+                            .arg(id)
+                            .arg(*score as i64)
+                            .invoke_async(&mut conn)
+                            .await
+                            .map_err(StoreError::from)?;
+                        dropped += usize::try_from(removed).unwrap_or(0);
+                    }
+                    -2 => {}
+                    // Alive: due again when its keys expire. XX: never re-add an entry a
+                    // delete removed meanwhile.
+                    left => {
+                        redis::cmd("ZADD")
+                            .arg(&expiring)
+                            .arg("XX")
+                            .arg(now + left)
+                            .arg(id)
+                            .query_async::<()>(&mut conn)
+                            .await
+                            .map_err(StoreError::from)?;
                     }
                 }
             }
-            for (id, score) in doomed {
-                let removed: i64 = self
-                    .scripts
-                    .drop_index_entry
-                    .key(&index)
-                    .arg(&id)
-                    .arg(score)
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(StoreError::from)?;
-                if removed == 1 {
-                    dropped += 1;
-                    kept -= 1;
-                }
-            }
-            cursor.offset += kept;
         }
-        if cursor.owner >= owners.len() {
-            cursor = SweepCursor::default();
-        }
-        *self
-            .sweep
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = cursor;
+        self.sweep_start.store(first, Ordering::Relaxed);
         Ok(dropped)
     }
 
@@ -605,18 +614,6 @@ impl Store for RedisStore {
     ) -> StoreResult<bool> {
         let base = session_base(&session.owner, &session.id);
         let mut conn = self.conn.clone();
-        // Listed first, created second: the owner's index lives in another slot, so the two
-        // cannot be one script on a cluster. An entry whose session was never created (a
-        // failure in between) is skipped by listings and dropped once it is old.
-        // NX: a create refused because the session exists leaves its entry as it was.
-        let listed: i64 = redis::cmd("ZADD")
-            .arg(owner_index(&session.owner))
-            .arg("NX")
-            .arg(session.created_at.timestamp_millis())
-            .arg(&session.id)
-            .query_async(&mut conn)
-            .await
-            .map_err(StoreError::from)?;
         let idle_ttl_ms = session
             .idle_ttl_seconds
             .saturating_mul(1000)
@@ -624,6 +621,30 @@ impl Store for RedisStore {
         let expires_at_ms = session
             .expires_at
             .map_or(0, |at| at.timestamp_millis().max(1));
+        // When the sweep first looks whether the session is still there (its turns may have
+        // moved its expiry by then; the sweep reads where to).
+        let now = Utc::now().timestamp_millis();
+        let first_due = match (idle_ttl_ms, expires_at_ms) {
+            (0, 0) => 0,
+            (0, hard) => hard,
+            (idle, 0) => now.saturating_add(idle as i64),
+            (idle, hard) => now.saturating_add(idle as i64).min(hard),
+        };
+        // Listed first, created second: the owner's index lives in another slot, so the two
+        // cannot be one script on a cluster. An entry whose session was never created (a
+        // failure in between) is skipped by listings and dropped once it is old (or by the
+        // sweep once due). NX: a create refused because the session exists leaves its entry.
+        let listed: i64 = self
+            .scripts
+            .list_session
+            .key(owner_index(&session.owner))
+            .key(owner_expiring(&session.owner))
+            .arg(session.created_at.timestamp_millis())
+            .arg(&session.id)
+            .arg(first_due)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(StoreError::from)?;
         let mut invocation = self.scripts.create_session.prepare_invoke();
         invocation
             .key(format!("{base}:meta"))
@@ -769,22 +790,34 @@ impl Store for RedisStore {
             .map_err(StoreError::from)?;
         // Deleted first, unlisted second (the index is in another slot): a failure in between
         // leaves an entry that listings skip and drop once it is old.
-        conn.zrem::<_, _, ()>(owner_index(owner), id)
+        self.scripts
+            .unlist_session
+            .key(owner_index(owner))
+            .key(owner_expiring(owner))
+            .arg(id)
+            .invoke_async::<i64>(&mut conn)
             .await
             .map_err(StoreError::from)?;
-        // A session created again under this id between the two steps keeps its entry.
+        // A session created again under this id between the two steps keeps its entries.
         let recreated: Option<String> = conn
             .hget(format!("{base}:meta"), "record")
             .await
             .map_err(StoreError::from)?;
         if let Some(record) = recreated {
             let session: SessionRecord = decode(&record)?;
-            redis::cmd("ZADD")
-                .arg(owner_index(owner))
-                .arg("NX")
+            // Due at the earliest when it expires without another turn; the sweep reads
+            // how far its turns have moved that.
+            let due = session
+                .expiry()
+                .map_or(0, |at| at.timestamp_millis().max(1));
+            self.scripts
+                .list_session
+                .key(owner_index(owner))
+                .key(owner_expiring(owner))
                 .arg(session.created_at.timestamp_millis())
                 .arg(id)
-                .query_async::<()>(&mut conn)
+                .arg(due)
+                .invoke_async::<i64>(&mut conn)
                 .await
                 .map_err(StoreError::from)?;
         }

@@ -9,10 +9,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
+use support::redis_topologies::RedisCluster;
 use support::{
     CoreOptions, FakeUpstream, INTERNAL_TOKEN, Process, expect_data, expect_error, redis_url,
     spawn_core, spawn_edge, start_redis, wait_until_ready,
 };
+
+/// Where a gateway under test keeps its state.
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    Embedded,
+    Redis,
+    Cluster,
+}
 
 /// A core (on Redis or on its embedded store) and an edge, with `env` for the core; the
 /// sweep of expired sessions runs every second.
@@ -22,20 +31,34 @@ struct Gateway {
     edge: Process,
     core: Process,
     redis: Option<Process>,
+    cluster: Option<RedisCluster>,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
 
 impl Gateway {
     async fn start(on_redis: bool, env: &[(&str, &str)]) -> Self {
+        let backend = if on_redis {
+            Backend::Redis
+        } else {
+            Backend::Embedded
+        };
+        Self::on(backend, env).await
+    }
+
+    async fn on(backend: Backend, env: &[(&str, &str)]) -> Self {
         let upstream = FakeUpstream::start().await;
         let dir = tempfile::tempdir().expect("temp dir");
-        let redis = on_redis.then(start_redis);
+        let redis = (backend == Backend::Redis).then(start_redis);
+        let cluster = (backend == Backend::Cluster).then(|| RedisCluster::start(3, 0));
         let mut env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         env.push(("OPENCLAW_SESSION_SWEEP_INTERVAL_SECS".into(), "1".into()));
+        if let Some(cluster) = &cluster {
+            env.push(("OPENCLAW_REDIS_CLUSTER_NODES".into(), cluster.seeds()));
+        }
         let core = spawn_core(&CoreOptions {
             redis_url: redis.as_ref().map(redis_url),
             upstream: Some(upstream.base_url()),
@@ -47,6 +70,7 @@ impl Gateway {
         Self {
             _upstream: upstream,
             redis,
+            cluster,
             core,
             edge,
             http: reqwest::Client::new(),
@@ -122,13 +146,44 @@ impl Gateway {
             .collect()
     }
 
-    async fn redis(&self) -> redis::aio::MultiplexedConnection {
+    /// A connection to the gateway's Redis, one node or a cluster.
+    async fn redis(&self) -> Raw {
+        if let Some(cluster) = &self.cluster {
+            let nodes: Vec<String> = cluster
+                .seeds()
+                .split(',')
+                .map(|node| format!("redis://{node}"))
+                .collect();
+            let conn = redis::cluster::ClusterClient::new(nodes)
+                .expect("cluster seeds")
+                .get_async_connection()
+                .await
+                .expect("connect to the test cluster");
+            return Raw::Cluster(conn);
+        }
         let url = redis_url(self.redis.as_ref().expect("a Redis-backed gateway"));
-        redis::Client::open(url)
+        let conn = redis::Client::open(url)
             .expect("Redis URL")
             .get_multiplexed_async_connection()
             .await
-            .expect("connect to the test Redis")
+            .expect("connect to the test Redis");
+        Raw::One(conn)
+    }
+}
+
+/// A plain Redis client beside the gateway, to look at what it stored.
+enum Raw {
+    One(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Raw {
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> T {
+        match self {
+            Raw::One(conn) => cmd.query_async(conn).await,
+            Raw::Cluster(conn) => cmd.query_async(conn).await,
+        }
+        .expect("a Redis command")
     }
 }
 
@@ -201,24 +256,34 @@ async fn idle_session_disappears(gw: &Gateway, key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_disappears_from_get_list_and_history_on_redis() {
-    let gw = Gateway::start(true, &[]).await;
+    idle_session_with_a_keys_own_ttl_disappears(Backend::Redis).await;
+}
+
+/// The same on a Redis Cluster: the session's keys, its owner's index and the index's expiry
+/// entries each live in their own slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_disappears_from_get_list_and_history_on_a_redis_cluster() {
+    idle_session_with_a_keys_own_ttl_disappears(Backend::Cluster).await;
+}
+
+async fn idle_session_with_a_keys_own_ttl_disappears(backend: Backend) {
+    let gw = Gateway::on(backend, &[]).await;
     let (owner, key) = gw.key("short-lived").await;
     // The key's own quota, written where the key API keeps it (before the key's first use,
     // so no replica has it cached): 2 seconds, against the gateway's default of 30 days.
     let mut redis = gw.redis().await;
-    let record: String = redis::cmd("GET")
-        .arg(format!("oc:key:{owner}"))
-        .query_async(&mut redis)
-        .await
-        .expect("the key record");
+    let record: String = redis
+        .query(redis::cmd("GET").arg(format!("oc:key:{owner}")))
+        .await;
     let mut record: Value = serde_json::from_str(&record).expect("key JSON");
     record["quotas"] = json!({"sessionIdleTtlSeconds": 2});
-    redis::cmd("SET")
-        .arg(format!("oc:key:{owner}"))
-        .arg(record.to_string())
-        .query_async::<()>(&mut redis)
-        .await
-        .expect("store the key's quota");
+    redis
+        .query::<()>(
+            redis::cmd("SET")
+                .arg(format!("oc:key:{owner}"))
+                .arg(record.to_string()),
+        )
+        .await;
     let (_, other) = gw.key("default-retention").await;
     let kept = gw.create(&other, json!({})).await;
 
@@ -227,23 +292,16 @@ async fn an_idle_session_disappears_from_get_list_and_history_on_redis() {
     // Redis dropped every key of the session by itself...
     let base = format!("oc:s:{{{owner}/{id}}}");
     for suffix in ["meta", "msgs", "results", "results:exp"] {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(format!("{base}:{suffix}"))
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        let exists: bool = redis
+            .query(redis::cmd("EXISTS").arg(format!("{base}:{suffix}")))
+            .await;
         assert!(!exists, "{base}:{suffix} outlived the session");
     }
     // ... and the sweep drops the owner's index entry (another slot) within seconds.
     let index = format!("oc:o:{owner}:sessions");
     let mut dropped = false;
     for _ in 0..40 {
-        let score: Option<f64> = redis::cmd("ZSCORE")
-            .arg(&index)
-            .arg(&id)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        let score: Option<f64> = redis.query(redis::cmd("ZSCORE").arg(&index).arg(&id)).await;
         if score.is_none() {
             dropped = true;
             break;
@@ -251,6 +309,14 @@ async fn an_idle_session_disappears_from_get_list_and_history_on_redis() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(dropped, "the owner's index still names the expired session");
+    let due: Option<f64> = redis
+        .query(
+            redis::cmd("ZSCORE")
+                .arg(format!("{{oc:o:{owner}:sessions}}:expiring"))
+                .arg(&id),
+        )
+        .await;
+    assert_eq!(due, None, "its expiry entry went with it");
 
     // Another key's session keeps the default: 30 days after its last turn.
     let kept_id = kept["sessionId"].as_str().unwrap();

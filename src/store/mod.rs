@@ -371,6 +371,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_session_expires_at_the_earlier_of_idle_expiry_and_its_own_end() {
+        let at = |secs: i64| DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap();
+        let mut session = SessionRecord {
+            owner: "k".into(),
+            id: "s".into(),
+            model: "m".into(),
+            status: "active".into(),
+            created_at: at(0),
+            updated_at: at(10),
+            temperature: None,
+            max_tokens: None,
+            message_count: 0,
+            incarnation: String::new(),
+            idle_ttl_seconds: 0,
+            expires_at: None,
+        };
+        assert_eq!(session.expiry(), None, "kept until deleted");
+        session.idle_ttl_seconds = 60;
+        assert_eq!(session.expiry(), Some(at(70)), "last activity + idle time");
+        session.expires_at = Some(at(40));
+        assert_eq!(session.expiry(), Some(at(40)), "its own end comes first");
+        session.expires_at = Some(at(100));
+        assert_eq!(session.expiry(), Some(at(70)));
+        assert!(!session.expired_at(at(69)) && session.expired_at(at(70)));
+        session.idle_ttl_seconds = u64::MAX;
+        assert_eq!(
+            session.expiry(),
+            Some(at(100)),
+            "an endless idle time never overflows"
+        );
+        session.idle_ttl_seconds = 0;
+        assert_eq!(session.expiry(), Some(at(100)));
+    }
+
+    #[test]
     fn a_message_stored_before_token_counts_reads_back_uncounted() {
         let old = r#"{"role":"user","content":"hi","createdAt":"2026-01-02T03:04:05Z"}"#;
         let message: StoredMessage = serde_json::from_str(old).unwrap();

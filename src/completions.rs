@@ -19,6 +19,7 @@ use crate::metadata::{mark_simulated, respond};
 use crate::proto::completion_service_server::CompletionService;
 use crate::proto::{self, ChatMessage};
 use crate::providers::{Model, ModelCatalog};
+use crate::sessions::retention::Retention;
 use crate::sessions::turn::new_session;
 use crate::sessions::turn_lock::{TurnLock, TurnLocks};
 use crate::sessions::validation::{validate_message, validate_options, validate_session_id};
@@ -45,14 +46,22 @@ pub(crate) struct Completer {
     inference: Arc<Inference>,
     locks: TurnLocks,
     store: Arc<dyn Store>,
+    /// How long the sessions it creates are kept.
+    retention: Retention,
 }
 
 impl Completer {
-    pub(crate) fn new(inference: Arc<Inference>, locks: TurnLocks, store: Arc<dyn Store>) -> Self {
+    pub(crate) fn new(
+        inference: Arc<Inference>,
+        locks: TurnLocks,
+        store: Arc<dyn Store>,
+        retention: Retention,
+    ) -> Self {
         Self {
             inference,
             locks,
             store,
+            retention,
         }
     }
 
@@ -206,13 +215,14 @@ impl Completer {
                 stored.map(|()| lock.id.clone())
             }
             Binding::Create(id) => {
-                let session = new_session(
+                let mut session = new_session(
                     principal.owner_id(),
                     id.clone(),
                     &asked.model,
                     asked.temperature,
                     asked.max_tokens,
                 );
+                session.idle_ttl_seconds = self.retention.idle_ttl_seconds(principal, None);
                 let mut messages = asked.messages.clone();
                 messages.push(answer.stored.clone());
                 if self.store.create_session(&session, &messages).await? {

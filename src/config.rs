@@ -227,6 +227,16 @@ pub struct CoreConfig {
     )]
     pub default_session_idle_ttl_seconds: u64,
 
+    /// How often each replica drops expired sessions (the embedded store's rows, Redis's
+    /// index entries naming them), in seconds; `0` turns the sweep off. Reads never show an
+    /// expired session either way.
+    #[arg(
+        long,
+        env = "OPENCLAW_SESSION_SWEEP_INTERVAL_SECS",
+        default_value_t = 60
+    )]
+    pub session_sweep_interval_secs: u64,
+
     /// Completion tokens reserved against the token limit, and asked of the
     /// model as max_tokens, when a request names no maxTokens.
     #[arg(long, env = "OPENCLAW_DEFAULT_MAX_TOKENS", default_value_t = 4096)]

@@ -21,6 +21,7 @@ pub fn session(record: &SessionRecord) -> proto::Session {
         created_at: Some(timestamp(record.created_at)),
         updated_at: Some(timestamp(record.updated_at)),
         message_count: record.message_count,
+        expires_at: record.expiry().map(timestamp),
     }
 }
 

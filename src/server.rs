@@ -31,7 +31,9 @@ use crate::proto::key_service_server::KeyServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
 use crate::proto::system_service_server::SystemServiceServer;
 use crate::providers::ModelCatalog;
+use crate::quotas::Quotas;
 use crate::sessions::Sessions;
+use crate::sessions::retention::{Retention, start_sweep};
 use crate::sessions::turn::Turns;
 use crate::sessions::turn_lock::TurnLocks;
 use crate::store::pressure::StoragePressure;
@@ -134,6 +136,9 @@ pub(crate) struct Gateway {
     turn_lease: std::time::Duration,
     /// How long a send's result is kept for a client repeating its request id.
     idempotency_retention: std::time::Duration,
+    /// How long sessions are kept, and how often expired ones are swept.
+    retention: Retention,
+    session_sweep_interval: std::time::Duration,
 }
 
 impl Gateway {
@@ -211,6 +216,10 @@ pub(crate) async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
         idempotency_retention: std::time::Duration::from_secs(
             config.idempotency_retention_secs.max(1),
         ),
+        retention: Retention {
+            defaults: Quotas::defaults(config),
+        },
+        session_sweep_interval: std::time::Duration::from_secs(config.session_sweep_interval_secs),
     }))
 }
 
@@ -286,11 +295,20 @@ impl CoreApi {
             core.store.clone(),
             locks(),
         ));
-        let sessions = || Sessions::new(core.door.clone(), core.store.clone(), turns.clone());
+        let sessions = || {
+            Sessions::new(
+                core.door.clone(),
+                core.store.clone(),
+                turns.clone(),
+                core.retention,
+            )
+        };
+        start_sweep(core.store.clone(), core.session_sweep_interval);
         let completer = Arc::new(Completer::new(
             core.inference.clone(),
             locks(),
             core.store.clone(),
+            core.retention,
         ));
         let scheduler = CronScheduler::start(core.cron.clone(), core.store.clone(), sessions());
         const LIMIT: usize = MAX_REQUEST_MESSAGE_BYTES;

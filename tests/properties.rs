@@ -72,6 +72,7 @@ fn create_session() -> impl Strategy<Value = edge::CreateSessionRequest> {
                 messages,
                 context: session_id.map(|session_id| edge::SessionContext { session_id }),
                 options,
+                expires_at: None,
             },
         )
 }

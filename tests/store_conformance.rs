@@ -65,6 +65,8 @@ fn session(owner: &str, id: &str, created_at: DateTime<Utc>) -> SessionRecord {
         max_tokens: Some(256),
         message_count: 0,
         incarnation: FIRST_LIFE.into(),
+        idle_ttl_seconds: 0,
+        expires_at: None,
     }
 }
 
@@ -1687,7 +1689,287 @@ conformance!(
     check_recorded_result_needs_the_turn,
     check_recorded_result_expires,
     check_delete_session_drops_recorded_results,
+    check_idle_session_expires_everywhere,
+    check_deleting_an_expired_session_finds_none,
+    check_a_turn_keeps_a_session_alive,
+    check_expires_at_ends_a_session_in_use,
+    check_recorded_results_expire_with_their_session,
+    check_sweep_keeps_live_sessions,
 );
+
+// ---------------------------------------------------------------- retention
+
+/// A session created now, kept `idle_secs` after its last turn.
+fn expiring(owner: &str, id: &str, idle_secs: u64) -> SessionRecord {
+    SessionRecord {
+        idle_ttl_seconds: idle_secs,
+        ..session(owner, id, Utc::now())
+    }
+}
+
+/// A session idle past its time to live is gone from every read, takes no lock and no turn,
+/// and its id can be used again for a new session.
+async fn check_idle_session_expires_everywhere(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let s = expiring(&owner, &id, 1);
+    assert!(
+        store
+            .create_session(&s, &turn(0, s.created_at))
+            .await
+            .unwrap()
+    );
+    let seen = store.get_session(&owner, &id).await.unwrap().expect("live");
+    assert_eq!(seen.idle_ttl_seconds, 1, "the idle time to live is stored");
+    assert_eq!(
+        seen.expiry(),
+        Some(s.updated_at + chrono::Duration::seconds(1))
+    );
+    assert_eq!(ids(&all_sessions(store, &owner).await), vec![id.clone()]);
+
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    assert_eq!(
+        snapshot(store, &owner, &id).await,
+        Snapshot {
+            session: None,
+            history: Vec::new(),
+            listing: Vec::new(),
+        },
+        "an expired session is gone from get, history and listing"
+    );
+    assert_eq!(
+        lock_outcome(store, &owner, &id, "late").await,
+        LockOutcome::NoSession
+    );
+
+    // Created after the expired one, before its id is used again.
+    let between = uid("between");
+    assert!(
+        store
+            .create_session(&expiring(&owner, &between, 0), &[])
+            .await
+            .unwrap()
+    );
+
+    // The id is free again: a new session under it starts empty and is listed once, as the
+    // newest.
+    let again = SessionRecord {
+        incarnation: "second-life".into(),
+        ..expiring(&owner, &id, 0)
+    };
+    assert!(
+        store
+            .create_session(&again, &turn(5, again.created_at))
+            .await
+            .unwrap()
+    );
+    let seen = store
+        .get_session(&owner, &id)
+        .await
+        .unwrap()
+        .expect("recreated");
+    assert_eq!(seen.incarnation, "second-life");
+    assert_eq!(seen.expiry(), None, "kept until deleted");
+    assert_eq!(
+        contents(&all_messages(store, &owner, &id).await),
+        vec!["question 5", "answer 5"]
+    );
+    let listed = all_sessions(store, &owner).await;
+    assert_eq!(ids(&listed), vec![id.clone(), between]);
+    assert_eq!(
+        listed[0].created_at, again.created_at,
+        "listed as the new session"
+    );
+}
+
+/// Deleting an expired session finds nothing to delete, and leaves nothing behind.
+async fn check_deleting_an_expired_session_finds_none(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let s = expiring(&owner, &id, 1);
+    assert!(
+        store
+            .create_session(&s, &turn(0, s.created_at))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        !store.delete_session(&owner, &id).await.unwrap(),
+        "an expired session is not there to delete"
+    );
+    assert_eq!(
+        snapshot(store, &owner, &id).await,
+        Snapshot {
+            session: None,
+            history: Vec::new(),
+            listing: Vec::new(),
+        }
+    );
+}
+
+/// Each turn moves the expiry: a session used more often than its idle time to live stays.
+async fn check_a_turn_keeps_a_session_alive(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let s = expiring(&owner, &id, 1);
+    assert!(
+        store
+            .create_session(&s, &turn(0, s.created_at))
+            .await
+            .unwrap()
+    );
+    for n in 1..=2 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let token = format!("t{n}");
+        acquire(store, &owner, &id, &token, LEASE).await;
+        let now = Utc::now();
+        assert_eq!(
+            store
+                .append_turn(&owner, &id, fence(&token), &turn(n, now), now)
+                .await
+                .unwrap(),
+            AppendOutcome::Appended
+        );
+        let seen = store
+            .get_session(&owner, &id)
+            .await
+            .unwrap()
+            .expect("alive");
+        assert_eq!(seen.expiry(), Some(now + chrono::Duration::seconds(1)));
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        all_messages(store, &owner, &id).await.len(),
+        6,
+        "1.8 s after creation, 0.6 s after its last turn, the session and its history are there"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(store.get_session(&owner, &id).await.unwrap(), None);
+    assert!(all_messages(store, &owner, &id).await.is_empty());
+}
+
+/// `expires_at` ends a session when it comes, whatever its turns, and caps the idle expiry.
+async fn check_expires_at_ends_a_session_in_use(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let end = Utc::now() + chrono::Duration::milliseconds(1200);
+    let s = SessionRecord {
+        expires_at: Some(end),
+        ..expiring(&owner, &id, 3600)
+    };
+    assert!(store.create_session(&s, &[]).await.unwrap());
+    let seen = store.get_session(&owner, &id).await.unwrap().expect("live");
+    assert_eq!(seen.expires_at, Some(end), "stored as given");
+    assert_eq!(seen.expiry(), Some(end), "the earlier of the two ends");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    acquire(store, &owner, &id, "a", LEASE).await;
+    let now = Utc::now();
+    store
+        .append_turn(&owner, &id, fence("a"), &turn(1, now), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_session(&owner, &id)
+            .await
+            .unwrap()
+            .and_then(|s| s.expiry()),
+        Some(end),
+        "a turn does not move expiresAt"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(store.get_session(&owner, &id).await.unwrap(), None);
+    assert!(all_sessions(store, &owner).await.is_empty());
+    assert_eq!(
+        lock_outcome(store, &owner, &id, "b").await,
+        LockOutcome::NoSession
+    );
+}
+
+/// A recorded result kept longer than its session goes with the session.
+async fn check_recorded_results_expire_with_their_session(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let s = expiring(&owner, &id, 1);
+    assert!(store.create_session(&s, &[]).await.unwrap());
+    acquire(store, &owner, &id, "a", LEASE).await;
+    let now = Utc::now();
+    store
+        .append_turn_recording(
+            &owner,
+            &id,
+            fence("a"),
+            &turn(1, now),
+            now,
+            recorded("kept-an-hour", RESULT_BODY, Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .recorded_result(&owner, &id, "kept-an-hour")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    assert_eq!(
+        store
+            .recorded_result(&owner, &id, "kept-an-hour")
+            .await
+            .unwrap(),
+        None
+    );
+    // Nor does a new session under the id inherit it.
+    assert!(
+        store
+            .create_session(&expiring(&owner, &id, 0), &[])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .recorded_result(&owner, &id, "kept-an-hour")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// The background sweep drops what expired and never a live session or its history.
+async fn check_sweep_keeps_live_sessions(store: &dyn Store) {
+    let owner = uid("owner");
+    let (gone, kept, forever) = (uid("gone"), uid("kept"), uid("forever"));
+    assert!(
+        store
+            .create_session(&expiring(&owner, &gone, 1), &turn(0, Utc::now()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .create_session(&expiring(&owner, &kept, 3600), &turn(1, Utc::now()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .create_session(&expiring(&owner, &forever, 0), &turn(2, Utc::now()))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    for _ in 0..3 {
+        store.sweep_expired_sessions(10_000).await.expect("sweep");
+    }
+    let mut listed = ids(&all_sessions(store, &owner).await);
+    listed.sort();
+    let mut want = vec![kept.clone(), forever.clone()];
+    want.sort();
+    assert_eq!(listed, want);
+    assert_eq!(store.get_session(&owner, &gone).await.unwrap(), None);
+    assert_eq!(
+        contents(&all_messages(store, &owner, &kept).await),
+        vec!["question 1", "answer 1"]
+    );
+    assert_eq!(all_messages(store, &owner, &forever).await.len(), 2);
+}
 
 // ---------------------------------------------------------------- Redis Cluster
 
@@ -1779,4 +2061,37 @@ async fn embedded_open_reports_bad_path() {
         EmbeddedStore::open(&file).is_err(),
         "a file that is not a redb database must be refused"
     );
+}
+
+/// The sweep deletes each expired session once, and only expired ones: its count is what it
+/// found due, so a second sweep finds nothing, and a session still alive is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_sweep_deletes_each_expired_session_once() {
+    let store = EmbeddedStore::open_temporary().expect("store");
+    let owner = uid("owner");
+    for n in 0..3 {
+        let id = format!("short-{n}");
+        assert!(
+            store
+                .create_session(&expiring(&owner, &id, 1), &turn(n, Utc::now()))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        store
+            .create_session(&expiring(&owner, "long", 3600), &[])
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.sweep_expired_sessions(100).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        store.sweep_expired_sessions(2).await.unwrap(),
+        2,
+        "a sweep takes at most its budget"
+    );
+    assert_eq!(store.sweep_expired_sessions(100).await.unwrap(), 1);
+    assert_eq!(store.sweep_expired_sessions(100).await.unwrap(), 0);
+    assert_eq!(ids(&all_sessions(&store, &owner).await), vec!["long"]);
 }

@@ -82,6 +82,16 @@ pub struct CronSettings {
         default_value_t = 10_000
     )]
     pub events_max_len: u64,
+
+    /// How long a session that an agentTurn job without a named session starts for a run is
+    /// kept after its last turn, in seconds (7 days; the owner's shorter session idle time to
+    /// live wins); `0` keeps it as long as the owner's other sessions.
+    #[arg(
+        long = "cron-session-retention-secs",
+        env = "OPENCLAW_CRON_SESSION_RETENTION_SECS",
+        default_value_t = 7 * 24 * 3600
+    )]
+    pub session_retention_secs: u64,
 }
 
 impl Default for CronSettings {
@@ -92,6 +102,7 @@ impl Default for CronSettings {
             lease_ms: 15_000,
             max_concurrent_runs: 64,
             events_max_len: 10_000,
+            session_retention_secs: 7 * 24 * 3600,
         }
     }
 }

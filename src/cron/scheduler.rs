@@ -46,6 +46,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::events::{Event, JOB_FAILED, SYSTEM_EVENT};
 use crate::limits::Charge;
 use crate::proto::session_service_server::SessionService as _;
+use crate::sessions::retention::CronRunSession;
 use crate::sessions::{OnBehalfOf, Sessions};
 use crate::store::{Store, StoreResult};
 
@@ -680,8 +681,15 @@ impl CronScheduler {
                         session_id: id.clone(),
                     }),
                     options: None,
+                    expires_at: None,
                 });
                 request.extensions_mut().insert(OnBehalfOf(principal));
+                if session_id.is_none() {
+                    // A fresh session per run: kept for the cron session retention.
+                    request.extensions_mut().insert(CronRunSession {
+                        retention_secs: self.cron.settings.session_retention_secs,
+                    });
+                }
                 let response = self
                     .sessions
                     .create_session(request)

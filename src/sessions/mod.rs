@@ -7,7 +7,9 @@
 //! - [`turn_lock`]: the lock's lease, its release, and the write fenced by it.
 //! - [`turn`]: one turn: history, admission, the model's answer, the fenced write.
 //! - [`streaming`]: a turn answered as a stream.
+//! - [`retention`]: how long a session is kept, and the sweep of expired ones.
 
+pub(crate) mod retention;
 mod streaming;
 pub(crate) mod turn;
 pub(crate) mod turn_lock;
@@ -30,6 +32,7 @@ use crate::proto::session_service_server::SessionService;
 use crate::store::Store;
 use crate::streaming::EventStream;
 
+use self::retention::{CronRunSession, Retention};
 use self::streaming::{StreamedTurn, delta_event, done_event};
 use self::turn::{PreparedSend, Turns, new_session, to_stored};
 use self::validation::{
@@ -40,11 +43,22 @@ pub(crate) struct Sessions {
     door: Arc<FrontDoor>,
     store: Arc<dyn Store>,
     turns: Arc<Turns>,
+    retention: Retention,
 }
 
 impl Sessions {
-    pub(crate) fn new(door: Arc<FrontDoor>, store: Arc<dyn Store>, turns: Arc<Turns>) -> Self {
-        Self { door, store, turns }
+    pub(crate) fn new(
+        door: Arc<FrontDoor>,
+        store: Arc<dyn Store>,
+        turns: Arc<Turns>,
+        retention: Retention,
+    ) -> Self {
+        Self {
+            door,
+            store,
+            turns,
+            retention,
+        }
     }
 
     /// The front door its calls pass: a scheduled systemEvent is admitted through it too.
@@ -97,6 +111,7 @@ impl SessionService for Sessions {
             Some(OnBehalfOf(principal)) => principal.clone(),
             None => self.door.authorize(&request, SESSIONS).await?,
         };
+        let cron_run = request.extensions().get::<CronRunSession>().copied();
         let owner = principal.owner_id().to_string();
         let body = request.into_inner();
         let models = self.turns.models();
@@ -110,6 +125,7 @@ impl SessionService for Sessions {
             validate_message(message, &format!("messages[{i}]"), ROLES)?;
         }
         validate_options(&body.options)?;
+        let expires_at = retention::parse_expires_at(body.expires_at.as_deref(), Utc::now())?;
         let requested_id = body
             .context
             .as_ref()
@@ -125,6 +141,10 @@ impl SessionService for Sessions {
             && let Some((lock, session, history)) =
                 self.turns.locks.lock(&owner, requested_id).await?
         {
+            if let Err(error) = retention::check_unchanged(&session, expires_at) {
+                self.turns.locks.release(&lock).await;
+                return Err(error.into());
+            }
             let mut turn = turn::Turn {
                 lock,
                 session,
@@ -136,6 +156,8 @@ impl SessionService for Sessions {
                 .run(&principal, &mut turn, body.options, None)
                 .await?;
             let mut record = turn.session;
+            // Stored just now: its expiry moved with it.
+            record.updated_at = Utc::now();
             record.message_count += body.messages.len() as u32 + u32::from(reply.is_some());
             let message = proto::CreateSessionResponse {
                 session: Some(convert::session(&record)),
@@ -159,6 +181,8 @@ impl SessionService for Sessions {
             options.and_then(|o| o.temperature),
             options.and_then(|o| o.max_tokens),
         );
+        session.idle_ttl_seconds = self.retention.idle_ttl_seconds(&principal, cron_run);
+        session.expires_at = expires_at;
         let mut stored = new;
         let (reply, admission) = self
             .turns

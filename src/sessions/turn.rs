@@ -252,6 +252,9 @@ pub(crate) fn new_session(
         max_tokens,
         message_count: 0,
         incarnation: uuid::Uuid::new_v4().simple().to_string(),
+        // Set by the create from its owner's quotas and request.
+        idle_ttl_seconds: 0,
+        expires_at: None,
     }
 }
 

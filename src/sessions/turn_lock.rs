@@ -233,7 +233,7 @@ impl TurnLocks {
                 ErrorCode::NotFound,
                 "Session deleted",
                 format!(
-                    "The session '{}' was deleted while this reply was being produced, so the reply was not stored; create a new session (POST /api/v1/sessions) and send the message there",
+                    "The session '{}' was deleted while this reply was being produced (or reached its expiry meanwhile), so the reply was not stored; create a new session (POST /api/v1/sessions) and send the message there",
                     lock.id
                 ),
             )),

@@ -13,6 +13,10 @@
 //!   big-endian) followed by the recorded body; `turn_results_by_expiry`:
 //!   (expiry, owner, session id, request id) → (), so expired records are
 //!   dropped oldest first as new ones are written.
+//! - `sessions_by_expiry`: (expiry, unix ms; owner; session id) → (), one entry per session
+//!   that expires ([`SessionRecord::expiry`]), moved by every turn: the background sweep
+//!   ([`Store::sweep_expired_sessions`]) takes the due ones from its front. Reads treat an
+//!   expired session as absent before the sweep has come by.
 //!
 //! Every change that touches several rows is one write transaction. redb is
 //! blocking, so every database call runs on the blocking pool.
@@ -43,6 +47,7 @@ type AgeKey = (&'static str, u128, &'static str);
 type MessageKey = (&'static str, &'static str, u32);
 type ResultKey = (&'static str, &'static str, &'static str);
 type ResultExpiryKey = (u64, &'static str, &'static str, &'static str);
+type SessionExpiryKey = (u64, &'static str, &'static str);
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
@@ -53,6 +58,8 @@ const MESSAGES: TableDefinition<MessageKey, &[u8]> = TableDefinition::new("messa
 const TURN_RESULTS: TableDefinition<ResultKey, &[u8]> = TableDefinition::new("turn_results");
 const TURN_RESULTS_BY_EXPIRY: TableDefinition<ResultExpiryKey, ()> =
     TableDefinition::new("turn_results_by_expiry");
+const SESSIONS_BY_EXPIRY: TableDefinition<SessionExpiryKey, ()> =
+    TableDefinition::new("sessions_by_expiry");
 
 /// How many expired turn results one write drops, at most.
 const RESULT_PRUNE_BATCH: usize = 64;
@@ -154,7 +161,17 @@ fn read_key(
     }
 }
 
+/// The session, unless there is none or it has expired (which is the same to every reader).
 fn read_session(
+    table: &impl ReadableTable<SessionKey, &'static [u8]>,
+    owner: &str,
+    id: &str,
+) -> StoreResult<Option<SessionRecord>> {
+    Ok(read_session_row(table, owner, id)?.filter(|s| !s.expired_at(Utc::now())))
+}
+
+/// The session's row as stored, expired or not.
+fn read_session_row(
     table: &impl ReadableTable<SessionKey, &'static [u8]>,
     owner: &str,
     id: &str,
@@ -163,6 +180,60 @@ fn read_session(
         Some(raw) => decode("session", raw.value()).map(Some),
         None => Ok(None),
     }
+}
+
+/// A session's place in `sessions_by_expiry`, when it expires.
+fn expiry_ms(session: &SessionRecord) -> Option<u64> {
+    session
+        .expiry()
+        .map(|at| u64::try_from(at.timestamp_millis()).unwrap_or(0))
+}
+
+/// Moves the session's entry in `sessions_by_expiry` from where `before` had it to where
+/// `after` has it (either may be `None`: not there).
+fn move_expiry(
+    txn: &WriteTransaction,
+    owner: &str,
+    id: &str,
+    before: Option<u64>,
+    after: Option<u64>,
+) -> StoreResult<()> {
+    if before == after {
+        return Ok(());
+    }
+    let mut by_expiry = txn.open_table(SESSIONS_BY_EXPIRY).or_unavailable()?;
+    if let Some(old) = before {
+        by_expiry.remove((old, owner, id)).or_unavailable()?;
+    }
+    if let Some(new) = after {
+        by_expiry.insert((new, owner, id), ()).or_unavailable()?;
+    }
+    Ok(())
+}
+
+/// Removes the session's row, listing entry, expiry entry, history and recorded results; the
+/// removed row, if there was one (expired or not).
+fn purge_session(
+    txn: &WriteTransaction,
+    owner: &str,
+    id: &str,
+) -> StoreResult<Option<SessionRecord>> {
+    let mut sessions = txn.open_table(SESSIONS).or_unavailable()?;
+    let removed = match sessions.remove((owner, id)).or_unavailable()? {
+        Some(raw) => decode::<SessionRecord>("session", raw.value())?,
+        None => return Ok(None),
+    };
+    txn.open_table(SESSIONS_BY_AGE)
+        .or_unavailable()?
+        .remove((owner, age_key(removed.created_at), id))
+        .or_unavailable()?;
+    move_expiry(txn, owner, id, expiry_ms(&removed), None)?;
+    txn.open_table(MESSAGES)
+        .or_unavailable()?
+        .retain_in((owner, id, 0u32)..=(owner, id, u32::MAX), |_, _| false)
+        .or_unavailable()?;
+    delete_results(txn, owner, id)?;
+    Ok(Some(removed))
 }
 
 /// Up to `limit` messages of one session, from sequence number `from` on.
@@ -209,7 +280,7 @@ fn read_session_with_history(
 fn session_exists(db: &Database, owner: &str, id: &str) -> StoreResult<bool> {
     let txn = db.begin_read().or_unavailable()?;
     let sessions = txn.open_table(SESSIONS).or_unavailable()?;
-    Ok(sessions.get((owner, id)).or_unavailable()?.is_some())
+    Ok(read_session(&sessions, owner, id)?.is_some())
 }
 
 /// Whether the session exists as the incarnation a turn began on.
@@ -344,6 +415,7 @@ fn write_turn(
             Some(session) if session.incarnation != incarnation => AppendOutcome::SessionGone,
             None => AppendOutcome::SessionGone,
             Some(mut session) => {
+                let expired_before = expiry_ms(&session);
                 let mut messages = txn.open_table(MESSAGES).or_unavailable()?;
                 for raw in encoded {
                     messages
@@ -356,6 +428,7 @@ fn write_turn(
                 sessions
                     .insert((owner, id), encode("session", &session)?.as_slice())
                     .or_unavailable()?;
+                move_expiry(&txn, owner, id, expired_before, expiry_ms(&session))?;
                 if let Some(result) = result {
                     write_result(&txn, owner, id, result)?;
                 }
@@ -451,6 +524,7 @@ impl EmbeddedStore {
             txn.open_table(MESSAGES).or_unavailable()?;
             txn.open_table(TURN_RESULTS).or_unavailable()?;
             txn.open_table(TURN_RESULTS_BY_EXPIRY).or_unavailable()?;
+            txn.open_table(SESSIONS_BY_EXPIRY).or_unavailable()?;
         }
         txn.commit().or_unavailable()?;
         Ok(Self {
@@ -699,13 +773,25 @@ impl Store for EmbeddedStore {
             let (owner, id) = (record.owner.as_str(), record.id.as_str());
             let txn = db.begin_write().or_unavailable()?;
             let created = {
+                let stored =
+                    read_session_row(&txn.open_table(SESSIONS).or_unavailable()?, owner, id)?;
+                let live = match stored {
+                    // An expired session the sweep has not dropped yet gives way to the new one.
+                    Some(old) if old.expired_at(Utc::now()) => {
+                        purge_session(&txn, owner, id)?;
+                        false
+                    }
+                    Some(_) => true,
+                    None => false,
+                };
                 let mut sessions = txn.open_table(SESSIONS).or_unavailable()?;
-                if sessions.get((owner, id)).or_unavailable()?.is_some() {
+                if live {
                     false
                 } else {
                     sessions
                         .insert((owner, id), row.as_slice())
                         .or_unavailable()?;
+                    move_expiry(&txn, owner, id, None, expiry_ms(&record))?;
                     txn.open_table(SESSIONS_BY_AGE)
                         .or_unavailable()?
                         .insert((owner, age_key(record.created_at), id), ())
@@ -752,29 +838,31 @@ impl Store for EmbeddedStore {
                 .range((owner.as_str(), 0u128, "")..(after_owner.as_str(), 0u128, ""))
                 .or_unavailable()?;
             let limit = limit as usize;
-            let mut ids = Vec::new();
+            let sessions = txn.open_table(SESSIONS).or_unavailable()?;
+            let now = Utc::now();
+            let mut items = Vec::new();
             let mut skipped = 0u64;
             let mut more = false;
             // Newest first: the index runs oldest first, so walk it backwards
-            // (equal creation times therefore come by descending id).
+            // (equal creation times therefore come by descending id). Expired sessions the
+            // sweep has not dropped yet are passed over, not counted.
             for entry in range.rev() {
                 let (key, _) = entry.or_unavailable()?;
+                let id = key.value().2;
+                let session = read_session_row(&sessions, &owner, id)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("session index names missing session {id:?}"))
+                })?;
+                if session.expired_at(now) {
+                    continue;
+                }
                 if skipped < offset {
                     skipped += 1;
                     continue;
                 }
-                if ids.len() == limit {
+                if items.len() == limit {
                     more = true;
                     break;
                 }
-                ids.push(key.value().2.to_owned());
-            }
-            let sessions = txn.open_table(SESSIONS).or_unavailable()?;
-            let mut items = Vec::with_capacity(ids.len());
-            for id in &ids {
-                let session = read_session(&sessions, &owner, id)?.ok_or_else(|| {
-                    StoreError::Corrupt(format!("session index names missing session {id:?}"))
-                })?;
                 items.push(session);
             }
             let next = more.then(|| offset + items.len() as u64);
@@ -821,29 +909,10 @@ impl Store for EmbeddedStore {
         self.blocking(move |db, locks| {
             let (owner, id) = (owner.as_str(), id.as_str());
             let txn = db.begin_write().or_unavailable()?;
-            let deleted = {
-                let mut sessions = txn.open_table(SESSIONS).or_unavailable()?;
-                let removed = match sessions.remove((owner, id)).or_unavailable()? {
-                    Some(raw) => Some(decode::<SessionRecord>("session", raw.value())?),
-                    None => None,
-                };
-                match removed {
-                    None => false,
-                    Some(session) => {
-                        txn.open_table(SESSIONS_BY_AGE)
-                            .or_unavailable()?
-                            .remove((owner, age_key(session.created_at), id))
-                            .or_unavailable()?;
-                        txn.open_table(MESSAGES)
-                            .or_unavailable()?
-                            .retain_in((owner, id, 0u32)..=(owner, id, u32::MAX), |_, _| false)
-                            .or_unavailable()?;
-                        delete_results(&txn, owner, id)?;
-                        true
-                    }
-                }
-            };
-            finish(txn, deleted)?;
+            // An expired session is dropped too, but it was not there to delete.
+            let removed = purge_session(&txn, owner, id)?;
+            let deleted = removed.as_ref().is_some_and(|s| !s.expired_at(Utc::now()));
+            finish(txn, removed.is_some())?;
             if deleted {
                 // The lock goes with the session: a turn in flight is fenced by the
                 // incarnation (its append finds the session gone and says so), and a session
@@ -966,6 +1035,11 @@ impl Store for EmbeddedStore {
         let (owner, id, request_id) = (owner.to_owned(), id.to_owned(), request_id.to_owned());
         self.blocking(move |db, _| {
             let txn = db.begin_read().or_unavailable()?;
+            // An expired session's records went with it, swept or not.
+            let sessions = txn.open_table(SESSIONS).or_unavailable()?;
+            if read_session(&sessions, &owner, &id)?.is_none() {
+                return Ok(None);
+            }
             let results = txn.open_table(TURN_RESULTS).or_unavailable()?;
             let Some(row) = results
                 .get((owner.as_str(), id.as_str(), request_id.as_str()))
@@ -978,6 +1052,55 @@ impl Store for EmbeddedStore {
                 return Ok(None);
             }
             Ok(row.get(8..).map(<[u8]>::to_vec))
+        })
+        .await
+    }
+
+    async fn sweep_expired_sessions(&self, budget: usize) -> StoreResult<usize> {
+        self.blocking(move |db, _| {
+            let now = Utc::now();
+            let due = {
+                let txn = db.begin_read().or_unavailable()?;
+                let by_expiry = txn.open_table(SESSIONS_BY_EXPIRY).or_unavailable()?;
+                let until = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+                let mut due = Vec::new();
+                for entry in by_expiry
+                    .range((0u64, "", "")..=(until, "", ""))
+                    .or_unavailable()?
+                    .take(budget)
+                {
+                    let (key, _) = entry.or_unavailable()?;
+                    let (at, owner, id) = key.value();
+                    due.push((at, owner.to_owned(), id.to_owned()));
+                }
+                due
+            };
+            if due.is_empty() {
+                return Ok(0);
+            }
+            // One transaction for the batch; a turn that moved a session's expiry since it
+            // was read keeps the session (its entry is found elsewhere now).
+            let txn = db.begin_write().or_unavailable()?;
+            let mut dropped = 0;
+            for (at, owner, id) in &due {
+                let stored =
+                    read_session_row(&txn.open_table(SESSIONS).or_unavailable()?, owner, id)?;
+                match stored {
+                    Some(session) if session.expired_at(now) => {
+                        purge_session(&txn, owner, id)?;
+                        dropped += 1;
+                    }
+                    Some(session) if expiry_ms(&session) == Some(*at) => {}
+                    _ => {
+                        txn.open_table(SESSIONS_BY_EXPIRY)
+                            .or_unavailable()?
+                            .remove((*at, owner.as_str(), id.as_str()))
+                            .or_unavailable()?;
+                    }
+                }
+            }
+            txn.commit().or_unavailable()?;
+            Ok(dropped)
         })
         .await
     }

@@ -135,6 +135,38 @@ pub struct SessionRecord {
     /// existed have the empty one.
     #[serde(default)]
     pub incarnation: String,
+    /// Seconds the session is kept after its last turn: its owner's `sessionIdleTtlSeconds`
+    /// when it was created, so the store refreshes the expiry on each turn with nothing more
+    /// to read. `0` (and sessions stored before retention existed) keeps it until deleted.
+    #[serde(default)]
+    pub idle_ttl_seconds: u64,
+    /// The end its creator set (`expiresAt`): the session goes then, however active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl SessionRecord {
+    /// When the store drops the session unless a turn comes first: the earlier of its last
+    /// activity plus its idle time to live and its own `expires_at`; `None` keeps it.
+    pub fn expiry(&self) -> Option<DateTime<Utc>> {
+        let idle = (self.idle_ttl_seconds > 0)
+            .then(|| {
+                let ttl = chrono::Duration::try_seconds(
+                    i64::try_from(self.idle_ttl_seconds).unwrap_or(i64::MAX),
+                )?;
+                self.updated_at.checked_add_signed(ttl)
+            })
+            .flatten();
+        match (idle, self.expires_at) {
+            (Some(idle), Some(hard)) => Some(idle.min(hard)),
+            (idle, hard) => idle.or(hard),
+        }
+    }
+
+    /// Whether the session has expired at `now` (the store treats it as absent).
+    pub fn expired_at(&self, now: DateTime<Utc>) -> bool {
+        self.expiry().is_some_and(|expiry| expiry <= now)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,10 +347,21 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         request_id: &str,
     ) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Drops up to `budget` sessions that expired ([`SessionRecord::expiry`]) with everything
+    /// of theirs, index entries included, and returns how many entries it dropped; run in the
+    /// background (`OPENCLAW_SESSION_SWEEP_INTERVAL_SECS`), never on a request. Reads treat an
+    /// expired session as absent whether or not a sweep has come by yet.
+    async fn sweep_expired_sessions(&self, budget: usize) -> StoreResult<usize> {
+        let _ = budget;
+        Ok(0)
+    }
 }
 
 /// What [`Store::lock_session`] found.
 #[derive(Debug, Clone, PartialEq)]
+// Acquired is the outcome nearly every time: boxing it would cost an allocation per turn.
+#[allow(clippy::large_enum_variant)]
 pub enum LockOutcome {
     Acquired {
         session: SessionRecord,
@@ -333,6 +376,41 @@ pub enum LockOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_expires_at_the_earlier_of_idle_expiry_and_its_own_end() {
+        let at = |secs: i64| DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap();
+        let mut session = SessionRecord {
+            owner: "k".into(),
+            id: "s".into(),
+            model: "m".into(),
+            status: "active".into(),
+            created_at: at(0),
+            updated_at: at(10),
+            temperature: None,
+            max_tokens: None,
+            message_count: 0,
+            incarnation: String::new(),
+            idle_ttl_seconds: 0,
+            expires_at: None,
+        };
+        assert_eq!(session.expiry(), None, "kept until deleted");
+        session.idle_ttl_seconds = 60;
+        assert_eq!(session.expiry(), Some(at(70)), "last activity + idle time");
+        session.expires_at = Some(at(40));
+        assert_eq!(session.expiry(), Some(at(40)), "its own end comes first");
+        session.expires_at = Some(at(100));
+        assert_eq!(session.expiry(), Some(at(70)));
+        assert!(!session.expired_at(at(69)) && session.expired_at(at(70)));
+        session.idle_ttl_seconds = u64::MAX;
+        assert_eq!(
+            session.expiry(),
+            Some(at(100)),
+            "an endless idle time never overflows"
+        );
+        session.idle_ttl_seconds = 0;
+        assert_eq!(session.expiry(), Some(at(100)));
+    }
 
     #[test]
     fn a_message_stored_before_token_counts_reads_back_uncounted() {

@@ -9,7 +9,13 @@
 //!   the fenced append to compare)}; `…:msgs` list of messages (JSON);
 //!   `…:lock` the turn lock's token, with a lease (PX); `…:results` hash of request id → the
 //!   recorded result of a client's request, `…:results:exp` zset of request id by expiry (ms).
-//! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time.
+//!   The meta hash also holds `idleTtlMs` and `expiresAtMs` (0: none), fixed at creation: a
+//!   session that expires carries PEXPIREAT on all of these keys, set by the script that
+//!   creates it and moved by each script that appends a turn (docs/retention.md).
+//! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time;
+//!   `{oc:o:<owner>:sessions}:expiring` zset of those that expire, by when they are due at the
+//!   earliest (ms): its hash tag is the index's whole name, so both share a slot. The sweep
+//!   reads the due ones, and drops from the index those whose session is gone.
 //! - `oc:storage:bytes` zset of owner → bytes of its stored messages, for the storage-pressure
 //!   policy (counted here in memory, added there by the sampler: see [`super::pressure`]).
 //!
@@ -42,7 +48,22 @@ pub struct RedisStore {
     scripts: std::sync::Arc<Scripts>,
     /// The bytes each owner's sessions gain and lose (see [`super::pressure`]).
     ledger: std::sync::Arc<StorageLedger>,
+    /// Which owner the next sweep starts from, so a sweep that runs out of budget does not
+    /// leave the same owners behind every time.
+    sweep_start: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// How long past its due time an expiry entry whose session is gone is left alone: a create
+/// lists its session (and its expiry entry) one round trip before it writes the session.
+const EXPIRY_GRACE_MS: i64 = 5_000;
+
+/// The owner id of sessions created with the internal token (`Principal::Internal`), which
+/// has no key record to be listed by.
+const INTERNAL_OWNER: &str = "internal";
+
+/// How old an index entry must be before a missing session is taken for gone rather than for
+/// a create in progress (listed first, created second).
+const CREATE_BOUND_MS: i64 = 60_000;
 
 struct Scripts {
     create_session: Script,
@@ -55,7 +76,44 @@ struct Scripts {
     update_key: Script,
     touch_key: Script,
     session_bytes: Script,
+    list_session: Script,
+    unlist_session: Script,
+    drop_expired_entry: Script,
 }
+
+/// The tail of both append scripts (KEYS[2] meta, KEYS[3] msgs, KEYS[4] results, KEYS[5]
+/// results:exp): moves the session's expiry to now + its idle time to live, never past its own
+/// `expiresAt`, by the server's clock. The recorded results go at the same time, or sooner when
+/// the newest of them is due sooner. A session that never expires has nothing to move.
+const REFRESH_EXPIRY: &str = r#"
+                do
+                  local life = redis.call('HMGET', KEYS[2], 'idleTtlMs', 'expiresAtMs')
+                  local ttl, hard = tonumber(life[1]) or 0, tonumber(life[2]) or 0
+                  if ttl > 0 or hard > 0 then
+                    local t = redis.call('TIME')
+                    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                    local at = hard
+                    if ttl > 0 and (hard == 0 or now + ttl < hard) then at = now + ttl end
+                    redis.call('PEXPIREAT', KEYS[2], string.format('%d', at))
+                    redis.call('PEXPIREAT', KEYS[3], string.format('%d', at))
+                    local newest = redis.call('ZRANGE', KEYS[5], -1, -1, 'WITHSCORES')
+                    if #newest == 2 then
+                      local results = string.format('%d', math.min(at, tonumber(newest[2])))
+                      redis.call('PEXPIREAT', KEYS[4], results)
+                      redis.call('PEXPIREAT', KEYS[5], results)
+                    end
+                  end
+                end
+"#;
+
+/// A script assembled from pieces.
+fn script(pieces: &[&str]) -> Script {
+    Script::new(&pieces.concat())
+}
+
+/// The longest idle time to live the store sets (100 years; longer ones are cut to it), so the
+/// milliseconds stay exact in the scripts' numbers.
+const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3_600_000;
 
 impl Scripts {
     fn new() -> Self {
@@ -63,8 +121,19 @@ impl Scripts {
             create_session: Script::new(
                 r#"
                 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-                redis.call('HSET', KEYS[1], 'record', ARGV[1], 'updatedAt', ARGV[2], 'incarnation', ARGV[5])
-                for i = 6, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+                redis.call('HSET', KEYS[1], 'record', ARGV[1], 'updatedAt', ARGV[2], 'incarnation', ARGV[5],
+                  'idleTtlMs', ARGV[6], 'expiresAtMs', ARGV[7])
+                for i = 8, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+                local ttl, hard = tonumber(ARGV[6]), tonumber(ARGV[7])
+                if ttl > 0 or hard > 0 then
+                  local t = redis.call('TIME')
+                  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                  local at = hard
+                  if ttl > 0 and (hard == 0 or now + ttl < hard) then at = now + ttl end
+                  at = string.format('%d', at)
+                  redis.call('PEXPIREAT', KEYS[1], at)
+                  redis.call('PEXPIREAT', KEYS[2], at)
+                end
                 return 1
                 "#,
             ),
@@ -84,7 +153,7 @@ impl Scripts {
             // The session first: deleting it drops its lock, so a turn that began on this
             // incarnation (ARGV[3]) learns that it is gone, deleted or created again, rather
             // than that it lost the lock. The lock is dropped only if it is still ours.
-            append_turn: Script::new(
+            append_turn: script(&[
                 r#"
                 local incarnation = redis.call('HGET', KEYS[2], 'incarnation') or ''
                 if redis.call('EXISTS', KEYS[2]) == 0 or incarnation ~= ARGV[3] then
@@ -94,14 +163,17 @@ impl Scripts {
                 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
                 for i = 4, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
                 redis.call('HSET', KEYS[2], 'updatedAt', ARGV[2])
+                "#,
+                REFRESH_EXPIRY,
+                r#"
                 redis.call('DEL', KEYS[1])
                 return 'ok'
                 "#,
-            ),
+            ]),
             // As append_turn (the incarnation is ARGV[6]), plus the result under the request
             // id, expiring after the retention (ms, ARGV[5]) by the server's clock; a few
             // expired records are dropped on the way.
-            append_turn_recording: Script::new(
+            append_turn_recording: script(&[
                 r#"
                 local incarnation = redis.call('HGET', KEYS[2], 'incarnation') or ''
                 if redis.call('EXISTS', KEYS[2]) == 0 or incarnation ~= ARGV[6] then
@@ -123,10 +195,13 @@ impl Scripts {
                 redis.call('ZADD', KEYS[5], now + retention, ARGV[3])
                 redis.call('PEXPIRE', KEYS[4], retention)
                 redis.call('PEXPIRE', KEYS[5], retention)
+                "#,
+                REFRESH_EXPIRY,
+                r#"
                 redis.call('DEL', KEYS[1])
                 return 'ok'
                 "#,
-            ),
+            ]),
             recorded_result: Script::new(
                 r#"
                 local expires = redis.call('ZSCORE', KEYS[2], ARGV[1])
@@ -159,6 +234,36 @@ impl Scripts {
                 local n = 0
                 for _, m in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do n = n + #m end
                 return n
+                "#,
+            ),
+            // KEYS: the owner's index, its expiry entries. ARGV: creation ms, id, first due ms
+            // (0: never). NX: a create refused because the session exists leaves its entry.
+            // Returns 1 when the index had no entry for the id.
+            list_session: Script::new(
+                r#"
+                local added = redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2])
+                if tonumber(ARGV[3]) > 0 then
+                  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+                else
+                  redis.call('ZREM', KEYS[2], ARGV[2])
+                end
+                return added
+                "#,
+            ),
+            unlist_session: Script::new(
+                r#"
+                redis.call('ZREM', KEYS[2], ARGV[1])
+                return redis.call('ZREM', KEYS[1], ARGV[1])
+                "#,
+            ),
+            // Drops a session that expired from its owner's index, only if its expiry entry is
+            // still the one the sweep saw: a session created again under the id rewrote it.
+            drop_expired_entry: Script::new(
+                r#"
+                local due = redis.call('ZSCORE', KEYS[2], ARGV[1])
+                if not due or tonumber(due) ~= tonumber(ARGV[2]) then return 0 end
+                redis.call('ZREM', KEYS[2], ARGV[1])
+                return redis.call('ZREM', KEYS[1], ARGV[1])
                 "#,
             ),
             // Revocation is permanent: a write that would clear it (a stale
@@ -220,6 +325,12 @@ pub(super) fn owner_index(owner: &str) -> String {
     format!("oc:o:{owner}:sessions")
 }
 
+/// The owner's sessions that expire, by when they are due at the earliest (ms). Its hash tag is
+/// the whole name of the owner's index, so the two share a slot and one script writes both.
+fn owner_expiring(owner: &str) -> String {
+    format!("{{oc:o:{owner}:sessions}}:expiring")
+}
+
 fn key_key(id: &str) -> String {
     format!("oc:key:{id}")
 }
@@ -278,6 +389,7 @@ impl RedisStore {
             conn,
             scripts: std::sync::Arc::new(Scripts::new()),
             ledger: std::sync::Arc::default(),
+            sweep_start: Default::default(),
         })
     }
 
@@ -285,7 +397,6 @@ impl RedisStore {
     /// than a create could take: a younger one may belong to a create in progress (listed
     /// first, created second). Best effort: a listing never fails for it.
     async fn drop_stale_index_entries(&self, owner: &str, ids: &[String]) {
-        const CREATE_BOUND_MS: i64 = 60_000;
         let mut conn = self.conn.clone();
         let index = owner_index(owner);
         let cutoff = Utc::now().timestamp_millis() - CREATE_BOUND_MS;
@@ -296,9 +407,106 @@ impl RedisStore {
                 .await
                 .unwrap_or(true);
             if !exists && score.is_some_and(|created| created < cutoff) {
-                let _: Result<(), _> = conn.zrem(&index, id).await;
+                let _: Result<i64, _> = self
+                    .scripts
+                    .unlist_session
+                    .key(&index)
+                    .key(owner_expiring(owner))
+                    .arg(id)
+                    .invoke_async(&mut conn)
+                    .await;
             }
         }
+    }
+
+    /// Looks at up to `budget` due entries of the owners' expiry sets (`…:expiring`): a
+    /// session still there is due again when its keys expire (its turns moved that), one
+    /// without an expiry leaves the set, and one that is gone (expired, or a create that
+    /// stopped half way) leaves its owner's index. Returns how many index entries it dropped.
+    /// The cost is one read per owner and one per due entry, never one per session.
+    async fn sweep_index_entries(&self, budget: usize) -> StoreResult<usize> {
+        use std::sync::atomic::Ordering;
+        let mut conn = self.conn.clone();
+        let mut owners: Vec<String> = conn
+            .zrange(KEYS_INDEX, 0, -1)
+            .await
+            .map_err(StoreError::from)?;
+        owners.push(INTERNAL_OWNER.to_owned());
+        let first = self.sweep_start.load(Ordering::Relaxed) % owners.len();
+        let now = Utc::now().timestamp_millis();
+        let (mut looked, mut dropped) = (0usize, 0usize);
+        for turn in 0..owners.len() {
+            if looked >= budget {
+                // Next time, start where this sweep stopped.
+                self.sweep_start
+                    .store((first + turn) % owners.len(), Ordering::Relaxed);
+                return Ok(dropped);
+            }
+            let owner = &owners[(first + turn) % owners.len()];
+            let (index, expiring) = (owner_index(owner), owner_expiring(owner));
+            let due: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&expiring)
+                .arg("-inf")
+                .arg(now)
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(budget - looked)
+                .query_async(&mut conn)
+                .await
+                .map_err(StoreError::from)?;
+            looked += due.len();
+            // Each session's meta is in its own slot: one PTTL each, all sent at once.
+            let ttls = futures::future::try_join_all(due.iter().map(|(id, _)| {
+                let mut conn = self.conn.clone();
+                let meta = format!("{}:meta", session_base(owner, id));
+                async move { conn.pttl::<_, i64>(meta).await.map_err(StoreError::from) }
+            }))
+            .await?;
+            for ((id, score), ttl) in due.iter().zip(ttls) {
+                match ttl {
+                    // Kept until deleted (a session created again under the id without expiry).
+                    -1 => {
+                        redis::cmd("ZREM")
+                            .arg(&expiring)
+                            .arg(id)
+                            .query_async::<()>(&mut conn)
+                            .await
+                            .map_err(StoreError::from)?;
+                    }
+                    // Gone. A create lists first and writes second: an entry only just due
+                    // may be a create in progress, and waits for the next sweep.
+                    -2 if (*score as i64) < now - EXPIRY_GRACE_MS => {
+                        let removed: i64 = self
+                            .scripts
+                            .drop_expired_entry
+                            .key(&index)
+                            .key(&expiring)
+                            .arg(id)
+                            .arg(*score as i64)
+                            .invoke_async(&mut conn)
+                            .await
+                            .map_err(StoreError::from)?;
+                        dropped += usize::try_from(removed).unwrap_or(0);
+                    }
+                    -2 => {}
+                    // Alive: due again when its keys expire. XX: never re-add an entry a
+                    // delete removed meanwhile.
+                    left => {
+                        redis::cmd("ZADD")
+                            .arg(&expiring)
+                            .arg("XX")
+                            .arg(now + left)
+                            .arg(id)
+                            .query_async::<()>(&mut conn)
+                            .await
+                            .map_err(StoreError::from)?;
+                    }
+                }
+            }
+        }
+        self.sweep_start.store(first, Ordering::Relaxed);
+        Ok(dropped)
     }
 
     /// The shared connection, for other Redis-backed parts of the core.
@@ -439,16 +647,35 @@ impl Store for RedisStore {
     ) -> StoreResult<bool> {
         let base = session_base(&session.owner, &session.id);
         let mut conn = self.conn.clone();
+        let idle_ttl_ms = session
+            .idle_ttl_seconds
+            .saturating_mul(1000)
+            .min(MAX_TTL_MS);
+        let expires_at_ms = session
+            .expires_at
+            .map_or(0, |at| at.timestamp_millis().max(1));
+        // When the sweep first looks whether the session is still there (its turns may have
+        // moved its expiry by then; the sweep reads where to).
+        let now = Utc::now().timestamp_millis();
+        let first_due = match (idle_ttl_ms, expires_at_ms) {
+            (0, 0) => 0,
+            (0, hard) => hard,
+            (idle, 0) => now.saturating_add(idle as i64),
+            (idle, hard) => now.saturating_add(idle as i64).min(hard),
+        };
         // Listed first, created second: the owner's index lives in another slot, so the two
         // cannot be one script on a cluster. An entry whose session was never created (a
-        // failure in between) is skipped by listings and dropped once it is old.
-        // NX: a create refused because the session exists leaves its entry as it was.
-        redis::cmd("ZADD")
-            .arg(owner_index(&session.owner))
-            .arg("NX")
+        // failure in between) is skipped by listings and dropped once it is old (or by the
+        // sweep once due). NX: a create refused because the session exists leaves its entry.
+        let listed: i64 = self
+            .scripts
+            .list_session
+            .key(owner_index(&session.owner))
+            .key(owner_expiring(&session.owner))
             .arg(session.created_at.timestamp_millis())
             .arg(&session.id)
-            .query_async::<()>(&mut conn)
+            .arg(first_due)
+            .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
         let mut invocation = self.scripts.create_session.prepare_invoke();
@@ -459,7 +686,9 @@ impl Store for RedisStore {
             .arg(session.updated_at.to_rfc3339())
             .arg(session.created_at.timestamp_millis())
             .arg(&session.id)
-            .arg(&session.incarnation);
+            .arg(&session.incarnation)
+            .arg(idle_ttl_ms)
+            .arg(expires_at_ms);
         let bytes = encoded_args(&mut invocation, messages)?;
         let created: i64 = invocation
             .invoke_async(&mut conn)
@@ -467,6 +696,17 @@ impl Store for RedisStore {
             .map_err(StoreError::from)?;
         if created == 1 {
             self.ledger.add(&session.owner, bytes);
+        }
+        if created == 1 && listed == 0 {
+            // The entry was an earlier life's (a session that expired, or one a sweep was
+            // dropping meanwhile): list this one at its own creation time.
+            conn.zadd::<_, _, _, ()>(
+                owner_index(&session.owner),
+                &session.id,
+                session.created_at.timestamp_millis(),
+            )
+            .await
+            .map_err(StoreError::from)?;
         }
         Ok(created == 1)
     }
@@ -596,22 +836,34 @@ impl Store for RedisStore {
         }
         // Deleted first, unlisted second (the index is in another slot): a failure in between
         // leaves an entry that listings skip and drop once it is old.
-        conn.zrem::<_, _, ()>(owner_index(owner), id)
+        self.scripts
+            .unlist_session
+            .key(owner_index(owner))
+            .key(owner_expiring(owner))
+            .arg(id)
+            .invoke_async::<i64>(&mut conn)
             .await
             .map_err(StoreError::from)?;
-        // A session created again under this id between the two steps keeps its entry.
+        // A session created again under this id between the two steps keeps its entries.
         let recreated: Option<String> = conn
             .hget(format!("{base}:meta"), "record")
             .await
             .map_err(StoreError::from)?;
         if let Some(record) = recreated {
             let session: SessionRecord = decode(&record)?;
-            redis::cmd("ZADD")
-                .arg(owner_index(owner))
-                .arg("NX")
+            // Due at the earliest when it expires without another turn; the sweep reads
+            // how far its turns have moved that.
+            let due = session
+                .expiry()
+                .map_or(0, |at| at.timestamp_millis().max(1));
+            self.scripts
+                .list_session
+                .key(owner_index(owner))
+                .key(owner_expiring(owner))
                 .arg(session.created_at.timestamp_millis())
                 .arg(id)
-                .query_async::<()>(&mut conn)
+                .arg(due)
+                .invoke_async::<i64>(&mut conn)
                 .await
                 .map_err(StoreError::from)?;
         }
@@ -678,6 +930,8 @@ impl Store for RedisStore {
             .key(format!("{base}:lock"))
             .key(format!("{base}:meta"))
             .key(format!("{base}:msgs"))
+            .key(format!("{base}:results"))
+            .key(format!("{base}:results:exp"))
             .arg(fence.token)
             .arg(at.to_rfc3339())
             .arg(fence.incarnation);
@@ -771,5 +1025,11 @@ impl Store for RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)
+    }
+
+    /// Redis drops an expired session's keys itself (PEXPIREAT); what is left is the entry in
+    /// its owner's index, another key in another slot.
+    async fn sweep_expired_sessions(&self, budget: usize) -> StoreResult<usize> {
+        self.sweep_index_entries(budget).await
     }
 }

@@ -78,6 +78,11 @@ pub(crate) struct CreateSessionRequest {
     /// Upper bound on the reply's tokens.
     #[schema(example = 1000)]
     max_tokens: Option<u32>,
+    /// RFC 3339, in the future: the session is deleted then, however active (and sooner when
+    /// idle for the key's session idle time to live). Set when the session is created; continuing
+    /// a session accepts only its own value. See docs/retention.md.
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-03-01T00:00:00Z")]
+    expires_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -104,6 +109,7 @@ impl CreateSessionRequest {
                 session_id: context.session_id.unwrap_or_default(),
             }),
             options: options(self.temperature, self.max_tokens),
+            expires_at: self.expires_at,
         }
     }
 }
@@ -195,6 +201,11 @@ pub(crate) struct Session {
     updated_at: Option<String>,
     #[schema(example = 2)]
     message_count: u32,
+    /// When the session is deleted unless a turn comes first: the earlier of its last activity
+    /// plus the key's session idle time to live and its own `expiresAt`; `null`: kept until
+    /// deleted. See docs/retention.md.
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-03-16T22:00:05Z")]
+    expires_at: Option<String>,
 }
 
 /// A new (or continued) session, with the model's reply when the messages ended with a user turn.
@@ -209,6 +220,10 @@ pub(crate) struct CreatedSession {
     created_at: Option<String>,
     #[schema(example = "zai/glm-4.7-flash")]
     model: String,
+    /// When the session is deleted unless a turn comes first (see `Session.expiresAt`); `null`:
+    /// kept until deleted.
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-03-16T22:00:05Z")]
+    expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     message: Option<Message>,
@@ -299,6 +314,7 @@ impl From<proto::Session> for Session {
         Self {
             created_at: timestamp::from_proto(session.created_at.as_ref()),
             updated_at: timestamp::from_proto(session.updated_at.as_ref()),
+            expires_at: timestamp::from_proto(session.expires_at.as_ref()),
             session_id: session.session_id,
             status: session.status,
             model: session.model,
@@ -350,6 +366,7 @@ pub(crate) async fn create_session(
         session_id: session.session_id,
         status: session.status,
         created_at: timestamp::from_proto(session.created_at.as_ref()),
+        expires_at: timestamp::from_proto(session.expires_at.as_ref()),
         model: answer
             .as_ref()
             .map(|answer| answer.model.clone())

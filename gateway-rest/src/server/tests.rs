@@ -474,3 +474,21 @@ async fn a_client_uploading_too_much_still_reads_the_413() {
     let _ = stop.send(());
     server.await.expect("server task").expect("server");
 }
+
+#[tokio::test]
+async fn openapi_document_describes_session_expiry() {
+    let doc = send(get("/openapi.json")).await.body;
+    let schemas = &doc["components"]["schemas"];
+    for schema in ["Session", "CreatedSession", "CreateSessionRequest"] {
+        let field = &schemas[schema]["properties"]["expiresAt"];
+        assert!(
+            field.is_object(),
+            "{schema}.expiresAt missing: {}",
+            schemas[schema]
+        );
+        assert!(
+            field.to_string().contains("date-time"),
+            "{schema}.expiresAt is an RFC 3339 time: {field}"
+        );
+    }
+}

@@ -82,6 +82,7 @@ impl ApiError {
             ),
         );
         err.quota = Some(QuotaBreach { quota, limit, used });
+        metrics::counter!("openclaw_quota_refusals_total", "quota" => quota).increment(1);
         err
     }
 

@@ -61,6 +61,11 @@ impl Inference {
     }
 
     /// The models callers may ask.
+    /// The front door, for the caller's quotas.
+    pub(crate) fn door(&self) -> &FrontDoor {
+        &self.door
+    }
+
     pub(crate) fn models(&self) -> &ModelCatalog {
         &self.models
     }

@@ -16,7 +16,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures::future::join_all;
 use openclaw_gateway::store::{
     AppendOutcome, EmbeddedStore, KeyLimits, KeyRecord, LockOutcome, RecordedResult, RedisConfig,
-    RedisStore, RedisTopology, SessionRecord, Store, StoredMessage, TurnFence,
+    RedisStore, RedisTopology, SessionCaps, SessionRecord, Store, StoredMessage, TurnFence,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -342,7 +342,7 @@ async fn check_create_session_once(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let original = session(&owner, &id, at(0));
     let history = turn(0, at(0));
-    assert!(store.create_session(&original, &history).await.unwrap());
+    assert!(store.create_session(&original, &history, SessionCaps::UNLIMITED).await.unwrap().created());
 
     let mut impostor = session(&owner, &id, at(50));
     impostor.model = "other-model".into();
@@ -350,9 +350,9 @@ async fn check_create_session_once(store: &dyn Store) {
     impostor.temperature = None;
     assert!(
         !store
-            .create_session(&impostor, &[msg("user", "intruder", at(50))])
+            .create_session(&impostor, &[msg("user", "intruder", at(50))], SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
 
     assert_eq!(
@@ -376,9 +376,9 @@ async fn check_owners_are_separate(store: &dyn Store) {
     b.model = "model-b".into();
     let a_history = vec![msg("user", "alice's secret", at(0))];
     let b_history = vec![msg("user", "bob's secret", at(1))];
-    assert!(store.create_session(&a, &a_history).await.unwrap());
+    assert!(store.create_session(&a, &a_history, SessionCaps::UNLIMITED).await.unwrap().created());
     assert!(
-        store.create_session(&b, &b_history).await.unwrap(),
+        store.create_session(&b, &b_history, SessionCaps::UNLIMITED).await.unwrap().created(),
         "another owner's session with the same id must not block creation"
     );
 
@@ -404,7 +404,7 @@ async fn check_owners_are_separate(store: &dyn Store) {
     let reply = vec![msg("assistant", "for alice only", at(2))];
     assert_eq!(
         store
-            .append_turn(&alice, &id, fence("alice-token"), &reply, at(2))
+            .append_turn(&alice, &id, fence("alice-token"), &reply, at(2), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -436,7 +436,7 @@ async fn check_other_owner_sees_nothing(store: &dyn Store) {
     let (owner, stranger, id) = (uid("owner"), uid("stranger"), uid("session"));
     let s = session(&owner, &id, at(0));
     let history = turn(1, at(0));
-    assert!(store.create_session(&s, &history).await.unwrap());
+    assert!(store.create_session(&s, &history, SessionCaps::UNLIMITED).await.unwrap().created());
     let before = snapshot(store, &owner, &id).await;
 
     assert_eq!(store.get_session(&stranger, &id).await.unwrap(), None);
@@ -453,7 +453,7 @@ async fn check_other_owner_sees_nothing(store: &dyn Store) {
     assert!(!store.delete_session(&stranger, &id).await.unwrap());
     assert_eq!(
         store
-            .append_turn(&stranger, &id, fence("t"), &turn(2, at(1)), at(1))
+            .append_turn(&stranger, &id, fence("t"), &turn(2, at(1)), at(1), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::SessionGone,
@@ -476,9 +476,9 @@ async fn check_ids_with_separator_characters(store: &dyn Store) {
         let s = session(&owner, id, at(n as i64));
         assert!(
             store
-                .create_session(&s, &[msg("user", &format!("only {id:?}"), at(0))])
+                .create_session(&s, &[msg("user", &format!("only {id:?}"), at(0))], SessionCaps::UNLIMITED)
                 .await
-                .unwrap(),
+                .unwrap().created(),
             "create {id:?}"
         );
     }
@@ -505,7 +505,7 @@ async fn check_ids_with_separator_characters(store: &dyn Store) {
     );
     assert_eq!(
         store
-            .append_turn(&owner, &tricky[0], fence("t"), &turn(0, at(0)), at(0))
+            .append_turn(&owner, &tricky[0], fence("t"), &turn(0, at(0)), at(0), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -532,12 +532,12 @@ async fn check_list_sessions(store: &dyn Store) {
         let s = session(&owner, &format!("s{n}-{}", uid("id")), at(n));
         assert!(
             store
-                .create_session(&s, &turn(n as usize, at(n)))
+                .create_session(&s, &turn(n as usize, at(n)), SessionCaps::UNLIMITED)
                 .await
-                .unwrap()
+                .unwrap().created()
         );
         let o = session(&other, &uid("foreign"), at(n));
-        assert!(store.create_session(&o, &[]).await.unwrap());
+        assert!(store.create_session(&o, &[], SessionCaps::UNLIMITED).await.unwrap().created());
         by_age.push((n, s));
     }
     by_age.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
@@ -593,14 +593,14 @@ async fn check_list_messages(store: &dyn Store) {
     // Three from the create, four from a turn: pages cross the boundary.
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &all[..3])
+            .create_session(&session(&owner, &id, at(0)), &all[..3], SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
     acquire(store, &owner, &id, "t", LEASE).await;
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("t"), &all[3..], at(7))
+            .append_turn(&owner, &id, fence("t"), &all[3..], at(7), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -641,7 +641,7 @@ async fn check_message_count(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let mut s = session(&owner, &id, at(0));
     s.message_count = 99; // ignored on writes
-    assert!(store.create_session(&s, &turn(0, at(0))).await.unwrap());
+    assert!(store.create_session(&s, &turn(0, at(0)), SessionCaps::UNLIMITED).await.unwrap().created());
     let stored = store.get_session(&owner, &id).await.unwrap().unwrap();
     assert_eq!(stored.message_count, 2);
 
@@ -650,7 +650,7 @@ async fn check_message_count(store: &dyn Store) {
     assert_eq!(history.len(), 2);
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("t1"), &turn(1, at(5)), at(5))
+            .append_turn(&owner, &id, fence("t1"), &turn(1, at(5)), at(5), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -668,7 +668,7 @@ async fn check_message_count(store: &dyn Store) {
     ];
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("t2"), &three, at(9))
+            .append_turn(&owner, &id, fence("t2"), &three, at(9), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -686,9 +686,9 @@ async fn check_message_count(store: &dyn Store) {
     let empty = uid("empty");
     assert!(
         store
-            .create_session(&session(&owner, &empty, at(1)), &[])
+            .create_session(&session(&owner, &empty, at(1)), &[], SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
     assert_eq!(
         store
@@ -709,8 +709,8 @@ async fn check_delete_session(store: &dyn Store) {
     let d = session(&owner, &doomed, at(0));
     let k = session(&owner, &kept, at(1));
     let kept_history = turn(1, at(1));
-    assert!(store.create_session(&d, &turn(0, at(0))).await.unwrap());
-    assert!(store.create_session(&k, &kept_history).await.unwrap());
+    assert!(store.create_session(&d, &turn(0, at(0)), SessionCaps::UNLIMITED).await.unwrap().created());
+    assert!(store.create_session(&k, &kept_history, SessionCaps::UNLIMITED).await.unwrap().created());
 
     assert!(store.delete_session(&owner, &doomed).await.unwrap());
     assert_eq!(store.get_session(&owner, &doomed).await.unwrap(), None);
@@ -732,9 +732,9 @@ async fn check_delete_session(store: &dyn Store) {
     let fresh = vec![msg("user", "fresh start", at(3))];
     assert!(
         store
-            .create_session(&session(&owner, &doomed, at(3)), &fresh)
+            .create_session(&session(&owner, &doomed, at(3)), &fresh, SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
     assert_eq!(all_messages(store, &owner, &doomed).await, fresh);
     assert_eq!(
@@ -753,11 +753,11 @@ async fn check_delete_session(store: &dyn Store) {
 async fn check_lock_session(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let s = session(&owner, &id, at(0));
-    assert!(store.create_session(&s, &turn(0, at(0))).await.unwrap());
+    assert!(store.create_session(&s, &turn(0, at(0)), SessionCaps::UNLIMITED).await.unwrap().created());
     acquire(store, &owner, &id, "setup", LEASE).await;
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("setup"), &turn(1, at(4)), at(4))
+            .append_turn(&owner, &id, fence("setup"), &turn(1, at(4)), at(4), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -800,9 +800,9 @@ async fn check_lock_missing_session(store: &dyn Store) {
     );
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &[])
+            .create_session(&session(&owner, &id, at(0)), &[], SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
     let (_, history) = acquire(store, &owner, &id, "b", LEASE).await;
     assert!(history.is_empty());
@@ -820,9 +820,9 @@ async fn check_lease_expiry(store: &dyn Store) {
     let history = turn(0, at(0));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &history)
+            .create_session(&session(&owner, &id, at(0)), &history, SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
     acquire(store, &owner, &id, "old", Duration::from_millis(200)).await;
     assert_eq!(
@@ -837,7 +837,7 @@ async fn check_lease_expiry(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("old"), &turn(1, at(5)), at(5))
+            .append_turn(&owner, &id, fence("old"), &turn(1, at(5)), at(5), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::LockLost
@@ -851,7 +851,7 @@ async fn check_lease_expiry(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("new"), &turn(2, at(6)), at(6))
+            .append_turn(&owner, &id, fence("new"), &turn(2, at(6)), at(6), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -868,9 +868,9 @@ async fn check_append_turn(store: &dyn Store) {
     let first = vec![msg("system", "be brief", at(0))];
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &first)
+            .create_session(&session(&owner, &id, at(0)), &first, SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
     acquire(store, &owner, &id, "a", LEASE).await;
     let whole_turn = vec![
@@ -880,7 +880,7 @@ async fn check_append_turn(store: &dyn Store) {
     ];
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("a"), &whole_turn, at(3))
+            .append_turn(&owner, &id, fence("a"), &whole_turn, at(3), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -896,7 +896,7 @@ async fn check_append_turn(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("a"), &turn(9, at(9)), at(9))
+            .append_turn(&owner, &id, fence("a"), &turn(9, at(9)), at(9), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::LockLost,
@@ -912,15 +912,15 @@ async fn check_append_after_delete(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)))
+            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)), SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
     acquire(store, &owner, &id, "a", LEASE).await;
     assert!(store.delete_session(&owner, &id).await.unwrap());
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("a"), &turn(1, at(1)), at(1))
+            .append_turn(&owner, &id, fence("a"), &turn(1, at(1)), at(1), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::SessionGone
@@ -932,9 +932,9 @@ async fn check_append_after_delete(store: &dyn Store) {
     // Recreated, the session is not locked by the dead turn.
     assert!(
         store
-            .create_session(&session(&owner, &id, at(2)), &[])
+            .create_session(&session(&owner, &id, at(2)), &[], SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
     let (_, history) = acquire(store, &owner, &id, "b", LEASE).await;
     assert!(history.is_empty());
@@ -949,9 +949,9 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)))
+            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)), SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
     let (seen, _) = acquire(store, &owner, &id, "old", LEASE).await;
     assert_eq!(seen.incarnation, FIRST_LIFE, "a lock reads the incarnation");
@@ -962,9 +962,9 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
     };
     assert!(
         store
-            .create_session(&second, &turn(1, at(1)))
+            .create_session(&second, &turn(1, at(1)), SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
 
     // The old turn's lock went with the old session: the new one is not held up by it.
@@ -975,7 +975,7 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("old"), &turn(9, at(9)), at(9))
+            .append_turn(&owner, &id, fence("old"), &turn(9, at(9)), at(9), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::SessionGone
@@ -989,6 +989,7 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
                 &turn(9, at(9)),
                 at(9),
                 recorded("old-request", RESULT_BODY, LEASE),
+                SessionCaps::UNLIMITED,
             )
             .await
             .unwrap(),
@@ -1015,7 +1016,7 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
     };
     assert_eq!(
         store
-            .append_turn(&owner, &id, stale, &turn(9, at(9)), at(9))
+            .append_turn(&owner, &id, stale, &turn(9, at(9)), at(9), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::SessionGone
@@ -1029,7 +1030,7 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
     };
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence, &turn(2, at(2)), at(2))
+            .append_turn(&owner, &id, fence, &turn(2, at(2)), at(2), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -1047,9 +1048,9 @@ async fn check_concurrent_turns(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &[])
+            .create_session(&session(&owner, &id, at(0)), &[], SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
 
     let turns = (0..TURNS).map(|n| {
@@ -1071,7 +1072,7 @@ async fn check_concurrent_turns(store: &dyn Store) {
             // Give the others a chance to try the lock while this turn holds it.
             tokio::task::yield_now().await;
             let outcome = store
-                .append_turn(&owner, &id, fence(&token), &turn(n, at(1)), at(1))
+                .append_turn(&owner, &id, fence(&token), &turn(n, at(1)), at(1), SessionCaps::UNLIMITED)
                 .await
                 .unwrap();
             assert_eq!(outcome, AppendOutcome::Appended, "turn {n}");
@@ -1130,7 +1131,7 @@ async fn check_unicode_and_large_content(store: &dyn Store) {
         msg("assistant", &large, at(2)),
         msg("user", "", at(3)),
     ];
-    assert!(store.create_session(&s, &first).await.unwrap());
+    assert!(store.create_session(&s, &first, SessionCaps::UNLIMITED).await.unwrap().created());
     assert_eq!(
         store.get_session(&owner, &id).await.unwrap(),
         Some(counted(&s, 3))
@@ -1147,7 +1148,7 @@ async fn check_unicode_and_large_content(store: &dyn Store) {
     ];
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("🔑 token"), &second, at(5))
+            .append_turn(&owner, &id, fence("🔑 token"), &second, at(5), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -1168,15 +1169,15 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
     let (id, neighbour) = (uid("session"), uid("neighbour"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)))
+            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)), SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
     assert!(
         store
-            .create_session(&session(&owner, &neighbour, at(1)), &turn(1, at(1)))
+            .create_session(&session(&owner, &neighbour, at(1)), &turn(1, at(1)), SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
     let before = snapshot(store, &owner, &id).await;
     let neighbour_before = snapshot(store, &owner, &neighbour).await;
@@ -1185,9 +1186,9 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
     duplicate.model = "hijack".into();
     assert!(
         !store
-            .create_session(&duplicate, &turn(9, at(9)))
+            .create_session(&duplicate, &turn(9, at(9)), SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
     assert_eq!(
         snapshot(store, &owner, &id).await,
@@ -1197,7 +1198,7 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("never-locked"), &turn(9, at(9)), at(9))
+            .append_turn(&owner, &id, fence("never-locked"), &turn(9, at(9)), at(9), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::LockLost
@@ -1213,7 +1214,7 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
     acquire(store, &owner, &id, "new", LEASE).await;
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("old"), &turn(9, at(9)), at(9))
+            .append_turn(&owner, &id, fence("old"), &turn(9, at(9)), at(9), SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::LockLost
@@ -1232,7 +1233,7 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
                 fence("new"),
                 &turn(9, at(9)),
                 at(9)
-            )
+            , SessionCaps::UNLIMITED)
             .await
             .unwrap(),
         AppendOutcome::SessionGone
@@ -1262,9 +1263,9 @@ async fn check_recorded_result_is_written_with_its_turn(store: &dyn Store) {
     for session_id in [&id, &other] {
         assert!(
             store
-                .create_session(&session(&owner, session_id, at(0)), &[])
+                .create_session(&session(&owner, session_id, at(0)), &[], SessionCaps::UNLIMITED)
                 .await
-                .unwrap()
+                .unwrap().created()
         );
     }
     acquire(store, &owner, &id, "a", LEASE).await;
@@ -1277,6 +1278,7 @@ async fn check_recorded_result_is_written_with_its_turn(store: &dyn Store) {
                 &turn(1, at(1)),
                 at(1),
                 recorded("req-1", RESULT_BODY, LEASE),
+                SessionCaps::UNLIMITED,
             )
             .await
             .unwrap(),
@@ -1313,6 +1315,7 @@ async fn check_recorded_result_is_written_with_its_turn(store: &dyn Store) {
                 &turn(2, at(2)),
                 at(2),
                 recorded("req-2", b"second", LEASE),
+                SessionCaps::UNLIMITED,
             )
             .await
             .unwrap(),
@@ -1334,9 +1337,9 @@ async fn check_recorded_result_needs_the_turn(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)))
+            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)), SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
     let before = snapshot(store, &owner, &id).await;
     acquire(store, &owner, &id, "holder", LEASE).await;
@@ -1349,6 +1352,7 @@ async fn check_recorded_result_needs_the_turn(store: &dyn Store) {
                 &turn(1, at(1)),
                 at(1),
                 recorded("req-1", RESULT_BODY, LEASE),
+                SessionCaps::UNLIMITED,
             )
             .await
             .unwrap(),
@@ -1369,6 +1373,7 @@ async fn check_recorded_result_needs_the_turn(store: &dyn Store) {
                 &turn(1, at(1)),
                 at(1),
                 recorded("req-1", RESULT_BODY, LEASE),
+                SessionCaps::UNLIMITED,
             )
             .await
             .unwrap(),
@@ -1385,9 +1390,9 @@ async fn check_recorded_result_expires(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &[])
+            .create_session(&session(&owner, &id, at(0)), &[], SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
     acquire(store, &owner, &id, "a", LEASE).await;
     store
@@ -1398,6 +1403,7 @@ async fn check_recorded_result_expires(store: &dyn Store) {
             &turn(1, at(1)),
             at(1),
             recorded("short", RESULT_BODY, Duration::from_millis(300)),
+            SessionCaps::UNLIMITED,
         )
         .await
         .unwrap();
@@ -1422,6 +1428,7 @@ async fn check_recorded_result_expires(store: &dyn Store) {
             &turn(2, at(2)),
             at(2),
             recorded("long", RESULT_BODY, LEASE),
+            SessionCaps::UNLIMITED,
         )
         .await
         .unwrap();
@@ -1446,9 +1453,9 @@ async fn check_delete_session_drops_recorded_results(store: &dyn Store) {
     for session_id in [&id, &neighbour] {
         assert!(
             store
-                .create_session(&session(&owner, session_id, at(0)), &[])
+                .create_session(&session(&owner, session_id, at(0)), &[], SessionCaps::UNLIMITED)
                 .await
-                .unwrap()
+                .unwrap().created()
         );
         acquire(store, &owner, session_id, "a", LEASE).await;
         store
@@ -1459,6 +1466,7 @@ async fn check_delete_session_drops_recorded_results(store: &dyn Store) {
                 &turn(1, at(1)),
                 at(1),
                 recorded("req-1", RESULT_BODY, LEASE),
+                SessionCaps::UNLIMITED,
             )
             .await
             .unwrap();
@@ -1466,9 +1474,9 @@ async fn check_delete_session_drops_recorded_results(store: &dyn Store) {
     assert!(store.delete_session(&owner, &id).await.unwrap());
     assert!(
         store
-            .create_session(&session(&owner, &id, at(2)), &[])
+            .create_session(&session(&owner, &id, at(2)), &[], SessionCaps::UNLIMITED)
             .await
-            .unwrap()
+            .unwrap().created()
     );
     assert_eq!(
         store.recorded_result(&owner, &id, "req-1").await.unwrap(),
@@ -1725,11 +1733,11 @@ async fn embedded_file_reopen_keeps_state() {
     {
         let store = EmbeddedStore::open(&path).expect("create the store file");
         store.insert_key(&k).await.unwrap();
-        assert!(store.create_session(&s, &history).await.unwrap());
+        assert!(store.create_session(&s, &history, SessionCaps::UNLIMITED).await.unwrap().created());
         acquire(&store, &owner, &id, "a", LEASE).await;
         assert_eq!(
             store
-                .append_turn(&owner, &id, fence("a"), &turn(1, at(2)), at(2))
+                .append_turn(&owner, &id, fence("a"), &turn(1, at(2)), at(2), SessionCaps::UNLIMITED)
                 .await
                 .unwrap(),
             AppendOutcome::Appended

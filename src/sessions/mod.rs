@@ -27,7 +27,8 @@ use crate::limits::{Admission, CapKind, Leased};
 use crate::metadata::{mark_simulated, respond};
 use crate::proto;
 use crate::proto::session_service_server::SessionService;
-use crate::store::Store;
+use crate::quotas::check_message_bytes;
+use crate::store::{CreateOutcome, Store, first_messages_breach};
 use crate::streaming::EventStream;
 
 use self::streaming::{StreamedTurn, delta_event, done_event};
@@ -101,8 +102,10 @@ impl SessionService for Sessions {
             body.model.as_str()
         };
         let model = models.resolve_model(model_id)?.clone();
+        let quotas = self.turns.quotas(&principal);
         for (i, message) in body.messages.iter().enumerate() {
             validate_message(message, &format!("messages[{i}]"), ROLES)?;
+            check_message_bytes(&quotas, &message.content, &format!("messages[{i}]"))?;
         }
         validate_options(&body.options)?;
         let requested_id = body
@@ -155,6 +158,11 @@ impl SessionService for Sessions {
             options.and_then(|o| o.max_tokens),
         );
         let mut stored = new;
+        // The first messages alone over the session's quotas: refused before the model is
+        // asked (the store checks again, with the reply).
+        if let Some(breach) = first_messages_breach(&stored, quotas.session_caps()) {
+            return Err(crate::quotas::refusal(breach).into());
+        }
         let (reply, admission) = self
             .turns
             .answer(
@@ -167,12 +175,15 @@ impl SessionService for Sessions {
             )
             .await?;
         session.updated_at = Utc::now();
-        if !self
+        let outcome = self
             .store
-            .create_session(&session, &stored)
+            .create_session(&session, &stored, quotas.session_caps())
             .await
-            .map_err(ApiError::from)?
-        {
+            .map_err(ApiError::from)?;
+        if let CreateOutcome::OverQuota(breach) = outcome {
+            return Err(crate::quotas::refusal(breach).into());
+        }
+        if outcome == CreateOutcome::Exists {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 "Session created concurrently",
@@ -197,10 +208,9 @@ impl SessionService for Sessions {
         request: Request<proto::SendMessageRequest>,
     ) -> Result<Response<proto::SendMessageResponse>, Status> {
         let principal = self.door.authorize(&request, SESSIONS).await?;
-        let owner = principal.owner_id().to_string();
         let key = SendKey::of(&request, request.get_ref());
         let body = request.into_inner();
-        let turn = match self.turns.prepare_send(&owner, &body, key.as_ref()).await? {
+        let turn = match self.turns.prepare_send(&principal, &body, key.as_ref()).await? {
             PreparedSend::Replay(done) => {
                 let reply = done.reply.clone();
                 return Ok(replayed(done, reply.as_ref()));
@@ -236,10 +246,9 @@ impl SessionService for Sessions {
         request: Request<proto::SendMessageRequest>,
     ) -> Result<Response<Self::StreamMessageStream>, Status> {
         let principal = self.door.authorize(&request, SESSIONS).await?;
-        let owner = principal.owner_id().to_string();
         let key = SendKey::of(&request, request.get_ref());
         let body = request.into_inner();
-        let turn = match self.turns.prepare_send(&owner, &body, key.as_ref()).await? {
+        let turn = match self.turns.prepare_send(&principal, &body, key.as_ref()).await? {
             PreparedSend::Replay(done) => return Ok(replay_stream(done)),
             PreparedSend::Turn(turn) => turn,
         };

@@ -9,7 +9,11 @@
 //!   the fenced append to compare)}; `…:msgs` list of messages (JSON);
 //!   `…:lock` the turn lock's token, with a lease (PX); `…:results` hash of request id → the
 //!   recorded result of a client's request, `…:results:exp` zset of request id by expiry (ms).
-//! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time.
+//! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time; its size is what
+//!   the owner's `maxSessions` quota counts (checked and added to in one script).
+//! - `…:meta`'s `bytes` field: the session's bytes of message content (the `maxSessionBytes`
+//!   quota), kept by the create and append scripts; a session stored before it existed has it
+//!   computed once, by the first append.
 //!
 //! On a Redis Cluster every script and pipeline touches one slot: a session's keys share the
 //! hash tag `{<owner>/<id>}`; a key record, its secret's index entry and the list of keys are
@@ -29,8 +33,9 @@ use redis::{AsyncCommands, Script};
 
 use super::redis_connection::{RedisConfig, SharedConnection};
 use super::{
-    AppendOutcome, KeyRecord, LockOutcome, Page, RecordedResult, SessionRecord, Store, StoreError,
-    StoreResult, StoredMessage, TurnFence,
+    AppendOutcome, CapBreach, CreateOutcome, KeyRecord, LockOutcome, Page, RecordedResult,
+    SessionCap, SessionCaps, SessionRecord, Store, StoreError, StoreResult, StoredMessage,
+    TurnFence, content_bytes, first_messages_breach,
 };
 
 #[derive(Clone)]
@@ -40,6 +45,7 @@ pub struct RedisStore {
 }
 
 struct Scripts {
+    list_session: Script,
     create_session: Script,
     lock_session: Script,
     append_turn: Script,
@@ -54,11 +60,26 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
+            // The owner's index (KEYS[1]) takes the session id (ARGV[2], scored by its creation
+            // time ARGV[1]) unless it already holds ARGV[3] (maxSessions) entries: the count and
+            // the add are one step, so two creates cannot both take the last slot. Returns -1
+            // when the id is listed already (its slot is taken), -(n + 2) when added to n
+            // entries, else the count (the index is full).
+            list_session: Script::new(
+                r#"
+                if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return -1 end
+                local n = redis.call('ZCARD', KEYS[1])
+                if n >= tonumber(ARGV[3]) then return n end
+                redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+                return -(n + 2)
+                "#,
+            ),
+            // ARGV[6]: the bytes of content of the first messages (ARGV[7..]).
             create_session: Script::new(
                 r#"
                 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-                redis.call('HSET', KEYS[1], 'record', ARGV[1], 'updatedAt', ARGV[2], 'incarnation', ARGV[5])
-                for i = 6, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+                redis.call('HSET', KEYS[1], 'record', ARGV[1], 'updatedAt', ARGV[2], 'incarnation', ARGV[5], 'bytes', ARGV[6])
+                for i = 7, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
                 return 1
                 "#,
             ),
@@ -78,32 +99,38 @@ impl Scripts {
             // The session first: deleting it drops its lock, so a turn that began on this
             // incarnation (ARGV[3]) learns that it is gone, deleted or created again, rather
             // than that it lost the lock. The lock is dropped only if it is still ours.
+            // Then the session's quotas (ARGV[4] messages, ARGV[5] bytes; ARGV[6] the turn's
+            // bytes): a turn that would pass one is refused whole and the lock released.
             append_turn: Script::new(
-                r#"
+                &(r#"
+                local FIRST = 7
                 local incarnation = redis.call('HGET', KEYS[2], 'incarnation') or ''
                 if redis.call('EXISTS', KEYS[2]) == 0 or incarnation ~= ARGV[3] then
                   if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
                   return 'gone'
                 end
                 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
-                for i = 4, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+"#.to_owned() + APPEND_QUOTA_CHECK + r#"
+                for i = FIRST, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
                 redis.call('HSET', KEYS[2], 'updatedAt', ARGV[2])
                 redis.call('DEL', KEYS[1])
                 return 'ok'
-                "#,
+                "#),
             ),
-            // As append_turn (the incarnation is ARGV[6]), plus the result under the request
-            // id, expiring after the retention (ms, ARGV[5]) by the server's clock; a few
-            // expired records are dropped on the way.
+            // As append_turn (the incarnation is ARGV[6], the quotas ARGV[7..9]), plus the
+            // result under the request id, expiring after the retention (ms, ARGV[5]) by the
+            // server's clock; a few expired records are dropped on the way.
             append_turn_recording: Script::new(
-                r#"
+                &(r#"
+                local FIRST = 10
                 local incarnation = redis.call('HGET', KEYS[2], 'incarnation') or ''
                 if redis.call('EXISTS', KEYS[2]) == 0 or incarnation ~= ARGV[6] then
                   if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
                   return 'gone'
                 end
                 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
-                for i = 7, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+"#.to_owned() + APPEND_QUOTA_CHECK + r#"
+                for i = FIRST, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
                 redis.call('HSET', KEYS[2], 'updatedAt', ARGV[2])
                 local t = redis.call('TIME')
                 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -119,7 +146,7 @@ impl Scripts {
                 redis.call('PEXPIRE', KEYS[5], retention)
                 redis.call('DEL', KEYS[1])
                 return 'ok'
-                "#,
+                "#),
             ),
             recorded_result: Script::new(
                 r#"
@@ -198,6 +225,41 @@ impl Scripts {
     }
 }
 
+/// The quota check of both append scripts, after the fence: `FIRST` is the index of the first
+/// message in ARGV, preceded by the messages quota, the bytes quota and the turn's bytes. The
+/// session's byte count lives in its meta hash (`bytes`); a session stored before the count
+/// existed has it computed here from its messages, once (the append stores it).
+const APPEND_QUOTA_CHECK: &str = r#"
+                local count = redis.call('LLEN', KEYS[3])
+                local bytes = redis.call('HGET', KEYS[2], 'bytes')
+                local counted = bytes ~= false
+                if counted then
+                  bytes = tonumber(bytes)
+                else
+                  bytes = 0
+                  for _, raw in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+                    local ok, m = pcall(cjson.decode, raw)
+                    if ok and type(m) == 'table' and type(m.content) == 'string' then bytes = bytes + #m.content end
+                  end
+                end
+                local adding = #ARGV - FIRST + 1
+                if count + adding > tonumber(ARGV[FIRST - 3]) then
+                  redis.call('DEL', KEYS[1])
+                  return 'quota:messages:' .. string.format('%d', count)
+                end
+                if bytes + tonumber(ARGV[FIRST - 1]) > tonumber(ARGV[FIRST - 2]) then
+                  redis.call('DEL', KEYS[1])
+                  return 'quota:bytes:' .. string.format('%d', bytes)
+                end
+                if counted then
+                  redis.call('HINCRBY', KEYS[2], 'bytes', ARGV[FIRST - 1])
+                else
+                  redis.call('HSET', KEYS[2], 'bytes', string.format('%d', bytes + tonumber(ARGV[FIRST - 1])))
+                end"#;
+
+/// How many of a full index's oldest entries a create looks at for sessions that are gone.
+const FULL_INDEX_SCAN: isize = 1024;
+
 fn session_base(owner: &str, id: &str) -> String {
     format!("oc:s:{{{owner}/{id}}}")
 }
@@ -239,7 +301,88 @@ fn decode_session(
     Ok(session)
 }
 
+/// Reads an append script's answer (`quota:<messages|bytes>:<used>` for a refusal).
+fn append_outcome(reply: &str, caps: SessionCaps) -> StoreResult<AppendOutcome> {
+    let refused = |cap, limit, used: &str| {
+        used.parse()
+            .map(|used| AppendOutcome::OverQuota(CapBreach { cap, limit, used }))
+            .map_err(|_| StoreError::Corrupt(format!("unexpected append reply {reply:?}")))
+    };
+    match reply {
+        "ok" => Ok(AppendOutcome::Appended),
+        "lost" => Ok(AppendOutcome::LockLost),
+        "gone" => Ok(AppendOutcome::SessionGone),
+        other => match other.strip_prefix("quota:") {
+            Some(rest) if rest.starts_with("messages:") => {
+                refused(SessionCap::Messages, caps.max_messages, &rest[9..])
+            }
+            Some(rest) if rest.starts_with("bytes:") => {
+                refused(SessionCap::Bytes, caps.max_bytes, &rest[6..])
+            }
+            _ => Err(StoreError::Corrupt(format!(
+                "unexpected append reply {other:?}"
+            ))),
+        },
+    }
+}
+
 impl RedisStore {
+    /// Lists a new session in its owner's index unless the owner keeps `max_sessions` already;
+    /// then returns how many it keeps. A full index may hold entries of sessions that are gone
+    /// (expired, or a delete or create that stopped halfway): those older than a create could
+    /// take are dropped (the oldest [`FULL_INDEX_SCAN`] entries are looked at) and the listing
+    /// tried once more. The common case, room in the index, is one round trip.
+    async fn list_new_session(
+        &self,
+        session: &SessionRecord,
+        max_sessions: u64,
+    ) -> StoreResult<Option<u64>> {
+        let index = owner_index(&session.owner);
+        let mut full = None;
+        for attempt in 0..2 {
+            let mut conn = self.conn.clone();
+            let listed: i64 = self
+                .scripts
+                .list_session
+                .key(&index)
+                .arg(session.created_at.timestamp_millis())
+                .arg(&session.id)
+                .arg(max_sessions)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(StoreError::from)?;
+            if listed < 0 {
+                if listed < -1 {
+                    crate::quotas::observe_usage("maxSessions", (-listed - 1) as u64, max_sessions);
+                }
+                return Ok(None);
+            }
+            full = Some(listed as u64);
+            if attempt == 0 {
+                let oldest: Vec<String> = conn
+                    .zrange(&index, 0, FULL_INDEX_SCAN - 1)
+                    .await
+                    .map_err(StoreError::from)?;
+                let exists = futures::future::try_join_all(oldest.iter().map(|id| {
+                    let mut conn = self.conn.clone();
+                    let meta = format!("{}:meta", session_base(&session.owner, id));
+                    async move { conn.exists::<_, bool>(meta).await.map_err(StoreError::from) }
+                }))
+                .await?;
+                let gone: Vec<String> = oldest
+                    .into_iter()
+                    .zip(exists)
+                    .filter_map(|(id, exists)| (!exists).then_some(id))
+                    .collect();
+                if gone.is_empty() {
+                    break;
+                }
+                self.drop_stale_index_entries(&session.owner, &gone).await;
+            }
+        }
+        Ok(full)
+    }
+
     /// Prepares the connection (see [`SharedConnection::open`]): the core starts, and reports
     /// Redis as down, while Redis is away.
     pub async fn connect(config: &RedisConfig) -> StoreResult<Self> {
@@ -403,21 +546,25 @@ impl Store for RedisStore {
         &self,
         session: &SessionRecord,
         messages: &[StoredMessage],
-    ) -> StoreResult<bool> {
+        caps: SessionCaps,
+    ) -> StoreResult<CreateOutcome> {
+        if let Some(breach) = first_messages_breach(messages, caps) {
+            return Ok(CreateOutcome::OverQuota(breach));
+        }
         let base = session_base(&session.owner, &session.id);
         let mut conn = self.conn.clone();
         // Listed first, created second: the owner's index lives in another slot, so the two
         // cannot be one script on a cluster. An entry whose session was never created (a
-        // failure in between) is skipped by listings and dropped once it is old.
-        // NX: a create refused because the session exists leaves its entry as it was.
-        redis::cmd("ZADD")
-            .arg(owner_index(&session.owner))
-            .arg("NX")
-            .arg(session.created_at.timestamp_millis())
-            .arg(&session.id)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(StoreError::from)?;
+        // failure in between) is skipped by listings and dropped once it is old. The listing
+        // is where the maxSessions quota is counted; an id listed already keeps its entry (a
+        // create refused because the session exists leaves it as it was).
+        if let Some(used) = self.list_new_session(session, caps.max_sessions).await? {
+            return Ok(CreateOutcome::OverQuota(CapBreach {
+                cap: SessionCap::Sessions,
+                limit: caps.max_sessions,
+                used,
+            }));
+        }
         let mut invocation = self.scripts.create_session.prepare_invoke();
         invocation
             .key(format!("{base}:meta"))
@@ -426,7 +573,8 @@ impl Store for RedisStore {
             .arg(session.updated_at.to_rfc3339())
             .arg(session.created_at.timestamp_millis())
             .arg(&session.id)
-            .arg(&session.incarnation);
+            .arg(&session.incarnation)
+            .arg(content_bytes(messages));
         for message in messages {
             invocation.arg(encode(message)?);
         }
@@ -434,7 +582,18 @@ impl Store for RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
-        Ok(created == 1)
+        Ok(if created == 1 {
+            CreateOutcome::Created
+        } else {
+            CreateOutcome::Exists
+        })
+    }
+
+    async fn session_count(&self, owner: &str) -> StoreResult<u64> {
+        let mut conn = self.conn.clone();
+        conn.zcard(owner_index(owner))
+            .await
+            .map_err(StoreError::from)
     }
 
     async fn get_session(&self, owner: &str, id: &str) -> StoreResult<Option<SessionRecord>> {
@@ -625,6 +784,7 @@ impl Store for RedisStore {
         fence: TurnFence<'_>,
         messages: &[StoredMessage],
         at: DateTime<Utc>,
+        caps: SessionCaps,
     ) -> StoreResult<AppendOutcome> {
         let base = session_base(owner, id);
         let mut invocation = self.scripts.append_turn.prepare_invoke();
@@ -634,7 +794,10 @@ impl Store for RedisStore {
             .key(format!("{base}:msgs"))
             .arg(fence.token)
             .arg(at.to_rfc3339())
-            .arg(fence.incarnation);
+            .arg(fence.incarnation)
+            .arg(caps.max_messages)
+            .arg(caps.max_bytes)
+            .arg(content_bytes(messages));
         for message in messages {
             invocation.arg(encode(message)?);
         }
@@ -643,14 +806,7 @@ impl Store for RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
-        match outcome.as_str() {
-            "ok" => Ok(AppendOutcome::Appended),
-            "lost" => Ok(AppendOutcome::LockLost),
-            "gone" => Ok(AppendOutcome::SessionGone),
-            other => Err(StoreError::Corrupt(format!(
-                "unexpected append reply {other:?}"
-            ))),
-        }
+        append_outcome(&outcome, caps)
     }
 
     async fn unlock_session(&self, owner: &str, id: &str, token: &str) -> StoreResult<()> {
@@ -674,6 +830,7 @@ impl Store for RedisStore {
         messages: &[StoredMessage],
         at: DateTime<Utc>,
         result: RecordedResult<'_>,
+        caps: SessionCaps,
     ) -> StoreResult<AppendOutcome> {
         let base = session_base(owner, id);
         let mut invocation = self.scripts.append_turn_recording.prepare_invoke();
@@ -688,7 +845,10 @@ impl Store for RedisStore {
             .arg(result.request_id)
             .arg(result.body)
             .arg(result.retention.as_millis().max(1) as u64)
-            .arg(fence.incarnation);
+            .arg(fence.incarnation)
+            .arg(caps.max_messages)
+            .arg(caps.max_bytes)
+            .arg(content_bytes(messages));
         for message in messages {
             invocation.arg(encode(message)?);
         }
@@ -697,14 +857,7 @@ impl Store for RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
-        match outcome.as_str() {
-            "ok" => Ok(AppendOutcome::Appended),
-            "lost" => Ok(AppendOutcome::LockLost),
-            "gone" => Ok(AppendOutcome::SessionGone),
-            other => Err(StoreError::Corrupt(format!(
-                "unexpected append reply {other:?}"
-            ))),
-        }
+        append_outcome(&outcome, caps)
     }
 
     async fn recorded_result(

@@ -172,7 +172,11 @@ impl Completer {
         // Stored into a session: each message is held to the key's maxMessageBytes first.
         let quotas = self.inference.door().quotas(principal);
         for (i, message) in asked.messages.iter().enumerate() {
-            crate::quotas::check_message_bytes(&quotas, &message.content, &format!("messages[{i}]"))?;
+            crate::quotas::check_message_bytes(
+                &quotas,
+                &message.content,
+                &format!("messages[{i}]"),
+            )?;
         }
         match self.locks.lock(principal.owner_id(), id).await? {
             Some((lock, _, history)) => Ok(Binding::Existing {
@@ -229,7 +233,7 @@ impl Completer {
                         format!(
                             "Another request created the session '{id}' at the same moment; send the request again to continue it"
                         ),
-                    ))
+                    )),
                 }
             }
         }

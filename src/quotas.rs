@@ -138,7 +138,10 @@ pub fn cron_refusal(limit: u64, used: u64) -> ApiError {
 
 /// An agentTurn payload's message held to the key's `maxMessageBytes` (it is stored in a
 /// session each run).
-pub fn check_payload(quotas: &Quotas, payload: &crate::cron::payload::Payload) -> Result<(), ApiError> {
+pub fn check_payload(
+    quotas: &Quotas,
+    payload: &crate::cron::payload::Payload,
+) -> Result<(), ApiError> {
     match payload {
         crate::cron::payload::Payload::AgentTurn { message, .. } => {
             check_message_bytes(quotas, message, "payload.message")

@@ -5,12 +5,12 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
+use crate::cron::store::CronStore;
 use crate::front_door::{FrontDoor, Scope};
 use crate::metadata::respond;
 use crate::proto::system_service_server::SystemService;
 use crate::proto::{self, DependencyHealth};
 use crate::providers::ModelCatalog;
-use crate::cron::store::CronStore;
 use crate::store::Store;
 
 pub(crate) struct System {
@@ -47,21 +47,23 @@ impl System {
     async fn quota_usage(&self, principal: &crate::auth::Principal) -> Vec<proto::QuotaUsage> {
         let quotas = self.door.quotas(principal);
         let owner = principal.owner_id();
-        let (sessions, jobs) = tokio::join!(
-            self.store.session_count(owner),
-            self.cron.job_count(owner)
-        );
-        let row = |name: &str, limit, used: Option<u64>, unit: &str, per: &str| {
-            proto::QuotaUsage {
-                name: name.into(),
-                limit,
-                used,
-                unit: unit.into(),
-                per: per.into(),
-            }
+        let (sessions, jobs) =
+            tokio::join!(self.store.session_count(owner), self.cron.job_count(owner));
+        let row = |name: &str, limit, used: Option<u64>, unit: &str, per: &str| proto::QuotaUsage {
+            name: name.into(),
+            limit,
+            used,
+            unit: unit.into(),
+            per: per.into(),
         };
         vec![
-            row("maxSessions", quotas.max_sessions, sessions.ok(), "sessions", "key"),
+            row(
+                "maxSessions",
+                quotas.max_sessions,
+                sessions.ok(),
+                "sessions",
+                "key",
+            ),
             row(
                 "maxMessagesPerSession",
                 quotas.max_messages_per_session,
@@ -69,9 +71,27 @@ impl System {
                 "messages",
                 "session",
             ),
-            row("maxSessionBytes", quotas.max_session_bytes, None, "bytes", "session"),
-            row("maxMessageBytes", quotas.max_message_bytes, None, "bytes", "message"),
-            row("maxCronJobs", quotas.max_cron_jobs, jobs.ok(), "jobs", "key"),
+            row(
+                "maxSessionBytes",
+                quotas.max_session_bytes,
+                None,
+                "bytes",
+                "session",
+            ),
+            row(
+                "maxMessageBytes",
+                quotas.max_message_bytes,
+                None,
+                "bytes",
+                "message",
+            ),
+            row(
+                "maxCronJobs",
+                quotas.max_cron_jobs,
+                jobs.ok(),
+                "jobs",
+                "key",
+            ),
             row(
                 "sessionIdleTtlSeconds",
                 quotas.session_idle_ttl_seconds,

@@ -15,8 +15,9 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use futures::future::join_all;
 use openclaw_gateway::store::{
-    AppendOutcome, EmbeddedStore, KeyLimits, KeyRecord, LockOutcome, RecordedResult, RedisConfig,
-    RedisStore, RedisTopology, SessionCaps, SessionRecord, Store, StoredMessage, TurnFence,
+    AppendOutcome, CapBreach, CreateOutcome, EmbeddedStore, KeyLimits, KeyRecord, LockOutcome,
+    RecordedResult, RedisConfig, RedisStore, RedisTopology, SessionCap, SessionCaps, SessionRecord,
+    Store, StoredMessage, TurnFence,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -342,7 +343,13 @@ async fn check_create_session_once(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let original = session(&owner, &id, at(0));
     let history = turn(0, at(0));
-    assert!(store.create_session(&original, &history, SessionCaps::UNLIMITED).await.unwrap().created());
+    assert!(
+        store
+            .create_session(&original, &history, SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
 
     let mut impostor = session(&owner, &id, at(50));
     impostor.model = "other-model".into();
@@ -350,9 +357,14 @@ async fn check_create_session_once(store: &dyn Store) {
     impostor.temperature = None;
     assert!(
         !store
-            .create_session(&impostor, &[msg("user", "intruder", at(50))], SessionCaps::UNLIMITED)
+            .create_session(
+                &impostor,
+                &[msg("user", "intruder", at(50))],
+                SessionCaps::UNLIMITED
+            )
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
 
     assert_eq!(
@@ -376,9 +388,19 @@ async fn check_owners_are_separate(store: &dyn Store) {
     b.model = "model-b".into();
     let a_history = vec![msg("user", "alice's secret", at(0))];
     let b_history = vec![msg("user", "bob's secret", at(1))];
-    assert!(store.create_session(&a, &a_history, SessionCaps::UNLIMITED).await.unwrap().created());
     assert!(
-        store.create_session(&b, &b_history, SessionCaps::UNLIMITED).await.unwrap().created(),
+        store
+            .create_session(&a, &a_history, SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
+    assert!(
+        store
+            .create_session(&b, &b_history, SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created(),
         "another owner's session with the same id must not block creation"
     );
 
@@ -404,7 +426,14 @@ async fn check_owners_are_separate(store: &dyn Store) {
     let reply = vec![msg("assistant", "for alice only", at(2))];
     assert_eq!(
         store
-            .append_turn(&alice, &id, fence("alice-token"), &reply, at(2), SessionCaps::UNLIMITED)
+            .append_turn(
+                &alice,
+                &id,
+                fence("alice-token"),
+                &reply,
+                at(2),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -436,7 +465,13 @@ async fn check_other_owner_sees_nothing(store: &dyn Store) {
     let (owner, stranger, id) = (uid("owner"), uid("stranger"), uid("session"));
     let s = session(&owner, &id, at(0));
     let history = turn(1, at(0));
-    assert!(store.create_session(&s, &history, SessionCaps::UNLIMITED).await.unwrap().created());
+    assert!(
+        store
+            .create_session(&s, &history, SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
     let before = snapshot(store, &owner, &id).await;
 
     assert_eq!(store.get_session(&stranger, &id).await.unwrap(), None);
@@ -453,7 +488,14 @@ async fn check_other_owner_sees_nothing(store: &dyn Store) {
     assert!(!store.delete_session(&stranger, &id).await.unwrap());
     assert_eq!(
         store
-            .append_turn(&stranger, &id, fence("t"), &turn(2, at(1)), at(1), SessionCaps::UNLIMITED)
+            .append_turn(
+                &stranger,
+                &id,
+                fence("t"),
+                &turn(2, at(1)),
+                at(1),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::SessionGone,
@@ -476,9 +518,14 @@ async fn check_ids_with_separator_characters(store: &dyn Store) {
         let s = session(&owner, id, at(n as i64));
         assert!(
             store
-                .create_session(&s, &[msg("user", &format!("only {id:?}"), at(0))], SessionCaps::UNLIMITED)
+                .create_session(
+                    &s,
+                    &[msg("user", &format!("only {id:?}"), at(0))],
+                    SessionCaps::UNLIMITED
+                )
                 .await
-                .unwrap().created(),
+                .unwrap()
+                .created(),
             "create {id:?}"
         );
     }
@@ -505,7 +552,14 @@ async fn check_ids_with_separator_characters(store: &dyn Store) {
     );
     assert_eq!(
         store
-            .append_turn(&owner, &tricky[0], fence("t"), &turn(0, at(0)), at(0), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &tricky[0],
+                fence("t"),
+                &turn(0, at(0)),
+                at(0),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -534,10 +588,17 @@ async fn check_list_sessions(store: &dyn Store) {
             store
                 .create_session(&s, &turn(n as usize, at(n)), SessionCaps::UNLIMITED)
                 .await
-                .unwrap().created()
+                .unwrap()
+                .created()
         );
         let o = session(&other, &uid("foreign"), at(n));
-        assert!(store.create_session(&o, &[], SessionCaps::UNLIMITED).await.unwrap().created());
+        assert!(
+            store
+                .create_session(&o, &[], SessionCaps::UNLIMITED)
+                .await
+                .unwrap()
+                .created()
+        );
         by_age.push((n, s));
     }
     by_age.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
@@ -593,14 +654,26 @@ async fn check_list_messages(store: &dyn Store) {
     // Three from the create, four from a turn: pages cross the boundary.
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &all[..3], SessionCaps::UNLIMITED)
+            .create_session(
+                &session(&owner, &id, at(0)),
+                &all[..3],
+                SessionCaps::UNLIMITED
+            )
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
     acquire(store, &owner, &id, "t", LEASE).await;
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("t"), &all[3..], at(7), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &id,
+                fence("t"),
+                &all[3..],
+                at(7),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -641,7 +714,13 @@ async fn check_message_count(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let mut s = session(&owner, &id, at(0));
     s.message_count = 99; // ignored on writes
-    assert!(store.create_session(&s, &turn(0, at(0)), SessionCaps::UNLIMITED).await.unwrap().created());
+    assert!(
+        store
+            .create_session(&s, &turn(0, at(0)), SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
     let stored = store.get_session(&owner, &id).await.unwrap().unwrap();
     assert_eq!(stored.message_count, 2);
 
@@ -650,7 +729,14 @@ async fn check_message_count(store: &dyn Store) {
     assert_eq!(history.len(), 2);
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("t1"), &turn(1, at(5)), at(5), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &id,
+                fence("t1"),
+                &turn(1, at(5)),
+                at(5),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -668,7 +754,14 @@ async fn check_message_count(store: &dyn Store) {
     ];
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("t2"), &three, at(9), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &id,
+                fence("t2"),
+                &three,
+                at(9),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -688,7 +781,8 @@ async fn check_message_count(store: &dyn Store) {
         store
             .create_session(&session(&owner, &empty, at(1)), &[], SessionCaps::UNLIMITED)
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
     assert_eq!(
         store
@@ -709,8 +803,20 @@ async fn check_delete_session(store: &dyn Store) {
     let d = session(&owner, &doomed, at(0));
     let k = session(&owner, &kept, at(1));
     let kept_history = turn(1, at(1));
-    assert!(store.create_session(&d, &turn(0, at(0)), SessionCaps::UNLIMITED).await.unwrap().created());
-    assert!(store.create_session(&k, &kept_history, SessionCaps::UNLIMITED).await.unwrap().created());
+    assert!(
+        store
+            .create_session(&d, &turn(0, at(0)), SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
+    assert!(
+        store
+            .create_session(&k, &kept_history, SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
 
     assert!(store.delete_session(&owner, &doomed).await.unwrap());
     assert_eq!(store.get_session(&owner, &doomed).await.unwrap(), None);
@@ -732,9 +838,14 @@ async fn check_delete_session(store: &dyn Store) {
     let fresh = vec![msg("user", "fresh start", at(3))];
     assert!(
         store
-            .create_session(&session(&owner, &doomed, at(3)), &fresh, SessionCaps::UNLIMITED)
+            .create_session(
+                &session(&owner, &doomed, at(3)),
+                &fresh,
+                SessionCaps::UNLIMITED
+            )
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
     assert_eq!(all_messages(store, &owner, &doomed).await, fresh);
     assert_eq!(
@@ -753,11 +864,24 @@ async fn check_delete_session(store: &dyn Store) {
 async fn check_lock_session(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let s = session(&owner, &id, at(0));
-    assert!(store.create_session(&s, &turn(0, at(0)), SessionCaps::UNLIMITED).await.unwrap().created());
+    assert!(
+        store
+            .create_session(&s, &turn(0, at(0)), SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
     acquire(store, &owner, &id, "setup", LEASE).await;
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("setup"), &turn(1, at(4)), at(4), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &id,
+                fence("setup"),
+                &turn(1, at(4)),
+                at(4),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -802,7 +926,8 @@ async fn check_lock_missing_session(store: &dyn Store) {
         store
             .create_session(&session(&owner, &id, at(0)), &[], SessionCaps::UNLIMITED)
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
     let (_, history) = acquire(store, &owner, &id, "b", LEASE).await;
     assert!(history.is_empty());
@@ -820,9 +945,14 @@ async fn check_lease_expiry(store: &dyn Store) {
     let history = turn(0, at(0));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &history, SessionCaps::UNLIMITED)
+            .create_session(
+                &session(&owner, &id, at(0)),
+                &history,
+                SessionCaps::UNLIMITED
+            )
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
     acquire(store, &owner, &id, "old", Duration::from_millis(200)).await;
     assert_eq!(
@@ -837,7 +967,14 @@ async fn check_lease_expiry(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("old"), &turn(1, at(5)), at(5), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &id,
+                fence("old"),
+                &turn(1, at(5)),
+                at(5),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::LockLost
@@ -851,7 +988,14 @@ async fn check_lease_expiry(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("new"), &turn(2, at(6)), at(6), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &id,
+                fence("new"),
+                &turn(2, at(6)),
+                at(6),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -870,7 +1014,8 @@ async fn check_append_turn(store: &dyn Store) {
         store
             .create_session(&session(&owner, &id, at(0)), &first, SessionCaps::UNLIMITED)
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
     acquire(store, &owner, &id, "a", LEASE).await;
     let whole_turn = vec![
@@ -880,7 +1025,14 @@ async fn check_append_turn(store: &dyn Store) {
     ];
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("a"), &whole_turn, at(3), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &id,
+                fence("a"),
+                &whole_turn,
+                at(3),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -896,7 +1048,14 @@ async fn check_append_turn(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("a"), &turn(9, at(9)), at(9), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &id,
+                fence("a"),
+                &turn(9, at(9)),
+                at(9),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::LockLost,
@@ -912,15 +1071,27 @@ async fn check_append_after_delete(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)), SessionCaps::UNLIMITED)
+            .create_session(
+                &session(&owner, &id, at(0)),
+                &turn(0, at(0)),
+                SessionCaps::UNLIMITED
+            )
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
     acquire(store, &owner, &id, "a", LEASE).await;
     assert!(store.delete_session(&owner, &id).await.unwrap());
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("a"), &turn(1, at(1)), at(1), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &id,
+                fence("a"),
+                &turn(1, at(1)),
+                at(1),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::SessionGone
@@ -934,7 +1105,8 @@ async fn check_append_after_delete(store: &dyn Store) {
         store
             .create_session(&session(&owner, &id, at(2)), &[], SessionCaps::UNLIMITED)
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
     let (_, history) = acquire(store, &owner, &id, "b", LEASE).await;
     assert!(history.is_empty());
@@ -949,9 +1121,14 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)), SessionCaps::UNLIMITED)
+            .create_session(
+                &session(&owner, &id, at(0)),
+                &turn(0, at(0)),
+                SessionCaps::UNLIMITED
+            )
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
     let (seen, _) = acquire(store, &owner, &id, "old", LEASE).await;
     assert_eq!(seen.incarnation, FIRST_LIFE, "a lock reads the incarnation");
@@ -964,7 +1141,8 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
         store
             .create_session(&second, &turn(1, at(1)), SessionCaps::UNLIMITED)
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
 
     // The old turn's lock went with the old session: the new one is not held up by it.
@@ -975,7 +1153,14 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("old"), &turn(9, at(9)), at(9), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &id,
+                fence("old"),
+                &turn(9, at(9)),
+                at(9),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::SessionGone
@@ -1016,7 +1201,14 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
     };
     assert_eq!(
         store
-            .append_turn(&owner, &id, stale, &turn(9, at(9)), at(9), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &id,
+                stale,
+                &turn(9, at(9)),
+                at(9),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::SessionGone
@@ -1030,7 +1222,14 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
     };
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence, &turn(2, at(2)), at(2), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &id,
+                fence,
+                &turn(2, at(2)),
+                at(2),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -1050,7 +1249,8 @@ async fn check_concurrent_turns(store: &dyn Store) {
         store
             .create_session(&session(&owner, &id, at(0)), &[], SessionCaps::UNLIMITED)
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
 
     let turns = (0..TURNS).map(|n| {
@@ -1072,7 +1272,14 @@ async fn check_concurrent_turns(store: &dyn Store) {
             // Give the others a chance to try the lock while this turn holds it.
             tokio::task::yield_now().await;
             let outcome = store
-                .append_turn(&owner, &id, fence(&token), &turn(n, at(1)), at(1), SessionCaps::UNLIMITED)
+                .append_turn(
+                    &owner,
+                    &id,
+                    fence(&token),
+                    &turn(n, at(1)),
+                    at(1),
+                    SessionCaps::UNLIMITED,
+                )
                 .await
                 .unwrap();
             assert_eq!(outcome, AppendOutcome::Appended, "turn {n}");
@@ -1131,7 +1338,13 @@ async fn check_unicode_and_large_content(store: &dyn Store) {
         msg("assistant", &large, at(2)),
         msg("user", "", at(3)),
     ];
-    assert!(store.create_session(&s, &first, SessionCaps::UNLIMITED).await.unwrap().created());
+    assert!(
+        store
+            .create_session(&s, &first, SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
     assert_eq!(
         store.get_session(&owner, &id).await.unwrap(),
         Some(counted(&s, 3))
@@ -1148,7 +1361,14 @@ async fn check_unicode_and_large_content(store: &dyn Store) {
     ];
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("🔑 token"), &second, at(5), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &id,
+                fence("🔑 token"),
+                &second,
+                at(5),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -1169,15 +1389,25 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
     let (id, neighbour) = (uid("session"), uid("neighbour"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)), SessionCaps::UNLIMITED)
+            .create_session(
+                &session(&owner, &id, at(0)),
+                &turn(0, at(0)),
+                SessionCaps::UNLIMITED
+            )
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
     assert!(
         store
-            .create_session(&session(&owner, &neighbour, at(1)), &turn(1, at(1)), SessionCaps::UNLIMITED)
+            .create_session(
+                &session(&owner, &neighbour, at(1)),
+                &turn(1, at(1)),
+                SessionCaps::UNLIMITED
+            )
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
     let before = snapshot(store, &owner, &id).await;
     let neighbour_before = snapshot(store, &owner, &neighbour).await;
@@ -1188,7 +1418,8 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
         !store
             .create_session(&duplicate, &turn(9, at(9)), SessionCaps::UNLIMITED)
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
     assert_eq!(
         snapshot(store, &owner, &id).await,
@@ -1198,7 +1429,14 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("never-locked"), &turn(9, at(9)), at(9), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &id,
+                fence("never-locked"),
+                &turn(9, at(9)),
+                at(9),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::LockLost
@@ -1214,7 +1452,14 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
     acquire(store, &owner, &id, "new", LEASE).await;
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("old"), &turn(9, at(9)), at(9), SessionCaps::UNLIMITED)
+            .append_turn(
+                &owner,
+                &id,
+                fence("old"),
+                &turn(9, at(9)),
+                at(9),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::LockLost
@@ -1232,8 +1477,9 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
                 &uid("missing"),
                 fence("new"),
                 &turn(9, at(9)),
-                at(9)
-            , SessionCaps::UNLIMITED)
+                at(9),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::SessionGone
@@ -1263,9 +1509,14 @@ async fn check_recorded_result_is_written_with_its_turn(store: &dyn Store) {
     for session_id in [&id, &other] {
         assert!(
             store
-                .create_session(&session(&owner, session_id, at(0)), &[], SessionCaps::UNLIMITED)
+                .create_session(
+                    &session(&owner, session_id, at(0)),
+                    &[],
+                    SessionCaps::UNLIMITED
+                )
                 .await
-                .unwrap().created()
+                .unwrap()
+                .created()
         );
     }
     acquire(store, &owner, &id, "a", LEASE).await;
@@ -1337,9 +1588,14 @@ async fn check_recorded_result_needs_the_turn(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)), SessionCaps::UNLIMITED)
+            .create_session(
+                &session(&owner, &id, at(0)),
+                &turn(0, at(0)),
+                SessionCaps::UNLIMITED
+            )
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
     let before = snapshot(store, &owner, &id).await;
     acquire(store, &owner, &id, "holder", LEASE).await;
@@ -1392,7 +1648,8 @@ async fn check_recorded_result_expires(store: &dyn Store) {
         store
             .create_session(&session(&owner, &id, at(0)), &[], SessionCaps::UNLIMITED)
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
     acquire(store, &owner, &id, "a", LEASE).await;
     store
@@ -1453,9 +1710,14 @@ async fn check_delete_session_drops_recorded_results(store: &dyn Store) {
     for session_id in [&id, &neighbour] {
         assert!(
             store
-                .create_session(&session(&owner, session_id, at(0)), &[], SessionCaps::UNLIMITED)
+                .create_session(
+                    &session(&owner, session_id, at(0)),
+                    &[],
+                    SessionCaps::UNLIMITED
+                )
                 .await
-                .unwrap().created()
+                .unwrap()
+                .created()
         );
         acquire(store, &owner, session_id, "a", LEASE).await;
         store
@@ -1476,7 +1738,8 @@ async fn check_delete_session_drops_recorded_results(store: &dyn Store) {
         store
             .create_session(&session(&owner, &id, at(2)), &[], SessionCaps::UNLIMITED)
             .await
-            .unwrap().created()
+            .unwrap()
+            .created()
     );
     assert_eq!(
         store.recorded_result(&owner, &id, "req-1").await.unwrap(),
@@ -1490,6 +1753,273 @@ async fn check_delete_session_drops_recorded_results(store: &dyn Store) {
         Some(RESULT_BODY.to_vec()),
         "a neighbour whose id extends the deleted one keeps its records"
     );
+}
+
+// ---------------------------------------------------------------- quotas
+
+fn caps(max_sessions: u64, max_messages: u64, max_bytes: u64) -> SessionCaps {
+    SessionCaps {
+        max_sessions,
+        max_messages,
+        max_bytes,
+    }
+}
+
+/// maxSessions: the owner's last slot is taken and one more create is refused, writing
+/// nothing; an existing id is still "exists"; a deleted session frees its slot; another owner
+/// has slots of its own.
+async fn check_session_quota(store: &dyn Store) {
+    let owner = uid("owner");
+    let two = caps(2, u64::MAX, u64::MAX);
+    let (a, b, c) = (uid("a"), uid("b"), uid("c"));
+    for id in [&a, &b] {
+        assert_eq!(
+            store
+                .create_session(&session(&owner, id, at(0)), &turn(0, at(0)), two)
+                .await
+                .unwrap(),
+            CreateOutcome::Created
+        );
+    }
+    assert_eq!(store.session_count(&owner).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .create_session(&session(&owner, &c, at(1)), &turn(0, at(1)), two)
+            .await
+            .unwrap(),
+        CreateOutcome::OverQuota(CapBreach {
+            cap: SessionCap::Sessions,
+            limit: 2,
+            used: 2
+        })
+    );
+    assert_eq!(store.get_session(&owner, &c).await.unwrap(), None);
+    assert_eq!(store.session_count(&owner).await.unwrap(), 2);
+    let listed = store.list_sessions(&owner, 0, 10).await.unwrap();
+    assert_eq!(
+        listed.items.len(),
+        2,
+        "nothing listed for the refused create"
+    );
+    assert_eq!(
+        store
+            .create_session(&session(&owner, &a, at(2)), &[], two)
+            .await
+            .unwrap(),
+        CreateOutcome::Exists,
+        "an id that exists is reported as such, full or not"
+    );
+    assert_eq!(
+        store
+            .create_session(&session(&uid("other"), &c, at(1)), &[], two)
+            .await
+            .unwrap(),
+        CreateOutcome::Created,
+        "another owner's count is its own"
+    );
+    assert!(store.delete_session(&owner, &a).await.unwrap());
+    assert_eq!(store.session_count(&owner).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .create_session(&session(&owner, &c, at(3)), &[], two)
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(store.session_count(&owner).await.unwrap(), 2);
+}
+
+/// Creates racing for the last slots: exactly the quota wins.
+async fn check_session_quota_under_concurrency(store: &dyn Store) {
+    let owner = uid("owner");
+    let three = caps(3, u64::MAX, u64::MAX);
+    let records: Vec<SessionRecord> = (0..12)
+        .map(|n| session(&owner, &uid("racer"), at(n)))
+        .collect();
+    let outcomes = join_all(records.iter().map(|s| store.create_session(s, &[], three))).await;
+    let created = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(CreateOutcome::Created)))
+        .count();
+    assert_eq!(created, 3, "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| matches!(
+            o,
+            Ok(CreateOutcome::Created) | Ok(CreateOutcome::OverQuota(_))
+        )),
+        "{outcomes:?}"
+    );
+    assert_eq!(store.session_count(&owner).await.unwrap(), 3);
+    assert_eq!(
+        store
+            .list_sessions(&owner, 0, 20)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3
+    );
+}
+
+/// maxMessagesPerSession and maxSessionBytes: a turn that would pass either is refused whole
+/// (nothing written, no result recorded) and releases the lock; the byte count runs on across
+/// turns; first messages over a quota refuse the create.
+async fn check_session_message_and_byte_quotas(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    // "question N" is 10 bytes and "answer N" 8: a turn is 2 messages, 18 bytes.
+    assert_eq!(
+        store
+            .create_session(
+                &session(&owner, &id, at(0)),
+                &turn(0, at(0)),
+                caps(10, 2, 18)
+            )
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    let before = all_messages(store, &owner, &id).await;
+    acquire(store, &owner, &id, "t1", LEASE).await;
+    assert_eq!(
+        store
+            .append_turn(
+                &owner,
+                &id,
+                fence("t1"),
+                &turn(1, at(1)),
+                at(1),
+                caps(10, 3, u64::MAX)
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::OverQuota(CapBreach {
+            cap: SessionCap::Messages,
+            limit: 3,
+            used: 2
+        })
+    );
+    assert_eq!(
+        all_messages(store, &owner, &id).await,
+        before,
+        "nothing written"
+    );
+    // The lock was released with the refusal: another token takes it at once.
+    acquire(store, &owner, &id, "t2", LEASE).await;
+    assert_eq!(
+        store
+            .append_turn_recording(
+                &owner,
+                &id,
+                fence("t2"),
+                &turn(1, at(1)),
+                at(1),
+                recorded("over", RESULT_BODY, LEASE),
+                caps(10, u64::MAX, 35),
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::OverQuota(CapBreach {
+            cap: SessionCap::Bytes,
+            limit: 35,
+            used: 18
+        })
+    );
+    assert_eq!(
+        all_messages(store, &owner, &id).await,
+        before,
+        "nothing written"
+    );
+    assert_eq!(
+        store.recorded_result(&owner, &id, "over").await.unwrap(),
+        None,
+        "no result recorded"
+    );
+    acquire(store, &owner, &id, "t3", LEASE).await;
+    assert_eq!(
+        store
+            .append_turn(
+                &owner,
+                &id,
+                fence("t3"),
+                &turn(1, at(1)),
+                at(1),
+                caps(10, 4, 36)
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::Appended,
+        "exactly at both quotas"
+    );
+    // 36 bytes now: one more turn needs 54.
+    acquire(store, &owner, &id, "t4", LEASE).await;
+    assert_eq!(
+        store
+            .append_turn(
+                &owner,
+                &id,
+                fence("t4"),
+                &turn(2, at(2)),
+                at(2),
+                caps(10, 100, 53)
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::OverQuota(CapBreach {
+            cap: SessionCap::Bytes,
+            limit: 53,
+            used: 36
+        })
+    );
+    acquire(store, &owner, &id, "t5", LEASE).await;
+    assert_eq!(
+        store
+            .append_turn(
+                &owner,
+                &id,
+                fence("t5"),
+                &turn(2, at(2)),
+                at(2),
+                caps(10, 100, 54)
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    assert_eq!(all_messages(store, &owner, &id).await.len(), 6);
+
+    // A turn on a lock that is not ours is still "lost", whatever the quotas.
+    assert_eq!(
+        store
+            .append_turn(
+                &owner,
+                &id,
+                fence("t5"),
+                &turn(3, at(3)),
+                at(3),
+                caps(10, 0, 0)
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::LockLost
+    );
+
+    // First messages over a quota: nothing created.
+    let fresh = uid("session");
+    for (over, breach) in [
+        (caps(10, 1, u64::MAX), SessionCap::Messages),
+        (caps(10, u64::MAX, 17), SessionCap::Bytes),
+    ] {
+        match store
+            .create_session(&session(&owner, &fresh, at(4)), &turn(4, at(4)), over)
+            .await
+            .unwrap()
+        {
+            CreateOutcome::OverQuota(got) => assert_eq!(got.cap, breach),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(store.get_session(&owner, &fresh).await.unwrap(), None);
+    }
+    assert_eq!(store.session_count(&owner).await.unwrap(), 1);
 }
 
 // ---------------------------------------------------------------- backends
@@ -1695,6 +2225,9 @@ conformance!(
     check_recorded_result_needs_the_turn,
     check_recorded_result_expires,
     check_delete_session_drops_recorded_results,
+    check_session_quota,
+    check_session_quota_under_concurrency,
+    check_session_message_and_byte_quotas,
 );
 
 // ---------------------------------------------------------------- Redis Cluster
@@ -1733,11 +2266,24 @@ async fn embedded_file_reopen_keeps_state() {
     {
         let store = EmbeddedStore::open(&path).expect("create the store file");
         store.insert_key(&k).await.unwrap();
-        assert!(store.create_session(&s, &history, SessionCaps::UNLIMITED).await.unwrap().created());
+        assert!(
+            store
+                .create_session(&s, &history, SessionCaps::UNLIMITED)
+                .await
+                .unwrap()
+                .created()
+        );
         acquire(&store, &owner, &id, "a", LEASE).await;
         assert_eq!(
             store
-                .append_turn(&owner, &id, fence("a"), &turn(1, at(2)), at(2), SessionCaps::UNLIMITED)
+                .append_turn(
+                    &owner,
+                    &id,
+                    fence("a"),
+                    &turn(1, at(2)),
+                    at(2),
+                    SessionCaps::UNLIMITED
+                )
                 .await
                 .unwrap(),
             AppendOutcome::Appended

@@ -289,10 +289,9 @@ impl Dashboard {
             }
             .into(),
             key: match principal {
-                Principal::Key(key) => Some(crate::convert::api_key(
-                    key,
-                    &self.door.default_quotas(),
-                )),
+                Principal::Key(key) => {
+                    Some(crate::convert::api_key(key, &self.door.default_quotas()))
+                }
                 Principal::Internal => None,
             },
             csrf_token: session.csrf_token.clone(),

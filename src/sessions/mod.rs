@@ -210,7 +210,11 @@ impl SessionService for Sessions {
         let principal = self.door.authorize(&request, SESSIONS).await?;
         let key = SendKey::of(&request, request.get_ref());
         let body = request.into_inner();
-        let turn = match self.turns.prepare_send(&principal, &body, key.as_ref()).await? {
+        let turn = match self
+            .turns
+            .prepare_send(&principal, &body, key.as_ref())
+            .await?
+        {
             PreparedSend::Replay(done) => {
                 let reply = done.reply.clone();
                 return Ok(replayed(done, reply.as_ref()));
@@ -248,7 +252,11 @@ impl SessionService for Sessions {
         let principal = self.door.authorize(&request, SESSIONS).await?;
         let key = SendKey::of(&request, request.get_ref());
         let body = request.into_inner();
-        let turn = match self.turns.prepare_send(&principal, &body, key.as_ref()).await? {
+        let turn = match self
+            .turns
+            .prepare_send(&principal, &body, key.as_ref())
+            .await?
+        {
             PreparedSend::Replay(done) => return Ok(replay_stream(done)),
             PreparedSend::Turn(turn) => turn,
         };

@@ -376,7 +376,10 @@ fn write_turn(
             Some(mut session) => 'write: {
                 let mut messages = txn.open_table(MESSAGES).or_unavailable()?;
                 let mut bytes_table = txn.open_table(SESSION_BYTES).or_unavailable()?;
-                let stored = bytes_table.get((owner, id)).or_unavailable()?.map(|v| v.value());
+                let stored = bytes_table
+                    .get((owner, id))
+                    .or_unavailable()?
+                    .map(|v| v.value());
                 let bytes = match stored {
                     Some(bytes) => bytes,
                     // Stored before the count existed: counted once, now.

@@ -214,10 +214,7 @@ pub fn content_bytes(messages: &[StoredMessage]) -> u64 {
 
 /// The quota first messages of a new session would pass, if any (the session holds nothing
 /// yet, so the check needs no round trip).
-pub fn first_messages_breach(
-    messages: &[StoredMessage],
-    caps: SessionCaps,
-) -> Option<CapBreach> {
+pub fn first_messages_breach(messages: &[StoredMessage], caps: SessionCaps) -> Option<CapBreach> {
     if messages.len() as u64 > caps.max_messages {
         return Some(CapBreach {
             cap: SessionCap::Messages,

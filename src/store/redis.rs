@@ -110,7 +110,10 @@ impl Scripts {
                   return 'gone'
                 end
                 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
-"#.to_owned() + APPEND_QUOTA_CHECK + r#"
+"#
+                .to_owned()
+                    + APPEND_QUOTA_CHECK
+                    + r#"
                 for i = FIRST, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
                 redis.call('HSET', KEYS[2], 'updatedAt', ARGV[2])
                 redis.call('DEL', KEYS[1])
@@ -129,7 +132,10 @@ impl Scripts {
                   return 'gone'
                 end
                 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
-"#.to_owned() + APPEND_QUOTA_CHECK + r#"
+"#
+                .to_owned()
+                    + APPEND_QUOTA_CHECK
+                    + r#"
                 for i = FIRST, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
                 redis.call('HSET', KEYS[2], 'updatedAt', ARGV[2])
                 local t = redis.call('TIME')

@@ -146,7 +146,11 @@ fn quota_list(key: &proto::ApiKey, usage: Option<&proto::KeyUsage>) -> Markup {
     let own = key.quotas.clone().unwrap_or_default();
     let shown = |v: Option<u64>, own: Option<u64>| {
         let v = v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
-        if own.is_some() { v } else { format!("{v} (default)") }
+        if own.is_some() {
+            v
+        } else {
+            format!("{v} (default)")
+        }
     };
     html! {
         @if let Some(u) = usage {
@@ -429,12 +433,12 @@ async fn key_form(
 }
 
 pub(crate) async fn edit_form(viewer: Viewer, Path(id): Path<String>) -> PageResult {
-    key_form(&viewer, id, "Edit limits and quotas", "", |key| {
+    key_form(&viewer, id, "Edit limits", "", |key| {
         html! {
             p { "Key " strong { (key.name) } " (" code { (key.prefix) "…" } ")" }
             (limit_inputs(key.limits.as_ref()))
             (quota_inputs(Some(key)))
-            button type="submit" { "Save limits and quotas" }
+            button type="submit" { "Save limits" }
         }
     })
     .await

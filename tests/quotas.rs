@@ -671,3 +671,93 @@ async fn dead_index_entries_do_not_hold_slots_forever() {
     assert_eq!(index, 2, "the dead entry was dropped, the new one added");
     expect_quota(create_session(&stack, &key, "d").await, "maxSessions", 2, 2).await;
 }
+
+/// The OpenAI-compatible surface stores into a session when asked to (`OpenClaw-Session-Id`):
+/// its quotas apply there too, in OpenAI's error shape with status 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_calls_that_store_are_held_to_the_quotas() {
+    let stack = Stack::start().await;
+    let (key, _) = key_with(
+        &stack.http,
+        &stack.url(""),
+        json!({"maxSessions": 1, "maxMessageBytes": 16}),
+    )
+    .await;
+    let complete = |session: &'static str, content: &'static str| {
+        stack
+            .http
+            .post(stack.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .header("OpenClaw-Session-Id", session)
+            .json(&json!({"model": "zai/glm-4.7-flash", "messages": [{"role": "user", "content": content}]}))
+            .send()
+    };
+    assert_eq!(complete("first", "hello").await.unwrap().status(), 200);
+    let refused = complete("second", "hello").await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "permission_error", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maxSessions"),
+        "{body}"
+    );
+    let long = complete("first", "this is longer than sixteen bytes")
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 403);
+    let body: Value = long.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maxMessageBytes"),
+        "{body}"
+    );
+    assert_eq!(session_ids(&stack, &key).await, ["first"]);
+    assert_eq!(
+        history(&stack, &key, "first").await.len(),
+        2,
+        "nothing stored"
+    );
+}
+
+/// A session stored before sessions counted their bytes has the count computed once, from its
+/// messages, by its next turn: the quota holds for it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stored_before_byte_counts_is_counted_from_its_messages() {
+    let stack = Stack::start().await;
+    let (key, id) = key_with(&stack.http, &stack.url(""), json!({"maxSessionBytes": 40})).await;
+    // "xxxxx" + "echo: xxxxx": 16 bytes.
+    let created = expect_data(create_session(&stack, &key, "xxxxx").await, 201).await;
+    let session = created["sessionId"].as_str().unwrap().to_string();
+    let redis = redis::Client::open(support::redis_url(stack.redis.as_ref().unwrap())).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let meta = format!("oc:s:{{{id}/{session}}}:meta");
+    let removed: u64 = redis::cmd("HDEL")
+        .arg(&meta)
+        .arg("bytes")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "the count is kept in the session's meta hash");
+    // 16 + "yyyyyyyyyy" + "echo: yyyyyyyyyy" = 42 > 40.
+    expect_quota(
+        send(&stack, &key, &session, "yyyyyyyyyy").await,
+        "maxSessionBytes",
+        40,
+        16,
+    )
+    .await;
+    // 16 + 3 + 9 = 28 fits, and stores the count.
+    expect_data(send(&stack, &key, &session, "zzz").await, 200).await;
+    let bytes: Option<u64> = redis::cmd("HGET")
+        .arg(&meta)
+        .arg("bytes")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(bytes, Some(28));
+}

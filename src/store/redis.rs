@@ -234,12 +234,12 @@ impl Scripts {
 /// The quota check of both append scripts, after the fence: `FIRST` is the index of the first
 /// message in ARGV, preceded by the messages quota, the bytes quota and the turn's bytes. The
 /// session's byte count lives in its meta hash (`bytes`); a session stored before the count
-/// existed has it computed here from its messages, once (the append stores it).
+/// existed has it computed here from its messages, once (and stored, refused turn or not: it
+/// describes what the session already holds).
 const APPEND_QUOTA_CHECK: &str = r#"
                 local count = redis.call('LLEN', KEYS[3])
                 local bytes = redis.call('HGET', KEYS[2], 'bytes')
-                local counted = bytes ~= false
-                if counted then
+                if bytes then
                   bytes = tonumber(bytes)
                 else
                   bytes = 0
@@ -247,6 +247,7 @@ const APPEND_QUOTA_CHECK: &str = r#"
                     local ok, m = pcall(cjson.decode, raw)
                     if ok and type(m) == 'table' and type(m.content) == 'string' then bytes = bytes + #m.content end
                   end
+                  redis.call('HSET', KEYS[2], 'bytes', string.format('%d', bytes))
                 end
                 local adding = #ARGV - FIRST + 1
                 if count + adding > tonumber(ARGV[FIRST - 3]) then
@@ -257,11 +258,7 @@ const APPEND_QUOTA_CHECK: &str = r#"
                   redis.call('DEL', KEYS[1])
                   return 'quota:bytes:' .. string.format('%d', bytes)
                 end
-                if counted then
-                  redis.call('HINCRBY', KEYS[2], 'bytes', ARGV[FIRST - 1])
-                else
-                  redis.call('HSET', KEYS[2], 'bytes', string.format('%d', bytes + tonumber(ARGV[FIRST - 1])))
-                end"#;
+                redis.call('HINCRBY', KEYS[2], 'bytes', ARGV[FIRST - 1])"#;
 
 /// How many of a full index's oldest entries a create looks at for sessions that are gone.
 const FULL_INDEX_SCAN: isize = 1024;

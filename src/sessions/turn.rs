@@ -15,7 +15,7 @@ use crate::limits::{Admission, Charge};
 use crate::proto::{self, ChatMessage};
 use crate::providers::Model;
 use crate::quotas::{Quotas, check_message_bytes};
-use crate::store::{SessionRecord, Store, StoredMessage};
+use crate::store::{CapBreach, SessionCap, SessionRecord, Store, StoredMessage};
 
 use super::turn_lock::{TurnLock, TurnLocks};
 use super::validation::{validate_message, validate_options, validate_session_id};
@@ -227,6 +227,18 @@ impl Turns {
                 self.locks.release(&lock).await;
                 return Err(err);
             }
+        }
+        // A session already too full for this message and its reply is refused before the
+        // model is asked (the store checks again as it appends, with the bytes too).
+        let limit = self.quotas(principal).max_messages_per_session;
+        let used = u64::from(session.message_count);
+        if used + 2 > limit {
+            self.locks.release(&lock).await;
+            return Err(crate::quotas::refusal(CapBreach {
+                cap: SessionCap::Messages,
+                limit,
+                used,
+            }));
         }
         Ok(PreparedSend::Turn(Turn {
             lock,

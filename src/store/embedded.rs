@@ -1043,6 +1043,7 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn append_turn_recording(
         &self,
         owner: &str,

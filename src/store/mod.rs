@@ -375,6 +375,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// [`Store::append_turn`] that also records `result`, in the same atomic
     /// step: the turn is stored with its record or neither is.
+    #[allow(clippy::too_many_arguments)]
     async fn append_turn_recording(
         &self,
         owner: &str,

@@ -825,6 +825,7 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn append_turn_recording(
         &self,
         owner: &str,

@@ -105,8 +105,8 @@ fn quotas(form: &[(String, String)]) -> Result<proto::Quotas, Box<Response>> {
 /// The form's quota fields, each showing the key's own value (empty: the default, shown as
 /// the placeholder).
 fn quota_inputs(key: Option<&proto::ApiKey>) -> Markup {
-    let own = key.and_then(|k| k.quotas.clone()).unwrap_or_default();
-    let effective = key.and_then(|k| k.effective_quotas.clone());
+    let own = key.and_then(|k| k.quotas).unwrap_or_default();
+    let effective = key.and_then(|k| k.effective_quotas);
     let value = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
     let default = |pick: fn(&proto::Quotas) -> Option<u64>| {
         effective
@@ -142,8 +142,8 @@ fn quota_inputs(key: Option<&proto::ApiKey>) -> Markup {
 
 /// A key's quotas in force, with what it holds against those counted per key.
 fn quota_list(key: &proto::ApiKey, usage: Option<&proto::KeyUsage>) -> Markup {
-    let q = key.effective_quotas.clone().unwrap_or_default();
-    let own = key.quotas.clone().unwrap_or_default();
+    let q = key.effective_quotas.unwrap_or_default();
+    let own = key.quotas.unwrap_or_default();
     let shown = |v: Option<u64>, own: Option<u64>| {
         let v = v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
         if own.is_some() {

@@ -761,3 +761,123 @@ async fn a_session_stored_before_byte_counts_is_counted_from_its_messages() {
         .unwrap();
     assert_eq!(bytes, Some(28));
 }
+
+/// The dashboard's key page shows a key's quotas (marking defaults) and what it keeps against
+/// those counted per key, and its edit form sets the key's own quotas, which apply at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_and_edits_quotas() {
+    let stack = Stack::start().await;
+    let base = stack.url("");
+    let (key, id) = key_with(&stack.http, &base, json!({"maxSessions": 2})).await;
+    expect_data(create_session(&stack, &key, "hi").await, 201).await;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = browser
+        .post(stack.url("/dashboard/login"))
+        .form(&[("credential", INTERNAL_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let stack = &stack;
+    let page = |path: String| {
+        let (browser, cookie) = (&browser, &cookie);
+        async move {
+            browser
+                .get(stack.url(&path))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let list = page("/dashboard/settings/keys".into()).await;
+    let card = &list[list
+        .find(&format!("data-key-id=\"{id}\""))
+        .expect("the key's card")..];
+    let card = &card[..card.find("</li>").unwrap()];
+    assert!(
+        card.contains("Sessions: 1 / 2"),
+        "sessions against the quota: {card}"
+    );
+    assert!(
+        card.contains("Cron jobs: 0 / 100"),
+        "cron jobs against the default: {card}"
+    );
+    assert!(
+        card.contains("100 (default)"),
+        "defaults are marked: {card}"
+    );
+
+    let form = page(format!("/dashboard/settings/keys/{id}")).await;
+    assert!(
+        form.contains("name=\"maxSessions\"") && form.contains("value=\"2\""),
+        "the form shows the key's own quota: {form}"
+    );
+    let at = form.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+    let csrf = form[at..].split('"').next().unwrap().to_string();
+    let saved = browser
+        .post(stack.url(&format!("/dashboard/settings/keys/{id}")))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("maxSessions", "1"),
+            ("maxCronJobs", "5"),
+            ("sessionIdleTtlSeconds", "0"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(saved.status(), 303, "{}", saved.text().await.unwrap());
+    let read = expect_data(
+        stack
+            .http
+            .get(format!("{base}/api/v1/keys/{id}"))
+            .bearer_auth(INTERNAL_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(
+        read["quotas"],
+        json!({"maxSessions": 1, "maxMessagesPerSession": null, "maxSessionBytes": null,
+               "maxMessageBytes": null, "maxCronJobs": 5, "sessionIdleTtlSeconds": 0}),
+        "{read}"
+    );
+    expect_quota(
+        create_session(&stack, &key, "more").await,
+        "maxSessions",
+        1,
+        1,
+    )
+    .await;
+    // A bad value is refused and changes nothing.
+    let bad = browser
+        .post(stack.url(&format!("/dashboard/settings/keys/{id}")))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("maxSessions", "0")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(
+        bad.text()
+            .await
+            .unwrap()
+            .contains("Sessions must be a whole number of at least 1")
+    );
+}

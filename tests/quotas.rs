@@ -662,6 +662,13 @@ async fn dead_index_entries_do_not_hold_slots_forever() {
         .query_async(&mut conn)
         .await
         .unwrap();
+    // Listed long ago, too: the note of its recent listing has lapsed.
+    let _: () = redis::cmd("ZREM")
+        .arg(format!("{{oc:o:{id}:sessions}}:listed"))
+        .arg(gone)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     expect_data(create_session(&stack, &key, "c").await, 201).await;
     let index: u64 = redis::cmd("ZCARD")
         .arg(format!("oc:o:{id}:sessions"))

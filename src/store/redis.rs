@@ -11,6 +11,8 @@
 //!   recorded result of a client's request, `…:results:exp` zset of request id by expiry (ms).
 //! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time; its size is what
 //!   the owner's `maxSessions` quota counts (checked and added to in one script).
+//!   `{oc:o:<owner>:sessions}:listed` (the index's slot) notes when ids were listed, for a
+//!   minute: such an entry may be a create in progress, which a sweep of dead entries spares.
 //! - `…:meta`'s `bytes` field: the session's bytes of message content (the `maxSessionBytes`
 //!   quota), kept by the create and append scripts; a session stored before it existed has it
 //!   computed once, by the first append.
@@ -46,6 +48,7 @@ pub struct RedisStore {
 
 struct Scripts {
     list_session: Script,
+    drop_dead_entries: Script,
     create_session: Script,
     lock_session: Script,
     append_turn: Script,
@@ -64,14 +67,44 @@ impl Scripts {
             // time ARGV[1]) unless it already holds ARGV[3] (maxSessions) entries: the count and
             // the add are one step, so two creates cannot both take the last slot. Returns -1
             // when the id is listed already (its slot is taken), -(n + 2) when added to n
-            // entries, else the count (the index is full).
+            // entries, else the count (the index is full). KEYS[2] notes when each id was
+            // listed (the server's clock), for the last ARGV[4] ms: an entry listed that
+            // recently may be a create in progress, which a sweep must not take for dead.
             list_session: Script::new(
                 r#"
-                if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return -1 end
+                local t = redis.call('TIME')
+                local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[4]))
+                if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+                  redis.call('ZADD', KEYS[2], now, ARGV[2])
+                  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+                  return -1
+                end
                 local n = redis.call('ZCARD', KEYS[1])
                 if n >= tonumber(ARGV[3]) then return n end
                 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+                redis.call('ZADD', KEYS[2], now, ARGV[2])
+                redis.call('PEXPIRE', KEYS[2], ARGV[4])
                 return -(n + 2)
+                "#,
+            ),
+            // Drops from the owner's index (KEYS[1]) the ids ARGV[3..], found without a
+            // session, unless listed within the last ARGV[1] ms (KEYS[2], see list_session) or
+            // created at or after ARGV[2] (ms): either may be a create in progress.
+            drop_dead_entries: Script::new(
+                r#"
+                local t = redis.call('TIME')
+                local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[1]))
+                local dropped = 0
+                for i = 3, #ARGV do
+                  local created = redis.call('ZSCORE', KEYS[1], ARGV[i])
+                  if created and tonumber(created) < tonumber(ARGV[2])
+                    and not redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+                    dropped = dropped + redis.call('ZREM', KEYS[1], ARGV[i])
+                  end
+                end
+                return dropped
                 "#,
             ),
             // ARGV[6]: the bytes of content of the first messages (ARGV[7..]).
@@ -260,6 +293,10 @@ const APPEND_QUOTA_CHECK: &str = r#"
                 end
                 redis.call('HINCRBY', KEYS[2], 'bytes', ARGV[FIRST - 1])"#;
 
+/// How long a create may take between listing a session and writing it: an index entry without
+/// its session is dropped only once it is older.
+const CREATE_BOUND_MS: i64 = 60_000;
+
 /// How many of a full index's oldest entries a create looks at for sessions that are gone.
 const FULL_INDEX_SCAN: isize = 1024;
 
@@ -269,6 +306,12 @@ fn session_base(owner: &str, id: &str) -> String {
 
 fn owner_index(owner: &str) -> String {
     format!("oc:o:{owner}:sessions")
+}
+
+/// When each of the owner's recent index entries was listed: in the index's slot (its hash tag
+/// is the index's whole name).
+fn owner_listings(owner: &str) -> String {
+    format!("{{oc:o:{owner}:sessions}}:listed")
 }
 
 fn key_key(id: &str) -> String {
@@ -348,9 +391,11 @@ impl RedisStore {
                 .scripts
                 .list_session
                 .key(&index)
+                .key(owner_listings(&session.owner))
                 .arg(session.created_at.timestamp_millis())
                 .arg(&session.id)
                 .arg(max_sessions)
+                .arg(CREATE_BOUND_MS)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(StoreError::from)?;
@@ -372,15 +417,14 @@ impl RedisStore {
                     async move { conn.exists::<_, bool>(meta).await.map_err(StoreError::from) }
                 }))
                 .await?;
-                let gone: Vec<String> = oldest
+                let dead: Vec<String> = oldest
                     .into_iter()
                     .zip(exists)
                     .filter_map(|(id, exists)| (!exists).then_some(id))
                     .collect();
-                if gone.is_empty() {
+                if dead.is_empty() || self.drop_dead_entries(&session.owner, &dead).await? == 0 {
                     break;
                 }
-                self.drop_stale_index_entries(&session.owner, &gone).await;
             }
         }
         Ok(full)
@@ -402,20 +446,40 @@ impl RedisStore {
     /// than a create could take: a younger one may belong to a create in progress (listed
     /// first, created second). Best effort: a listing never fails for it.
     async fn drop_stale_index_entries(&self, owner: &str, ids: &[String]) {
-        const CREATE_BOUND_MS: i64 = 60_000;
         let mut conn = self.conn.clone();
-        let index = owner_index(owner);
-        let cutoff = Utc::now().timestamp_millis() - CREATE_BOUND_MS;
+        let mut dead = Vec::new();
         for id in ids {
-            let score: Option<i64> = conn.zscore(&index, id).await.unwrap_or(None);
             let exists: bool = conn
                 .exists(format!("{}:meta", session_base(owner, id)))
                 .await
                 .unwrap_or(true);
-            if !exists && score.is_some_and(|created| created < cutoff) {
-                let _: Result<(), _> = conn.zrem(&index, id).await;
+            if !exists {
+                dead.push(id.clone());
             }
         }
+        if !dead.is_empty() {
+            let _ = self.drop_dead_entries(owner, &dead).await;
+        }
+    }
+
+    /// Drops the owner's index entries `ids`, found without a session, except those that may
+    /// belong to a create in progress: listed within [`CREATE_BOUND_MS`] (by the server's
+    /// clock), or created since then. Returns how many were dropped.
+    async fn drop_dead_entries(&self, owner: &str, ids: &[String]) -> StoreResult<u64> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.drop_dead_entries.prepare_invoke();
+        invocation
+            .key(owner_index(owner))
+            .key(owner_listings(owner))
+            .arg(CREATE_BOUND_MS)
+            .arg(Utc::now().timestamp_millis() - CREATE_BOUND_MS);
+        for id in ids {
+            invocation.arg(id);
+        }
+        invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(StoreError::from)
     }
 
     /// The shared connection, for other Redis-backed parts of the core.

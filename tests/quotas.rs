@@ -866,7 +866,7 @@ async fn the_dashboard_shows_and_edits_quotas() {
         "{read}"
     );
     expect_quota(
-        create_session(&stack, &key, "more").await,
+        create_session(stack, &key, "more").await,
         "maxSessions",
         1,
         1,

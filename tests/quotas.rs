@@ -397,6 +397,15 @@ async fn every_quota_on_redis() {
             "refusals of {quota} counted"
         );
     }
+    for quota in ["maxSessions", "maxCronJobs"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("openclaw_quota_usage_ratio")
+                    && l.contains(&format!("quota=\"{quota}\""))),
+            "how full {quota} is, observed at creates: {metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1084,3 +1084,91 @@ impl Store for EmbeddedStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session stored before sessions counted their bytes (no `session_bytes` row) has the
+    /// count computed from its messages by its next append, and the quota holds.
+    #[tokio::test]
+    async fn a_session_without_a_byte_count_is_counted_from_its_messages() {
+        let store = EmbeddedStore::open_temporary().unwrap();
+        let now = Utc::now();
+        let session = SessionRecord {
+            owner: "o".into(),
+            id: "s".into(),
+            model: "m".into(),
+            status: "active".into(),
+            created_at: now,
+            updated_at: now,
+            temperature: None,
+            max_tokens: None,
+            message_count: 0,
+            incarnation: "i".into(),
+        };
+        let msg = |content: &str| StoredMessage {
+            role: "user".into(),
+            content: content.into(),
+            created_at: now,
+            tokens: None,
+        };
+        let created = store
+            .create_session(&session, &[msg("12345")], SessionCaps::UNLIMITED)
+            .await
+            .unwrap();
+        assert!(created.created());
+        {
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(SESSION_BYTES)
+                .unwrap()
+                .remove(("o", "s"))
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let caps = SessionCaps {
+            max_sessions: 10,
+            max_messages: 100,
+            max_bytes: 8,
+        };
+        let fence = TurnFence {
+            token: "t",
+            incarnation: "i",
+        };
+        let lease = Duration::from_secs(30);
+        assert!(matches!(
+            store.lock_session("o", "s", "t", lease).await.unwrap(),
+            LockOutcome::Acquired { .. }
+        ));
+        assert_eq!(
+            store
+                .append_turn("o", "s", fence, &[msg("6789")], now, caps)
+                .await
+                .unwrap(),
+            AppendOutcome::OverQuota(CapBreach {
+                cap: SessionCap::Bytes,
+                limit: 8,
+                used: 5
+            })
+        );
+        assert!(matches!(
+            store.lock_session("o", "s", "t", lease).await.unwrap(),
+            LockOutcome::Acquired { .. }
+        ));
+        assert_eq!(
+            store
+                .append_turn("o", "s", fence, &[msg("678")], now, caps)
+                .await
+                .unwrap(),
+            AppendOutcome::Appended
+        );
+        let txn = store.db.begin_read().unwrap();
+        let bytes = txn
+            .open_table(SESSION_BYTES)
+            .unwrap()
+            .get(("o", "s"))
+            .unwrap()
+            .map(|v| v.value());
+        assert_eq!(bytes, Some(8));
+    }
+}

@@ -375,9 +375,10 @@ fn append_outcome(reply: &str, caps: SessionCaps) -> StoreResult<AppendOutcome> 
 impl RedisStore {
     /// Lists a new session in its owner's index unless the owner keeps `max_sessions` already;
     /// then returns how many it keeps. A full index may hold entries of sessions that are gone
-    /// (expired, or a delete or create that stopped halfway): those older than a create could
-    /// take are dropped (the oldest [`FULL_INDEX_SCAN`] entries are looked at) and the listing
-    /// tried once more. The common case, room in the index, is one round trip.
+    /// (expired, or a delete or create that stopped halfway): those that cannot be a create in
+    /// progress are dropped (the oldest [`FULL_INDEX_SCAN`] entries are looked at, see
+    /// [`Self::drop_dead_entries`]) and the listing tried once more. The common case, room in
+    /// the index, is one round trip.
     async fn list_new_session(
         &self,
         session: &SessionRecord,

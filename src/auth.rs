@@ -107,6 +107,7 @@ pub fn generate_key(
     name: String,
     scopes: Vec<String>,
     limits: crate::store::KeyLimits,
+    quotas: crate::store::KeyQuotas,
 ) -> GeneratedKey {
     let secret = format!("{KEY_PREFIX}{}", random_chars(KEY_RANDOM_CHARS));
     let record = KeyRecord {
@@ -116,7 +117,7 @@ pub fn generate_key(
         prefix: secret[..SHOWN_PREFIX_CHARS].to_string(),
         scopes,
         limits,
-        quotas: Default::default(),
+        quotas,
         created_at: Utc::now(),
         last_used_at: None,
         revoked_at: None,
@@ -341,8 +342,8 @@ mod tests {
 
     #[test]
     fn generated_keys_are_long_random_and_stored_only_as_a_hash() {
-        let a = generate_key("a".into(), vec![], Default::default());
-        let b = generate_key("b".into(), vec![], Default::default());
+        let a = generate_key("a".into(), vec![], Default::default(), Default::default());
+        let b = generate_key("b".into(), vec![], Default::default(), Default::default());
         assert_ne!(a.secret, b.secret);
         assert!(a.secret.starts_with(KEY_PREFIX));
         assert_eq!(a.secret.len(), KEY_PREFIX.len() + KEY_RANDOM_CHARS);

@@ -382,7 +382,12 @@ async fn dev_key(gateway: &Arc<Gateway>, path: &Path) -> anyhow::Result<String> 
             return Ok(existing);
         }
     }
-    let generated = generate_key("local development".into(), Vec::new(), Default::default());
+    let generated = generate_key(
+        "local development".into(),
+        Vec::new(),
+        Default::default(),
+        Default::default(),
+    );
     let mut generated = generated;
     generated.record.scopes = crate::auth::SCOPES.iter().map(|s| s.to_string()).collect();
     gateway

@@ -23,7 +23,7 @@ use crate::sessions::retention::Retention;
 use crate::sessions::turn::new_session;
 use crate::sessions::turn_lock::{TurnLock, TurnLocks};
 use crate::sessions::validation::{validate_message, validate_options, validate_session_id};
-use crate::store::{Store, StoredMessage};
+use crate::store::{CreateOutcome, Store, StoredMessage};
 use crate::streaming::{EventStream, StreamedAnswer};
 
 const SCOPE: Scope = Scope::Named("sessions");
@@ -180,6 +180,15 @@ impl Completer {
         };
         // A bound completion stores its turn: refused while Redis is short of memory.
         self.inference.door().check_growth(principal)?;
+        // Stored into a session: each message is held to the key's maxMessageBytes first.
+        let quotas = self.inference.door().quotas(principal);
+        for (i, message) in asked.messages.iter().enumerate() {
+            crate::quotas::check_message_bytes(
+                &quotas,
+                &message.content,
+                &format!("messages[{i}]"),
+            )?;
+        }
         match self.locks.lock(principal.owner_id(), id).await? {
             Some((lock, _, history)) => Ok(Binding::Existing {
                 new: unstored(&history, &asked.messages),
@@ -208,7 +217,8 @@ impl Completer {
             Binding::None => Ok(String::new()),
             Binding::Existing { lock, mut new } => {
                 new.push(answer.stored.clone());
-                let stored = self.locks.append(&lock, &new, None).await;
+                let caps = self.inference.door().quotas(principal).session_caps();
+                let stored = self.locks.append(&lock, &new, None, caps).await;
                 if stored.is_err() {
                     self.locks.release(&lock).await;
                 }
@@ -225,16 +235,17 @@ impl Completer {
                 session.idle_ttl_seconds = self.retention.idle_ttl_seconds(principal, None);
                 let mut messages = asked.messages.clone();
                 messages.push(answer.stored.clone());
-                if self.store.create_session(&session, &messages).await? {
-                    Ok(id)
-                } else {
-                    Err(ApiError::new(
+                let caps = self.inference.door().quotas(principal).session_caps();
+                match self.store.create_session(&session, &messages, caps).await? {
+                    CreateOutcome::Created => Ok(id),
+                    CreateOutcome::OverQuota(breach) => Err(crate::quotas::refusal(breach)),
+                    CreateOutcome::Exists => Err(ApiError::new(
                         ErrorCode::Conflict,
                         "Session created concurrently",
                         format!(
                             "Another request created the session '{id}' at the same moment; send the request again to continue it"
                         ),
-                    ))
+                    )),
                 }
             }
         }

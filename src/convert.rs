@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
 use crate::proto;
-use crate::store::{KeyLimits, KeyRecord, SessionRecord, StoredMessage};
+use crate::quotas::Quotas;
+use crate::store::{KeyLimits, KeyQuotas, KeyRecord, SessionRecord, StoredMessage};
 
 pub fn timestamp(at: DateTime<Utc>) -> Timestamp {
     Timestamp {
@@ -43,7 +44,32 @@ pub fn limits(limits: &KeyLimits) -> proto::Limits {
     }
 }
 
-pub fn api_key(record: &KeyRecord) -> proto::ApiKey {
+/// A key's own quotas: a field set where the key has its own value.
+pub fn own_quotas(quotas: &KeyQuotas) -> proto::Quotas {
+    proto::Quotas {
+        max_sessions: quotas.max_sessions,
+        max_messages_per_session: quotas.max_messages_per_session,
+        max_session_bytes: quotas.max_session_bytes,
+        max_message_bytes: quotas.max_message_bytes,
+        max_cron_jobs: quotas.max_cron_jobs,
+        session_idle_ttl_seconds: quotas.session_idle_ttl_seconds,
+    }
+}
+
+/// Quotas in force, every field set.
+pub fn effective_quotas(quotas: &Quotas) -> proto::Quotas {
+    proto::Quotas {
+        max_sessions: Some(quotas.max_sessions),
+        max_messages_per_session: Some(quotas.max_messages_per_session),
+        max_session_bytes: Some(quotas.max_session_bytes),
+        max_message_bytes: Some(quotas.max_message_bytes),
+        max_cron_jobs: Some(quotas.max_cron_jobs),
+        session_idle_ttl_seconds: Some(quotas.session_idle_ttl_seconds),
+    }
+}
+
+/// A key as administrators see it; `defaults` are the configured quotas its own override.
+pub fn api_key(record: &KeyRecord, defaults: &Quotas) -> proto::ApiKey {
     proto::ApiKey {
         id: record.id.clone(),
         name: record.name.clone(),
@@ -54,5 +80,7 @@ pub fn api_key(record: &KeyRecord) -> proto::ApiKey {
         last_used_at: record.last_used_at.map(timestamp),
         revoked: record.is_revoked(),
         revoked_at: record.revoked_at.map(timestamp),
+        quotas: Some(own_quotas(&record.quotas)),
+        effective_quotas: Some(effective_quotas(&defaults.with_own(&record.quotas))),
     }
 }

@@ -85,6 +85,7 @@ impl ApiError {
             ),
         );
         err.quota = Some(Box::new(QuotaBreach { quota, limit, used }));
+        metrics::counter!("openclaw_quota_refusals_total", "quota" => quota).increment(1);
         err
     }
 

@@ -16,6 +16,7 @@ use crate::dashboard::DashboardSessions;
 use crate::dashboard::traffic::Traffic;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::limits::{Admission, CapKind, Charge, Quota, RateLimiter, StreamCaps, StreamLease};
+use crate::quotas::Quotas;
 use crate::store::pressure::StoragePressure;
 
 /// The configured limits that apply to a key without its own.
@@ -32,6 +33,8 @@ pub(crate) struct LimitSettings {
     pub(crate) per_minute: DefaultLimits,
     /// Caps on streams and event subscriptions open at once.
     pub(crate) stream_caps: StreamCaps,
+    /// The quotas of keys that set none of their own.
+    pub(crate) quotas: Quotas,
 }
 
 pub(crate) struct FrontDoor {
@@ -223,6 +226,16 @@ impl FrontDoor {
                 .context_tokens_per_minute
                 .unwrap_or(d.context_tokens_per_minute),
         }
+    }
+
+    /// The quotas on what the caller keeps stored: its key's own over the configured defaults.
+    pub(crate) fn quotas(&self, principal: &Principal) -> Quotas {
+        self.settings.quotas.for_principal(principal)
+    }
+
+    /// The configured quotas, for keys without their own.
+    pub(crate) fn default_quotas(&self) -> Quotas {
+        self.settings.quotas
     }
 
     /// The caller's cap of open streams of `kind`.

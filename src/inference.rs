@@ -61,7 +61,7 @@ impl Inference {
     }
 
     /// The models callers may ask.
-    /// The front door the calls pass (admission, and the storage-pressure check).
+    /// The front door the calls pass (admission, the storage-pressure check, the caller's quotas).
     pub(crate) fn door(&self) -> &FrontDoor {
         &self.door
     }

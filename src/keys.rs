@@ -12,7 +12,7 @@ use crate::events::{Event, EventBus};
 use crate::front_door::{FrontDoor, Scope};
 use crate::proto::key_service_server::KeyService;
 use crate::proto::{self};
-use crate::store::{KeyLimits, KeyRecord, Store};
+use crate::store::{KeyLimits, KeyQuotas, KeyRecord, Store};
 
 const MAX_NAME_CHARS: usize = 100;
 
@@ -37,6 +37,11 @@ impl Keys {
             .authorize(request, Scope::Internal)
             .await
             .map(|_| ())
+    }
+
+    /// The key as administrators see it, with its quotas in force.
+    fn shown(&self, key: &KeyRecord) -> proto::ApiKey {
+        convert::api_key(key, &self.door.default_quotas())
     }
 
     async fn existing(&self, id: &str) -> ApiResult<KeyRecord> {
@@ -117,6 +122,56 @@ fn merge_limits(base: &KeyLimits, patch: Option<&proto::Limits>) -> ApiResult<Ke
     })
 }
 
+/// Applies the fields set in `patch` over `base`; a quota must be at least 1, except
+/// `sessionIdleTtlSeconds`, where 0 keeps sessions until deleted.
+fn merge_quotas(base: &KeyQuotas, patch: Option<&proto::Quotas>) -> ApiResult<KeyQuotas> {
+    let Some(patch) = patch else {
+        return Ok(base.clone());
+    };
+    let positive = |value: Option<u64>, field: &str| -> ApiResult<()> {
+        if value == Some(0) {
+            return Err(ApiError::invalid_field(
+                format!("quotas.{field}"),
+                "Invalid quota",
+                format!("The field 'quotas.{field}' must be a positive integer (at least 1)"),
+            ));
+        }
+        Ok(())
+    };
+    positive(patch.max_sessions, "maxSessions")?;
+    positive(patch.max_messages_per_session, "maxMessagesPerSession")?;
+    positive(patch.max_session_bytes, "maxSessionBytes")?;
+    positive(patch.max_message_bytes, "maxMessageBytes")?;
+    positive(patch.max_cron_jobs, "maxCronJobs")?;
+    if let Some(ttl) = patch.session_idle_ttl_seconds
+        && ttl > MAX_IDLE_TTL_SECONDS
+    {
+        return Err(ApiError::invalid_field(
+            "quotas.sessionIdleTtlSeconds",
+            "Invalid quota",
+            format!(
+                "The field 'quotas.sessionIdleTtlSeconds' must be from 0 (keep sessions until deleted) to {MAX_IDLE_TTL_SECONDS} (100 years)"
+            ),
+        ));
+    }
+    Ok(KeyQuotas {
+        max_sessions: patch.max_sessions.or(base.max_sessions),
+        max_messages_per_session: patch
+            .max_messages_per_session
+            .or(base.max_messages_per_session),
+        max_session_bytes: patch.max_session_bytes.or(base.max_session_bytes),
+        max_message_bytes: patch.max_message_bytes.or(base.max_message_bytes),
+        max_cron_jobs: patch.max_cron_jobs.or(base.max_cron_jobs),
+        session_idle_ttl_seconds: patch
+            .session_idle_ttl_seconds
+            .or(base.session_idle_ttl_seconds),
+    })
+}
+
+/// The longest idle expiry a key may ask for: 100 years (a Redis TTL in ms stays far from
+/// overflow).
+const MAX_IDLE_TTL_SECONDS: u64 = 100 * 365 * 24 * 3600;
+
 #[tonic::async_trait]
 impl KeyService for Keys {
     async fn create_key(
@@ -128,14 +183,15 @@ impl KeyService for Keys {
         let name = validate_name(&body.name)?;
         let scopes = validate_scopes(&body.scopes)?;
         let limits = merge_limits(&KeyLimits::default(), body.limits.as_ref())?;
-        let generated = generate_key(name, scopes, limits);
+        let quotas = merge_quotas(&KeyQuotas::default(), body.quotas.as_ref())?;
+        let generated = generate_key(name, scopes, limits, quotas);
         self.store
             .insert_key(&generated.record)
             .await
             .map_err(ApiError::from)?;
         tracing::info!(key = %generated.record.id, name = %generated.record.name, "API key created");
         Ok(Response::new(proto::CreateKeyResponse {
-            key: Some(convert::api_key(&generated.record)),
+            key: Some(self.shown(&generated.record)),
             secret: generated.secret,
         }))
     }
@@ -147,7 +203,7 @@ impl KeyService for Keys {
         self.admin(&request).await?;
         let keys = self.store.list_keys().await.map_err(ApiError::from)?;
         Ok(Response::new(proto::ListKeysResponse {
-            keys: keys.iter().map(convert::api_key).collect(),
+            keys: keys.iter().map(|key| self.shown(key)).collect(),
         }))
     }
 
@@ -157,7 +213,7 @@ impl KeyService for Keys {
     ) -> Result<Response<proto::ApiKey>, Status> {
         self.admin(&request).await?;
         let key = self.existing(&request.get_ref().id).await?;
-        Ok(Response::new(convert::api_key(&key)))
+        Ok(Response::new(self.shown(&key)))
     }
 
     async fn update_key(
@@ -171,13 +227,14 @@ impl KeyService for Keys {
             key.name = validate_name(name)?;
         }
         key.limits = merge_limits(&key.limits, body.limits.as_ref())?;
+        key.quotas = merge_quotas(&key.quotas, body.quotas.as_ref())?;
         if !self.store.update_key(&key).await.map_err(ApiError::from)? {
             return Err(ApiError::not_found("Key", &body.id).into());
         }
         self.door.auth().forget(&key.secret_hash);
         // Re-read: a revocation racing this update is kept by the store.
         let key = self.existing(&body.id).await?;
-        Ok(Response::new(convert::api_key(&key)))
+        Ok(Response::new(self.shown(&key)))
     }
 
     async fn revoke_key(
@@ -196,6 +253,6 @@ impl KeyService for Keys {
             self.events.announce(Event::key_revoked(&key.id)).await;
         }
         self.door.auth().forget(&key.secret_hash);
-        Ok(Response::new(convert::api_key(&key)))
+        Ok(Response::new(self.shown(&key)))
     }
 }

@@ -4,7 +4,13 @@
 
 use crate::auth::Principal;
 use crate::config::CoreConfig;
-use crate::store::KeyQuotas;
+use crate::error::ApiError;
+use crate::store::{CapBreach, KeyQuotas, SessionCap, SessionCaps};
+
+/// What to do about a full sessions quota.
+const DELETE_SESSIONS: &str = "delete sessions you no longer need (DELETE /api/v1/sessions/{id}) or ask the gateway's administrator for a higher quota";
+/// What to do about a full session.
+const NEW_SESSION: &str = "nothing was stored; continue the conversation in a new session (POST /api/v1/sessions) or ask the gateway's administrator for a higher quota";
 
 /// The quotas in force for one caller, every value resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +53,15 @@ impl Quotas {
         }
     }
 
+    /// What the store checks a session's writes against.
+    pub fn session_caps(&self) -> SessionCaps {
+        SessionCaps {
+            max_sessions: self.max_sessions,
+            max_messages: self.max_messages_per_session,
+            max_bytes: self.max_session_bytes,
+        }
+    }
+
     /// The quotas of `principal`: a key's own over these defaults; the internal token has the
     /// defaults.
     pub fn for_principal(self, principal: &Principal) -> Self {
@@ -55,6 +70,94 @@ impl Quotas {
             Principal::Internal => self,
         }
     }
+}
+
+/// The refusal of a session write the store found over a quota.
+pub fn refusal(breach: CapBreach) -> ApiError {
+    match breach.cap {
+        SessionCap::Sessions => ApiError::quota_exceeded(
+            "maxSessions",
+            breach.limit,
+            breach.used,
+            "sessions",
+            DELETE_SESSIONS,
+        ),
+        SessionCap::Messages => ApiError::quota_exceeded(
+            "maxMessagesPerSession",
+            breach.limit,
+            breach.used,
+            "messages",
+            NEW_SESSION,
+        ),
+        SessionCap::Bytes => ApiError::quota_exceeded(
+            "maxSessionBytes",
+            breach.limit,
+            breach.used,
+            "bytes",
+            NEW_SESSION,
+        ),
+    }
+}
+
+/// A message longer than the key's `maxMessageBytes`, refused before anything is stored;
+/// `field` names the message (`messages[2]`), or its content field when it ends in `message`
+/// or `.message` itself (`payload.message`).
+pub fn check_message_bytes(quotas: &Quotas, content: &str, field: &str) -> Result<(), ApiError> {
+    let bytes = content.len() as u64;
+    if bytes <= quotas.max_message_bytes {
+        return Ok(());
+    }
+    let field = if field.ends_with("message") && field != "message" {
+        field.to_owned()
+    } else {
+        format!("{field}.content")
+    };
+    let mut err = ApiError::quota_exceeded(
+        "maxMessageBytes",
+        quotas.max_message_bytes,
+        bytes,
+        "bytes",
+        &format!(
+            "'{field}' carries {bytes} bytes; nothing was stored. Send it in shorter messages or ask the gateway's administrator for a higher quota"
+        ),
+    );
+    err.field = Some(field);
+    Err(err)
+}
+
+/// The refusal of a cron job over the owner's `maxCronJobs`.
+pub fn cron_refusal(limit: u64, used: u64) -> ApiError {
+    ApiError::quota_exceeded(
+        "maxCronJobs",
+        limit,
+        used,
+        "jobs",
+        "delete jobs you no longer need (DELETE /api/v1/cron/jobs/{id}) or ask the gateway's administrator for a higher quota",
+    )
+}
+
+/// An agentTurn payload's message held to the key's `maxMessageBytes` (it is stored in a
+/// session each run).
+pub fn check_payload(
+    quotas: &Quotas,
+    payload: &crate::cron::payload::Payload,
+) -> Result<(), ApiError> {
+    match payload {
+        crate::cron::payload::Payload::AgentTurn { message, .. } => {
+            check_message_bytes(quotas, message, "payload.message")
+        }
+        crate::cron::payload::Payload::SystemEvent { .. } => Ok(()),
+    }
+}
+
+/// Records how full a quota is after a create counted against it (a histogram of used/limit
+/// per quota: no per-key label).
+pub fn observe_usage(quota: &'static str, used: u64, limit: u64) {
+    if limit == 0 || limit == u64::MAX {
+        return;
+    }
+    metrics::histogram!("openclaw_quota_usage_ratio", "quota" => quota)
+        .record(used as f64 / limit as f64);
 }
 
 #[cfg(test)]

@@ -182,6 +182,7 @@ pub(crate) async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
                 context_tokens_per_minute: config.default_context_tokens_per_minute,
             },
             stream_caps: config.stream_caps,
+            quotas: crate::quotas::Quotas::defaults(config),
         },
     ));
     config.storage.validate()?;
@@ -346,6 +347,7 @@ impl CoreApi {
                 DashboardServiceServer::new(Dashboard::new(
                     core.door.clone(),
                     core.store.clone(),
+                    core.cron.store.clone(),
                     core.sign_ins.clone(),
                     core.traffic.clone(),
                 ))
@@ -355,6 +357,7 @@ impl CoreApi {
                 SystemServiceServer::new(System::new(
                     core.door.clone(),
                     core.store.clone(),
+                    core.cron.store.clone(),
                     core.models.clone(),
                     core.replica.clone(),
                 ))

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
+use crate::cron::store::CronStore;
 use crate::front_door::{FrontDoor, Scope};
 use crate::metadata::respond;
 use crate::proto::system_service_server::SystemService;
@@ -15,6 +16,8 @@ use crate::store::Store;
 pub(crate) struct System {
     door: Arc<FrontDoor>,
     store: Arc<dyn Store>,
+    /// Where the caller's cron jobs are counted.
+    cron: Arc<dyn CronStore>,
     models: Arc<ModelCatalog>,
     replica: String,
     started: Instant,
@@ -25,16 +28,78 @@ impl System {
     pub(crate) fn new(
         door: Arc<FrontDoor>,
         store: Arc<dyn Store>,
+        cron: Arc<dyn CronStore>,
         models: Arc<ModelCatalog>,
         replica: String,
     ) -> Self {
         Self {
             door,
             store,
+            cron,
             models,
             replica,
             started: Instant::now(),
         }
+    }
+
+    /// The caller's quotas with what it holds against them. A count the store cannot give now
+    /// is left out (the status still answers, with the store shown down).
+    async fn quota_usage(&self, principal: &crate::auth::Principal) -> Vec<proto::QuotaUsage> {
+        let quotas = self.door.quotas(principal);
+        let owner = principal.owner_id();
+        let (sessions, jobs) =
+            tokio::join!(self.store.session_count(owner), self.cron.job_count(owner));
+        let row = |name: &str, limit, used: Option<u64>, unit: &str, per: &str| proto::QuotaUsage {
+            name: name.into(),
+            limit,
+            used,
+            unit: unit.into(),
+            per: per.into(),
+        };
+        vec![
+            row(
+                "maxSessions",
+                quotas.max_sessions,
+                sessions.ok(),
+                "sessions",
+                "key",
+            ),
+            row(
+                "maxMessagesPerSession",
+                quotas.max_messages_per_session,
+                None,
+                "messages",
+                "session",
+            ),
+            row(
+                "maxSessionBytes",
+                quotas.max_session_bytes,
+                None,
+                "bytes",
+                "session",
+            ),
+            row(
+                "maxMessageBytes",
+                quotas.max_message_bytes,
+                None,
+                "bytes",
+                "message",
+            ),
+            row(
+                "maxCronJobs",
+                quotas.max_cron_jobs,
+                jobs.ok(),
+                "jobs",
+                "key",
+            ),
+            row(
+                "sessionIdleTtlSeconds",
+                quotas.session_idle_ttl_seconds,
+                None,
+                "seconds",
+                "session",
+            ),
+        ]
     }
 
     /// The store's health, measured by one round trip.
@@ -159,6 +224,7 @@ impl SystemService for System {
             token_limit: quota.tokens,
             context_limit: quota.context,
             request_limit: quota.requests,
+            quotas: self.quota_usage(&principal).await,
         };
         let storage = self.storage_status(principal.owner_id()).await;
         let uptime = self.started.elapsed();

@@ -15,8 +15,9 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use futures::future::join_all;
 use openclaw_gateway::store::{
-    AppendOutcome, EmbeddedStore, KeyLimits, KeyRecord, LockOutcome, RecordedResult, RedisConfig,
-    RedisStore, RedisTopology, SessionRecord, Store, StoredMessage, TurnFence,
+    AppendOutcome, CapBreach, CreateOutcome, EmbeddedStore, KeyLimits, KeyRecord, LockOutcome,
+    RecordedResult, RedisConfig, RedisStore, RedisTopology, SessionCap, SessionCaps, SessionRecord,
+    Store, StoredMessage, TurnFence,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -344,7 +345,13 @@ async fn check_create_session_once(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let original = session(&owner, &id, at(0));
     let history = turn(0, at(0));
-    assert!(store.create_session(&original, &history).await.unwrap());
+    assert!(
+        store
+            .create_session(&original, &history, SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
 
     let mut impostor = session(&owner, &id, at(50));
     impostor.model = "other-model".into();
@@ -352,9 +359,14 @@ async fn check_create_session_once(store: &dyn Store) {
     impostor.temperature = None;
     assert!(
         !store
-            .create_session(&impostor, &[msg("user", "intruder", at(50))])
+            .create_session(
+                &impostor,
+                &[msg("user", "intruder", at(50))],
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap()
+            .created()
     );
 
     assert_eq!(
@@ -378,9 +390,19 @@ async fn check_owners_are_separate(store: &dyn Store) {
     b.model = "model-b".into();
     let a_history = vec![msg("user", "alice's secret", at(0))];
     let b_history = vec![msg("user", "bob's secret", at(1))];
-    assert!(store.create_session(&a, &a_history).await.unwrap());
     assert!(
-        store.create_session(&b, &b_history).await.unwrap(),
+        store
+            .create_session(&a, &a_history, SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
+    assert!(
+        store
+            .create_session(&b, &b_history, SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created(),
         "another owner's session with the same id must not block creation"
     );
 
@@ -406,7 +428,14 @@ async fn check_owners_are_separate(store: &dyn Store) {
     let reply = vec![msg("assistant", "for alice only", at(2))];
     assert_eq!(
         store
-            .append_turn(&alice, &id, fence("alice-token"), &reply, at(2))
+            .append_turn(
+                &alice,
+                &id,
+                fence("alice-token"),
+                &reply,
+                at(2),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -438,7 +467,13 @@ async fn check_other_owner_sees_nothing(store: &dyn Store) {
     let (owner, stranger, id) = (uid("owner"), uid("stranger"), uid("session"));
     let s = session(&owner, &id, at(0));
     let history = turn(1, at(0));
-    assert!(store.create_session(&s, &history).await.unwrap());
+    assert!(
+        store
+            .create_session(&s, &history, SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
     let before = snapshot(store, &owner, &id).await;
 
     assert_eq!(store.get_session(&stranger, &id).await.unwrap(), None);
@@ -455,7 +490,14 @@ async fn check_other_owner_sees_nothing(store: &dyn Store) {
     assert!(!store.delete_session(&stranger, &id).await.unwrap());
     assert_eq!(
         store
-            .append_turn(&stranger, &id, fence("t"), &turn(2, at(1)), at(1))
+            .append_turn(
+                &stranger,
+                &id,
+                fence("t"),
+                &turn(2, at(1)),
+                at(1),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::SessionGone,
@@ -478,9 +520,14 @@ async fn check_ids_with_separator_characters(store: &dyn Store) {
         let s = session(&owner, id, at(n as i64));
         assert!(
             store
-                .create_session(&s, &[msg("user", &format!("only {id:?}"), at(0))])
+                .create_session(
+                    &s,
+                    &[msg("user", &format!("only {id:?}"), at(0))],
+                    SessionCaps::UNLIMITED
+                )
                 .await
-                .unwrap(),
+                .unwrap()
+                .created(),
             "create {id:?}"
         );
     }
@@ -507,7 +554,14 @@ async fn check_ids_with_separator_characters(store: &dyn Store) {
     );
     assert_eq!(
         store
-            .append_turn(&owner, &tricky[0], fence("t"), &turn(0, at(0)), at(0))
+            .append_turn(
+                &owner,
+                &tricky[0],
+                fence("t"),
+                &turn(0, at(0)),
+                at(0),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -534,12 +588,19 @@ async fn check_list_sessions(store: &dyn Store) {
         let s = session(&owner, &format!("s{n}-{}", uid("id")), at(n));
         assert!(
             store
-                .create_session(&s, &turn(n as usize, at(n)))
+                .create_session(&s, &turn(n as usize, at(n)), SessionCaps::UNLIMITED)
                 .await
                 .unwrap()
+                .created()
         );
         let o = session(&other, &uid("foreign"), at(n));
-        assert!(store.create_session(&o, &[]).await.unwrap());
+        assert!(
+            store
+                .create_session(&o, &[], SessionCaps::UNLIMITED)
+                .await
+                .unwrap()
+                .created()
+        );
         by_age.push((n, s));
     }
     by_age.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
@@ -595,14 +656,26 @@ async fn check_list_messages(store: &dyn Store) {
     // Three from the create, four from a turn: pages cross the boundary.
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &all[..3])
+            .create_session(
+                &session(&owner, &id, at(0)),
+                &all[..3],
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap()
+            .created()
     );
     acquire(store, &owner, &id, "t", LEASE).await;
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("t"), &all[3..], at(7))
+            .append_turn(
+                &owner,
+                &id,
+                fence("t"),
+                &all[3..],
+                at(7),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -643,7 +716,13 @@ async fn check_message_count(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let mut s = session(&owner, &id, at(0));
     s.message_count = 99; // ignored on writes
-    assert!(store.create_session(&s, &turn(0, at(0))).await.unwrap());
+    assert!(
+        store
+            .create_session(&s, &turn(0, at(0)), SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
     let stored = store.get_session(&owner, &id).await.unwrap().unwrap();
     assert_eq!(stored.message_count, 2);
 
@@ -652,7 +731,14 @@ async fn check_message_count(store: &dyn Store) {
     assert_eq!(history.len(), 2);
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("t1"), &turn(1, at(5)), at(5))
+            .append_turn(
+                &owner,
+                &id,
+                fence("t1"),
+                &turn(1, at(5)),
+                at(5),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -670,7 +756,14 @@ async fn check_message_count(store: &dyn Store) {
     ];
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("t2"), &three, at(9))
+            .append_turn(
+                &owner,
+                &id,
+                fence("t2"),
+                &three,
+                at(9),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -688,9 +781,10 @@ async fn check_message_count(store: &dyn Store) {
     let empty = uid("empty");
     assert!(
         store
-            .create_session(&session(&owner, &empty, at(1)), &[])
+            .create_session(&session(&owner, &empty, at(1)), &[], SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
     assert_eq!(
         store
@@ -711,8 +805,20 @@ async fn check_delete_session(store: &dyn Store) {
     let d = session(&owner, &doomed, at(0));
     let k = session(&owner, &kept, at(1));
     let kept_history = turn(1, at(1));
-    assert!(store.create_session(&d, &turn(0, at(0))).await.unwrap());
-    assert!(store.create_session(&k, &kept_history).await.unwrap());
+    assert!(
+        store
+            .create_session(&d, &turn(0, at(0)), SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
+    assert!(
+        store
+            .create_session(&k, &kept_history, SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
 
     assert!(store.delete_session(&owner, &doomed).await.unwrap());
     assert_eq!(store.get_session(&owner, &doomed).await.unwrap(), None);
@@ -734,9 +840,14 @@ async fn check_delete_session(store: &dyn Store) {
     let fresh = vec![msg("user", "fresh start", at(3))];
     assert!(
         store
-            .create_session(&session(&owner, &doomed, at(3)), &fresh)
+            .create_session(
+                &session(&owner, &doomed, at(3)),
+                &fresh,
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap()
+            .created()
     );
     assert_eq!(all_messages(store, &owner, &doomed).await, fresh);
     assert_eq!(
@@ -755,11 +866,24 @@ async fn check_delete_session(store: &dyn Store) {
 async fn check_lock_session(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let s = session(&owner, &id, at(0));
-    assert!(store.create_session(&s, &turn(0, at(0))).await.unwrap());
+    assert!(
+        store
+            .create_session(&s, &turn(0, at(0)), SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
     acquire(store, &owner, &id, "setup", LEASE).await;
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("setup"), &turn(1, at(4)), at(4))
+            .append_turn(
+                &owner,
+                &id,
+                fence("setup"),
+                &turn(1, at(4)),
+                at(4),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -802,9 +926,10 @@ async fn check_lock_missing_session(store: &dyn Store) {
     );
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &[])
+            .create_session(&session(&owner, &id, at(0)), &[], SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
     let (_, history) = acquire(store, &owner, &id, "b", LEASE).await;
     assert!(history.is_empty());
@@ -822,9 +947,14 @@ async fn check_lease_expiry(store: &dyn Store) {
     let history = turn(0, at(0));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &history)
+            .create_session(
+                &session(&owner, &id, at(0)),
+                &history,
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap()
+            .created()
     );
     acquire(store, &owner, &id, "old", Duration::from_millis(200)).await;
     assert_eq!(
@@ -839,7 +969,14 @@ async fn check_lease_expiry(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("old"), &turn(1, at(5)), at(5))
+            .append_turn(
+                &owner,
+                &id,
+                fence("old"),
+                &turn(1, at(5)),
+                at(5),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::LockLost
@@ -853,7 +990,14 @@ async fn check_lease_expiry(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("new"), &turn(2, at(6)), at(6))
+            .append_turn(
+                &owner,
+                &id,
+                fence("new"),
+                &turn(2, at(6)),
+                at(6),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -870,9 +1014,10 @@ async fn check_append_turn(store: &dyn Store) {
     let first = vec![msg("system", "be brief", at(0))];
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &first)
+            .create_session(&session(&owner, &id, at(0)), &first, SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
     acquire(store, &owner, &id, "a", LEASE).await;
     let whole_turn = vec![
@@ -882,7 +1027,14 @@ async fn check_append_turn(store: &dyn Store) {
     ];
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("a"), &whole_turn, at(3))
+            .append_turn(
+                &owner,
+                &id,
+                fence("a"),
+                &whole_turn,
+                at(3),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -898,7 +1050,14 @@ async fn check_append_turn(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("a"), &turn(9, at(9)), at(9))
+            .append_turn(
+                &owner,
+                &id,
+                fence("a"),
+                &turn(9, at(9)),
+                at(9),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::LockLost,
@@ -914,15 +1073,27 @@ async fn check_append_after_delete(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)))
+            .create_session(
+                &session(&owner, &id, at(0)),
+                &turn(0, at(0)),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap()
+            .created()
     );
     acquire(store, &owner, &id, "a", LEASE).await;
     assert!(store.delete_session(&owner, &id).await.unwrap());
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("a"), &turn(1, at(1)), at(1))
+            .append_turn(
+                &owner,
+                &id,
+                fence("a"),
+                &turn(1, at(1)),
+                at(1),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::SessionGone
@@ -934,9 +1105,10 @@ async fn check_append_after_delete(store: &dyn Store) {
     // Recreated, the session is not locked by the dead turn.
     assert!(
         store
-            .create_session(&session(&owner, &id, at(2)), &[])
+            .create_session(&session(&owner, &id, at(2)), &[], SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
     let (_, history) = acquire(store, &owner, &id, "b", LEASE).await;
     assert!(history.is_empty());
@@ -951,9 +1123,14 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)))
+            .create_session(
+                &session(&owner, &id, at(0)),
+                &turn(0, at(0)),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap()
+            .created()
     );
     let (seen, _) = acquire(store, &owner, &id, "old", LEASE).await;
     assert_eq!(seen.incarnation, FIRST_LIFE, "a lock reads the incarnation");
@@ -964,9 +1141,10 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
     };
     assert!(
         store
-            .create_session(&second, &turn(1, at(1)))
+            .create_session(&second, &turn(1, at(1)), SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
 
     // The old turn's lock went with the old session: the new one is not held up by it.
@@ -977,7 +1155,14 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("old"), &turn(9, at(9)), at(9))
+            .append_turn(
+                &owner,
+                &id,
+                fence("old"),
+                &turn(9, at(9)),
+                at(9),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::SessionGone
@@ -991,6 +1176,7 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
                 &turn(9, at(9)),
                 at(9),
                 recorded("old-request", RESULT_BODY, LEASE),
+                SessionCaps::UNLIMITED,
             )
             .await
             .unwrap(),
@@ -1017,7 +1203,14 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
     };
     assert_eq!(
         store
-            .append_turn(&owner, &id, stale, &turn(9, at(9)), at(9))
+            .append_turn(
+                &owner,
+                &id,
+                stale,
+                &turn(9, at(9)),
+                at(9),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::SessionGone
@@ -1031,7 +1224,14 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
     };
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence, &turn(2, at(2)), at(2))
+            .append_turn(
+                &owner,
+                &id,
+                fence,
+                &turn(2, at(2)),
+                at(2),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -1049,9 +1249,10 @@ async fn check_concurrent_turns(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &[])
+            .create_session(&session(&owner, &id, at(0)), &[], SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
 
     let turns = (0..TURNS).map(|n| {
@@ -1073,7 +1274,14 @@ async fn check_concurrent_turns(store: &dyn Store) {
             // Give the others a chance to try the lock while this turn holds it.
             tokio::task::yield_now().await;
             let outcome = store
-                .append_turn(&owner, &id, fence(&token), &turn(n, at(1)), at(1))
+                .append_turn(
+                    &owner,
+                    &id,
+                    fence(&token),
+                    &turn(n, at(1)),
+                    at(1),
+                    SessionCaps::UNLIMITED,
+                )
                 .await
                 .unwrap();
             assert_eq!(outcome, AppendOutcome::Appended, "turn {n}");
@@ -1132,7 +1340,13 @@ async fn check_unicode_and_large_content(store: &dyn Store) {
         msg("assistant", &large, at(2)),
         msg("user", "", at(3)),
     ];
-    assert!(store.create_session(&s, &first).await.unwrap());
+    assert!(
+        store
+            .create_session(&s, &first, SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
     assert_eq!(
         store.get_session(&owner, &id).await.unwrap(),
         Some(counted(&s, 3))
@@ -1149,7 +1363,14 @@ async fn check_unicode_and_large_content(store: &dyn Store) {
     ];
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("🔑 token"), &second, at(5))
+            .append_turn(
+                &owner,
+                &id,
+                fence("🔑 token"),
+                &second,
+                at(5),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::Appended
@@ -1170,15 +1391,25 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
     let (id, neighbour) = (uid("session"), uid("neighbour"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)))
+            .create_session(
+                &session(&owner, &id, at(0)),
+                &turn(0, at(0)),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap()
+            .created()
     );
     assert!(
         store
-            .create_session(&session(&owner, &neighbour, at(1)), &turn(1, at(1)))
+            .create_session(
+                &session(&owner, &neighbour, at(1)),
+                &turn(1, at(1)),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap()
+            .created()
     );
     let before = snapshot(store, &owner, &id).await;
     let neighbour_before = snapshot(store, &owner, &neighbour).await;
@@ -1187,9 +1418,10 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
     duplicate.model = "hijack".into();
     assert!(
         !store
-            .create_session(&duplicate, &turn(9, at(9)))
+            .create_session(&duplicate, &turn(9, at(9)), SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
     assert_eq!(
         snapshot(store, &owner, &id).await,
@@ -1199,7 +1431,14 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
 
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("never-locked"), &turn(9, at(9)), at(9))
+            .append_turn(
+                &owner,
+                &id,
+                fence("never-locked"),
+                &turn(9, at(9)),
+                at(9),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::LockLost
@@ -1215,7 +1454,14 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
     acquire(store, &owner, &id, "new", LEASE).await;
     assert_eq!(
         store
-            .append_turn(&owner, &id, fence("old"), &turn(9, at(9)), at(9))
+            .append_turn(
+                &owner,
+                &id,
+                fence("old"),
+                &turn(9, at(9)),
+                at(9),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap(),
         AppendOutcome::LockLost
@@ -1233,7 +1479,8 @@ async fn check_refused_writes_change_nothing(store: &dyn Store) {
                 &uid("missing"),
                 fence("new"),
                 &turn(9, at(9)),
-                at(9)
+                at(9),
+                SessionCaps::UNLIMITED
             )
             .await
             .unwrap(),
@@ -1264,9 +1511,14 @@ async fn check_recorded_result_is_written_with_its_turn(store: &dyn Store) {
     for session_id in [&id, &other] {
         assert!(
             store
-                .create_session(&session(&owner, session_id, at(0)), &[])
+                .create_session(
+                    &session(&owner, session_id, at(0)),
+                    &[],
+                    SessionCaps::UNLIMITED
+                )
                 .await
                 .unwrap()
+                .created()
         );
     }
     acquire(store, &owner, &id, "a", LEASE).await;
@@ -1279,6 +1531,7 @@ async fn check_recorded_result_is_written_with_its_turn(store: &dyn Store) {
                 &turn(1, at(1)),
                 at(1),
                 recorded("req-1", RESULT_BODY, LEASE),
+                SessionCaps::UNLIMITED,
             )
             .await
             .unwrap(),
@@ -1315,6 +1568,7 @@ async fn check_recorded_result_is_written_with_its_turn(store: &dyn Store) {
                 &turn(2, at(2)),
                 at(2),
                 recorded("req-2", b"second", LEASE),
+                SessionCaps::UNLIMITED,
             )
             .await
             .unwrap(),
@@ -1336,9 +1590,14 @@ async fn check_recorded_result_needs_the_turn(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &turn(0, at(0)))
+            .create_session(
+                &session(&owner, &id, at(0)),
+                &turn(0, at(0)),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap()
+            .created()
     );
     let before = snapshot(store, &owner, &id).await;
     acquire(store, &owner, &id, "holder", LEASE).await;
@@ -1351,6 +1610,7 @@ async fn check_recorded_result_needs_the_turn(store: &dyn Store) {
                 &turn(1, at(1)),
                 at(1),
                 recorded("req-1", RESULT_BODY, LEASE),
+                SessionCaps::UNLIMITED,
             )
             .await
             .unwrap(),
@@ -1371,6 +1631,7 @@ async fn check_recorded_result_needs_the_turn(store: &dyn Store) {
                 &turn(1, at(1)),
                 at(1),
                 recorded("req-1", RESULT_BODY, LEASE),
+                SessionCaps::UNLIMITED,
             )
             .await
             .unwrap(),
@@ -1387,9 +1648,10 @@ async fn check_recorded_result_expires(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     assert!(
         store
-            .create_session(&session(&owner, &id, at(0)), &[])
+            .create_session(&session(&owner, &id, at(0)), &[], SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
     acquire(store, &owner, &id, "a", LEASE).await;
     store
@@ -1400,6 +1662,7 @@ async fn check_recorded_result_expires(store: &dyn Store) {
             &turn(1, at(1)),
             at(1),
             recorded("short", RESULT_BODY, Duration::from_millis(300)),
+            SessionCaps::UNLIMITED,
         )
         .await
         .unwrap();
@@ -1424,6 +1687,7 @@ async fn check_recorded_result_expires(store: &dyn Store) {
             &turn(2, at(2)),
             at(2),
             recorded("long", RESULT_BODY, LEASE),
+            SessionCaps::UNLIMITED,
         )
         .await
         .unwrap();
@@ -1448,9 +1712,14 @@ async fn check_delete_session_drops_recorded_results(store: &dyn Store) {
     for session_id in [&id, &neighbour] {
         assert!(
             store
-                .create_session(&session(&owner, session_id, at(0)), &[])
+                .create_session(
+                    &session(&owner, session_id, at(0)),
+                    &[],
+                    SessionCaps::UNLIMITED
+                )
                 .await
                 .unwrap()
+                .created()
         );
         acquire(store, &owner, session_id, "a", LEASE).await;
         store
@@ -1461,6 +1730,7 @@ async fn check_delete_session_drops_recorded_results(store: &dyn Store) {
                 &turn(1, at(1)),
                 at(1),
                 recorded("req-1", RESULT_BODY, LEASE),
+                SessionCaps::UNLIMITED,
             )
             .await
             .unwrap();
@@ -1468,9 +1738,10 @@ async fn check_delete_session_drops_recorded_results(store: &dyn Store) {
     assert!(store.delete_session(&owner, &id).await.unwrap());
     assert!(
         store
-            .create_session(&session(&owner, &id, at(2)), &[])
+            .create_session(&session(&owner, &id, at(2)), &[], SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
     assert_eq!(
         store.recorded_result(&owner, &id, "req-1").await.unwrap(),
@@ -1484,6 +1755,273 @@ async fn check_delete_session_drops_recorded_results(store: &dyn Store) {
         Some(RESULT_BODY.to_vec()),
         "a neighbour whose id extends the deleted one keeps its records"
     );
+}
+
+// ---------------------------------------------------------------- quotas
+
+fn caps(max_sessions: u64, max_messages: u64, max_bytes: u64) -> SessionCaps {
+    SessionCaps {
+        max_sessions,
+        max_messages,
+        max_bytes,
+    }
+}
+
+/// maxSessions: the owner's last slot is taken and one more create is refused, writing
+/// nothing; an existing id is still "exists"; a deleted session frees its slot; another owner
+/// has slots of its own.
+async fn check_session_quota(store: &dyn Store) {
+    let owner = uid("owner");
+    let two = caps(2, u64::MAX, u64::MAX);
+    let (a, b, c) = (uid("a"), uid("b"), uid("c"));
+    for id in [&a, &b] {
+        assert_eq!(
+            store
+                .create_session(&session(&owner, id, at(0)), &turn(0, at(0)), two)
+                .await
+                .unwrap(),
+            CreateOutcome::Created
+        );
+    }
+    assert_eq!(store.session_count(&owner).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .create_session(&session(&owner, &c, at(1)), &turn(0, at(1)), two)
+            .await
+            .unwrap(),
+        CreateOutcome::OverQuota(CapBreach {
+            cap: SessionCap::Sessions,
+            limit: 2,
+            used: 2
+        })
+    );
+    assert_eq!(store.get_session(&owner, &c).await.unwrap(), None);
+    assert_eq!(store.session_count(&owner).await.unwrap(), 2);
+    let listed = store.list_sessions(&owner, 0, 10).await.unwrap();
+    assert_eq!(
+        listed.items.len(),
+        2,
+        "nothing listed for the refused create"
+    );
+    assert_eq!(
+        store
+            .create_session(&session(&owner, &a, at(2)), &[], two)
+            .await
+            .unwrap(),
+        CreateOutcome::Exists,
+        "an id that exists is reported as such, full or not"
+    );
+    assert_eq!(
+        store
+            .create_session(&session(&uid("other"), &c, at(1)), &[], two)
+            .await
+            .unwrap(),
+        CreateOutcome::Created,
+        "another owner's count is its own"
+    );
+    assert!(store.delete_session(&owner, &a).await.unwrap());
+    assert_eq!(store.session_count(&owner).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .create_session(&session(&owner, &c, at(3)), &[], two)
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(store.session_count(&owner).await.unwrap(), 2);
+}
+
+/// Creates racing for the last slots: exactly the quota wins.
+async fn check_session_quota_under_concurrency(store: &dyn Store) {
+    let owner = uid("owner");
+    let three = caps(3, u64::MAX, u64::MAX);
+    let records: Vec<SessionRecord> = (0..12)
+        .map(|n| session(&owner, &uid("racer"), at(n)))
+        .collect();
+    let outcomes = join_all(records.iter().map(|s| store.create_session(s, &[], three))).await;
+    let created = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(CreateOutcome::Created)))
+        .count();
+    assert_eq!(created, 3, "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| matches!(
+            o,
+            Ok(CreateOutcome::Created) | Ok(CreateOutcome::OverQuota(_))
+        )),
+        "{outcomes:?}"
+    );
+    assert_eq!(store.session_count(&owner).await.unwrap(), 3);
+    assert_eq!(
+        store
+            .list_sessions(&owner, 0, 20)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3
+    );
+}
+
+/// maxMessagesPerSession and maxSessionBytes: a turn that would pass either is refused whole
+/// (nothing written, no result recorded) and releases the lock; the byte count runs on across
+/// turns; first messages over a quota refuse the create.
+async fn check_session_message_and_byte_quotas(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    // "question N" is 10 bytes and "answer N" 8: a turn is 2 messages, 18 bytes.
+    assert_eq!(
+        store
+            .create_session(
+                &session(&owner, &id, at(0)),
+                &turn(0, at(0)),
+                caps(10, 2, 18)
+            )
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    let before = all_messages(store, &owner, &id).await;
+    acquire(store, &owner, &id, "t1", LEASE).await;
+    assert_eq!(
+        store
+            .append_turn(
+                &owner,
+                &id,
+                fence("t1"),
+                &turn(1, at(1)),
+                at(1),
+                caps(10, 3, u64::MAX)
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::OverQuota(CapBreach {
+            cap: SessionCap::Messages,
+            limit: 3,
+            used: 2
+        })
+    );
+    assert_eq!(
+        all_messages(store, &owner, &id).await,
+        before,
+        "nothing written"
+    );
+    // The lock was released with the refusal: another token takes it at once.
+    acquire(store, &owner, &id, "t2", LEASE).await;
+    assert_eq!(
+        store
+            .append_turn_recording(
+                &owner,
+                &id,
+                fence("t2"),
+                &turn(1, at(1)),
+                at(1),
+                recorded("over", RESULT_BODY, LEASE),
+                caps(10, u64::MAX, 35),
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::OverQuota(CapBreach {
+            cap: SessionCap::Bytes,
+            limit: 35,
+            used: 18
+        })
+    );
+    assert_eq!(
+        all_messages(store, &owner, &id).await,
+        before,
+        "nothing written"
+    );
+    assert_eq!(
+        store.recorded_result(&owner, &id, "over").await.unwrap(),
+        None,
+        "no result recorded"
+    );
+    acquire(store, &owner, &id, "t3", LEASE).await;
+    assert_eq!(
+        store
+            .append_turn(
+                &owner,
+                &id,
+                fence("t3"),
+                &turn(1, at(1)),
+                at(1),
+                caps(10, 4, 36)
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::Appended,
+        "exactly at both quotas"
+    );
+    // 36 bytes now: one more turn needs 54.
+    acquire(store, &owner, &id, "t4", LEASE).await;
+    assert_eq!(
+        store
+            .append_turn(
+                &owner,
+                &id,
+                fence("t4"),
+                &turn(2, at(2)),
+                at(2),
+                caps(10, 100, 53)
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::OverQuota(CapBreach {
+            cap: SessionCap::Bytes,
+            limit: 53,
+            used: 36
+        })
+    );
+    acquire(store, &owner, &id, "t5", LEASE).await;
+    assert_eq!(
+        store
+            .append_turn(
+                &owner,
+                &id,
+                fence("t5"),
+                &turn(2, at(2)),
+                at(2),
+                caps(10, 100, 54)
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    assert_eq!(all_messages(store, &owner, &id).await.len(), 6);
+
+    // A turn on a lock that is not ours is still "lost", whatever the quotas.
+    assert_eq!(
+        store
+            .append_turn(
+                &owner,
+                &id,
+                fence("t5"),
+                &turn(3, at(3)),
+                at(3),
+                caps(10, 0, 0)
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::LockLost
+    );
+
+    // First messages over a quota: nothing created.
+    let fresh = uid("session");
+    for (over, breach) in [
+        (caps(10, 1, u64::MAX), SessionCap::Messages),
+        (caps(10, u64::MAX, 17), SessionCap::Bytes),
+    ] {
+        match store
+            .create_session(&session(&owner, &fresh, at(4)), &turn(4, at(4)), over)
+            .await
+            .unwrap()
+        {
+            CreateOutcome::OverQuota(got) => assert_eq!(got.cap, breach),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(store.get_session(&owner, &fresh).await.unwrap(), None);
+    }
+    assert_eq!(store.session_count(&owner).await.unwrap(), 1);
 }
 
 // ---------------------------------------------------------------- backends
@@ -1695,6 +2233,9 @@ conformance!(
     check_expires_at_ends_a_session_in_use,
     check_recorded_results_expire_with_their_session,
     check_sweep_keeps_live_sessions,
+    check_session_quota,
+    check_session_quota_under_concurrency,
+    check_session_message_and_byte_quotas,
 );
 
 // ---------------------------------------------------------------- retention
@@ -1714,9 +2255,10 @@ async fn check_idle_session_expires_everywhere(store: &dyn Store) {
     let s = expiring(&owner, &id, 1);
     assert!(
         store
-            .create_session(&s, &turn(0, s.created_at))
+            .create_session(&s, &turn(0, s.created_at), SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
     let seen = store.get_session(&owner, &id).await.unwrap().expect("live");
     assert_eq!(seen.idle_ttl_seconds, 1, "the idle time to live is stored");
@@ -1745,9 +2287,10 @@ async fn check_idle_session_expires_everywhere(store: &dyn Store) {
     let between = uid("between");
     assert!(
         store
-            .create_session(&expiring(&owner, &between, 0), &[])
+            .create_session(&expiring(&owner, &between, 0), &[], SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
 
     // The id is free again: a new session under it starts empty and is listed once, as the
@@ -1758,9 +2301,10 @@ async fn check_idle_session_expires_everywhere(store: &dyn Store) {
     };
     assert!(
         store
-            .create_session(&again, &turn(5, again.created_at))
+            .create_session(&again, &turn(5, again.created_at), SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
     let seen = store
         .get_session(&owner, &id)
@@ -1787,9 +2331,10 @@ async fn check_deleting_an_expired_session_finds_none(store: &dyn Store) {
     let s = expiring(&owner, &id, 1);
     assert!(
         store
-            .create_session(&s, &turn(0, s.created_at))
+            .create_session(&s, &turn(0, s.created_at), SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert!(
@@ -1812,9 +2357,10 @@ async fn check_a_turn_keeps_a_session_alive(store: &dyn Store) {
     let s = expiring(&owner, &id, 1);
     assert!(
         store
-            .create_session(&s, &turn(0, s.created_at))
+            .create_session(&s, &turn(0, s.created_at), SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
     for n in 1..=2 {
         tokio::time::sleep(Duration::from_millis(600)).await;
@@ -1823,7 +2369,14 @@ async fn check_a_turn_keeps_a_session_alive(store: &dyn Store) {
         let now = Utc::now();
         assert_eq!(
             store
-                .append_turn(&owner, &id, fence(&token), &turn(n, now), now)
+                .append_turn(
+                    &owner,
+                    &id,
+                    fence(&token),
+                    &turn(n, now),
+                    now,
+                    SessionCaps::UNLIMITED
+                )
                 .await
                 .unwrap(),
             AppendOutcome::Appended
@@ -1854,7 +2407,13 @@ async fn check_expires_at_ends_a_session_in_use(store: &dyn Store) {
         expires_at: Some(end),
         ..expiring(&owner, &id, 3600)
     };
-    assert!(store.create_session(&s, &[]).await.unwrap());
+    assert!(
+        store
+            .create_session(&s, &[], SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
     let seen = store.get_session(&owner, &id).await.unwrap().expect("live");
     assert_eq!(seen.expires_at, Some(end), "stored as given");
     assert_eq!(seen.expiry(), Some(end), "the earlier of the two ends");
@@ -1862,7 +2421,14 @@ async fn check_expires_at_ends_a_session_in_use(store: &dyn Store) {
     acquire(store, &owner, &id, "a", LEASE).await;
     let now = Utc::now();
     store
-        .append_turn(&owner, &id, fence("a"), &turn(1, now), now)
+        .append_turn(
+            &owner,
+            &id,
+            fence("a"),
+            &turn(1, now),
+            now,
+            SessionCaps::UNLIMITED,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -1887,7 +2453,13 @@ async fn check_expires_at_ends_a_session_in_use(store: &dyn Store) {
 async fn check_recorded_results_expire_with_their_session(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let s = expiring(&owner, &id, 1);
-    assert!(store.create_session(&s, &[]).await.unwrap());
+    assert!(
+        store
+            .create_session(&s, &[], SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
     acquire(store, &owner, &id, "a", LEASE).await;
     let now = Utc::now();
     store
@@ -1898,6 +2470,7 @@ async fn check_recorded_results_expire_with_their_session(store: &dyn Store) {
             &turn(1, now),
             now,
             recorded("kept-an-hour", RESULT_BODY, Duration::from_secs(3600)),
+            SessionCaps::UNLIMITED,
         )
         .await
         .unwrap();
@@ -1919,9 +2492,10 @@ async fn check_recorded_results_expire_with_their_session(store: &dyn Store) {
     // Nor does a new session under the id inherit it.
     assert!(
         store
-            .create_session(&expiring(&owner, &id, 0), &[])
+            .create_session(&expiring(&owner, &id, 0), &[], SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
     assert_eq!(
         store
@@ -1938,21 +2512,36 @@ async fn check_sweep_keeps_live_sessions(store: &dyn Store) {
     let (gone, kept, forever) = (uid("gone"), uid("kept"), uid("forever"));
     assert!(
         store
-            .create_session(&expiring(&owner, &gone, 1), &turn(0, Utc::now()))
+            .create_session(
+                &expiring(&owner, &gone, 1),
+                &turn(0, Utc::now()),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap()
+            .created()
     );
     assert!(
         store
-            .create_session(&expiring(&owner, &kept, 3600), &turn(1, Utc::now()))
+            .create_session(
+                &expiring(&owner, &kept, 3600),
+                &turn(1, Utc::now()),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap()
+            .created()
     );
     assert!(
         store
-            .create_session(&expiring(&owner, &forever, 0), &turn(2, Utc::now()))
+            .create_session(
+                &expiring(&owner, &forever, 0),
+                &turn(2, Utc::now()),
+                SessionCaps::UNLIMITED
+            )
             .await
             .unwrap()
+            .created()
     );
     tokio::time::sleep(Duration::from_millis(1300)).await;
     for _ in 0..3 {
@@ -2007,11 +2596,24 @@ async fn embedded_file_reopen_keeps_state() {
     {
         let store = EmbeddedStore::open(&path).expect("create the store file");
         store.insert_key(&k).await.unwrap();
-        assert!(store.create_session(&s, &history).await.unwrap());
+        assert!(
+            store
+                .create_session(&s, &history, SessionCaps::UNLIMITED)
+                .await
+                .unwrap()
+                .created()
+        );
         acquire(&store, &owner, &id, "a", LEASE).await;
         assert_eq!(
             store
-                .append_turn(&owner, &id, fence("a"), &turn(1, at(2)), at(2))
+                .append_turn(
+                    &owner,
+                    &id,
+                    fence("a"),
+                    &turn(1, at(2)),
+                    at(2),
+                    SessionCaps::UNLIMITED
+                )
                 .await
                 .unwrap(),
             AppendOutcome::Appended
@@ -2073,16 +2675,22 @@ async fn embedded_sweep_deletes_each_expired_session_once() {
         let id = format!("short-{n}");
         assert!(
             store
-                .create_session(&expiring(&owner, &id, 1), &turn(n, Utc::now()))
+                .create_session(
+                    &expiring(&owner, &id, 1),
+                    &turn(n, Utc::now()),
+                    SessionCaps::UNLIMITED
+                )
                 .await
                 .unwrap()
+                .created()
         );
     }
     assert!(
         store
-            .create_session(&expiring(&owner, "long", 3600), &[])
+            .create_session(&expiring(&owner, "long", 3600), &[], SessionCaps::UNLIMITED)
             .await
             .unwrap()
+            .created()
     );
     assert_eq!(store.sweep_expired_sessions(100).await.unwrap(), 0);
     tokio::time::sleep(Duration::from_millis(1300)).await;

@@ -274,6 +274,14 @@ pub(crate) async fn start(plan: &Plan, layout: Layout) -> anyhow::Result<Stack> 
                 "contextTokensPerMinute": 1_000_000_000_000u64,
                 // The memory figure holds 10,000 streams open on this one key.
                 "concurrentStreams": 1_000_000u64,
+            },
+            // The runs create thousands of sessions and send thousands of turns to some: no
+            // quota of the defaults may stop them halfway.
+            "quotas": {
+                "maxSessions": 1_000_000_000u64,
+                "maxMessagesPerSession": 1_000_000_000u64,
+                "maxSessionBytes": 1_000_000_000_000u64,
+                "maxCronJobs": 1_000_000u64,
             }
         }))
         .send()

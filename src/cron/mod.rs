@@ -264,6 +264,8 @@ impl CronService for Crons {
         let payload = Payload::from_request(body.payload.as_ref(), &self.models)?;
         // A new job is growth: refused while Redis is short of memory.
         self.door.check_growth(&principal)?;
+        let quotas = self.door.quotas(&principal);
+        crate::quotas::check_payload(&quotas, &payload)?;
         let enabled = body.enabled.unwrap_or(true);
         let job = JobRecord {
             def: JobDefinition {
@@ -284,10 +286,14 @@ impl CronService for Crons {
             state: Default::default(),
             version: 1,
         };
-        self.store()
-            .insert_job(&job)
+        if let Some(used) = self
+            .store()
+            .insert_job(&job, quotas.max_cron_jobs)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ApiError::from)?
+        {
+            return Err(crate::quotas::cron_refusal(quotas.max_cron_jobs, used).into());
+        }
         self.scheduler.wake();
         tracing::info!(job = %job.def.id, owner = %job.def.owner, "cron job created");
         Ok(respond(job_to_proto(&job), &admission))
@@ -334,6 +340,9 @@ impl CronService for Crons {
             .as_ref()
             .map(|p| Payload::from_request(Some(p), &self.models))
             .transpose()?;
+        if let Some(payload) = &payload {
+            crate::quotas::check_payload(&self.door.quotas(&principal), payload)?;
+        }
         // Optimistic: read, change, write if nobody (a claim, another update) changed it meanwhile.
         for _ in 0..5 {
             let mut job = self.owned(principal.owner_id(), &body.job_id).await?;

@@ -254,6 +254,8 @@ fn signed_out() -> ApiError {
 pub(crate) struct Dashboard {
     door: Arc<FrontDoor>,
     store: Arc<dyn Store>,
+    /// Where a key's cron jobs are counted (its maxCronJobs quota).
+    cron: Arc<dyn crate::cron::store::CronStore>,
     sign_ins: Arc<DashboardSessions>,
     traffic: Arc<Traffic>,
 }
@@ -262,12 +264,14 @@ impl Dashboard {
     pub(crate) fn new(
         door: Arc<FrontDoor>,
         store: Arc<dyn Store>,
+        cron: Arc<dyn crate::cron::store::CronStore>,
         sign_ins: Arc<DashboardSessions>,
         traffic: Arc<Traffic>,
     ) -> Self {
         Self {
             door,
             store,
+            cron,
             sign_ins,
             traffic,
         }
@@ -285,7 +289,9 @@ impl Dashboard {
             }
             .into(),
             key: match principal {
-                Principal::Key(key) => Some(crate::convert::api_key(key)),
+                Principal::Key(key) => {
+                    Some(crate::convert::api_key(key, &self.door.default_quotas()))
+                }
                 Principal::Internal => None,
             },
             csrf_token: session.csrf_token.clone(),
@@ -301,8 +307,18 @@ impl Dashboard {
             ));
         };
         let quota = self.door.quota(principal);
-        let usage = self.door.limits().usage(&key.id).await?;
+        let quotas = self.door.quotas(principal);
+        let (usage, sessions, cron_jobs) = tokio::join!(
+            self.door.limits().usage(&key.id),
+            self.store.session_count(&key.id),
+            self.cron.job_count(&key.id)
+        );
+        let usage = usage?;
         Ok(proto::KeyUsage {
+            sessions: sessions?,
+            session_limit: quotas.max_sessions,
+            cron_jobs: cron_jobs?,
+            cron_job_limit: quotas.max_cron_jobs,
             key_id: key.id.clone(),
             requests: usage.requests,
             tokens: usage.tokens,

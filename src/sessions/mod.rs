@@ -29,7 +29,8 @@ use crate::limits::{Admission, CapKind, Leased};
 use crate::metadata::{mark_simulated, respond};
 use crate::proto;
 use crate::proto::session_service_server::SessionService;
-use crate::store::Store;
+use crate::quotas::check_message_bytes;
+use crate::store::{CreateOutcome, Store, first_messages_breach};
 use crate::streaming::EventStream;
 
 use self::retention::{CronRunSession, Retention};
@@ -121,8 +122,10 @@ impl SessionService for Sessions {
             body.model.as_str()
         };
         let model = models.resolve_model(model_id)?.clone();
+        let quotas = self.turns.quotas(&principal);
         for (i, message) in body.messages.iter().enumerate() {
             validate_message(message, &format!("messages[{i}]"), ROLES)?;
+            check_message_bytes(&quotas, &message.content, &format!("messages[{i}]"))?;
         }
         validate_options(&body.options)?;
         let expires_at = retention::parse_expires_at(body.expires_at.as_deref(), Utc::now())?;
@@ -184,6 +187,11 @@ impl SessionService for Sessions {
         session.idle_ttl_seconds = self.retention.idle_ttl_seconds(&principal, cron_run);
         session.expires_at = expires_at;
         let mut stored = new;
+        // The first messages alone over the session's quotas: refused before the model is
+        // asked (the store checks again, with the reply).
+        if let Some(breach) = first_messages_breach(&stored, quotas.session_caps()) {
+            return Err(crate::quotas::refusal(breach).into());
+        }
         let (reply, admission) = self
             .turns
             .answer(
@@ -196,12 +204,15 @@ impl SessionService for Sessions {
             )
             .await?;
         session.updated_at = Utc::now();
-        if !self
+        let outcome = self
             .store
-            .create_session(&session, &stored)
+            .create_session(&session, &stored, quotas.session_caps())
             .await
-            .map_err(ApiError::from)?
-        {
+            .map_err(ApiError::from)?;
+        if let CreateOutcome::OverQuota(breach) = outcome {
+            return Err(crate::quotas::refusal(breach).into());
+        }
+        if outcome == CreateOutcome::Exists {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 "Session created concurrently",
@@ -226,10 +237,13 @@ impl SessionService for Sessions {
         request: Request<proto::SendMessageRequest>,
     ) -> Result<Response<proto::SendMessageResponse>, Status> {
         let principal = self.door.authorize(&request, SESSIONS).await?;
-        let owner = principal.owner_id().to_string();
         let key = SendKey::of(&request, request.get_ref());
         let body = request.into_inner();
-        let turn = match self.turns.prepare_send(&owner, &body, key.as_ref()).await? {
+        let turn = match self
+            .turns
+            .prepare_send(&principal, &body, key.as_ref())
+            .await?
+        {
             PreparedSend::Replay(done) => {
                 let reply = done.reply.clone();
                 return Ok(replayed(done, reply.as_ref()));
@@ -265,10 +279,13 @@ impl SessionService for Sessions {
         request: Request<proto::SendMessageRequest>,
     ) -> Result<Response<Self::StreamMessageStream>, Status> {
         let principal = self.door.authorize(&request, SESSIONS).await?;
-        let owner = principal.owner_id().to_string();
         let key = SendKey::of(&request, request.get_ref());
         let body = request.into_inner();
-        let turn = match self.turns.prepare_send(&owner, &body, key.as_ref()).await? {
+        let turn = match self
+            .turns
+            .prepare_send(&principal, &body, key.as_ref())
+            .await?
+        {
             PreparedSend::Replay(done) => return Ok(replay_stream(done)),
             PreparedSend::Turn(turn) => turn,
         };

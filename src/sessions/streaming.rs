@@ -55,6 +55,7 @@ impl StreamedAnswer for StreamedTurn {
     async fn finish(self, answer: ApiResult<Answer>) -> ApiResult<proto::StreamEvent> {
         let Self {
             turns,
+            principal,
             turn: Turn { lock, mut new, .. },
             session_id,
             key,
@@ -74,6 +75,7 @@ impl StreamedAnswer for StreamedTurn {
                     &lock,
                     &new,
                     record.as_ref().map(|(key, body)| (*key, body.as_slice())),
+                    turns.quotas(&principal).session_caps(),
                 )
                 .await?;
             Ok(done_event(done))

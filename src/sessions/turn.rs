@@ -14,7 +14,8 @@ use crate::inference::{Inference, Streamed};
 use crate::limits::{Admission, Charge};
 use crate::proto::{self, ChatMessage};
 use crate::providers::Model;
-use crate::store::{SessionRecord, Store, StoredMessage};
+use crate::quotas::{Quotas, check_message_bytes};
+use crate::store::{CapBreach, SessionCap, SessionRecord, Store, StoredMessage};
 
 use super::turn_lock::{TurnLock, TurnLocks};
 use super::validation::{validate_message, validate_options, validate_session_id};
@@ -56,6 +57,11 @@ impl Turns {
             store,
             locks,
         }
+    }
+
+    /// The quotas on what `principal` keeps stored.
+    pub(crate) fn quotas(&self, principal: &Principal) -> Quotas {
+        self.door.quotas(principal)
     }
 
     pub(super) fn models(&self) -> &crate::providers::ModelCatalog {
@@ -129,6 +135,7 @@ impl Turns {
                     lock,
                     new,
                     record.as_ref().map(|(key, body)| (*key, body.as_slice())),
+                    self.quotas(principal).session_caps(),
                 )
                 .await?;
             Ok((reply, admission))
@@ -193,10 +200,11 @@ impl Turns {
     /// answers a repeat from its record, and takes the session's turn lock.
     pub(super) async fn prepare_send(
         &self,
-        owner: &str,
+        principal: &Principal,
         body: &proto::SendMessageRequest,
         key: Option<&SendKey>,
     ) -> ApiResult<PreparedSend> {
+        let owner = principal.owner_id();
         validate_session_id(&body.session_id, "sessionId")?;
         let Some(message) = body.message.as_ref() else {
             return Err(ApiError::invalid_field(
@@ -206,6 +214,7 @@ impl Turns {
             ));
         };
         validate_message(message, "message", &["user"])?;
+        check_message_bytes(&self.quotas(principal), &message.content, "message")?;
         validate_options(&body.options)?;
         let Some((lock, session, history)) = self.locks.lock(owner, &body.session_id).await? else {
             return Err(ApiError::not_found("Session", &body.session_id));
@@ -222,6 +231,18 @@ impl Turns {
                 self.locks.release(&lock).await;
                 return Err(err);
             }
+        }
+        // A session already too full for this message and its reply is refused before the
+        // model is asked (the store checks again as it appends, with the bytes too).
+        let limit = self.quotas(principal).max_messages_per_session;
+        let used = u64::from(session.message_count);
+        if used + 2 > limit {
+            self.locks.release(&lock).await;
+            return Err(crate::quotas::refusal(CapBreach {
+                cap: SessionCap::Messages,
+                limit,
+                used,
+            }));
         }
         Ok(PreparedSend::Turn(Turn {
             lock,

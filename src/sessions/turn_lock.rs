@@ -13,7 +13,8 @@ use chrono::Utc;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::idempotency::SendKey;
 use crate::store::{
-    AppendOutcome, LockOutcome, RecordedResult, SessionRecord, Store, StoredMessage, TurnFence,
+    AppendOutcome, LockOutcome, RecordedResult, SessionCaps, SessionRecord, Store, StoredMessage,
+    TurnFence,
 };
 
 /// The session's turn lock, held until the turn is stored or abandoned.
@@ -193,18 +194,19 @@ impl TurnLocks {
     }
 
     /// Stores a turn's messages and releases the lock, atomically, if the lock is still
-    /// ours; with a key, the send's recorded result too.
+    /// ours and the session stays within `caps`; with a key, the send's recorded result too.
     pub(crate) async fn append(
         &self,
         lock: &TurnLock,
         new: &[StoredMessage],
         record: Option<(&SendKey, &[u8])>,
+        caps: SessionCaps,
     ) -> ApiResult<()> {
         let store = &self.store;
         let outcome = match record {
             None => {
                 store
-                    .append_turn(&lock.owner, &lock.id, lock.fence(), new, Utc::now())
+                    .append_turn(&lock.owner, &lock.id, lock.fence(), new, Utc::now(), caps)
                     .await?
             }
             Some((key, body)) => {
@@ -220,6 +222,7 @@ impl TurnLocks {
                             body,
                             retention: self.retention,
                         },
+                        caps,
                     )
                     .await?
             }
@@ -229,6 +232,7 @@ impl TurnLocks {
         lock.forget();
         match outcome {
             AppendOutcome::Appended => Ok(()),
+            AppendOutcome::OverQuota(breach) => Err(crate::quotas::refusal(breach)),
             AppendOutcome::SessionGone => Err(ApiError::new(
                 ErrorCode::NotFound,
                 "Session deleted",

@@ -9,6 +9,9 @@
 //! - `sessions_by_age`: (owner, creation time, session id) → (), the listing
 //!   index: one owner's sessions are one contiguous range.
 //! - `messages`: (owner, session id, seq) → [`StoredMessage`], seq dense from 0.
+//! - `session_bytes`: (owner, session id) → bytes of message content the session holds (its
+//!   `maxSessionBytes` quota); a session stored before it existed has it computed by its first
+//!   append. The owner's `maxSessions` quota counts its `sessions_by_age` entries.
 //! - `turn_results`: (owner, session id, request id) → expiry (unix ms, 8 bytes
 //!   big-endian) followed by the recorded body; `turn_results_by_expiry`:
 //!   (expiry, owner, session id, request id) → (), so expired records are
@@ -38,8 +41,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AppendOutcome, KeyRecord, LockOutcome, Page, RecordedResult, SessionRecord, Store, StoreError,
-    StoreResult, StoredMessage, TurnFence,
+    AppendOutcome, CapBreach, CreateOutcome, KeyRecord, LockOutcome, Page, RecordedResult,
+    SessionCap, SessionCaps, SessionRecord, Store, StoreError, StoreResult, StoredMessage,
+    TurnFence, first_messages_breach,
 };
 
 type SessionKey = (&'static str, &'static str);
@@ -55,6 +59,7 @@ const KEYS_BY_HASH: TableDefinition<&str, &str> = TableDefinition::new("keys_by_
 const SESSIONS: TableDefinition<SessionKey, &[u8]> = TableDefinition::new("sessions");
 const SESSIONS_BY_AGE: TableDefinition<AgeKey, ()> = TableDefinition::new("sessions_by_age");
 const MESSAGES: TableDefinition<MessageKey, &[u8]> = TableDefinition::new("messages");
+const SESSION_BYTES: TableDefinition<SessionKey, u64> = TableDefinition::new("session_bytes");
 const TURN_RESULTS: TableDefinition<ResultKey, &[u8]> = TableDefinition::new("turn_results");
 const TURN_RESULTS_BY_EXPIRY: TableDefinition<ResultExpiryKey, ()> =
     TableDefinition::new("turn_results_by_expiry");
@@ -233,6 +238,10 @@ fn purge_session(
         .retain_in((owner, id, 0u32)..=(owner, id, u32::MAX), |_, _| false)
         .or_unavailable()?;
     delete_results(txn, owner, id)?;
+    txn.open_table(SESSION_BYTES)
+        .or_unavailable()?
+        .remove((owner, id))
+        .or_unavailable()?;
     Ok(Some(removed))
 }
 
@@ -275,6 +284,28 @@ fn read_session_with_history(
     let messages = txn.open_table(MESSAGES).or_unavailable()?;
     let history = read_messages(&messages, owner, id, 0, usize::MAX)?;
     Ok(Some((session, history)))
+}
+
+/// How many sessions `owner` keeps, counting no further than `up_to`.
+fn count_sessions(
+    index: &impl ReadableTable<AgeKey, ()>,
+    owner: &str,
+    up_to: u64,
+) -> StoreResult<u64> {
+    // `owner` followed by NUL is the least string above `owner`.
+    let after_owner = format!("{owner}\0");
+    let mut n = 0;
+    for entry in index
+        .range((owner, 0u128, "")..(after_owner.as_str(), 0u128, ""))
+        .or_unavailable()?
+    {
+        entry.or_unavailable()?;
+        n += 1;
+        if n >= up_to {
+            break;
+        }
+    }
+    Ok(n)
 }
 
 fn session_exists(db: &Database, owner: &str, id: &str) -> StoreResult<bool> {
@@ -399,14 +430,17 @@ fn delete_results(txn: &WriteTransaction, owner: &str, id: &str) -> StoreResult<
 /// Appends already-encoded messages and bumps the session row (and records
 /// `result`, when given), in one transaction, if the session is still the incarnation
 /// the turn began on.
+#[allow(clippy::too_many_arguments)]
 fn write_turn(
     db: &Database,
     owner: &str,
     id: &str,
     incarnation: &str,
     encoded: &[Vec<u8>],
+    added_bytes: u64,
     at: DateTime<Utc>,
     result: Option<&OwnedResult>,
+    caps: SessionCaps,
 ) -> StoreResult<AppendOutcome> {
     let txn = db.begin_write().or_unavailable()?;
     let outcome = {
@@ -414,9 +448,40 @@ fn write_turn(
         match read_session(&sessions, owner, id)? {
             Some(session) if session.incarnation != incarnation => AppendOutcome::SessionGone,
             None => AppendOutcome::SessionGone,
-            Some(mut session) => {
+            Some(mut session) => 'write: {
                 let expired_before = expiry_ms(&session);
                 let mut messages = txn.open_table(MESSAGES).or_unavailable()?;
+                let mut bytes_table = txn.open_table(SESSION_BYTES).or_unavailable()?;
+                let stored = bytes_table
+                    .get((owner, id))
+                    .or_unavailable()?
+                    .map(|v| v.value());
+                let bytes = match stored {
+                    Some(bytes) => bytes,
+                    // Stored before the count existed: counted once, now.
+                    None => read_messages(&messages, owner, id, 0, usize::MAX)?
+                        .iter()
+                        .map(|m| m.content.len() as u64)
+                        .sum(),
+                };
+                let count = u64::from(session.message_count);
+                if count + encoded.len() as u64 > caps.max_messages {
+                    break 'write AppendOutcome::OverQuota(CapBreach {
+                        cap: SessionCap::Messages,
+                        limit: caps.max_messages,
+                        used: count,
+                    });
+                }
+                if bytes.saturating_add(added_bytes) > caps.max_bytes {
+                    break 'write AppendOutcome::OverQuota(CapBreach {
+                        cap: SessionCap::Bytes,
+                        limit: caps.max_bytes,
+                        used: bytes,
+                    });
+                }
+                bytes_table
+                    .insert((owner, id), bytes.saturating_add(added_bytes))
+                    .or_unavailable()?;
                 for raw in encoded {
                     messages
                         .insert((owner, id, session.message_count), raw.as_slice())
@@ -522,6 +587,7 @@ impl EmbeddedStore {
             txn.open_table(SESSIONS).or_unavailable()?;
             txn.open_table(SESSIONS_BY_AGE).or_unavailable()?;
             txn.open_table(MESSAGES).or_unavailable()?;
+            txn.open_table(SESSION_BYTES).or_unavailable()?;
             txn.open_table(TURN_RESULTS).or_unavailable()?;
             txn.open_table(TURN_RESULTS_BY_EXPIRY).or_unavailable()?;
             txn.open_table(SESSIONS_BY_EXPIRY).or_unavailable()?;
@@ -540,6 +606,7 @@ impl EmbeddedStore {
 
     /// Appends a turn (recording `result` with it, when given) if the session is the fence's
     /// incarnation and the fence's token holds the lock.
+    #[allow(clippy::too_many_arguments)]
     async fn append(
         &self,
         owner: &str,
@@ -548,7 +615,9 @@ impl EmbeddedStore {
         messages: &[StoredMessage],
         at: DateTime<Utc>,
         result: Option<OwnedResult>,
+        caps: SessionCaps,
     ) -> StoreResult<AppendOutcome> {
+        let added_bytes = super::content_bytes(messages);
         let encoded = messages
             .iter()
             .map(|m| encode("message", m))
@@ -591,8 +660,10 @@ impl EmbeddedStore {
                 &key.1,
                 &incarnation,
                 &encoded,
+                added_bytes,
                 at,
                 result.as_ref(),
+                caps,
             )?;
             guard.release = true;
             drop(guard);
@@ -761,7 +832,12 @@ impl Store for EmbeddedStore {
         &self,
         session: &SessionRecord,
         messages: &[StoredMessage],
-    ) -> StoreResult<bool> {
+        caps: SessionCaps,
+    ) -> StoreResult<CreateOutcome> {
+        if let Some(breach) = first_messages_breach(messages, caps) {
+            return Ok(CreateOutcome::OverQuota(breach));
+        }
+        let bytes = super::content_bytes(messages);
         let mut record = session.clone();
         record.message_count = u32::try_from(messages.len()).map_err(|_| too_long())?;
         let row = encode("session", &record)?;
@@ -772,7 +848,7 @@ impl Store for EmbeddedStore {
         self.blocking(move |db, _| {
             let (owner, id) = (record.owner.as_str(), record.id.as_str());
             let txn = db.begin_write().or_unavailable()?;
-            let created = {
+            let outcome = {
                 let stored =
                     read_session_row(&txn.open_table(SESSIONS).or_unavailable()?, owner, id)?;
                 let live = match stored {
@@ -785,16 +861,28 @@ impl Store for EmbeddedStore {
                     None => false,
                 };
                 let mut sessions = txn.open_table(SESSIONS).or_unavailable()?;
+                let mut by_age = txn.open_table(SESSIONS_BY_AGE).or_unavailable()?;
+                let kept = count_sessions(&by_age, owner, caps.max_sessions)?;
                 if live {
-                    false
+                    CreateOutcome::Exists
+                } else if kept >= caps.max_sessions {
+                    CreateOutcome::OverQuota(CapBreach {
+                        cap: SessionCap::Sessions,
+                        limit: caps.max_sessions,
+                        used: kept,
+                    })
                 } else {
+                    crate::quotas::observe_usage("maxSessions", kept + 1, caps.max_sessions);
                     sessions
                         .insert((owner, id), row.as_slice())
                         .or_unavailable()?;
                     move_expiry(&txn, owner, id, None, expiry_ms(&record))?;
-                    txn.open_table(SESSIONS_BY_AGE)
-                        .or_unavailable()?
+                    by_age
                         .insert((owner, age_key(record.created_at), id), ())
+                        .or_unavailable()?;
+                    txn.open_table(SESSION_BYTES)
+                        .or_unavailable()?
+                        .insert((owner, id), bytes)
                         .or_unavailable()?;
                     let mut table = txn.open_table(MESSAGES).or_unavailable()?;
                     for (seq, raw) in (0u32..).zip(&encoded) {
@@ -802,11 +890,21 @@ impl Store for EmbeddedStore {
                             .insert((owner, id, seq), raw.as_slice())
                             .or_unavailable()?;
                     }
-                    true
+                    CreateOutcome::Created
                 }
             };
-            finish(txn, created)?;
-            Ok(created)
+            finish(txn, outcome.created())?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn session_count(&self, owner: &str) -> StoreResult<u64> {
+        let owner = owner.to_owned();
+        self.blocking(move |db, _| {
+            let txn = db.begin_read().or_unavailable()?;
+            let index = txn.open_table(SESSIONS_BY_AGE).or_unavailable()?;
+            count_sessions(&index, &owner, u64::MAX)
         })
         .await
     }
@@ -999,8 +1097,10 @@ impl Store for EmbeddedStore {
         fence: TurnFence<'_>,
         messages: &[StoredMessage],
         at: DateTime<Utc>,
+        caps: SessionCaps,
     ) -> StoreResult<AppendOutcome> {
-        self.append(owner, id, fence, messages, at, None).await
+        self.append(owner, id, fence, messages, at, None, caps)
+            .await
     }
 
     async fn unlock_session(&self, owner: &str, id: &str, token: &str) -> StoreResult<()> {
@@ -1012,6 +1112,7 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn append_turn_recording(
         &self,
         owner: &str,
@@ -1020,9 +1121,10 @@ impl Store for EmbeddedStore {
         messages: &[StoredMessage],
         at: DateTime<Utc>,
         result: RecordedResult<'_>,
+        caps: SessionCaps,
     ) -> StoreResult<AppendOutcome> {
         let result = OwnedResult::new(result);
-        self.append(owner, id, fence, messages, at, Some(result))
+        self.append(owner, id, fence, messages, at, Some(result), caps)
             .await
     }
 
@@ -1103,5 +1205,95 @@ impl Store for EmbeddedStore {
             Ok(dropped)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session stored before sessions counted their bytes (no `session_bytes` row) has the
+    /// count computed from its messages by its next append, and the quota holds.
+    #[tokio::test]
+    async fn a_session_without_a_byte_count_is_counted_from_its_messages() {
+        let store = EmbeddedStore::open_temporary().unwrap();
+        let now = Utc::now();
+        let session = SessionRecord {
+            owner: "o".into(),
+            id: "s".into(),
+            model: "m".into(),
+            status: "active".into(),
+            created_at: now,
+            updated_at: now,
+            temperature: None,
+            max_tokens: None,
+            message_count: 0,
+            incarnation: "i".into(),
+            idle_ttl_seconds: 0,
+            expires_at: None,
+        };
+        let msg = |content: &str| StoredMessage {
+            role: "user".into(),
+            content: content.into(),
+            created_at: now,
+            tokens: None,
+        };
+        let created = store
+            .create_session(&session, &[msg("12345")], SessionCaps::UNLIMITED)
+            .await
+            .unwrap();
+        assert!(created.created());
+        {
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(SESSION_BYTES)
+                .unwrap()
+                .remove(("o", "s"))
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let caps = SessionCaps {
+            max_sessions: 10,
+            max_messages: 100,
+            max_bytes: 8,
+        };
+        let fence = TurnFence {
+            token: "t",
+            incarnation: "i",
+        };
+        let lease = Duration::from_secs(30);
+        assert!(matches!(
+            store.lock_session("o", "s", "t", lease).await.unwrap(),
+            LockOutcome::Acquired { .. }
+        ));
+        assert_eq!(
+            store
+                .append_turn("o", "s", fence, &[msg("6789")], now, caps)
+                .await
+                .unwrap(),
+            AppendOutcome::OverQuota(CapBreach {
+                cap: SessionCap::Bytes,
+                limit: 8,
+                used: 5
+            })
+        );
+        assert!(matches!(
+            store.lock_session("o", "s", "t", lease).await.unwrap(),
+            LockOutcome::Acquired { .. }
+        ));
+        assert_eq!(
+            store
+                .append_turn("o", "s", fence, &[msg("678")], now, caps)
+                .await
+                .unwrap(),
+            AppendOutcome::Appended
+        );
+        let txn = store.db.begin_read().unwrap();
+        let bytes = txn
+            .open_table(SESSION_BYTES)
+            .unwrap()
+            .get(("o", "s"))
+            .unwrap()
+            .map(|v| v.value());
+        assert_eq!(bytes, Some(8));
     }
 }

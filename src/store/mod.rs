@@ -203,6 +203,81 @@ pub struct TurnFence<'a> {
     pub incarnation: &'a str,
 }
 
+/// The per-session and per-owner quotas a session write is held to (see [`crate::quotas`]),
+/// checked by the store in the same atomic step as the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCaps {
+    /// Sessions the owner keeps at once (checked when a session is created).
+    pub max_sessions: u64,
+    /// Messages one session holds.
+    pub max_messages: u64,
+    /// Bytes of message content (UTF-8) one session holds.
+    pub max_bytes: u64,
+}
+
+impl SessionCaps {
+    /// No quota at all (tools and tests that store on nobody's behalf).
+    pub const UNLIMITED: Self = Self {
+        max_sessions: u64::MAX,
+        max_messages: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+}
+
+/// Which [`SessionCaps`] quota a write would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionCap {
+    Sessions,
+    Messages,
+    Bytes,
+}
+
+/// A write refused by a quota: nothing was written. `used` is what was in use before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapBreach {
+    pub cap: SessionCap,
+    pub limit: u64,
+    pub used: u64,
+}
+
+/// Bytes of content of `messages`, as [`SessionCaps::max_bytes`] counts them.
+pub fn content_bytes(messages: &[StoredMessage]) -> u64 {
+    messages.iter().map(|m| m.content.len() as u64).sum()
+}
+
+/// The quota first messages of a new session would pass, if any (the session holds nothing
+/// yet, so the check needs no round trip).
+pub fn first_messages_breach(messages: &[StoredMessage], caps: SessionCaps) -> Option<CapBreach> {
+    if messages.len() as u64 > caps.max_messages {
+        return Some(CapBreach {
+            cap: SessionCap::Messages,
+            limit: caps.max_messages,
+            used: 0,
+        });
+    }
+    (content_bytes(messages) > caps.max_bytes).then_some(CapBreach {
+        cap: SessionCap::Bytes,
+        limit: caps.max_bytes,
+        used: 0,
+    })
+}
+
+/// What became of a [`Store::create_session`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created,
+    /// The owner already has a session with that id: nothing was written.
+    Exists,
+    /// A quota refused it: nothing was written.
+    OverQuota(CapBreach),
+}
+
+impl CreateOutcome {
+    pub fn created(self) -> bool {
+        self == Self::Created
+    }
+}
+
 /// What became of an [`Store::append_turn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendOutcome {
@@ -213,6 +288,9 @@ pub enum AppendOutcome {
     /// another incarnation): nothing was written. Checked before the lock, since deleting a
     /// session drops its lock too.
     SessionGone,
+    /// The turn would take the session past its messages or bytes quota: nothing was
+    /// written, and the lock (if still ours) was released.
+    OverQuota(CapBreach),
 }
 
 /// The outcome of a client's request, recorded with the turn it produced so
@@ -276,13 +354,18 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- sessions ----
 
-    /// Creates the session with its first messages, atomically. Returns false
-    /// (and writes nothing) when the owner already has a session with that id.
+    /// Creates the session with its first messages, atomically, unless the owner already has
+    /// a session with that id, or already keeps `caps.max_sessions` sessions, or the messages
+    /// pass the session's quotas: then it writes nothing and says why. The session count is
+    /// exact across replicas (two creates racing for the last slot cannot both have it).
     async fn create_session(
         &self,
         session: &SessionRecord,
         messages: &[StoredMessage],
-    ) -> StoreResult<bool>;
+        caps: SessionCaps,
+    ) -> StoreResult<CreateOutcome>;
+    /// How many sessions count against the owner's `maxSessions` quota now.
+    async fn session_count(&self, owner: &str) -> StoreResult<u64>;
     async fn get_session(&self, owner: &str, id: &str) -> StoreResult<Option<SessionRecord>>;
     /// The owner's sessions, newest first.
     async fn list_sessions(
@@ -314,8 +397,9 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> StoreResult<LockOutcome>;
     /// Appends a whole turn (user message(s) and the reply) and releases the
-    /// lock, atomically, if and only if the session is still the incarnation the fence names
-    /// and the fence's token still holds the lock.
+    /// lock, atomically, if and only if the session is still the incarnation the fence names,
+    /// the fence's token still holds the lock, and the session stays within `caps`' messages
+    /// and bytes (otherwise [`AppendOutcome::OverQuota`], the lock released).
     async fn append_turn(
         &self,
         owner: &str,
@@ -323,12 +407,14 @@ pub trait Store: Send + Sync + 'static {
         fence: TurnFence<'_>,
         messages: &[StoredMessage],
         at: DateTime<Utc>,
+        caps: SessionCaps,
     ) -> StoreResult<AppendOutcome>;
     /// Releases the lock if `token` holds it; otherwise does nothing.
     async fn unlock_session(&self, owner: &str, id: &str, token: &str) -> StoreResult<()>;
 
     /// [`Store::append_turn`] that also records `result`, in the same atomic
     /// step: the turn is stored with its record or neither is.
+    #[allow(clippy::too_many_arguments)]
     async fn append_turn_recording(
         &self,
         owner: &str,
@@ -337,6 +423,7 @@ pub trait Store: Send + Sync + 'static {
         messages: &[StoredMessage],
         at: DateTime<Utc>,
         result: RecordedResult<'_>,
+        caps: SessionCaps,
     ) -> StoreResult<AppendOutcome>;
 
     /// The body recorded for `request_id` in the owner's session, while it is

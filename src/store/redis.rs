@@ -12,10 +12,16 @@
 //!   The meta hash also holds `idleTtlMs` and `expiresAtMs` (0: none), fixed at creation: a
 //!   session that expires carries PEXPIREAT on all of these keys, set by the script that
 //!   creates it and moved by each script that appends a turn (docs/retention.md).
-//! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time;
+//! - `oc:o:<owner>:sessions` zset of the owner's session ids by creation time; its size is what
+//!   the owner's `maxSessions` quota counts (checked and added to in one script);
 //!   `{oc:o:<owner>:sessions}:expiring` zset of those that expire, by when they are due at the
 //!   earliest (ms): its hash tag is the index's whole name, so both share a slot. The sweep
 //!   reads the due ones, and drops from the index those whose session is gone.
+//!   `{oc:o:<owner>:sessions}:listed` (the index's slot) notes when ids were listed, for a
+//!   minute: such an entry may be a create in progress, which a sweep of dead entries spares.
+//! - `…:meta`'s `bytes` field: the session's bytes of message content (the `maxSessionBytes`
+//!   quota), kept by the create and append scripts; a session stored before it existed has it
+//!   computed once, by the first append.
 //! - `oc:storage:bytes` zset of owner → bytes of its stored messages, for the storage-pressure
 //!   policy (counted here in memory, added there by the sampler: see [`super::pressure`]).
 //!
@@ -38,8 +44,9 @@ use redis::{AsyncCommands, Script};
 use super::pressure::StorageLedger;
 use super::redis_connection::{RedisConfig, SharedConnection};
 use super::{
-    AppendOutcome, KeyRecord, LockOutcome, Page, RecordedResult, SessionRecord, Store, StoreError,
-    StoreResult, StoredMessage, TurnFence,
+    AppendOutcome, CapBreach, CreateOutcome, KeyRecord, LockOutcome, Page, RecordedResult,
+    SessionCap, SessionCaps, SessionRecord, Store, StoreError, StoreResult, StoredMessage,
+    TurnFence, content_bytes, first_messages_breach,
 };
 
 #[derive(Clone)]
@@ -66,6 +73,8 @@ const INTERNAL_OWNER: &str = "internal";
 const CREATE_BOUND_MS: i64 = 60_000;
 
 struct Scripts {
+    list_session: Script,
+    drop_dead_entries: Script,
     create_session: Script,
     lock_session: Script,
     append_turn: Script,
@@ -76,7 +85,6 @@ struct Scripts {
     update_key: Script,
     touch_key: Script,
     session_bytes: Script,
-    list_session: Script,
     unlist_session: Script,
     drop_expired_entry: Script,
 }
@@ -118,12 +126,68 @@ const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3_600_000;
 impl Scripts {
     fn new() -> Self {
         Self {
+            // The owner's index (KEYS[1]) takes the session id (ARGV[2], scored by its creation
+            // time ARGV[1]) unless it already holds ARGV[3] (maxSessions) entries: the count and
+            // the add are one step, so two creates cannot both take the last slot. Returns -1
+            // when the id is listed already (its slot is taken), -(n + 2) when added to n
+            // entries, else the count (the index is full). KEYS[2] notes when each id was
+            // listed (the server's clock), for the last ARGV[4] ms: an entry listed that
+            // recently may be a create in progress, which a sweep must not take for dead.
+            // KEYS[3] holds the owner's sessions that expire by when they are due at the
+            // earliest (ARGV[5] ms; 0: never), for the sweep of expired sessions.
+            list_session: Script::new(
+                r#"
+                local t = redis.call('TIME')
+                local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[4]))
+                local function note_expiry()
+                  if tonumber(ARGV[5]) > 0 then
+                    redis.call('ZADD', KEYS[3], ARGV[5], ARGV[2])
+                  else
+                    redis.call('ZREM', KEYS[3], ARGV[2])
+                  end
+                end
+                if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+                  redis.call('ZADD', KEYS[2], now, ARGV[2])
+                  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+                  note_expiry()
+                  return -1
+                end
+                local n = redis.call('ZCARD', KEYS[1])
+                if n >= tonumber(ARGV[3]) then return n end
+                redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+                redis.call('ZADD', KEYS[2], now, ARGV[2])
+                redis.call('PEXPIRE', KEYS[2], ARGV[4])
+                note_expiry()
+                return -(n + 2)
+                "#,
+            ),
+            // Drops from the owner's index (KEYS[1]) the ids ARGV[3..], found without a
+            // session, unless listed within the last ARGV[1] ms (KEYS[2], see list_session) or
+            // created at or after ARGV[2] (ms): either may be a create in progress.
+            drop_dead_entries: Script::new(
+                r#"
+                local t = redis.call('TIME')
+                local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[1]))
+                local dropped = 0
+                for i = 3, #ARGV do
+                  local created = redis.call('ZSCORE', KEYS[1], ARGV[i])
+                  if created and tonumber(created) < tonumber(ARGV[2])
+                    and not redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+                    dropped = dropped + redis.call('ZREM', KEYS[1], ARGV[i])
+                  end
+                end
+                return dropped
+                "#,
+            ),
+            // ARGV[6]: the bytes of content of the first messages (ARGV[7..]).
             create_session: Script::new(
                 r#"
                 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
                 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'updatedAt', ARGV[2], 'incarnation', ARGV[5],
-                  'idleTtlMs', ARGV[6], 'expiresAtMs', ARGV[7])
-                for i = 8, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+                  'idleTtlMs', ARGV[6], 'expiresAtMs', ARGV[7], 'bytes', ARGV[8])
+                for i = 9, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
                 local ttl, hard = tonumber(ARGV[6]), tonumber(ARGV[7])
                 if ttl > 0 or hard > 0 then
                   local t = redis.call('TIME')
@@ -153,15 +217,21 @@ impl Scripts {
             // The session first: deleting it drops its lock, so a turn that began on this
             // incarnation (ARGV[3]) learns that it is gone, deleted or created again, rather
             // than that it lost the lock. The lock is dropped only if it is still ours.
+            // Then the session's quotas (ARGV[4] messages, ARGV[5] bytes; ARGV[6] the turn's
+            // bytes): a turn that would pass one is refused whole and the lock released.
             append_turn: script(&[
                 r#"
+                local FIRST = 7
                 local incarnation = redis.call('HGET', KEYS[2], 'incarnation') or ''
                 if redis.call('EXISTS', KEYS[2]) == 0 or incarnation ~= ARGV[3] then
                   if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
                   return 'gone'
                 end
                 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
-                for i = 4, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+"#,
+                APPEND_QUOTA_CHECK,
+                r#"
+                for i = FIRST, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
                 redis.call('HSET', KEYS[2], 'updatedAt', ARGV[2])
                 "#,
                 REFRESH_EXPIRY,
@@ -170,18 +240,22 @@ impl Scripts {
                 return 'ok'
                 "#,
             ]),
-            // As append_turn (the incarnation is ARGV[6]), plus the result under the request
-            // id, expiring after the retention (ms, ARGV[5]) by the server's clock; a few
-            // expired records are dropped on the way.
+            // As append_turn (the incarnation is ARGV[6], the quotas ARGV[7..9]), plus the
+            // result under the request id, expiring after the retention (ms, ARGV[5]) by the
+            // server's clock; a few expired records are dropped on the way.
             append_turn_recording: script(&[
                 r#"
+                local FIRST = 10
                 local incarnation = redis.call('HGET', KEYS[2], 'incarnation') or ''
                 if redis.call('EXISTS', KEYS[2]) == 0 or incarnation ~= ARGV[6] then
                   if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
                   return 'gone'
                 end
                 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
-                for i = 7, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+"#,
+                APPEND_QUOTA_CHECK,
+                r#"
+                for i = FIRST, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
                 redis.call('HSET', KEYS[2], 'updatedAt', ARGV[2])
                 local t = redis.call('TIME')
                 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -234,20 +308,6 @@ impl Scripts {
                 local n = 0
                 for _, m in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do n = n + #m end
                 return n
-                "#,
-            ),
-            // KEYS: the owner's index, its expiry entries. ARGV: creation ms, id, first due ms
-            // (0: never). NX: a create refused because the session exists leaves its entry.
-            // Returns 1 when the index had no entry for the id.
-            list_session: Script::new(
-                r#"
-                local added = redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2])
-                if tonumber(ARGV[3]) > 0 then
-                  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-                else
-                  redis.call('ZREM', KEYS[2], ARGV[2])
-                end
-                return added
                 "#,
             ),
             unlist_session: Script::new(
@@ -317,6 +377,38 @@ impl Scripts {
     }
 }
 
+/// The quota check of both append scripts, after the fence: `FIRST` is the index of the first
+/// message in ARGV, preceded by the messages quota, the bytes quota and the turn's bytes. The
+/// session's byte count lives in its meta hash (`bytes`); a session stored before the count
+/// existed has it computed here from its messages, once (and stored, refused turn or not: it
+/// describes what the session already holds).
+const APPEND_QUOTA_CHECK: &str = r#"
+                local count = redis.call('LLEN', KEYS[3])
+                local bytes = redis.call('HGET', KEYS[2], 'bytes')
+                if bytes then
+                  bytes = tonumber(bytes)
+                else
+                  bytes = 0
+                  for _, raw in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+                    local ok, m = pcall(cjson.decode, raw)
+                    if ok and type(m) == 'table' and type(m.content) == 'string' then bytes = bytes + #m.content end
+                  end
+                  redis.call('HSET', KEYS[2], 'bytes', string.format('%d', bytes))
+                end
+                local adding = #ARGV - FIRST + 1
+                if count + adding > tonumber(ARGV[FIRST - 3]) then
+                  redis.call('DEL', KEYS[1])
+                  return 'quota:messages:' .. string.format('%d', count)
+                end
+                if bytes + tonumber(ARGV[FIRST - 1]) > tonumber(ARGV[FIRST - 2]) then
+                  redis.call('DEL', KEYS[1])
+                  return 'quota:bytes:' .. string.format('%d', bytes)
+                end
+                redis.call('HINCRBY', KEYS[2], 'bytes', ARGV[FIRST - 1])"#;
+
+/// How many of a full index's oldest entries a create looks at for sessions that are gone.
+const FULL_INDEX_SCAN: isize = 1024;
+
 pub(super) fn session_base(owner: &str, id: &str) -> String {
     format!("oc:s:{{{owner}/{id}}}")
 }
@@ -329,6 +421,12 @@ pub(super) fn owner_index(owner: &str) -> String {
 /// the whole name of the owner's index, so the two share a slot and one script writes both.
 fn owner_expiring(owner: &str) -> String {
     format!("{{oc:o:{owner}:sessions}}:expiring")
+}
+
+/// When each of the owner's recent index entries was listed: in the index's slot (its hash tag
+/// is the index's whole name).
+fn owner_listings(owner: &str) -> String {
+    format!("{{oc:o:{owner}:sessions}}:listed")
 }
 
 fn key_key(id: &str) -> String {
@@ -378,7 +476,104 @@ fn decode_session(
     Ok(session)
 }
 
+/// Reads an append script's answer (`quota:<messages|bytes>:<used>` for a refusal).
+fn append_outcome(reply: &str, caps: SessionCaps) -> StoreResult<AppendOutcome> {
+    let refused = |cap, limit, used: &str| {
+        used.parse()
+            .map(|used| AppendOutcome::OverQuota(CapBreach { cap, limit, used }))
+            .map_err(|_| StoreError::Corrupt(format!("unexpected append reply {reply:?}")))
+    };
+    match reply {
+        "ok" => Ok(AppendOutcome::Appended),
+        "lost" => Ok(AppendOutcome::LockLost),
+        "gone" => Ok(AppendOutcome::SessionGone),
+        other => match other.strip_prefix("quota:") {
+            Some(rest) if rest.starts_with("messages:") => {
+                refused(SessionCap::Messages, caps.max_messages, &rest[9..])
+            }
+            Some(rest) if rest.starts_with("bytes:") => {
+                refused(SessionCap::Bytes, caps.max_bytes, &rest[6..])
+            }
+            _ => Err(StoreError::Corrupt(format!(
+                "unexpected append reply {other:?}"
+            ))),
+        },
+    }
+}
+
+/// What [`RedisStore::list_new_session`] did.
+enum Listing {
+    /// The id is listed now.
+    Added,
+    /// The index had the id already (a session that exists, or an earlier life's entry).
+    AlreadyListed,
+    /// The owner keeps this many sessions, its quota: nothing was listed.
+    Full(u64),
+}
+
 impl RedisStore {
+    /// Lists a new session in its owner's index unless the owner keeps `max_sessions` already;
+    /// then returns how many it keeps. A full index may hold entries of sessions that are gone
+    /// (expired, or a delete or create that stopped halfway): those that cannot be a create in
+    /// progress are dropped (the oldest [`FULL_INDEX_SCAN`] entries are looked at, see
+    /// [`Self::drop_dead_entries`]) and the listing tried once more. The common case, room in
+    /// the index, is one round trip.
+    async fn list_new_session(
+        &self,
+        session: &SessionRecord,
+        max_sessions: u64,
+        first_due: i64,
+    ) -> StoreResult<Listing> {
+        let index = owner_index(&session.owner);
+        let mut full = None;
+        for attempt in 0..2 {
+            let mut conn = self.conn.clone();
+            let listed: i64 = self
+                .scripts
+                .list_session
+                .key(&index)
+                .key(owner_listings(&session.owner))
+                .key(owner_expiring(&session.owner))
+                .arg(session.created_at.timestamp_millis())
+                .arg(&session.id)
+                .arg(max_sessions)
+                .arg(CREATE_BOUND_MS)
+                .arg(first_due)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(StoreError::from)?;
+            if listed == -1 {
+                return Ok(Listing::AlreadyListed);
+            }
+            if listed < -1 {
+                crate::quotas::observe_usage("maxSessions", (-listed - 1) as u64, max_sessions);
+                return Ok(Listing::Added);
+            }
+            full = Some(listed as u64);
+            if attempt == 0 {
+                let oldest: Vec<String> = conn
+                    .zrange(&index, 0, FULL_INDEX_SCAN - 1)
+                    .await
+                    .map_err(StoreError::from)?;
+                let exists = futures::future::try_join_all(oldest.iter().map(|id| {
+                    let mut conn = self.conn.clone();
+                    let meta = format!("{}:meta", session_base(&session.owner, id));
+                    async move { conn.exists::<_, bool>(meta).await.map_err(StoreError::from) }
+                }))
+                .await?;
+                let dead: Vec<String> = oldest
+                    .into_iter()
+                    .zip(exists)
+                    .filter_map(|(id, exists)| (!exists).then_some(id))
+                    .collect();
+                if dead.is_empty() || self.drop_dead_entries(&session.owner, &dead).await? == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(Listing::Full(full.unwrap_or(max_sessions)))
+    }
+
     /// Prepares the connection (see [`SharedConnection::open`]): the core starts, and reports
     /// Redis as down, while Redis is away.
     pub async fn connect(config: &RedisConfig) -> StoreResult<Self> {
@@ -398,25 +593,39 @@ impl RedisStore {
     /// first, created second). Best effort: a listing never fails for it.
     async fn drop_stale_index_entries(&self, owner: &str, ids: &[String]) {
         let mut conn = self.conn.clone();
-        let index = owner_index(owner);
-        let cutoff = Utc::now().timestamp_millis() - CREATE_BOUND_MS;
+        let mut dead = Vec::new();
         for id in ids {
-            let score: Option<i64> = conn.zscore(&index, id).await.unwrap_or(None);
             let exists: bool = conn
                 .exists(format!("{}:meta", session_base(owner, id)))
                 .await
                 .unwrap_or(true);
-            if !exists && score.is_some_and(|created| created < cutoff) {
-                let _: Result<i64, _> = self
-                    .scripts
-                    .unlist_session
-                    .key(&index)
-                    .key(owner_expiring(owner))
-                    .arg(id)
-                    .invoke_async(&mut conn)
-                    .await;
+            if !exists {
+                dead.push(id.clone());
             }
         }
+        if !dead.is_empty() {
+            let _ = self.drop_dead_entries(owner, &dead).await;
+        }
+    }
+
+    /// Drops the owner's index entries `ids`, found without a session, except those that may
+    /// belong to a create in progress: listed within [`CREATE_BOUND_MS`] (by the server's
+    /// clock), or created since then. Returns how many were dropped.
+    async fn drop_dead_entries(&self, owner: &str, ids: &[String]) -> StoreResult<u64> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.drop_dead_entries.prepare_invoke();
+        invocation
+            .key(owner_index(owner))
+            .key(owner_listings(owner))
+            .arg(CREATE_BOUND_MS)
+            .arg(Utc::now().timestamp_millis() - CREATE_BOUND_MS);
+        for id in ids {
+            invocation.arg(id);
+        }
+        invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(StoreError::from)
     }
 
     /// Looks at up to `budget` due entries of the owners' expiry sets (`…:expiring`): a
@@ -644,7 +853,11 @@ impl Store for RedisStore {
         &self,
         session: &SessionRecord,
         messages: &[StoredMessage],
-    ) -> StoreResult<bool> {
+        caps: SessionCaps,
+    ) -> StoreResult<CreateOutcome> {
+        if let Some(breach) = first_messages_breach(messages, caps) {
+            return Ok(CreateOutcome::OverQuota(breach));
+        }
         let base = session_base(&session.owner, &session.id);
         let mut conn = self.conn.clone();
         let idle_ttl_ms = session
@@ -666,18 +879,23 @@ impl Store for RedisStore {
         // Listed first, created second: the owner's index lives in another slot, so the two
         // cannot be one script on a cluster. An entry whose session was never created (a
         // failure in between) is skipped by listings and dropped once it is old (or by the
-        // sweep once due). NX: a create refused because the session exists leaves its entry.
-        let listed: i64 = self
-            .scripts
-            .list_session
-            .key(owner_index(&session.owner))
-            .key(owner_expiring(&session.owner))
-            .arg(session.created_at.timestamp_millis())
-            .arg(&session.id)
-            .arg(first_due)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(StoreError::from)?;
+        // sweep once due). The listing is where the maxSessions quota is counted; an id listed
+        // already keeps its entry (a create refused because the session exists leaves it as it
+        // was).
+        let listed = match self
+            .list_new_session(session, caps.max_sessions, first_due)
+            .await?
+        {
+            Listing::Full(used) => {
+                return Ok(CreateOutcome::OverQuota(CapBreach {
+                    cap: SessionCap::Sessions,
+                    limit: caps.max_sessions,
+                    used,
+                }));
+            }
+            Listing::Added => true,
+            Listing::AlreadyListed => false,
+        };
         let mut invocation = self.scripts.create_session.prepare_invoke();
         invocation
             .key(format!("{base}:meta"))
@@ -688,7 +906,8 @@ impl Store for RedisStore {
             .arg(&session.id)
             .arg(&session.incarnation)
             .arg(idle_ttl_ms)
-            .arg(expires_at_ms);
+            .arg(expires_at_ms)
+            .arg(content_bytes(messages));
         let bytes = encoded_args(&mut invocation, messages)?;
         let created: i64 = invocation
             .invoke_async(&mut conn)
@@ -697,7 +916,7 @@ impl Store for RedisStore {
         if created == 1 {
             self.ledger.add(&session.owner, bytes);
         }
-        if created == 1 && listed == 0 {
+        if created == 1 && !listed {
             // The entry was an earlier life's (a session that expired, or one a sweep was
             // dropping meanwhile): list this one at its own creation time.
             conn.zadd::<_, _, _, ()>(
@@ -708,7 +927,18 @@ impl Store for RedisStore {
             .await
             .map_err(StoreError::from)?;
         }
-        Ok(created == 1)
+        Ok(if created == 1 {
+            CreateOutcome::Created
+        } else {
+            CreateOutcome::Exists
+        })
+    }
+
+    async fn session_count(&self, owner: &str) -> StoreResult<u64> {
+        let mut conn = self.conn.clone();
+        conn.zcard(owner_index(owner))
+            .await
+            .map_err(StoreError::from)
     }
 
     async fn get_session(&self, owner: &str, id: &str) -> StoreResult<Option<SessionRecord>> {
@@ -923,6 +1153,7 @@ impl Store for RedisStore {
         fence: TurnFence<'_>,
         messages: &[StoredMessage],
         at: DateTime<Utc>,
+        caps: SessionCaps,
     ) -> StoreResult<AppendOutcome> {
         let base = session_base(owner, id);
         let mut invocation = self.scripts.append_turn.prepare_invoke();
@@ -934,24 +1165,21 @@ impl Store for RedisStore {
             .key(format!("{base}:results:exp"))
             .arg(fence.token)
             .arg(at.to_rfc3339())
-            .arg(fence.incarnation);
+            .arg(fence.incarnation)
+            .arg(caps.max_messages)
+            .arg(caps.max_bytes)
+            .arg(content_bytes(messages));
         let bytes = encoded_args(&mut invocation, messages)?;
         let mut conn = self.conn.clone();
         let outcome: String = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
-        match outcome.as_str() {
-            "ok" => {
-                self.ledger.add(owner, bytes);
-                Ok(AppendOutcome::Appended)
-            }
-            "lost" => Ok(AppendOutcome::LockLost),
-            "gone" => Ok(AppendOutcome::SessionGone),
-            other => Err(StoreError::Corrupt(format!(
-                "unexpected append reply {other:?}"
-            ))),
+        let outcome = append_outcome(&outcome, caps)?;
+        if outcome == AppendOutcome::Appended {
+            self.ledger.add(owner, bytes);
         }
+        Ok(outcome)
     }
 
     async fn unlock_session(&self, owner: &str, id: &str, token: &str) -> StoreResult<()> {
@@ -967,6 +1195,7 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn append_turn_recording(
         &self,
         owner: &str,
@@ -975,6 +1204,7 @@ impl Store for RedisStore {
         messages: &[StoredMessage],
         at: DateTime<Utc>,
         result: RecordedResult<'_>,
+        caps: SessionCaps,
     ) -> StoreResult<AppendOutcome> {
         let base = session_base(owner, id);
         let mut invocation = self.scripts.append_turn_recording.prepare_invoke();
@@ -989,24 +1219,21 @@ impl Store for RedisStore {
             .arg(result.request_id)
             .arg(result.body)
             .arg(result.retention.as_millis().max(1) as u64)
-            .arg(fence.incarnation);
+            .arg(fence.incarnation)
+            .arg(caps.max_messages)
+            .arg(caps.max_bytes)
+            .arg(content_bytes(messages));
         let bytes = encoded_args(&mut invocation, messages)?;
         let mut conn = self.conn.clone();
         let outcome: String = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
-        match outcome.as_str() {
-            "ok" => {
-                self.ledger.add(owner, bytes);
-                Ok(AppendOutcome::Appended)
-            }
-            "lost" => Ok(AppendOutcome::LockLost),
-            "gone" => Ok(AppendOutcome::SessionGone),
-            other => Err(StoreError::Corrupt(format!(
-                "unexpected append reply {other:?}"
-            ))),
+        let outcome = append_outcome(&outcome, caps)?;
+        if outcome == AppendOutcome::Appended {
+            self.ledger.add(owner, bytes);
         }
+        Ok(outcome)
     }
 
     async fn recorded_result(

@@ -1,4 +1,5 @@
-//! Settings → API Keys: list with usage, Generate New Key (shown once), edit limits, revoke.
+//! Settings → API Keys: list with usage and quotas, Generate New Key (shown once), edit limits
+//! and quotas, revoke.
 
 use std::collections::HashMap;
 
@@ -67,6 +68,124 @@ fn limits(form: &[(String, String)]) -> Result<proto::Limits, Box<Response>> {
         concurrent_streams: None,
         event_subscriptions: None,
     })
+}
+
+/// Reads `quotas.*` fields: empty means "leave as it is" (or the default, for a new key). Every
+/// quota is a positive whole number, except the idle expiry, where 0 keeps sessions forever.
+fn quotas(form: &[(String, String)]) -> Result<proto::Quotas, Box<Response>> {
+    let parse = |name: &str, label: &str, least: u64| -> Result<Option<u64>, Box<Response>> {
+        match field(form, name).map(str::trim).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= least)
+                .map(Some)
+                .ok_or_else(|| {
+                    Box::new(pages::error_page(
+                        StatusCode::BAD_REQUEST,
+                        "Invalid quota",
+                        &format!(
+                            "{label} must be a whole number of at least {least}, or empty for the default."
+                        ),
+                    ))
+                }),
+        }
+    };
+    Ok(proto::Quotas {
+        max_sessions: parse("maxSessions", "Sessions", 1)?,
+        max_messages_per_session: parse("maxMessagesPerSession", "Messages per session", 1)?,
+        max_session_bytes: parse("maxSessionBytes", "Bytes per session", 1)?,
+        max_message_bytes: parse("maxMessageBytes", "Bytes per message", 1)?,
+        max_cron_jobs: parse("maxCronJobs", "Cron jobs", 1)?,
+        session_idle_ttl_seconds: parse("sessionIdleTtlSeconds", "Idle session expiry", 0)?,
+    })
+}
+
+/// The form's quota fields, each showing the key's own value (empty: the default, shown as
+/// the placeholder).
+fn quota_inputs(key: Option<&proto::ApiKey>) -> Markup {
+    let own = key.and_then(|k| k.quotas).unwrap_or_default();
+    let effective = key.and_then(|k| k.effective_quotas);
+    let value = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+    let default = |pick: fn(&proto::Quotas) -> Option<u64>| {
+        effective
+            .as_ref()
+            .and_then(pick)
+            .map(|v| format!("default: {v}"))
+            .unwrap_or_else(|| "gateway default".into())
+    };
+    html! {
+        fieldset {
+            legend { "Quotas (empty: the gateway's default)" }
+            label for="maxSessions" { "Sessions kept at once" }
+            input #maxSessions type="number" name="maxSessions" min="1" inputmode="numeric"
+                value=(value(own.max_sessions)) placeholder=(default(|q| q.max_sessions));
+            label for="maxMessagesPerSession" { "Messages per session" }
+            input #maxMessagesPerSession type="number" name="maxMessagesPerSession" min="1" inputmode="numeric"
+                value=(value(own.max_messages_per_session)) placeholder=(default(|q| q.max_messages_per_session));
+            label for="maxSessionBytes" { "Bytes per session" }
+            input #maxSessionBytes type="number" name="maxSessionBytes" min="1" inputmode="numeric"
+                value=(value(own.max_session_bytes)) placeholder=(default(|q| q.max_session_bytes));
+            label for="maxMessageBytes" { "Bytes per message" }
+            input #maxMessageBytes type="number" name="maxMessageBytes" min="1" inputmode="numeric"
+                value=(value(own.max_message_bytes)) placeholder=(default(|q| q.max_message_bytes));
+            label for="maxCronJobs" { "Cron jobs" }
+            input #maxCronJobs type="number" name="maxCronJobs" min="1" inputmode="numeric"
+                value=(value(own.max_cron_jobs)) placeholder=(default(|q| q.max_cron_jobs));
+            label for="sessionIdleTtlSeconds" { "Idle session expiry, seconds (0: never)" }
+            input #sessionIdleTtlSeconds type="number" name="sessionIdleTtlSeconds" min="0" inputmode="numeric"
+                value=(value(own.session_idle_ttl_seconds)) placeholder=(default(|q| q.session_idle_ttl_seconds));
+        }
+    }
+}
+
+/// A key's quotas in force, with what it holds against those counted per key.
+fn quota_list(key: &proto::ApiKey, usage: Option<&proto::KeyUsage>) -> Markup {
+    let q = key.effective_quotas.unwrap_or_default();
+    let own = key.quotas.unwrap_or_default();
+    let shown = |v: Option<u64>, own: Option<u64>| {
+        let v = v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+        if own.is_some() {
+            v
+        } else {
+            format!("{v} (default)")
+        }
+    };
+    html! {
+        @if let Some(u) = usage {
+            div.meters aria-label="Stored against quotas" {
+                (quota_meter("Sessions", u.sessions, u.session_limit))
+                (quota_meter("Cron jobs", u.cron_jobs, u.cron_job_limit))
+            }
+        }
+        dl.quotas aria-label="Quotas" {
+            dt { "Sessions" } dd { (shown(q.max_sessions, own.max_sessions)) }
+            dt { "Messages per session" } dd { (shown(q.max_messages_per_session, own.max_messages_per_session)) }
+            dt { "Bytes per session" } dd { (shown(q.max_session_bytes, own.max_session_bytes)) }
+            dt { "Bytes per message" } dd { (shown(q.max_message_bytes, own.max_message_bytes)) }
+            dt { "Cron jobs" } dd { (shown(q.max_cron_jobs, own.max_cron_jobs)) }
+            dt { "Idle session expiry (s, 0: never)" } dd { (shown(q.session_idle_ttl_seconds, own.session_idle_ttl_seconds)) }
+        }
+    }
+}
+
+/// What a key holds against a quota counted per key.
+fn quota_meter(label: &str, used: u64, limit: u64) -> Markup {
+    let level = if limit > 0 && used.saturating_mul(10) >= limit.saturating_mul(9) {
+        "high"
+    } else {
+        "ok"
+    };
+    html! {
+        div.usage {
+            span.usage-label { (label) ": " (used) " / " (limit) }
+            meter class=(level) min="0" max=(limit.max(1)) low=(limit / 10 * 7) high=(limit / 10 * 9)
+                value=(used.min(limit.max(1))) aria-label=(format!("{label}: {used} of {limit} stored")) {
+                (used) " of " (limit)
+            }
+        }
+    }
 }
 
 async fn usage_of(
@@ -151,9 +270,10 @@ pub(crate) async fn list(
                                 (meter("Context tokens", u.context_tokens, u.context_token_limit))
                             }
                         }
+                        (quota_list(key, usage.get(&key.id)))
                         @if viewer.is_operator() && !key.revoked {
                             p.actions {
-                                a href=(format!("/dashboard/settings/keys/{}", key.id)) { "Edit limits" span.sr-only { " of " (key.name) } }
+                                a href=(format!("/dashboard/settings/keys/{}", key.id)) { "Edit limits and quotas" span.sr-only { " of " (key.name) } }
                                 " "
                                 a.danger href=(format!("/dashboard/settings/keys/{}/revoke", key.id)) { "Revoke" span.sr-only { " " (key.name) } }
                             }
@@ -198,6 +318,7 @@ pub(crate) async fn new_form(viewer: Viewer) -> PageResult {
                 }
             }
             (limit_inputs(None))
+            (quota_inputs(None))
             button type="submit" { "Create key" }
         }
     };
@@ -218,6 +339,10 @@ pub(crate) async fn create(
         Ok(limits) => limits,
         Err(refused) => return Ok(*refused),
     };
+    let quotas = match quotas(&form) {
+        Ok(quotas) => quotas,
+        Err(refused) => return Ok(*refused),
+    };
     let request = proto::CreateKeyRequest {
         name: field(&form, "name").unwrap_or_default().to_string(),
         scopes: form
@@ -226,6 +351,7 @@ pub(crate) async fn create(
             .map(|(_, v)| v.clone())
             .collect(),
         limits: Some(limits),
+        quotas: Some(quotas),
     };
     let created = viewer
         .core
@@ -311,6 +437,7 @@ pub(crate) async fn edit_form(viewer: Viewer, Path(id): Path<String>) -> PageRes
         html! {
             p { "Key " strong { (key.name) } " (" code { (key.prefix) "…" } ")" }
             (limit_inputs(key.limits.as_ref()))
+            (quota_inputs(Some(key)))
             button type="submit" { "Save limits" }
         }
     })
@@ -329,6 +456,10 @@ pub(crate) async fn update(
         Ok(limits) => limits,
         Err(refused) => return Ok(*refused),
     };
+    let quotas = match quotas(&form) {
+        Ok(quotas) => quotas,
+        Err(refused) => return Ok(*refused),
+    };
     viewer
         .core
         .call(
@@ -337,6 +468,7 @@ pub(crate) async fn update(
                 id,
                 name: None,
                 limits: Some(limits),
+                quotas: Some(quotas),
             },
             |channel, request| async move { KeyServiceClient::new(channel).update_key(request).await },
         )

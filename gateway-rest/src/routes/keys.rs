@@ -49,6 +49,58 @@ impl From<LimitsInput> for proto::Limits {
     }
 }
 
+/// Per-key quotas on what the key keeps stored (docs/quotas.md). Unset quotas take the
+/// gateway's defaults. Every value is a positive integer, except `sessionIdleTtlSeconds`,
+/// where 0 keeps sessions until deleted.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Quotas {
+    /// Sessions the key keeps at once.
+    #[schema(example = 1000)]
+    max_sessions: Option<u64>,
+    /// Messages one session holds (every role).
+    #[schema(example = 10000)]
+    max_messages_per_session: Option<u64>,
+    /// Bytes of message content (UTF-8) one session holds.
+    #[schema(example = 16777216)]
+    max_session_bytes: Option<u64>,
+    /// Bytes of content one message may carry.
+    #[schema(example = 1048576)]
+    max_message_bytes: Option<u64>,
+    /// Cron jobs the key owns at once.
+    #[schema(example = 100)]
+    max_cron_jobs: Option<u64>,
+    /// Seconds a session is kept after its last turn; 0 keeps sessions until deleted.
+    #[schema(example = 2592000)]
+    session_idle_ttl_seconds: Option<u64>,
+}
+
+impl From<Quotas> for proto::Quotas {
+    fn from(quotas: Quotas) -> Self {
+        Self {
+            max_sessions: quotas.max_sessions,
+            max_messages_per_session: quotas.max_messages_per_session,
+            max_session_bytes: quotas.max_session_bytes,
+            max_message_bytes: quotas.max_message_bytes,
+            max_cron_jobs: quotas.max_cron_jobs,
+            session_idle_ttl_seconds: quotas.session_idle_ttl_seconds,
+        }
+    }
+}
+
+impl From<proto::Quotas> for Quotas {
+    fn from(quotas: proto::Quotas) -> Self {
+        Self {
+            max_sessions: quotas.max_sessions,
+            max_messages_per_session: quotas.max_messages_per_session,
+            max_session_bytes: quotas.max_session_bytes,
+            max_message_bytes: quotas.max_message_bytes,
+            max_cron_jobs: quotas.max_cron_jobs,
+            session_idle_ttl_seconds: quotas.session_idle_ttl_seconds,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CreateKeyRequest {
@@ -61,6 +113,8 @@ pub(crate) struct CreateKeyRequest {
     #[schema(example = json!(["sessions", "status"]))]
     scopes: Vec<String>,
     limits: Option<LimitsInput>,
+    /// The key's own quotas; absent ones take the gateway's defaults.
+    quotas: Option<Quotas>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -71,6 +125,8 @@ pub(crate) struct UpdateKeyRequest {
     name: Option<String>,
     /// Limits given here replace the key's; absent ones stay as they are.
     limits: Option<LimitsInput>,
+    /// Quotas given here replace the key's; absent ones stay as they are.
+    quotas: Option<Quotas>,
 }
 
 impl CreateKeyRequest {
@@ -79,6 +135,7 @@ impl CreateKeyRequest {
             name: self.name,
             scopes: self.scopes,
             limits: self.limits.map(Into::into),
+            quotas: self.quotas.map(Into::into),
         }
     }
 }
@@ -89,6 +146,7 @@ impl UpdateKeyRequest {
             id,
             name: self.name,
             limits: self.limits.map(Into::into),
+            quotas: self.quotas.map(Into::into),
         }
     }
 }
@@ -123,6 +181,10 @@ pub(crate) struct ApiKey {
     #[schema(example = json!(["sessions", "cron", "status"]))]
     scopes: Vec<String>,
     limits: Limits,
+    /// The key's own quotas; null means the gateway's default applies.
+    quotas: Quotas,
+    /// The quotas in force for the key, each its own value or the gateway's default.
+    effective_quotas: Quotas,
     #[schema(value_type = Option<String>, format = DateTime, example = "2026-02-14T22:00:00Z")]
     created_at: Option<String>,
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -167,6 +229,8 @@ impl From<proto::ApiKey> for ApiKey {
                 event_subscriptions: limits.event_subscriptions,
             },
             revoked: key.revoked,
+            quotas: key.quotas.unwrap_or_default().into(),
+            effective_quotas: key.effective_quotas.unwrap_or_default().into(),
         }
     }
 }

@@ -87,6 +87,31 @@ pub(crate) struct Resources {
     request_usage: u64,
     #[schema(example = 60)]
     request_limit: u64,
+    /// The caller's quotas on what it keeps stored (docs/quotas.md), by name.
+    #[schema(example = json!({
+        "maxSessions": {"limit": 1000, "used": 12, "unit": "sessions", "per": "key"},
+        "maxMessagesPerSession": {"limit": 10000, "used": null, "unit": "messages", "per": "session"}
+    }))]
+    quotas: std::collections::BTreeMap<String, QuotaUsage>,
+}
+
+/// One quota: its value in force for the caller and, where the usage is the key's own
+/// (sessions, cron jobs), what the caller holds now.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct QuotaUsage {
+    #[schema(example = 1000)]
+    limit: u64,
+    /// What the caller holds now; null for quotas on one session or one message (each
+    /// session's `messageCount` is in its record).
+    #[schema(example = 12)]
+    used: Option<u64>,
+    /// "sessions", "messages", "bytes", "jobs" or "seconds".
+    #[schema(example = "sessions")]
+    unit: String,
+    /// "key" (the key's total), "session" (each session) or "message" (each message).
+    #[schema(example = "key")]
+    per: String,
 }
 
 /// The health of one dependency: the store or a model provider.
@@ -128,6 +153,19 @@ impl From<proto::SystemStatus> for SystemStatus {
                 context_limit: resources.context_limit,
                 request_usage: resources.request_usage,
                 request_limit: resources.request_limit,
+                quotas: resources
+                    .quotas
+                    .into_iter()
+                    .map(|q| {
+                        let usage = QuotaUsage {
+                            limit: q.limit,
+                            used: q.used,
+                            unit: q.unit,
+                            per: q.per,
+                        };
+                        (q.name, usage)
+                    })
+                    .collect(),
             },
             dependencies: status
                 .dependencies

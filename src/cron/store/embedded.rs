@@ -265,9 +265,18 @@ impl CronStore for EmbeddedCronStore {
         Ok(now_ms())
     }
 
-    async fn insert_job(&self, job: &JobRecord) -> StoreResult<()> {
+    async fn insert_job(&self, job: &JobRecord, max_jobs: u64) -> StoreResult<Option<u64>> {
         let job = job.clone();
         self.with_state(move |state, changes| {
+            let owned = state
+                .jobs
+                .values()
+                .filter(|j| j.def.owner == job.def.owner)
+                .count() as u64;
+            if owned >= max_jobs {
+                return Ok(Some(owned));
+            }
+            crate::quotas::observe_usage("maxCronJobs", owned + 1, max_jobs);
             let id = job.def.id.clone();
             state.set_due(&id, None, job.enabled.then_some(job.next_ms).flatten());
             state.jobs.insert(
@@ -281,9 +290,14 @@ impl CronStore for EmbeddedCronStore {
                 },
             );
             changes.jobs.push(id);
-            Ok(())
+            Ok(None)
         })
         .await
+    }
+
+    async fn job_count(&self, owner: &str) -> StoreResult<u64> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(state.jobs.values().filter(|j| j.def.owner == owner).count() as u64)
     }
 
     async fn job(&self, id: &str) -> StoreResult<Option<JobRecord>> {

@@ -194,7 +194,12 @@ pub trait CronStore: Send + Sync + 'static {
     /// The store's clock, in Unix milliseconds.
     async fn now_ms(&self) -> StoreResult<i64>;
 
-    async fn insert_job(&self, job: &JobRecord) -> StoreResult<()>;
+    /// Stores a new job unless its owner already has `max_jobs` (the `maxCronJobs` quota,
+    /// counted in the same atomic step as the insert, so two replicas cannot both take the
+    /// last slot): then nothing is written and the owner's job count is returned.
+    async fn insert_job(&self, job: &JobRecord, max_jobs: u64) -> StoreResult<Option<u64>>;
+    /// How many jobs the owner has (what its `maxCronJobs` quota counts).
+    async fn job_count(&self, owner: &str) -> StoreResult<u64>;
     async fn job(&self, id: &str) -> StoreResult<Option<JobRecord>>;
     /// The owner's jobs, oldest first.
     async fn list_jobs(&self, owner: &str) -> StoreResult<Vec<JobRecord>>;

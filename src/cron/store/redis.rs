@@ -89,6 +89,7 @@ struct Scripts {
     postpone: Script,
     update: Script,
     delete: Script,
+    insert: Script,
 }
 
 fn script(body: &str) -> Script {
@@ -98,6 +99,20 @@ fn script(body: &str) -> Script {
 impl Scripts {
     fn new() -> Self {
         Self {
+            // KEYS: job, owner, due. ARGV: 1 max jobs, 2 id, 3 created ms, 4 def, 5 enabled,
+            // 6 next ('' = none), 7 version. The owner's count and the insert are one step.
+            // Returns -1 when stored, else the owner's job count.
+            insert: script(
+                r#"
+                local n = redis.call('ZCARD', KEYS[2])
+                if n >= tonumber(ARGV[1]) then return n end
+                redis.call('HSET', KEYS[1], 'def', ARGV[4], 'enabled', ARGV[5], 'next', ARGV[6],
+                  'version', ARGV[7], 'errors', '0', 'running', '')
+                redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+                if ARGV[5] == '1' and ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], ARGV[6], ARGV[2]) end
+                return -(n + 2)
+                "#,
+            ),
             // KEYS: due, leases. ARGV: limit, expired limit.
             due: script(
                 r#"
@@ -414,28 +429,39 @@ impl CronStore for RedisCronStore {
         Ok(secs * 1000 + micros / 1000)
     }
 
-    async fn insert_job(&self, job: &JobRecord) -> StoreResult<()> {
+    async fn insert_job(&self, job: &JobRecord, max_jobs: u64) -> StoreResult<Option<u64>> {
         let def = serde_json::to_string(&job.def).map_err(corrupt)?;
         let id = &job.def.id;
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(
-                job_key(id),
-                &[
-                    ("def", def),
-                    ("enabled", if job.enabled { "1" } else { "0" }.to_string()),
-                    ("next", opt_arg(job.next_ms)),
-                    ("version", job.version.to_string()),
-                    ("errors", "0".to_string()),
-                    ("running", String::new()),
-                ],
-            )
-            .zadd(owner_key(&job.def.owner), id, job.def.created_at_ms);
-        if let (true, Some(next)) = (job.enabled, job.next_ms) {
-            pipe.zadd(DUE, id, next);
-        }
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn)
+        let stored: i64 = self
+            .scripts
+            .insert
+            .key(job_key(id))
+            .key(owner_key(&job.def.owner))
+            .key(DUE)
+            .arg(max_jobs)
+            .arg(id)
+            .arg(job.def.created_at_ms)
+            .arg(def)
+            .arg(if job.enabled { "1" } else { "0" })
+            .arg(opt_arg(job.next_ms))
+            .arg(job.version)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(StoreError::from)?;
+        if stored < 0 {
+            crate::quotas::observe_usage("maxCronJobs", (-stored - 1) as u64, max_jobs);
+            Ok(None)
+        } else {
+            Ok(Some(stored as u64))
+        }
+    }
+
+    async fn job_count(&self, owner: &str) -> StoreResult<u64> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZCARD")
+            .arg(owner_key(owner))
+            .query_async(&mut conn)
             .await
             .map_err(StoreError::from)
     }

@@ -2235,6 +2235,7 @@ conformance!(
     check_sweep_keeps_live_sessions,
     check_session_quota,
     check_session_quota_under_concurrency,
+    check_an_expired_session_frees_its_quota_slot,
     check_session_message_and_byte_quotas,
 );
 
@@ -2702,4 +2703,43 @@ async fn embedded_sweep_deletes_each_expired_session_once() {
     assert_eq!(store.sweep_expired_sessions(100).await.unwrap(), 1);
     assert_eq!(store.sweep_expired_sessions(100).await.unwrap(), 0);
     assert_eq!(ids(&all_sessions(&store, &owner).await), vec!["long"]);
+}
+
+/// A session that expired stops counting against `maxSessions` at once, before any sweep.
+async fn check_an_expired_session_frees_its_quota_slot(store: &dyn Store) {
+    let owner = uid("owner");
+    let caps = SessionCaps {
+        max_sessions: 1,
+        ..SessionCaps::UNLIMITED
+    };
+    let first = expiring(&owner, &uid("session"), 1);
+    assert!(
+        store
+            .create_session(&first, &[], caps)
+            .await
+            .unwrap()
+            .created()
+    );
+    let second = expiring(&owner, &uid("session"), 3600);
+    assert!(
+        matches!(
+            store.create_session(&second, &[], caps).await.unwrap(),
+            CreateOutcome::OverQuota(_)
+        ),
+        "the one slot is taken while the first session lives"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        store
+            .create_session(&second, &[], caps)
+            .await
+            .unwrap()
+            .created(),
+        "the expired session's slot is free"
+    );
+    assert_eq!(
+        all_sessions(store, &owner).await.len(),
+        1,
+        "only the live session is listed"
+    );
 }

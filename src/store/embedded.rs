@@ -308,6 +308,33 @@ fn count_sessions(
     Ok(n)
 }
 
+/// Deletes the owner's sessions that have expired (walking its whole index: only a create that
+/// finds the owner's quota full does this).
+fn purge_expired_sessions_of(txn: &WriteTransaction, owner: &str) -> StoreResult<()> {
+    let now = Utc::now();
+    let ids: Vec<String> = {
+        let index = txn.open_table(SESSIONS_BY_AGE).or_unavailable()?;
+        let after_owner = format!("{owner}\0");
+        let mut ids = Vec::new();
+        for entry in index
+            .range((owner, 0u128, "")..(after_owner.as_str(), 0u128, ""))
+            .or_unavailable()?
+        {
+            let (key, _) = entry.or_unavailable()?;
+            ids.push(key.value().2.to_owned());
+        }
+        ids
+    };
+    for id in ids {
+        let expired = read_session_row(&txn.open_table(SESSIONS).or_unavailable()?, owner, &id)?
+            .is_some_and(|session| session.expired_at(now));
+        if expired {
+            purge_session(txn, owner, &id)?;
+        }
+    }
+    Ok(())
+}
+
 fn session_exists(db: &Database, owner: &str, id: &str) -> StoreResult<bool> {
     let txn = db.begin_read().or_unavailable()?;
     let sessions = txn.open_table(SESSIONS).or_unavailable()?;
@@ -860,6 +887,16 @@ impl Store for EmbeddedStore {
                     Some(_) => true,
                     None => false,
                 };
+                // A full owner's sessions that expired before the sweep came by make room
+                // first: expired sessions never count against maxSessions.
+                let full = count_sessions(
+                    &txn.open_table(SESSIONS_BY_AGE).or_unavailable()?,
+                    owner,
+                    caps.max_sessions,
+                )? >= caps.max_sessions;
+                if full {
+                    purge_expired_sessions_of(&txn, owner)?;
+                }
                 let mut sessions = txn.open_table(SESSIONS).or_unavailable()?;
                 let mut by_age = txn.open_table(SESSIONS_BY_AGE).or_unavailable()?;
                 let kept = count_sessions(&by_age, owner, caps.max_sessions)?;

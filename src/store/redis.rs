@@ -164,7 +164,8 @@ impl Scripts {
             ),
             // Drops from the owner's index (KEYS[1]) the ids ARGV[3..], found without a
             // session, unless listed within the last ARGV[1] ms (KEYS[2], see list_session) or
-            // created at or after ARGV[2] (ms): either may be a create in progress.
+            // created at or after ARGV[2] (ms): either may be a create in progress. An id whose
+            // expiry (KEYS[3], see list_session) is due has expired, and goes at once.
             drop_dead_entries: Script::new(
                 r#"
                 local t = redis.call('TIME')
@@ -173,7 +174,13 @@ impl Scripts {
                 local dropped = 0
                 for i = 3, #ARGV do
                   local created = redis.call('ZSCORE', KEYS[1], ARGV[i])
-                  if created and tonumber(created) < tonumber(ARGV[2])
+                  local due = redis.call('ZSCORE', KEYS[3], ARGV[i])
+                  if due and tonumber(due) <= now then
+                    -- Due to expire, and found gone: it expired (a create under the id again
+                    -- would have moved its due time to the future).
+                    redis.call('ZREM', KEYS[3], ARGV[i])
+                    dropped = dropped + redis.call('ZREM', KEYS[1], ARGV[i])
+                  elseif created and tonumber(created) < tonumber(ARGV[2])
                     and not redis.call('ZSCORE', KEYS[2], ARGV[i]) then
                     dropped = dropped + redis.call('ZREM', KEYS[1], ARGV[i])
                   end
@@ -617,6 +624,7 @@ impl RedisStore {
         invocation
             .key(owner_index(owner))
             .key(owner_listings(owner))
+            .key(owner_expiring(owner))
             .arg(CREATE_BOUND_MS)
             .arg(Utc::now().timestamp_millis() - CREATE_BOUND_MS);
         for id in ids {

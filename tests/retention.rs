@@ -269,21 +269,19 @@ async fn an_idle_session_disappears_from_get_list_and_history_on_a_redis_cluster
 async fn idle_session_with_a_keys_own_ttl_disappears(backend: Backend) {
     let gw = Gateway::on(backend, &[]).await;
     let (owner, key) = gw.key("short-lived").await;
-    // The key's own quota, written where the key API keeps it (before the key's first use,
-    // so no replica has it cached): 2 seconds, against the gateway's default of 30 days.
+    // The key's own quota, set through the key API: 2 seconds, against the gateway's default of
+    // 30 days.
+    let response = gw
+        .http
+        .patch(gw.url(&format!("/api/v1/keys/{owner}")))
+        .bearer_auth(INTERNAL_TOKEN)
+        .json(&json!({"quotas": {"sessionIdleTtlSeconds": 2}}))
+        .send()
+        .await
+        .expect("PATCH key");
+    let patched = expect_data(response, 200).await;
+    assert_eq!(patched["quotas"]["sessionIdleTtlSeconds"], 2, "{patched}");
     let mut redis = gw.redis().await;
-    let record: String = redis
-        .query(redis::cmd("GET").arg(format!("oc:key:{owner}")))
-        .await;
-    let mut record: Value = serde_json::from_str(&record).expect("key JSON");
-    record["quotas"] = json!({"sessionIdleTtlSeconds": 2});
-    redis
-        .query::<()>(
-            redis::cmd("SET")
-                .arg(format!("oc:key:{owner}"))
-                .arg(record.to_string()),
-        )
-        .await;
     let (_, other) = gw.key("default-retention").await;
     let kept = gw.create(&other, json!({})).await;
 

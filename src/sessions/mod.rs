@@ -8,6 +8,7 @@
 //! - [`turn`]: one turn: history, admission, the model's answer, the fenced write.
 //! - [`streaming`]: a turn answered as a stream.
 
+mod context;
 mod streaming;
 pub(crate) mod turn;
 pub(crate) mod turn_lock;
@@ -27,7 +28,7 @@ use crate::limits::{Admission, CapKind, Leased};
 use crate::metadata::{mark_simulated, respond};
 use crate::proto;
 use crate::proto::session_service_server::SessionService;
-use crate::store::Store;
+use crate::store::{ContextStrategy, Store};
 use crate::streaming::EventStream;
 
 use self::streaming::{StreamedTurn, delta_event, done_event};
@@ -113,13 +114,46 @@ impl SessionService for Sessions {
         if !requested_id.is_empty() {
             validate_session_id(requested_id, "context.sessionId")?;
         }
+        let requested_strategy = body
+            .context
+            .as_ref()
+            .map(|c| c.strategy.as_str())
+            .filter(|s| !s.is_empty());
+        let strategy = match requested_strategy {
+            None => ContextStrategy::default(),
+            Some(name) => ContextStrategy::parse(name).ok_or_else(|| {
+                ApiError::invalid_field(
+                    "context.strategy",
+                    "Unknown context strategy",
+                    format!(
+                        "The field 'context.strategy' is '{name}', which is not a context strategy; use one of: {} (absent: window)",
+                        ContextStrategy::NAMES.join(", ")
+                    ),
+                )
+            })?,
+        };
         let new = to_stored(&body.messages);
 
         // Continue a session the caller already owns.
+        let budget = self
+            .turns
+            .budget(&new, body.options.as_ref().and_then(|o| o.max_tokens));
         if !requested_id.is_empty()
             && let Some((lock, session, history)) =
-                self.turns.locks.lock(&owner, requested_id).await?
+                self.turns.locks.lock(&owner, requested_id, &budget).await?
         {
+            if requested_strategy.is_some() && session.context_strategy != strategy {
+                self.turns.locks.release(&lock).await;
+                return Err(ApiError::invalid_field(
+                    "context.strategy",
+                    "Context strategy cannot change",
+                    format!(
+                        "The session '{requested_id}' uses the '{}' strategy, chosen when it was created; omit context.strategy to continue it, or create a new session",
+                        session.context_strategy.as_str()
+                    ),
+                )
+                .into());
+            }
             let mut turn = turn::Turn {
                 lock,
                 session,
@@ -128,7 +162,7 @@ impl SessionService for Sessions {
             };
             let (reply, admission) = self
                 .turns
-                .run(&principal, &mut turn, body.options, None)
+                .run(&principal, &mut turn, body.options, None, "messages")
                 .await?;
             let mut record = turn.session;
             record.message_count += body.messages.len() as u32 + u32::from(reply.is_some());
@@ -153,14 +187,24 @@ impl SessionService for Sessions {
             &model,
             options.and_then(|o| o.temperature),
             options.and_then(|o| o.max_tokens),
+            strategy,
         );
         let mut stored = new;
+        // The first turn sends what of the given messages fits the window (whatever the
+        // strategy: nothing is stored to summarise yet).
+        let prompt = context::fit_initial(
+            &stored,
+            model.context_window,
+            session
+                .max_tokens
+                .unwrap_or(self.turns.default_max_tokens()),
+        )?;
         let (reply, admission) = self
             .turns
             .answer(
                 &principal,
                 &model,
-                &[],
+                &prompt,
                 &mut stored,
                 session.temperature,
                 session.max_tokens,
@@ -215,7 +259,7 @@ impl SessionService for Sessions {
         let running = tokio::spawn(crate::observe::carrying_request_id(async move {
             let mut turn = turn;
             turns
-                .run(&principal, &mut turn, options, key.as_ref())
+                .run(&principal, &mut turn, options, key.as_ref(), "message")
                 .await
         }));
         let (reply, admission) = running.await.map_err(|err| {

@@ -47,6 +47,8 @@ fn ends_with_user(messages: &[StoredMessage]) -> bool {
 }
 
 /// What a send found before asking the model.
+// One per send, matched at once: boxing the turn would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum PreparedSend {
     /// A repeat of a recorded send: its recorded answer.
     Replay(proto::SendMessageResponse),

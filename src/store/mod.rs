@@ -481,6 +481,8 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// What [`Store::lock_session`] found.
+// Made once per turn and taken apart at once: boxing the history would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum LockOutcome {
     Acquired {

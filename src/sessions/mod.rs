@@ -165,7 +165,10 @@ impl SessionService for Sessions {
                 .run(&principal, &mut turn, body.options, None, "messages")
                 .await?;
             let mut record = turn.session;
-            record.message_count += body.messages.len() as u32 + u32::from(reply.is_some());
+            // What was stored before, a summary this turn made, the turn itself.
+            record.message_count = u32::try_from(turn.history.len).unwrap_or(u32::MAX)
+                + body.messages.len() as u32
+                + u32::from(reply.is_some());
             let message = proto::CreateSessionResponse {
                 session: Some(convert::session(&record)),
                 reply,
@@ -192,13 +195,17 @@ impl SessionService for Sessions {
         let mut stored = new;
         // The first turn sends what of the given messages fits the window (whatever the
         // strategy: nothing is stored to summarise yet).
-        let prompt = context::fit_initial(
-            &stored,
-            model.context_window,
-            session
-                .max_tokens
-                .unwrap_or(self.turns.default_max_tokens()),
-        )?;
+        let prompt = if stored.last().is_some_and(|m| m.role == "user") {
+            context::fit_initial(
+                &stored,
+                model.context_window,
+                session
+                    .max_tokens
+                    .unwrap_or(self.turns.default_max_tokens()),
+            )?
+        } else {
+            Vec::new()
+        };
         let (reply, admission) = self
             .turns
             .answer(

@@ -58,7 +58,7 @@ fn turn_message(n: usize) -> String {
 struct Deployment {
     upstream: FakeUpstream,
     _redis: Option<Process>,
-    _core: Process,
+    core: Process,
     edge: Process,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -96,7 +96,7 @@ impl Deployment {
         Self {
             upstream,
             _redis: redis,
-            _core: core,
+            core,
             edge,
             http: reqwest::Client::new(),
             _dir: dir,
@@ -530,4 +530,72 @@ async fn refusals_name_the_field_and_the_remedy() {
     assert_eq!(first[0]["content"], SYSTEM_PROMPT);
     assert_eq!(first[1]["role"], "user");
     assert_eq!(first.last().unwrap()["content"], "What does item 29 cost?");
+}
+
+/// Over gRPC: the strategy is chosen on CreateSession, read back on GetSession, and an unknown
+/// one is INVALID_ARGUMENT with the field in the status's BadRequest details.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_sessions_carry_their_strategy() {
+    use openclaw_gateway::proto;
+    use openclaw_gateway::proto::session_service_client::SessionServiceClient;
+    use tonic_types::StatusExt as _;
+
+    let deployment = Deployment::start(false).await;
+    let key = deployment.key().await;
+    let mut client =
+        SessionServiceClient::connect(format!("http://127.0.0.1:{}", deployment.core.port))
+            .await
+            .unwrap();
+    let authorized = |body: proto::CreateSessionRequest| {
+        let mut request = tonic::Request::new(body);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        request
+    };
+    let system = proto::ChatMessage {
+        role: "system".into(),
+        content: SYSTEM_PROMPT.into(),
+        ..Default::default()
+    };
+    let created = client
+        .create_session(authorized(proto::CreateSessionRequest {
+            messages: vec![system.clone()],
+            context: Some(proto::SessionContext {
+                session_id: String::new(),
+                strategy: "summarize".into(),
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let session = created.session.unwrap();
+    assert_eq!(session.context_strategy, "summarize");
+    let mut get = tonic::Request::new(proto::GetSessionRequest {
+        session_id: session.session_id.clone(),
+    });
+    get.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let read = client.get_session(get).await.unwrap().into_inner();
+    assert_eq!(read.context_strategy, "summarize");
+
+    let refused = client
+        .create_session(authorized(proto::CreateSessionRequest {
+            messages: vec![system],
+            context: Some(proto::SessionContext {
+                session_id: String::new(),
+                strategy: "everything".into(),
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let details = refused.get_error_details();
+    let violation = details
+        .bad_request()
+        .and_then(|bad| bad.field_violations.first())
+        .expect("a field violation");
+    assert_eq!(violation.field, "context.strategy");
 }

@@ -306,6 +306,19 @@ async fn summarize_strategy(on_redis: bool) {
     let answered = turn_requests(&requests, turns);
     let summary_calls = requests.iter().filter(|r| is_summary_request(r)).count();
 
+    // The summarising calls were admitted against the key's limits like its own sends: the
+    // create, every turn and every summary (and this read, depending on when it is counted).
+    let read = deployment
+        .get(&format!("/api/v1/sessions/{id}"), &key)
+        .await;
+    let header = |name: &str| -> u64 { read.headers()[name].to_str().unwrap().parse().unwrap() };
+    let used = header("x-ratelimit-limit-requests") - header("x-ratelimit-remaining-requests");
+    let counted = (1 + turns + summary_calls) as u64;
+    assert!(
+        used == counted || used == counted + 1,
+        "{used} requests counted for 1 create, {turns} turns and {summary_calls} summaries"
+    );
+
     // The summaries are stored in the history, marked, as system messages.
     let stored = history(&deployment, &key, &id).await;
     let marked: Vec<(usize, &Value)> = stored

@@ -72,8 +72,10 @@ impl Scripts {
             // model/window pairs, ARGV[4] the default) less the completion reserved (ARGV[5],
             // or when it is negative the session's maxTokens, else ARGV[6]) less the turn's own
             // tokens (ARGV[3]). A message's cost is its stored count (the last field of its
-            // JSON) plus the chat format's 5; one stored without a count costs its byte length,
-            // which no count exceeds. Nothing is decoded but the session record.
+            // JSON) plus the chat format's 5; one stored without a count costs the length of its
+            // content as stored (escaped JSON), which no count of it exceeds (a token is at
+            // least a byte); the quotes around it cannot occur unescaped inside it. Nothing is
+            // decoded but the session record.
             lock_session: Script::new(
                 r#"
                 if redis.call('EXISTS', KEYS[2]) == 0 then return {'none'} end
@@ -95,6 +97,9 @@ impl Scripts {
                 local function cost(m)
                   local t = string.match(m, '"tokens":(%d+)}$')
                   if t then return tonumber(t) + 5 end
+                  local _, open = string.find(m, '","content":"', 1, true)
+                  local close = string.find(m, '","createdAt":"', 1, true)
+                  if open and close and close > open then return close - open - 1 + 5 end
                   return #m + 5
                 end
                 local len = redis.call('LLEN', KEYS[3])

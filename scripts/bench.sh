@@ -18,6 +18,10 @@
 #                                         request, one node's capacity (redis-benchmark); writes
 #                                         docs/benchmarks/redis-topologies.{md,json}; about 4
 #                                         minutes (see `target/release/redis-topologies --help`)
+#   scripts/bench.sh --history [flags]   send-message p50/p99 and Redis bytes read per turn on
+#                                         sessions of 10, 100 and 1,000 turns with a model whose
+#                                         context window holds about 100 of them; prints a table
+#                                         for docs/benchmarks.md (see `target/release/history --help`)
 #
 # Set BENCH_NO_LITELLM=1 to skip installing and running LiteLLM.
 set -euo pipefail
@@ -39,6 +43,11 @@ if [ "${1:-}" = "--smoke" ]; then
 fi
 
 cargo build --release -p openclaw-gateway -p gateway-rest -p openclaw-bench
+
+if [ "${1:-}" = "--history" ]; then
+  shift
+  exec target/release/history --bin-dir target/release "$@"
+fi
 
 if [ "${1:-}" = "--redis-topologies" ]; then
   shift

@@ -189,9 +189,12 @@ impl Completer {
                 &format!("messages[{i}]"),
             )?;
         }
-        match self.locks.lock(principal.owner_id(), id).await? {
+        // The client sends the whole transcript; what of it is new is found by comparing it
+        // with the whole stored history, so this read is not bounded by the window.
+        let whole = crate::store::HistoryBudget::unbounded();
+        match self.locks.lock(principal.owner_id(), id, &whole).await? {
             Some((lock, _, history)) => Ok(Binding::Existing {
-                new: unstored(&history, &asked.messages),
+                new: unstored(&history.messages(), &asked.messages),
                 lock,
             }),
             None => Ok(Binding::Create(id.clone())),
@@ -231,6 +234,7 @@ impl Completer {
                     &asked.model,
                     asked.temperature,
                     asked.max_tokens,
+                    crate::store::ContextStrategy::Window,
                 );
                 session.idle_ttl_seconds = self.retention.idle_ttl_seconds(principal, None);
                 let mut messages = asked.messages.clone();
@@ -450,6 +454,7 @@ mod tests {
 
     fn msg(role: &str, content: &str) -> StoredMessage {
         StoredMessage {
+            summary: None,
             role: role.into(),
             content: content.into(),
             created_at: Utc::now(),

@@ -23,6 +23,7 @@ pub fn session(record: &SessionRecord) -> proto::Session {
         updated_at: Some(timestamp(record.updated_at)),
         message_count: record.message_count,
         expires_at: record.expiry().map(timestamp),
+        context_strategy: record.context_strategy.as_str().to_string(),
     }
 }
 
@@ -31,6 +32,10 @@ pub fn message(stored: &StoredMessage) -> proto::ChatMessage {
         role: stored.role.clone(),
         content: stored.content.clone(),
         created_at: Some(timestamp(stored.created_at)),
+        summary: stored.summary.map(|s| proto::SummaryOf {
+            from: s.from,
+            to: s.to,
+        }),
     }
 }
 

@@ -121,6 +121,7 @@ mod tests {
                 role: "user".into(),
                 content: content.into(),
                 created_at: None,
+                summary: None,
             }),
             options: None,
         }

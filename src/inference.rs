@@ -70,6 +70,11 @@ impl Inference {
         &self.models
     }
 
+    /// The completion tokens reserved for a request that names no maxTokens.
+    pub(crate) fn default_max_tokens(&self) -> u32 {
+        self.default_max_tokens
+    }
+
     /// Admits a call of `model` with the transcript `messages` (in order) against the caller's
     /// limits. Messages that carry their token count are not tokenized again.
     pub(crate) async fn admit<'a>(
@@ -210,6 +215,7 @@ async fn settle(
         role: "assistant".into(),
         content: completion.content,
         created_at: Utc::now(),
+        summary: None,
         // The model's own count of its answer stands in for the BPE's in later admissions.
         tokens: Some(completion.completion_tokens),
     };

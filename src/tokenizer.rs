@@ -8,7 +8,10 @@ use tiktoken_rs::{CoreBPE, cl100k_base_singleton};
 /// in OpenAI's accounting for chat formats.
 const PER_MESSAGE_OVERHEAD: u32 = 4;
 /// Tokens that prime the assistant's reply.
-const REPLY_PRIMING: u32 = 3;
+pub const REPLY_PRIMING: u32 = 3;
+/// What a message of one of the chat roles costs beyond its content: the separators and the
+/// role (one token each in cl100k_base).
+pub const MESSAGE_OVERHEAD: u32 = PER_MESSAGE_OVERHEAD + 1;
 
 fn bpe() -> &'static CoreBPE {
     cl100k_base_singleton()
@@ -21,6 +24,23 @@ pub fn warm_up() {
 
 pub fn count_text(text: &str) -> u32 {
     u32::try_from(bpe().encode_ordinary(text).len()).unwrap_or(u32::MAX)
+}
+
+/// The longest start of `text` that is at most `max` tokens.
+pub fn truncate(text: &str, max: u32) -> String {
+    let tokens = bpe().encode_ordinary(text);
+    if tokens.len() <= max as usize {
+        return text.to_string();
+    }
+    let mut keep = max as usize;
+    // A cut inside a character decodes to invalid UTF-8: give back tokens until it does not.
+    while keep > 0 {
+        if let Ok(start) = bpe().decode(&tokens[..keep]) {
+            return start;
+        }
+        keep -= 1;
+    }
+    String::new()
 }
 
 /// Tokens of a role: the chat roles are one token each in cl100k_base.
@@ -93,6 +113,15 @@ mod tests {
             count_prompt_known([("user", text, Some(100))]),
             count_prompt([("user", "")]) + 100
         );
+    }
+
+    #[test]
+    fn truncation_keeps_at_most_the_tokens_asked() {
+        let text = "one two three four five six seven eight nine ten";
+        assert_eq!(truncate(text, 100), text);
+        let cut = truncate(text, 4);
+        assert!(count_text(&cut) <= 4 && text.starts_with(&cut), "{cut}");
+        assert!(count_text(&truncate("你好，世界，你好", 2)) <= 2);
     }
 
     #[test]

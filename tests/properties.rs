@@ -36,6 +36,7 @@ fn chat_message() -> impl Strategy<Value = edge::ChatMessage> {
         role,
         content,
         created_at: None,
+        summary: None,
     })
 }
 
@@ -70,7 +71,10 @@ fn create_session() -> impl Strategy<Value = edge::CreateSessionRequest> {
             |(model, messages, session_id, options)| edge::CreateSessionRequest {
                 model,
                 messages,
-                context: session_id.map(|session_id| edge::SessionContext { session_id }),
+                context: session_id.map(|session_id| edge::SessionContext {
+                    session_id,
+                    strategy: String::new(),
+                }),
                 options,
                 expires_at: None,
             },

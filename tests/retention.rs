@@ -655,6 +655,7 @@ async fn grpc_callers_set_and_read_expires_at() {
                 role: "user".into(),
                 content: "hi".into(),
                 created_at: None,
+                summary: None,
             }],
             expires_at: Some(expires_at.to_string()),
             ..CreateSessionRequest::default()

@@ -15,9 +15,9 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use futures::future::join_all;
 use openclaw_gateway::store::{
-    AppendOutcome, CapBreach, CreateOutcome, EmbeddedStore, KeyLimits, KeyRecord, LockOutcome,
-    RecordedResult, RedisConfig, RedisStore, RedisTopology, SessionCap, SessionCaps, SessionRecord,
-    Store, StoredMessage, TurnFence,
+    AppendOutcome, CapBreach, CreateOutcome, EmbeddedStore, History, HistoryBudget, KeyLimits,
+    KeyRecord, LockOutcome, RecordedResult, RedisConfig, RedisStore, RedisTopology, SessionCap,
+    SessionCaps, SessionRecord, Store, StoredMessage, SummaryOf, TurnFence,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -68,6 +68,8 @@ fn session(owner: &str, id: &str, created_at: DateTime<Utc>) -> SessionRecord {
         incarnation: FIRST_LIFE.into(),
         idle_ttl_seconds: 0,
         expires_at: None,
+        context_strategy: Default::default(),
+        summary_at: None,
     }
 }
 
@@ -95,6 +97,7 @@ fn msg(role: &str, content: &str, created_at: DateTime<Utc>) -> StoredMessage {
         role: role.into(),
         content: content.into(),
         created_at,
+        summary: None,
         // Kept with the message and read back as written, like every other field.
         tokens: Some(content.len() as u32),
     }
@@ -164,20 +167,59 @@ async fn acquire(
     lease: Duration,
 ) -> (SessionRecord, Vec<StoredMessage>) {
     match store
-        .lock_session(owner, id, token, lease)
+        .lock_session(owner, id, token, lease, &HistoryBudget::unbounded())
         .await
         .expect("lock_session")
     {
-        LockOutcome::Acquired { session, history } => (session, history),
+        LockOutcome::Acquired { session, history } => {
+            assert!(history.complete, "an unbounded read reads everything");
+            if history.summary.is_none() {
+                assert_eq!(history.len, history.messages().len() as u64);
+            }
+            (session, history.messages())
+        }
         other => panic!("expected to acquire the lock of {owner}/{id}, got {other:?}"),
     }
 }
 
 async fn lock_outcome(store: &dyn Store, owner: &str, id: &str, token: &str) -> LockOutcome {
     store
-        .lock_session(owner, id, token, LEASE)
+        .lock_session(owner, id, token, LEASE, &HistoryBudget::unbounded())
         .await
         .expect("lock_session")
+}
+
+/// A turn's read under `budget`: what of the history it returned.
+async fn acquire_within(
+    store: &dyn Store,
+    owner: &str,
+    id: &str,
+    token: &str,
+    budget: &HistoryBudget,
+) -> History {
+    match store
+        .lock_session(owner, id, token, LEASE, budget)
+        .await
+        .expect("lock_session")
+    {
+        LockOutcome::Acquired { history, .. } => history,
+        other => panic!("expected to acquire the lock of {owner}/{id}, got {other:?}"),
+    }
+}
+
+/// A budget for the model "test-model" of `window` tokens, the turn itself taking `fixed`
+/// and the completion the session's maxTokens (256, see `session`).
+fn budget(window: u32, fixed: u32) -> HistoryBudget {
+    HistoryBudget {
+        windows: std::sync::Arc::new(vec![
+            ("other-model".into(), 1),
+            ("test-model".into(), window),
+        ]),
+        default_window: 1,
+        fixed,
+        max_tokens: None,
+        default_max_tokens: 100_000,
+    }
 }
 
 /// Everything a reader can see of one owner's session (and the owner's listing).
@@ -546,7 +588,13 @@ async fn check_ids_with_separator_characters(store: &dyn Store) {
     acquire(store, &owner, &tricky[0], "t", LEASE).await;
     let neighbour = LockOutcome::Acquired {
         session: counted(&session(&owner, &tricky[1], at(1)), 1),
-        history: vec![msg("user", &format!("only {:?}", tricky[1]), at(0))],
+        history: History {
+            head: Vec::new(),
+            summary: None,
+            tail: vec![(0, msg("user", &format!("only {:?}", tricky[1]), at(0)))],
+            complete: true,
+            len: 1,
+        },
     };
     assert_eq!(
         lock_outcome(store, &owner, &tricky[1], "u").await,
@@ -915,6 +963,205 @@ async fn check_lock_session(store: &dyn Store) {
     let (_, history) = acquire(store, &owner, &id, "c", LEASE).await;
     assert_eq!(history, full);
     store.unlock_session(&owner, &id, "c").await.unwrap();
+}
+
+/// A turn reads only what fits its budget: the system prompt at the head, then the latest
+/// messages walking back while they fit (each costing its stored count plus 5), with their
+/// indices; `complete` says whether older ones were left unread.
+async fn check_lock_reads_a_bounded_tail(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let mut all = vec![
+        msg("system", "You are terse.", at(0)),
+        msg("system", "Answer in English.", at(0)),
+    ];
+    for n in 0..20 {
+        all.extend(turn(n, at(0)));
+    }
+    assert!(
+        store
+            .create_session(&session(&owner, &id, at(0)), &all, SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
+    let cost = |m: &StoredMessage| u64::from(m.tokens.unwrap()) + 5;
+    let head_cost: u64 = all[..2].iter().map(cost).sum();
+    // Room for exactly the last 7 messages beside the head (window less maxTokens 256 less fixed 10).
+    let tail_cost: u64 = all[all.len() - 7..].iter().map(cost).sum();
+    let window = (256 + 10 + head_cost + tail_cost) as u32;
+    let history = acquire_within(store, &owner, &id, "a", &budget(window, 10)).await;
+    assert_eq!(history.len, all.len() as u64);
+    assert_eq!(history.head, all[..2].to_vec());
+    assert_eq!(history.summary, None);
+    assert!(!history.complete, "older messages were left unread");
+    let expected: Vec<(u64, StoredMessage)> = (all.len() - 7..all.len())
+        .map(|i| (i as u64, all[i].clone()))
+        .collect();
+    assert_eq!(history.tail, expected);
+    // One token less: one message less.
+    store.unlock_session(&owner, &id, "a").await.unwrap();
+    let history = acquire_within(store, &owner, &id, "b", &budget(window - 1, 10)).await;
+    assert_eq!(history.tail, expected[1..].to_vec());
+    // The turn's maxTokens takes the place of the session's.
+    store.unlock_session(&owner, &id, "b").await.unwrap();
+    let mut own = budget(window - 256 + 100, 10);
+    own.max_tokens = Some(100);
+    let history = acquire_within(store, &owner, &id, "c", &own).await;
+    assert_eq!(history.tail, expected);
+    // Another model's window does not apply; a budget that holds everything reads everything.
+    store.unlock_session(&owner, &id, "c").await.unwrap();
+    let history = acquire_within(store, &owner, &id, "d", &budget(1_000_000, 10)).await;
+    assert!(history.complete);
+    assert_eq!(history.messages(), all);
+    // Not even the head fits: the head is read anyway, and nothing else.
+    store.unlock_session(&owner, &id, "d").await.unwrap();
+    let history = acquire_within(store, &owner, &id, "e", &budget(300, 10)).await;
+    assert_eq!(history.head, all[..2].to_vec());
+    assert!(history.tail.is_empty() && !history.complete);
+    store.unlock_session(&owner, &id, "e").await.unwrap();
+}
+
+/// A compaction summary is stored under the turn's lock (which stays held), marked, and from
+/// then on read in place of what it stands for: the tail starts where the summary ends, without
+/// the summary itself, which comes separately. Only the lock's holder may store one.
+async fn check_summary_is_read_in_place_of_what_it_covers(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let mut all = vec![msg("system", "Be kind.", at(0))];
+    for n in 0..6 {
+        all.extend(turn(n, at(0)));
+    }
+    assert!(
+        store
+            .create_session(&session(&owner, &id, at(0)), &all, SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
+    acquire(store, &owner, &id, "a", LEASE).await;
+    let mut summary = msg("system", "Summary: questions 0 to 3 were answered.", at(1));
+    summary.summary = Some(SummaryOf { from: 1, to: 9 });
+    assert_eq!(
+        store
+            .append_summary(&owner, &id, fence("other"), &summary)
+            .await
+            .unwrap(),
+        AppendOutcome::LockLost
+    );
+    assert_eq!(
+        store
+            .append_summary(&owner, &id, fence("a"), &summary)
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    assert_eq!(
+        lock_outcome(store, &owner, &id, "b").await,
+        LockOutcome::Busy,
+        "the turn still holds its lock"
+    );
+    assert_eq!(
+        store
+            .append_turn(
+                &owner,
+                &id,
+                fence("a"),
+                &turn(6, at(2)),
+                at(2),
+                SessionCaps::UNLIMITED
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    // The whole history shows the summary where it was stored, marked.
+    let mut stored = all.clone();
+    stored.push(summary.clone());
+    stored.extend(turn(6, at(2)));
+    assert_eq!(all_messages(store, &owner, &id).await, stored);
+
+    let history = acquire_within(store, &owner, &id, "c", &budget(1_000_000, 10)).await;
+    assert_eq!(history.head, all[..1].to_vec());
+    assert_eq!(history.summary, Some((13, summary.clone())));
+    let tail_indices: Vec<u64> = history.tail.iter().map(|(i, _)| *i).collect();
+    assert_eq!(tail_indices, vec![9, 10, 11, 12, 14, 15]);
+    assert!(history.complete);
+    assert_eq!(history.len, 16);
+    store.unlock_session(&owner, &id, "c").await.unwrap();
+    // Bounded, the summary still comes and counts: the two latest messages fit beside it.
+    let cost = |m: &StoredMessage| u64::from(m.tokens.unwrap()) + 5;
+    let window = 256 + 10 + cost(&all[0]) + cost(&summary) + cost(&stored[14]) + cost(&stored[15]);
+    let history = acquire_within(store, &owner, &id, "d", &budget(window as u32, 10)).await;
+    assert_eq!(history.summary, Some((13, summary.clone())));
+    let tail_indices: Vec<u64> = history.tail.iter().map(|(i, _)| *i).collect();
+    assert_eq!(tail_indices, vec![14, 15]);
+    assert!(!history.complete);
+    store.unlock_session(&owner, &id, "d").await.unwrap();
+    // A later summary replaces it as the latest.
+    acquire(store, &owner, &id, "e", LEASE).await;
+    let mut later = msg("system", "Summary: everything up to question 6.", at(3));
+    later.summary = Some(SummaryOf { from: 1, to: 14 });
+    assert_eq!(
+        store
+            .append_summary(&owner, &id, fence("e"), &later)
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    store.unlock_session(&owner, &id, "e").await.unwrap();
+    let history = acquire_within(store, &owner, &id, "f", &budget(1_000_000, 10)).await;
+    assert_eq!(history.summary, Some((16, later)));
+    let tail_indices: Vec<u64> = history.tail.iter().map(|(i, _)| *i).collect();
+    assert_eq!(tail_indices, vec![14, 15]);
+    // Deleted meanwhile: the session is gone, and nothing is written.
+    assert!(store.delete_session(&owner, &id).await.unwrap());
+    assert_eq!(
+        store
+            .append_summary(&owner, &id, fence("f"), &summary)
+            .await
+            .unwrap(),
+        AppendOutcome::SessionGone
+    );
+    assert!(all_messages(store, &owner, &id).await.is_empty());
+}
+
+/// Messages stored before token counts existed are still read: unbounded, all of them; bounded,
+/// never more than fits when counted for real.
+async fn check_uncounted_messages_are_read_conservatively(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    let all: Vec<StoredMessage> = (0..12)
+        .map(|n| StoredMessage {
+            tokens: None,
+            ..msg(
+                if n % 2 == 0 { "user" } else { "assistant" },
+                &format!("message number {n} from before token counts"),
+                at(0),
+            )
+        })
+        .collect();
+    assert!(
+        store
+            .create_session(&session(&owner, &id, at(0)), &all, SessionCaps::UNLIMITED)
+            .await
+            .unwrap()
+            .created()
+    );
+    let (_, history) = acquire(store, &owner, &id, "a", LEASE).await;
+    assert_eq!(history, all);
+    store.unlock_session(&owner, &id, "a").await.unwrap();
+    let room = 60;
+    let history = acquire_within(store, &owner, &id, "b", &budget(256 + 10 + room, 10)).await;
+    let read: u64 = history.tail.iter().map(|(_, m)| m.prompt_cost()).sum();
+    assert!(read <= u64::from(room), "{read} > {room}");
+    assert!(!history.complete);
+    // Costed by their content, not their whole stored form: the latest one (41 bytes) fits.
+    assert!(
+        !history.tail.is_empty(),
+        "an uncounted message is costed too high"
+    );
+    for (index, message) in &history.tail {
+        assert_eq!(message, &all[*index as usize]);
+    }
+    store.unlock_session(&owner, &id, "b").await.unwrap();
 }
 
 /// Locking a session that does not exist is NoSession, and leaves no lock behind.
@@ -1916,7 +2163,7 @@ async fn check_session_message_and_byte_quotas(store: &dyn Store) {
                 &turn(1, at(1)),
                 at(1),
                 recorded("over", RESULT_BODY, LEASE),
-                caps(10, u64::MAX, 35),
+                caps(10, u64::MAX, 35)
             )
             .await
             .unwrap(),
@@ -2215,6 +2462,9 @@ conformance!(
     check_message_count,
     check_delete_session,
     check_lock_session,
+    check_lock_reads_a_bounded_tail,
+    check_summary_is_read_in_place_of_what_it_covers,
+    check_uncounted_messages_are_read_conservatively,
     check_lock_missing_session,
     check_lease_expiry,
     check_append_turn,

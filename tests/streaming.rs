@@ -265,6 +265,7 @@ async fn grpc_stream_message_sends_deltas_then_the_stored_reply() {
             role: "user".into(),
             content: "over grpc".into(),
             created_at: None,
+            summary: None,
         }),
         options: None,
     });

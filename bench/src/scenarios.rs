@@ -594,6 +594,7 @@ pub(crate) fn caller(
                         role: "user".into(),
                         content: "Hello! Say something short.".into(),
                         created_at: None,
+                        summary: None,
                     }],
                     options: Some(proto::GenerationOptions {
                         temperature: None,

@@ -676,9 +676,11 @@ impl CronScheduler {
                         role: "user".into(),
                         content: message.clone(),
                         created_at: None,
+                        summary: None,
                     }],
                     context: session_id.as_ref().map(|id| crate::proto::SessionContext {
                         session_id: id.clone(),
+                        strategy: String::new(),
                     }),
                     options: None,
                     expires_at: None,

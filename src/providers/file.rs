@@ -17,7 +17,7 @@ use super::circuit::BreakerSettings;
 use super::resilience::{ProviderGuard, RetrySettings};
 use super::{
     ChatProvider, DEFAULT_MODEL, ModelCatalog, ModelSpec, OpenAiCompatible, OpenAiConfig,
-    Simulator, ZAI_MODELS,
+    Simulator, ZAI_MODELS, known_context_window,
 };
 use crate::config::{CoreConfig, Secret};
 
@@ -72,6 +72,10 @@ pub struct ModelEntry {
     /// Model ids (of any provider) asked in this order when this one cannot answer.
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// Tokens the model reads and writes in one call (prompt plus completion). Absent: the
+    /// published window of the guide's GLM models (by upstream name), else 128,000.
+    #[serde(default)]
+    pub context_window: Option<u32>,
 }
 
 impl ProvidersFile {
@@ -106,6 +110,7 @@ impl ProvidersFile {
                         name: id.trim_start_matches("zai/").into(),
                         upstream: None,
                         fallbacks: Vec::new(),
+                        context_window: None,
                     })
                     .collect(),
             }],
@@ -156,6 +161,9 @@ impl ProvidersFile {
         for provider in &self.providers {
             for model in &provider.models {
                 let id = format!("{}/{}", provider.name, model.name);
+                if model.context_window == Some(0) {
+                    bail!("model '{id}': contextWindow must be at least 1 token");
+                }
                 for fallback in &model.fallbacks {
                     if fallback == &id {
                         bail!("model '{id}' names itself as a fallback");
@@ -219,10 +227,16 @@ fn build_catalog(
         let models: Vec<ModelSpec> = entry
             .models
             .iter()
-            .map(|m| ModelSpec {
-                id: format!("{}/{}", entry.name, m.name),
-                upstream: m.upstream.clone().unwrap_or_else(|| m.name.clone()),
-                fallbacks: m.fallbacks.clone(),
+            .map(|m| {
+                let upstream = m.upstream.clone().unwrap_or_else(|| m.name.clone());
+                ModelSpec {
+                    id: format!("{}/{}", entry.name, m.name),
+                    context_window: m
+                        .context_window
+                        .unwrap_or_else(|| known_context_window(&upstream)),
+                    upstream,
+                    fallbacks: m.fallbacks.clone(),
+                }
             })
             .collect();
         let listed = models
@@ -305,7 +319,7 @@ mod tests {
         name = "local"
         baseUrl = "http://127.0.0.1:11434/v1"
         timeoutMs = 30000
-        models = [{ name = "llama3.2", fallbacks = ["zai/glm-4.7-flash"] }]
+        models = [{ name = "llama3.2", fallbacks = ["zai/glm-4.7-flash"], contextWindow = 8192 }]
 
         [[providers]]
         name = "zai"
@@ -369,6 +383,10 @@ mod tests {
             catalog.resolve_loose("llama3.2").unwrap().id,
             "local/llama3.2"
         );
+        let window = |id: &str| catalog.resolve(id).unwrap().context_window;
+        assert_eq!(window("local/llama3.2"), 8192);
+        assert_eq!(window("zai/glm-4.7-flash"), 200_000);
+        assert_eq!(window("zai/glm-4.5-flash"), 128_000);
     }
 
     #[test]
@@ -396,6 +414,13 @@ mod tests {
             models = [{ name = "m" }]
         "#;
         assert!(error(typo).contains("apiKeyEnvv"));
+        let no_window = r#"
+            [[providers]]
+            name = "a"
+            baseUrl = "http://x"
+            models = [{ name = "m", contextWindow = 0 }]
+        "#;
+        assert!(error(no_window).contains("contextWindow must be at least 1"));
     }
 
     #[test]

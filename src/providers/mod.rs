@@ -206,6 +206,9 @@ pub struct Model {
     pub fallbacks: Vec<String>,
     /// The provider's retry policy, circuit breaker and counters.
     pub guard: Arc<ProviderGuard>,
+    /// Tokens the model reads and writes in one call: the prompt sent plus the reserved
+    /// completion never exceed it (`contextWindow` in the providers file).
+    pub context_window: u32,
 }
 
 /// The models of the guide's appendix A, served by Z.ai.
@@ -215,6 +218,27 @@ pub const ZAI_MODELS: &[&str] = &[
     "zai/glm-4-flash-250414",
 ];
 pub const DEFAULT_MODEL: &str = "zai/glm-4.7-flash";
+
+/// The context window of a model whose entry names none and that is not one of the guide's
+/// (tokens): the common size of current chat models, and what the smaller GLM models publish.
+pub const DEFAULT_CONTEXT_WINDOW: u32 = 128_000;
+
+/// The published context windows of the guide's models (tokens), by their upstream name:
+/// Z.ai lists glm-4.7-flash at 200K and glm-4.5-flash at 128K; glm-4-flash-250414 is taken
+/// at 128K with the rest of the GLM-4 flash family. See docs/context-windows.md for sources.
+pub const KNOWN_CONTEXT_WINDOWS: &[(&str, u32)] = &[
+    ("glm-4.7-flash", 200_000),
+    ("glm-4.5-flash", 128_000),
+    ("glm-4-flash-250414", 128_000),
+];
+
+/// The published window of a model the gateway knows by its upstream name, else the default.
+pub fn known_context_window(upstream: &str) -> u32 {
+    KNOWN_CONTEXT_WINDOWS
+        .iter()
+        .find(|(name, _)| *name == upstream)
+        .map_or(DEFAULT_CONTEXT_WINDOW, |(_, window)| *window)
+}
 
 /// Bound on a whole model call (every attempt and fallback) when none is configured.
 const DEFAULT_CALL_BUDGET: Duration = Duration::from_secs(120);
@@ -242,6 +266,8 @@ pub struct ModelSpec {
     pub id: String,
     pub upstream: String,
     pub fallbacks: Vec<String>,
+    /// Tokens; see [`Model::context_window`].
+    pub context_window: u32,
 }
 
 impl ModelCatalog {
@@ -259,6 +285,7 @@ impl ModelCatalog {
                 provider: provider.clone(),
                 fallbacks: spec.fallbacks,
                 guard: guard.clone(),
+                context_window: spec.context_window,
             }));
         }
     }
@@ -364,6 +391,7 @@ mod tests {
             id: DEFAULT_MODEL.to_string(),
             upstream: "glm-4.7-flash".to_string(),
             fallbacks: Vec::new(),
+            context_window: known_context_window("glm-4.7-flash"),
         };
         catalog.add_models(Arc::new(Simulator::new("zai")), guard, vec![spec]);
         catalog

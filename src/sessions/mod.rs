@@ -9,6 +9,7 @@
 //! - [`streaming`]: a turn answered as a stream.
 //! - [`retention`]: how long a session is kept, and the sweep of expired ones.
 
+mod context;
 pub(crate) mod retention;
 mod streaming;
 pub(crate) mod turn;
@@ -30,7 +31,7 @@ use crate::metadata::{mark_simulated, respond};
 use crate::proto;
 use crate::proto::session_service_server::SessionService;
 use crate::quotas::check_message_bytes;
-use crate::store::{CreateOutcome, Store, first_messages_breach};
+use crate::store::{ContextStrategy, CreateOutcome, Store, first_messages_breach};
 use crate::streaming::EventStream;
 
 use self::retention::{CronRunSession, Retention};
@@ -137,16 +138,49 @@ impl SessionService for Sessions {
         if !requested_id.is_empty() {
             validate_session_id(requested_id, "context.sessionId")?;
         }
+        let requested_strategy = body
+            .context
+            .as_ref()
+            .map(|c| c.strategy.as_str())
+            .filter(|s| !s.is_empty());
+        let strategy = match requested_strategy {
+            None => ContextStrategy::default(),
+            Some(name) => ContextStrategy::parse(name).ok_or_else(|| {
+                ApiError::invalid_field(
+                    "context.strategy",
+                    "Unknown context strategy",
+                    format!(
+                        "The field 'context.strategy' is '{name}', which is not a context strategy; use one of: {} (absent: window)",
+                        ContextStrategy::NAMES.join(", ")
+                    ),
+                )
+            })?,
+        };
         let new = to_stored(&body.messages);
 
         // Continue a session the caller already owns.
+        let budget = self
+            .turns
+            .budget(&new, body.options.as_ref().and_then(|o| o.max_tokens));
         if !requested_id.is_empty()
             && let Some((lock, session, history)) =
-                self.turns.locks.lock(&owner, requested_id).await?
+                self.turns.locks.lock(&owner, requested_id, &budget).await?
         {
             if let Err(error) = retention::check_unchanged(&session, expires_at) {
                 self.turns.locks.release(&lock).await;
                 return Err(error.into());
+            }
+            if requested_strategy.is_some() && session.context_strategy != strategy {
+                self.turns.locks.release(&lock).await;
+                return Err(ApiError::invalid_field(
+                    "context.strategy",
+                    "Context strategy cannot change",
+                    format!(
+                        "The session '{requested_id}' uses the '{}' strategy, chosen when it was created; omit context.strategy to continue it, or create a new session",
+                        session.context_strategy.as_str()
+                    ),
+                )
+                .into());
             }
             let mut turn = turn::Turn {
                 lock,
@@ -156,12 +190,15 @@ impl SessionService for Sessions {
             };
             let (reply, admission) = self
                 .turns
-                .run(&principal, &mut turn, body.options, None)
+                .run(&principal, &mut turn, body.options, None, "messages")
                 .await?;
             let mut record = turn.session;
             // Stored just now: its expiry moved with it.
             record.updated_at = Utc::now();
-            record.message_count += body.messages.len() as u32 + u32::from(reply.is_some());
+            // What was stored before, a summary this turn made, the turn itself.
+            record.message_count = u32::try_from(turn.history.len).unwrap_or(u32::MAX)
+                + body.messages.len() as u32
+                + u32::from(reply.is_some());
             let message = proto::CreateSessionResponse {
                 session: Some(convert::session(&record)),
                 reply,
@@ -183,6 +220,7 @@ impl SessionService for Sessions {
             &model,
             options.and_then(|o| o.temperature),
             options.and_then(|o| o.max_tokens),
+            strategy,
         );
         session.idle_ttl_seconds = self.retention.idle_ttl_seconds(&principal, cron_run);
         session.expires_at = expires_at;
@@ -192,12 +230,25 @@ impl SessionService for Sessions {
         if let Some(breach) = first_messages_breach(&stored, quotas.session_caps()) {
             return Err(crate::quotas::refusal(breach).into());
         }
+        // The first turn sends what of the given messages fits the window (whatever the
+        // strategy: nothing is stored to summarise yet).
+        let prompt = if stored.last().is_some_and(|m| m.role == "user") {
+            context::fit_initial(
+                &stored,
+                model.context_window,
+                session
+                    .max_tokens
+                    .unwrap_or(self.turns.default_max_tokens()),
+            )?
+        } else {
+            Vec::new()
+        };
         let (reply, admission) = self
             .turns
             .answer(
                 &principal,
                 &model,
-                &[],
+                &prompt,
                 &mut stored,
                 session.temperature,
                 session.max_tokens,
@@ -258,7 +309,7 @@ impl SessionService for Sessions {
         let running = tokio::spawn(crate::observe::carrying_request_id(async move {
             let mut turn = turn;
             turns
-                .run(&principal, &mut turn, options, key.as_ref())
+                .run(&principal, &mut turn, options, key.as_ref(), "message")
                 .await
         }));
         let (reply, admission) = running.await.map_err(|err| {

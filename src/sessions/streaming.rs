@@ -41,10 +41,10 @@ impl StreamedAnswer for StreamedTurn {
     async fn open(&mut self) -> ApiResult<Streamed> {
         let streamed = self
             .turns
-            .open_stream(&self.principal, &self.turn, self.options.as_ref())
+            .open_stream(&self.principal, &mut self.turn, self.options.as_ref())
             .await?;
         // The model has the transcript: the history is not needed again.
-        drop(std::mem::take(&mut self.turn.history));
+        drop(std::mem::take(&mut self.turn.history.tail));
         Ok(streamed)
     }
 

@@ -15,8 +15,13 @@ use crate::limits::{Admission, Charge};
 use crate::proto::{self, ChatMessage};
 use crate::providers::Model;
 use crate::quotas::{Quotas, check_message_bytes};
-use crate::store::{CapBreach, SessionCap, SessionRecord, Store, StoredMessage};
+use crate::store::{
+    CapBreach, ContextStrategy, History, HistoryBudget, SessionCap, SessionRecord, Store,
+    StoredMessage, SummaryOf,
+};
+use crate::tokenizer;
 
+use super::context::{self, Compaction};
 use super::turn_lock::{TurnLock, TurnLocks};
 use super::validation::{validate_message, validate_options, validate_session_id};
 
@@ -26,17 +31,26 @@ pub(crate) struct Turns {
     inference: Arc<Inference>,
     store: Arc<dyn Store>,
     pub(super) locks: TurnLocks,
+    /// Every model's context window, for the turn's read of its history.
+    windows: Arc<Vec<(String, u32)>>,
 }
 
-/// A turn of an existing session, its lock held: the history so far and what the turn adds.
+/// A turn of an existing session, its lock held: what of the history it can send, and what
+/// the turn adds.
 pub(super) struct Turn {
     pub(super) lock: TurnLock,
     pub(super) session: SessionRecord,
-    pub(super) history: Vec<StoredMessage>,
+    pub(super) history: History,
     pub(super) new: Vec<StoredMessage>,
 }
 
+fn ends_with_user(messages: &[StoredMessage]) -> bool {
+    messages.last().is_some_and(|m| m.role == "user")
+}
+
 /// What a send found before asking the model.
+// One per send, matched at once: boxing the turn would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum PreparedSend {
     /// A repeat of a recorded send: its recorded answer.
     Replay(proto::SendMessageResponse),
@@ -51,11 +65,17 @@ impl Turns {
         store: Arc<dyn Store>,
         locks: TurnLocks,
     ) -> Self {
+        let windows = inference
+            .models()
+            .models()
+            .map(|m| (m.id.clone(), m.context_window))
+            .collect();
         Self {
             door,
             inference,
             store,
             locks,
+            windows: Arc::new(windows),
         }
     }
 
@@ -68,13 +88,34 @@ impl Turns {
         self.inference.models()
     }
 
-    /// Asks the model when `new` ends with a user message, appending its answer to `new`;
-    /// otherwise admits a plain request.
+    /// The completion a turn reserves when neither it nor its session names maxTokens.
+    pub(super) fn default_max_tokens(&self) -> u32 {
+        self.inference.default_max_tokens()
+    }
+
+    /// How much history a turn adding `new` (with the request's `max_tokens`) can send.
+    pub(super) fn budget(&self, new: &[StoredMessage], max_tokens: Option<u32>) -> HistoryBudget {
+        let fixed = new
+            .iter()
+            .map(StoredMessage::prompt_cost)
+            .sum::<u64>()
+            .saturating_add(u64::from(tokenizer::REPLY_PRIMING));
+        HistoryBudget {
+            windows: self.windows.clone(),
+            default_window: crate::providers::DEFAULT_CONTEXT_WINDOW,
+            fixed: u32::try_from(fixed).unwrap_or(u32::MAX),
+            max_tokens,
+            default_max_tokens: self.default_max_tokens(),
+        }
+    }
+
+    /// Asks the model with `prompt` when `new` ends with a user message, appending its answer
+    /// to `new`; otherwise admits a plain request.
     pub(super) async fn answer(
         &self,
         principal: &Principal,
         model: &Arc<Model>,
-        history: &[StoredMessage],
+        prompt: &[StoredMessage],
         new: &mut Vec<StoredMessage>,
         temperature: Option<f32>,
         max_tokens: Option<u32>,
@@ -82,7 +123,7 @@ impl Turns {
         // Everything answered here is stored: refused while Redis is short of memory, before
         // the model is asked.
         self.door.check_growth(principal)?;
-        if new.last().is_none_or(|m| m.role != "user") {
+        if !ends_with_user(new) {
             return Ok((None, self.door.admit(principal, Charge::default()).await?));
         }
         let (answer, admission) = self
@@ -90,7 +131,7 @@ impl Turns {
             .admit(
                 principal,
                 model.clone(),
-                history.iter().chain(new.iter()),
+                prompt.iter(),
                 temperature,
                 max_tokens,
             )
@@ -101,15 +142,165 @@ impl Turns {
         Ok((Some(answer.reply), admission))
     }
 
+    /// What a locked turn sends: the history that fits the model's window with `new`, after a
+    /// compaction when the session summarises and its history no longer fits.
+    #[allow(clippy::too_many_arguments)]
+    async fn prompt(
+        &self,
+        principal: &Principal,
+        model: &Arc<Model>,
+        lock: &TurnLock,
+        session: &SessionRecord,
+        history: &mut History,
+        new: &[StoredMessage],
+        max_tokens: Option<u32>,
+        field: &str,
+    ) -> ApiResult<Vec<StoredMessage>> {
+        let window = model.context_window;
+        let reserve = max_tokens.unwrap_or(self.default_max_tokens());
+        if session.context_strategy == ContextStrategy::Summarize {
+            let cost = |messages: &mut dyn Iterator<Item = &StoredMessage>| -> u64 {
+                messages.map(StoredMessage::prompt_cost).sum()
+            };
+            let room = context::room(window, reserve);
+            let beside = cost(&mut history.head.iter()) + cost(&mut new.iter());
+            let summary = cost(&mut history.summary.iter().map(|(_, m)| m));
+            let tail = cost(&mut history.tail.iter().map(|(_, m)| m));
+            let fits = beside + summary + tail <= room;
+            if (!history.complete || !fits)
+                && beside <= room
+                && let Some(plan) = context::plan_compaction(history, room - beside)
+            {
+                self.compact(principal, model, lock, history, plan).await?;
+            }
+        }
+        let earlier: Vec<&StoredMessage> = history.tail.iter().map(|(_, m)| m).collect();
+        let summary = history.summary.as_ref().map(|(_, m)| m);
+        context::fit(
+            &history.head,
+            summary,
+            &earlier,
+            history.complete,
+            new,
+            window,
+            reserve,
+            field,
+        )
+        .map(|(prompt, _)| prompt)
+    }
+
+    /// Summarises the history's older turns (and its previous summary) with the model, stores
+    /// the summary under the turn's lock, and leaves `history` as the next prompt reads it.
+    async fn compact(
+        &self,
+        principal: &Principal,
+        model: &Arc<Model>,
+        lock: &TurnLock,
+        history: &mut History,
+        plan: Compaction,
+    ) -> ApiResult<()> {
+        let lower = history.lower_bound();
+        let summary_at = history.summary.as_ref().map(|(index, _)| *index);
+        let first_read = history
+            .tail
+            .first()
+            .map_or(history.len, |(index, _)| *index);
+        // What the bounded read left out: read now, once, for this compaction only.
+        let mut older = Vec::new();
+        let mut offset = lower;
+        while offset < first_read.min(plan.keep_from) {
+            let limit = (first_read.min(plan.keep_from) - offset).min(1000) as u32;
+            let page = self
+                .store
+                .list_messages(&lock.owner, &lock.id, offset, limit)
+                .await?;
+            if page.items.is_empty() {
+                break;
+            }
+            for (i, message) in page.items.into_iter().enumerate() {
+                if Some(offset + i as u64) != summary_at {
+                    older.push(message);
+                }
+            }
+            offset += u64::from(limit);
+        }
+        older.extend(
+            history.tail[..plan.keep_start]
+                .iter()
+                .map(|(_, m)| m.clone()),
+        );
+        if older.is_empty() {
+            return Ok(());
+        }
+        let instruction = StoredMessage::counted(
+            "system".into(),
+            context::SUMMARY_INSTRUCTION.into(),
+            Utc::now(),
+        );
+        let limit = context::room(model.context_window, plan.summary_tokens)
+            .saturating_sub(instruction.prompt_cost())
+            .saturating_sub(u64::from(plan.summary_tokens) + 48);
+        let mut text = history
+            .summary
+            .as_ref()
+            .map(|(_, m)| context::summary_text(m).to_string());
+        for lines in context::transcript_chunks(&older, limit.max(16)) {
+            let request = [
+                instruction.clone(),
+                StoredMessage::counted(
+                    "user".into(),
+                    context::summary_request(text.as_deref(), &lines),
+                    Utc::now(),
+                ),
+            ];
+            let (answer, _) = self
+                .inference
+                .admit(
+                    principal,
+                    model.clone(),
+                    request.iter(),
+                    None,
+                    Some(plan.summary_tokens),
+                )
+                .await?
+                .complete()
+                .await?;
+            text = Some(tokenizer::truncate(
+                &answer.stored.content,
+                plan.summary_tokens,
+            ));
+        }
+        let Some(text) = text else { return Ok(()) };
+        let summary = context::summary_message(
+            &text,
+            plan.summary_tokens,
+            SummaryOf {
+                from: history.head.len() as u64,
+                to: plan.keep_from,
+            },
+        );
+        self.locks.append_summary(lock, &summary).await?;
+        metrics::counter!("openclaw_session_compactions_total", "model" => model.id.clone())
+            .increment(1);
+        let index = history.len;
+        history.len += 1;
+        history.summary = Some((index, summary));
+        history.tail.drain(..plan.keep_start);
+        history.complete = true;
+        Ok(())
+    }
+
     /// Runs a locked turn to its end: the model's answer (when the turn ends with a user
     /// message), then the turn's messages and the reply stored together, with the send's
     /// result under `key`, releasing the lock. On failure the lock is given back.
+    /// `field` names the request's new message(s) in a refusal.
     pub(super) async fn run(
         &self,
         principal: &Principal,
         turn: &mut Turn,
         options: Option<proto::GenerationOptions>,
         key: Option<&SendKey>,
+        field: &str,
     ) -> ApiResult<(Option<proto::Reply>, Admission)> {
         let Turn {
             lock,
@@ -120,8 +311,16 @@ impl Turns {
         let outcome = async {
             let model = self.models().resolve_model(&session.model)?.clone();
             let (temperature, max_tokens) = merge_options(session, options.as_ref());
+            let prompt = if ends_with_user(new) {
+                self.prompt(
+                    principal, &model, lock, session, history, new, max_tokens, field,
+                )
+                .await?
+            } else {
+                Vec::new()
+            };
             let (reply, admission) = self
-                .answer(principal, &model, history, new, temperature, max_tokens)
+                .answer(principal, &model, &prompt, new, temperature, max_tokens)
                 .await?;
             let record = key.map(|key| {
                 let body = key.record(&proto::SendMessageResponse {
@@ -152,21 +351,27 @@ impl Turns {
     pub(super) async fn open_stream(
         &self,
         principal: &Principal,
-        turn: &Turn,
+        turn: &mut Turn,
         options: Option<&proto::GenerationOptions>,
     ) -> ApiResult<Streamed> {
         let opened = async {
             self.door.check_growth(principal)?;
             let model = self.models().resolve_model(&turn.session.model)?.clone();
             let (temperature, max_tokens) = merge_options(&turn.session, options);
-            self.inference
-                .admit(
+            let prompt = self
+                .prompt(
                     principal,
-                    model,
-                    turn.history.iter().chain(turn.new.iter()),
-                    temperature,
+                    &model,
+                    &turn.lock,
+                    &turn.session,
+                    &mut turn.history,
+                    &turn.new,
                     max_tokens,
+                    "message",
                 )
+                .await?;
+            self.inference
+                .admit(principal, model, prompt.iter(), temperature, max_tokens)
                 .await?
                 .stream()
                 .await
@@ -216,7 +421,11 @@ impl Turns {
         validate_message(message, "message", &["user"])?;
         check_message_bytes(&self.quotas(principal), &message.content, "message")?;
         validate_options(&body.options)?;
-        let Some((lock, session, history)) = self.locks.lock(owner, &body.session_id).await? else {
+        let new = to_stored(std::slice::from_ref(message));
+        let budget = self.budget(&new, body.options.as_ref().and_then(|o| o.max_tokens));
+        let Some((lock, session, history)) =
+            self.locks.lock(owner, &body.session_id, &budget).await?
+        else {
             return Err(ApiError::not_found("Session", &body.session_id));
         };
         // Looked up under the lock only: a repeat that raced the first waited for
@@ -248,7 +457,7 @@ impl Turns {
             lock,
             session,
             history,
-            new: to_stored(std::slice::from_ref(message)),
+            new,
         }))
     }
 }
@@ -260,6 +469,7 @@ pub(crate) fn new_session(
     model: &Model,
     temperature: Option<f32>,
     max_tokens: Option<u32>,
+    context_strategy: ContextStrategy,
 ) -> SessionRecord {
     let now = Utc::now();
     SessionRecord {
@@ -276,6 +486,8 @@ pub(crate) fn new_session(
         // Set by the create from its owner's quotas and request.
         idle_ttl_seconds: 0,
         expires_at: None,
+        context_strategy,
+        summary_at: None,
     }
 }
 

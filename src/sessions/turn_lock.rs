@@ -13,8 +13,8 @@ use chrono::Utc;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::idempotency::SendKey;
 use crate::store::{
-    AppendOutcome, LockOutcome, RecordedResult, SessionCaps, SessionRecord, Store, StoredMessage,
-    TurnFence,
+    AppendOutcome, History, HistoryBudget, LockOutcome, RecordedResult, SessionCaps, SessionRecord,
+    Store, StoredMessage, TurnFence,
 };
 
 /// The session's turn lock, held until the turn is stored or abandoned.
@@ -121,19 +121,25 @@ impl TurnLocks {
         }
     }
 
-    /// Waits for the session's turn lock. `Ok(None)` when the session does not exist.
+    /// Waits for the session's turn lock, reading what of its history `budget` can hold.
+    /// `Ok(None)` when the session does not exist.
     pub(crate) async fn lock(
         &self,
         owner: &str,
         id: &str,
-    ) -> ApiResult<Option<(TurnLock, SessionRecord, Vec<StoredMessage>)>> {
+        budget: &HistoryBudget,
+    ) -> ApiResult<Option<(TurnLock, SessionRecord, History)>> {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let deadline = tokio::time::Instant::now() + self.lease;
         let mut wait = Duration::from_millis(5);
         loop {
             // Leased from now: the store's lease starts no earlier than the request leaves.
             let lease_ends = tokio::time::Instant::now() + self.lease;
-            let outcome = match self.store.lock_session(owner, id, &token, self.lease).await {
+            let outcome = match self
+                .store
+                .lock_session(owner, id, &token, self.lease, budget)
+                .await
+            {
                 Ok(outcome) => outcome,
                 Err(err) => {
                     // The store may have taken the lock even though its answer never came
@@ -230,22 +236,43 @@ impl TurnLocks {
         // Each outcome leaves the lock gone: released with the turn, deleted with the session,
         // or already someone else's.
         lock.forget();
-        match outcome {
-            AppendOutcome::Appended => Ok(()),
-            AppendOutcome::OverQuota(breach) => Err(crate::quotas::refusal(breach)),
-            AppendOutcome::SessionGone => Err(ApiError::new(
-                ErrorCode::NotFound,
-                "Session deleted",
-                format!(
-                    "The session '{}' was deleted while this reply was being produced (or reached its expiry meanwhile), so the reply was not stored; create a new session (POST /api/v1/sessions) and send the message there",
-                    lock.id
-                ),
-            )),
-            AppendOutcome::LockLost => Err(ApiError::new(
-                ErrorCode::Conflict,
-                "Turn not stored",
-                "The session's turn lock expired before the reply arrived, so nothing was stored; send the message again",
-            )),
+        fenced(lock, outcome)
+    }
+
+    /// Stores a compaction summary under the turn's lock, which stays held for the turn.
+    pub(crate) async fn append_summary(
+        &self,
+        lock: &TurnLock,
+        summary: &StoredMessage,
+    ) -> ApiResult<()> {
+        let outcome = self
+            .store
+            .append_summary(&lock.owner, &lock.id, lock.fence(), summary)
+            .await?;
+        if outcome != AppendOutcome::Appended {
+            lock.forget();
         }
+        fenced(lock, outcome)
+    }
+}
+
+/// What a fenced write's outcome means for the caller.
+fn fenced(lock: &TurnLock, outcome: AppendOutcome) -> ApiResult<()> {
+    match outcome {
+        AppendOutcome::Appended => Ok(()),
+        AppendOutcome::OverQuota(breach) => Err(crate::quotas::refusal(breach)),
+        AppendOutcome::SessionGone => Err(ApiError::new(
+            ErrorCode::NotFound,
+            "Session deleted",
+            format!(
+                "The session '{}' was deleted while this reply was being produced (or reached its expiry meanwhile), so the reply was not stored; create a new session (POST /api/v1/sessions) and send the message there",
+                lock.id
+            ),
+        )),
+        AppendOutcome::LockLost => Err(ApiError::new(
+            ErrorCode::Conflict,
+            "Turn not stored",
+            "The session's turn lock expired before the reply arrived, so nothing was stored; send the message again",
+        )),
     }
 }

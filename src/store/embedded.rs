@@ -5,7 +5,8 @@
 //! client-chosen session id can make one row look like another's):
 //! - `keys`: key id → [`KeyRecord`]; `keys_by_hash`: secret hash → key id.
 //! - `sessions`: (owner, session id) → [`SessionRecord`], whose `message_count`
-//!   is kept equal to the number of stored messages.
+//!   is kept equal to the number of stored messages, and whose `summary_at` is the index of
+//!   the latest compaction summary.
 //! - `sessions_by_age`: (owner, creation time, session id) → (), the listing
 //!   index: one owner's sessions are one contiguous range.
 //! - `messages`: (owner, session id, seq) → [`StoredMessage`], seq dense from 0.
@@ -41,9 +42,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AppendOutcome, CapBreach, CreateOutcome, KeyRecord, LockOutcome, Page, RecordedResult,
-    SessionCap, SessionCaps, SessionRecord, Store, StoreError, StoreResult, StoredMessage,
-    TurnFence, first_messages_breach,
+    AppendOutcome, CapBreach, CreateOutcome, History, HistoryBudget, KeyRecord, LockOutcome, Page,
+    RecordedResult, SessionCap, SessionCaps, SessionRecord, Store, StoreError, StoreResult,
+    StoredMessage, TurnFence, first_messages_breach,
 };
 
 type SessionKey = (&'static str, &'static str);
@@ -270,19 +271,69 @@ fn read_messages(
     Ok(out)
 }
 
-/// The session and its whole history, from one snapshot.
-fn read_session_with_history(
+/// The session and what of its history `budget` can hold (see [`Store::lock_session`]), from
+/// one snapshot: the system prompt at the head, the latest summary, and the latest messages,
+/// read backwards while they fit.
+fn read_session_with_tail(
     db: &Database,
     owner: &str,
     id: &str,
-) -> StoreResult<Option<(SessionRecord, Vec<StoredMessage>)>> {
+    budget: &HistoryBudget,
+) -> StoreResult<Option<(SessionRecord, History)>> {
     let txn = db.begin_read().or_unavailable()?;
     let sessions = txn.open_table(SESSIONS).or_unavailable()?;
     let Some(session) = read_session(&sessions, owner, id)? else {
         return Ok(None);
     };
     let messages = txn.open_table(MESSAGES).or_unavailable()?;
-    let history = read_messages(&messages, owner, id, 0, usize::MAX)?;
+    let len = session.message_count;
+    let mut room = budget.for_history(&session);
+    let mut history = History {
+        len: u64::from(len),
+        ..History::default()
+    };
+    for entry in messages
+        .range((owner, id, 0u32)..(owner, id, len))
+        .or_unavailable()?
+    {
+        let (_, raw) = entry.or_unavailable()?;
+        let message: StoredMessage = decode("message", raw.value())?;
+        if message.role != "system" {
+            break;
+        }
+        room -= message.prompt_cost() as i64;
+        history.head.push(message);
+    }
+    if let Some(at) = session.summary_at
+        && let Ok(index) = u32::try_from(at)
+        && let Some(raw) = messages.get((owner, id, index)).or_unavailable()?
+    {
+        let summary: StoredMessage = decode("message", raw.value())?;
+        room -= summary.prompt_cost() as i64;
+        history.summary = Some((at, summary));
+    }
+    let lower = u32::try_from(history.lower_bound()).unwrap_or(u32::MAX);
+    history.complete = true;
+    for entry in messages
+        .range((owner, id, lower)..(owner, id, len.max(lower)))
+        .or_unavailable()?
+        .rev()
+    {
+        let (key, raw) = entry.or_unavailable()?;
+        let index = u64::from(key.value().2);
+        if Some(index) == session.summary_at {
+            continue;
+        }
+        let message: StoredMessage = decode("message", raw.value())?;
+        let cost = message.prompt_cost() as i64;
+        if cost > room {
+            history.complete = false;
+            break;
+        }
+        room -= cost;
+        history.tail.push((index, message));
+    }
+    history.tail.reverse();
     Ok(Some((session, history)))
 }
 
@@ -526,6 +577,39 @@ fn write_turn(
                 }
                 AppendOutcome::Appended
             }
+        }
+    };
+    finish(txn, outcome == AppendOutcome::Appended)?;
+    Ok(outcome)
+}
+
+/// Appends a compaction summary as the session's latest message and records where it is, if
+/// the session is still the incarnation the turn began on.
+fn write_summary(
+    db: &Database,
+    owner: &str,
+    id: &str,
+    incarnation: &str,
+    encoded: &[u8],
+) -> StoreResult<AppendOutcome> {
+    let txn = db.begin_write().or_unavailable()?;
+    let outcome = {
+        let mut sessions = txn.open_table(SESSIONS).or_unavailable()?;
+        match read_session(&sessions, owner, id)? {
+            Some(mut session) if session.incarnation == incarnation => {
+                let index = session.message_count;
+                txn.open_table(MESSAGES)
+                    .or_unavailable()?
+                    .insert((owner, id, index), encoded)
+                    .or_unavailable()?;
+                session.message_count = index.checked_add(1).ok_or_else(too_long)?;
+                session.summary_at = Some(u64::from(index));
+                sessions
+                    .insert((owner, id), encode("session", &session)?.as_slice())
+                    .or_unavailable()?;
+                AppendOutcome::Appended
+            }
+            _ => AppendOutcome::SessionGone,
         }
     };
     finish(txn, outcome == AppendOutcome::Appended)?;
@@ -1070,9 +1154,11 @@ impl Store for EmbeddedStore {
         id: &str,
         token: &str,
         lease: Duration,
+        budget: &HistoryBudget,
     ) -> StoreResult<LockOutcome> {
         let key = (owner.to_owned(), id.to_owned());
         let token = token.to_owned();
+        let budget = budget.clone();
         self.blocking(move |db, locks| {
             let now = Instant::now();
             let expires = now
@@ -1107,7 +1193,7 @@ impl Store for EmbeddedStore {
                 });
             }
             // Read under the lock: every earlier holder's append has committed.
-            let read = read_session_with_history(db, &key.0, &key.1);
+            let read = read_session_with_tail(db, &key.0, &key.1, &budget);
             if !matches!(read, Ok(Some(_))) {
                 // No session (or no answer): take no lock.
                 let mut table = lock_table(locks);
@@ -1123,6 +1209,48 @@ impl Store for EmbeddedStore {
                 Some((session, history)) => LockOutcome::Acquired { session, history },
                 None => LockOutcome::NoSession,
             })
+        })
+        .await
+    }
+
+    async fn append_summary(
+        &self,
+        owner: &str,
+        id: &str,
+        fence: TurnFence<'_>,
+        summary: &StoredMessage,
+    ) -> StoreResult<AppendOutcome> {
+        let encoded = encode("message", summary)?;
+        let key = (owner.to_owned(), id.to_owned());
+        let token = fence.token.to_owned();
+        let incarnation = fence.incarnation.to_owned();
+        self.blocking(move |db, locks| {
+            let now = Instant::now();
+            let held = {
+                let mut table = lock_table(locks);
+                match table.get_mut(&key) {
+                    Some(lock) if lock.token == token && !lock.committing && lock.expires > now => {
+                        lock.committing = true;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if !held {
+                return Ok(if incarnation_lives(db, &key.0, &key.1, &incarnation)? {
+                    AppendOutcome::LockLost
+                } else {
+                    AppendOutcome::SessionGone
+                });
+            }
+            // Handed back to the turn however the write ends: the turn still holds the lock.
+            let _guard = CommitGuard {
+                locks,
+                key: &key,
+                token: &token,
+                release: false,
+            };
+            write_summary(db, &key.0, &key.1, &incarnation, &encoded)
         })
         .await
     }
@@ -1268,11 +1396,14 @@ mod tests {
             incarnation: "i".into(),
             idle_ttl_seconds: 0,
             expires_at: None,
+            context_strategy: Default::default(),
+            summary_at: None,
         };
         let msg = |content: &str| StoredMessage {
             role: "user".into(),
             content: content.into(),
             created_at: now,
+            summary: None,
             tokens: None,
         };
         let created = store
@@ -1299,7 +1430,10 @@ mod tests {
         };
         let lease = Duration::from_secs(30);
         assert!(matches!(
-            store.lock_session("o", "s", "t", lease).await.unwrap(),
+            store
+                .lock_session("o", "s", "t", lease, &HistoryBudget::unbounded())
+                .await
+                .unwrap(),
             LockOutcome::Acquired { .. }
         ));
         assert_eq!(
@@ -1314,7 +1448,10 @@ mod tests {
             })
         );
         assert!(matches!(
-            store.lock_session("o", "s", "t", lease).await.unwrap(),
+            store
+                .lock_session("o", "s", "t", lease, &HistoryBudget::unbounded())
+                .await
+                .unwrap(),
             LockOutcome::Acquired { .. }
         ));
         assert_eq!(

@@ -143,6 +143,14 @@ pub struct SessionRecord {
     /// The end its creator set (`expiresAt`): the session goes then, however active.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// How the history is fitted into the model's context window; sessions stored before
+    /// strategies existed use the window.
+    #[serde(default)]
+    pub context_strategy: ContextStrategy,
+    /// The index of the latest compaction summary in the history (embedded store; the Redis
+    /// store keeps it in the session's meta hash and fills it in on the turn's read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary_at: Option<u64>,
 }
 
 impl SessionRecord {
@@ -169,15 +177,62 @@ impl SessionRecord {
     }
 }
 
+/// How a session's history is fitted into its model's context window
+/// (docs/context-windows.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContextStrategy {
+    /// The system prompt and the most recent whole turns that fit.
+    #[default]
+    Window,
+    /// When the history no longer fits, the model summarises the older turns; the summary is
+    /// stored in the history and sent in their place.
+    Summarize,
+}
+
+impl ContextStrategy {
+    /// Every strategy's name, as requests and reads spell it.
+    pub const NAMES: [&'static str; 2] = ["window", "summarize"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Window => "window",
+            Self::Summarize => "summarize",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "window" => Some(Self::Window),
+            "summarize" => Some(Self::Summarize),
+            _ => None,
+        }
+    }
+}
+
+/// What a compaction summary stands for: the messages `from..to` (indices in the history, `to`
+/// excluded), earlier summaries included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryOf {
+    pub from: u64,
+    pub to: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredMessage {
     pub role: String,
     pub content: String,
     pub created_at: DateTime<Utc>,
+    /// Set on a compaction summary (a `system` message the gateway wrote): what it stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<SummaryOf>,
     /// The content's tokens (cl100k_base), counted once when the message was stored, so a
     /// later turn's admission does not tokenize the whole history again. Messages stored
     /// without it are counted when read.
+    ///
+    /// Kept the LAST field: the Redis store's turn read finds it at the end of the stored JSON
+    /// to walk back through the history without decoding it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<u32>,
 }
@@ -190,7 +245,108 @@ impl StoredMessage {
             role,
             content,
             created_at,
+            summary: None,
             tokens,
+        }
+    }
+
+    /// What the message costs in a prompt beyond the reply's priming (cl100k_base): its content,
+    /// its role and the chat format's separators.
+    pub fn prompt_cost(&self) -> u64 {
+        let content = self
+            .tokens
+            .unwrap_or_else(|| crate::tokenizer::count_text(&self.content));
+        u64::from(content) + u64::from(crate::tokenizer::MESSAGE_OVERHEAD)
+    }
+}
+
+/// How much history a turn can send, so [`Store::lock_session`] reads only the tail that can
+/// fit the session's model's context window: the window, less the completion reserved, less
+/// what the turn itself adds.
+#[derive(Debug, Clone)]
+pub struct HistoryBudget {
+    /// Context windows (tokens) by model id; a model not listed has `default_window`.
+    pub windows: std::sync::Arc<Vec<(String, u32)>>,
+    pub default_window: u32,
+    /// The tokens the turn needs beside its history: its new messages and the reply's priming.
+    pub fixed: u32,
+    /// The completion reserved: the turn's maxTokens when it names one, else the session's,
+    /// else `default_max_tokens`.
+    pub max_tokens: Option<u32>,
+    pub default_max_tokens: u32,
+}
+
+impl HistoryBudget {
+    /// Every message, whatever it costs.
+    pub fn unbounded() -> Self {
+        Self {
+            windows: Default::default(),
+            default_window: u32::MAX,
+            fixed: 0,
+            max_tokens: Some(0),
+            default_max_tokens: 0,
+        }
+    }
+
+    /// The session's model's window.
+    pub fn window(&self, session: &SessionRecord) -> u32 {
+        self.windows
+            .iter()
+            .find(|(model, _)| *model == session.model)
+            .map_or(self.default_window, |(_, window)| *window)
+    }
+
+    /// The completion the session's turn reserves.
+    pub fn reserve(&self, session: &SessionRecord) -> u32 {
+        self.max_tokens
+            .or(session.max_tokens)
+            .unwrap_or(self.default_max_tokens)
+    }
+
+    /// Tokens left for the session's history (system prompt, summary and latest turns); may be
+    /// negative when not even the turn itself fits.
+    pub fn for_history(&self, session: &SessionRecord) -> i64 {
+        i64::from(self.window(session)) - i64::from(self.reserve(session)) - i64::from(self.fixed)
+    }
+}
+
+/// A session's history as a turn reads it (under its lock): what can be sent, not all of it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    /// The system prompt: the messages at the head of the history while they are `system` ones.
+    /// Always read, whatever the budget.
+    pub head: Vec<StoredMessage>,
+    /// The latest compaction summary and its index, for a session that has one. Always read.
+    pub summary: Option<(u64, StoredMessage)>,
+    /// The latest messages that fit the budget, with their indices, oldest first; the summary
+    /// is not among them.
+    pub tail: Vec<(u64, StoredMessage)>,
+    /// Whether the tail reaches back to the first message it could hold (after the head, or
+    /// after what the summary stands for): false when older ones were left unread.
+    pub complete: bool,
+    /// Every message the session holds.
+    pub len: u64,
+}
+
+impl History {
+    /// The messages read, in stored order (the whole history when it was read unbounded).
+    pub fn messages(&self) -> Vec<StoredMessage> {
+        let mut out = self.head.clone();
+        let mut rest: Vec<&(u64, StoredMessage)> = self.tail.iter().collect();
+        if let Some(summary) = &self.summary {
+            rest.push(summary);
+            rest.sort_by_key(|(index, _)| *index);
+        }
+        out.extend(rest.into_iter().map(|(_, m)| m.clone()));
+        out
+    }
+
+    /// Where the tail may start: after the head, and after what the summary stands for.
+    pub fn lower_bound(&self) -> u64 {
+        let head = self.head.len() as u64;
+        match &self.summary {
+            Some((_, m)) => m.summary.map_or(head, |s| s.to.max(head)),
+            None => head,
         }
     }
 }
@@ -387,15 +543,29 @@ pub trait Store: Send + Sync + 'static {
     /// again under the id is not kept waiting for it). Returns false when there was none.
     async fn delete_session(&self, owner: &str, id: &str) -> StoreResult<bool>;
 
-    /// Takes the session's turn lock for `lease` unless another holder has it,
-    /// and reads the session with its whole history under the lock, in one step.
+    /// Takes the session's turn lock for `lease` unless another holder has it, and reads the
+    /// session with the part of its history that `budget` can hold under the lock, in one step:
+    /// the system prompt at its head, the latest summary, and the latest messages walking back
+    /// from the end while they fit (each costs [`StoredMessage::prompt_cost`]; a message stored
+    /// without its count may be costed higher, never lower).
     async fn lock_session(
         &self,
         owner: &str,
         id: &str,
         token: &str,
         lease: Duration,
+        budget: &HistoryBudget,
     ) -> StoreResult<LockOutcome>;
+    /// Appends a compaction summary (a message with [`StoredMessage::summary`] set) as the
+    /// session's latest, keeping the turn lock, if the fence still holds: the summary is stored
+    /// even if the turn that made it fails later.
+    async fn append_summary(
+        &self,
+        owner: &str,
+        id: &str,
+        fence: TurnFence<'_>,
+        summary: &StoredMessage,
+    ) -> StoreResult<AppendOutcome>;
     /// Appends a whole turn (user message(s) and the reply) and releases the
     /// lock, atomically, if and only if the session is still the incarnation the fence names,
     /// the fence's token still holds the lock, and the session stays within `caps`' messages
@@ -446,13 +616,15 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// What [`Store::lock_session`] found.
+// Made once per turn and taken apart at once: boxing the history would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 // Acquired is the outcome nearly every time: boxing it would cost an allocation per turn.
 #[allow(clippy::large_enum_variant)]
 pub enum LockOutcome {
     Acquired {
         session: SessionRecord,
-        history: Vec<StoredMessage>,
+        history: History,
     },
     /// Another holder has the lock; try again later.
     Busy,
@@ -480,6 +652,8 @@ mod tests {
             incarnation: String::new(),
             idle_ttl_seconds: 0,
             expires_at: None,
+            context_strategy: ContextStrategy::Window,
+            summary_at: None,
         };
         assert_eq!(session.expiry(), None, "kept until deleted");
         session.idle_ttl_seconds = 60;
@@ -511,5 +685,25 @@ mod tests {
             serde_json::from_str::<StoredMessage>(&written).unwrap(),
             counted
         );
+    }
+
+    /// The Redis turn read finds a message's count, and a summary's range, in the stored JSON.
+    #[test]
+    fn the_token_count_ends_the_stored_json() {
+        let mut summary = StoredMessage::counted(
+            "system".into(),
+            "Earlier: \"tokens\":9} \"summary\":{\"from\":1".into(),
+            Utc::now(),
+        );
+        summary.summary = Some(SummaryOf { from: 1, to: 7 });
+        let written = serde_json::to_string(&summary).unwrap();
+        let tokens = summary.tokens.unwrap();
+        assert!(
+            written.ends_with(&format!(
+                r#","summary":{{"from":1,"to":7}},"tokens":{tokens}}}"#
+            )),
+            "{written}"
+        );
+        assert!(written.starts_with(r#"{"role":"system","#), "{written}");
     }
 }

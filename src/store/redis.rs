@@ -6,7 +6,9 @@
 //! - `oc:key:<id>` the key record (JSON; a use sets its `lastUsedAt` in place, by script);
 //!   `oc:keyhash:<sha256>` → id; `oc:keys` zset of ids by creation.
 //! - `oc:s:{<owner>/<id>}:meta` hash {record (JSON), updatedAt, incarnation (the record's, for
-//!   the fenced append to compare)}; `…:msgs` list of messages (JSON);
+//!   the fenced append to compare), summaryAt (the index of the latest compaction summary in
+//!   `…:msgs`, once there is one)}; `…:msgs` list of messages (JSON, each ending with its token
+//!   count, which a turn's read walks back by);
 //!   `…:lock` the turn lock's token, with a lease (PX); `…:results` hash of request id → the
 //!   recorded result of a client's request, `…:results:exp` zset of request id by expiry (ms).
 //!   The meta hash also holds `idleTtlMs` and `expiresAtMs` (0: none), fixed at creation: a
@@ -44,9 +46,9 @@ use redis::{AsyncCommands, Script};
 use super::pressure::StorageLedger;
 use super::redis_connection::{RedisConfig, SharedConnection};
 use super::{
-    AppendOutcome, CapBreach, CreateOutcome, KeyRecord, LockOutcome, Page, RecordedResult,
-    SessionCap, SessionCaps, SessionRecord, Store, StoreError, StoreResult, StoredMessage,
-    TurnFence, content_bytes, first_messages_breach,
+    AppendOutcome, CapBreach, CreateOutcome, History, HistoryBudget, KeyRecord, LockOutcome, Page,
+    RecordedResult, SessionCap, SessionCaps, SessionRecord, Store, StoreError, StoreResult,
+    StoredMessage, TurnFence, content_bytes, first_messages_breach,
 };
 
 #[derive(Clone)]
@@ -77,6 +79,7 @@ struct Scripts {
     drop_dead_entries: Script,
     create_session: Script,
     lock_session: Script,
+    append_summary: Script,
     append_turn: Script,
     append_turn_recording: Script,
     recorded_result: Script,
@@ -208,17 +211,104 @@ impl Scripts {
                 return 1
                 "#,
             ),
+            // Takes the lock, then reads what the turn can send (see `Store::lock_session`):
+            // the system prompt at the head, the latest summary (its index in the meta hash's
+            // `summaryAt`), and the latest messages walking back from the end, in growing
+            // batches, while they fit the budget: the session's model's window (ARGV[7..] are
+            // model/window pairs, ARGV[4] the default) less the completion reserved (ARGV[5],
+            // or when it is negative the session's maxTokens, else ARGV[6]) less the turn's own
+            // tokens (ARGV[3]). A message's cost is its stored count (the last field of its
+            // JSON) plus the chat format's 5; one stored without a count costs the length of its
+            // content as stored (escaped JSON), which no count of it exceeds (a token is at
+            // least a byte); the quotes around it cannot occur unescaped inside it. Nothing is
+            // decoded but the session record.
             lock_session: Script::new(
                 r#"
                 if redis.call('EXISTS', KEYS[2]) == 0 then return {'none'} end
                 local holder = redis.call('GET', KEYS[1])
                 if holder and holder ~= ARGV[1] then return {'busy'} end
                 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-                local meta = redis.call('HMGET', KEYS[2], 'record', 'updatedAt')
-                local out = {'ok', meta[1], meta[2]}
-                local msgs = redis.call('LRANGE', KEYS[3], 0, -1)
-                for i = 1, #msgs do out[#out + 1] = msgs[i] end
+                local meta = redis.call('HMGET', KEYS[2], 'record', 'updatedAt', 'summaryAt')
+                local record = cjson.decode(meta[1])
+                local window = tonumber(ARGV[4])
+                for i = 7, #ARGV, 2 do
+                  if ARGV[i] == record.model then window = tonumber(ARGV[i + 1]) end
+                end
+                local reserve = tonumber(ARGV[5])
+                if reserve < 0 then
+                  reserve = tonumber(ARGV[6])
+                  if type(record.maxTokens) == 'number' then reserve = record.maxTokens end
+                end
+                local budget = window - reserve - tonumber(ARGV[3])
+                local function cost(m)
+                  local t = string.match(m, '"tokens":(%d+)}$')
+                  if t then return tonumber(t) + 5 end
+                  local _, open = string.find(m, '","content":"', 1, true)
+                  local close = string.find(m, '","createdAt":"', 1, true)
+                  if open and close and close > open then return close - open - 1 + 5 end
+                  return #m + 5
+                end
+                local len = redis.call('LLEN', KEYS[3])
+                local head = {}
+                while #head < len do
+                  local m = redis.call('LINDEX', KEYS[3], #head)
+                  if string.sub(m, 1, 17) ~= '{"role":"system",' then break end
+                  head[#head + 1] = m
+                  budget = budget - cost(m)
+                end
+                local lower = #head
+                local summaryAt = tonumber(meta[3])
+                local summary = false
+                if summaryAt then
+                  summary = redis.call('LINDEX', KEYS[3], summaryAt)
+                  if summary then
+                    budget = budget - cost(summary)
+                    local to = tonumber(string.match(summary, '"summary":{"from":%d+,"to":(%d+)}'))
+                    if to and to > lower then lower = to end
+                  else
+                    summaryAt = nil
+                  end
+                end
+                local tail = {}
+                local at = len - 1
+                local chunk = 16
+                local complete = '0'
+                while true do
+                  if at < lower then complete = '1' break end
+                  local from = math.max(lower, at - chunk + 1)
+                  local batch = redis.call('LRANGE', KEYS[3], from, at)
+                  local full = false
+                  for j = #batch, 1, -1 do
+                    local index = from + j - 1
+                    if index ~= summaryAt then
+                      local c = cost(batch[j])
+                      if c > budget then full = true break end
+                      budget = budget - c
+                      tail[#tail + 1] = batch[j]
+                    end
+                    at = index - 1
+                  end
+                  if full or #batch == 0 then break end
+                  chunk = chunk * 2
+                end
+                local out = {'ok', meta[1], meta[2] or '', tostring(len), tostring(#head),
+                  tostring(summaryAt or -1), tostring(at + 1), complete}
+                for i = 1, #head do out[#out + 1] = head[i] end
+                if summary then out[#out + 1] = summary end
+                for i = #tail, 1, -1 do out[#out + 1] = tail[i] end
                 return out
+                "#,
+            ),
+            // A compaction summary, as the session's latest message, under the turn's fence;
+            // the lock stays held for the turn.
+            append_summary: Script::new(
+                r#"
+                local incarnation = redis.call('HGET', KEYS[2], 'incarnation') or ''
+                if redis.call('EXISTS', KEYS[2]) == 0 or incarnation ~= ARGV[2] then return 'gone' end
+                if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
+                local n = redis.call('RPUSH', KEYS[3], ARGV[3])
+                redis.call('HSET', KEYS[2], 'summaryAt', n - 1)
+                return 'ok'
                 "#,
             ),
             // The session first: deleting it drops its lock, so a turn that began on this
@@ -1114,17 +1204,25 @@ impl Store for RedisStore {
         id: &str,
         token: &str,
         lease: Duration,
+        budget: &HistoryBudget,
     ) -> StoreResult<LockOutcome> {
         let base = session_base(owner, id);
         let mut conn = self.conn.clone();
-        let reply: Vec<Option<String>> = self
-            .scripts
-            .lock_session
+        let mut invocation = self.scripts.lock_session.prepare_invoke();
+        invocation
             .key(format!("{base}:lock"))
             .key(format!("{base}:meta"))
             .key(format!("{base}:msgs"))
             .arg(token)
             .arg(lease.as_millis().max(1) as u64)
+            .arg(budget.fixed)
+            .arg(budget.default_window)
+            .arg(budget.max_tokens.map_or(-1, i64::from))
+            .arg(budget.default_max_tokens);
+        for (model, window) in budget.windows.iter() {
+            invocation.arg(model).arg(*window);
+        }
+        let reply: Vec<Option<String>> = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
@@ -1132,24 +1230,93 @@ impl Store for RedisStore {
             Some("none") => Ok(LockOutcome::NoSession),
             Some("busy") => Ok(LockOutcome::Busy),
             Some("ok") => {
+                let field = |i: usize| reply.get(i).and_then(|r| r.as_deref()).unwrap_or("");
+                let number = |i: usize| {
+                    field(i).parse::<i64>().map_err(|_| {
+                        StoreError::Corrupt(format!("unexpected lock reply field {i} of {id}"))
+                    })
+                };
                 let record = reply
                     .get(1)
                     .and_then(|r| r.as_deref())
                     .ok_or_else(|| StoreError::Corrupt(format!("session {id} has no record")))?;
-                let history = reply[3..]
-                    .iter()
-                    .flatten()
+                let len = number(3)?.max(0) as u64;
+                let head_len = number(4)?.max(0) as usize;
+                let summary_at = u64::try_from(number(5)?).ok();
+                let tail_from = number(6)?.max(0) as u64;
+                let complete = field(7) == "1";
+                let mut rest = reply[8..].iter().flatten();
+                let head = rest
+                    .by_ref()
+                    .take(head_len)
                     .map(|raw| decode(raw))
                     .collect::<StoreResult<Vec<StoredMessage>>>()?;
-                let session = decode_session(
+                let summary = match summary_at {
+                    Some(at) => {
+                        let raw = rest.next().ok_or_else(|| {
+                            StoreError::Corrupt(format!("session {id} lost its summary"))
+                        })?;
+                        Some((at, decode::<StoredMessage>(raw)?))
+                    }
+                    None => None,
+                };
+                let mut tail = Vec::new();
+                let mut index = tail_from;
+                for raw in rest {
+                    if Some(index) == summary_at {
+                        index += 1;
+                    }
+                    tail.push((index, decode::<StoredMessage>(raw)?));
+                    index += 1;
+                }
+                let mut session = decode_session(
                     record,
-                    reply.get(2).and_then(|r| r.as_deref()),
-                    history.len() as u32,
+                    Some(field(2)).filter(|s| !s.is_empty()),
+                    u32::try_from(len).unwrap_or(u32::MAX),
                 )?;
+                session.summary_at = summary_at;
+                let history = History {
+                    head,
+                    summary,
+                    tail,
+                    complete,
+                    len,
+                };
                 Ok(LockOutcome::Acquired { session, history })
             }
             other => Err(StoreError::Corrupt(format!(
                 "unexpected lock reply {other:?}"
+            ))),
+        }
+    }
+
+    async fn append_summary(
+        &self,
+        owner: &str,
+        id: &str,
+        fence: TurnFence<'_>,
+        summary: &StoredMessage,
+    ) -> StoreResult<AppendOutcome> {
+        let base = session_base(owner, id);
+        let mut conn = self.conn.clone();
+        let outcome: String = self
+            .scripts
+            .append_summary
+            .key(format!("{base}:lock"))
+            .key(format!("{base}:meta"))
+            .key(format!("{base}:msgs"))
+            .arg(fence.token)
+            .arg(fence.incarnation)
+            .arg(encode(summary)?)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(StoreError::from)?;
+        match outcome.as_str() {
+            "ok" => Ok(AppendOutcome::Appended),
+            "lost" => Ok(AppendOutcome::LockLost),
+            "gone" => Ok(AppendOutcome::SessionGone),
+            other => Err(StoreError::Corrupt(format!(
+                "unexpected summary reply {other:?}"
             ))),
         }
     }

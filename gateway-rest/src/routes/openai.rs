@@ -217,6 +217,7 @@ impl InputMessage {
             role: self.role,
             content,
             created_at: None,
+            summary: None,
         })
     }
 }

@@ -49,17 +49,43 @@ impl From<MessageInput> for proto::ChatMessage {
             role: message.role,
             content: message.content,
             created_at: None,
+            summary: None,
         }
     }
 }
 
-/// Continue an existing session instead of starting one.
+/// Continue an existing session instead of starting one, and how its history is fitted into
+/// the model's context window.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ContextInput {
     /// A session of the caller to continue.
     #[schema(example = "optional-session-id")]
     session_id: Option<String>,
+    /// "window" (default): the system prompt and the latest whole turns that fit the model's
+    /// context window are sent. "summarize": when the history no longer fits, the model
+    /// summarises the older turns and the summary, stored in the history, is sent in their
+    /// place. Chosen when the session is created (docs/context-windows.md).
+    #[schema(example = "window")]
+    strategy: Option<String>,
+}
+
+/// How a session's history is fitted into its model's context window.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SessionContextOutput {
+    /// "window" or "summarize".
+    #[schema(example = "window")]
+    strategy: String,
+}
+
+/// What a compaction summary stands for: the messages `from` to `to` of the history (0-based,
+/// `to` excluded), earlier summaries included.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SummaryRange {
+    #[schema(example = 1)]
+    from: u64,
+    #[schema(example = 41)]
+    to: u64,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -107,6 +133,7 @@ impl CreateSessionRequest {
             messages: self.messages.into_iter().map(Into::into).collect(),
             context: self.context.map(|context| proto::SessionContext {
                 session_id: context.session_id.unwrap_or_default(),
+                strategy: context.strategy.unwrap_or_default(),
             }),
             options: options(self.temperature, self.max_tokens),
             expires_at: self.expires_at,
@@ -170,6 +197,11 @@ pub(crate) struct StoredMessage {
     content: String,
     #[schema(value_type = Option<String>, format = DateTime, example = "2026-02-14T22:00:00Z")]
     created_at: Option<String>,
+    /// Present on a compaction summary the gateway stored (role "system", strategy
+    /// "summarize"): the messages it stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    summary: Option<SummaryRange>,
 }
 
 /// Tokens one model call used.
@@ -206,6 +238,7 @@ pub(crate) struct Session {
     /// deleted. See docs/retention.md.
     #[schema(value_type = Option<String>, format = DateTime, example = "2026-03-16T22:00:05Z")]
     expires_at: Option<String>,
+    context: SessionContextOutput,
 }
 
 /// A new (or continued) session, with the model's reply when the messages ended with a user turn.
@@ -230,6 +263,7 @@ pub(crate) struct CreatedSession {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     usage: Option<Usage>,
+    context: SessionContextOutput,
 }
 
 /// The model's reply to a sent message.
@@ -295,6 +329,10 @@ impl From<proto::ChatMessage> for StoredMessage {
             created_at: timestamp::from_proto(message.created_at.as_ref()),
             role: message.role,
             content: message.content,
+            summary: message.summary.map(|s| SummaryRange {
+                from: s.from,
+                to: s.to,
+            }),
         }
     }
 }
@@ -319,7 +357,19 @@ impl From<proto::Session> for Session {
             status: session.status,
             model: session.model,
             message_count: session.message_count,
+            context: SessionContextOutput {
+                strategy: strategy_name(session.context_strategy),
+            },
         }
+    }
+}
+
+/// A strategy as the core names it ("window" for a core that names none).
+fn strategy_name(strategy: String) -> String {
+    if strategy.is_empty() {
+        "window".into()
+    } else {
+        strategy
     }
 }
 
@@ -363,6 +413,9 @@ pub(crate) async fn create_session(
     let session = required(reply.message.session, "CreateSessionResponse.session")?;
     let answer = reply.message.reply;
     let data = CreatedSession {
+        context: SessionContextOutput {
+            strategy: strategy_name(session.context_strategy),
+        },
         session_id: session.session_id,
         status: session.status,
         created_at: timestamp::from_proto(session.created_at.as_ref()),

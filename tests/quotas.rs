@@ -837,6 +837,10 @@ async fn the_dashboard_shows_and_edits_quotas() {
         card.contains("100 (default)"),
         "defaults are marked: {card}"
     );
+    assert!(
+        card.contains("16 MiB (default)") && card.contains("30 d (default)"),
+        "sizes and times are shown in their units: {card}"
+    );
 
     let form = page(format!("/dashboard/settings/keys/{id}")).await;
     assert!(

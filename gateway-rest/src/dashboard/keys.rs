@@ -144,8 +144,8 @@ fn quota_inputs(key: Option<&proto::ApiKey>) -> Markup {
 fn quota_list(key: &proto::ApiKey, usage: Option<&proto::KeyUsage>) -> Markup {
     let q = key.effective_quotas.unwrap_or_default();
     let own = key.quotas.unwrap_or_default();
-    let shown = |v: Option<u64>, own: Option<u64>| {
-        let v = v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+    let shown = |v: Option<u64>, own: Option<u64>, unit: fn(u64) -> String| {
+        let v = v.map(unit).unwrap_or_else(|| "?".into());
         if own.is_some() {
             v
         } else {
@@ -160,13 +160,39 @@ fn quota_list(key: &proto::ApiKey, usage: Option<&proto::KeyUsage>) -> Markup {
             }
         }
         dl.quotas aria-label="Quotas" {
-            dt { "Sessions" } dd { (shown(q.max_sessions, own.max_sessions)) }
-            dt { "Messages per session" } dd { (shown(q.max_messages_per_session, own.max_messages_per_session)) }
-            dt { "Bytes per session" } dd { (shown(q.max_session_bytes, own.max_session_bytes)) }
-            dt { "Bytes per message" } dd { (shown(q.max_message_bytes, own.max_message_bytes)) }
-            dt { "Cron jobs" } dd { (shown(q.max_cron_jobs, own.max_cron_jobs)) }
-            dt { "Idle session expiry (s, 0: never)" } dd { (shown(q.session_idle_ttl_seconds, own.session_idle_ttl_seconds)) }
+            dt { "Sessions" } dd { (shown(q.max_sessions, own.max_sessions, count)) }
+            dt { "Messages per session" } dd { (shown(q.max_messages_per_session, own.max_messages_per_session, count)) }
+            dt { "Bytes per session" } dd { (shown(q.max_session_bytes, own.max_session_bytes, bytes)) }
+            dt { "Bytes per message" } dd { (shown(q.max_message_bytes, own.max_message_bytes, bytes)) }
+            dt { "Cron jobs" } dd { (shown(q.max_cron_jobs, own.max_cron_jobs, count)) }
+            dt { "Idle session expiry" } dd { (shown(q.session_idle_ttl_seconds, own.session_idle_ttl_seconds, idle_expiry)) }
         }
+    }
+}
+
+fn count(n: u64) -> String {
+    n.to_string()
+}
+
+/// Bytes in the largest binary unit that divides them (16 MiB, 1536 KiB), else in bytes.
+fn bytes(n: u64) -> String {
+    match n {
+        0 => "0 B".to_owned(),
+        n if n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} B"),
+    }
+}
+
+/// An idle expiry in the largest whole unit (30 days, 36 h), or "never" for 0.
+fn idle_expiry(seconds: u64) -> String {
+    match seconds {
+        0 => "never".to_owned(),
+        s if s % 86_400 == 0 => format!("{} d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{} h", s / 3_600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
     }
 }
 

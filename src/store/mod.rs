@@ -616,11 +616,10 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// What [`Store::lock_session`] found.
-// Made once per turn and taken apart at once: boxing the history would buy nothing.
+// Acquired is the outcome nearly every time, made once per turn and taken apart at once:
+// boxing it would cost an allocation per turn and buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
-// Acquired is the outcome nearly every time: boxing it would cost an allocation per turn.
-#[allow(clippy::large_enum_variant)]
 pub enum LockOutcome {
     Acquired {
         session: SessionRecord,

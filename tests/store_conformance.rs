@@ -387,29 +387,13 @@ async fn check_create_session_once(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let original = session(&owner, &id, at(0));
     let history = turn(0, at(0));
-    assert!(
-        store
-            .create_session(&original, &history, SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &original, &history).await);
 
     let mut impostor = session(&owner, &id, at(50));
     impostor.model = "other-model".into();
     impostor.status = "closed".into();
     impostor.temperature = None;
-    assert!(
-        !store
-            .create_session(
-                &impostor,
-                &[msg("user", "intruder", at(50))],
-                SessionCaps::UNLIMITED
-            )
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(!created(store, &impostor, &[msg("user", "intruder", at(50))]).await);
 
     assert_eq!(
         store.get_session(&owner, &id).await.unwrap(),
@@ -432,19 +416,9 @@ async fn check_owners_are_separate(store: &dyn Store) {
     b.model = "model-b".into();
     let a_history = vec![msg("user", "alice's secret", at(0))];
     let b_history = vec![msg("user", "bob's secret", at(1))];
+    assert!(created(store, &a, &a_history).await);
     assert!(
-        store
-            .create_session(&a, &a_history, SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
-    assert!(
-        store
-            .create_session(&b, &b_history, SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created(),
+        created(store, &b, &b_history).await,
         "another owner's session with the same id must not block creation"
     );
 
@@ -509,13 +483,7 @@ async fn check_other_owner_sees_nothing(store: &dyn Store) {
     let (owner, stranger, id) = (uid("owner"), uid("stranger"), uid("session"));
     let s = session(&owner, &id, at(0));
     let history = turn(1, at(0));
-    assert!(
-        store
-            .create_session(&s, &history, SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &s, &history).await);
     let before = snapshot(store, &owner, &id).await;
 
     assert_eq!(store.get_session(&stranger, &id).await.unwrap(), None);
@@ -561,15 +529,7 @@ async fn check_ids_with_separator_characters(store: &dyn Store) {
     for (n, id) in tricky.iter().enumerate() {
         let s = session(&owner, id, at(n as i64));
         assert!(
-            store
-                .create_session(
-                    &s,
-                    &[msg("user", &format!("only {id:?}"), at(0))],
-                    SessionCaps::UNLIMITED
-                )
-                .await
-                .unwrap()
-                .created(),
+            created(store, &s, &[msg("user", &format!("only {id:?}"), at(0))]).await,
             "create {id:?}"
         );
     }
@@ -634,21 +594,9 @@ async fn check_list_sessions(store: &dyn Store) {
     let mut by_age = Vec::new();
     for n in [3, 1, 4, 0, 2] {
         let s = session(&owner, &format!("s{n}-{}", uid("id")), at(n));
-        assert!(
-            store
-                .create_session(&s, &turn(n as usize, at(n)), SessionCaps::UNLIMITED)
-                .await
-                .unwrap()
-                .created()
-        );
+        assert!(created(store, &s, &turn(n as usize, at(n))).await);
         let o = session(&other, &uid("foreign"), at(n));
-        assert!(
-            store
-                .create_session(&o, &[], SessionCaps::UNLIMITED)
-                .await
-                .unwrap()
-                .created()
-        );
+        assert!(created(store, &o, &[]).await);
         by_age.push((n, s));
     }
     by_age.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
@@ -702,17 +650,7 @@ async fn check_list_messages(store: &dyn Store) {
         })
         .collect();
     // Three from the create, four from a turn: pages cross the boundary.
-    assert!(
-        store
-            .create_session(
-                &session(&owner, &id, at(0)),
-                &all[..3],
-                SessionCaps::UNLIMITED
-            )
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &id, at(0)), &all[..3]).await);
     acquire(store, &owner, &id, "t", LEASE).await;
     assert_eq!(
         store
@@ -764,13 +702,7 @@ async fn check_message_count(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let mut s = session(&owner, &id, at(0));
     s.message_count = 99; // ignored on writes
-    assert!(
-        store
-            .create_session(&s, &turn(0, at(0)), SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &s, &turn(0, at(0))).await);
     let stored = store.get_session(&owner, &id).await.unwrap().unwrap();
     assert_eq!(stored.message_count, 2);
 
@@ -827,13 +759,7 @@ async fn check_message_count(store: &dyn Store) {
     store.unlock_session(&owner, &id, "t3").await.unwrap();
 
     let empty = uid("empty");
-    assert!(
-        store
-            .create_session(&session(&owner, &empty, at(1)), &[], SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &empty, at(1)), &[]).await);
     assert_eq!(
         store
             .get_session(&owner, &empty)
@@ -853,20 +779,8 @@ async fn check_delete_session(store: &dyn Store) {
     let d = session(&owner, &doomed, at(0));
     let k = session(&owner, &kept, at(1));
     let kept_history = turn(1, at(1));
-    assert!(
-        store
-            .create_session(&d, &turn(0, at(0)), SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
-    assert!(
-        store
-            .create_session(&k, &kept_history, SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &d, &turn(0, at(0))).await);
+    assert!(created(store, &k, &kept_history).await);
 
     assert!(store.delete_session(&owner, &doomed).await.unwrap());
     assert_eq!(store.get_session(&owner, &doomed).await.unwrap(), None);
@@ -886,17 +800,7 @@ async fn check_delete_session(store: &dyn Store) {
 
     // Recreated, the id starts from an empty history.
     let fresh = vec![msg("user", "fresh start", at(3))];
-    assert!(
-        store
-            .create_session(
-                &session(&owner, &doomed, at(3)),
-                &fresh,
-                SessionCaps::UNLIMITED
-            )
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &doomed, at(3)), &fresh).await);
     assert_eq!(all_messages(store, &owner, &doomed).await, fresh);
     assert_eq!(
         store
@@ -914,13 +818,7 @@ async fn check_delete_session(store: &dyn Store) {
 async fn check_lock_session(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let s = session(&owner, &id, at(0));
-    assert!(
-        store
-            .create_session(&s, &turn(0, at(0)), SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &s, &turn(0, at(0))).await);
     acquire(store, &owner, &id, "setup", LEASE).await;
     assert_eq!(
         store
@@ -977,13 +875,7 @@ async fn check_lock_reads_a_bounded_tail(store: &dyn Store) {
     for n in 0..20 {
         all.extend(turn(n, at(0)));
     }
-    assert!(
-        store
-            .create_session(&session(&owner, &id, at(0)), &all, SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &id, at(0)), &all).await);
     let cost = |m: &StoredMessage| u64::from(m.tokens.unwrap()) + 5;
     let head_cost: u64 = all[..2].iter().map(cost).sum();
     // Room for exactly the last 7 messages beside the head (window less maxTokens 256 less fixed 10).
@@ -1030,13 +922,7 @@ async fn check_summary_is_read_in_place_of_what_it_covers(store: &dyn Store) {
     for n in 0..6 {
         all.extend(turn(n, at(0)));
     }
-    assert!(
-        store
-            .create_session(&session(&owner, &id, at(0)), &all, SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &id, at(0)), &all).await);
     acquire(store, &owner, &id, "a", LEASE).await;
     let mut summary = msg("system", "Summary: questions 0 to 3 were answered.", at(1));
     summary.summary = Some(SummaryOf { from: 1, to: 9 });
@@ -1138,13 +1024,7 @@ async fn check_uncounted_messages_are_read_conservatively(store: &dyn Store) {
             )
         })
         .collect();
-    assert!(
-        store
-            .create_session(&session(&owner, &id, at(0)), &all, SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &id, at(0)), &all).await);
     let (_, history) = acquire(store, &owner, &id, "a", LEASE).await;
     assert_eq!(history, all);
     store.unlock_session(&owner, &id, "a").await.unwrap();
@@ -1171,13 +1051,7 @@ async fn check_lock_missing_session(store: &dyn Store) {
         lock_outcome(store, &owner, &id, "a").await,
         LockOutcome::NoSession
     );
-    assert!(
-        store
-            .create_session(&session(&owner, &id, at(0)), &[], SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &id, at(0)), &[]).await);
     let (_, history) = acquire(store, &owner, &id, "b", LEASE).await;
     assert!(history.is_empty());
     assert_eq!(
@@ -1192,17 +1066,7 @@ async fn check_lock_missing_session(store: &dyn Store) {
 async fn check_lease_expiry(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let history = turn(0, at(0));
-    assert!(
-        store
-            .create_session(
-                &session(&owner, &id, at(0)),
-                &history,
-                SessionCaps::UNLIMITED
-            )
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &id, at(0)), &history).await);
     acquire(store, &owner, &id, "old", Duration::from_millis(200)).await;
     assert_eq!(
         lock_outcome(store, &owner, &id, "new").await,
@@ -1259,13 +1123,7 @@ async fn check_lease_expiry(store: &dyn Store) {
 async fn check_append_turn(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let first = vec![msg("system", "be brief", at(0))];
-    assert!(
-        store
-            .create_session(&session(&owner, &id, at(0)), &first, SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &id, at(0)), &first).await);
     acquire(store, &owner, &id, "a", LEASE).await;
     let whole_turn = vec![
         msg("user", "what is 2+2?", at(1)),
@@ -1318,17 +1176,7 @@ async fn check_append_turn(store: &dyn Store) {
 /// and releases the lock.
 async fn check_append_after_delete(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
-    assert!(
-        store
-            .create_session(
-                &session(&owner, &id, at(0)),
-                &turn(0, at(0)),
-                SessionCaps::UNLIMITED
-            )
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &id, at(0)), &turn(0, at(0))).await);
     acquire(store, &owner, &id, "a", LEASE).await;
     assert!(store.delete_session(&owner, &id).await.unwrap());
     assert_eq!(
@@ -1350,13 +1198,7 @@ async fn check_append_after_delete(store: &dyn Store) {
     assert!(all_sessions(store, &owner).await.is_empty());
 
     // Recreated, the session is not locked by the dead turn.
-    assert!(
-        store
-            .create_session(&session(&owner, &id, at(2)), &[], SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &id, at(2)), &[]).await);
     let (_, history) = acquire(store, &owner, &id, "b", LEASE).await;
     assert!(history.is_empty());
     store.unlock_session(&owner, &id, "b").await.unwrap();
@@ -1368,17 +1210,7 @@ async fn check_append_after_delete(store: &dyn Store) {
 /// turns store as usual.
 async fn check_append_refuses_another_incarnation(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
-    assert!(
-        store
-            .create_session(
-                &session(&owner, &id, at(0)),
-                &turn(0, at(0)),
-                SessionCaps::UNLIMITED
-            )
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &id, at(0)), &turn(0, at(0))).await);
     let (seen, _) = acquire(store, &owner, &id, "old", LEASE).await;
     assert_eq!(seen.incarnation, FIRST_LIFE, "a lock reads the incarnation");
     assert!(store.delete_session(&owner, &id).await.unwrap());
@@ -1386,13 +1218,7 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
         incarnation: "second-life".into(),
         ..session(&owner, &id, at(1))
     };
-    assert!(
-        store
-            .create_session(&second, &turn(1, at(1)), SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &second, &turn(1, at(1))).await);
 
     // The old turn's lock went with the old session: the new one is not held up by it.
     let (seen, history) = acquire(store, &owner, &id, "new", LEASE).await;
@@ -1494,13 +1320,7 @@ async fn check_append_refuses_another_incarnation(store: &dyn Store) {
 async fn check_concurrent_turns(store: &dyn Store) {
     const TURNS: usize = 20;
     let (owner, id) = (uid("owner"), uid("session"));
-    assert!(
-        store
-            .create_session(&session(&owner, &id, at(0)), &[], SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &id, at(0)), &[]).await);
 
     let turns = (0..TURNS).map(|n| {
         let (owner, id) = (owner.clone(), id.clone());
@@ -1587,13 +1407,7 @@ async fn check_unicode_and_large_content(store: &dyn Store) {
         msg("assistant", &large, at(2)),
         msg("user", "", at(3)),
     ];
-    assert!(
-        store
-            .create_session(&s, &first, SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &s, &first).await);
     assert_eq!(
         store.get_session(&owner, &id).await.unwrap(),
         Some(counted(&s, 3))
@@ -1636,40 +1450,14 @@ async fn check_unicode_and_large_content(store: &dyn Store) {
 async fn check_refused_writes_change_nothing(store: &dyn Store) {
     let owner = uid("owner");
     let (id, neighbour) = (uid("session"), uid("neighbour"));
-    assert!(
-        store
-            .create_session(
-                &session(&owner, &id, at(0)),
-                &turn(0, at(0)),
-                SessionCaps::UNLIMITED
-            )
-            .await
-            .unwrap()
-            .created()
-    );
-    assert!(
-        store
-            .create_session(
-                &session(&owner, &neighbour, at(1)),
-                &turn(1, at(1)),
-                SessionCaps::UNLIMITED
-            )
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &id, at(0)), &turn(0, at(0))).await);
+    assert!(created(store, &session(&owner, &neighbour, at(1)), &turn(1, at(1))).await);
     let before = snapshot(store, &owner, &id).await;
     let neighbour_before = snapshot(store, &owner, &neighbour).await;
 
     let mut duplicate = session(&owner, &id, at(9));
     duplicate.model = "hijack".into();
-    assert!(
-        !store
-            .create_session(&duplicate, &turn(9, at(9)), SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(!created(store, &duplicate, &turn(9, at(9))).await);
     assert_eq!(
         snapshot(store, &owner, &id).await,
         before,
@@ -1756,17 +1544,7 @@ async fn check_recorded_result_is_written_with_its_turn(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let other = uid("session");
     for session_id in [&id, &other] {
-        assert!(
-            store
-                .create_session(
-                    &session(&owner, session_id, at(0)),
-                    &[],
-                    SessionCaps::UNLIMITED
-                )
-                .await
-                .unwrap()
-                .created()
-        );
+        assert!(created(store, &session(&owner, session_id, at(0)), &[]).await);
     }
     acquire(store, &owner, &id, "a", LEASE).await;
     assert_eq!(
@@ -1835,17 +1613,7 @@ async fn check_recorded_result_is_written_with_its_turn(store: &dyn Store) {
 /// neither the turn nor the result.
 async fn check_recorded_result_needs_the_turn(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
-    assert!(
-        store
-            .create_session(
-                &session(&owner, &id, at(0)),
-                &turn(0, at(0)),
-                SessionCaps::UNLIMITED
-            )
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &id, at(0)), &turn(0, at(0))).await);
     let before = snapshot(store, &owner, &id).await;
     acquire(store, &owner, &id, "holder", LEASE).await;
     assert_eq!(
@@ -1893,13 +1661,7 @@ async fn check_recorded_result_needs_the_turn(store: &dyn Store) {
 /// A result is kept for its retention only; later writes prune expired ones.
 async fn check_recorded_result_expires(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
-    assert!(
-        store
-            .create_session(&session(&owner, &id, at(0)), &[], SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &id, at(0)), &[]).await);
     acquire(store, &owner, &id, "a", LEASE).await;
     store
         .append_turn_recording(
@@ -1957,17 +1719,7 @@ async fn check_delete_session_drops_recorded_results(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let neighbour = format!("{id}x");
     for session_id in [&id, &neighbour] {
-        assert!(
-            store
-                .create_session(
-                    &session(&owner, session_id, at(0)),
-                    &[],
-                    SessionCaps::UNLIMITED
-                )
-                .await
-                .unwrap()
-                .created()
-        );
+        assert!(created(store, &session(&owner, session_id, at(0)), &[]).await);
         acquire(store, &owner, session_id, "a", LEASE).await;
         store
             .append_turn_recording(
@@ -1983,13 +1735,7 @@ async fn check_delete_session_drops_recorded_results(store: &dyn Store) {
             .unwrap();
     }
     assert!(store.delete_session(&owner, &id).await.unwrap());
-    assert!(
-        store
-            .create_session(&session(&owner, &id, at(2)), &[], SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &session(&owner, &id, at(2)), &[]).await);
     assert_eq!(
         store.recorded_result(&owner, &id, "req-1").await.unwrap(),
         None
@@ -2504,13 +2250,7 @@ fn expiring(owner: &str, id: &str, idle_secs: u64) -> SessionRecord {
 async fn check_idle_session_expires_everywhere(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let s = expiring(&owner, &id, 1);
-    assert!(
-        store
-            .create_session(&s, &turn(0, s.created_at), SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &s, &turn(0, s.created_at)).await);
     let seen = store.get_session(&owner, &id).await.unwrap().expect("live");
     assert_eq!(seen.idle_ttl_seconds, 1, "the idle time to live is stored");
     assert_eq!(
@@ -2536,13 +2276,7 @@ async fn check_idle_session_expires_everywhere(store: &dyn Store) {
 
     // Created after the expired one, before its id is used again.
     let between = uid("between");
-    assert!(
-        store
-            .create_session(&expiring(&owner, &between, 0), &[], SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &expiring(&owner, &between, 0), &[]).await);
 
     // The id is free again: a new session under it starts empty and is listed once, as the
     // newest.
@@ -2550,13 +2284,7 @@ async fn check_idle_session_expires_everywhere(store: &dyn Store) {
         incarnation: "second-life".into(),
         ..expiring(&owner, &id, 0)
     };
-    assert!(
-        store
-            .create_session(&again, &turn(5, again.created_at), SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &again, &turn(5, again.created_at)).await);
     let seen = store
         .get_session(&owner, &id)
         .await
@@ -2580,13 +2308,7 @@ async fn check_idle_session_expires_everywhere(store: &dyn Store) {
 async fn check_deleting_an_expired_session_finds_none(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let s = expiring(&owner, &id, 1);
-    assert!(
-        store
-            .create_session(&s, &turn(0, s.created_at), SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &s, &turn(0, s.created_at)).await);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert!(
         !store.delete_session(&owner, &id).await.unwrap(),
@@ -2606,13 +2328,7 @@ async fn check_deleting_an_expired_session_finds_none(store: &dyn Store) {
 async fn check_a_turn_keeps_a_session_alive(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let s = expiring(&owner, &id, 1);
-    assert!(
-        store
-            .create_session(&s, &turn(0, s.created_at), SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &s, &turn(0, s.created_at)).await);
     for n in 1..=2 {
         tokio::time::sleep(Duration::from_millis(600)).await;
         let token = format!("t{n}");
@@ -2658,13 +2374,7 @@ async fn check_expires_at_ends_a_session_in_use(store: &dyn Store) {
         expires_at: Some(end),
         ..expiring(&owner, &id, 3600)
     };
-    assert!(
-        store
-            .create_session(&s, &[], SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &s, &[]).await);
     let seen = store.get_session(&owner, &id).await.unwrap().expect("live");
     assert_eq!(seen.expires_at, Some(end), "stored as given");
     assert_eq!(seen.expiry(), Some(end), "the earlier of the two ends");
@@ -2704,13 +2414,7 @@ async fn check_expires_at_ends_a_session_in_use(store: &dyn Store) {
 async fn check_recorded_results_expire_with_their_session(store: &dyn Store) {
     let (owner, id) = (uid("owner"), uid("session"));
     let s = expiring(&owner, &id, 1);
-    assert!(
-        store
-            .create_session(&s, &[], SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &s, &[]).await);
     acquire(store, &owner, &id, "a", LEASE).await;
     let now = Utc::now();
     store
@@ -2741,13 +2445,7 @@ async fn check_recorded_results_expire_with_their_session(store: &dyn Store) {
         None
     );
     // Nor does a new session under the id inherit it.
-    assert!(
-        store
-            .create_session(&expiring(&owner, &id, 0), &[], SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &expiring(&owner, &id, 0), &[]).await);
     assert_eq!(
         store
             .recorded_result(&owner, &id, "kept-an-hour")
@@ -2761,39 +2459,9 @@ async fn check_recorded_results_expire_with_their_session(store: &dyn Store) {
 async fn check_sweep_keeps_live_sessions(store: &dyn Store) {
     let owner = uid("owner");
     let (gone, kept, forever) = (uid("gone"), uid("kept"), uid("forever"));
-    assert!(
-        store
-            .create_session(
-                &expiring(&owner, &gone, 1),
-                &turn(0, Utc::now()),
-                SessionCaps::UNLIMITED
-            )
-            .await
-            .unwrap()
-            .created()
-    );
-    assert!(
-        store
-            .create_session(
-                &expiring(&owner, &kept, 3600),
-                &turn(1, Utc::now()),
-                SessionCaps::UNLIMITED
-            )
-            .await
-            .unwrap()
-            .created()
-    );
-    assert!(
-        store
-            .create_session(
-                &expiring(&owner, &forever, 0),
-                &turn(2, Utc::now()),
-                SessionCaps::UNLIMITED
-            )
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(store, &expiring(&owner, &gone, 1), &turn(0, Utc::now())).await);
+    assert!(created(store, &expiring(&owner, &kept, 3600), &turn(1, Utc::now())).await);
+    assert!(created(store, &expiring(&owner, &forever, 0), &turn(2, Utc::now())).await);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     for _ in 0..3 {
         store.sweep_expired_sessions(10_000).await.expect("sweep");
@@ -2847,13 +2515,7 @@ async fn embedded_file_reopen_keeps_state() {
     {
         let store = EmbeddedStore::open(&path).expect("create the store file");
         store.insert_key(&k).await.unwrap();
-        assert!(
-            store
-                .create_session(&s, &history, SessionCaps::UNLIMITED)
-                .await
-                .unwrap()
-                .created()
-        );
+        assert!(created(&store, &s, &history).await);
         acquire(&store, &owner, &id, "a", LEASE).await;
         assert_eq!(
             store
@@ -2924,25 +2586,9 @@ async fn embedded_sweep_deletes_each_expired_session_once() {
     let owner = uid("owner");
     for n in 0..3 {
         let id = format!("short-{n}");
-        assert!(
-            store
-                .create_session(
-                    &expiring(&owner, &id, 1),
-                    &turn(n, Utc::now()),
-                    SessionCaps::UNLIMITED
-                )
-                .await
-                .unwrap()
-                .created()
-        );
+        assert!(created(&store, &expiring(&owner, &id, 1), &turn(n, Utc::now())).await);
     }
-    assert!(
-        store
-            .create_session(&expiring(&owner, "long", 3600), &[], SessionCaps::UNLIMITED)
-            .await
-            .unwrap()
-            .created()
-    );
+    assert!(created(&store, &expiring(&owner, "long", 3600), &[]).await);
     assert_eq!(store.sweep_expired_sessions(100).await.unwrap(), 0);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(
@@ -2992,4 +2638,13 @@ async fn check_an_expired_session_frees_its_quota_slot(store: &dyn Store) {
         1,
         "only the live session is listed"
     );
+}
+
+/// Creates a session with no quota in the way; whether it was created.
+async fn created(store: &dyn Store, session: &SessionRecord, messages: &[StoredMessage]) -> bool {
+    store
+        .create_session(session, messages, SessionCaps::UNLIMITED)
+        .await
+        .unwrap()
+        .created()
 }

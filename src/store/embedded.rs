@@ -616,6 +616,19 @@ fn write_summary(
     Ok(outcome)
 }
 
+/// Marks the turn lock "committing" if `token` holds it and its lease runs; whether it did.
+fn begin_commit(locks: &LockTable, key: &(String, String), token: &str) -> bool {
+    let now = Instant::now();
+    let mut table = lock_table(locks);
+    match table.get_mut(key) {
+        Some(lock) if lock.token == token && !lock.committing && lock.expires > now => {
+            lock.committing = true;
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Ends the "committing" state of a turn lock however the write ends (even
 /// by a panic): the lock is released after a completed write, and handed
 /// back to its holder after a failed one.
@@ -739,17 +752,7 @@ impl EmbeddedStore {
         // All in one blocking task, so a caller that gives up half way cannot
         // leave the lock in the committing state.
         self.blocking(move |db, locks| {
-            let now = Instant::now();
-            let held = {
-                let mut table = lock_table(locks);
-                match table.get_mut(&key) {
-                    Some(lock) if lock.token == token && !lock.committing && lock.expires > now => {
-                        lock.committing = true;
-                        true
-                    }
-                    _ => false,
-                }
-            };
+            let held = begin_commit(locks, &key, &token);
             if !held {
                 // Deleting a session drops its lock: say the session is gone (deleted, or
                 // created again as another incarnation) when it is, not that the lock was lost.
@@ -1225,17 +1228,7 @@ impl Store for EmbeddedStore {
         let token = fence.token.to_owned();
         let incarnation = fence.incarnation.to_owned();
         self.blocking(move |db, locks| {
-            let now = Instant::now();
-            let held = {
-                let mut table = lock_table(locks);
-                match table.get_mut(&key) {
-                    Some(lock) if lock.token == token && !lock.committing && lock.expires > now => {
-                        lock.committing = true;
-                        true
-                    }
-                    _ => false,
-                }
-            };
+            let held = begin_commit(locks, &key, &token);
             if !held {
                 return Ok(if incarnation_lives(db, &key.0, &key.1, &incarnation)? {
                     AppendOutcome::LockLost

@@ -2232,6 +2232,7 @@ conformance!(
     check_session_quota,
     check_session_quota_under_concurrency,
     check_an_expired_session_frees_its_quota_slot,
+    check_a_summary_counts_in_the_session_bytes,
     check_session_message_and_byte_quotas,
 );
 
@@ -2647,4 +2648,57 @@ async fn created(store: &dyn Store, session: &SessionRecord, messages: &[StoredM
         .await
         .unwrap()
         .created()
+}
+
+/// A compaction summary's content counts in the session's bytes like any message: the turn
+/// after it is held to `maxSessionBytes` with the summary included.
+async fn check_a_summary_counts_in_the_session_bytes(store: &dyn Store) {
+    let (owner, id) = (uid("owner"), uid("session"));
+    // "question 0" + "answer 0": 18 bytes.
+    assert!(created(store, &session(&owner, &id, at(0)), &turn(0, at(0))).await);
+    acquire(store, &owner, &id, "a", LEASE).await;
+    // A turn of 18 bytes more fits 36 bytes...
+    assert_eq!(
+        store
+            .append_turn(
+                &owner,
+                &id,
+                fence("a"),
+                &turn(1, at(1)),
+                at(1),
+                caps(10, 100, 36)
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    acquire(store, &owner, &id, "b", LEASE).await;
+    let mut summary = msg("system", "0123456789", at(2));
+    summary.summary = Some(SummaryOf { from: 0, to: 4 });
+    assert_eq!(
+        store
+            .append_summary(&owner, &id, fence("b"), &summary)
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    // ... and with the summary's 10 bytes the session holds 46: 18 more do not fit 60.
+    assert_eq!(
+        store
+            .append_turn(
+                &owner,
+                &id,
+                fence("b"),
+                &turn(2, at(3)),
+                at(3),
+                caps(10, 100, 60)
+            )
+            .await
+            .unwrap(),
+        AppendOutcome::OverQuota(CapBreach {
+            cap: SessionCap::Bytes,
+            limit: 60,
+            used: 46
+        })
+    );
 }

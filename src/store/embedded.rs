@@ -591,6 +591,7 @@ fn write_summary(
     id: &str,
     incarnation: &str,
     encoded: &[u8],
+    content_bytes: u64,
 ) -> StoreResult<AppendOutcome> {
     let txn = db.begin_write().or_unavailable()?;
     let outcome = {
@@ -607,6 +608,15 @@ fn write_summary(
                 sessions
                     .insert((owner, id), encode("session", &session)?.as_slice())
                     .or_unavailable()?;
+                // The summary's content counts in the session's bytes like any message (a
+                // session without the count yet has it computed, summary included, later).
+                let mut bytes = txn.open_table(SESSION_BYTES).or_unavailable()?;
+                let counted = bytes.get((owner, id)).or_unavailable()?.map(|v| v.value());
+                if let Some(counted) = counted {
+                    bytes
+                        .insert((owner, id), counted.saturating_add(content_bytes))
+                        .or_unavailable()?;
+                }
                 AppendOutcome::Appended
             }
             _ => AppendOutcome::SessionGone,
@@ -1224,6 +1234,7 @@ impl Store for EmbeddedStore {
         summary: &StoredMessage,
     ) -> StoreResult<AppendOutcome> {
         let encoded = encode("message", summary)?;
+        let content_bytes = super::content_bytes(std::slice::from_ref(summary));
         let key = (owner.to_owned(), id.to_owned());
         let token = fence.token.to_owned();
         let incarnation = fence.incarnation.to_owned();
@@ -1243,7 +1254,7 @@ impl Store for EmbeddedStore {
                 token: &token,
                 release: false,
             };
-            write_summary(db, &key.0, &key.1, &incarnation, &encoded)
+            write_summary(db, &key.0, &key.1, &incarnation, &encoded, content_bytes)
         })
         .await
     }

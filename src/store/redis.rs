@@ -308,6 +308,11 @@ impl Scripts {
                 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
                 local n = redis.call('RPUSH', KEYS[3], ARGV[3])
                 redis.call('HSET', KEYS[2], 'summaryAt', n - 1)
+                -- The summary's content counts in the session's bytes like any message (a
+                -- session without the count yet has it computed, summary included, later).
+                if redis.call('HEXISTS', KEYS[2], 'bytes') == 1 then
+                  redis.call('HINCRBY', KEYS[2], 'bytes', ARGV[4])
+                end
                 return 'ok'
                 "#,
             ),
@@ -1298,6 +1303,7 @@ impl Store for RedisStore {
         summary: &StoredMessage,
     ) -> StoreResult<AppendOutcome> {
         let base = session_base(owner, id);
+        let encoded = encode(summary)?;
         let mut conn = self.conn.clone();
         let outcome: String = self
             .scripts
@@ -1307,12 +1313,16 @@ impl Store for RedisStore {
             .key(format!("{base}:msgs"))
             .arg(fence.token)
             .arg(fence.incarnation)
-            .arg(encode(summary)?)
+            .arg(&encoded)
+            .arg(content_bytes(std::slice::from_ref(summary)))
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
         match outcome.as_str() {
-            "ok" => Ok(AppendOutcome::Appended),
+            "ok" => {
+                self.ledger.add(owner, encoded.len() as i64);
+                Ok(AppendOutcome::Appended)
+            }
             "lost" => Ok(AppendOutcome::LockLost),
             "gone" => Ok(AppendOutcome::SessionGone),
             other => Err(StoreError::Corrupt(format!(

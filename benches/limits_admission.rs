@@ -20,6 +20,7 @@ const QUOTA: Quota = Quota {
 const CHARGE: Charge = Charge {
     tokens: 120,
     context: 20,
+    cost_micros: 0,
 };
 
 struct Redis(std::process::Child);

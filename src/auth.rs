@@ -118,6 +118,7 @@ pub fn generate_key(
         scopes,
         limits,
         quotas,
+        budget: None,
         created_at: Utc::now(),
         last_used_at: None,
         revoked_at: None,

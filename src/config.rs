@@ -227,6 +227,22 @@ pub struct CoreConfig {
     )]
     pub default_session_idle_ttl_seconds: u64,
 
+    /// Days the usage ledger keeps each day's figures (docs/usage.md).
+    #[arg(long, env = "OPENCLAW_USAGE_RETENTION_DAYS", default_value_t = 400,
+        value_parser = clap::value_parser!(u64).range(1..=36500))]
+    pub usage_retention_days: u64,
+
+    /// Shifts the clock that budget periods and the usage ledger's days are read by, in
+    /// seconds (0 in production; tests cross a period boundary with it).
+    #[arg(
+        long,
+        env = "OPENCLAW_SPEND_CLOCK_OFFSET_SECONDS",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        hide = true
+    )]
+    pub spend_clock_offset_seconds: i64,
+
     /// How often each replica drops expired sessions (the embedded store's rows, Redis's
     /// index entries naming them), in seconds; `0` turns the sweep off. Reads never show an
     /// expired session either way.

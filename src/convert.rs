@@ -87,5 +87,21 @@ pub fn api_key(record: &KeyRecord, defaults: &Quotas) -> proto::ApiKey {
         revoked_at: record.revoked_at.map(timestamp),
         quotas: Some(own_quotas(&record.quotas)),
         effective_quotas: Some(effective_quotas(&defaults.with_own(&record.quotas))),
+        budget: record.budget.as_ref().map(budget),
+        budget_spend: None,
+    }
+}
+
+/// A key's budget as the API shows it.
+pub fn budget(budget: &crate::spend::KeyBudget) -> proto::Budget {
+    proto::Budget {
+        limit_micros: budget.limit_micros,
+        period: budget.period.as_str().to_owned(),
+        time_zone: budget.time_zone.clone(),
+        thresholds: budget
+            .thresholds_permille
+            .iter()
+            .map(|t| f64::from(*t) / 1000.0)
+            .collect(),
     }
 }

@@ -34,6 +34,8 @@ pub struct ApiError {
     /// The quota a `QUOTA_EXCEEDED` error is about (boxed: rare, and the error travels in
     /// every `Result`).
     pub quota: Option<Box<QuotaBreach>>,
+    /// The budget a `BUDGET_EXCEEDED` error is about (boxed like [`Self::quota`]).
+    pub budget: Option<Box<BudgetBreach>>,
     /// Extra response metadata (rate-limit figures) that travels with the error. Boxed, with
     /// [`Self::quota`], to keep the error small: it travels in every `Result`.
     #[allow(clippy::box_collection)] // one pointer where a `Vec` is three
@@ -54,6 +56,25 @@ pub struct QuotaBreach {
     pub used: u64,
 }
 
+/// The budget a model call would pass: what a `BUDGET_EXCEEDED` error carries (as
+/// `ErrorInfo.metadata` `limitMicros`, `spentMicros`, `reservedMicros`, `costMicros`, `period`
+/// and `resetsAt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetBreach {
+    /// `key` (the caller's key's budget) or `gateway` (the operators' budget for every key).
+    pub scope: &'static str,
+    pub limit_micros: u64,
+    /// Settled spend in the period so far.
+    pub spent_micros: u64,
+    /// Reserved for calls still in flight.
+    pub reserved_micros: u64,
+    /// The most the refused call could have cost.
+    pub cost_micros: u64,
+    /// `day`, `week` or `month`.
+    pub period: &'static str,
+    pub resets_at: chrono::DateTime<chrono::Utc>,
+}
+
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>, details: impl Into<String>) -> Self {
         Self {
@@ -64,8 +85,43 @@ impl ApiError {
             field_reason: None,
             retry_after: None,
             quota: None,
+            budget: None,
             metadata: None,
         }
+    }
+
+    /// A model call would take its caller past a spend budget; nothing was called or charged.
+    pub fn budget_exceeded(breach: BudgetBreach) -> Self {
+        let whose = if breach.scope == "gateway" {
+            "The gateway's spend budget for all keys"
+        } else {
+            "This API key's spend budget"
+        };
+        let in_flight = if breach.reserved_micros > 0 {
+            format!(
+                " (plus {} reserved for calls in flight)",
+                crate::spend::dollars(breach.reserved_micros)
+            )
+        } else {
+            String::new()
+        };
+        let mut err = Self::new(
+            ErrorCode::BudgetExceeded,
+            "Budget exceeded",
+            format!(
+                "{whose} is {} per {}; {} is spent{in_flight} and this call could cost up to {}. It resets at {}; wait for the reset, lower maxTokens, or ask an administrator for a higher budget",
+                crate::spend::dollars(breach.limit_micros),
+                breach.period,
+                crate::spend::dollars(breach.spent_micros),
+                crate::spend::dollars(breach.cost_micros),
+                breach
+                    .resets_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ),
+        );
+        metrics::counter!("openclaw_budget_refusals_total", "scope" => breach.scope).increment(1);
+        err.budget = Some(Box::new(breach));
+        err
     }
 
     /// A request would pass one of its key's quotas; nothing was stored. `unit` names what the
@@ -158,7 +214,9 @@ impl ApiError {
             ErrorCode::Unauthorized => Code::Unauthenticated,
             ErrorCode::InvalidRequest => Code::InvalidArgument,
             ErrorCode::NotFound => Code::NotFound,
-            ErrorCode::RateLimitExceeded | ErrorCode::QuotaExceeded => Code::ResourceExhausted,
+            ErrorCode::RateLimitExceeded | ErrorCode::QuotaExceeded | ErrorCode::BudgetExceeded => {
+                Code::ResourceExhausted
+            }
             ErrorCode::Forbidden => Code::PermissionDenied,
             ErrorCode::Conflict => Code::Aborted,
             ErrorCode::UpstreamError | ErrorCode::Unavailable => Code::Unavailable,
@@ -190,6 +248,23 @@ impl From<ApiError> for Status {
             info.insert("quota".to_string(), breach.quota.to_owned());
             info.insert("limit".to_string(), breach.limit.to_string());
             info.insert("used".to_string(), breach.used.to_string());
+        }
+        if let Some(budget) = &err.budget {
+            info.insert("scope".to_string(), budget.scope.to_owned());
+            info.insert("limitMicros".to_string(), budget.limit_micros.to_string());
+            info.insert("spentMicros".to_string(), budget.spent_micros.to_string());
+            info.insert(
+                "reservedMicros".to_string(),
+                budget.reserved_micros.to_string(),
+            );
+            info.insert("costMicros".to_string(), budget.cost_micros.to_string());
+            info.insert("period".to_string(), budget.period.to_owned());
+            info.insert(
+                "resetsAt".to_string(),
+                budget
+                    .resets_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            );
         }
         let mut details = ErrorDetails::new();
         details.set_error_info(err.code.as_str_name(), ERROR_DOMAIN, info);

@@ -15,8 +15,10 @@ use crate::auth::{Authenticator, Principal};
 use crate::dashboard::DashboardSessions;
 use crate::dashboard::traffic::Traffic;
 use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::events::EventBus;
 use crate::limits::{Admission, CapKind, Charge, Quota, RateLimiter, StreamCaps, StreamLease};
 use crate::quotas::Quotas;
+use crate::spend::{SpendRecord, SpendSettings};
 use crate::store::pressure::StoragePressure;
 
 /// The configured limits that apply to a key without its own.
@@ -35,6 +37,8 @@ pub(crate) struct LimitSettings {
     pub(crate) stream_caps: StreamCaps,
     /// The quotas of keys that set none of their own.
     pub(crate) quotas: Quotas,
+    /// The clock budgets read and how long the usage ledger keeps days.
+    pub(crate) spend: SpendSettings,
 }
 
 pub(crate) struct FrontDoor {
@@ -50,6 +54,8 @@ pub(crate) struct FrontDoor {
     /// Whether Redis has room for a key's new sessions, messages and cron jobs (set once, as
     /// the core is built; none until then).
     pressure: OnceLock<Arc<StoragePressure>>,
+    /// Where budget thresholds are announced (set once, as the core is built).
+    events: OnceLock<EventBus>,
 }
 
 impl FrontDoor {
@@ -69,6 +75,7 @@ impl FrontDoor {
             queue_depth: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             pressure: OnceLock::new(),
+            events: OnceLock::new(),
         }
     }
 
@@ -181,18 +188,43 @@ impl FrontDoor {
         Ok((principal, admission))
     }
 
-    /// Admits one request of `principal` costing `charge` against its key's limits.
+    /// Admits one request of `principal` costing `charge` against its key's limits. Requests
+    /// that call no model (reads, stores) are never refused for the key's budget.
     pub(crate) async fn admit(
         &self,
         principal: &Principal,
         charge: Charge,
     ) -> ApiResult<Admission> {
+        self.admit_within(principal, charge, false).await
+    }
+
+    /// Admits a model call of `principal`: against its key's limits and, in the same
+    /// decision, its key's budget (reserving `charge.cost_micros` while the call runs).
+    pub(crate) async fn admit_call(
+        &self,
+        principal: &Principal,
+        charge: Charge,
+    ) -> ApiResult<Admission> {
+        self.admit_within(principal, charge, true).await
+    }
+
+    async fn admit_within(
+        &self,
+        principal: &Principal,
+        charge: Charge,
+        budgeted: bool,
+    ) -> ApiResult<Admission> {
         match principal {
             Principal::Internal => Ok(Admission::unlimited()),
             Principal::Key(key) => {
+                let budget = key
+                    .budget
+                    .as_ref()
+                    .filter(|_| budgeted)
+                    .map(|budget| budget.at(self.settings.spend.clock.now()));
                 let admitted = self
                     .limits
-                    .admit(&key.id, self.quota(principal), charge)
+                    .admit(&key.id, self.quota(principal), charge, budget)
                     .await;
                 match &admitted {
                     Ok(_) => self.traffic.admitted(),
@@ -204,12 +236,43 @@ impl FrontDoor {
         }
     }
 
-    /// Replaces the admission's reservation with what the model really used.
-    pub(crate) async fn settle(&self, admission: &Admission, used: Charge) {
+    /// Replaces the admission's reservation with what the model really used, records the
+    /// call (`record`) in the usage ledger and against the key's budget, and announces the
+    /// budget thresholds it crossed first in the period.
+    pub(crate) async fn settle(
+        &self,
+        admission: &Admission,
+        used: Charge,
+        record: Option<&SpendRecord>,
+    ) {
         if admission.key.is_some() {
             self.traffic.tokens(used.tokens);
         }
-        self.limits.settle(admission, used).await;
+        let settled = self.limits.settle(admission, used, record).await;
+        if let (Some(key), Some(budget)) = (&admission.key, record.and_then(|r| r.budget.as_ref()))
+        {
+            for permille in settled.crossed_permille {
+                let event =
+                    crate::spend::threshold_event(key, budget, permille, settled.spent_micros);
+                match self.events.get() {
+                    Some(events) => events.announce(event).await,
+                    None => tracing::warn!(
+                        key,
+                        "a budget threshold was crossed with no event bus to announce it"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Where budget thresholds are announced (set once, as the core is built).
+    pub(crate) fn set_events(&self, events: EventBus) {
+        let _ = self.events.set(events);
+    }
+
+    /// How the gateway reads time and keeps the usage ledger.
+    pub(crate) fn spend_settings(&self) -> &SpendSettings {
+        &self.settings.spend
     }
 
     /// The limits that apply to the caller.

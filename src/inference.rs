@@ -20,6 +20,7 @@ use crate::proto;
 use crate::providers::{
     ChatCompletion, ChatRequest, Chunk, ChunkStream, Model, ModelCatalog, StreamEnd,
 };
+use crate::spend::SpendRecord;
 use crate::store::StoredMessage;
 use crate::tokenizer;
 
@@ -96,11 +97,21 @@ impl Inference {
             .into_iter()
             .map(|m| (m.role.clone(), m.content.clone()))
             .collect();
+        // The most the call can cost, reserved against the key's budget while it runs.
+        let cost_micros = match principal {
+            Principal::Key(key) if key.budget.is_some() => {
+                model
+                    .prices
+                    .cost_micros(u64::from(prompt_tokens), 0, u64::from(max_tokens))
+            }
+            _ => 0,
+        };
         let charge = Charge {
             tokens: u64::from(prompt_tokens) + u64::from(max_tokens),
             context: u64::from(prompt_tokens),
+            cost_micros,
         };
-        let admission = self.door.admit(principal, charge).await?;
+        let admission = self.door.admit_call(principal, charge).await?;
         Ok(Call {
             inference: self.clone(),
             request: ChatRequest {
@@ -136,7 +147,8 @@ impl Call {
                 Ok((answer, admission))
             }
             Err(failure) => {
-                settle_behind(&inference, &admission, Charge::default()).await;
+                let record = inference.record(&model, &admission, 0, 0, 0, false);
+                settle_behind(&inference, &admission, Charge::default(), record).await;
                 Err(failure.into_api_error(crate::observe::request_id().as_deref()))
             }
         }
@@ -165,10 +177,35 @@ impl Call {
                 content: String::new(),
             }),
             Err(failure) => {
-                settle_behind(&inference, &admission, Charge::default()).await;
+                let record = inference.record(&model, &admission, 0, 0, 0, false);
+                settle_behind(&inference, &admission, Charge::default(), record).await;
                 Err(failure.into_api_error(crate::observe::request_id().as_deref()))
             }
         }
+    }
+}
+
+impl Inference {
+    /// What the ledger and the budget record of a settled call of `model`.
+    fn record(
+        &self,
+        model: &Model,
+        admission: &Admission,
+        prompt: u64,
+        completion: u64,
+        cached: u64,
+        ok: bool,
+    ) -> SpendRecord {
+        self.door.spend_settings().record(
+            &model.id,
+            model.provider.name(),
+            &model.prices,
+            prompt,
+            completion,
+            cached,
+            ok,
+            admission.budget.as_deref().cloned(),
+        )
     }
 }
 
@@ -183,11 +220,16 @@ impl Call {
 /// or at once on another worker) before the reply is even formed, so the script is on its way
 /// to the store while another replica's admission can only follow the caller's reading of the
 /// reply. The store's answer is awaited in a task of its own.
-async fn settle_behind(inference: &Arc<Inference>, admission: &Admission, used: Charge) {
+async fn settle_behind(
+    inference: &Arc<Inference>,
+    admission: &Admission,
+    used: Charge,
+    record: SpendRecord,
+) {
     let inference = inference.clone();
     let admission = admission.clone();
     let mut settling = Box::pin(tokio::task::unconstrained(async move {
-        inference.door.settle(&admission, used).await;
+        inference.door.settle(&admission, used, Some(&record)).await;
     }));
     if futures::poll!(settling.as_mut()).is_pending() {
         tokio::spawn(settling);
@@ -205,8 +247,18 @@ async fn settle(
     let used = Charge {
         tokens: u64::from(completion.prompt_tokens) + u64::from(completion.completion_tokens),
         context: u64::from(completion.prompt_tokens),
+        cost_micros: 0,
     };
-    settle_behind(inference, admission, used).await;
+    // Priced at the answering model's prices, from the usage its provider reported.
+    let record = inference.record(
+        model,
+        admission,
+        u64::from(completion.prompt_tokens),
+        u64::from(completion.completion_tokens),
+        u64::from(completion.cached_tokens),
+        true,
+    );
+    settle_behind(inference, admission, used, record).await;
     metrics::counter!("openclaw_tokens_total", "model" => model.id.clone(), "kind" => "prompt")
         .increment(u64::from(completion.prompt_tokens));
     metrics::counter!("openclaw_tokens_total", "model" => model.id.clone(), "kind" => "completion")
@@ -302,12 +354,23 @@ impl Streamed {
     /// A stream that broke after its first chunk: settled with what was
     /// sent and received so far, and never retried.
     async fn abandon(self, error: crate::providers::ProviderError) -> ApiError {
-        let used = u64::from(self.prompt_tokens) + u64::from(tokenizer::count_text(&self.content));
+        let completion = u64::from(tokenizer::count_text(&self.content));
+        let used = u64::from(self.prompt_tokens) + completion;
         let charge = Charge {
             tokens: used,
             context: u64::from(self.prompt_tokens),
+            cost_micros: 0,
         };
-        settle_behind(&self.inference, &self.admission, charge).await;
+        // No usage was reported: the prompt sent and the text received are counted.
+        let record = self.inference.record(
+            &self.model,
+            &self.admission,
+            u64::from(self.prompt_tokens),
+            completion,
+            0,
+            false,
+        );
+        settle_behind(&self.inference, &self.admission, charge, record).await;
         error.into_api_error(
             self.model.provider.name(),
             &self.model.id,

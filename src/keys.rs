@@ -44,6 +44,23 @@ impl Keys {
         convert::api_key(key, &self.door.default_quotas())
     }
 
+    /// [`Self::shown`], with the spend of its budget's current period (one read of the limits
+    /// store per key with a budget).
+    async fn shown_with_spend(&self, key: &KeyRecord) -> ApiResult<proto::ApiKey> {
+        let mut shown = self.shown(key);
+        if let Some(budget) = &key.budget {
+            let window = budget.at(self.door.spend_settings().clock.now());
+            let spent = self.door.limits().period_spend(&key.id, &window).await?;
+            shown.budget_spend = Some(proto::BudgetSpend {
+                spent_micros: spent,
+                limit_micros: window.limit_micros,
+                period_start: Some(convert::timestamp(window.period.start)),
+                resets_at: Some(convert::timestamp(window.resets_at)),
+            });
+        }
+        Ok(shown)
+    }
+
     async fn existing(&self, id: &str) -> ApiResult<KeyRecord> {
         self.store
             .key_by_id(id)
@@ -184,7 +201,13 @@ impl KeyService for Keys {
         let scopes = validate_scopes(&body.scopes)?;
         let limits = merge_limits(&KeyLimits::default(), body.limits.as_ref())?;
         let quotas = merge_quotas(&KeyQuotas::default(), body.quotas.as_ref())?;
-        let generated = generate_key(name, scopes, limits, quotas);
+        let budget = body
+            .budget
+            .as_ref()
+            .map(crate::spend::parse_budget)
+            .transpose()?;
+        let mut generated = generate_key(name, scopes, limits, quotas);
+        generated.record.budget = budget;
         self.store
             .insert_key(&generated.record)
             .await
@@ -202,9 +225,10 @@ impl KeyService for Keys {
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
         self.admin(&request).await?;
         let keys = self.store.list_keys().await.map_err(ApiError::from)?;
-        Ok(Response::new(proto::ListKeysResponse {
-            keys: keys.iter().map(|key| self.shown(key)).collect(),
-        }))
+        let shown =
+            futures::future::try_join_all(keys.iter().map(|key| self.shown_with_spend(key)))
+                .await?;
+        Ok(Response::new(proto::ListKeysResponse { keys: shown }))
     }
 
     async fn get_key(
@@ -213,7 +237,7 @@ impl KeyService for Keys {
     ) -> Result<Response<proto::ApiKey>, Status> {
         self.admin(&request).await?;
         let key = self.existing(&request.get_ref().id).await?;
-        Ok(Response::new(self.shown(&key)))
+        Ok(Response::new(self.shown_with_spend(&key).await?))
     }
 
     async fn update_key(
@@ -228,13 +252,26 @@ impl KeyService for Keys {
         }
         key.limits = merge_limits(&key.limits, body.limits.as_ref())?;
         key.quotas = merge_quotas(&key.quotas, body.quotas.as_ref())?;
+        match (&body.budget, body.remove_budget) {
+            (Some(_), true) => {
+                return Err(ApiError::invalid_field(
+                    "budget",
+                    "Conflicting budget change",
+                    "Send either a new 'budget' or 'removeBudget', not both",
+                )
+                .into());
+            }
+            (Some(budget), false) => key.budget = Some(crate::spend::parse_budget(budget)?),
+            (None, true) => key.budget = None,
+            (None, false) => {}
+        }
         if !self.store.update_key(&key).await.map_err(ApiError::from)? {
             return Err(ApiError::not_found("Key", &body.id).into());
         }
         self.door.auth().forget(&key.secret_hash);
         // Re-read: a revocation racing this update is kept by the store.
         let key = self.existing(&body.id).await?;
-        Ok(Response::new(self.shown(&key)))
+        Ok(Response::new(self.shown_with_spend(&key).await?))
     }
 
     async fn revoke_key(

@@ -22,6 +22,7 @@ mod providers;
 mod quotas;
 mod server;
 mod sessions;
+pub mod spend;
 pub mod store;
 mod streaming;
 mod system;

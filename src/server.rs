@@ -183,8 +183,15 @@ pub(crate) async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
             },
             stream_caps: config.stream_caps,
             quotas: crate::quotas::Quotas::defaults(config),
+            spend: crate::spend::SpendSettings {
+                clock: crate::spend::SpendClock::with_offset(config.spend_clock_offset_seconds),
+                ledger_retention: std::time::Duration::from_secs(
+                    config.usage_retention_days * 24 * 3600,
+                ),
+            },
         },
     ));
+    door.set_events(schedules.events.clone());
     config.storage.validate()?;
     door.set_pressure(match (store.storage_ledger(), &schedules.redis) {
         (Some(ledger), Some(conn)) => StoragePressure::start(config.storage, conn.clone(), ledger),

@@ -23,6 +23,7 @@ const QUOTA: Quota = Quota {
 const FREE: Charge = Charge {
     tokens: 0,
     context: 0,
+    cost_micros: 0,
 };
 
 struct Backend {
@@ -73,6 +74,9 @@ fn admitted(decision: Decision) -> openclaw_gateway::limits::Usage {
         Decision::Denied { usage, retry_ms } => {
             panic!("denied (usage {usage:?}, retry in {retry_ms} ms) where admission was due")
         }
+        Decision::OverBudget { spent_micros, .. } => {
+            panic!("refused over budget (spent {spent_micros} µ$) where admission was due")
+        }
     }
 }
 
@@ -101,6 +105,7 @@ async fn tokens_come_back_when_entries_leave(backend: Backend) {
     let charge = Charge {
         tokens: 600,
         context: 300,
+        cost_micros: 0,
     };
     admitted(admit(&backend, &key, charge).await);
     admitted(admit(&backend, &key, FREE).await);
@@ -127,6 +132,7 @@ async fn settled_amounts_are_what_leaves(backend: Backend) {
     let charge = Charge {
         tokens: 900,
         context: 400,
+        cost_micros: 0,
     };
     admitted(
         backend

@@ -411,7 +411,11 @@ fn figure() -> impl Strategy<Value = u64> {
 }
 
 fn charge() -> impl Strategy<Value = Charge> {
-    (figure(), figure()).prop_map(|(tokens, context)| Charge { tokens, context })
+    (figure(), figure()).prop_map(|(tokens, context)| Charge {
+        tokens,
+        context,
+        cost_micros: 0,
+    })
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -455,6 +459,9 @@ proptest! {
                             }
                             Decision::Denied { retry_ms, .. } => {
                                 assert!(retry_ms <= 3_600_000, "retry after {retry_ms} ms");
+                            }
+                            Decision::OverBudget { .. } => {
+                                panic!("refused over a budget it was not given")
                             }
                         }
                     }
@@ -505,10 +512,12 @@ async fn a_huge_charge_is_refused_not_overflowed() {
     let small = Charge {
         tokens: 1,
         context: 1,
+        cost_micros: 0,
     };
     let huge = Charge {
         tokens: u64::MAX,
         context: u64::MAX,
+        cost_micros: 0,
     };
     let first = limits.admit("key", quota, small, "r0").await.unwrap();
     assert!(matches!(first, Decision::Admitted(_)));

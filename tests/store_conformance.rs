@@ -48,6 +48,7 @@ fn key(created_at: DateTime<Utc>) -> KeyRecord {
         scopes: vec!["chat".into(), "sessions".into()],
         limits: KeyLimits::default(),
         quotas: Default::default(),
+        budget: None,
         created_at,
         last_used_at: None,
         revoked_at: None,

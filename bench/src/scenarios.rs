@@ -623,6 +623,7 @@ pub(crate) fn caller(
                             Charge {
                                 tokens: 120,
                                 context: 20,
+                                cost_micros: 0,
                             },
                             &reservation,
                         )

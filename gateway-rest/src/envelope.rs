@@ -39,7 +39,8 @@ pub(crate) struct ErrorEnvelope {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ErrorObject {
     /// One of UNAUTHORIZED, INVALID_REQUEST, NOT_FOUND, RATE_LIMIT_EXCEEDED, INTERNAL_ERROR,
-    /// FORBIDDEN, CONFLICT, UPSTREAM_ERROR, UNAVAILABLE, UPSTREAM_TIMEOUT, QUOTA_EXCEEDED.
+    /// FORBIDDEN, CONFLICT, UPSTREAM_ERROR, UNAVAILABLE, UPSTREAM_TIMEOUT, QUOTA_EXCEEDED,
+    /// BUDGET_EXCEEDED.
     #[schema(example = "INVALID_REQUEST")]
     pub(crate) code: String,
     #[schema(example = "Missing required field")]
@@ -55,6 +56,14 @@ pub(crate) struct ErrorObject {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub(crate) quota: Option<crate::error::QuotaBreach>,
+    /// When the spend budget resets (RFC 3339); only with BUDGET_EXCEEDED.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "2026-12-08T00:00:00Z")]
+    pub(crate) resets_at: Option<String>,
+    /// The budget a BUDGET_EXCEEDED error is about; only with that code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) budget: Option<crate::error::BudgetBreach>,
 }
 
 impl From<&ApiError> for ErrorEnvelope {
@@ -67,6 +76,8 @@ impl From<&ApiError> for ErrorEnvelope {
                 details: error.details.clone(),
                 retry_after: error.rendered_retry_after(),
                 quota: error.quota.as_deref().cloned(),
+                resets_at: error.budget.as_ref().map(|b| b.resets_at.clone()),
+                budget: error.budget.as_deref().cloned(),
             },
             timestamp: timestamp::now(),
         }

@@ -41,6 +41,8 @@ pub(crate) struct ApiError {
     /// The quota a `QUOTA_EXCEEDED` error is about: its name, value and the usage. Boxed like
     /// the headers: rare, and the error travels in every handler's `Result`.
     pub(crate) quota: Option<Box<QuotaBreach>>,
+    /// The budget a `BUDGET_EXCEEDED` error is about. Boxed like the quota.
+    pub(crate) budget: Option<Box<BudgetBreach>>,
     /// Set where the contract refines a code's status (413, 415, 405 for `INVALID_REQUEST`).
     status_override: Option<StatusCode>,
     /// Headers the core asked to pass on (rate-limit state, `Retry-After`). Boxed: most errors
@@ -63,6 +65,34 @@ pub(crate) struct QuotaBreach {
     pub(crate) used: u64,
 }
 
+/// What a `BUDGET_EXCEEDED` error names: whose budget, its limit, the spend and when it
+/// resets; rendered as `error.budget` (and `error.resetsAt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct BudgetBreach {
+    /// `key` (this API key's budget) or `gateway` (the operators' budget for every key).
+    #[schema(example = "key")]
+    pub(crate) scope: String,
+    /// Micro-dollars (US$0.000001) per period.
+    #[schema(example = 5000000)]
+    pub(crate) limit_micros: u64,
+    /// Settled spend in the period so far, in micro-dollars.
+    #[schema(example = 4999000)]
+    pub(crate) spent_micros: u64,
+    /// Reserved for this key's calls still in flight, in micro-dollars.
+    #[schema(example = 0)]
+    pub(crate) reserved_micros: u64,
+    /// The most the refused call could have cost, in micro-dollars.
+    #[schema(example = 2400)]
+    pub(crate) cost_micros: u64,
+    /// `day`, `week` or `month`.
+    #[schema(example = "day")]
+    pub(crate) period: String,
+    /// When the period ends and the budget is whole again (RFC 3339).
+    #[schema(example = "2026-12-08T00:00:00Z")]
+    pub(crate) resets_at: String,
+}
+
 /// The HTTP status of each code. The proto's `ErrorCode` comment holds the same table.
 pub(crate) fn http_status(code: ErrorCode) -> StatusCode {
     match code {
@@ -72,6 +102,7 @@ pub(crate) fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::RateLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::InternalError | ErrorCode::Unspecified => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::Forbidden | ErrorCode::QuotaExceeded => StatusCode::FORBIDDEN,
+        ErrorCode::BudgetExceeded => StatusCode::PAYMENT_REQUIRED,
         ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::UpstreamError => StatusCode::BAD_GATEWAY,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -101,6 +132,7 @@ impl ApiError {
             field: None,
             field_reason: None,
             quota: None,
+            budget: None,
             status_override: None,
             headers: None,
         }
@@ -288,6 +320,21 @@ impl From<tonic::Status> for ApiError {
                 }))
             });
         }
+        if error.code == ErrorCode::BudgetExceeded {
+            error.budget = details.error_info().and_then(|info| {
+                let text = |name: &str| info.metadata.get(name).cloned();
+                let number = |name: &str| info.metadata.get(name)?.parse().ok();
+                Some(Box::new(BudgetBreach {
+                    scope: text("scope")?,
+                    limit_micros: number("limitMicros")?,
+                    spent_micros: number("spentMicros")?,
+                    reserved_micros: number("reservedMicros")?,
+                    cost_micros: number("costMicros")?,
+                    period: text("period")?,
+                    resets_at: text("resetsAt")?,
+                }))
+            });
+        }
         if error.code == ErrorCode::RateLimitExceeded {
             error.retry_after = details
                 .retry_info()
@@ -360,6 +407,7 @@ fn default_message(code: ErrorCode) -> &'static str {
         ErrorCode::Forbidden => "Forbidden",
         ErrorCode::Conflict => "Conflict",
         ErrorCode::QuotaExceeded => "Quota exceeded",
+        ErrorCode::BudgetExceeded => "Budget exceeded",
         ErrorCode::UpstreamError => "The model provider failed",
         ErrorCode::Unavailable => "Service unavailable",
         ErrorCode::UpstreamTimeout => "The request timed out",
@@ -380,6 +428,9 @@ fn default_details(code: ErrorCode) -> &'static str {
         ErrorCode::QuotaExceeded => {
             "Delete what this API key no longer needs, or ask an administrator for a higher quota"
         }
+        ErrorCode::BudgetExceeded => {
+            "Wait for the budget period to reset, or ask an administrator for a higher budget"
+        }
         ErrorCode::UpstreamError => "Retry later, or choose another model",
         ErrorCode::Unavailable => "Retry shortly",
         ErrorCode::UpstreamTimeout => {
@@ -397,7 +448,7 @@ mod tests {
 
     use super::*;
 
-    const ALL_CODES: [(ErrorCode, u16); 11] = [
+    const ALL_CODES: [(ErrorCode, u16); 12] = [
         (ErrorCode::Unauthorized, 401),
         (ErrorCode::InvalidRequest, 400),
         (ErrorCode::NotFound, 404),
@@ -409,6 +460,7 @@ mod tests {
         (ErrorCode::Unavailable, 503),
         (ErrorCode::UpstreamTimeout, 504),
         (ErrorCode::QuotaExceeded, 403),
+        (ErrorCode::BudgetExceeded, 402),
     ];
 
     async fn render(error: ApiError) -> (StatusCode, HeaderMap, Value) {

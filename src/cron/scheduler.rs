@@ -138,10 +138,12 @@ enum Failure {
     OwnerGone(String),
 }
 
-/// A refusal of the owner's call: over a limit or a quota is a skip, anything else an error.
+/// A refusal of the owner's call: over a limit, a quota or a budget is a skip, anything else an
+/// error.
 fn refusal(code: &str, described: String) -> Failure {
     if code == ErrorCode::RateLimitExceeded.as_str_name()
         || code == ErrorCode::QuotaExceeded.as_str_name()
+        || code == ErrorCode::BudgetExceeded.as_str_name()
     {
         Failure::Refused(format!(
             "skipped: the owner's call was refused ({described}); the job runs again at its next due time"

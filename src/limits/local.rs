@@ -3,12 +3,13 @@
 //! Redis deployment. Same algorithm and answers as the Redis script.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::{CapKind, Charge, Decision, LeaseDecision, LimitBackend, Quota, Usage, WINDOW};
+use crate::spend::{BudgetWindow, Settled, SpendJournal, SpendRecord, UsageRow};
 use crate::store::StoreError;
 
 struct Entry {
@@ -24,6 +25,8 @@ struct Log {
     entries: VecDeque<Entry>,
     tokens: u128,
     context: u128,
+    /// The cost the live entries reserve against the key's budget (micro-dollars).
+    reserved: u128,
 }
 
 impl Log {
@@ -36,6 +39,9 @@ impl Log {
             self.context = self
                 .context
                 .saturating_sub(u128::from(front.charge.context));
+            self.reserved = self
+                .reserved
+                .saturating_sub(u128::from(front.charge.cost_micros));
             self.entries.pop_front();
         }
     }
@@ -86,6 +92,25 @@ pub struct LocalLimits {
     failures: Mutex<HashMap<String, (u64, u64)>>,
     /// Open streams' leases per key and cap: lease id → expiry (ms since `started`).
     leases: Mutex<HashMap<(String, CapKind), HashMap<String, u64>>>,
+    /// Settled spend per key and budget period, with the thresholds already crossed.
+    spend: Mutex<HashMap<(String, String), PeriodSpend>>,
+    /// The usage ledger per key and day, when no journal keeps it.
+    ledger: Mutex<HashMap<(String, String), LedgerDay>>,
+    /// Where spend and the ledger outlive the process (the embedded store), if anywhere.
+    journal: Option<Arc<dyn SpendJournal>>,
+}
+
+/// A key's spend in one budget period.
+#[derive(Debug, Clone, Default)]
+struct PeriodSpend {
+    spent: u64,
+    crossed: Vec<u32>,
+    keep_until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+struct LedgerDay {
+    rows: Vec<UsageRow>,
+    keep_until: chrono::DateTime<chrono::Utc>,
 }
 
 impl Default for LocalLimits {
@@ -102,7 +127,43 @@ impl LocalLimits {
             logs: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
+            spend: Mutex::new(HashMap::new()),
+            ledger: Mutex::new(HashMap::new()),
+            journal: None,
         }
+    }
+
+    /// Keeps spend and the usage ledger in `journal` too, so they outlive the process.
+    pub fn with_journal(mut self, journal: Arc<dyn SpendJournal>) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// The key's spend in a period: from memory, else from the journal (once).
+    fn period<'a>(
+        &self,
+        spend: &'a mut HashMap<(String, String), PeriodSpend>,
+        key: &str,
+        period: &str,
+    ) -> Result<&'a mut PeriodSpend, StoreError> {
+        let slot = (key.to_string(), period.to_string());
+        if !spend.contains_key(&slot) {
+            let loaded = match &self.journal {
+                Some(journal) => journal
+                    .load_period(key, period)?
+                    .map(|(spent, crossed)| PeriodSpend {
+                        spent,
+                        crossed,
+                        keep_until: None,
+                    })
+                    .unwrap_or_default(),
+                None => PeriodSpend::default(),
+            };
+            let now = chrono::Utc::now();
+            spend.retain(|_, p| p.keep_until.is_none_or(|until| until > now));
+            spend.insert(slot.clone(), loaded);
+        }
+        Ok(spend.get_mut(&slot).expect("inserted above"))
     }
 
     fn now_ms(&self) -> u64 {
@@ -120,17 +181,34 @@ impl LocalLimits {
 
 #[async_trait]
 impl LimitBackend for LocalLimits {
-    async fn admit(
+    async fn admit_spending(
         &self,
         key: &str,
         quota: Quota,
-        charge: Charge,
+        mut charge: Charge,
         reservation: &str,
+        budget: Option<&BudgetWindow>,
     ) -> Result<Decision, StoreError> {
         let (now, window) = (self.now_ms(), self.window_ms());
         let mut logs = self.logs.lock().map_err(|_| Self::poisoned())?;
         let log = logs.entry(key.to_string()).or_default();
         log.evict(now, window);
+        match budget {
+            None => charge.cost_micros = 0,
+            Some(budget) => {
+                let mut spend = self.spend.lock().map_err(|_| Self::poisoned())?;
+                let spent = self.period(&mut spend, key, &budget.id)?.spent;
+                let reserved = u64::try_from(log.reserved).unwrap_or(u64::MAX);
+                if u128::from(spent) + log.reserved + u128::from(charge.cost_micros)
+                    > u128::from(budget.limit_micros)
+                {
+                    return Ok(Decision::OverBudget {
+                        spent_micros: spent,
+                        reserved_micros: reserved,
+                    });
+                }
+            }
+        }
         if !log.fits(quota, charge, (0, 0, 0)) {
             return Ok(Decision::Denied {
                 usage: log.usage(now, window),
@@ -144,19 +222,108 @@ impl LimitBackend for LocalLimits {
         });
         log.tokens += u128::from(charge.tokens);
         log.context += u128::from(charge.context);
+        log.reserved += u128::from(charge.cost_micros);
         Ok(Decision::Admitted(log.usage(now, window)))
     }
 
-    async fn settle(&self, key: &str, reservation: &str, used: Charge) -> Result<(), StoreError> {
-        let mut logs = self.logs.lock().map_err(|_| Self::poisoned())?;
-        if let Some(log) = logs.get_mut(key)
-            && let Some(entry) = log.entries.iter_mut().rev().find(|e| e.id == reservation)
+    async fn settle_spending(
+        &self,
+        key: &str,
+        reservation: &str,
+        used: Charge,
+        record: Option<&SpendRecord>,
+    ) -> Result<Settled, StoreError> {
         {
-            log.tokens = log.tokens - u128::from(entry.charge.tokens) + u128::from(used.tokens);
-            log.context = log.context - u128::from(entry.charge.context) + u128::from(used.context);
-            entry.charge = used;
+            let mut logs = self.logs.lock().map_err(|_| Self::poisoned())?;
+            if let Some(log) = logs.get_mut(key)
+                && let Some(entry) = log.entries.iter_mut().rev().find(|e| e.id == reservation)
+            {
+                log.tokens = log.tokens - u128::from(entry.charge.tokens) + u128::from(used.tokens);
+                log.context =
+                    log.context - u128::from(entry.charge.context) + u128::from(used.context);
+                log.reserved -= u128::from(entry.charge.cost_micros);
+                entry.charge = Charge {
+                    cost_micros: 0,
+                    ..used
+                };
+            }
         }
-        Ok(())
+        let Some(record) = record else {
+            return Ok(Settled::default());
+        };
+        let mut settled = Settled::default();
+        if let Some(budget) = &record.budget {
+            let mut spend = self.spend.lock().map_err(|_| Self::poisoned())?;
+            let period = self.period(&mut spend, key, &budget.id)?;
+            period.spent = period.spent.saturating_add(record.cost_micros);
+            period.keep_until = Some(budget.keep_until);
+            settled.spent_micros = period.spent;
+            if period.spent > 0 {
+                for p in budget.thresholds_permille.iter().copied().chain([1000]) {
+                    if u128::from(period.spent) * 1000
+                        >= u128::from(p) * u128::from(budget.limit_micros)
+                        && !period.crossed.contains(&p)
+                    {
+                        period.crossed.push(p);
+                        settled.crossed_permille.push(p);
+                    }
+                }
+            }
+        }
+        match &self.journal {
+            Some(journal) => journal.record(key, record, &settled)?,
+            None => {
+                let mut ledger = self.ledger.lock().map_err(|_| Self::poisoned())?;
+                let now = chrono::Utc::now();
+                ledger.retain(|_, day| day.keep_until > now);
+                let day = ledger
+                    .entry((key.to_string(), record.day.clone()))
+                    .or_insert_with(|| LedgerDay {
+                        rows: Vec::new(),
+                        keep_until: record.keep_until,
+                    });
+                let index = match day
+                    .rows
+                    .iter()
+                    .position(|r| r.model == record.model && r.provider == record.provider)
+                {
+                    Some(i) => i,
+                    None => {
+                        day.rows.push(UsageRow {
+                            key_id: key.to_string(),
+                            day: record.day.clone(),
+                            model: record.model.clone(),
+                            provider: record.provider.clone(),
+                            ..UsageRow::default()
+                        });
+                        day.rows.len() - 1
+                    }
+                };
+                day.rows[index].add(record);
+            }
+        }
+        Ok(settled)
+    }
+
+    async fn period_spend(&self, key: &str, budget: &BudgetWindow) -> Result<u64, StoreError> {
+        let mut spend = self.spend.lock().map_err(|_| Self::poisoned())?;
+        Ok(self.period(&mut spend, key, &budget.id)?.spent)
+    }
+
+    async fn usage(&self, key: &str, days: &[String]) -> Result<Vec<UsageRow>, StoreError> {
+        if let Some(journal) = &self.journal {
+            return journal.usage(key, days);
+        }
+        let ledger = self.ledger.lock().map_err(|_| Self::poisoned())?;
+        let mut rows = Vec::new();
+        for day in days {
+            if let Some(found) = ledger.get(&(key.to_string(), day.clone())) {
+                let mut found = found.rows.clone();
+                found.sort_by(|a, b| a.model.cmp(&b.model).then(a.provider.cmp(&b.provider)));
+                rows.extend(found);
+            }
+        }
+        Ok(rows)
     }
 
     async fn record_auth_failure(&self, client: &str, window: Duration) -> Result<u64, StoreError> {
@@ -275,6 +442,7 @@ mod tests {
         let big = Charge {
             tokens: 80,
             context: 40,
+            cost_micros: 0,
         };
         assert!(matches!(
             limits.admit("k", QUOTA, big, "a").await.unwrap(),
@@ -298,6 +466,7 @@ mod tests {
                 Charge {
                     tokens: 100,
                     context: 50,
+                    cost_micros: 0,
                 },
             )
             .await
@@ -309,7 +478,8 @@ mod tests {
                     QUOTA,
                     Charge {
                         tokens: 1,
-                        context: 0
+                        context: 0,
+                        cost_micros: 0,
                     },
                     "d"
                 )

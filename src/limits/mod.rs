@@ -41,7 +41,8 @@ pub use self::leases::{
 pub use self::local::LocalLimits;
 pub use self::redis::RedisLimits;
 
-use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::error::{ApiError, ApiResult, BudgetBreach, ErrorCode};
+use crate::spend::{BudgetWindow, Settled, SpendRecord, UsageRow};
 use crate::store::StoreError;
 
 /// How long an admitted request counts against its key.
@@ -60,6 +61,10 @@ pub struct Quota {
 pub struct Charge {
     pub tokens: u64,
     pub context: u64,
+    /// The most the call can cost, in micro-dollars, reserved against the key's budget while
+    /// it runs (0 for keys without a budget and for free models); settled to 0, since the
+    /// settled cost is then part of the period's spend.
+    pub cost_micros: u64,
 }
 
 /// A key's use of its quota in the current window.
@@ -78,6 +83,12 @@ pub enum Decision {
     Admitted(Usage),
     /// Over a limit; retry after `retry_ms`.
     Denied { usage: Usage, retry_ms: u64 },
+    /// Over the key's budget for the period: `spent_micros` settled, `reserved_micros` held
+    /// by calls in flight. Nothing was logged.
+    OverBudget {
+        spent_micros: u64,
+        reserved_micros: u64,
+    },
 }
 
 /// A place that keeps the logs: Redis (shared) or this process's memory.
@@ -90,9 +101,40 @@ pub trait LimitBackend: Send + Sync + 'static {
         quota: Quota,
         charge: Charge,
         reservation: &str,
+    ) -> Result<Decision, StoreError> {
+        self.admit_spending(key, quota, charge, reservation, None)
+            .await
+    }
+    /// [`Self::admit`], refusing too (in the same decision) when the key's settled spend in
+    /// `budget`'s period, the cost reserved by its calls in flight and `charge.cost_micros`
+    /// together would pass the budget's limit.
+    async fn admit_spending(
+        &self,
+        key: &str,
+        quota: Quota,
+        charge: Charge,
+        reservation: &str,
+        budget: Option<&BudgetWindow>,
     ) -> Result<Decision, StoreError>;
     /// Replaces a reservation's amounts with what was really used.
-    async fn settle(&self, key: &str, reservation: &str, used: Charge) -> Result<(), StoreError>;
+    async fn settle(&self, key: &str, reservation: &str, used: Charge) -> Result<(), StoreError> {
+        self.settle_spending(key, reservation, used, None)
+            .await
+            .map(|_| ())
+    }
+    /// [`Self::settle`], and (in the same step) records the call in the usage ledger and its
+    /// cost against the key's budget period, answering the thresholds it crossed first.
+    async fn settle_spending(
+        &self,
+        key: &str,
+        reservation: &str,
+        used: Charge,
+        record: Option<&SpendRecord>,
+    ) -> Result<Settled, StoreError>;
+    /// The key's settled spend in `budget`'s period, in micro-dollars.
+    async fn period_spend(&self, key: &str, budget: &BudgetWindow) -> Result<u64, StoreError>;
+    /// The key's ledger rows for each of `days` (UTC, `2026-12-07`): one per model and day.
+    async fn usage(&self, key: &str, days: &[String]) -> Result<Vec<UsageRow>, StoreError>;
     /// Counts a failed authentication from `client`; returns its failures in the window so far.
     async fn record_auth_failure(&self, client: &str, window: Duration) -> Result<u64, StoreError>;
     /// Atomically takes the lease `lease` on `key`'s `kind` cap, living `ttl`, if fewer than
@@ -138,6 +180,8 @@ pub(crate) struct Admission {
     pub usage: Usage,
     /// True when the local fallback decided (Redis was unreachable).
     pub local: bool,
+    /// The budget period the call was admitted against, if its key has a budget.
+    pub budget: Option<Box<BudgetWindow>>,
 }
 
 impl Admission {
@@ -149,6 +193,7 @@ impl Admission {
             quota: None,
             usage: Usage::default(),
             local: false,
+            budget: None,
         }
     }
 
@@ -183,6 +228,21 @@ fn rate_headers(quota: Quota, usage: Usage) -> Vec<(&'static str, String)> {
         ),
         ("x-ratelimit-reset-context", reset),
     ]
+}
+
+/// The ledger's name for calls made with the internal token, which belong to no key.
+pub const INTERNAL_LEDGER_KEY: &str = "internal";
+
+/// A backend refuses on a budget only when given one.
+fn unreachable_budget() -> BudgetWindow {
+    tracing::error!("a limits backend refused a call over a budget it was not given");
+    crate::spend::KeyBudget {
+        limit_micros: 0,
+        period: crate::spend::PeriodKind::Day,
+        time_zone: "UTC".into(),
+        thresholds_permille: Vec::new(),
+    }
+    .at(chrono::Utc::now())
 }
 
 /// Failed authentications allowed per client address per window before it is refused.
@@ -271,8 +331,15 @@ impl RateLimiter {
         }
     }
 
-    /// Admits a request of `key` costing `charge`, or answers why not.
-    pub async fn admit(&self, key: &str, quota: Quota, charge: Charge) -> ApiResult<Admission> {
+    /// Admits a request of `key` costing `charge`, or answers why not: over a rate limit, or
+    /// (when `budget` is given) over the key's budget for the period.
+    pub async fn admit(
+        &self,
+        key: &str,
+        quota: Quota,
+        charge: Charge,
+        budget: Option<BudgetWindow>,
+    ) -> ApiResult<Admission> {
         if charge.tokens > quota.tokens || charge.context > quota.context {
             return Err(ApiError::invalid(
                 "Request exceeds the token limit",
@@ -285,7 +352,10 @@ impl RateLimiter {
         let reservation = uuid::Uuid::new_v4().simple().to_string();
         let started = std::time::Instant::now();
         let outcome = self
-            .bounded(self.backend.admit(key, quota, charge, &reservation))
+            .bounded(
+                self.backend
+                    .admit_spending(key, quota, charge, &reservation, budget.as_ref()),
+            )
             .await;
         metrics::histogram!("openclaw_rate_limit_decision_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -304,7 +374,10 @@ impl RateLimiter {
                             tokens: (quota.tokens / self.share).max(charge.tokens),
                             context: (quota.context / self.share).max(charge.context),
                         };
-                        (local.admit(key, share, charge, &reservation).await?, true)
+                        let decision = local
+                            .admit_spending(key, share, charge, &reservation, budget.as_ref())
+                            .await?;
+                        (decision, true)
                     }
                     None => {
                         return Err(ApiError::unavailable(
@@ -322,7 +395,23 @@ impl RateLimiter {
                 quota: Some(quota),
                 usage,
                 local,
+                budget: budget.map(Box::new),
             }),
+            Decision::OverBudget {
+                spent_micros,
+                reserved_micros,
+            } => {
+                let window = budget.unwrap_or_else(|| unreachable_budget());
+                Err(ApiError::budget_exceeded(BudgetBreach {
+                    scope: "key",
+                    limit_micros: window.limit_micros,
+                    spent_micros,
+                    reserved_micros,
+                    cost_micros: charge.cost_micros,
+                    period: window.period.kind.as_str(),
+                    resets_at: window.resets_at,
+                }))
+            }
             Decision::Denied { usage, retry_ms } => {
                 let resource = if usage.requests + 1 > quota.requests {
                     "requests"
@@ -401,21 +490,53 @@ impl RateLimiter {
         }))
     }
 
-    /// Replaces the admission's reservation with what the model really used.
-    pub async fn settle(&self, admission: &Admission, used: Charge) {
-        let Some(key) = &admission.key else { return };
+    /// Replaces the admission's reservation with what the model really used and, given a
+    /// `record`, records the call in the usage ledger and against the key's budget; answers
+    /// the budget thresholds the call crossed first. A call of the internal token (no key) is
+    /// recorded under [`INTERNAL_LEDGER_KEY`].
+    pub async fn settle(
+        &self,
+        admission: &Admission,
+        used: Charge,
+        record: Option<&SpendRecord>,
+    ) -> Settled {
+        let key = match (&admission.key, record) {
+            (Some(key), _) => key.as_str(),
+            (None, Some(_)) => INTERNAL_LEDGER_KEY,
+            (None, None) => return Settled::default(),
+        };
         let outcome = if admission.local {
             match &self.fallback {
-                Some(local) => local.settle(key, &admission.reservation, used).await,
-                None => Ok(()),
+                Some(local) => {
+                    local
+                        .settle_spending(key, &admission.reservation, used, record)
+                        .await
+                }
+                None => Ok(Settled::default()),
             }
         } else {
-            self.bounded(self.backend.settle(key, &admission.reservation, used))
-                .await
+            self.bounded(
+                self.backend
+                    .settle_spending(key, &admission.reservation, used, record),
+            )
+            .await
         };
-        if let Err(err) = outcome {
-            tracing::warn!(error = %err, "could not settle a token reservation; it expires with the window");
-        }
+        outcome.unwrap_or_else(|err| {
+            tracing::warn!(error = %err, key, "could not settle a model call: its token reservation expires with the window, and the call is missing from the usage ledger");
+            metrics::counter!("openclaw_store_errors_total", "op" => "settle").increment(1);
+            Settled::default()
+        })
+    }
+
+    /// The key's settled spend in `budget`'s period.
+    pub async fn period_spend(&self, key: &str, budget: &BudgetWindow) -> ApiResult<u64> {
+        Ok(self.bounded(self.backend.period_spend(key, budget)).await?)
+    }
+
+    /// The key's usage ledger for `days`.
+    #[allow(dead_code)] // read by the usage API
+    pub async fn ledger(&self, key: &str, days: &[String]) -> ApiResult<Vec<UsageRow>> {
+        Ok(self.backend.usage(key, days).await?)
     }
 
     /// The key's use of its quota in the current window, without counting a request: an
@@ -440,6 +561,7 @@ impl RateLimiter {
         };
         Ok(match decision {
             Decision::Admitted(usage) | Decision::Denied { usage, .. } => usage,
+            Decision::OverBudget { .. } => Usage::default(),
         })
     }
 

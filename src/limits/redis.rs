@@ -3,8 +3,13 @@
 //! the hash tag `{rl:<key>}`, so the script also runs on Redis Cluster.
 //!
 //! - `oc:rl:{<key>}:log`  zset: reservation id → admission time (ms, Redis clock)
-//! - `oc:rl:{<key>}:amt`  hash: reservation id → "tokens,context"
-//! - `oc:rl:{<key>}:sum`  hash: t, c = sums over the live entries
+//! - `oc:rl:{<key>}:amt`  hash: reservation id → "tokens,context[,cost]"
+//! - `oc:rl:{<key>}:sum`  hash: t, c = sums over the live entries; r = the cost (micro-dollars)
+//!   they reserve against the key's budget
+//! - `oc:rl:{<key>}:spend:<period>`  hash: spent = settled cost in the budget period
+//!   (`day:2026-12-07@UTC`), t<permille> = a threshold crossed (see `crate::spend`)
+//! - `oc:rl:{<key>}:usage:<day>`  hash: the usage ledger of one UTC day, `<model>\t<provider>\t<x>`
+//!   with x in n (requests), e (errors), p, c, k (prompt, completion, cached tokens), $ (cost)
 //! - `oc:rl:{<key>}:streams`, `oc:rl:{<key>}:subscriptions`  zset: lease id → expiry (ms,
 //!   Redis clock) of each open stream / event subscription (see `leases.rs`)
 
@@ -15,29 +20,78 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::{CapKind, Charge, Decision, LeaseDecision, LimitBackend, Quota, Usage, WINDOW};
+use crate::spend::{BudgetWindow, Settled, SpendRecord, UsageRow};
 use crate::store::StoreError;
 
+/// A day's ledger hash read back into rows, one per model (fields `<model>\t<provider>\t<x>`).
+fn ledger_rows(key: &str, day: &str, fields: Vec<(String, u64)>) -> Vec<UsageRow> {
+    let mut rows: Vec<UsageRow> = Vec::new();
+    for (field, value) in fields {
+        let mut parts = field.rsplitn(3, '\t');
+        let (Some(figure), Some(provider), Some(model)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let index = match rows
+            .iter()
+            .position(|r| r.model == model && r.provider == provider)
+        {
+            Some(i) => i,
+            None => {
+                rows.push(UsageRow {
+                    key_id: key.to_owned(),
+                    day: day.to_owned(),
+                    model: model.to_owned(),
+                    provider: provider.to_owned(),
+                    ..UsageRow::default()
+                });
+                rows.len() - 1
+            }
+        };
+        let row = &mut rows[index];
+        match figure {
+            "n" => row.requests = value,
+            "e" => row.errors = value,
+            "p" => row.prompt_tokens = value,
+            "c" => row.completion_tokens = value,
+            "k" => row.cached_tokens = value,
+            "$" => row.cost_micros = value,
+            _ => {}
+        }
+    }
+    rows.sort_by(|a, b| a.model.cmp(&b.model).then(a.provider.cmp(&b.provider)));
+    rows
+}
+
 const ADMIT: &str = r#"
-local log, amt, sum = KEYS[1], KEYS[2], KEYS[3]
+local log, amt, sum, spend = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local window = tonumber(ARGV[2])
 local rpm, tpm, cpm = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local want_t, want_c = tonumber(ARGV[6]), tonumber(ARGV[7])
+local want_r = tonumber(ARGV[8])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
+-- "tokens,context" or "tokens,context,reserved cost".
 local function amounts(id)
   local a = redis.call('HGET', amt, id)
-  if not a then return 0, 0 end
-  local sep = string.find(a, ',', 1, true)
-  return tonumber(string.sub(a, 1, sep - 1)), tonumber(string.sub(a, sep + 1))
+  if not a then return 0, 0, 0 end
+  local s1 = string.find(a, ',', 1, true)
+  local s2 = string.find(a, ',', s1 + 1, true)
+  if not s2 then
+    return tonumber(string.sub(a, 1, s1 - 1)), tonumber(string.sub(a, s1 + 1)), 0
+  end
+  return tonumber(string.sub(a, 1, s1 - 1)), tonumber(string.sub(a, s1 + 1, s2 - 1)),
+    tonumber(string.sub(a, s2 + 1))
 end
 
 local expired = redis.call('ZRANGEBYSCORE', log, '-inf', now - window)
 if #expired > 0 then
-  local dt, dc = 0, 0
+  local dt, dc, dr = 0, 0, 0
   for _, id in ipairs(expired) do
-    local t, c = amounts(id)
-    dt, dc = dt + t, dc + c
+    local t, c, r = amounts(id)
+    dt, dc, dr = dt + t, dc + c, dr + r
     redis.call('HDEL', amt, id)
   end
   redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
@@ -45,15 +99,12 @@ if #expired > 0 then
   -- (and zero-cost entries, such as reads, expire in batches of their own).
   redis.call('HINCRBY', sum, 't', 0 - dt)
   redis.call('HINCRBY', sum, 'c', 0 - dc)
+  if dr > 0 then redis.call('HINCRBY', sum, 'r', 0 - dr) end
 end
 
 local count = redis.call('ZCARD', log)
 local used_t = tonumber(redis.call('HGET', sum, 't') or '0')
 local used_c = tonumber(redis.call('HGET', sum, 'c') or '0')
-
-local function fits(fr, ft, fc)
-  return count + 1 - fr <= rpm and used_t + want_t - ft <= tpm and used_c + want_c - fc <= cpm
-end
 
 local function reset_ms()
   local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
@@ -61,9 +112,27 @@ local function reset_ms()
   return tonumber(oldest[2]) + window - now
 end
 
+-- The budget first: a call it refuses is refused whatever the rate limits say.
+if ARGV[9] ~= '' then
+  local spent = tonumber(redis.call('HGET', spend, 'spent') or '0')
+  local reserved = tonumber(redis.call('HGET', sum, 'r') or '0')
+  if spent + reserved + want_r > tonumber(ARGV[9]) then
+    return {2, count, used_t, used_c, reset_ms(), 0, spent, reserved}
+  end
+end
+
+local function fits(fr, ft, fc)
+  return count + 1 - fr <= rpm and used_t + want_t - ft <= tpm and used_c + want_c - fc <= cpm
+end
+
 if fits(0, 0, 0) then
   redis.call('ZADD', log, now, ARGV[1])
-  redis.call('HSET', amt, ARGV[1], want_t .. ',' .. want_c)
+  if want_r > 0 then
+    redis.call('HSET', amt, ARGV[1], want_t .. ',' .. want_c .. ',' .. ARGV[8])
+    redis.call('HINCRBY', sum, 'r', ARGV[8])
+  else
+    redis.call('HSET', amt, ARGV[1], want_t .. ',' .. want_c)
+  end
   redis.call('HINCRBY', sum, 't', want_t)
   redis.call('HINCRBY', sum, 'c', want_c)
   redis.call('PEXPIRE', log, window + 1000)
@@ -83,16 +152,52 @@ end
 return {0, count, used_t, used_c, reset_ms(), wait}
 "#;
 
+/// Settles a reservation and, when the call is to be recorded, adds it to the key's ledger
+/// for its day (`<model>\t<provider>\t<figure>` fields: n requests, e errors, p prompt, c
+/// completion, k cached, $ cost) and its cost to the budget period's `spent`, answering
+/// `{spent, thresholds crossed first...}`.
 const SETTLE: &str = r#"
 local a = redis.call('HGET', KEYS[2], ARGV[1])
-if not a then return 0 end
-local sep = string.find(a, ',', 1, true)
-local t, c = tonumber(string.sub(a, 1, sep - 1)), tonumber(string.sub(a, sep + 1))
-local nt, nc = tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[1], nt .. ',' .. nc)
-redis.call('HINCRBY', KEYS[3], 't', nt - t)
-redis.call('HINCRBY', KEYS[3], 'c', nc - c)
-return 1
+if a then
+  local s1 = string.find(a, ',', 1, true)
+  local s2 = string.find(a, ',', s1 + 1, true)
+  local t, c, r
+  if s2 then
+    t, c, r = tonumber(string.sub(a, 1, s1 - 1)), tonumber(string.sub(a, s1 + 1, s2 - 1)),
+      tonumber(string.sub(a, s2 + 1))
+  else
+    t, c, r = tonumber(string.sub(a, 1, s1 - 1)), tonumber(string.sub(a, s1 + 1)), 0
+  end
+  local nt, nc = tonumber(ARGV[2]), tonumber(ARGV[3])
+  redis.call('HSET', KEYS[2], ARGV[1], nt .. ',' .. nc)
+  redis.call('HINCRBY', KEYS[3], 't', nt - t)
+  redis.call('HINCRBY', KEYS[3], 'c', nc - c)
+  if r > 0 then redis.call('HINCRBY', KEYS[3], 'r', 0 - r) end
+end
+if ARGV[4] == '' then return {0} end
+
+local usage, f = KEYS[5], ARGV[5]
+redis.call('HINCRBY', usage, f .. '\tn', 1)
+if ARGV[10] == '0' then redis.call('HINCRBY', usage, f .. '\te', 1) end
+redis.call('HINCRBY', usage, f .. '\tp', ARGV[6])
+redis.call('HINCRBY', usage, f .. '\tc', ARGV[7])
+if ARGV[8] ~= '0' then redis.call('HINCRBY', usage, f .. '\tk', ARGV[8]) end
+redis.call('HINCRBY', usage, f .. '\t$', ARGV[9])
+redis.call('PEXPIREAT', usage, ARGV[11])
+if ARGV[12] == '' then return {0} end
+
+local spend, limit = KEYS[4], tonumber(ARGV[12])
+local spent = redis.call('HINCRBY', spend, 'spent', ARGV[9])
+redis.call('PEXPIREAT', spend, ARGV[13])
+local out = {spent}
+if spent > 0 then
+  for p in string.gmatch(ARGV[14], '%d+') do
+    if spent * 1000 >= tonumber(p) * limit and redis.call('HSETNX', spend, 't' .. p, 1) == 1 then
+      table.insert(out, tonumber(p))
+    end
+  end
+end
+return out
 "#;
 
 const AUTH_FAILURE: &str = r#"
@@ -162,6 +267,27 @@ fn keys(key: &str) -> [String; 3] {
     ]
 }
 
+/// A key's spend in one budget period (`spent`, and a `t<permille>` flag per threshold
+/// crossed), under the key's hash tag; `-` names the one never written (no budget).
+fn spend_hash(key: &str, budget: Option<&BudgetWindow>) -> String {
+    let period = budget.map_or("-", |b| b.id.as_str());
+    format!("oc:rl:{{{key}}}:spend:{period}")
+}
+
+/// A key's ledger for one UTC day, under the key's hash tag.
+fn usage_hash(key: &str, day: &str) -> String {
+    format!("oc:rl:{{{key}}}:usage:{day}")
+}
+
+/// The ledger field prefix of a model: `<model>\t<provider>`.
+fn usage_field(model: &str, provider: &str) -> String {
+    format!("{model}\t{provider}")
+}
+
+fn unix_ms(at: chrono::DateTime<chrono::Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
 /// A key's leases for one cap, under the key's hash tag like its rate-limit log.
 fn lease_set(key: &str, kind: CapKind) -> String {
     format!("oc:rl:{{{key}}}:{}", kind.suffix())
@@ -169,20 +295,23 @@ fn lease_set(key: &str, kind: CapKind) -> String {
 
 #[async_trait]
 impl LimitBackend for RedisLimits {
-    async fn admit(
+    async fn admit_spending(
         &self,
         key: &str,
         quota: Quota,
         charge: Charge,
         reservation: &str,
+        budget: Option<&BudgetWindow>,
     ) -> Result<Decision, StoreError> {
         let [log, amt, sum] = keys(key);
         let mut conn = self.conn.clone();
+        let limit = budget.map_or(String::new(), |b| b.limit_micros.to_string());
         let reply: Vec<i64> = self
             .admit
             .key(log)
             .key(amt)
             .key(sum)
+            .key(spend_hash(key, budget))
             .arg(reservation)
             .arg(self.window.as_millis() as u64)
             .arg(quota.requests)
@@ -190,6 +319,12 @@ impl LimitBackend for RedisLimits {
             .arg(quota.context)
             .arg(charge.tokens)
             .arg(charge.context)
+            .arg(if budget.is_some() {
+                charge.cost_micros
+            } else {
+                0
+            })
+            .arg(limit)
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
@@ -200,30 +335,106 @@ impl LimitBackend for RedisLimits {
             context: figure(3),
             reset_ms: figure(4),
         };
-        Ok(if figure(0) == 1 {
-            Decision::Admitted(usage)
-        } else {
-            Decision::Denied {
+        Ok(match figure(0) {
+            1 => Decision::Admitted(usage),
+            2 => Decision::OverBudget {
+                spent_micros: figure(6),
+                reserved_micros: figure(7),
+            },
+            _ => Decision::Denied {
                 usage,
                 retry_ms: figure(5),
-            }
+            },
         })
     }
 
-    async fn settle(&self, key: &str, reservation: &str, used: Charge) -> Result<(), StoreError> {
+    async fn settle_spending(
+        &self,
+        key: &str,
+        reservation: &str,
+        used: Charge,
+        record: Option<&SpendRecord>,
+    ) -> Result<Settled, StoreError> {
         let [log, amt, sum] = keys(key);
-        let mut conn = self.conn.clone();
-        self.settle
+        let budget = record.and_then(|r| r.budget.as_ref());
+        let mut script = self.settle.prepare_invoke();
+        script
             .key(log)
             .key(amt)
             .key(sum)
+            .key(spend_hash(key, budget))
+            .key(usage_hash(key, record.map_or("-", |r| r.day.as_str())))
             .arg(reservation)
             .arg(used.tokens)
-            .arg(used.context)
-            .invoke_async::<i64>(&mut conn)
+            .arg(used.context);
+        match record {
+            None => {
+                script.arg("");
+            }
+            Some(r) => {
+                script
+                    .arg("1")
+                    .arg(usage_field(&r.model, &r.provider))
+                    .arg(r.prompt_tokens)
+                    .arg(r.completion_tokens)
+                    .arg(r.cached_tokens)
+                    .arg(r.cost_micros)
+                    .arg(if r.ok { "1" } else { "0" })
+                    .arg(unix_ms(r.keep_until));
+                match budget {
+                    None => {
+                        script.arg("");
+                    }
+                    Some(b) => {
+                        let thresholds = b
+                            .thresholds_permille
+                            .iter()
+                            .chain(std::iter::once(&1000))
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",");
+                        script
+                            .arg(b.limit_micros)
+                            .arg(unix_ms(b.keep_until))
+                            .arg(thresholds);
+                    }
+                }
+            }
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = script
+            .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
-        Ok(())
+        Ok(Settled {
+            spent_micros: reply.first().copied().unwrap_or(0).max(0) as u64,
+            crossed_permille: reply.iter().skip(1).map(|p| (*p).max(0) as u32).collect(),
+        })
+    }
+
+    async fn period_spend(&self, key: &str, budget: &BudgetWindow) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let spent: Option<u64> = redis::cmd("HGET")
+            .arg(spend_hash(key, Some(budget)))
+            .arg("spent")
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::from)?;
+        Ok(spent.unwrap_or(0))
+    }
+
+    async fn usage(&self, key: &str, days: &[String]) -> Result<Vec<UsageRow>, StoreError> {
+        let mut rows = Vec::new();
+        for day in days {
+            let mut conn = self.conn.clone();
+            let fields: Vec<(String, u64)> = redis::cmd("HGETALL")
+                .arg(usage_hash(key, day))
+                .query_async(&mut conn)
+                .await
+                .map_err(StoreError::from)?;
+            rows.extend(ledger_rows(key, day, fields));
+        }
+        Ok(rows)
     }
 
     async fn record_auth_failure(&self, client: &str, window: Duration) -> Result<u64, StoreError> {

@@ -17,9 +17,10 @@ use super::circuit::BreakerSettings;
 use super::resilience::{ProviderGuard, RetrySettings};
 use super::{
     ChatProvider, DEFAULT_MODEL, ModelCatalog, ModelSpec, OpenAiCompatible, OpenAiConfig,
-    Simulator, ZAI_MODELS, known_context_window,
+    Simulator, ZAI_MODELS, known_context_window, known_prices,
 };
 use crate::config::{CoreConfig, Secret};
+use crate::spend::{MAX_PRICE_PER_MTOK, Prices};
 
 /// The providers file.
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +77,40 @@ pub struct ModelEntry {
     /// published window of the guide's GLM models (by upstream name), else 128,000.
     #[serde(default)]
     pub context_window: Option<u32>,
+    /// US dollars per million prompt tokens (six decimal places). Absent: the published price
+    /// of the guide's GLM models (by upstream name), else 0.
+    #[serde(default, rename = "inputPricePerMTok")]
+    pub input_price_per_mtok: Option<f64>,
+    /// US dollars per million completion tokens.
+    #[serde(default, rename = "outputPricePerMTok")]
+    pub output_price_per_mtok: Option<f64>,
+    /// US dollars per million prompt tokens the provider reports as cached; absent: the input
+    /// price.
+    #[serde(default, rename = "cachedInputPricePerMTok")]
+    pub cached_input_price_per_mtok: Option<f64>,
+}
+
+impl ModelEntry {
+    /// The model's prices: its own, else the published ones of a model the gateway knows.
+    fn prices(&self, upstream: &str) -> Prices {
+        let known = known_prices(upstream);
+        let micros = |dollars: Option<f64>, default: u64| {
+            dollars.and_then(Prices::micros_per_mtok).unwrap_or(default)
+        };
+        let input = micros(self.input_price_per_mtok, known.input);
+        Prices {
+            input,
+            output: micros(self.output_price_per_mtok, known.output),
+            cached_input: micros(
+                self.cached_input_price_per_mtok,
+                if self.input_price_per_mtok.is_some() {
+                    input
+                } else {
+                    known.cached_input
+                },
+            ),
+        }
+    }
 }
 
 impl ProvidersFile {
@@ -111,6 +146,9 @@ impl ProvidersFile {
                         upstream: None,
                         fallbacks: Vec::new(),
                         context_window: None,
+                        input_price_per_mtok: None,
+                        output_price_per_mtok: None,
+                        cached_input_price_per_mtok: None,
                     })
                     .collect(),
             }],
@@ -163,6 +201,19 @@ impl ProvidersFile {
                 let id = format!("{}/{}", provider.name, model.name);
                 if model.context_window == Some(0) {
                     bail!("model '{id}': contextWindow must be at least 1 token");
+                }
+                for (field, price) in [
+                    ("inputPricePerMTok", model.input_price_per_mtok),
+                    ("outputPricePerMTok", model.output_price_per_mtok),
+                    ("cachedInputPricePerMTok", model.cached_input_price_per_mtok),
+                ] {
+                    if let Some(price) = price
+                        && Prices::micros_per_mtok(price).is_none()
+                    {
+                        bail!(
+                            "model '{id}': {field} must be a price in US dollars per million tokens, from 0 to {MAX_PRICE_PER_MTOK}; it is {price}"
+                        );
+                    }
                 }
                 for fallback in &model.fallbacks {
                     if fallback == &id {
@@ -224,13 +275,14 @@ fn build_catalog(
             .timeout_ms
             .map_or(budget, Duration::from_millis)
             .min(budget);
-        let models: Vec<ModelSpec> = entry
+        let mut models: Vec<ModelSpec> = entry
             .models
             .iter()
             .map(|m| {
                 let upstream = m.upstream.clone().unwrap_or_else(|| m.name.clone());
                 ModelSpec {
                     id: format!("{}/{}", entry.name, m.name),
+                    prices: m.prices(&upstream),
                     context_window: m
                         .context_window
                         .unwrap_or_else(|| known_context_window(&upstream)),
@@ -260,7 +312,12 @@ fn build_catalog(
             Some((_, Some(key))) => openai(entry, config, Some(key), timeout)?,
             None => openai(entry, config, None, timeout)?,
         };
-        if !provider.simulated() {
+        if provider.simulated() {
+            // The simulator's answers cost nothing, whatever the real provider charges.
+            for model in &mut models {
+                model.prices = Prices::default();
+            }
+        } else {
             tracing::info!(provider = %entry.name, base_url = %openclaw_runtime::redact::url(&entry.base_url), "provider {}: {listed}", entry.name);
         }
         let guard = Arc::new(ProviderGuard::new(

@@ -25,6 +25,7 @@ pub use self::resilience::ProviderGuard;
 pub use self::simulator::Simulator;
 
 use crate::error::{ApiError, ErrorCode, FieldViolationReason};
+use crate::spend::Prices;
 use crate::tokenizer;
 
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ pub struct ChatCompletion {
     pub content: String,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Prompt tokens the provider read from its cache (`usage.prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: u32,
     pub finish_reason: String,
 }
 
@@ -59,6 +62,7 @@ pub struct StreamEnd {
     pub finish_reason: String,
     pub prompt_tokens: Option<u32>,
     pub completion_tokens: Option<u32>,
+    pub cached_tokens: Option<u32>,
 }
 
 /// Deltas, then one [`Chunk::End`]; an error ends the stream.
@@ -75,6 +79,7 @@ impl ChatCompletion {
         Self {
             prompt_tokens: end.prompt_tokens.unwrap_or(prompt_tokens),
             completion_tokens,
+            cached_tokens: end.cached_tokens.unwrap_or(0),
             content,
             finish_reason: end.finish_reason,
         }
@@ -184,6 +189,7 @@ pub trait ChatProvider: Send + Sync + 'static {
             finish_reason: completion.finish_reason,
             prompt_tokens: Some(completion.prompt_tokens),
             completion_tokens: Some(completion.completion_tokens),
+            cached_tokens: Some(completion.cached_tokens),
         });
         let chunks = if completion.content.is_empty() {
             vec![Ok(end)]
@@ -209,6 +215,8 @@ pub struct Model {
     /// Tokens the model reads and writes in one call: the prompt sent plus the reserved
     /// completion never exceed it (`contextWindow` in the providers file).
     pub context_window: u32,
+    /// What its tokens cost (`inputPricePerMTok` and its siblings in the providers file).
+    pub prices: Prices,
 }
 
 /// The models of the guide's appendix A, served by Z.ai.
@@ -240,6 +248,48 @@ pub fn known_context_window(upstream: &str) -> u32 {
         .map_or(DEFAULT_CONTEXT_WINDOW, |(_, window)| *window)
 }
 
+/// The published prices of the guide's models on Z.ai's own API, by upstream name, in
+/// micro-dollars per million tokens (input, output, cached input). Z.ai's pricing page
+/// (docs.z.ai/guides/overview/pricing, read 2026-12) lists GLM-4.7-Flash and GLM-4.5-Flash as
+/// free, and GLM-4-Flash-250414 with the free GLM-4 flash family; resellers charge for the same
+/// weights (about $0.07 in / $0.40 out per million for GLM-4.7-Flash), so a providers file
+/// pointing elsewhere should set its own prices. See docs/budgets.md.
+pub const KNOWN_PRICES: &[(&str, Prices)] = &[
+    (
+        "glm-4.7-flash",
+        Prices {
+            input: 0,
+            output: 0,
+            cached_input: 0,
+        },
+    ),
+    (
+        "glm-4.5-flash",
+        Prices {
+            input: 0,
+            output: 0,
+            cached_input: 0,
+        },
+    ),
+    (
+        "glm-4-flash-250414",
+        Prices {
+            input: 0,
+            output: 0,
+            cached_input: 0,
+        },
+    ),
+];
+
+/// The published prices of a model the gateway knows by its upstream name, else zero (a
+/// model without prices costs nothing: local models, and any the operator left unpriced).
+pub fn known_prices(upstream: &str) -> Prices {
+    KNOWN_PRICES
+        .iter()
+        .find(|(name, _)| *name == upstream)
+        .map_or_else(Prices::default, |(_, prices)| *prices)
+}
+
 /// Bound on a whole model call (every attempt and fallback) when none is configured.
 const DEFAULT_CALL_BUDGET: Duration = Duration::from_secs(120);
 
@@ -268,6 +318,7 @@ pub struct ModelSpec {
     pub fallbacks: Vec<String>,
     /// Tokens; see [`Model::context_window`].
     pub context_window: u32,
+    pub prices: Prices,
 }
 
 impl ModelCatalog {
@@ -286,6 +337,7 @@ impl ModelCatalog {
                 fallbacks: spec.fallbacks,
                 guard: guard.clone(),
                 context_window: spec.context_window,
+                prices: spec.prices,
             }));
         }
     }
@@ -392,6 +444,7 @@ mod tests {
             upstream: "glm-4.7-flash".to_string(),
             fallbacks: Vec::new(),
             context_window: known_context_window("glm-4.7-flash"),
+            prices: Prices::default(),
         };
         catalog.add_models(Arc::new(Simulator::new("zai")), guard, vec![spec]);
         catalog

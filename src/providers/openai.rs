@@ -105,6 +105,18 @@ struct WireReply {
 struct WireUsage {
     prompt_tokens: Option<u32>,
     completion_tokens: Option<u32>,
+    prompt_tokens_details: Option<WirePromptDetails>,
+}
+
+#[derive(Deserialize)]
+struct WirePromptDetails {
+    cached_tokens: Option<u32>,
+}
+
+impl WireUsage {
+    fn cached_tokens(&self) -> Option<u32> {
+        self.prompt_tokens_details.as_ref()?.cached_tokens
+    }
 }
 
 /// One event of a streamed answer.
@@ -250,6 +262,7 @@ impl ChunkReader {
             finish_reason: self.finish_reason.take().unwrap_or_else(|| "stop".into()),
             prompt_tokens: usage.as_ref().and_then(|u| u.prompt_tokens),
             completion_tokens: usage.as_ref().and_then(|u| u.completion_tokens),
+            cached_tokens: usage.as_ref().and_then(WireUsage::cached_tokens),
         })
     }
 
@@ -370,6 +383,10 @@ impl ChatProvider for OpenAiCompatible {
             content,
             prompt_tokens,
             completion_tokens,
+            cached_tokens: usage
+                .as_ref()
+                .and_then(WireUsage::cached_tokens)
+                .unwrap_or(0),
             finish_reason: choice.finish_reason.unwrap_or_else(|| "stop".into()),
         })
     }

@@ -69,6 +69,7 @@ impl ChatProvider for Simulator {
             completion_tokens: tokenizer::count_text(&content),
             content,
             prompt_tokens,
+            cached_tokens: 0,
             finish_reason,
         })
     }
@@ -85,6 +86,7 @@ impl ChatProvider for Simulator {
             finish_reason: completion.finish_reason,
             prompt_tokens: Some(completion.prompt_tokens),
             completion_tokens: Some(completion.completion_tokens),
+            cached_tokens: None,
         }));
         let first = std::iter::once(true).chain(std::iter::repeat(false));
         Ok(Box::pin(

@@ -102,6 +102,9 @@ pub struct KeyRecord {
     /// Keys stored before quotas existed have none of their own (the defaults apply).
     #[serde(default)]
     pub quotas: KeyQuotas,
+    /// The key's spend budget per period, if it has one (docs/budgets.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::spend::KeyBudget>,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,

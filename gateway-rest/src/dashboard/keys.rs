@@ -378,6 +378,7 @@ pub(crate) async fn create(
             .collect(),
         limits: Some(limits),
         quotas: Some(quotas),
+        budget: None,
     };
     let created = viewer
         .core
@@ -495,6 +496,8 @@ pub(crate) async fn update(
                 name: None,
                 limits: Some(limits),
                 quotas: Some(quotas),
+                budget: None,
+                remove_budget: false,
             },
             |channel, request| async move { KeyServiceClient::new(channel).update_key(request).await },
         )

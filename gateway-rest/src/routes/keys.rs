@@ -101,6 +101,84 @@ impl From<proto::Quotas> for Quotas {
     }
 }
 
+/// A key's spend budget (docs/budgets.md): at most `limitMicros` per period. Each threshold
+/// publishes one `budget.threshold` event per period; at the limit, model calls get 402
+/// `BUDGET_EXCEEDED` until the period resets, while reads keep working.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Budget {
+    /// Micro-dollars (US$0.000001) per period: 5000000 is $5.
+    #[schema(example = 5000000)]
+    limit_micros: u64,
+    /// `day`, `week` (from Monday) or `month`.
+    #[schema(example = "day")]
+    period: String,
+    /// The IANA time zone whose midnight starts a period; default `UTC`.
+    #[serde(default)]
+    #[schema(example = "UTC")]
+    time_zone: Option<String>,
+    /// Fractions of the limit, each above 0 and below 1, that publish an event when crossed.
+    #[serde(default)]
+    #[schema(example = json!([0.5, 0.8]))]
+    thresholds: Vec<f64>,
+}
+
+impl From<Budget> for proto::Budget {
+    fn from(budget: Budget) -> Self {
+        proto::Budget {
+            limit_micros: budget.limit_micros,
+            period: budget.period,
+            time_zone: budget.time_zone.unwrap_or_default(),
+            thresholds: budget.thresholds,
+        }
+    }
+}
+
+impl From<proto::Budget> for Budget {
+    fn from(budget: proto::Budget) -> Self {
+        Budget {
+            limit_micros: budget.limit_micros,
+            period: budget.period,
+            time_zone: Some(budget.time_zone),
+            thresholds: budget.thresholds,
+        }
+    }
+}
+
+/// A budget's current period: the key's spend in it and when it resets.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct BudgetSpend {
+    #[schema(example = 1250000)]
+    spent_micros: u64,
+    #[schema(example = 5000000)]
+    limit_micros: u64,
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-12-07T00:00:00Z")]
+    period_start: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-12-08T00:00:00Z")]
+    resets_at: Option<String>,
+}
+
+impl From<proto::BudgetSpend> for BudgetSpend {
+    fn from(spend: proto::BudgetSpend) -> Self {
+        BudgetSpend {
+            spent_micros: spend.spent_micros,
+            limit_micros: spend.limit_micros,
+            period_start: timestamp::from_proto(spend.period_start.as_ref()),
+            resets_at: timestamp::from_proto(spend.resets_at.as_ref()),
+        }
+    }
+}
+
+/// `null` as "remove", absent as "keep": what `budget` means in a `PATCH`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CreateKeyRequest {
@@ -115,6 +193,8 @@ pub(crate) struct CreateKeyRequest {
     limits: Option<LimitsInput>,
     /// The key's own quotas; absent ones take the gateway's defaults.
     quotas: Option<Quotas>,
+    /// A spend budget; absent: none.
+    budget: Option<Budget>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -127,6 +207,11 @@ pub(crate) struct UpdateKeyRequest {
     limits: Option<LimitsInput>,
     /// Quotas given here replace the key's; absent ones stay as they are.
     quotas: Option<Quotas>,
+    /// A budget replaces the key's (the current period's spend is kept); `null` removes it;
+    /// absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Budget>)]
+    budget: Option<Option<Budget>>,
 }
 
 impl CreateKeyRequest {
@@ -136,6 +221,7 @@ impl CreateKeyRequest {
             scopes: self.scopes,
             limits: self.limits.map(Into::into),
             quotas: self.quotas.map(Into::into),
+            budget: self.budget.map(Into::into),
         }
     }
 }
@@ -147,6 +233,8 @@ impl UpdateKeyRequest {
             name: self.name,
             limits: self.limits.map(Into::into),
             quotas: self.quotas.map(Into::into),
+            remove_budget: matches!(self.budget, Some(None)),
+            budget: self.budget.flatten().map(Into::into),
         }
     }
 }
@@ -185,6 +273,10 @@ pub(crate) struct ApiKey {
     quotas: Quotas,
     /// The quotas in force for the key, each its own value or the gateway's default.
     effective_quotas: Quotas,
+    /// The key's spend budget; null: none.
+    budget: Option<Budget>,
+    /// The budget's current period; null without a budget.
+    budget_spend: Option<BudgetSpend>,
     #[schema(value_type = Option<String>, format = DateTime, example = "2026-02-14T22:00:00Z")]
     created_at: Option<String>,
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -231,6 +323,8 @@ impl From<proto::ApiKey> for ApiKey {
             revoked: key.revoked,
             quotas: key.quotas.unwrap_or_default().into(),
             effective_quotas: key.effective_quotas.unwrap_or_default().into(),
+            budget: key.budget.map(Into::into),
+            budget_spend: key.budget_spend.map(Into::into),
         }
     }
 }

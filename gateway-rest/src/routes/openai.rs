@@ -81,6 +81,7 @@ fn error_body(error: &ApiError) -> OpenAiErrorBody {
         C::Forbidden | C::QuotaExceeded => "permission_error",
         C::NotFound => "not_found_error",
         C::RateLimitExceeded => "rate_limit_error",
+        C::BudgetExceeded => "insufficient_quota",
         C::Conflict => "conflict_error",
         C::InternalError
         | C::Unspecified

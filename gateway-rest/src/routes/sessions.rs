@@ -601,6 +601,8 @@ fn error_event(error: ApiError) -> Event {
         details: error.details,
         retry_after: error.retry_after,
         quota: error.quota.map(|quota| *quota),
+        resets_at: error.budget.as_ref().map(|b| b.resets_at.clone()),
+        budget: error.budget.map(|budget| *budget),
     };
     Event::default()
         .event("error")

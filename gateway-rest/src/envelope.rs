@@ -75,9 +75,9 @@ impl From<&ApiError> for ErrorEnvelope {
                 message: error.message.clone(),
                 details: error.details.clone(),
                 retry_after: error.rendered_retry_after(),
-                quota: error.quota.as_deref().cloned(),
-                resets_at: error.budget.as_ref().map(|b| b.resets_at.clone()),
-                budget: error.budget.as_deref().cloned(),
+                quota: error.quota().cloned(),
+                resets_at: error.budget().map(|b| b.resets_at.clone()),
+                budget: error.budget().cloned(),
             },
             timestamp: timestamp::now(),
         }

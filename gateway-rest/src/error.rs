@@ -40,14 +40,19 @@ pub(crate) struct ApiError {
     pub(crate) field_reason: Option<FieldViolationReason>,
     /// The quota a `QUOTA_EXCEEDED` error is about: its name, value and the usage. Boxed like
     /// the headers: rare, and the error travels in every handler's `Result`.
-    pub(crate) quota: Option<Box<QuotaBreach>>,
-    /// The budget a `BUDGET_EXCEEDED` error is about. Boxed like the quota.
-    pub(crate) budget: Option<Box<BudgetBreach>>,
+    pub(crate) breach: Option<Box<Breach>>,
     /// Set where the contract refines a code's status (413, 415, 405 for `INVALID_REQUEST`).
     status_override: Option<StatusCode>,
     /// Headers the core asked to pass on (rate-limit state, `Retry-After`). Boxed: most errors
     /// have none, and the error travels in every handler's `Result`.
     headers: Option<Box<HeaderMap>>,
+}
+
+/// The quota or budget a refusal is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Breach {
+    Quota(QuotaBreach),
+    Budget(BudgetBreach),
 }
 
 /// What a `QUOTA_EXCEEDED` error names: the quota (`maxSessions`), its value and the usage the
@@ -131,10 +136,25 @@ impl ApiError {
             retry_after: None,
             field: None,
             field_reason: None,
-            quota: None,
-            budget: None,
+            breach: None,
             status_override: None,
             headers: None,
+        }
+    }
+
+    /// The quota a `QUOTA_EXCEEDED` error names.
+    pub(crate) fn quota(&self) -> Option<&QuotaBreach> {
+        match self.breach.as_deref() {
+            Some(Breach::Quota(quota)) => Some(quota),
+            _ => None,
+        }
+    }
+
+    /// The budget a `BUDGET_EXCEEDED` error names.
+    pub(crate) fn budget(&self) -> Option<&BudgetBreach> {
+        match self.breach.as_deref() {
+            Some(Breach::Budget(budget)) => Some(budget),
+            _ => None,
         }
     }
 
@@ -312,19 +332,19 @@ impl From<tonic::Status> for ApiError {
                 .filter(|reason| *reason != FieldViolationReason::Unspecified);
         }
         if error.code == ErrorCode::QuotaExceeded {
-            error.quota = details.error_info().and_then(|info| {
-                Some(Box::new(QuotaBreach {
+            error.breach = details.error_info().and_then(|info| {
+                Some(Box::new(Breach::Quota(QuotaBreach {
                     name: info.metadata.get("quota")?.clone(),
                     limit: info.metadata.get("limit")?.parse().ok()?,
                     used: info.metadata.get("used")?.parse().ok()?,
-                }))
+                })))
             });
         }
         if error.code == ErrorCode::BudgetExceeded {
-            error.budget = details.error_info().and_then(|info| {
+            error.breach = details.error_info().and_then(|info| {
                 let text = |name: &str| info.metadata.get(name).cloned();
                 let number = |name: &str| info.metadata.get(name)?.parse().ok();
-                Some(Box::new(BudgetBreach {
+                Some(Box::new(Breach::Budget(BudgetBreach {
                     scope: text("scope")?,
                     limit_micros: number("limitMicros")?,
                     spent_micros: number("spentMicros")?,
@@ -332,7 +352,7 @@ impl From<tonic::Status> for ApiError {
                     cost_micros: number("costMicros")?,
                     period: text("period")?,
                     resets_at: text("resetsAt")?,
-                }))
+                })))
             });
         }
         if error.code == ErrorCode::RateLimitExceeded {

@@ -401,7 +401,7 @@ impl RateLimiter {
                 spent_micros,
                 reserved_micros,
             } => {
-                let window = budget.unwrap_or_else(|| unreachable_budget());
+                let window = budget.unwrap_or_else(unreachable_budget);
                 Err(ApiError::budget_exceeded(BudgetBreach {
                     scope: "key",
                     limit_micros: window.limit_micros,

@@ -107,9 +107,9 @@ fn sse_event(item: Result<proto::Event, tonic::Status>) -> SseEvent {
             let object = ErrorObject {
                 code: code_name(error.code).to_owned(),
                 retry_after: error.rendered_retry_after(),
-                quota: error.quota.map(|quota| *quota),
-                resets_at: error.budget.as_ref().map(|b| b.resets_at.clone()),
-                budget: error.budget.map(|budget| *budget),
+                quota: error.quota().cloned(),
+                resets_at: error.budget().map(|b| b.resets_at.clone()),
+                budget: error.budget().cloned(),
                 message: error.message,
                 details,
             };

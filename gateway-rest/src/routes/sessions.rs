@@ -597,12 +597,12 @@ fn error_event(error: ApiError) -> Event {
     tracing::warn!(%error, "streamed reply failed");
     let object = ErrorObject {
         code: code_name(error.code).to_owned(),
+        quota: error.quota().cloned(),
+        resets_at: error.budget().map(|b| b.resets_at.clone()),
+        budget: error.budget().cloned(),
         message: error.message,
         details: error.details,
         retry_after: error.retry_after,
-        quota: error.quota.map(|quota| *quota),
-        resets_at: error.budget.as_ref().map(|b| b.resets_at.clone()),
-        budget: error.budget.map(|budget| *budget),
     };
     Event::default()
         .event("error")

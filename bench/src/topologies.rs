@@ -21,7 +21,7 @@ use crate::scenarios::{
 };
 
 /// The endpoints compared, by scenario name.
-pub const ENDPOINTS: [&str; 2] = [SEND_MESSAGE, OPENAI];
+pub const ENDPOINTS: [&str; 3] = [SEND_MESSAGE, OPENAI, OPENAI_BUDGETED];
 
 /// How a comparison is shaped beyond the scenarios' [`Plan`].
 #[derive(Debug, Clone)]
@@ -252,7 +252,16 @@ pub async fn run(
             ),
         };
         let mut endpoints = Vec::new();
-        for (endpoint, target) in [(SEND_MESSAGE, send), (OPENAI, openai)] {
+        for (endpoint, target) in [
+            (SEND_MESSAGE, send),
+            (OPENAI, openai.clone()),
+            (OPENAI_BUDGETED, openai),
+        ] {
+            if endpoint == OPENAI_BUDGETED {
+                // The same calls by a key with a budget: it is checked in the admission script
+                // and settled in the settle script, so the commands sent must not change.
+                give_a_budget(&stack).await?;
+            }
             let call = caller(
                 target,
                 stack.http.clone(),
@@ -589,8 +598,46 @@ fn endpoint_name(scenario: &str) -> &'static str {
     match scenario {
         SEND_MESSAGE => "send-message",
         OPENAI => "chat/completions",
+        OPENAI_BUDGETED => "chat/completions, key with a budget",
         _ => "other",
     }
+}
+
+/// The counting windows' name for chat completions of a key with a spend budget.
+const OPENAI_BUDGETED: &str = "s2-budgeted";
+
+/// Gives the benchmark key a daily budget it never reaches, with two thresholds.
+async fn give_a_budget(stack: &Stack) -> anyhow::Result<()> {
+    let keys: serde_json::Value = stack
+        .http
+        .get(stack.edge_url("/api/v1/keys"))
+        .bearer_auth(crate::processes::INTERNAL_TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = keys["data"]["keys"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["name"] == "benchmark"))
+        .and_then(|k| k["id"].as_str())
+        .context("the benchmark key is not listed")?
+        .to_owned();
+    let response = stack
+        .http
+        .patch(stack.edge_url(&format!("/api/v1/keys/{id}")))
+        .bearer_auth(crate::processes::INTERNAL_TOKEN)
+        .json(
+            &json!({"budget": {"limitMicros": 1_000_000_000_000u64, "period": "day",
+            "timeZone": "UTC", "thresholds": [0.5, 0.8]}}),
+        )
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("setting the benchmark key's budget: {}", response.status());
+    }
+    // Keys are cached for up to two seconds on the core.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    Ok(())
 }
 
 /// Redis CPU, µs per gateway request, of a step (all nodes added up).

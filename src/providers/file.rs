@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use super::anthropic::{ANTHROPIC_VERSION, Anthropic};
 use super::circuit::BreakerSettings;
 use super::resilience::{ProviderGuard, RetrySettings};
 use super::{
@@ -34,13 +35,46 @@ pub struct ProvidersFile {
     pub providers: Vec<ProviderEntry>,
 }
 
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI's chat completions (`POST {baseUrl}/chat/completions`): Z.ai, Azure OpenAI,
+    /// local servers and most vendors.
+    #[default]
+    Openai,
+    /// Anthropic's Messages API (`POST {baseUrl}/v1/messages`).
+    Anthropic,
+}
+
+/// A header or query value: the text itself, or `{ env = "NAME" }` to read it from the
+/// environment at start-up (a secret such as Azure's `api-key`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ConfigValue {
+    Text(String),
+    Env { env: String },
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProviderEntry {
     /// The provider's name: the first part of its model ids (`zai` in `zai/glm-4.7-flash`).
     pub name: String,
-    /// Up to and excluding `/chat/completions`.
+    /// `openai` (the default) or `anthropic`.
+    #[serde(default)]
+    pub kind: ProviderKind,
+    /// Up to and excluding `/chat/completions` (OpenAI) or `/v1/messages` (Anthropic).
     pub base_url: String,
+    /// Headers sent with every call (e.g. Azure OpenAI's `api-key`).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, ConfigValue>,
+    /// Query parameters added to every call's URL (e.g. Azure OpenAI's `api-version`).
+    #[serde(default)]
+    pub query: std::collections::BTreeMap<String, ConfigValue>,
+    /// The `anthropic-version` header of an Anthropic provider (default `2023-06-01`).
+    #[serde(default)]
+    pub anthropic_version: Option<String>,
     /// The environment variable holding the provider's API key; none for a server without auth.
     #[serde(default)]
     pub api_key_env: Option<String>,
@@ -132,7 +166,11 @@ impl ProvidersFile {
             default_model: Some(DEFAULT_MODEL.into()),
             providers: vec![ProviderEntry {
                 name: "zai".into(),
+                kind: ProviderKind::Openai,
                 base_url: config.zai_base_url.clone(),
+                headers: Default::default(),
+                query: Default::default(),
+                anthropic_version: None,
                 api_key_env: Some("ZAI_API_KEY".into()),
                 simulate_without_key: true,
                 connect_timeout_ms: None,
@@ -187,6 +225,26 @@ impl ProvidersFile {
             }
             if provider.timeout_ms == Some(0) || provider.connect_timeout_ms == Some(0) {
                 bail!("provider '{name}': timeouts must be at least 1 ms");
+            }
+            for header in provider.headers.keys() {
+                if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    bail!("provider '{name}': '{header}' is not a valid HTTP header name");
+                }
+                let reserved = [
+                    "authorization",
+                    "content-type",
+                    "content-length",
+                    "host",
+                    "x-api-key",
+                ];
+                if reserved.contains(&header.to_ascii_lowercase().as_str()) {
+                    bail!(
+                        "provider '{name}': the header '{header}' is set by the gateway; use apiKeyEnv for the credential"
+                    );
+                }
+            }
+            if provider.anthropic_version.is_some() && provider.kind != ProviderKind::Anthropic {
+                bail!("provider '{name}': anthropicVersion applies to kind = \"anthropic\" only");
             }
         }
         let ids: Vec<String> = self.model_ids().collect();
@@ -309,8 +367,8 @@ fn build_catalog(
                 "provider '{}' needs an API key in the environment variable {var}, which is not set",
                 entry.name
             ),
-            Some((_, Some(key))) => openai(entry, config, Some(key), timeout)?,
-            None => openai(entry, config, None, timeout)?,
+            Some((_, Some(key))) => client(entry, config, Some(key), timeout, &secret)?,
+            None => client(entry, config, None, timeout, &secret)?,
         };
         if provider.simulated() {
             // The simulator's answers cost nothing, whatever the real provider charges.
@@ -346,13 +404,38 @@ fn build_catalog(
     Ok(catalog)
 }
 
-fn openai(
+/// The values of a provider's `headers` or `query`, environment variables read.
+fn resolve(
+    provider: &str,
+    what: &str,
+    values: &std::collections::BTreeMap<String, ConfigValue>,
+    secret: &impl Fn(&str) -> Option<Secret>,
+) -> anyhow::Result<Vec<(String, Secret)>> {
+    values
+        .iter()
+        .map(|(name, value)| {
+            let value = match value {
+                ConfigValue::Text(text) => Secret::new(text.clone()),
+                ConfigValue::Env { env } => secret(env).with_context(|| {
+                    format!(
+                        "provider '{provider}': {what} '{name}' reads the environment variable {env}, which is not set"
+                    )
+                })?,
+            };
+            Ok((name.clone(), value))
+        })
+        .collect()
+}
+
+/// The client of a provider, by its kind.
+fn client(
     entry: &ProviderEntry,
     config: &CoreConfig,
     api_key: Option<Secret>,
     timeout: Duration,
+    secret: &impl Fn(&str) -> Option<Secret>,
 ) -> anyhow::Result<Arc<dyn ChatProvider>> {
-    let client = OpenAiCompatible::new(OpenAiConfig {
+    let settings = OpenAiConfig {
         name: entry.name.clone(),
         base_url: entry.base_url.clone(),
         api_key,
@@ -360,9 +443,25 @@ fn openai(
             .connect_timeout_ms
             .map_or(config.provider_connect_timeout(), Duration::from_millis),
         request_timeout: timeout,
+        headers: resolve(&entry.name, "header", &entry.headers, secret)?,
+        query: resolve(&entry.name, "query parameter", &entry.query, secret)?,
+    };
+    let configuring = || format!("configuring provider '{}'", entry.name);
+    Ok(match entry.kind {
+        ProviderKind::Openai => {
+            Arc::new(OpenAiCompatible::new(settings).with_context(configuring)?)
+        }
+        ProviderKind::Anthropic => Arc::new(
+            Anthropic::new(
+                settings,
+                entry
+                    .anthropic_version
+                    .clone()
+                    .unwrap_or_else(|| ANTHROPIC_VERSION.to_owned()),
+            )
+            .with_context(configuring)?,
+        ),
     })
-    .with_context(|| format!("configuring provider '{}'", entry.name))?;
-    Ok(Arc::new(client))
 }
 
 #[cfg(test)]

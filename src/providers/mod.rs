@@ -4,6 +4,7 @@
 //! Providers are configuration (`file.rs`); calls to them go through
 //! `resilience.rs` (timeouts, retries, circuit breaker, fallbacks).
 
+mod anthropic;
 mod circuit;
 mod event_stream;
 mod file;

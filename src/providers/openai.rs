@@ -26,12 +26,56 @@ pub struct OpenAiConfig {
     pub connect_timeout: Duration,
     /// Bound on a whole call, from sending to the last byte of the answer.
     pub request_timeout: Duration,
+    /// Sent with every call (the providers file's `headers`).
+    pub headers: Vec<(String, Secret)>,
+    /// Added to every call's URL (the providers file's `query`).
+    pub query: Vec<(String, Secret)>,
+}
+
+impl OpenAiConfig {
+    /// `{base_url}{path}` with the configured query parameters.
+    pub(super) fn endpoint(&self, path: &str) -> anyhow::Result<reqwest::Url> {
+        let endpoint = format!("{}{path}", self.base_url.trim_end_matches('/'));
+        let mut url = reqwest::Url::parse(&endpoint).map_err(|error| {
+            anyhow::anyhow!(
+                "provider '{}': the base URL '{}' is not a valid URL ({error})",
+                self.name,
+                openclaw_runtime::redact::url(&self.base_url)
+            )
+        })?;
+        if !self.query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (name, value) in &self.query {
+                pairs.append_pair(name, value.expose());
+            }
+        }
+        Ok(url)
+    }
+
+    /// The configured headers, values marked sensitive (never logged).
+    pub(super) fn header_map(&self) -> anyhow::Result<reqwest::header::HeaderMap> {
+        let mut map = reqwest::header::HeaderMap::new();
+        for (name, value) in &self.headers {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())?;
+            let mut value = reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
+                anyhow::anyhow!(
+                    "provider '{}': the value of header '{name}' is not valid in an HTTP header",
+                    self.name
+                )
+            })?;
+            value.set_sensitive(true);
+            map.insert(name, value);
+        }
+        Ok(map)
+    }
 }
 
 pub struct OpenAiCompatible {
     config: OpenAiConfig,
     /// Parsed once: every call posts to it.
     endpoint: reqwest::Url,
+    /// The configured extra headers, built once.
+    headers: reqwest::header::HeaderMap,
     http: reqwest::Client,
 }
 
@@ -44,17 +88,12 @@ impl OpenAiCompatible {
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("openclaw-gateway/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let endpoint = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
-        let endpoint = reqwest::Url::parse(&endpoint).map_err(|error| {
-            anyhow::anyhow!(
-                "provider '{}': the base URL '{}' is not a valid URL ({error})",
-                config.name,
-                openclaw_runtime::redact::url(&config.base_url)
-            )
-        })?;
+        let endpoint = config.endpoint("/chat/completions")?;
+        let headers = config.header_map()?;
         Ok(Self {
             config,
             endpoint,
+            headers,
             http,
         })
     }
@@ -144,7 +183,7 @@ struct WireErrorBody {
     message: Option<String>,
 }
 
-fn classify(err: reqwest::Error, timeout: Duration) -> ProviderError {
+pub(super) fn classify(err: reqwest::Error, timeout: Duration) -> ProviderError {
     if err.is_timeout() {
         ProviderError::Timeout(timeout)
     } else if err.is_connect() || (err.is_request() && err.status().is_none()) {
@@ -157,7 +196,7 @@ fn classify(err: reqwest::Error, timeout: Duration) -> ProviderError {
 
 /// How long the provider asks to be left alone: `retry-after-ms` (OpenAI's),
 /// else `Retry-After` in seconds or as an HTTP date.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(super) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let text = |name: &str| {
         headers
             .get(name)
@@ -217,6 +256,9 @@ impl OpenAiCompatible {
             }),
         };
         let mut call = self.http.post(self.endpoint.clone()).json(&body);
+        if !self.headers.is_empty() {
+            call = call.headers(self.headers.clone());
+        }
         if let Some(key) = &self.config.api_key {
             call = call.bearer_auth(key.expose());
         }

@@ -1,0 +1,546 @@
+//! A client for Anthropic's Messages API: `POST {base_url}/v1/messages` with `x-api-key` and
+//! `anthropic-version`, whole or streamed as server-sent events, translated to and from the
+//! gateway's chat model so a session or an OpenAI-SDK client can use a Claude model and a
+//! fallback can cross vendors.
+//!
+//! The translation:
+//! - system messages become the top-level `system` prompt (joined by blank lines, in order);
+//! - the conversation must alternate user and assistant: consecutive messages of one role are
+//!   sent as one message of text blocks, and a conversation that opens with the assistant gets
+//!   an empty-question user turn first;
+//! - `max_tokens` is required by the API: the gateway always sends the call's bound;
+//! - the reply's text blocks are the answer; `stop_reason` `end_turn`/`stop_sequence` reads as
+//!   `stop`, `max_tokens` as `length`, `tool_use` as `tool_calls`;
+//! - usage: prompt tokens are `input_tokens` plus the cache's reads and writes
+//!   (`cache_read_input_tokens`, `cache_creation_input_tokens`), the cached ones the reads.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+
+use super::event_stream::EventDecoder;
+use super::openai::{OpenAiConfig, classify, retry_after};
+use super::{
+    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ProviderError, StreamEnd,
+};
+
+/// The `anthropic-version` sent unless the providers file names another.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The completion bound sent when a request names none (the API requires one).
+const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+pub struct Anthropic {
+    config: OpenAiConfig,
+    endpoint: reqwest::Url,
+    /// The configured extra headers and `anthropic-version`, built once.
+    headers: reqwest::header::HeaderMap,
+    http: reqwest::Client,
+}
+
+impl Anthropic {
+    pub fn new(config: OpenAiConfig, version: String) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("openclaw-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let endpoint = config.endpoint("/v1/messages")?;
+        let mut headers = config.header_map()?;
+        headers.insert(
+            "anthropic-version",
+            reqwest::header::HeaderValue::from_str(&version).map_err(|_| {
+                anyhow::anyhow!("anthropicVersion '{version}' is not valid in an HTTP header")
+            })?,
+        );
+        if let Some(key) = &config.api_key {
+            let mut value = reqwest::header::HeaderValue::from_str(key.expose())
+                .map_err(|_| anyhow::anyhow!("the API key is not valid in an HTTP header"))?;
+            value.set_sensitive(true);
+            headers.insert("x-api-key", value);
+        }
+        Ok(Self {
+            config,
+            endpoint,
+            headers,
+            http,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct WireRequest<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<String>,
+    messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'a str,
+    content: Vec<TextBlock<'a>>,
+}
+
+#[derive(Serialize)]
+struct TextBlock<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: &'a str,
+}
+
+/// The request body: the system prompt lifted out, roles made to alternate.
+fn wire_request<'a>(request: &'a ChatRequest, stream: bool) -> WireRequest<'a> {
+    let system: Vec<&str> = request
+        .messages
+        .iter()
+        .filter(|(role, _)| role == "system")
+        .map(|(_, content)| content.as_str())
+        .collect();
+    let mut messages: Vec<WireMessage<'a>> = Vec::new();
+    for (role, content) in request.messages.iter().filter(|(role, _)| role != "system") {
+        let role = if role == "assistant" {
+            "assistant"
+        } else {
+            "user"
+        };
+        let block = TextBlock {
+            kind: "text",
+            text: content.as_str(),
+        };
+        match messages.last_mut() {
+            Some(last) if last.role == role => last.content.push(block),
+            _ => {
+                if messages.is_empty() && role == "assistant" {
+                    messages.push(WireMessage {
+                        role: "user",
+                        content: vec![TextBlock {
+                            kind: "text",
+                            text: "(continue)",
+                        }],
+                    });
+                }
+                messages.push(WireMessage {
+                    role,
+                    content: vec![block],
+                });
+            }
+        }
+    }
+    WireRequest {
+        model: &request.model,
+        max_tokens: request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        system: (!system.is_empty()).then(|| system.join("\n\n")),
+        messages,
+        temperature: request.temperature,
+        stream,
+    }
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    #[serde(default)]
+    content: Vec<WireBlock>,
+    stop_reason: Option<String>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireBlock {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: Option<u32>,
+    #[serde(default)]
+    output_tokens: Option<u32>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u32>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u32>,
+}
+
+impl WireUsage {
+    /// Every prompt token the call read: fresh, written to the cache, read from it.
+    fn prompt_tokens(&self) -> Option<u32> {
+        let input = self.input_tokens?;
+        Some(
+            input
+                .saturating_add(self.cache_read_input_tokens.unwrap_or(0))
+                .saturating_add(self.cache_creation_input_tokens.unwrap_or(0)),
+        )
+    }
+}
+
+/// Anthropic's stop reason in the OpenAI vocabulary the gateway speaks.
+fn finish_reason(stop: Option<&str>) -> String {
+    match stop {
+        Some("max_tokens") => "length",
+        Some("tool_use") => "tool_calls",
+        Some("refusal") => "content_filter",
+        _ => "stop",
+    }
+    .to_owned()
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    error: WireErrorBody,
+}
+
+#[derive(Deserialize)]
+struct WireErrorBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    message: Option<String>,
+}
+
+/// The provider's refusal, summarised without echoing more than a line of it.
+async fn refusal(response: reqwest::Response) -> ProviderError {
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let bytes = response.bytes().await.unwrap_or_default();
+    let message = serde_json::from_slice::<WireError>(&bytes)
+        .ok()
+        .and_then(|e| e.error.message)
+        .map(|m| m.chars().take(300).collect())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+    ProviderError::Status {
+        status: status.as_u16(),
+        message,
+        retry_after,
+    }
+}
+
+impl Anthropic {
+    async fn send(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let mut call = self
+            .http
+            .post(self.endpoint.clone())
+            .headers(self.headers.clone())
+            .json(&wire_request(request, stream));
+        if stream {
+            call = call.header(reqwest::header::ACCEPT, "text/event-stream");
+        }
+        let mut trace = reqwest::header::HeaderMap::new();
+        openclaw_runtime::telemetry::inject(
+            &tracing::Span::current(),
+            &mut openclaw_runtime::telemetry::HeaderCarrier(&mut trace),
+        );
+        call = call.headers(trace);
+        let response = call
+            .send()
+            .await
+            .map_err(|e| classify(e, self.config.request_timeout))?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(refusal(response).await)
+        }
+    }
+}
+
+#[async_trait]
+impl ChatProvider for Anthropic {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    async fn complete(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
+        let response = self.send(request, false).await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| classify(e, self.config.request_timeout))?;
+        let wire: WireResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| ProviderError::BadResponse(e.to_string()))?;
+        let content: String = wire
+            .content
+            .iter()
+            .filter(|block| block.kind == "text")
+            .filter_map(|block| block.text.as_deref())
+            .collect();
+        let usage = wire.usage.unwrap_or_default();
+        Ok(ChatCompletion {
+            prompt_tokens: usage.prompt_tokens().unwrap_or_else(|| {
+                crate::tokenizer::count_prompt(
+                    request
+                        .messages
+                        .iter()
+                        .map(|(r, c)| (r.as_str(), c.as_str())),
+                )
+            }),
+            completion_tokens: usage
+                .output_tokens
+                .unwrap_or_else(|| crate::tokenizer::count_text(&content)),
+            cached_tokens: usage.cache_read_input_tokens.unwrap_or(0),
+            content,
+            finish_reason: finish_reason(wire.stop_reason.as_deref()),
+        })
+    }
+
+    async fn stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+        let response = self.send(request, true).await?;
+        let reader = EventReader {
+            body: response.bytes_stream().boxed(),
+            decoder: EventDecoder::default(),
+            events: Default::default(),
+            scratch: Vec::new(),
+            stop_reason: None,
+            usage: WireUsage::default(),
+            timeout: self.config.request_timeout,
+            done: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            reader,
+            |mut reader| async move {
+                let chunk = reader.next_chunk().await?;
+                Some((chunk, reader))
+            },
+        )))
+    }
+}
+
+/// One event of a streamed message: `message_start`, `content_block_start`,
+/// `content_block_delta`, `content_block_stop`, `message_delta`, `message_stop`, `ping`,
+/// `error`.
+#[derive(Deserialize)]
+struct WireEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    message: Option<WireStartedMessage>,
+    #[serde(default)]
+    delta: Option<WireDelta>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<WireErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct WireStartedMessage {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireDelta {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+}
+
+struct EventReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    decoder: EventDecoder,
+    events: std::collections::VecDeque<String>,
+    scratch: Vec<String>,
+    stop_reason: Option<String>,
+    /// Input figures from `message_start`, output from `message_delta`.
+    usage: WireUsage,
+    timeout: Duration,
+    done: bool,
+}
+
+impl EventReader {
+    fn end(&mut self) -> Chunk {
+        self.done = true;
+        Chunk::End(StreamEnd {
+            finish_reason: finish_reason(self.stop_reason.as_deref()),
+            prompt_tokens: self.usage.prompt_tokens(),
+            completion_tokens: self.usage.output_tokens,
+            cached_tokens: self.usage.cache_read_input_tokens,
+        })
+    }
+
+    fn absorb(&mut self, usage: WireUsage) {
+        let merged = &mut self.usage;
+        merged.input_tokens = usage.input_tokens.or(merged.input_tokens);
+        merged.output_tokens = usage.output_tokens.or(merged.output_tokens);
+        merged.cache_read_input_tokens = usage
+            .cache_read_input_tokens
+            .or(merged.cache_read_input_tokens);
+        merged.cache_creation_input_tokens = usage
+            .cache_creation_input_tokens
+            .or(merged.cache_creation_input_tokens);
+    }
+
+    async fn next_chunk(&mut self) -> Option<Result<Chunk, ProviderError>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            while let Some(data) = self.events.pop_front() {
+                let event: WireEvent = match serde_json::from_str(&data) {
+                    Ok(event) => event,
+                    Err(err) => {
+                        self.done = true;
+                        return Some(Err(ProviderError::BadResponse(format!(
+                            "a stream event is not a Messages API event: {err}"
+                        ))));
+                    }
+                };
+                match event.kind.as_str() {
+                    "message_start" => {
+                        if let Some(usage) = event.message.and_then(|m| m.usage) {
+                            self.absorb(usage);
+                        }
+                    }
+                    "content_block_delta" => {
+                        if let Some(delta) = event.delta
+                            && delta.kind.as_deref() == Some("text_delta")
+                            && let Some(text) = delta.text
+                            && !text.is_empty()
+                        {
+                            return Some(Ok(Chunk::Delta(text)));
+                        }
+                    }
+                    "message_delta" => {
+                        if let Some(reason) = event.delta.and_then(|d| d.stop_reason) {
+                            self.stop_reason = Some(reason);
+                        }
+                        if let Some(usage) = event.usage {
+                            self.absorb(usage);
+                        }
+                    }
+                    "message_stop" => return Some(Ok(self.end())),
+                    "error" => {
+                        self.done = true;
+                        let body = event.error.unwrap_or(WireErrorBody {
+                            kind: None,
+                            message: None,
+                        });
+                        // Overloaded mid-stream is Anthropic's 529; anything else a bad gateway.
+                        let status = if body.kind.as_deref() == Some("overloaded_error") {
+                            529
+                        } else {
+                            502
+                        };
+                        return Some(Err(ProviderError::Status {
+                            status,
+                            message: body
+                                .message
+                                .unwrap_or_else(|| "error in stream".into())
+                                .chars()
+                                .take(300)
+                                .collect(),
+                            retry_after: None,
+                        }));
+                    }
+                    // ping, content_block_start/stop, and event types added later.
+                    _ => {}
+                }
+            }
+            match self.body.next().await {
+                Some(Ok(bytes)) => {
+                    self.decoder.feed(&bytes, &mut self.scratch);
+                    self.events.extend(self.scratch.drain(..));
+                }
+                Some(Err(err)) => {
+                    self.done = true;
+                    return Some(Err(classify(err, self.timeout)));
+                }
+                None => {
+                    self.decoder.finish(&mut self.scratch);
+                    if !self.scratch.is_empty() {
+                        self.events.extend(self.scratch.drain(..));
+                        continue;
+                    }
+                    if self.stop_reason.is_some() {
+                        return Some(Ok(self.end()));
+                    }
+                    self.done = true;
+                    return Some(Err(ProviderError::BadResponse(
+                        "the stream ended before the message was finished".into(),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(messages: &[(&str, &str)]) -> ChatRequest {
+        ChatRequest {
+            model: "claude-sonnet-4-5".into(),
+            messages: messages
+                .iter()
+                .map(|(r, c)| (r.to_string(), c.to_string()))
+                .collect(),
+            temperature: Some(0.2),
+            max_tokens: Some(64),
+        }
+    }
+
+    #[test]
+    fn the_system_prompt_is_lifted_out_and_roles_alternate() {
+        let body = serde_json::to_value(wire_request(
+            &request(&[
+                ("system", "Be brief."),
+                ("user", "Hello"),
+                ("user", "Are you there?"),
+                ("assistant", "Yes."),
+                ("system", "Answer in French."),
+                ("user", "Bye"),
+            ]),
+            false,
+        ))
+        .unwrap();
+        assert_eq!(body["system"], "Be brief.\n\nAnswer in French.");
+        assert_eq!(body["max_tokens"], 64);
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 3);
+        assert_eq!(messages[0]["role"], "user");
+        assert_eq!(messages[0]["content"][1]["text"], "Are you there?");
+        assert_eq!(messages[1]["role"], "assistant");
+        assert_eq!(messages[2]["content"][0]["text"], "Bye");
+        assert!(body.get("stream").is_none());
+    }
+
+    #[test]
+    fn a_conversation_opening_with_the_assistant_gets_a_user_turn_first() {
+        let body =
+            serde_json::to_value(wire_request(&request(&[("assistant", "Hi!")]), true)).unwrap();
+        assert_eq!(body["messages"][0]["role"], "user");
+        assert_eq!(body["messages"][1]["role"], "assistant");
+        assert_eq!(body["stream"], true);
+    }
+
+    #[test]
+    fn cache_reads_and_writes_count_as_prompt_tokens() {
+        let usage = WireUsage {
+            input_tokens: Some(10),
+            output_tokens: Some(5),
+            cache_read_input_tokens: Some(100),
+            cache_creation_input_tokens: Some(20),
+        };
+        assert_eq!(usage.prompt_tokens(), Some(130));
+        assert_eq!(finish_reason(Some("end_turn")), "stop");
+        assert_eq!(finish_reason(Some("max_tokens")), "length");
+    }
+}

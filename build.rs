@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(out.join("openclaw_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // Maps in a deterministic order: a send's options are fingerprinted by their encoding.
+        .btree_map(".")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

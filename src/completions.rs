@@ -18,11 +18,12 @@ use crate::limits::{Admission, CapKind};
 use crate::metadata::{mark_simulated, respond};
 use crate::proto::completion_service_server::CompletionService;
 use crate::proto::{self, ChatMessage};
+use crate::providers::Sampling;
 use crate::providers::{Model, ModelCatalog};
 use crate::sessions::retention::Retention;
 use crate::sessions::turn::new_session;
 use crate::sessions::turn_lock::{TurnLock, TurnLocks};
-use crate::sessions::validation::{validate_message, validate_options, validate_session_id};
+use crate::sessions::validation::{sampling, validate_message, validate_session_id};
 use crate::store::{CreateOutcome, Store, StoredMessage};
 use crate::streaming::{EventStream, StreamedAnswer};
 
@@ -77,6 +78,7 @@ struct Asked {
     messages: Vec<StoredMessage>,
     temperature: Option<f32>,
     max_tokens: Option<u32>,
+    sampling: Sampling,
     session_id: Option<String>,
 }
 
@@ -121,7 +123,7 @@ fn check(models: &ModelCatalog, body: proto::CompleteRequest) -> ApiResult<Asked
             "The last message must have the role 'user': the model answers it",
         ));
     }
-    validate_options(&body.options)?;
+    let sampling = sampling(body.options.as_ref())?;
     let session_id = (!body.session_id.is_empty()).then_some(body.session_id);
     if let Some(id) = &session_id {
         validate_session_id(id, "OpenClaw-Session-Id")?;
@@ -144,6 +146,7 @@ fn check(models: &ModelCatalog, body: proto::CompleteRequest) -> ApiResult<Asked
         messages,
         temperature: body.options.as_ref().and_then(|o| o.temperature),
         max_tokens: body.options.as_ref().and_then(|o| o.max_tokens),
+        sampling,
         session_id,
     })
 }
@@ -269,6 +272,7 @@ impl Completer {
                     &asked.messages,
                     asked.temperature,
                     asked.max_tokens,
+                    asked.sampling.clone(),
                 )
                 .await?
                 .complete()
@@ -327,6 +331,7 @@ impl StreamedAnswer for StreamedCompletion {
                     &asked.messages,
                     asked.temperature,
                     asked.max_tokens,
+                    asked.sampling.clone(),
                 )
                 .await?
                 .stream()

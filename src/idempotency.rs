@@ -100,6 +100,17 @@ fn fingerprint(body: &proto::SendMessageRequest) -> String {
     hash.update([0]);
     if let Some(options) = &body.options {
         hash.update(format!("{:?}/{:?}", options.temperature, options.max_tokens).as_bytes());
+        // The other options, only when set: a send recorded before they existed keeps its
+        // fingerprint.
+        let rest = proto::GenerationOptions {
+            temperature: None,
+            max_tokens: None,
+            ..options.clone()
+        };
+        if rest != proto::GenerationOptions::default() {
+            hash.update([0]);
+            hash.update(prost::Message::encode_to_vec(&rest));
+        }
     }
     let digest = hash.finalize();
     let mut out = String::with_capacity(FINGERPRINT_LEN);

@@ -18,7 +18,7 @@ use crate::front_door::{FrontDoor, QueueSlot};
 use crate::limits::{Admission, Charge};
 use crate::proto;
 use crate::providers::{
-    ChatCompletion, ChatRequest, Chunk, ChunkStream, Model, ModelCatalog, StreamEnd,
+    ChatCompletion, ChatRequest, Chunk, ChunkStream, Model, ModelCatalog, Sampling, StreamEnd,
 };
 use crate::spend::SpendRecord;
 use crate::store::StoredMessage;
@@ -85,7 +85,19 @@ impl Inference {
         messages: impl IntoIterator<Item = &'a StoredMessage> + Clone,
         temperature: Option<f32>,
         max_tokens: Option<u32>,
+        sampling: Sampling,
     ) -> ApiResult<Call> {
+        if let Some((field, instead)) = model.provider.refuses(&sampling) {
+            return Err(ApiError::invalid_field(
+                field,
+                "Unsupported by the model's provider",
+                format!(
+                    "The field '{field}' is not supported by the provider '{}' of {}: {instead}; remove it, or choose a model of an OpenAI-compatible provider",
+                    model.provider.name(),
+                    model.id
+                ),
+            ));
+        }
         let max_tokens = max_tokens.unwrap_or(self.default_max_tokens);
         let prompt_tokens = tokenizer::count_prompt_known(
             messages
@@ -119,6 +131,7 @@ impl Inference {
                 messages: transcript,
                 temperature,
                 max_tokens: Some(max_tokens),
+                sampling,
             },
             model,
             prompt_tokens,

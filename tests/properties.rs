@@ -49,6 +49,7 @@ fn options() -> impl Strategy<Value = Option<edge::GenerationOptions>> {
             (temperature.is_some() || max_tokens.is_some()).then_some(edge::GenerationOptions {
                 temperature,
                 max_tokens,
+                ..Default::default()
             })
         })
 }

@@ -71,6 +71,7 @@ fn session(owner: &str, id: &str, created_at: DateTime<Utc>) -> SessionRecord {
         expires_at: None,
         context_strategy: Default::default(),
         summary_at: None,
+        sampling: None,
     }
 }
 

@@ -597,8 +597,8 @@ pub(crate) fn caller(
                         summary: None,
                     }],
                     options: Some(proto::GenerationOptions {
-                        temperature: None,
                         max_tokens: Some(32),
+                        ..Default::default()
                     }),
                     session_id: String::new(),
                 });

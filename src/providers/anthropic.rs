@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use super::event_stream::EventDecoder;
 use super::openai::{OpenAiConfig, classify, retry_after};
 use super::{
-    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ProviderError, StreamEnd,
+    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ProviderError, Sampling,
+    StreamEnd,
 };
 
 /// The `anthropic-version` sent unless the providers file names another.
@@ -81,8 +82,19 @@ struct WireRequest<'a> {
     messages: Vec<WireMessage<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<WireMetadata<'a>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     stream: bool,
+}
+
+#[derive(Serialize)]
+struct WireMetadata<'a> {
+    user_id: &'a str,
 }
 
 #[derive(Serialize)]
@@ -142,6 +154,13 @@ fn wire_request<'a>(request: &'a ChatRequest, stream: bool) -> WireRequest<'a> {
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         messages,
         temperature: request.temperature,
+        top_p: request.sampling.top_p,
+        stop_sequences: &request.sampling.stop,
+        metadata: request
+            .sampling
+            .user
+            .as_deref()
+            .map(|user_id| WireMetadata { user_id }),
         stream,
     }
 }
@@ -262,6 +281,30 @@ impl Anthropic {
 impl ChatProvider for Anthropic {
     fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The Messages API has stop sequences, `top_p` and a user id, and none of the rest.
+    fn refuses(&self, sampling: &Sampling) -> Option<(&'static str, &'static str)> {
+        const NOT: &str = "Anthropic's Messages API has no such option";
+        if sampling.seed.is_some() {
+            return Some(("seed", NOT));
+        }
+        if sampling.presence_penalty.is_some() {
+            return Some(("presencePenalty", NOT));
+        }
+        if sampling.frequency_penalty.is_some() {
+            return Some(("frequencyPenalty", NOT));
+        }
+        if !sampling.logit_bias.is_empty() {
+            return Some(("logitBias", NOT));
+        }
+        if sampling.wants_json() {
+            return Some((
+                "responseFormat",
+                "the gateway does not ask Anthropic models for JSON output; only \"text\" is supported",
+            ));
+        }
+        None
     }
 
     async fn complete(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
@@ -494,6 +537,7 @@ mod tests {
                 .collect(),
             temperature: Some(0.2),
             max_tokens: Some(64),
+            sampling: Sampling::default(),
         }
     }
 

@@ -37,6 +37,87 @@ pub struct ChatRequest {
     pub messages: Vec<(String, String)>,
     pub temperature: Option<f32>,
     pub max_tokens: Option<u32>,
+    /// Every other sampling option a caller set.
+    pub sampling: Sampling,
+}
+
+/// The sampling options beyond temperature and the completion bound, each carried to the
+/// provider or refused: a provider that cannot honour one says which ([`ChatProvider::refuses`]).
+/// Stored with a session as its defaults (camelCase JSON).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sampling {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub logit_bias: std::collections::BTreeMap<String, f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+}
+
+impl Sampling {
+    /// `self`, with the fields `over` sets replacing its own.
+    pub fn overlaid(&self, over: &Sampling) -> Sampling {
+        Sampling {
+            stop: if over.stop.is_empty() {
+                self.stop.clone()
+            } else {
+                over.stop.clone()
+            },
+            top_p: over.top_p.or(self.top_p),
+            seed: over.seed.or(self.seed),
+            presence_penalty: over.presence_penalty.or(self.presence_penalty),
+            frequency_penalty: over.frequency_penalty.or(self.frequency_penalty),
+            logit_bias: if over.logit_bias.is_empty() {
+                self.logit_bias.clone()
+            } else {
+                over.logit_bias.clone()
+            },
+            user: over.user.clone().or_else(|| self.user.clone()),
+            response_format: over
+                .response_format
+                .clone()
+                .or_else(|| self.response_format.clone()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Sampling::default()
+    }
+
+    /// Whether the reply must be JSON (an object, or matching a schema).
+    pub fn wants_json(&self) -> bool {
+        matches!(
+            self.response_format,
+            Some(ResponseFormat::JsonObject | ResponseFormat::JsonSchema { .. })
+        )
+    }
+}
+
+/// The format a reply must have.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+        schema: serde_json::Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        strict: Option<bool>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +258,11 @@ pub trait ChatProvider: Send + Sync + 'static {
     /// True for the built-in offline simulator.
     fn simulated(&self) -> bool {
         false
+    }
+    /// The first sampling option this provider cannot honour, by its sessions-API name
+    /// (`seed`, `responseFormat`), with what it supports instead; `None` when it honours all.
+    fn refuses(&self, _sampling: &Sampling) -> Option<(&'static str, &'static str)> {
+        None
     }
     async fn complete(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError>;
 

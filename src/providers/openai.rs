@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::event_stream::EventDecoder;
 use super::{
-    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ProviderError, StreamEnd,
+    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ProviderError, ResponseFormat,
+    StreamEnd,
 };
 use crate::config::Secret;
 use crate::tokenizer;
@@ -110,6 +111,45 @@ struct WireRequest<'a> {
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    logit_bias: &'a std::collections::BTreeMap<String, f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<serde_json::Value>,
+}
+
+/// OpenAI's `response_format`: `{"type": "json_schema", "json_schema": {...}}`.
+fn wire_response_format(format: &ResponseFormat) -> serde_json::Value {
+    match format {
+        ResponseFormat::Text => serde_json::json!({"type": "text"}),
+        ResponseFormat::JsonObject => serde_json::json!({"type": "json_object"}),
+        ResponseFormat::JsonSchema {
+            name,
+            description,
+            schema,
+            strict,
+        } => {
+            let mut inner = serde_json::json!({"name": name, "schema": schema});
+            if let Some(description) = description {
+                inner["description"] = serde_json::Value::from(description.as_str());
+            }
+            if let Some(strict) = strict {
+                inner["strict"] = serde_json::Value::from(*strict);
+            }
+            serde_json::json!({"type": "json_schema", "json_schema": inner})
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -254,6 +294,18 @@ impl OpenAiCompatible {
             stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
             }),
+            stop: &request.sampling.stop,
+            top_p: request.sampling.top_p,
+            seed: request.sampling.seed,
+            presence_penalty: request.sampling.presence_penalty,
+            frequency_penalty: request.sampling.frequency_penalty,
+            logit_bias: &request.sampling.logit_bias,
+            user: request.sampling.user.as_deref(),
+            response_format: request
+                .sampling
+                .response_format
+                .as_ref()
+                .map(wire_response_format),
         };
         let mut call = self.http.post(self.endpoint.clone()).json(&body);
         if !self.headers.is_empty() {

@@ -242,9 +242,24 @@ impl ModelCatalog {
                 Err(error) => error,
             };
             let budget_left = deadline.saturating_duration_since(Instant::now());
+            // A fallback whose provider cannot honour the call's options is passed over:
+            // an option is never dropped to get an answer.
             let next =
                 if provider_fault(&error) || matches!(error, ProviderError::CircuitOpen { .. }) {
-                    chain.find_map(|id| self.resolve_shared(id))
+                    chain.find_map(|id| {
+                        self.resolve_shared(id).filter(|next| {
+                            let refused = next.provider.refuses(&request.sampling);
+                            if let Some((field, _)) = refused {
+                                tracing::warn!(
+                                    from = %model.id,
+                                    to = %next.id,
+                                    field,
+                                    "a fallback cannot honour a field of the call; passed over"
+                                );
+                            }
+                            refused.is_none()
+                        })
+                    })
                 } else {
                     None
                 };

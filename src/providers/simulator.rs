@@ -7,9 +7,65 @@ use async_trait::async_trait;
 use futures::StreamExt as _;
 
 use super::{
-    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ProviderError, StreamEnd,
+    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ProviderError, ResponseFormat,
+    StreamEnd,
 };
 use crate::tokenizer;
+
+/// A value that satisfies `schema` (the common JSON Schema keywords: `type`, `properties`,
+/// `required`, `items`, `enum`, `const`), its strings saying `said`: deterministic, so a
+/// structured-output client can be tried offline.
+fn instance(schema: &serde_json::Value, said: &str) -> serde_json::Value {
+    use serde_json::{Value, json};
+    if let Some(value) = schema.get("const") {
+        return value.clone();
+    }
+    if let Some(first) = schema
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return first.clone();
+    }
+    let kind = match schema.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        // A list of types: the first that is not null.
+        Some(Value::Array(kinds)) => kinds
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|k| *k != "null")
+            .unwrap_or("null"),
+        _ if schema.get("properties").is_some() => "object",
+        _ => "string",
+    };
+    match kind {
+        "object" => {
+            let mut object = serde_json::Map::new();
+            if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+                for (name, property) in properties {
+                    object.insert(name.clone(), instance(property, said));
+                }
+            }
+            Value::Object(object)
+        }
+        "array" => match schema.get("items") {
+            Some(items) => {
+                let count = schema.get("minItems").and_then(Value::as_u64).unwrap_or(1);
+                Value::Array(
+                    (0..count.clamp(1, 3))
+                        .map(|_| instance(items, said))
+                        .collect(),
+                )
+            }
+            None => json!([]),
+        },
+        "integer" => json!(schema.get("minimum").and_then(Value::as_i64).unwrap_or(1)),
+        "number" => json!(schema.get("minimum").and_then(Value::as_f64).unwrap_or(1.0)),
+        "boolean" => json!(true),
+        "null" => Value::Null,
+        _ => json!(format!("[offline simulator] {said}")),
+    }
+}
 
 /// The pause between two streamed words, so a streamed answer looks like one.
 const WORD_PAUSE: Duration = Duration::from_millis(5);
@@ -47,12 +103,29 @@ impl ChatProvider for Simulator {
             .iter()
             .filter(|(role, _)| role == "user")
             .count();
-        let mut content = format!(
-            "[offline simulator: {}] You said: \"{}\" (turn {turns}). Set ZAI_API_KEY to get answers from the real model.",
-            request.model,
-            last_user.chars().take(200).collect::<String>()
-        );
+        let said: String = last_user.chars().take(200).collect();
+        let mut content = match &request.sampling.response_format {
+            // JSON asked for: an object, or an instance of the schema, built from the question.
+            Some(ResponseFormat::JsonObject) => {
+                serde_json::json!({"simulated": true, "youSaid": said, "turn": turns}).to_string()
+            }
+            Some(ResponseFormat::JsonSchema { schema, .. }) => instance(schema, &said).to_string(),
+            _ => format!(
+                "[offline simulator: {}] You said: \"{said}\" (turn {turns}). Set ZAI_API_KEY to get answers from the real model.",
+                request.model,
+            ),
+        };
         let mut finish_reason = "stop".to_string();
+        // A stop sequence ends the reply where it first appears, as a model's would.
+        if let Some(at) = request
+            .sampling
+            .stop
+            .iter()
+            .filter_map(|stop| content.find(stop.as_str()))
+            .min()
+        {
+            content.truncate(at);
+        }
         if let Some(max) = request.max_tokens
             && tokenizer::count_text(&content) > max
         {

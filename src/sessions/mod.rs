@@ -224,6 +224,8 @@ impl SessionService for Sessions {
         );
         session.idle_ttl_seconds = self.retention.idle_ttl_seconds(&principal, cron_run);
         session.expires_at = expires_at;
+        let sampling = validation::sampling(options)?;
+        session.sampling = (!sampling.is_empty()).then(|| sampling.clone());
         let mut stored = new;
         // The first messages alone over the session's quotas: refused before the model is
         // asked (the store checks again, with the reply).
@@ -252,6 +254,7 @@ impl SessionService for Sessions {
                 &mut stored,
                 session.temperature,
                 session.max_tokens,
+                sampling,
             )
             .await?;
         session.updated_at = Utc::now();

@@ -14,6 +14,7 @@ use crate::inference::{Inference, Streamed};
 use crate::limits::{Admission, Charge};
 use crate::proto::{self, ChatMessage};
 use crate::providers::Model;
+use crate::providers::Sampling;
 use crate::quotas::{Quotas, check_message_bytes};
 use crate::store::{
     CapBreach, ContextStrategy, History, HistoryBudget, SessionCap, SessionRecord, Store,
@@ -111,6 +112,7 @@ impl Turns {
 
     /// Asks the model with `prompt` when `new` ends with a user message, appending its answer
     /// to `new`; otherwise admits a plain request.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn answer(
         &self,
         principal: &Principal,
@@ -119,6 +121,7 @@ impl Turns {
         new: &mut Vec<StoredMessage>,
         temperature: Option<f32>,
         max_tokens: Option<u32>,
+        sampling: Sampling,
     ) -> ApiResult<(Option<proto::Reply>, Admission)> {
         // Everything answered here is stored: refused while Redis is short of memory, before
         // the model is asked.
@@ -134,6 +137,7 @@ impl Turns {
                 prompt.iter(),
                 temperature,
                 max_tokens,
+                sampling,
             )
             .await?
             .complete()
@@ -261,6 +265,7 @@ impl Turns {
                     request.iter(),
                     None,
                     Some(plan.summary_tokens),
+                    Sampling::default(),
                 )
                 .await?
                 .complete()
@@ -310,7 +315,7 @@ impl Turns {
         } = turn;
         let outcome = async {
             let model = self.models().resolve_model(&session.model)?.clone();
-            let (temperature, max_tokens) = merge_options(session, options.as_ref());
+            let (temperature, max_tokens, sampling) = merge_options(session, options.as_ref())?;
             let prompt = if ends_with_user(new) {
                 self.prompt(
                     principal, &model, lock, session, history, new, max_tokens, field,
@@ -320,7 +325,15 @@ impl Turns {
                 Vec::new()
             };
             let (reply, admission) = self
-                .answer(principal, &model, &prompt, new, temperature, max_tokens)
+                .answer(
+                    principal,
+                    &model,
+                    &prompt,
+                    new,
+                    temperature,
+                    max_tokens,
+                    sampling,
+                )
                 .await?;
             let record = key.map(|key| {
                 let body = key.record(&proto::SendMessageResponse {
@@ -357,7 +370,7 @@ impl Turns {
         let opened = async {
             self.door.check_growth(principal)?;
             let model = self.models().resolve_model(&turn.session.model)?.clone();
-            let (temperature, max_tokens) = merge_options(&turn.session, options);
+            let (temperature, max_tokens, sampling) = merge_options(&turn.session, options)?;
             let prompt = self
                 .prompt(
                     principal,
@@ -371,7 +384,14 @@ impl Turns {
                 )
                 .await?;
             self.inference
-                .admit(principal, model, prompt.iter(), temperature, max_tokens)
+                .admit(
+                    principal,
+                    model,
+                    prompt.iter(),
+                    temperature,
+                    max_tokens,
+                    sampling,
+                )
                 .await?
                 .stream()
                 .await
@@ -488,6 +508,7 @@ pub(crate) fn new_session(
         expires_at: None,
         context_strategy,
         summary_at: None,
+        sampling: None,
     }
 }
 
@@ -495,11 +516,13 @@ pub(crate) fn new_session(
 fn merge_options(
     session: &SessionRecord,
     options: Option<&proto::GenerationOptions>,
-) -> (Option<f32>, Option<u32>) {
-    (
+) -> ApiResult<(Option<f32>, Option<u32>, Sampling)> {
+    let own = super::validation::sampling(options)?;
+    Ok((
         options.and_then(|o| o.temperature).or(session.temperature),
         options.and_then(|o| o.max_tokens).or(session.max_tokens),
-    )
+        session.sampling.clone().unwrap_or_default().overlaid(&own),
+    ))
 }
 
 pub(super) fn to_stored(messages: &[ChatMessage]) -> Vec<StoredMessage> {

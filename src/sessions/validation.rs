@@ -4,6 +4,7 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::proto::{self, ChatMessage};
+use crate::providers::{ResponseFormat, Sampling};
 
 /// The roles a session's messages may have.
 pub(crate) const ROLES: &[&str] = &["system", "user", "assistant"];
@@ -66,10 +67,142 @@ pub(crate) fn validate_message(
     Ok(())
 }
 
+/// The sampling options of a request, checked: each in its range, named by its sessions-API
+/// field when it is not (the OpenAI-compatible surface renames them to its own).
+pub(crate) fn sampling(options: Option<&proto::GenerationOptions>) -> ApiResult<Sampling> {
+    let Some(options) = options else {
+        return Ok(Sampling::default());
+    };
+    let field = |name: &str, details: String| {
+        ApiError::invalid_field(name.to_owned(), format!("Invalid {name}"), details)
+    };
+    if options.stop.len() > 4 || options.stop.iter().any(|s| s.is_empty() || s.len() > 256) {
+        return Err(field(
+            "stop",
+            "The field 'stop' takes up to 4 sequences, each 1 to 256 bytes".into(),
+        ));
+    }
+    let between = |value: Option<f32>, name: &str, low: f32, high: f32, open_low: bool| match value
+    {
+        Some(v) if !v.is_finite() || v > high || v < low || (open_low && v <= low) => Err(field(
+            name,
+            format!(
+                "The field '{name}' must be a number {} {low} and at most {high}",
+                if open_low { "above" } else { "of at least" }
+            ),
+        )),
+        _ => Ok(()),
+    };
+    between(options.top_p, "topP", 0.0, 1.0, true)?;
+    between(
+        options.presence_penalty,
+        "presencePenalty",
+        -2.0,
+        2.0,
+        false,
+    )?;
+    between(
+        options.frequency_penalty,
+        "frequencyPenalty",
+        -2.0,
+        2.0,
+        false,
+    )?;
+    if options.logit_bias.len() > 300 {
+        return Err(field(
+            "logitBias",
+            "The field 'logitBias' takes at most 300 token ids".into(),
+        ));
+    }
+    for (token, bias) in &options.logit_bias {
+        if token.parse::<u32>().is_err() || !bias.is_finite() || !(-100.0..=100.0).contains(bias) {
+            return Err(field(
+                "logitBias",
+                "The field 'logitBias' maps token ids (whole numbers, as strings) to biases from -100 to 100".into(),
+            ));
+        }
+    }
+    if options.user.chars().count() > 256 {
+        return Err(field(
+            "user",
+            "The field 'user' must be at most 256 characters".into(),
+        ));
+    }
+    let response_format = match &options.response_format {
+        None => None,
+        Some(format) => Some(response_format(format)?),
+    };
+    Ok(Sampling {
+        stop: options.stop.clone(),
+        top_p: options.top_p,
+        seed: options.seed,
+        presence_penalty: options.presence_penalty,
+        frequency_penalty: options.frequency_penalty,
+        logit_bias: options
+            .logit_bias
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+        user: (!options.user.is_empty()).then(|| options.user.clone()),
+        response_format,
+    })
+}
+
+fn response_format(format: &proto::ResponseFormat) -> ApiResult<ResponseFormat> {
+    let invalid = |name: &str, details: &str| {
+        ApiError::invalid_field(
+            format!("responseFormat.{name}"),
+            "Invalid responseFormat",
+            details.to_owned(),
+        )
+    };
+    match format.r#type.as_str() {
+        "text" => Ok(ResponseFormat::Text),
+        "json_object" => Ok(ResponseFormat::JsonObject),
+        "json_schema" => {
+            let name_ok = !format.name.is_empty()
+                && format.name.len() <= 64
+                && format
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !name_ok {
+                return Err(invalid(
+                    "name",
+                    "The field 'responseFormat.name' is required with json_schema: 1 to 64 letters, digits, '_' or '-'",
+                ));
+            }
+            let schema: serde_json::Value = serde_json::from_str(&format.schema)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .ok_or_else(|| {
+                    invalid(
+                        "schema",
+                        "The field 'responseFormat.schema' must be a JSON Schema object",
+                    )
+                })?;
+            Ok(ResponseFormat::JsonSchema {
+                name: format.name.clone(),
+                description: (!format.description.is_empty()).then(|| format.description.clone()),
+                schema,
+                strict: format.strict,
+            })
+        }
+        other => Err(invalid(
+            "type",
+            &format!(
+                "The field 'responseFormat.type' must be \"text\", \"json_object\" or \"json_schema\", not '{}'",
+                other.chars().take(40).collect::<String>()
+            ),
+        )),
+    }
+}
+
 pub(crate) fn validate_options(options: &Option<proto::GenerationOptions>) -> ApiResult<()> {
     let Some(options) = options else {
         return Ok(());
     };
+    sampling(Some(options))?;
     if let Some(t) = options.temperature
         && !(t.is_finite() && (0.0..=2.0).contains(&t))
     {

@@ -1402,6 +1402,7 @@ mod tests {
             expires_at: None,
             context_strategy: Default::default(),
             summary_at: None,
+            sampling: None,
         };
         let msg = |content: &str| StoredMessage {
             role: "user".into(),

@@ -154,6 +154,10 @@ pub struct SessionRecord {
     /// store keeps it in the session's meta hash and fills it in on the turn's read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary_at: Option<u64>,
+    /// Sampling defaults for later turns (`stop`, `topP`, `responseFormat`, ...), from the
+    /// create request; each send may override them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<crate::providers::Sampling>,
 }
 
 impl SessionRecord {
@@ -656,6 +660,7 @@ mod tests {
             expires_at: None,
             context_strategy: ContextStrategy::Window,
             summary_at: None,
+            sampling: None,
         };
         assert_eq!(session.expiry(), None, "kept until deleted");
         session.idle_ttl_seconds = 60;

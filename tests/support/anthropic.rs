@@ -1,6 +1,8 @@
 //! A fake of Anthropic's Messages API (`POST /v1/messages`, whole and streamed in its event
 //! format), beside a minimal OpenAI-compatible endpoint (`POST /openai/chat/completions`),
-//! both recording every request's path and query, headers and body.
+//! both recording every request's path and query, headers and body. Each test file that uses
+//! it uses a part of it.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -18,6 +18,7 @@ pub(crate) mod events;
 pub(crate) mod fallback;
 pub(crate) mod keys;
 pub(crate) mod openai;
+pub(crate) mod sampling;
 pub(crate) mod sessions;
 pub(crate) mod system;
 

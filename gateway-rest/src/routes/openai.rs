@@ -4,6 +4,7 @@
 //! same limits; errors in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`).
 //! What differs from OpenAI is listed in docs/openai-compatibility.md.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use axum::{
@@ -13,8 +14,10 @@ use axum::{
 };
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::routes::sampling::SamplingInput;
 use crate::{
     core_client::{CoreClient, required},
     error::ApiError,
@@ -73,6 +76,33 @@ pub(crate) struct OpenAiErrorObject {
     code: String,
 }
 
+/// The core names sampling fields as the sessions API spells them; OpenAI's spelling here.
+const OPENAI_NAMES: [(&str, &str); 9] = [
+    ("maxTokens", "max_tokens"),
+    ("topP", "top_p"),
+    ("presencePenalty", "presence_penalty"),
+    ("frequencyPenalty", "frequency_penalty"),
+    ("logitBias", "logit_bias"),
+    ("responseFormat.name", "response_format.json_schema.name"),
+    (
+        "responseFormat.schema",
+        "response_format.json_schema.schema",
+    ),
+    ("responseFormat", "response_format"),
+    ("jsonSchema", "json_schema"),
+];
+
+fn openai_spelling(text: &str) -> String {
+    let mut out = text.to_owned();
+    for (camel, snake) in OPENAI_NAMES {
+        out = out.replace(&format!("'{camel}"), &format!("'{snake}"));
+        if out == camel || out.starts_with(&format!("{camel}.")) {
+            out = out.replacen(camel, snake, 1);
+        }
+    }
+    out
+}
+
 fn error_body(error: &ApiError) -> OpenAiErrorBody {
     use crate::proto::{ErrorCode as C, FieldViolationReason};
     let kind = match error.code {
@@ -98,9 +128,9 @@ fn error_body(error: &ApiError) -> OpenAiErrorBody {
     };
     OpenAiErrorBody {
         error: OpenAiErrorObject {
-            message: error.details.clone(),
+            message: openai_spelling(&error.details),
             kind,
-            param: error.field.clone(),
+            param: error.field.as_deref().map(openai_spelling),
             code,
         },
     }
@@ -132,7 +162,8 @@ where
 
 // ---- request ------------------------------------------------------------------------------
 
-/// `POST /v1/chat/completions`, as OpenAI defines it. Fields not listed are accepted and ignored.
+/// `POST /v1/chat/completions`, as OpenAI defines it. Every field listed is honoured; any other
+/// field (OpenAI's `tools` or `logprobs` included) is refused with 400 naming it, never ignored.
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct ChatCompletionRequest {
     /// A model id from `GET /v1/models` (`zai/glm-4.7-flash`), or its provider's own name
@@ -154,6 +185,34 @@ pub(crate) struct ChatCompletionRequest {
     stream_options: Option<StreamOptions>,
     /// Only 1 is supported.
     n: Option<u32>,
+    /// `stop`, `top_p`, `seed`, `presence_penalty`, `frequency_penalty`, `logit_bias`, `user`,
+    /// `response_format` (`text`, `json_object`, `json_schema` with `strict`).
+    #[serde(flatten)]
+    sampling: SamplingInput,
+    /// Any other field: refused, named.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    unsupported: BTreeMap<String, Value>,
+}
+
+/// What the gateway says of an OpenAI field it does not serve yet.
+fn unsupported_field(name: &str) -> ApiError {
+    let why = match name {
+        "tools" | "tool_choice" | "parallel_tool_calls" | "functions" | "function_call" => {
+            "tool calling is not supported by this gateway yet"
+        }
+        "logprobs" | "top_logprobs" => "log probabilities are not returned by this gateway yet",
+        "audio" | "modalities" => "only text replies are supported",
+        "prediction" | "web_search_options" | "reasoning_effort" | "service_tier" | "store"
+        | "metadata" | "verbosity" => "this OpenAI option is not supported by this gateway",
+        _ => "it is not a chat completions field this gateway knows",
+    };
+    invalid(
+        name.to_owned(),
+        format!(
+            "The field '{name}' is refused: {why}. Remove it; supported: model, messages, temperature, max_tokens, max_completion_tokens, stream, stream_options, n (1), stop, top_p, seed, presence_penalty, frequency_penalty, logit_bias, user, response_format"
+        ),
+    )
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -171,6 +230,10 @@ pub(crate) struct InputMessage {
     /// Text, or an array of content parts of which only `{"type": "text", "text"}` is supported.
     #[schema(value_type = Object, example = "Hello")]
     content: Option<Content>,
+    /// Any other field (`name`, `tool_calls`, `tool_call_id`): refused, named.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    unsupported: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +256,14 @@ fn invalid(field: String, details: String) -> ApiError {
 
 impl InputMessage {
     fn into_proto(self, index: usize) -> Result<proto::ChatMessage, ApiError> {
+        if let Some(name) = self.unsupported.keys().next() {
+            return Err(invalid(
+                format!("messages[{index}].{name}"),
+                format!(
+                    "The field 'messages[{index}].{name}' is refused: a message carries only 'role' and 'content' through this gateway (tool calls and message names are not supported yet)"
+                ),
+            ));
+        }
         let content = match self.content {
             None => String::new(),
             Some(Content::Text(text)) => text,
@@ -233,6 +304,9 @@ pub(crate) fn completion_request(
             "The field 'n' must be 1: the gateway returns one choice".into(),
         ));
     }
+    if let Some(name) = body.unsupported.keys().next() {
+        return Err(unsupported_field(name));
+    }
     let session_id = match headers.get(&SESSION_HEADER) {
         None => String::new(),
         Some(value) => value
@@ -252,11 +326,7 @@ pub(crate) fn completion_request(
         .map(|(i, message)| message.into_proto(i))
         .collect::<Result<Vec<_>, _>>()?;
     let max_tokens = body.max_completion_tokens.or(body.max_tokens);
-    let options =
-        (body.temperature.is_some() || max_tokens.is_some()).then_some(proto::GenerationOptions {
-            temperature: body.temperature,
-            max_tokens,
-        });
+    let options = body.sampling.into_options(body.temperature, max_tokens);
     let include_usage = body
         .stream_options
         .and_then(|o| o.include_usage)

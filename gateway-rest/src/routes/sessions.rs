@@ -16,6 +16,7 @@ use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::routes::sampling::SamplingInput;
 use crate::{
     core_client::{CoreClient, required},
     envelope::{ApiResult, Enveloped, ErrorObject, SuccessEnvelope},
@@ -109,6 +110,9 @@ pub(crate) struct CreateSessionRequest {
     /// a session accepts only its own value. See docs/retention.md.
     #[schema(value_type = Option<String>, format = DateTime, example = "2026-03-01T00:00:00Z")]
     expires_at: Option<String>,
+    /// Sampling options kept as the session's defaults (each send may override them).
+    #[serde(flatten)]
+    sampling: SamplingInput,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -124,6 +128,9 @@ pub(crate) struct SendMessageRequest {
     /// request's `Accept` asks for `text/event-stream`.
     #[schema(example = false)]
     stream: Option<bool>,
+    /// Sampling options for this send, over the session's.
+    #[serde(flatten)]
+    sampling: SamplingInput,
 }
 
 impl CreateSessionRequest {
@@ -135,7 +142,9 @@ impl CreateSessionRequest {
                 session_id: context.session_id.unwrap_or_default(),
                 strategy: context.strategy.unwrap_or_default(),
             }),
-            options: options(self.temperature, self.max_tokens),
+            options: self
+                .sampling
+                .into_options(self.temperature, self.max_tokens),
             expires_at: self.expires_at,
         }
     }
@@ -152,17 +161,12 @@ impl SendMessageRequest {
         let request = proto::SendMessageRequest {
             session_id,
             message: self.message.map(Into::into),
-            options: options(self.temperature, self.max_tokens),
+            options: self
+                .sampling
+                .into_options(self.temperature, self.max_tokens),
         };
         (request, self.stream.unwrap_or(accepts_event_stream))
     }
-}
-
-fn options(temperature: Option<f32>, max_tokens: Option<u32>) -> Option<proto::GenerationOptions> {
-    (temperature.is_some() || max_tokens.is_some()).then_some(proto::GenerationOptions {
-        temperature,
-        max_tokens,
-    })
 }
 
 /// Paging through a list.

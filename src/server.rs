@@ -98,7 +98,13 @@ pub async fn open_store(
             let store = EmbeddedStore::open(&path)
                 .with_context(|| format!("opening the embedded store at {}", path.display()))?;
             tracing::info!(path = %path.display(), "state store: embedded (single process; set OPENCLAW_REDIS_URL to scale out)");
-            let limiter = RateLimiter::new(Arc::new(LocalLimits::default()), None);
+            // Spend and the usage ledger are written through to the same file.
+            let spend = crate::store::EmbeddedSpend::open(store.database())
+                .context("opening the spend tables of the embedded store")?;
+            let limiter = RateLimiter::new(
+                Arc::new(LocalLimits::default().with_journal(Arc::new(spend))),
+                None,
+            );
             let events = EventBus::in_memory(EventSettings {
                 max_len: config.cron.events_max_len,
             });

@@ -30,6 +30,7 @@ use crate::proto::event_service_server::EventServiceServer;
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
 use crate::proto::system_service_server::SystemServiceServer;
+use crate::proto::usage_service_server::UsageServiceServer;
 use crate::providers::ModelCatalog;
 use crate::quotas::Quotas;
 use crate::sessions::Sessions;
@@ -39,6 +40,7 @@ use crate::sessions::turn_lock::TurnLocks;
 use crate::store::pressure::StoragePressure;
 use crate::store::{EmbeddedStore, RedisStore, SharedConnection, Store};
 use crate::system::System;
+use crate::usage::Usage;
 
 /// File name of the embedded store inside the data folder.
 pub const EMBEDDED_DB_FILE: &str = "gateway.redb";
@@ -365,6 +367,10 @@ impl CoreApi {
                     core.traffic.clone(),
                 ))
                 .max_decoding_message_size(LIMIT),
+            )
+            .add_service(
+                UsageServiceServer::new(Usage::new(core.door.clone(), core.store.clone()))
+                    .max_decoding_message_size(LIMIT),
             )
             .add_service(
                 SystemServiceServer::new(System::new(

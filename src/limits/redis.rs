@@ -190,10 +190,17 @@ local spend, limit = KEYS[4], tonumber(ARGV[12])
 local spent = redis.call('HINCRBY', spend, 'spent', ARGV[9])
 redis.call('PEXPIREAT', spend, ARGV[13])
 local out = {spent}
+-- Crossed at spent >= p/1000 × limit, computed as p × (limit div 1000) + ceil(p × (limit mod
+-- 1000) / 1000): spent × 1000 would pass 2^53 (where Lua's doubles skip integers) for the
+-- largest budgets, and every term here stays below 10^14.
+local rem = limit % 1000
+local thousandths = (limit - rem) / 1000
 if spent > 0 then
   for p in string.gmatch(ARGV[14], '%d+') do
-    if spent * 1000 >= tonumber(p) * limit and redis.call('HSETNX', spend, 't' .. p, 1) == 1 then
-      table.insert(out, tonumber(p))
+    local n = tonumber(p)
+    if spent >= n * thousandths + math.ceil(n * rem / 1000)
+      and redis.call('HSETNX', spend, 't' .. p, 1) == 1 then
+      table.insert(out, n)
     end
   end
 end

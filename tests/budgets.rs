@@ -1,0 +1,534 @@
+//! Spend budgets end to end (docs/budgets.md), on real processes: Redis, cores and edges, and a
+//! fake upstream that reports fixed usage for a priced model. A burst over two edges and two
+//! cores stops within one call's cost of a key's budget, each threshold is announced once, a
+//! new period starts from zero, the refusal's shape on REST, `/v1` and gRPC, reads carrying on
+//! for a refused key, and the single-process (embedded) gateway.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use chrono::Datelike as _;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{
+    Behaviour, CoreOptions, FakeUpstream, INTERNAL_TOKEN, Process, expect_data, expect_error,
+};
+
+/// The priced model: $1 per million prompt tokens and $2 per million completion tokens, so a
+/// token costs 1 or 2 micro-dollars.
+const MODEL: &str = "zai/priced";
+/// The usage the fake upstream reports for every call: 10 prompt and 5 completion tokens, so
+/// every answered call costs 10 × 1 + 5 × 2 = 20 µ$.
+const PROMPT: u32 = 10;
+const COMPLETION: u32 = 5;
+const CALL_COST: u64 = 20;
+/// The completion tokens each call reserves (`maxTokens`): its most costs the prompt's estimate
+/// + 50 × 2 µ$, at least 100 µ$, above what the upstream reports, so the bound is exact.
+const MAX_TOKENS: u32 = 50;
+
+fn providers(upstream: &FakeUpstream) -> String {
+    format!(
+        r#"
+        [[providers]]
+        name = "zai"
+        baseUrl = "{}"
+        apiKeyEnv = "ZAI_API_KEY"
+        models = [{{ name = "priced", upstream = "glm-4.7-flash", inputPricePerMTok = 1.0, outputPricePerMTok = 2.0 }}]
+        "#,
+        upstream.base_url()
+    )
+}
+
+/// Cores on one Redis (or one embedded core), each behind its own edge, reading the priced
+/// providers file.
+struct Deployment {
+    redis: Option<Process>,
+    upstream: FakeUpstream,
+    dir: tempfile::TempDir,
+    cores: Vec<Process>,
+    edges: Vec<Process>,
+    http: reqwest::Client,
+}
+
+impl Deployment {
+    /// `cores` cores on one Redis with `env`, and two edges balancing over all of them.
+    async fn start(cores: usize, env: &[(&str, &str)]) -> Self {
+        let redis = support::start_redis();
+        let mut deployment = Self::prepare(Some(redis)).await;
+        for _ in 0..cores {
+            deployment.add_core(env);
+        }
+        let refs: Vec<&Process> = deployment.cores.iter().collect();
+        let edges: Vec<Process> = (0..2).map(|_| support::spawn_edge(&refs)).collect();
+        for edge in &edges {
+            support::wait_until_ready(edge).await;
+        }
+        deployment.edges = edges;
+        deployment
+    }
+
+    /// One embedded core (no Redis) and its edge.
+    async fn embedded(env: &[(&str, &str)]) -> Self {
+        let mut deployment = Self::prepare(None).await;
+        deployment.add_core(env);
+        let edge = support::spawn_edge(&[&deployment.cores[0]]);
+        support::wait_until_ready(&edge).await;
+        deployment.edges = vec![edge];
+        deployment
+    }
+
+    async fn prepare(redis: Option<Process>) -> Self {
+        let upstream = FakeUpstream::start().await;
+        upstream.behave(Behaviour::Reply {
+            content: "fine".into(),
+            prompt_tokens: PROMPT,
+            completion_tokens: COMPLETION,
+        });
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("providers.toml"), providers(&upstream))
+            .expect("write the providers file");
+        Self {
+            redis,
+            upstream,
+            dir,
+            cores: Vec::new(),
+            edges: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("HTTP client"),
+        }
+    }
+
+    /// Starts one more core on the deployment's Redis with `env`; answers its index.
+    fn add_core(&mut self, env: &[(&str, &str)]) -> usize {
+        let mut options = CoreOptions {
+            redis_url: self.redis.as_ref().map(support::redis_url),
+            upstream: Some(self.upstream.base_url()),
+            data_dir: Some(self.dir.path().to_path_buf()),
+            env: vec![(
+                "OPENCLAW_PROVIDERS_FILE".into(),
+                self.dir.path().join("providers.toml").display().to_string(),
+            )],
+        };
+        options
+            .env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.cores.push(support::spawn_core(&options));
+        self.cores.len() - 1
+    }
+
+    fn edge(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.edges[i % self.edges.len()].port)
+    }
+
+    /// A key with `budget` and limits no test here comes near; answers its secret and id.
+    async fn key(&self, budget: Value) -> (String, String) {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/keys", self.edge(0)))
+            .bearer_auth(INTERNAL_TOKEN)
+            .json(&json!({
+                "name": "budget test",
+                "budget": budget,
+                "limits": {"requestsPerMinute": 100000, "tokensPerMinute": 100000000, "contextTokensPerMinute": 100000000},
+            }))
+            .send()
+            .await
+            .expect("create a key");
+        let data = expect_data(response, 201).await;
+        (
+            data["key"].as_str().expect("secret").to_string(),
+            data["id"].as_str().expect("id").to_string(),
+        )
+    }
+
+    /// The key as the key administration API shows it (with `budget` and `budgetSpend`).
+    async fn shown(&self, edge: usize, id: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}/api/v1/keys/{id}", self.edge(edge)))
+            .bearer_auth(INTERNAL_TOKEN)
+            .send()
+            .await
+            .expect("get the key");
+        expect_data(response, 200).await
+    }
+
+    /// A new session asked "hi" with `maxTokens` 50: every such call reserves the same most.
+    async fn ask(&self, edge: usize, key: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/v1/sessions", self.edge(edge)))
+            .bearer_auth(key)
+            .json(&json!({
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "hi"}],
+                "maxTokens": MAX_TOKENS,
+            }))
+            .send()
+            .await
+            .expect("create a session")
+    }
+}
+
+fn micros(value: &Value) -> u64 {
+    value
+        .as_u64()
+        .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_else(|| panic!("not a micro-dollar figure: {value}"))
+}
+
+/// The next UTC midnight, as the error's `resetsAt` writes it.
+fn next_utc_midnight(offset_days: i64) -> String {
+    let today = (chrono::Utc::now() + chrono::Duration::days(offset_days)).date_naive();
+    (today + chrono::Duration::days(1))
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Budget events of `key_id` by type and threshold sentence, read from the start of the stream.
+async fn budget_events(core_port: u16, key_id: &str) -> Vec<openclaw_gateway::proto::Event> {
+    support::all_events(core_port)
+        .await
+        .into_iter()
+        .filter(|e| e.key_id == key_id && e.r#type.starts_with("budget."))
+        .collect()
+}
+
+/// Eight clients hammer one key through both edges (so both cores decide) until each is
+/// refused with nothing in flight. The bound, exact because every call reserves its most
+/// (`cost`, the same for every call here) before it runs and costs less than that:
+///
+///   limit − cost < final spend ≤ limit,  and  final spend = answered calls × 20 µ$.
+///
+/// The upper bound holds because admission (one Redis script) refuses whenever settled spend
+/// + reservations of calls in flight + this call's most would pass the limit; the lower one
+/// because a client stops only on a refusal that saw no call in flight (`reservedMicros` 0),
+/// so settled spend alone was already above limit − cost then, and spend never decreases.
+/// Each threshold crossed is announced exactly once, whichever replica settled the crossing
+/// call, and the limit itself is not reached (so no `budget.exceeded`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_over_two_replicas_stops_within_one_call_of_the_budget() {
+    const LIMIT: u64 = 2_000;
+    let deployment = Deployment::start(2, &[]).await;
+    let (key, id) = deployment
+        .key(json!({"limitMicros": LIMIT, "period": "day", "thresholds": [0.25, 0.5, 0.75]}))
+        .await;
+    let deployment = std::sync::Arc::new(deployment);
+    let mut clients = Vec::new();
+    for client in 0..8 {
+        let (deployment, key) = (deployment.clone(), key.clone());
+        clients.push(tokio::spawn(async move {
+            let mut answered = 0u64;
+            for _ in 0..400 {
+                let response = deployment.ask(client, &key).await;
+                match response.status().as_u16() {
+                    201 | 200 => answered += 1,
+                    402 => {
+                        let error = expect_error(response, 402, "BUDGET_EXCEEDED").await;
+                        let budget = &error["budget"];
+                        assert_eq!(budget["scope"], "key", "{error}");
+                        assert_eq!(micros(&budget["limitMicros"]), LIMIT, "{error}");
+                        let most = micros(&budget["costMicros"]);
+                        let (spent, reserved) = (
+                            micros(&budget["spentMicros"]),
+                            micros(&budget["reservedMicros"]),
+                        );
+                        assert!(spent + reserved + most > LIMIT, "refused within: {error}");
+                        if reserved == 0 {
+                            return (answered, most);
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    other => panic!(
+                        "a call got {other}: {}",
+                        response.text().await.unwrap_or_default()
+                    ),
+                }
+            }
+            panic!("client {client} was never refused with nothing in flight");
+        }));
+    }
+    let mut answered = 0;
+    let mut most = 0;
+    for client in clients {
+        let (n, cost) = client.await.expect("a client");
+        answered += n;
+        most = most.max(cost);
+    }
+    assert!(
+        most >= 2 * u64::from(MAX_TOKENS),
+        "the most a call costs: {most}"
+    );
+    let shown = deployment.shown(1, &id).await;
+    let spend = &shown["budgetSpend"];
+    let spent = micros(&spend["spentMicros"]);
+    assert_eq!(spent, answered * CALL_COST, "{shown}");
+    assert!(spent <= LIMIT, "spent {spent} of {LIMIT}");
+    assert!(
+        spent > LIMIT - most,
+        "spent {spent}: more than one call's most ({most}) short of {LIMIT}"
+    );
+    assert_eq!(micros(&spend["limitMicros"]), LIMIT);
+    assert_eq!(spend["resetsAt"], next_utc_midnight(0), "{shown}");
+
+    let events = budget_events(deployment.cores[0].port, &id).await;
+    let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for event in &events {
+        let threshold = ["25%", "50%", "75%"]
+            .into_iter()
+            .find(|t| event.text.contains(&format!("({t} threshold")))
+            .unwrap_or("?");
+        *counts
+            .entry((event.r#type.clone(), threshold.to_string()))
+            .or_default() += 1;
+    }
+    let want: BTreeMap<(String, String), usize> = ["25%", "50%", "75%"]
+        .into_iter()
+        .map(|t| (("budget.threshold".to_string(), t.to_string()), 1))
+        .collect();
+    assert_eq!(counts, want, "{events:#?}");
+}
+
+/// A core whose clock is a day ahead (`OPENCLAW_SPEND_CLOCK_OFFSET_SECONDS`) is in the next
+/// daily period on the same Redis: it admits the key and counts from zero, while the
+/// unshifted cores still refuse it; each core shows the key's spend in its own period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_period_starts_the_budget_again() {
+    let mut deployment = Deployment::start(1, &[]).await;
+    // A zero budget refuses every priced call, and names the most a call costs.
+    let (key, id) = deployment
+        .key(json!({"limitMicros": 0, "period": "day", "timeZone": "UTC"}))
+        .await;
+    let error = expect_error(deployment.ask(0, &key).await, 402, "BUDGET_EXCEEDED").await;
+    let most = micros(&error["budget"]["costMicros"]);
+    // Room for one call's most, not for a second after the first's 20 µ$.
+    let response = deployment
+        .http
+        .patch(format!("{}/api/v1/keys/{id}", deployment.edge(0)))
+        .bearer_auth(INTERNAL_TOKEN)
+        .json(&json!({"budget": {"limitMicros": most + 10, "period": "day", "timeZone": "UTC", "thresholds": [0.1]}}))
+        .send()
+        .await
+        .unwrap();
+    expect_data(response, 200).await;
+    assert_eq!(deployment.ask(0, &key).await.status(), 201);
+    let error = expect_error(deployment.ask(0, &key).await, 402, "BUDGET_EXCEEDED").await;
+    assert_eq!(error["resetsAt"], next_utc_midnight(0), "{error}");
+    assert_eq!(micros(&error["budget"]["spentMicros"]), CALL_COST);
+
+    let shifted = deployment.add_core(&[("OPENCLAW_SPEND_CLOCK_OFFSET_SECONDS", "86400")]);
+    let edge = support::spawn_edge(&[&deployment.cores[shifted]]);
+    support::wait_until_ready(&edge).await;
+    let tomorrow = format!("http://127.0.0.1:{}", edge.port);
+    let response = deployment
+        .http
+        .post(format!("{tomorrow}/api/v1/sessions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "maxTokens": MAX_TOKENS}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    expect_error(deployment.ask(0, &key).await, 402, "BUDGET_EXCEEDED").await;
+
+    let shown = expect_data(
+        deployment
+            .http
+            .get(format!("{tomorrow}/api/v1/keys/{id}"))
+            .bearer_auth(INTERNAL_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(micros(&shown["budgetSpend"]["spentMicros"]), CALL_COST);
+    assert_eq!(
+        shown["budgetSpend"]["resetsAt"],
+        next_utc_midnight(1),
+        "{shown}"
+    );
+    let today = deployment.shown(0, &id).await;
+    assert_eq!(micros(&today["budgetSpend"]["spentMicros"]), CALL_COST);
+    assert_eq!(today["budgetSpend"]["resetsAt"], next_utc_midnight(0));
+    // The threshold is announced once in each period.
+    let events = budget_events(deployment.cores[0].port, &id).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.r#type == "budget.threshold")
+            .count(),
+        2,
+        "{events:#?}"
+    );
+}
+
+/// A refused key sees BUDGET_EXCEEDED (402) with `resetsAt` and `budget` on REST, OpenAI's
+/// error shape on `/v1`, and RESOURCE_EXHAUSTED with the reason and figures on gRPC; nothing
+/// is asked of the upstream; its reads (session, history, status) carry on.
+async fn a_refused_key_reads_on(deployment: &Deployment) {
+    let (key, id) = deployment
+        .key(json!({"limitMicros": 1_000_000, "period": "month", "timeZone": "UTC"}))
+        .await;
+    let created = expect_data(deployment.ask(0, &key).await, 201).await;
+    let session = created["sessionId"]
+        .as_str()
+        .expect("sessionId")
+        .to_string();
+    // Lower the limit to what is spent: the next call cannot fit.
+    let response = deployment
+        .http
+        .patch(format!("{}/api/v1/keys/{id}", deployment.edge(0)))
+        .bearer_auth(INTERNAL_TOKEN)
+        .json(&json!({"budget": {"limitMicros": CALL_COST, "period": "month", "timeZone": "UTC"}}))
+        .send()
+        .await
+        .unwrap();
+    let shown = expect_data(response, 200).await;
+    assert_eq!(micros(&shown["budgetSpend"]["spentMicros"]), CALL_COST);
+    let asked = deployment.upstream.received().len();
+
+    let response = deployment
+        .http
+        .post(format!(
+            "{}/api/v1/sessions/{session}/messages",
+            deployment.edge(0)
+        ))
+        .bearer_auth(&key)
+        .json(&json!({"message": {"role": "user", "content": "again"}}))
+        .send()
+        .await
+        .unwrap();
+    let error = expect_error(response, 402, "BUDGET_EXCEEDED").await;
+    let month_end = {
+        let today = chrono::Utc::now().date_naive();
+        let first = chrono::NaiveDate::from_ymd_opt(
+            today.year() + i32::from(today.month() == 12),
+            today.month() % 12 + 1,
+            1,
+        )
+        .unwrap();
+        first
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    assert_eq!(error["resetsAt"], month_end, "{error}");
+    let budget = &error["budget"];
+    assert_eq!(budget["scope"], "key");
+    assert_eq!(budget["period"], "month");
+    assert_eq!(budget["resetsAt"], month_end);
+    assert_eq!(micros(&budget["limitMicros"]), CALL_COST);
+    assert_eq!(micros(&budget["spentMicros"]), CALL_COST);
+    assert_eq!(micros(&budget["reservedMicros"]), 0);
+    assert!(micros(&budget["costMicros"]) > 0, "{error}");
+
+    let response = deployment
+        .http
+        .post(format!("{}/v1/chat/completions", deployment.edge(0)))
+        .bearer_auth(&key)
+        .json(&json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 402);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "insufficient_quota", "{body}");
+    assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("resets at")),
+        "{body}"
+    );
+
+    {
+        use openclaw_gateway::proto::{
+            ChatMessage, SendMessageRequest, session_service_client::SessionServiceClient,
+        };
+        use tonic_types::StatusExt as _;
+        let mut client =
+            SessionServiceClient::connect(format!("http://127.0.0.1:{}", deployment.cores[0].port))
+                .await
+                .unwrap();
+        let mut request = tonic::Request::new(SendMessageRequest {
+            session_id: session.clone(),
+            message: Some(ChatMessage {
+                role: "user".into(),
+                content: "over gRPC".into(),
+                created_at: None,
+                summary: None,
+            }),
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        let status = client.send_message(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "BUDGET_EXCEEDED");
+        assert_eq!(info.metadata["scope"], "key");
+        assert_eq!(info.metadata["limitMicros"], CALL_COST.to_string());
+        assert_eq!(info.metadata["spentMicros"], CALL_COST.to_string());
+        assert_eq!(info.metadata["period"], "month");
+        assert_eq!(info.metadata["resetsAt"], month_end);
+    }
+    assert_eq!(
+        deployment.upstream.received().len(),
+        asked,
+        "a refused call reaches no model"
+    );
+
+    for path in [
+        format!("/api/v1/sessions/{session}"),
+        format!("/api/v1/sessions/{session}/messages"),
+        "/api/v1/sessions".to_string(),
+        "/api/v1/system/status".to_string(),
+    ] {
+        let response = deployment
+            .http
+            .get(format!("{}{path}", deployment.edge(0)))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        expect_data(response, 200).await;
+    }
+    let history = expect_data(
+        deployment
+            .http
+            .get(format!(
+                "{}/api/v1/sessions/{session}/messages",
+                deployment.edge(0)
+            ))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(
+        history["messages"].as_array().map(Vec::len),
+        Some(2),
+        "the refused turn stored nothing: {history}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_reads_on_with_redis() {
+    a_refused_key_reads_on(&Deployment::start(1, &[]).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_reads_on_in_a_single_process() {
+    a_refused_key_reads_on(&Deployment::embedded(&[]).await).await;
+}

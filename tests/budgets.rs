@@ -35,7 +35,10 @@ fn providers(upstream: &FakeUpstream) -> String {
         name = "zai"
         baseUrl = "{}"
         apiKeyEnv = "ZAI_API_KEY"
-        models = [{{ name = "priced", upstream = "glm-4.7-flash", inputPricePerMTok = 1.0, outputPricePerMTok = 2.0 }}]
+        models = [
+            {{ name = "priced", upstream = "glm-4.7-flash", inputPricePerMTok = 1.0, outputPricePerMTok = 2.0 }},
+            {{ name = "cheap", upstream = "glm-4.7-flash", inputPricePerMTok = 0.0, outputPricePerMTok = 0.0, fallbacks = ["zai/priced"] }},
+        ]
         "#,
         upstream.base_url()
     )
@@ -531,4 +534,224 @@ async fn a_refused_key_reads_on_with_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_key_reads_on_in_a_single_process() {
     a_refused_key_reads_on(&Deployment::embedded(&[]).await).await;
+}
+
+/// GET /api/v1/system/status as `key` sees it.
+async fn status(deployment: &Deployment, key: &str) -> Value {
+    let response = deployment
+        .http
+        .get(format!("{}/api/v1/system/status", deployment.edge(0)))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    expect_data(response, 200).await
+}
+
+/// The status shows the caller's budget and its spend this period beside the guide's fields;
+/// a key without a budget sees null; the internal token sees the gateway-wide budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_callers_budget_and_spend() {
+    let deployment = Deployment::start(
+        1,
+        &[
+            ("OPENCLAW_GATEWAY_BUDGET_MICROS", "5000000"),
+            ("OPENCLAW_GATEWAY_BUDGET_THRESHOLDS", "0.5,0.9"),
+        ],
+    )
+    .await;
+    let (key, _) = deployment
+        .key(json!({"limitMicros": 1_000_000, "period": "week", "timeZone": "Europe/Berlin", "thresholds": [0.8]}))
+        .await;
+    expect_data(deployment.ask(0, &key).await, 201).await;
+    let shown = status(&deployment, &key).await;
+    for field in [
+        "gateway",
+        "version",
+        "uptime",
+        "resources",
+        "dependencies",
+        "storage",
+    ] {
+        assert!(!shown[field].is_null(), "{field} is kept: {shown}");
+    }
+    let budget = &shown["budget"];
+    assert_eq!(micros(&budget["limitMicros"]), 1_000_000, "{shown}");
+    assert_eq!(budget["period"], "week");
+    assert_eq!(budget["timeZone"], "Europe/Berlin");
+    assert_eq!(micros(&budget["spentMicros"]), CALL_COST);
+    assert_eq!(budget["thresholds"], json!([0.8]));
+    let start =
+        chrono::DateTime::parse_from_rfc3339(budget["periodStart"].as_str().unwrap()).unwrap();
+    let end = chrono::DateTime::parse_from_rfc3339(budget["resetsAt"].as_str().unwrap()).unwrap();
+    let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+    let local = start.with_timezone(&berlin);
+    assert_eq!(
+        (local.weekday(), local.format("%H:%M").to_string()),
+        (chrono::Weekday::Mon, "00:00".to_string()),
+        "a week starts on Monday at Berlin's midnight: {budget}"
+    );
+    assert!(
+        end - start >= chrono::Duration::hours(167) && end - start <= chrono::Duration::hours(169)
+    );
+    assert!(
+        shown["gatewayBudget"].is_null(),
+        "keys do not see the gateway's budget"
+    );
+
+    let (plain, _) = deployment.key(Value::Null).await;
+    assert!(status(&deployment, &plain).await["budget"].is_null());
+
+    let operators = status(&deployment, INTERNAL_TOKEN).await;
+    let gateway = &operators["gatewayBudget"];
+    assert_eq!(micros(&gateway["limitMicros"]), 5_000_000, "{operators}");
+    assert_eq!(gateway["period"], "month");
+    assert_eq!(gateway["timeZone"], "UTC");
+    assert_eq!(gateway["thresholds"], json!([0.5, 0.9]));
+    assert_eq!(micros(&gateway["spentMicros"]), CALL_COST);
+}
+
+/// A call is reserved at the dearest prices among its model and the fallbacks that may answer
+/// for it: a free model whose fallback is priced does not slip past a budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_reserves_what_its_dearest_fallback_would_cost() {
+    let deployment = Deployment::start(1, &[]).await;
+    let (key, _) = deployment
+        .key(json!({"limitMicros": 0, "period": "day"}))
+        .await;
+    let response = deployment
+        .http
+        .post(format!("{}/api/v1/sessions", deployment.edge(0)))
+        .bearer_auth(&key)
+        .json(&json!({"model": "zai/cheap", "messages": [{"role": "user", "content": "hi"}], "maxTokens": MAX_TOKENS}))
+        .send()
+        .await
+        .unwrap();
+    let error = expect_error(response, 402, "BUDGET_EXCEEDED").await;
+    assert!(
+        micros(&error["budget"]["costMicros"]) >= 2 * u64::from(MAX_TOKENS),
+        "{error}"
+    );
+}
+
+/// The gateway-wide budget (`OPENCLAW_GATEWAY_BUDGET_MICROS`) holds every key's calls
+/// together, over two cores and two edges, with the same exact bound as a key's:
+///
+///   limit − cost < the gateway's spend ≤ limit,  spend = answered calls × 20 µ$,
+///
+/// refusing with `scope: "gateway"`. A key refused by the gateway keeps no reservation of its
+/// own (it is given back), the key's own budget still refuses first when it is the smaller,
+/// the gateway's threshold is announced once (to the internal token), and the internal
+/// token's calls are not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_budget_holds_every_key_together() {
+    const LIMIT: u64 = 1_500;
+    let deployment = Deployment::start(
+        2,
+        &[
+            ("OPENCLAW_GATEWAY_BUDGET_MICROS", "1500"),
+            ("OPENCLAW_GATEWAY_BUDGET_PERIOD", "day"),
+            ("OPENCLAW_GATEWAY_BUDGET_THRESHOLDS", "0.5"),
+        ],
+    )
+    .await;
+    // The internal token is not held to the gateway's budget, nor counted in it.
+    let response = deployment
+        .http
+        .post(format!("{}/v1/chat/completions", deployment.edge(0)))
+        .bearer_auth(INTERNAL_TOKEN)
+        .json(&json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (budgeted, budgeted_id) = deployment
+        .key(json!({"limitMicros": 1_000_000, "period": "day"}))
+        .await;
+    let (plain, _) = deployment.key(Value::Null).await;
+    let deployment = std::sync::Arc::new(deployment);
+    let mut clients = Vec::new();
+    for client in 0..8 {
+        let deployment = deployment.clone();
+        let key = if client % 2 == 0 {
+            budgeted.clone()
+        } else {
+            plain.clone()
+        };
+        clients.push(tokio::spawn(async move {
+            let mut answered = 0u64;
+            for _ in 0..400 {
+                let response = deployment.ask(client, &key).await;
+                match response.status().as_u16() {
+                    201 => answered += 1,
+                    402 => {
+                        let error = expect_error(response, 402, "BUDGET_EXCEEDED").await;
+                        let budget = &error["budget"];
+                        assert_eq!(budget["scope"], "gateway", "{error}");
+                        assert_eq!(micros(&budget["limitMicros"]), LIMIT, "{error}");
+                        assert_eq!(budget["period"], "day", "{error}");
+                        let most = micros(&budget["costMicros"]);
+                        if micros(&budget["reservedMicros"]) == 0 {
+                            return (answered, most);
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    other => panic!(
+                        "a call got {other}: {}",
+                        response.text().await.unwrap_or_default()
+                    ),
+                }
+            }
+            panic!("client {client} was never refused with nothing in flight");
+        }));
+    }
+    let (mut answered, mut most) = (0, 0);
+    let mut budgeted_answered = 0;
+    for (client, handle) in clients.into_iter().enumerate() {
+        let (n, cost) = handle.await.expect("a client");
+        answered += n;
+        most = most.max(cost);
+        if client % 2 == 0 {
+            budgeted_answered += n;
+        }
+    }
+    let operators = status(&deployment, INTERNAL_TOKEN).await;
+    let spent = micros(&operators["gatewayBudget"]["spentMicros"]);
+    assert_eq!(spent, answered * CALL_COST, "{operators}");
+    assert!(spent <= LIMIT, "spent {spent} of {LIMIT}");
+    assert!(
+        spent > LIMIT - most,
+        "spent {spent}: more than {most} short of {LIMIT}"
+    );
+
+    // The key's own spend counts its answered calls only, and it holds no reservation of the
+    // calls the gateway refused: at its own limit, its refusal shows nothing reserved.
+    let shown = deployment.shown(0, &budgeted_id).await;
+    let own = micros(&shown["budgetSpend"]["spentMicros"]);
+    assert_eq!(own, budgeted_answered * CALL_COST, "{shown}");
+    let response = deployment
+        .http
+        .patch(format!("{}/api/v1/keys/{budgeted_id}", deployment.edge(0)))
+        .bearer_auth(INTERNAL_TOKEN)
+        .json(&json!({"budget": {"limitMicros": own, "period": "day"}}))
+        .send()
+        .await
+        .unwrap();
+    expect_data(response, 200).await;
+    let error = expect_error(deployment.ask(1, &budgeted).await, 402, "BUDGET_EXCEEDED").await;
+    assert_eq!(error["budget"]["scope"], "key", "{error}");
+    assert_eq!(micros(&error["budget"]["reservedMicros"]), 0, "{error}");
+
+    let events = support::all_events(deployment.cores[1].port).await;
+    let gateway: Vec<_> = events
+        .iter()
+        .filter(|e| e.key_id == "@gateway" && e.r#type.starts_with("budget."))
+        .collect();
+    assert_eq!(gateway.len(), 1, "{events:#?}");
+    assert_eq!(gateway[0].r#type, "budget.threshold");
+    assert!(
+        gateway[0].text.contains("(50% threshold"),
+        "{}",
+        gateway[0].text
+    );
 }

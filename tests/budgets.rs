@@ -738,6 +738,8 @@ async fn the_gateway_budget_holds_every_key_together() {
         .await
         .unwrap();
     expect_data(response, 200).await;
+    // Every replica reads the changed key within its key cache's lifetime (2 s).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     let error = expect_error(deployment.ask(1, &budgeted).await, 402, "BUDGET_EXCEEDED").await;
     assert_eq!(error["budget"]["scope"], "key", "{error}");
     assert_eq!(micros(&error["budget"]["reservedMicros"]), 0, "{error}");
@@ -754,4 +756,54 @@ async fn the_gateway_budget_holds_every_key_together() {
         "{}",
         gateway[0].text
     );
+}
+
+/// Streamed answers are charged like whole ones: the usage reported at the stream's end, on the
+/// session API and on `/v1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_answers_are_charged_their_reported_usage() {
+    let deployment = Deployment::start(1, &[]).await;
+    let (key, id) = deployment
+        .key(json!({"limitMicros": 1_000_000, "period": "day"}))
+        .await;
+    let created = expect_data(deployment.ask(0, &key).await, 201).await;
+    let session = created["sessionId"].as_str().unwrap().to_string();
+    let response = deployment
+        .http
+        .post(format!(
+            "{}/api/v1/sessions/{session}/messages",
+            deployment.edge(0)
+        ))
+        .bearer_auth(&key)
+        .json(&json!({"message": {"role": "user", "content": "stream it"}, "stream": true, "maxTokens": MAX_TOKENS}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("fine"), "{body}");
+    let response = deployment
+        .http
+        .post(format!("{}/v1/chat/completions", deployment.edge(0)))
+        .bearer_auth(&key)
+        .json(
+            &json!({"model": MODEL, "stream": true, "max_tokens": MAX_TOKENS,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("[DONE]"), "{body}");
+    // Settling follows the reply by a moment.
+    let mut spent = 0;
+    for _ in 0..50 {
+        spent = micros(&deployment.shown(0, &id).await["budgetSpend"]["spentMicros"]);
+        if spent >= 3 * CALL_COST {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(spent, 3 * CALL_COST);
 }

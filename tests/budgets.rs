@@ -38,6 +38,7 @@ fn providers(upstream: &FakeUpstream) -> String {
         models = [
             {{ name = "priced", upstream = "glm-4.7-flash", inputPricePerMTok = 1.0, outputPricePerMTok = 2.0 }},
             {{ name = "cheap", upstream = "glm-4.7-flash", inputPricePerMTok = 0.0, outputPricePerMTok = 0.0, fallbacks = ["zai/priced"] }},
+            {{ name = "free", upstream = "glm-4.7-flash" }},
         ]
         "#,
         upstream.base_url()
@@ -806,4 +807,76 @@ async fn streamed_answers_are_charged_their_reported_usage() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(spent, 3 * CALL_COST);
+}
+
+/// A single-process gateway (embedded store) holds the gateway-wide budget too: a budget of 0
+/// refuses every priced call with `scope: "gateway"`, while free models still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_budget_holds_in_a_single_process() {
+    let deployment = Deployment::embedded(&[("OPENCLAW_GATEWAY_BUDGET_MICROS", "0")]).await;
+    let (key, _) = deployment.key(Value::Null).await;
+    let error = expect_error(deployment.ask(0, &key).await, 402, "BUDGET_EXCEEDED").await;
+    assert_eq!(error["budget"]["scope"], "gateway", "{error}");
+    assert_eq!(error["budget"]["period"], "month", "{error}");
+    let response = deployment
+        .http
+        .post(format!("{}/api/v1/sessions", deployment.edge(0)))
+        .bearer_auth(&key)
+        .json(&json!({"model": "zai/free", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+}
+
+/// A cron `agentTurn` run of a key over its budget is recorded `skipped`, naming the budget,
+/// and nothing is asked of the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_run_over_budget_is_skipped() {
+    let deployment = Deployment::start(1, &[]).await;
+    let (key, _) = deployment
+        .key(json!({"limitMicros": 0, "period": "day"}))
+        .await;
+    let base = deployment.edge(0);
+    let job = expect_data(
+        support::post_with_key(
+            &deployment.http,
+            format!("{base}/api/v1/cron/jobs"),
+            &key,
+            &json!({"name": "over budget", "schedule": {"kind": "every", "everyMs": 3600000},
+                "payload": {"kind": "agentTurn", "message": "hi", "model": MODEL}}),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let started = support::post_with_key(
+        &deployment.http,
+        format!("{base}/api/v1/cron/jobs/{id}/run"),
+        &key,
+        &json!({}),
+    )
+    .await;
+    expect_data(started, 202).await;
+    let mut runs = Value::Null;
+    for _ in 0..100 {
+        let response = support::get_with_key(
+            &deployment.http,
+            format!("{base}/api/v1/cron/jobs/{id}/runs"),
+            &key,
+        )
+        .await;
+        runs = expect_data(response, 200).await["runs"].clone();
+        if runs[0]["status"] != "running" && !runs[0].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(runs[0]["status"], "skipped", "{runs}");
+    assert!(
+        runs[0].to_string().contains("BUDGET_EXCEEDED") || runs[0].to_string().contains("budget"),
+        "{runs}"
+    );
+    assert!(deployment.upstream.received().is_empty());
 }

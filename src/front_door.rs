@@ -218,6 +218,9 @@ impl FrontDoor {
         let Principal::Key(key) = principal else {
             return Ok(Admission::unlimited());
         };
+        // A call that can cost nothing (a free model) is never held to a budget, and costs
+        // the budgets nothing to check.
+        let budgeted = budgeted && charge.cost_micros > 0;
         let now = self.settings.spend.clock.now();
         let budget = key
             .budget

@@ -525,6 +525,26 @@ async fn a_refused_key_reads_on(deployment: &Deployment) {
         Some(2),
         "the refused turn stored nothing: {history}"
     );
+
+    // Spend past the limit (here: the limit lowered below it) still lets free models answer.
+    let response = deployment
+        .http
+        .patch(format!("{}/api/v1/keys/{id}", deployment.edge(0)))
+        .bearer_auth(INTERNAL_TOKEN)
+        .json(&json!({"budget": {"limitMicros": CALL_COST / 2, "period": "month", "timeZone": "UTC"}}))
+        .send()
+        .await
+        .unwrap();
+    expect_data(response, 200).await;
+    let response = deployment
+        .http
+        .post(format!("{}/api/v1/sessions", deployment.edge(0)))
+        .bearer_auth(&key)
+        .json(&json!({"model": "zai/free", "messages": [{"role": "user", "content": "free?"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

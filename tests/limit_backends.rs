@@ -267,6 +267,20 @@ async fn budget_refuses_past_spent_reserved_and_cost(backend: Backend) {
     assert!(matches!(admit(0).await, Decision::Denied { .. }));
 }
 
+/// A call that can cost nothing (a free model) is admitted even when the spend is past the
+/// limit (a lowered limit, or a provider that reported more than was reserved).
+async fn free_calls_pass_an_overspent_budget(backend: Backend) {
+    let key = key();
+    let window = budget(100, &[], 0);
+    let (id, decision) = admit_budgeted(&backend, &key, 100, &window).await;
+    admitted(decision);
+    settle_budgeted(&backend, &key, &id, 150, &window).await;
+    let (_, decision) = admit_budgeted(&backend, &key, 1, &window).await;
+    assert_eq!(over_budget(decision), (150, 0));
+    let (_, decision) = admit_budgeted(&backend, &key, 0, &window).await;
+    admitted(decision);
+}
+
 /// Settling frees the call's reservation and adds its real cost to the period's spend, which
 /// accumulates over calls and is what `period_spend` reads.
 async fn settling_frees_the_reservation_and_spend_accumulates(backend: Backend) {
@@ -416,10 +430,10 @@ macro_rules! conformance {
 }
 
 conformance!(local: zero_cost_entries_leave_the_window, tokens_come_back_when_entries_leave, settled_amounts_are_what_leaves,
-    budget_refuses_past_spent_reserved_and_cost, settling_frees_the_reservation_and_spend_accumulates,
+    budget_refuses_past_spent_reserved_and_cost, settling_frees_the_reservation_and_spend_accumulates, free_calls_pass_an_overspent_budget,
     thresholds_are_crossed_once_per_period, thresholds_are_exact_for_the_largest_budgets,
     a_new_period_starts_at_zero, unsettled_reservations_leave_with_the_window);
 conformance!(redis: zero_cost_entries_leave_the_window, tokens_come_back_when_entries_leave, settled_amounts_are_what_leaves,
-    budget_refuses_past_spent_reserved_and_cost, settling_frees_the_reservation_and_spend_accumulates,
+    budget_refuses_past_spent_reserved_and_cost, settling_frees_the_reservation_and_spend_accumulates, free_calls_pass_an_overspent_budget,
     thresholds_are_crossed_once_per_period, thresholds_are_exact_for_the_largest_budgets,
     a_new_period_starts_at_zero, unsettled_reservations_leave_with_the_window);

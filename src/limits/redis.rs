@@ -112,8 +112,9 @@ local function reset_ms()
   return tonumber(oldest[2]) + window - now
 end
 
--- The budget first: a call it refuses is refused whatever the rate limits say.
-if ARGV[9] ~= '' then
+-- The budget first: a call it refuses is refused whatever the rate limits say. A call that
+-- can cost nothing is never refused for it, even past the limit.
+if ARGV[9] ~= '' and want_r > 0 then
   local spent = tonumber(redis.call('HGET', spend, 'spent') or '0')
   local reserved = tonumber(redis.call('HGET', sum, 'r') or '0')
   if spent + reserved + want_r > tonumber(ARGV[9]) then

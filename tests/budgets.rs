@@ -900,3 +900,46 @@ async fn a_cron_run_over_budget_is_skipped() {
     );
     assert!(deployment.upstream.received().is_empty());
 }
+
+/// A provider that reports more than was reserved takes the spend past the limit by the
+/// excess: the call is still recorded at its real cost, `budget.exceeded` is announced once,
+/// and the next priced call is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_costing_more_than_reserved_is_recorded_and_announced_once() {
+    let deployment = Deployment::start(1, &[]).await;
+    let (key, id) = deployment
+        .key(json!({"limitMicros": 1_000, "period": "day", "thresholds": [0.5]}))
+        .await;
+    // 10 × 1 + 1000 × 2 = 2010 µ$, far above the reservation for maxTokens 50.
+    deployment.upstream.behave(Behaviour::Reply {
+        content: "long".into(),
+        prompt_tokens: PROMPT,
+        completion_tokens: 1_000,
+    });
+    expect_data(deployment.ask(0, &key).await, 201).await;
+    let mut spent = 0;
+    for _ in 0..50 {
+        spent = micros(&deployment.shown(0, &id).await["budgetSpend"]["spentMicros"]);
+        if spent > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(spent, 2_010);
+    let error = expect_error(deployment.ask(0, &key).await, 402, "BUDGET_EXCEEDED").await;
+    assert_eq!(micros(&error["budget"]["spentMicros"]), 2_010, "{error}");
+    let events = budget_events(deployment.cores[0].port, &id).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.r#type.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["budget.threshold", "budget.exceeded"],
+        "{events:#?}"
+    );
+    assert!(
+        events[1]
+            .text
+            .contains("$0.00201 of its $0.001 daily budget"),
+        "{}",
+        events[1].text
+    );
+}

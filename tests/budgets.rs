@@ -943,3 +943,66 @@ async fn a_call_costing_more_than_reserved_is_recorded_and_announced_once() {
         events[1].text
     );
 }
+
+/// With Redis unreachable and `OPENCLAW_RATE_LIMIT_REDIS_DOWN=open`, each of N replicas admits
+/// budgeted calls against its 1/N share of the limit, from zero in its memory: together they
+/// spend at most the limit while Redis is away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_open_each_replica_spends_at_most_its_share() {
+    const LIMIT: u64 = 600;
+    let mut deployment = Deployment::start(
+        2,
+        &[
+            ("OPENCLAW_RATE_LIMIT_REDIS_DOWN", "open"),
+            ("OPENCLAW_CORE_REPLICAS", "2"),
+            ("OPENCLAW_REDIS_TIMEOUT_MS", "300"),
+        ],
+    )
+    .await;
+    let (key, _) = deployment
+        .key(json!({"limitMicros": LIMIT, "period": "day"}))
+        .await;
+    // Each core verifies the key while Redis is up, so it has it cached when Redis dies.
+    for core in &deployment.cores {
+        use openclaw_gateway::proto::{
+            GetStatusRequest, system_service_client::SystemServiceClient,
+        };
+        let mut client = SystemServiceClient::connect(format!("http://127.0.0.1:{}", core.port))
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(GetStatusRequest {});
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        client.get_status(request).await.unwrap();
+    }
+    deployment.redis.as_mut().expect("redis").kill();
+    let mut answered = 0u64;
+    let mut statuses = BTreeMap::new();
+    for i in 0..60 {
+        let response = deployment
+            .http
+            .post(format!("{}/v1/chat/completions", deployment.edge(i)))
+            .bearer_auth(&key)
+            .json(&json!({"model": MODEL, "max_tokens": MAX_TOKENS,
+                "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        *statuses.entry(status).or_insert(0) += 1;
+        match status {
+            200 => answered += 1,
+            402 => {
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["error"]["type"], "insufficient_quota", "{body}");
+            }
+            other => panic!("{other}: {}", response.text().await.unwrap_or_default()),
+        }
+    }
+    assert!(answered >= 1, "{statuses:?}");
+    assert!(
+        answered * CALL_COST <= LIMIT,
+        "{answered} calls of {CALL_COST} µ$ passed {LIMIT} µ$: {statuses:?}"
+    );
+}

@@ -380,7 +380,7 @@ impl RateLimiter {
         key: &str,
         quota: Quota,
         charge: Charge,
-        budget: Option<BudgetWindow>,
+        mut budget: Option<BudgetWindow>,
         scope: &'static str,
     ) -> ApiResult<Admission> {
         if charge.tokens > quota.tokens || charge.context > quota.context {
@@ -417,6 +417,12 @@ impl RateLimiter {
                             tokens: (quota.tokens / self.share).max(charge.tokens),
                             context: (quota.context / self.share).max(charge.context),
                         };
+                        // This replica's share of the budget too, counted from zero in its
+                        // memory: together the replicas spend at most the limit meanwhile.
+                        budget = budget.map(|window| BudgetWindow {
+                            limit_micros: window.limit_micros / self.share,
+                            ..window
+                        });
                         let decision = local
                             .admit_spending(key, share, charge, &reservation, budget.as_ref())
                             .await?;

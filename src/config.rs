@@ -388,10 +388,17 @@ impl CoreConfig {
         })
         .map(Some)
         .map_err(|err| {
-            anyhow::anyhow!(
-                "OPENCLAW_GATEWAY_BUDGET_*: {} (variables PERIOD, TIME_ZONE, THRESHOLDS)",
-                err.details
-            )
+            let field = err.field.as_deref().unwrap_or_default();
+            let variable = if field.starts_with("budget.period") {
+                "OPENCLAW_GATEWAY_BUDGET_PERIOD"
+            } else if field.starts_with("budget.timeZone") {
+                "OPENCLAW_GATEWAY_BUDGET_TIME_ZONE"
+            } else if field.starts_with("budget.thresholds") {
+                "OPENCLAW_GATEWAY_BUDGET_THRESHOLDS"
+            } else {
+                "OPENCLAW_GATEWAY_BUDGET_MICROS"
+            };
+            anyhow::anyhow!("{variable} is invalid: {}", err.details)
         })
     }
 

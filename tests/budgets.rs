@@ -1006,3 +1006,29 @@ async fn failing_open_each_replica_spends_at_most_its_share() {
         "{answered} calls of {CALL_COST} µ$ passed {LIMIT} µ$: {statuses:?}"
     );
 }
+
+/// A gateway budget the core cannot read stops it at start, naming the variable at fault.
+#[test]
+fn an_invalid_gateway_budget_is_refused_at_start_by_name() {
+    for (variable, value) in [
+        ("OPENCLAW_GATEWAY_BUDGET_TIME_ZONE", "Mars/Base"),
+        ("OPENCLAW_GATEWAY_BUDGET_THRESHOLDS", "0.5,1.5"),
+    ] {
+        let options = CoreOptions {
+            env: vec![
+                ("OPENCLAW_GATEWAY_BUDGET_MICROS".into(), "1000".into()),
+                (variable.into(), value.into()),
+            ],
+            ..CoreOptions::default()
+        };
+        let (code, output) = support::run_core_to_exit(&options, &[], Duration::from_secs(20));
+        assert!(
+            code.is_some_and(|c| c != 0),
+            "{variable}: {code:?}\n{output}"
+        );
+        assert!(
+            output.contains(&format!("{variable} is invalid")),
+            "{output}"
+        );
+    }
+}

@@ -1032,3 +1032,57 @@ fn an_invalid_gateway_budget_is_refused_at_start_by_name() {
         );
     }
 }
+
+/// On a Redis Cluster every budget script touches one slot: a key's budget under the key's
+/// hash tag, the gateway's under `{@gateway}`. Two cores stop a key at its budget, with the
+/// key's and the gateway's spend equal to the answered calls' cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_hold_on_a_redis_cluster() {
+    const LIMIT: u64 = 400;
+    let cluster = support::redis_topologies::RedisCluster::start(3, 0);
+    let mut deployment = Deployment::prepare(None).await;
+    let seeds = cluster.seeds();
+    let env = [
+        ("OPENCLAW_REDIS_CLUSTER_NODES", seeds.as_str()),
+        ("OPENCLAW_GATEWAY_BUDGET_MICROS", "1000000"),
+    ];
+    deployment.add_core(&env);
+    deployment.add_core(&env);
+    let refs: Vec<&Process> = deployment.cores.iter().collect();
+    let edges: Vec<Process> = (0..2).map(|_| support::spawn_edge(&refs)).collect();
+    for edge in &edges {
+        support::wait_until_ready(edge).await;
+    }
+    deployment.edges = edges;
+    let (key, id) = deployment
+        .key(json!({"limitMicros": LIMIT, "period": "day", "thresholds": [0.5]}))
+        .await;
+    let mut answered = 0;
+    let most = loop {
+        let response = deployment.ask(answered as usize, &key).await;
+        if response.status() == 201 {
+            answered += 1;
+            assert!(answered * CALL_COST <= LIMIT, "admitted past the budget");
+            continue;
+        }
+        let error = expect_error(response, 402, "BUDGET_EXCEEDED").await;
+        assert_eq!(error["budget"]["scope"], "key", "{error}");
+        if micros(&error["budget"]["reservedMicros"]) == 0 {
+            break micros(&error["budget"]["costMicros"]);
+        }
+    };
+    let spent = micros(&deployment.shown(0, &id).await["budgetSpend"]["spentMicros"]);
+    assert_eq!(spent, answered * CALL_COST);
+    assert!(
+        spent <= LIMIT && spent > LIMIT - most,
+        "spent {spent}, most {most}"
+    );
+    let operators = status(&deployment, INTERNAL_TOKEN).await;
+    assert_eq!(
+        micros(&operators["gatewayBudget"]["spentMicros"]),
+        spent,
+        "{operators}"
+    );
+    let events = budget_events(deployment.cores[0].port, &id).await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+}

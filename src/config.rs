@@ -243,6 +243,31 @@ pub struct CoreConfig {
     )]
     pub spend_clock_offset_seconds: i64,
 
+    /// A spend budget for every key's model calls together, in micro-dollars per period
+    /// (docs/budgets.md); unset: none (and no cost per request). Calls past it get
+    /// BUDGET_EXCEEDED (402) with `scope: "gateway"`.
+    #[arg(long, env = "OPENCLAW_GATEWAY_BUDGET_MICROS",
+        value_parser = clap::value_parser!(u64).range(0..=crate::spend::MAX_BUDGET_MICROS))]
+    pub gateway_budget_micros: Option<u64>,
+
+    /// The gateway budget's period: "day", "week" or "month".
+    #[arg(long, env = "OPENCLAW_GATEWAY_BUDGET_PERIOD", default_value = "month",
+        value_parser = ["day", "week", "month"])]
+    pub gateway_budget_period: String,
+
+    /// The IANA time zone the gateway budget's periods start in.
+    #[arg(long, env = "OPENCLAW_GATEWAY_BUDGET_TIME_ZONE", default_value = "UTC")]
+    pub gateway_budget_time_zone: String,
+
+    /// Fractions of the gateway budget (comma-separated, e.g. "0.5,0.8") that each publish one
+    /// `budget.threshold` event per period, seen by the internal token; none by default.
+    #[arg(
+        long,
+        env = "OPENCLAW_GATEWAY_BUDGET_THRESHOLDS",
+        value_delimiter = ','
+    )]
+    pub gateway_budget_thresholds: Vec<f64>,
+
     /// How often each replica drops expired sessions (the embedded store's rows, Redis's
     /// index entries naming them), in seconds; `0` turns the sweep off. Reads never show an
     /// expired session either way.
@@ -347,6 +372,34 @@ impl CoreConfig {
             problems.join("\n  - ")
         );
         Ok(())
+    }
+
+    /// The gateway-wide budget, if one is configured; an invalid time zone or threshold is
+    /// an error naming its variable.
+    pub fn gateway_budget(&self) -> anyhow::Result<Option<crate::spend::KeyBudget>> {
+        let Some(limit_micros) = self.gateway_budget_micros else {
+            return Ok(None);
+        };
+        crate::spend::parse_budget(&crate::proto::Budget {
+            limit_micros,
+            period: self.gateway_budget_period.clone(),
+            time_zone: self.gateway_budget_time_zone.clone(),
+            thresholds: self.gateway_budget_thresholds.clone(),
+        })
+        .map(Some)
+        .map_err(|err| {
+            let field = err.field.as_deref().unwrap_or_default();
+            let variable = if field.starts_with("budget.period") {
+                "OPENCLAW_GATEWAY_BUDGET_PERIOD"
+            } else if field.starts_with("budget.timeZone") {
+                "OPENCLAW_GATEWAY_BUDGET_TIME_ZONE"
+            } else if field.starts_with("budget.thresholds") {
+                "OPENCLAW_GATEWAY_BUDGET_THRESHOLDS"
+            } else {
+                "OPENCLAW_GATEWAY_BUDGET_MICROS"
+            };
+            anyhow::anyhow!("{variable} is invalid: {}", err.details)
+        })
     }
 
     pub fn drain_timeout(&self) -> Duration {

@@ -18,7 +18,7 @@ use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::events::EventBus;
 use crate::limits::{Admission, CapKind, Charge, Quota, RateLimiter, StreamCaps, StreamLease};
 use crate::quotas::Quotas;
-use crate::spend::{SpendRecord, SpendSettings};
+use crate::spend::{BudgetWindow, Settled, SpendRecord, SpendSettings};
 use crate::store::pressure::StoragePressure;
 
 /// The configured limits that apply to a key without its own.
@@ -30,14 +30,15 @@ pub(crate) struct DefaultLimits {
 }
 
 /// The limits of keys that set none of their own.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct LimitSettings {
     pub(crate) per_minute: DefaultLimits,
     /// Caps on streams and event subscriptions open at once.
     pub(crate) stream_caps: StreamCaps,
     /// The quotas of keys that set none of their own.
     pub(crate) quotas: Quotas,
-    /// The clock budgets read and how long the usage ledger keeps days.
+    /// The clock budgets read, how long the usage ledger keeps days, and the gateway-wide
+    /// budget.
     pub(crate) spend: SpendSettings,
 }
 
@@ -214,31 +215,78 @@ impl FrontDoor {
         charge: Charge,
         budgeted: bool,
     ) -> ApiResult<Admission> {
-        match principal {
-            Principal::Internal => Ok(Admission::unlimited()),
-            Principal::Key(key) => {
-                let budget = key
-                    .budget
-                    .as_ref()
-                    .filter(|_| budgeted)
-                    .map(|budget| budget.at(self.settings.spend.clock.now()));
-                let admitted = self
-                    .limits
-                    .admit(&key.id, self.quota(principal), charge, budget)
-                    .await;
-                match &admitted {
-                    Ok(_) => self.traffic.admitted(),
-                    Err(err) if err.code == ErrorCode::RateLimitExceeded => self.traffic.rejected(),
-                    Err(_) => {}
-                }
-                admitted
+        let Principal::Key(key) = principal else {
+            return Ok(Admission::unlimited());
+        };
+        // A call that can cost nothing (a free model) is never held to a budget, and costs
+        // the budgets nothing to check.
+        let budgeted = budgeted && charge.cost_micros > 0;
+        let now = self.settings.spend.clock.now();
+        let budget = key
+            .budget
+            .as_ref()
+            .filter(|_| budgeted)
+            .map(|budget| budget.at(now));
+        let gateway = self
+            .settings
+            .spend
+            .gateway_budget
+            .as_ref()
+            .filter(|_| budgeted)
+            .map(|budget| budget.at(now));
+        let quota = self.quota(principal);
+        let admitted = match gateway {
+            None => self.limits.admit(&key.id, quota, charge, budget).await,
+            Some(gateway) => {
+                self.admit_both(&key.id, quota, charge, budget, gateway)
+                    .await
             }
+        };
+        match &admitted {
+            Ok(_) => self.traffic.admitted(),
+            Err(err) if err.code == ErrorCode::RateLimitExceeded => self.traffic.rejected(),
+            Err(_) => {}
+        }
+        admitted
+    }
+
+    /// Admits a model call against its key (limits and budget) and, at the same time, the
+    /// gateway-wide budget: two scripts sent together on the same connection, so no round
+    /// trip is added. Each decides its own budget exactly; when one refuses, what the other
+    /// reserved is given back at once (settled to nothing), so a refused call holds no cost.
+    async fn admit_both(
+        &self,
+        key: &str,
+        quota: Quota,
+        charge: Charge,
+        budget: Option<BudgetWindow>,
+        gateway: BudgetWindow,
+    ) -> ApiResult<Admission> {
+        let (own, all) = tokio::join!(
+            self.limits.admit(key, quota, charge, budget),
+            self.limits.admit_gateway(charge.cost_micros, gateway),
+        );
+        match (own, all) {
+            (Ok(mut own), Ok(all)) => {
+                own.gateway = Some(Box::new(all));
+                Ok(own)
+            }
+            (Ok(own), Err(refused)) => {
+                self.limits.settle(&own, Charge::default(), None).await;
+                Err(refused)
+            }
+            (Err(refused), Ok(all)) => {
+                self.limits.settle(&all, Charge::default(), None).await;
+                Err(refused)
+            }
+            (Err(refused), Err(_)) => Err(refused),
         }
     }
 
     /// Replaces the admission's reservation with what the model really used, records the
-    /// call (`record`) in the usage ledger and against the key's budget, and announces the
-    /// budget thresholds it crossed first in the period.
+    /// call (`record`) in the usage ledger and against the key's budget (and against the
+    /// gateway's, when one is configured, in a second script sent together with the first),
+    /// and announces the budget thresholds it crossed first in the period.
     pub(crate) async fn settle(
         &self,
         admission: &Admission,
@@ -248,19 +296,46 @@ impl FrontDoor {
         if admission.key.is_some() {
             self.traffic.tokens(used.tokens);
         }
-        let settled = self.limits.settle(admission, used, record).await;
+        let gateway = admission.gateway.as_deref().map(|gateway| {
+            let record = record.map(|record| SpendRecord {
+                budget: gateway.budget.as_deref().cloned(),
+                ..record.clone()
+            });
+            (gateway, record)
+        });
+        let settle_gateway = async {
+            match &gateway {
+                Some((gateway, record)) => Some(
+                    self.limits
+                        .settle(gateway, Charge::default(), record.as_ref())
+                        .await,
+                ),
+                None => None,
+            }
+        };
+        let (settled, gateway_settled) =
+            tokio::join!(self.limits.settle(admission, used, record), settle_gateway);
         if let (Some(key), Some(budget)) = (&admission.key, record.and_then(|r| r.budget.as_ref()))
         {
-            for permille in settled.crossed_permille {
-                let event =
-                    crate::spend::threshold_event(key, budget, permille, settled.spent_micros);
-                match self.events.get() {
-                    Some(events) => events.announce(event).await,
-                    None => tracing::warn!(
-                        key,
-                        "a budget threshold was crossed with no event bus to announce it"
-                    ),
-                }
+            self.announce(key, budget, settled).await;
+        }
+        if let (Some(settled), Some((gateway, Some(record)))) = (gateway_settled, &gateway)
+            && let (Some(key), Some(budget)) = (&gateway.key, &record.budget)
+        {
+            self.announce(key, budget, settled).await;
+        }
+    }
+
+    /// Publishes one event per threshold of `key`'s budget that a settle crossed first.
+    async fn announce(&self, key: &str, budget: &BudgetWindow, settled: Settled) {
+        for permille in settled.crossed_permille {
+            let event = crate::spend::threshold_event(key, budget, permille, settled.spent_micros);
+            match self.events.get() {
+                Some(events) => events.announce(event).await,
+                None => tracing::warn!(
+                    key,
+                    "a budget threshold was crossed with no event bus to announce it"
+                ),
             }
         }
     }

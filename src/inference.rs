@@ -109,14 +109,16 @@ impl Inference {
             .into_iter()
             .map(|m| (m.role.clone(), m.content.clone()))
             .collect();
-        // The most the call can cost, reserved against the key's budget while it runs.
+        // The most the call can cost, at the dearest prices of the model and its fallbacks,
+        // reserved against the key's budget and the gateway's while it runs (the limits ignore
+        // it where there is no budget).
         let cost_micros = match principal {
-            Principal::Key(key) if key.budget.is_some() => {
-                model
-                    .prices
-                    .cost_micros(u64::from(prompt_tokens), 0, u64::from(max_tokens))
-            }
-            _ => 0,
+            Principal::Key(_) => self.models.dearest_prices(&model).cost_micros(
+                u64::from(prompt_tokens),
+                0,
+                u64::from(max_tokens),
+            ),
+            Principal::Internal => 0,
         };
         let charge = Charge {
             tokens: u64::from(prompt_tokens) + u64::from(max_tokens),

@@ -196,6 +196,7 @@ pub(crate) async fn build(config: &CoreConfig) -> anyhow::Result<Arc<Gateway>> {
                 ledger_retention: std::time::Duration::from_secs(
                     config.usage_retention_days * 24 * 3600,
                 ),
+                gateway_budget: config.gateway_budget()?,
             },
         },
     ));

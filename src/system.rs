@@ -122,6 +122,54 @@ impl System {
 }
 
 impl System {
+    /// The caller's key's budget and its spend in the current period (one read of the limits
+    /// store); none without a budget. A spend the store cannot give now is left out.
+    async fn budget_status(
+        &self,
+        principal: &crate::auth::Principal,
+    ) -> Option<proto::BudgetStatus> {
+        let crate::auth::Principal::Key(key) = principal else {
+            return None;
+        };
+        let budget = key.budget.as_ref()?;
+        self.spend_status(&key.id, budget).await
+    }
+
+    /// The gateway-wide budget, for the internal token (operators) only.
+    async fn gateway_budget_status(
+        &self,
+        principal: &crate::auth::Principal,
+    ) -> Option<proto::BudgetStatus> {
+        if !matches!(principal, crate::auth::Principal::Internal) {
+            return None;
+        }
+        let budget = self.door.spend_settings().gateway_budget.as_ref()?;
+        self.spend_status(crate::spend::GATEWAY_BUDGET_KEY, budget)
+            .await
+    }
+
+    async fn spend_status(
+        &self,
+        key: &str,
+        budget: &crate::spend::KeyBudget,
+    ) -> Option<proto::BudgetStatus> {
+        let window = budget.at(self.door.spend_settings().clock.now());
+        let spent = self.door.limits().period_spend(key, &window).await.ok()?;
+        Some(proto::BudgetStatus {
+            limit_micros: budget.limit_micros,
+            period: budget.period.as_str().into(),
+            time_zone: budget.time_zone.clone(),
+            spent_micros: spent,
+            period_start: Some(crate::convert::timestamp(window.period.start)),
+            resets_at: Some(crate::convert::timestamp(window.resets_at)),
+            thresholds: budget
+                .thresholds_permille
+                .iter()
+                .map(|p| f64::from(*p) / 1000.0)
+                .collect(),
+        })
+    }
+
     /// Redis's memory as last sampled, the policy's thresholds, and what the caller stores.
     async fn storage_status(&self, owner: &str) -> proto::StorageStatus {
         let pressure = self.door.pressure();
@@ -227,6 +275,10 @@ impl SystemService for System {
             quotas: self.quota_usage(&principal).await,
         };
         let storage = self.storage_status(principal.owner_id()).await;
+        let (budget, gateway_budget) = tokio::join!(
+            self.budget_status(&principal),
+            self.gateway_budget_status(&principal)
+        );
         let uptime = self.started.elapsed();
         Ok(respond(
             proto::SystemStatus {
@@ -241,6 +293,8 @@ impl SystemService for System {
                 simulated: self.models.any_simulated(),
                 replica: self.replica.clone(),
                 storage: Some(storage),
+                budget,
+                gateway_budget,
             },
             &admission,
         ))

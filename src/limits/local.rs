@@ -195,6 +195,8 @@ impl LimitBackend for LocalLimits {
         log.evict(now, window);
         match budget {
             None => charge.cost_micros = 0,
+            // A call that can cost nothing is never refused for the budget.
+            Some(_) if charge.cost_micros == 0 => {}
             Some(budget) => {
                 let mut spend = self.spend.lock().map_err(|_| Self::poisoned())?;
                 let spent = self.period(&mut spend, key, &budget.id)?.spent;

@@ -42,7 +42,7 @@ pub use self::local::LocalLimits;
 pub use self::redis::RedisLimits;
 
 use crate::error::{ApiError, ApiResult, BudgetBreach, ErrorCode};
-use crate::spend::{BudgetWindow, Settled, SpendRecord, UsageRow};
+use crate::spend::{BudgetWindow, GATEWAY_BUDGET_KEY, Settled, SpendRecord, UsageRow};
 use crate::store::StoreError;
 
 /// How long an admitted request counts against its key.
@@ -61,9 +61,9 @@ pub struct Quota {
 pub struct Charge {
     pub tokens: u64,
     pub context: u64,
-    /// The most the call can cost, in micro-dollars, reserved against the key's budget while
-    /// it runs (0 for keys without a budget and for free models); settled to 0, since the
-    /// settled cost is then part of the period's spend.
+    /// The most the call can cost, in micro-dollars, reserved against the budget the
+    /// admission is given while the call runs (ignored without one; 0 for free models);
+    /// settled to 0, since the settled cost is then part of the period's spend.
     pub cost_micros: u64,
 }
 
@@ -182,6 +182,9 @@ pub(crate) struct Admission {
     pub local: bool,
     /// The budget period the call was admitted against, if its key has a budget.
     pub budget: Option<Box<BudgetWindow>>,
+    /// The call's admission against the gateway-wide budget, when one is configured: settled
+    /// beside this one.
+    pub gateway: Option<Box<Admission>>,
 }
 
 impl Admission {
@@ -194,6 +197,7 @@ impl Admission {
             usage: Usage::default(),
             local: false,
             budget: None,
+            gateway: None,
         }
     }
 
@@ -340,6 +344,45 @@ impl RateLimiter {
         charge: Charge,
         budget: Option<BudgetWindow>,
     ) -> ApiResult<Admission> {
+        self.admit_as(key, quota, charge, budget, "key").await
+    }
+
+    /// Reserves a model call's most (`cost_micros`) against the gateway-wide budget's period
+    /// `budget`, or refuses it (BUDGET_EXCEEDED, scope `gateway`). The same script as a key's
+    /// admission, on the pseudo key [`GATEWAY_BUDGET_KEY`] with no rate limit.
+    pub async fn admit_gateway(
+        &self,
+        cost_micros: u64,
+        budget: BudgetWindow,
+    ) -> ApiResult<Admission> {
+        let unlimited = Quota {
+            requests: u64::MAX,
+            tokens: u64::MAX,
+            context: u64::MAX,
+        };
+        let charge = Charge {
+            tokens: 0,
+            context: 0,
+            cost_micros,
+        };
+        self.admit_as(
+            GATEWAY_BUDGET_KEY,
+            unlimited,
+            charge,
+            Some(budget),
+            "gateway",
+        )
+        .await
+    }
+
+    async fn admit_as(
+        &self,
+        key: &str,
+        quota: Quota,
+        charge: Charge,
+        mut budget: Option<BudgetWindow>,
+        scope: &'static str,
+    ) -> ApiResult<Admission> {
         if charge.tokens > quota.tokens || charge.context > quota.context {
             return Err(ApiError::invalid(
                 "Request exceeds the token limit",
@@ -374,6 +417,12 @@ impl RateLimiter {
                             tokens: (quota.tokens / self.share).max(charge.tokens),
                             context: (quota.context / self.share).max(charge.context),
                         };
+                        // This replica's share of the budget too, counted from zero in its
+                        // memory: together the replicas spend at most the limit meanwhile.
+                        budget = budget.map(|window| BudgetWindow {
+                            limit_micros: window.limit_micros / self.share,
+                            ..window
+                        });
                         let decision = local
                             .admit_spending(key, share, charge, &reservation, budget.as_ref())
                             .await?;
@@ -396,6 +445,7 @@ impl RateLimiter {
                 usage,
                 local,
                 budget: budget.map(Box::new),
+                gateway: None,
             }),
             Decision::OverBudget {
                 spent_micros,
@@ -403,7 +453,7 @@ impl RateLimiter {
             } => {
                 let window = budget.unwrap_or_else(unreachable_budget);
                 Err(ApiError::budget_exceeded(BudgetBreach {
-                    scope: "key",
+                    scope,
                     limit_micros: window.limit_micros,
                     spent_micros,
                     reserved_micros,

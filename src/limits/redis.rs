@@ -112,8 +112,9 @@ local function reset_ms()
   return tonumber(oldest[2]) + window - now
 end
 
--- The budget first: a call it refuses is refused whatever the rate limits say.
-if ARGV[9] ~= '' then
+-- The budget first: a call it refuses is refused whatever the rate limits say. A call that
+-- can cost nothing is never refused for it, even past the limit.
+if ARGV[9] ~= '' and want_r > 0 then
   local spent = tonumber(redis.call('HGET', spend, 'spent') or '0')
   local reserved = tonumber(redis.call('HGET', sum, 'r') or '0')
   if spent + reserved + want_r > tonumber(ARGV[9]) then
@@ -190,10 +191,17 @@ local spend, limit = KEYS[4], tonumber(ARGV[12])
 local spent = redis.call('HINCRBY', spend, 'spent', ARGV[9])
 redis.call('PEXPIREAT', spend, ARGV[13])
 local out = {spent}
+-- Crossed at spent >= p/1000 × limit, computed as p × (limit div 1000) + ceil(p × (limit mod
+-- 1000) / 1000): spent × 1000 would pass 2^53 (where Lua's doubles skip integers) for the
+-- largest budgets, and every term here stays below 10^14.
+local rem = limit % 1000
+local thousandths = (limit - rem) / 1000
 if spent > 0 then
   for p in string.gmatch(ARGV[14], '%d+') do
-    if spent * 1000 >= tonumber(p) * limit and redis.call('HSETNX', spend, 't' .. p, 1) == 1 then
-      table.insert(out, tonumber(p))
+    local n = tonumber(p)
+    if spent >= n * thousandths + math.ceil(n * rem / 1000)
+      and redis.call('HSETNX', spend, 't' .. p, 1) == 1 then
+      table.insert(out, n)
     end
   end
 end

@@ -482,6 +482,20 @@ impl ModelCatalog {
         }
     }
 
+    /// The highest price of each kind among `model` and the fallbacks that may answer for it:
+    /// what a call of `model` is reserved at, so a dearer fallback cannot pass a budget.
+    pub(crate) fn dearest_prices(&self, model: &Model) -> Prices {
+        model
+            .fallbacks
+            .iter()
+            .filter_map(|id| self.models.iter().find(|m| &m.id == id))
+            .fold(model.prices, |most, fallback| Prices {
+                input: most.input.max(fallback.prices.input),
+                output: most.output.max(fallback.prices.output),
+                cached_input: most.cached_input.max(fallback.prices.cached_input),
+            })
+    }
+
     pub(crate) fn resolve_shared(&self, id: &str) -> Option<Arc<Model>> {
         self.models.iter().find(|m| m.id == id).cloned()
     }

@@ -200,12 +200,15 @@ impl SpendClock {
     }
 }
 
-/// How the gateway reads time and keeps the ledger.
-#[derive(Debug, Clone, Copy)]
+/// How the gateway reads time, keeps the ledger, and what it may spend in all.
+#[derive(Debug, Clone)]
 pub struct SpendSettings {
     pub clock: SpendClock,
     /// How long the ledger keeps a day's figures.
     pub ledger_retention: Duration,
+    /// The operators' budget for every key's model calls together
+    /// (`OPENCLAW_GATEWAY_BUDGET_MICROS`); none by default.
+    pub gateway_budget: Option<KeyBudget>,
 }
 
 impl Default for SpendSettings {
@@ -213,9 +216,15 @@ impl Default for SpendSettings {
         Self {
             clock: SpendClock::default(),
             ledger_retention: DEFAULT_LEDGER_RETENTION,
+            gateway_budget: None,
         }
     }
 }
+
+/// The name the gateway-wide budget is kept under in the limits store, as if it were a key's
+/// (`oc:rl:{@gateway}:…` in Redis: a hash tag of its own), and the `key_id` of its events, which
+/// only the internal token sees. No generated key id starts with `@`.
+pub const GATEWAY_BUDGET_KEY: &str = "@gateway";
 
 impl SpendSettings {
     /// The record of a call of `model` (by `provider`) settled now, against the budget period
@@ -354,10 +363,15 @@ pub(crate) fn threshold_event(
     } else {
         "budget.threshold"
     };
+    let whose = if key == GATEWAY_BUDGET_KEY {
+        "The gateway (every key together)".to_owned()
+    } else {
+        format!("API key {key}")
+    };
     let mut event = crate::events::Event::new(
         kind,
         format!(
-            "API key {key} has spent {} of its {} {} budget ({}% threshold; period from {} to {})",
+            "{whose} has spent {} of its {} {} budget ({}% threshold; period from {} to {})",
             dollars(spent_micros),
             dollars(budget.limit_micros),
             match budget.period.kind {

@@ -35,6 +35,49 @@ pub(crate) struct SystemStatus {
     #[schema(example = "core-0")]
     replica: String,
     storage: Storage,
+    /// The caller's key's spend budget and its spend this period (docs/budgets.md); null for
+    /// a key without a budget.
+    budget: Option<BudgetStatus>,
+    /// The gateway-wide budget for every key together: shown to the internal token only, null
+    /// otherwise or when none is configured.
+    gateway_budget: Option<BudgetStatus>,
+}
+
+/// A spend budget and its current period, in integer micro-dollars (US$0.000001).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct BudgetStatus {
+    #[schema(example = 5000000)]
+    limit_micros: u64,
+    /// "day", "week" or "month".
+    #[schema(example = "month")]
+    period: String,
+    #[schema(example = "UTC")]
+    time_zone: String,
+    /// Settled spend in the current period.
+    #[schema(example = 1250000)]
+    spent_micros: u64,
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-12-01T00:00:00Z")]
+    period_start: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime, example = "2027-01-01T00:00:00Z")]
+    resets_at: Option<String>,
+    /// Fractions of the limit that publish a `budget.threshold` event once per period.
+    #[schema(example = json!([0.5, 0.8]))]
+    thresholds: Vec<f64>,
+}
+
+impl From<proto::BudgetStatus> for BudgetStatus {
+    fn from(budget: proto::BudgetStatus) -> Self {
+        Self {
+            limit_micros: budget.limit_micros,
+            period: budget.period,
+            time_zone: budget.time_zone,
+            spent_micros: budget.spent_micros,
+            period_start: crate::timestamp::from_proto(budget.period_start.as_ref()),
+            resets_at: crate::timestamp::from_proto(budget.resets_at.as_ref()),
+            thresholds: budget.thresholds,
+        }
+    }
 }
 
 /// How full the store is, and whether new growth is refused (docs/storage-pressure.md).
@@ -181,6 +224,8 @@ impl From<proto::SystemStatus> for SystemStatus {
                 .collect(),
             simulated: status.simulated,
             replica: status.replica,
+            budget: status.budget.map(Into::into),
+            gateway_budget: status.gateway_budget.map(Into::into),
             storage: {
                 let storage = status.storage.unwrap_or_default();
                 Storage {

@@ -27,3 +27,4 @@ pub mod store;
 mod streaming;
 mod system;
 mod tokenizer;
+mod usage;

@@ -30,6 +30,7 @@ use crate::proto::event_service_server::EventServiceServer;
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
 use crate::proto::system_service_server::SystemServiceServer;
+use crate::proto::usage_service_server::UsageServiceServer;
 use crate::providers::ModelCatalog;
 use crate::quotas::Quotas;
 use crate::sessions::Sessions;
@@ -39,6 +40,7 @@ use crate::sessions::turn_lock::TurnLocks;
 use crate::store::pressure::StoragePressure;
 use crate::store::{EmbeddedStore, RedisStore, SharedConnection, Store};
 use crate::system::System;
+use crate::usage::Usage;
 
 /// File name of the embedded store inside the data folder.
 pub const EMBEDDED_DB_FILE: &str = "gateway.redb";
@@ -98,7 +100,13 @@ pub async fn open_store(
             let store = EmbeddedStore::open(&path)
                 .with_context(|| format!("opening the embedded store at {}", path.display()))?;
             tracing::info!(path = %path.display(), "state store: embedded (single process; set OPENCLAW_REDIS_URL to scale out)");
-            let limiter = RateLimiter::new(Arc::new(LocalLimits::default()), None);
+            // Spend and the usage ledger are written through to the same file.
+            let spend = crate::store::EmbeddedSpend::open(store.database())
+                .context("opening the spend tables of the embedded store")?;
+            let limiter = RateLimiter::new(
+                Arc::new(LocalLimits::default().with_journal(Arc::new(spend))),
+                None,
+            );
             let events = EventBus::in_memory(EventSettings {
                 max_len: config.cron.events_max_len,
             });
@@ -359,6 +367,10 @@ impl CoreApi {
                     core.traffic.clone(),
                 ))
                 .max_decoding_message_size(LIMIT),
+            )
+            .add_service(
+                UsageServiceServer::new(Usage::new(core.door.clone(), core.store.clone()))
+                    .max_decoding_message_size(LIMIT),
             )
             .add_service(
                 SystemServiceServer::new(System::new(

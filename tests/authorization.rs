@@ -54,6 +54,8 @@ fn rest_need(method: &str, path: &str) -> Need {
         p if p.starts_with("/api/v1/sessions") => Need::Scope("sessions"),
         p if p.starts_with("/api/v1/cron/") || p == "/api/v1/events" => Need::Scope("cron"),
         "/api/v1/system/status" => Need::Scope("status"),
+        // Any key reads its own usage ledger; the internal token reads every key's.
+        "/api/v1/usage" => Need::AnyKey,
         p if p.starts_with("/api/v1/keys") => Need::Internal,
         other => panic!("{method} {other} is not classified in the authorization matrix: add it"),
     }
@@ -71,6 +73,7 @@ fn grpc_need(service: &str, method: &str) -> Need {
         "openclaw.v1.CronService" | "openclaw.v1.EventService" => Need::Scope("cron"),
         "openclaw.v1.SystemService" => Need::Scope("status"),
         "openclaw.v1.KeyService" => Need::Internal,
+        "openclaw.v1.UsageService" => Need::AnyKey,
         other => {
             panic!("gRPC service {other} is not classified in the authorization matrix: add it")
         }

@@ -48,6 +48,7 @@ pub(crate) const BEARER: &str = "bearer";
         (name = "keys", description = "API key administration (internal token only)"),
         (name = "cron", description = "Scheduled jobs: every/at/cron schedules, systemEvent and agentTurn payloads, run history"),
         (name = "events", description = "System events as server-sent events, resumable with Last-Event-ID"),
+        (name = "usage", description = "The usage ledger: model calls, tokens and cost in integer micro-dollars, per day, model or key, as JSON or CSV"),
     ),
     components(
         schemas(ErrorEnvelope, ErrorObject),

@@ -534,9 +534,8 @@ impl RateLimiter {
     }
 
     /// The key's usage ledger for `days`.
-    #[allow(dead_code)] // read by the usage API
     pub async fn ledger(&self, key: &str, days: &[String]) -> ApiResult<Vec<UsageRow>> {
-        Ok(self.backend.usage(key, days).await?)
+        Ok(self.bounded(self.backend.usage(key, days)).await?)
     }
 
     /// The key's use of its quota in the current window, without counting a request: an

@@ -275,6 +275,9 @@ fn spend_hash(key: &str, budget: Option<&BudgetWindow>) -> String {
 }
 
 /// A key's ledger for one UTC day, under the key's hash tag.
+/// How many days of a key's ledger one pipeline reads.
+const USAGE_DAYS_PER_ROUND_TRIP: usize = 100;
+
 fn usage_hash(key: &str, day: &str) -> String {
     format!("oc:rl:{{{key}}}:usage:{day}")
 }
@@ -424,15 +427,22 @@ impl LimitBackend for RedisLimits {
     }
 
     async fn usage(&self, key: &str, days: &[String]) -> Result<Vec<UsageRow>, StoreError> {
+        // Every day in one round trip: the key's hashes share its hash tag, so one node
+        // answers them all on a cluster too.
         let mut rows = Vec::new();
-        for day in days {
+        for days in days.chunks(USAGE_DAYS_PER_ROUND_TRIP) {
+            let mut pipe = redis::pipe();
+            for day in days {
+                pipe.cmd("HGETALL").arg(usage_hash(key, day));
+            }
             let mut conn = self.conn.clone();
-            let fields: Vec<(String, u64)> = redis::cmd("HGETALL")
-                .arg(usage_hash(key, day))
+            let hashes: Vec<Vec<(String, u64)>> = pipe
                 .query_async(&mut conn)
                 .await
                 .map_err(StoreError::from)?;
-            rows.extend(ledger_rows(key, day, fields));
+            for (day, fields) in days.iter().zip(hashes) {
+                rows.extend(ledger_rows(key, day, fields));
+            }
         }
         Ok(rows)
     }

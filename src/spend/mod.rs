@@ -18,6 +18,7 @@
 //! (`crate::limits`).
 
 mod period;
+pub(crate) mod report;
 
 use std::time::Duration;
 

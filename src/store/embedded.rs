@@ -22,6 +22,8 @@
 //!   ([`Store::sweep_expired_sessions`]) takes the due ones from its front. Reads treat an
 //!   expired session as absent before the sweep has come by.
 //!
+//! - `spend_*`: the usage ledger and budget spend ([`EmbeddedSpend`], in `embedded/spend.rs`).
+//!
 //! Every change that touches several rows is one write transaction. redb is
 //! blocking, so every database call runs on the blocking pool.
 //!
@@ -40,6 +42,10 @@ use redb::backends::InMemoryBackend;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+mod spend;
+
+pub use spend::EmbeddedSpend;
 
 use super::{
     AppendOutcome, CapBreach, CreateOutcome, History, HistoryBudget, KeyRecord, LockOutcome, Page,

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use self::embedded::EmbeddedStore;
+pub use self::embedded::{EmbeddedSpend, EmbeddedStore};
 pub use self::redis::RedisStore;
 pub use self::redis_connection::{
     ConfigError as RedisConfigError, NodeHealth, RedisConfig, SharedConnection,

@@ -166,6 +166,14 @@ pub enum Behaviour {
     /// Streams the echo reply word by word, but stops for `stall` after the
     /// first `after` pieces (the connection stays open), then goes on.
     StallMidStream { after: usize, stall: Duration },
+    /// Like `Reply` (whole, or streamed word by word), and reports `cached_tokens` of the
+    /// prompt as read from the provider's cache (`usage.prompt_tokens_details.cached_tokens`).
+    ReplyCached {
+        content: String,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+        cached_tokens: u32,
+    },
 }
 
 #[derive(Default)]
@@ -295,6 +303,26 @@ async fn chat(
                 stall,
             )
         };
+        if let Some(Behaviour::ReplyCached {
+            content,
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+        }) = behaviour.clone()
+        {
+            return with_cached_usage(
+                stream_reply(
+                    model.clone(),
+                    echo_words(content),
+                    Duration::ZERO,
+                    (prompt_tokens, completion_tokens),
+                    include_usage,
+                    None,
+                ),
+                cached_tokens,
+            )
+            .await;
+        }
         match behaviour.clone() {
             None => {
                 return sse(
@@ -343,7 +371,11 @@ async fn chat(
                     Some((after, stall)),
                 );
             }
-            Some(Behaviour::Fail { .. } | Behaviour::RateLimited { .. }) => {}
+            Some(
+                Behaviour::Fail { .. }
+                | Behaviour::RateLimited { .. }
+                | Behaviour::ReplyCached { .. },
+            ) => {}
         }
     }
     let reply = |content: String, prompt: u32, completion: u32| {
@@ -388,7 +420,46 @@ async fn chat(
         Some(Behaviour::StallMidStream { .. }) | None => {
             reply(format!("echo: {last_user}"), 10, 5).into_response()
         }
+        Some(Behaviour::ReplyCached {
+            content,
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+        }) => {
+            let (status, Json(mut answer)) = reply(content, prompt_tokens, completion_tokens);
+            answer["usage"]["prompt_tokens_details"] = json!({"cached_tokens": cached_tokens});
+            (status, Json(answer)).into_response()
+        }
     }
+}
+
+/// A streamed answer whose usage chunk also reports `cached` prompt tokens read from the
+/// provider's cache: the whole stream, rewritten (the tests using it need no pacing).
+async fn with_cached_usage(
+    answer: axum::response::Response,
+    cached: u32,
+) -> axum::response::Response {
+    let (parts, body) = answer.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .expect("the fake's own stream");
+    let text = String::from_utf8_lossy(&bytes)
+        .split("\n\n")
+        .map(|event| {
+            let Some(data) = event.strip_prefix("data: ") else {
+                return event.to_string();
+            };
+            match serde_json::from_str::<Value>(data) {
+                Ok(mut chunk) if chunk["usage"].is_object() => {
+                    chunk["usage"]["prompt_tokens_details"] = json!({"cached_tokens": cached});
+                    format!("data: {chunk}")
+                }
+                _ => event.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    axum::response::Response::from_parts(parts, axum::body::Body::from(text))
 }
 
 /// An OpenAI streamed answer: a role chunk, the pieces (each `delay` after

@@ -20,6 +20,7 @@ pub(crate) mod keys;
 pub(crate) mod openai;
 pub(crate) mod sessions;
 pub(crate) mod system;
+pub(crate) mod usage;
 
 /// Every route with its OpenAPI operation, registered together so neither can drift.
 pub(crate) fn api() -> OpenApiRouter<AppState> {
@@ -29,6 +30,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::get_session, sessions::delete_session))
         .routes(routes!(sessions::send_message, sessions::list_messages))
         .routes(routes!(system::status))
+        .routes(routes!(usage::get_usage))
         .routes(routes!(keys::create_key, keys::list_keys))
         .routes(routes!(keys::get_key, keys::update_key, keys::revoke_key))
         .routes(routes!(cron::create_job, cron::list_jobs))

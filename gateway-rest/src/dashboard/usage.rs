@@ -22,6 +22,7 @@ use super::{
 use crate::proto::{
     self, key_service_client::KeyServiceClient, usage_service_client::UsageServiceClient,
 };
+use crate::routes;
 
 /// What the page (and the CSV) is asked for; every field may be empty.
 #[derive(Debug, Default, Deserialize)]
@@ -321,6 +322,7 @@ pub(crate) async fn view(viewer: Viewer, Query(query): Query<UsageQuery>) -> Pag
     let keys = key_names(&viewer).await?;
     let key_label = |id: &str| match keys.get(id) {
         Some((name, prefix)) => format!("{name} ({prefix}…)"),
+        None if id == "internal" => "the internal token".to_string(),
         None => id.to_string(),
     };
     let totals = by_day.totals.unwrap_or_default();
@@ -355,7 +357,13 @@ pub(crate) async fn view(viewer: Viewer, Query(query): Query<UsageQuery>) -> Pag
         .iter()
         .map(|r| {
             (
-                html! { (r.model) @if !r.provider.is_empty() { span.hint { " (" (r.provider) ")" } } },
+                html! {
+                    (r.model)
+                    // "zai/glm-4.7-flash" names its provider already.
+                    @if !r.provider.is_empty() && !r.model.starts_with(&format!("{}/", r.provider)) {
+                        span.hint { " (" (r.provider) ")" }
+                    }
+                },
                 r.figures.unwrap_or_default(),
             )
         })
@@ -423,70 +431,21 @@ pub(crate) async fn view(viewer: Viewer, Query(query): Query<UsageQuery>) -> Pag
     Ok(page(&viewer, "Usage", "Usage", body).into_response())
 }
 
-/// One CSV field, quoted where it must be.
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
-}
-
-/// The report as CSV: one line per row, the totals last, costs in micro-dollars and dollars.
-fn csv_text(report: &proto::UsageReport, keys: &HashMap<String, (String, String)>) -> String {
-    let mut out = String::from(
-        "day,model,provider,key_id,key_name,requests,errors,prompt_tokens,completion_tokens,cached_tokens,cost_micros,cost_usd\n",
-    );
-    let line = |out: &mut String, row: &proto::UsageRow, figures: &proto::UsageFigures| {
-        let name = keys.get(&row.key_id).map(|k| k.0.as_str()).unwrap_or("");
-        let cells = [
-            csv_field(&row.day),
-            csv_field(&row.model),
-            csv_field(&row.provider),
-            csv_field(&row.key_id),
-            csv_field(name),
-            figures.requests.to_string(),
-            figures.errors.to_string(),
-            figures.prompt_tokens.to_string(),
-            figures.completion_tokens.to_string(),
-            figures.cached_tokens.to_string(),
-            figures.cost_micros.to_string(),
-            format!(
-                "{}.{:06}",
-                figures.cost_micros / 1_000_000,
-                figures.cost_micros % 1_000_000
-            ),
-        ];
-        out.push_str(&cells.join(","));
-        out.push('\n');
-    };
-    for row in &report.rows {
-        line(&mut out, row, &row.figures.unwrap_or_default());
-    }
-    let total = proto::UsageRow {
-        day: "total".into(),
-        ..Default::default()
-    };
-    line(&mut out, &total, &report.totals.unwrap_or_default());
-    out
-}
-
-/// The figures as a CSV download (`GET /api/v1/usage` answers only bearer credentials, never
-/// the dashboard's cookie, so a link to it could not work).
+/// The figures as a CSV download, exactly as `GET /api/v1/usage` gives them with `Accept:
+/// text/csv`. The API answers only bearer credentials, never the dashboard's cookie, so the
+/// page cannot link to it; this route makes the same call as the signed-in user.
 pub(crate) async fn csv(viewer: Viewer, Query(query): Query<UsageQuery>) -> PageResult {
     let group_by = match query.group_by.as_str() {
         "model" | "key" => query.group_by.as_str(),
         _ => "day",
     };
     let report = usage(&viewer, &query, group_by).await?;
-    let keys = key_names(&viewer).await?;
     let file = format!(
-        "attachment; filename=\"openclaw-usage-{}-{}-by-{group_by}.csv\"",
+        "attachment; filename=\"usage-{}-{}-by-{group_by}.csv\"",
         report.from, report.to
     );
-    let disposition = HeaderValue::from_str(&file).unwrap_or_else(|_| {
-        HeaderValue::from_static("attachment; filename=\"openclaw-usage.csv\"")
-    });
+    let disposition = HeaderValue::from_str(&file)
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment; filename=\"usage.csv\""));
     Ok((
         [
             (
@@ -495,7 +454,7 @@ pub(crate) async fn csv(viewer: Viewer, Query(query): Query<UsageQuery>) -> Page
             ),
             (header::CONTENT_DISPOSITION, disposition),
         ],
-        csv_text(&report, &keys),
+        routes::usage::csv(&report.into()),
     )
         .into_response())
 }

@@ -1553,6 +1553,200 @@ async fn screenshots_of_every_page() {
     }
 }
 
+/// Regenerates the Usage and budget screenshots: two weeks of priced calls from two keys,
+/// each day made by a core whose spend clock is set that many days back (one Redis keeps the
+/// ledger), then the pages at desktop and phone width.
+#[tokio::test]
+#[ignore = "writes docs/screenshots; run scripts/dashboard-screenshots.sh"]
+async fn screenshots_of_usage_and_budgets() {
+    let redis = start_redis();
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let providers = dir.path().join("providers.toml");
+    std::fs::write(
+        &providers,
+        format!(
+            r#"
+            [[providers]]
+            name = "zai"
+            baseUrl = "{}"
+            apiKeyEnv = "ZAI_API_KEY"
+            models = [
+              {{ name = "glm-4.7-flash", inputPricePerMTok = 3.0, outputPricePerMTok = 15.0 }},
+              {{ name = "glm-4.5-flash", inputPricePerMTok = 0.5, outputPricePerMTok = 1.5 }},
+            ]
+            "#,
+            upstream.base_url()
+        ),
+    )
+    .unwrap();
+    let start = |days_back: i64| {
+        let core = spawn_core(&CoreOptions {
+            redis_url: Some(redis_url(&redis)),
+            upstream: Some(upstream.base_url()),
+            data_dir: Some(dir.path().to_path_buf()),
+            env: vec![
+                (
+                    "OPENCLAW_PROVIDERS_FILE".into(),
+                    providers.display().to_string(),
+                ),
+                (
+                    "OPENCLAW_SPEND_CLOCK_OFFSET_SECONDS".into(),
+                    (-days_back * 86_400).to_string(),
+                ),
+            ],
+        });
+        let edge = spawn_edge_with(&[&core], &[]);
+        (core, edge)
+    };
+    let mut keys: Vec<String> = Vec::new();
+    let http = reqwest::Client::new();
+    for days_back in (0..14i64).rev() {
+        let (_core, edge) = start(days_back);
+        wait_until_ready(&edge).await;
+        let base = format!("http://127.0.0.1:{}", edge.port);
+        if keys.is_empty() {
+            let limits = json!({"limits": {"tokensPerMinute": 10_000_000, "contextTokensPerMinute": 10_000_000}});
+            for name in ["billing-service", "support-bot"] {
+                keys.push(create_key(&http, &base, name, limits.clone()).await);
+            }
+        }
+        // Weekdays busier than weekends, the bot growing over the fortnight.
+        let busy = 3 + (days_back * 5 % 7) as usize;
+        for call in 0..busy {
+            let (key, model) = match call % 3 {
+                0 => (&keys[1], "zai/glm-4.5-flash"),
+                1 => (&keys[0], "zai/glm-4.7-flash"),
+                _ => (&keys[1], "zai/glm-4.7-flash"),
+            };
+            upstream.behave(support::Behaviour::Reply {
+                content: "ok".into(),
+                prompt_tokens: 1500 + 400 * call as u32,
+                completion_tokens: 300 + 120 * (call as u32 % 4),
+            });
+            let _ = post_with_key(
+                &http,
+                format!("{base}/api/v1/sessions"),
+                key,
+                &json!({"model": model, "messages": [{"role": "user", "content": "Summarise the ticket"}]}),
+            )
+            .await;
+        }
+    }
+    let (_core, edge) = start(0);
+    wait_until_ready(&edge).await;
+    let base = format!("http://127.0.0.1:{}", edge.port);
+    let keys_listed: Value = http
+        .get(format!("{base}/api/v1/keys"))
+        .bearer_auth(INTERNAL_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let billing = keys_listed["data"]
+        .as_array()
+        .or_else(|| keys_listed["data"]["keys"].as_array())
+        .and_then(|keys| keys.iter().find(|k| k["name"] == "billing-service"))
+        .and_then(|k| k["id"].as_str())
+        .expect("billing-service")
+        .to_string();
+    let budget = http
+        .patch(format!("{base}/api/v1/keys/{billing}"))
+        .bearer_auth(INTERNAL_TOKEN)
+        .json(&json!({"budget": {"limitMicros": 500_000, "period": "day", "timeZone": "UTC", "thresholds": [0.5, 0.8]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(budget.status(), 200, "{}", budget.text().await.unwrap());
+    for call in 0..4u32 {
+        upstream.behave(support::Behaviour::Reply {
+            content: "ok".into(),
+            prompt_tokens: 2000 + 500 * call,
+            completion_tokens: 600,
+        });
+        let _ = post_with_key(
+            &http,
+            format!("{base}/api/v1/sessions"),
+            &keys[0],
+            &json!({"model": "zai/glm-4.7-flash", "messages": [{"role": "user", "content": "Invoice run"}]}),
+        )
+        .await;
+    }
+
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots");
+    for (size, width, height) in [("desktop", 1280, 900), ("phone", 390, 844)] {
+        let browser = browser(width, height).await;
+        let client = &browser.client;
+        let shot = |name: &str| {
+            let path = out.join(format!("{name}-{size}.png"));
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let png = client.screenshot().await.expect("screenshot");
+                std::fs::write(&path, png).expect("write screenshot");
+            }
+        };
+        client
+            .goto(&format!("{base}/dashboard/login"))
+            .await
+            .unwrap();
+        fill(client, "#credential", INTERNAL_TOKEN).await;
+        click_button(client, "Sign in").await;
+        expect_h1(client, "Status").await;
+        client
+            .goto(&format!("{base}/dashboard/usage"))
+            .await
+            .unwrap();
+        expect_h1(client, "Usage").await;
+        shot("usage").await;
+        for (section, name) in [
+            ("#time-h", "usage-per-day"),
+            ("#model-h", "usage-by-model"),
+            ("#key-h", "usage-by-key"),
+        ] {
+            client
+                .execute(
+                    &format!("document.querySelector('{section}').scrollIntoView()"),
+                    vec![],
+                )
+                .await
+                .expect("scroll");
+            shot(name).await;
+        }
+        client
+            .goto(&format!("{base}/dashboard/usage?per=week"))
+            .await
+            .unwrap();
+        expect_h1(client, "Usage").await;
+        client
+            .execute("document.querySelector('#time-h').scrollIntoView()", vec![])
+            .await
+            .expect("scroll");
+        shot("usage-per-week").await;
+        client
+            .goto(&format!("{base}/dashboard/settings/keys"))
+            .await
+            .unwrap();
+        expect_h1(client, "API Keys").await;
+        client
+            .execute(&format!("document.querySelector(\"li[data-key-id='{billing}'] .budget\").scrollIntoView()"), vec![])
+            .await
+            .expect("scroll");
+        shot("key-budget").await;
+        client
+            .goto(&format!("{base}/dashboard/settings/keys/{billing}"))
+            .await
+            .unwrap();
+        expect_h1(client, "Edit limits").await;
+        client
+            .execute("document.querySelector('#budget').scrollIntoView()", vec![])
+            .await
+            .expect("scroll");
+        shot("budget-form").await;
+    }
+}
+
 #[tokio::test]
 async fn the_embedded_default_serves_the_dashboard_too() {
     let stack = Stack::embedded().await;

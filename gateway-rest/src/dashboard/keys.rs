@@ -355,9 +355,10 @@ fn budget_summary(key: &proto::ApiKey, spend: Option<&proto::BudgetSpend>) -> Ma
         div.usage.budget {
             span.usage-label {
                 "Spend: " (said)
-                @if resets.is_some() { " · resets " (when(resets)) }
+                @if resets.is_some() { " " span.nowrap { "· resets " (when(resets)) } }
             }
-            meter class=(level) min="0" max=(limit.max(1)) low=(fraction(low)) high=(fraction(high))
+            // Less is better: green below the first threshold, amber to the last, red beyond.
+            meter class=(level) min="0" max=(limit.max(1)) low=(fraction(low)) high=(fraction(high)) optimum="0"
                 value=(spent.min(limit.max(1))) aria-label=(format!("Spend: {said}")) {
                 (said)
             }

@@ -1377,6 +1377,42 @@ async fn the_usage_page_charts_the_ledger_and_its_tables_hold_the_ledgers_figure
         "{csv}"
     );
 
+    // The range selector: days before the calls hold nothing; a backwards range is the core's
+    // refusal, shown as an error page.
+    let quiet = (chrono::Utc::now() - chrono::Duration::days(20))
+        .format("%Y-%m-%d")
+        .to_string();
+    let quieter = (chrono::Utc::now() - chrono::Duration::days(10))
+        .format("%Y-%m-%d")
+        .to_string();
+    client
+        .goto(&stack.url(&format!("/dashboard/usage?from={quiet}&to={quieter}")))
+        .await
+        .unwrap();
+    expect_h1(client, "Usage").await;
+    let from = client.find(Locator::Id("from")).await.unwrap();
+    assert_eq!(
+        from.prop("value").await.unwrap().as_deref(),
+        Some(quiet.as_str())
+    );
+    assert_eq!(text_of(client, "#total-cost").await, "$0.00");
+    assert_eq!(
+        client
+            .find_all(Locator::Css("#table-time tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        11,
+        "one line per day of the range"
+    );
+    client
+        .goto(&stack.url(&format!("/dashboard/usage?from={quieter}&to={quiet}")))
+        .await
+        .unwrap();
+    assert_ne!(h1(client).await, "Usage", "a backwards range is refused");
+    let refusal = text_of(client, "p[role='alert']").await;
+    assert!(!refusal.is_empty(), "the core's details are shown");
+
     // A key holder's Usage page is its own key's.
     let holder = browser_for_key(&stack, &beta).await;
     holder

@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --bins
 cargo test --test dashboard -- --ignored --exact screenshots_of_every_page --nocapture
+cargo test --test dashboard -- --ignored --exact screenshots_of_usage_and_budgets --nocapture
 ls -1 docs/screenshots/*.png

@@ -966,6 +966,493 @@ async fn a_key_holder_signs_out_everywhere_from_settings_in_the_browser() {
     assert!(signed_in(&page), "the operator's session stays: {page:?}");
 }
 
+// ---------------------------------------------------------------- spend: budgets and usage
+
+/// What the fake upstream reports for every call, and the two priced models: a call to
+/// `zai/glm-4.7-flash` costs 1200 × $500/MTok + 800 × $1000/MTok = $1.40, one to
+/// `zai/glm-4.5-flash` 1200 × $100/MTok + 800 × $300/MTok = $0.36.
+const PROMPT_TOKENS: u64 = 1200;
+const COMPLETION_TOKENS: u64 = 800;
+const FLASH_CALL_MICROS: u64 = 1_400_000;
+const SMALL_CALL_MICROS: u64 = 360_000;
+
+async fn priced_stack() -> Stack {
+    let stack = Stack::with_providers(|upstream| {
+        format!(
+            r#"
+            [[providers]]
+            name = "zai"
+            baseUrl = "{}"
+            apiKeyEnv = "ZAI_API_KEY"
+            models = [
+              {{ name = "glm-4.7-flash", inputPricePerMTok = 500.0, outputPricePerMTok = 1000.0 }},
+              {{ name = "glm-4.5-flash", inputPricePerMTok = 100.0, outputPricePerMTok = 300.0 }},
+            ]
+            "#,
+            upstream.base_url()
+        )
+    })
+    .await;
+    stack.upstream.behave(support::Behaviour::Reply {
+        content: "priced answer".into(),
+        prompt_tokens: PROMPT_TOKENS as u32,
+        completion_tokens: COMPLETION_TOKENS as u32,
+    });
+    stack
+}
+
+/// A key that may make every call these tests make within a minute.
+async fn roomy_key(stack: &Stack, name: &str) -> String {
+    create_key(
+        &stack.http,
+        &stack.url(""),
+        name,
+        json!({"limits": {"tokensPerMinute": 10_000_000, "contextTokensPerMinute": 10_000_000}}),
+    )
+    .await
+}
+
+/// One model call billed to `key`: a new session's first turn.
+async fn priced_call(stack: &Stack, key: &str, model: &str) {
+    expect_data(
+        stack
+            .post(
+                "/api/v1/sessions",
+                key,
+                &json!({"model": model, "messages": [{"role": "user", "content": "What does it cost?"}]}),
+            )
+            .await,
+        201,
+    )
+    .await;
+}
+
+fn today() -> String {
+    chrono::Utc::now().format("%Y-%m-%d").to_string()
+}
+
+/// The text of the element `css`, trimmed.
+async fn text_of(client: &Client, css: &str) -> String {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|_| panic!("an element {css}"))
+        .text()
+        .await
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The cells of the table row whose heading is `name`, by their labels.
+async fn row_of(
+    client: &Client,
+    table: &str,
+    name: &str,
+) -> std::collections::HashMap<String, String> {
+    let row = client
+        .find(Locator::XPath(&format!(
+            "//table[@id='{table}']//tr[th[normalize-space(.)='{name}']]"
+        )))
+        .await
+        .unwrap_or_else(|_| panic!("a row {name:?} in #{table}"));
+    let mut cells = std::collections::HashMap::new();
+    for cell in row.find_all(Locator::Css("td")).await.unwrap() {
+        let label = cell.attr("data-label").await.unwrap().unwrap_or_default();
+        cells.insert(label, cell.text().await.unwrap().trim().to_string());
+    }
+    cells
+}
+
+#[tokio::test]
+async fn an_operator_sets_a_budget_in_the_browser_and_the_key_shows_its_spend_against_it() {
+    let stack = priced_stack().await;
+    let key = roomy_key(&stack, "budgeted").await;
+    let id = key_id(&stack, "budgeted").await;
+    let browser = browser(1280, 900).await;
+    let client = &browser.client;
+    browser_sign_in(&stack, client, INTERNAL_TOKEN).await;
+
+    // The core's word on a wrong value is shown like any other error.
+    client
+        .goto(&stack.url(&format!("/dashboard/settings/keys/{id}")))
+        .await
+        .unwrap();
+    expect_h1(client, "Edit limits").await;
+    fill(client, "#budget-limit", "5").await;
+    fill(client, "#budget-zone", "Mars/Olympus_Mons").await;
+    click_button(client, "Save budget").await;
+    expect_h1(client, "Invalid budget").await;
+    assert!(
+        client.source().await.unwrap().contains("IANA time zone"),
+        "the core says what is wrong"
+    );
+
+    // $20.00 a day (a call reserves its worst case, about $4.10, until it settles), alerts at
+    // 50% and 80%.
+    client
+        .goto(&stack.url(&format!("/dashboard/settings/keys/{id}")))
+        .await
+        .unwrap();
+    expect_h1(client, "Edit limits").await;
+    fill(client, "#budget-limit", "20.00").await;
+    client
+        .find(Locator::Css("#budget-period option[value='day']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    fill(client, "#budget-zone", "UTC").await;
+    fill(client, "#budget-thresholds", "50, 80").await;
+    click_button(client, "Save budget").await;
+    expect_h1(client, "API Keys").await;
+    let budget = expect_data(
+        stack
+            .get(&format!("/api/v1/keys/{id}"), INTERNAL_TOKEN)
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(budget["budget"]["limitMicros"], 20_000_000, "{budget}");
+    assert_eq!(budget["budget"]["period"], "day", "{budget}");
+    assert_eq!(
+        budget["budget"]["thresholds"],
+        json!([0.5, 0.8]),
+        "{budget}"
+    );
+
+    // Two calls at $1.40: $2.80 of $20.00 today, resetting at the next UTC midnight.
+    priced_call(&stack, &key, "zai/glm-4.7-flash").await;
+    priced_call(&stack, &key, "zai/glm-4.7-flash").await;
+    client.refresh().await.unwrap();
+    expect_h1(client, "API Keys").await;
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%d");
+    let card = format!("li.key[data-key-id='{id}'] .budget .usage-label");
+    assert_eq!(
+        text_of(client, &card).await,
+        format!("Spend: $2.80 of $20.00 today · resets {tomorrow} 00:00 UTC")
+    );
+    let meter = client
+        .find(Locator::Css(&format!(
+            "li.key[data-key-id='{id}'] .budget meter"
+        )))
+        .await
+        .unwrap();
+    assert_eq!(
+        meter.attr("value").await.unwrap().as_deref(),
+        Some("2800000")
+    );
+    assert_eq!(
+        meter.attr("max").await.unwrap().as_deref(),
+        Some("20000000")
+    );
+    assert!(
+        text_of(client, &format!("li.key[data-key-id='{id}'] .budget .hint"))
+            .await
+            .contains("Alerts at 50%, 80%")
+    );
+
+    // The key holder sees the same on its own key.
+    let holder = browser_for_key(&stack, &key).await;
+    holder
+        .client
+        .goto(&stack.url("/dashboard/settings/keys"))
+        .await
+        .unwrap();
+    expect_h1(&holder.client, "API Keys").await;
+    assert!(
+        text_of(&holder.client, ".budget .usage-label")
+            .await
+            .starts_with("Spend: $2.80 of $20.00 today"),
+    );
+    drop(holder);
+
+    // Removing the budget: the key's spend is no longer limited.
+    client
+        .goto(&stack.url(&format!("/dashboard/settings/keys/{id}")))
+        .await
+        .unwrap();
+    expect_h1(client, "Edit limits").await;
+    click_button(client, "Remove budget").await;
+    expect_h1(client, "API Keys").await;
+    assert!(
+        text_of(client, &format!("li.key[data-key-id='{id}'] .budget"))
+            .await
+            .starts_with("Budget: none")
+    );
+    let key_now = expect_data(
+        stack
+            .get(&format!("/api/v1/keys/{id}"), INTERNAL_TOKEN)
+            .await,
+        200,
+    )
+    .await;
+    assert!(key_now["budget"].is_null(), "{key_now}");
+}
+
+/// A second browser, signed in with `key`.
+async fn browser_for_key(stack: &Stack, key: &str) -> Browser {
+    let browser = browser(1280, 900).await;
+    browser_sign_in(stack, &browser.client, key).await;
+    browser
+}
+
+#[tokio::test]
+async fn the_usage_page_charts_the_ledger_and_its_tables_hold_the_ledgers_figures() {
+    let stack = priced_stack().await;
+    let alpha = roomy_key(&stack, "alpha-service").await;
+    let beta = roomy_key(&stack, "beta-service").await;
+    for _ in 0..2 {
+        priced_call(&stack, &alpha, "zai/glm-4.7-flash").await;
+    }
+    priced_call(&stack, &alpha, "zai/glm-4.5-flash").await;
+    priced_call(&stack, &beta, "zai/glm-4.5-flash").await;
+    let alpha_micros = 2 * FLASH_CALL_MICROS + SMALL_CALL_MICROS; // $3.16
+    let beta_micros = SMALL_CALL_MICROS; // $0.36
+    let total = alpha_micros + beta_micros; // $3.52
+
+    // The ledger, as the usage API reports it to the internal token.
+    let ledger = expect_data(
+        stack
+            .get("/api/v1/usage?groupBy=model", INTERNAL_TOKEN)
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(ledger["totals"]["costMicros"], total, "{ledger}");
+    assert_eq!(ledger["totals"]["requests"], 4, "{ledger}");
+
+    let browser = browser(1280, 900).await;
+    let client = &browser.client;
+    browser_sign_in(&stack, client, INTERNAL_TOKEN).await;
+    click_link(client, "Usage").await;
+    expect_h1(client, "Usage").await;
+
+    // Charts with labelled axes, every bar with its figures on hover.
+    for chart in [
+        "chart-spend",
+        "chart-usage-tokens",
+        "chart-models",
+        "chart-keys",
+    ] {
+        client.find(Locator::Id(chart)).await.expect(chart);
+    }
+    let spend = client.find(Locator::Id("chart-spend")).await.unwrap();
+    let titles = spend
+        .find_all(Locator::Css("text.axis-title"))
+        .await
+        .unwrap();
+    let mut axis_titles = Vec::new();
+    for t in titles {
+        axis_titles.push(t.text().await.unwrap());
+    }
+    assert_eq!(axis_titles, ["US dollars", "Date (UTC)"]);
+    let tokens_svg = client.source().await.unwrap();
+    assert!(
+        tokens_svg.contains(">Tokens</text>"),
+        "the tokens chart's y axis is labelled"
+    );
+    assert!(
+        tokens_svg.contains(&format!("<title>{}: $3.52</title>", today())),
+        "today's spend bar names its figure"
+    );
+    assert!(tokens_svg.contains("<title>zai/glm-4.7-flash: $2.80</title>"));
+
+    // Today's line and the totals equal the ledger's figures.
+    let day = row_of(client, "table-time", &today()).await;
+    assert_eq!(day["Cost"], "$3.52");
+    assert_eq!(day["Requests"], "4");
+    // Counts are shown with thousands separators.
+    assert_eq!(day["Prompt tokens"], "4,800");
+    assert_eq!(day["Completion tokens"], "3,200");
+    assert_eq!(row_of(client, "table-time", "Total").await["Cost"], "$3.52");
+    for row in ledger["rows"].as_array().unwrap() {
+        let model = row["model"].as_str().unwrap();
+        let cells = row_of(client, "table-models", model).await;
+        assert_eq!(
+            cells["Requests"].replace(',', ""),
+            row["requests"].to_string(),
+            "{model}"
+        );
+        assert_eq!(
+            cells["Cost"],
+            dollars(row["costMicros"].as_u64().unwrap()),
+            "{model}"
+        );
+    }
+    let by_key = expect_data(
+        stack.get("/api/v1/usage?groupBy=key", INTERNAL_TOKEN).await,
+        200,
+    )
+    .await;
+    let alpha_id = key_id(&stack, "alpha-service").await;
+    let alpha_row = by_key["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["keyId"] == alpha_id.as_str())
+        .expect("alpha's row");
+    assert_eq!(alpha_row["costMicros"], alpha_micros);
+    let alpha_prefix = prefix_of(&stack, &alpha_id).await;
+    let cells = row_of(
+        client,
+        "table-keys",
+        &format!("alpha-service ({alpha_prefix}…)"),
+    )
+    .await;
+    assert_eq!(cells["Cost"], "$3.16");
+    assert_eq!(cells["Requests"], "3");
+
+    // Per week: the same figures in one line for this week.
+    client
+        .find(Locator::Css("#per option[value='week']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    click_button(client, "Show").await;
+    expect_h1(client, "Usage").await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            client.source().await.unwrap().contains("Spend per week")
+        })
+        .await
+    );
+    assert_eq!(row_of(client, "table-time", "Total").await["Cost"], "$3.52");
+
+    // The CSV link downloads what the usage API answers for `Accept: text/csv`.
+    let link = client
+        .find(Locator::LinkText("per model"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .expect("a CSV link");
+    let (cookie, _) = sign_in(&stack, INTERNAL_TOKEN, &[]).await;
+    let csv = http()
+        .get(stack.url(&link))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), 200);
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert!(
+        csv.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment")
+    );
+    let csv = csv.text().await.unwrap();
+    let api = link
+        .replace("/dashboard/usage.csv", "/api/v1/usage")
+        .replace("group_by=", "groupBy=");
+    let api_csv = stack
+        .http
+        .get(stack.url(&api))
+        .bearer_auth(INTERNAL_TOKEN)
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(csv, api_csv);
+    assert!(
+        csv.contains(&format!(
+            ",2,0,{},{},0,{}",
+            2 * PROMPT_TOKENS,
+            2 * COMPLETION_TOKENS,
+            2 * FLASH_CALL_MICROS
+        )),
+        "{csv}"
+    );
+
+    // The range selector: days before the calls hold nothing; a backwards range is the core's
+    // refusal, shown as an error page.
+    let quiet = (chrono::Utc::now() - chrono::Duration::days(20))
+        .format("%Y-%m-%d")
+        .to_string();
+    let quieter = (chrono::Utc::now() - chrono::Duration::days(10))
+        .format("%Y-%m-%d")
+        .to_string();
+    client
+        .goto(&stack.url(&format!("/dashboard/usage?from={quiet}&to={quieter}")))
+        .await
+        .unwrap();
+    expect_h1(client, "Usage").await;
+    let from = client.find(Locator::Id("from")).await.unwrap();
+    assert_eq!(
+        from.prop("value").await.unwrap().as_deref(),
+        Some(quiet.as_str())
+    );
+    assert_eq!(text_of(client, "#total-cost").await, "$0.00");
+    assert_eq!(
+        client
+            .find_all(Locator::Css("#table-time tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        11,
+        "one line per day of the range"
+    );
+    client
+        .goto(&stack.url(&format!("/dashboard/usage?from={quieter}&to={quiet}")))
+        .await
+        .unwrap();
+    assert_ne!(h1(client).await, "Usage", "a backwards range is refused");
+    let refusal = text_of(client, "p[role='alert']").await;
+    assert!(!refusal.is_empty(), "the core's details are shown");
+
+    // A key holder's Usage page is its own key's.
+    let holder = browser_for_key(&stack, &beta).await;
+    holder
+        .client
+        .goto(&stack.url("/dashboard/usage"))
+        .await
+        .unwrap();
+    expect_h1(&holder.client, "Usage").await;
+    assert_eq!(
+        row_of(&holder.client, "table-time", "Total").await["Cost"],
+        "$0.36"
+    );
+    let html = holder.client.source().await.unwrap();
+    assert!(!html.contains("alpha-service") && !html.contains("chart-keys"));
+}
+
+/// The safe-to-show start of key `id`.
+async fn prefix_of(stack: &Stack, id: &str) -> String {
+    let key = expect_data(
+        stack
+            .get(&format!("/api/v1/keys/{id}"), INTERNAL_TOKEN)
+            .await,
+        200,
+    )
+    .await;
+    key["prefix"].as_str().unwrap_or_default().to_string()
+}
+
+/// Dollars as the dashboard shows them.
+fn dollars(micros: u64) -> String {
+    let fraction = format!("{:06}", micros % 1_000_000);
+    let digits = fraction.trim_end_matches('0');
+    let shown = if digits.len() < 2 {
+        &fraction[..2]
+    } else {
+        digits
+    };
+    format!("${}.{shown}", micros / 1_000_000)
+}
+
 // ---------------------------------------------------------------- screenshots
 
 /// Regenerates `docs/screenshots/*.png` (run by `scripts/dashboard-screenshots.sh`).
@@ -1099,6 +1586,200 @@ async fn screenshots_of_every_page() {
             .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         shot("events".into()).await;
+    }
+}
+
+/// Regenerates the Usage and budget screenshots: two weeks of priced calls from two keys,
+/// each day made by a core whose spend clock is set that many days back (one Redis keeps the
+/// ledger), then the pages at desktop and phone width.
+#[tokio::test]
+#[ignore = "writes docs/screenshots; run scripts/dashboard-screenshots.sh"]
+async fn screenshots_of_usage_and_budgets() {
+    let redis = start_redis();
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let providers = dir.path().join("providers.toml");
+    std::fs::write(
+        &providers,
+        format!(
+            r#"
+            [[providers]]
+            name = "zai"
+            baseUrl = "{}"
+            apiKeyEnv = "ZAI_API_KEY"
+            models = [
+              {{ name = "glm-4.7-flash", inputPricePerMTok = 3.0, outputPricePerMTok = 15.0 }},
+              {{ name = "glm-4.5-flash", inputPricePerMTok = 0.5, outputPricePerMTok = 1.5 }},
+            ]
+            "#,
+            upstream.base_url()
+        ),
+    )
+    .unwrap();
+    let start = |days_back: i64| {
+        let core = spawn_core(&CoreOptions {
+            redis_url: Some(redis_url(&redis)),
+            upstream: Some(upstream.base_url()),
+            data_dir: Some(dir.path().to_path_buf()),
+            env: vec![
+                (
+                    "OPENCLAW_PROVIDERS_FILE".into(),
+                    providers.display().to_string(),
+                ),
+                (
+                    "OPENCLAW_SPEND_CLOCK_OFFSET_SECONDS".into(),
+                    (-days_back * 86_400).to_string(),
+                ),
+            ],
+        });
+        let edge = spawn_edge_with(&[&core], &[]);
+        (core, edge)
+    };
+    let mut keys: Vec<String> = Vec::new();
+    let http = reqwest::Client::new();
+    for days_back in (0..14i64).rev() {
+        let (_core, edge) = start(days_back);
+        wait_until_ready(&edge).await;
+        let base = format!("http://127.0.0.1:{}", edge.port);
+        if keys.is_empty() {
+            let limits = json!({"limits": {"tokensPerMinute": 10_000_000, "contextTokensPerMinute": 10_000_000}});
+            for name in ["billing-service", "support-bot"] {
+                keys.push(create_key(&http, &base, name, limits.clone()).await);
+            }
+        }
+        // Weekdays busier than weekends, the bot growing over the fortnight.
+        let busy = 3 + (days_back * 5 % 7) as usize;
+        for call in 0..busy {
+            let (key, model) = match call % 3 {
+                0 => (&keys[1], "zai/glm-4.5-flash"),
+                1 => (&keys[0], "zai/glm-4.7-flash"),
+                _ => (&keys[1], "zai/glm-4.7-flash"),
+            };
+            upstream.behave(support::Behaviour::Reply {
+                content: "ok".into(),
+                prompt_tokens: 1500 + 400 * call as u32,
+                completion_tokens: 300 + 120 * (call as u32 % 4),
+            });
+            let _ = post_with_key(
+                &http,
+                format!("{base}/api/v1/sessions"),
+                key,
+                &json!({"model": model, "messages": [{"role": "user", "content": "Summarise the ticket"}]}),
+            )
+            .await;
+        }
+    }
+    let (_core, edge) = start(0);
+    wait_until_ready(&edge).await;
+    let base = format!("http://127.0.0.1:{}", edge.port);
+    let keys_listed: Value = http
+        .get(format!("{base}/api/v1/keys"))
+        .bearer_auth(INTERNAL_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let billing = keys_listed["data"]
+        .as_array()
+        .or_else(|| keys_listed["data"]["keys"].as_array())
+        .and_then(|keys| keys.iter().find(|k| k["name"] == "billing-service"))
+        .and_then(|k| k["id"].as_str())
+        .expect("billing-service")
+        .to_string();
+    let budget = http
+        .patch(format!("{base}/api/v1/keys/{billing}"))
+        .bearer_auth(INTERNAL_TOKEN)
+        .json(&json!({"budget": {"limitMicros": 500_000, "period": "day", "timeZone": "UTC", "thresholds": [0.5, 0.8]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(budget.status(), 200, "{}", budget.text().await.unwrap());
+    for call in 0..4u32 {
+        upstream.behave(support::Behaviour::Reply {
+            content: "ok".into(),
+            prompt_tokens: 2000 + 500 * call,
+            completion_tokens: 600,
+        });
+        let _ = post_with_key(
+            &http,
+            format!("{base}/api/v1/sessions"),
+            &keys[0],
+            &json!({"model": "zai/glm-4.7-flash", "messages": [{"role": "user", "content": "Invoice run"}]}),
+        )
+        .await;
+    }
+
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots");
+    for (size, width, height) in [("desktop", 1280, 900), ("phone", 390, 844)] {
+        let browser = browser(width, height).await;
+        let client = &browser.client;
+        let shot = |name: &str| {
+            let path = out.join(format!("{name}-{size}.png"));
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let png = client.screenshot().await.expect("screenshot");
+                std::fs::write(&path, png).expect("write screenshot");
+            }
+        };
+        client
+            .goto(&format!("{base}/dashboard/login"))
+            .await
+            .unwrap();
+        fill(client, "#credential", INTERNAL_TOKEN).await;
+        click_button(client, "Sign in").await;
+        expect_h1(client, "Status").await;
+        client
+            .goto(&format!("{base}/dashboard/usage"))
+            .await
+            .unwrap();
+        expect_h1(client, "Usage").await;
+        shot("usage").await;
+        for (section, name) in [
+            ("#time-h", "usage-per-day"),
+            ("#model-h", "usage-by-model"),
+            ("#key-h", "usage-by-key"),
+        ] {
+            client
+                .execute(
+                    &format!("document.querySelector('{section}').scrollIntoView()"),
+                    vec![],
+                )
+                .await
+                .expect("scroll");
+            shot(name).await;
+        }
+        client
+            .goto(&format!("{base}/dashboard/usage?per=week"))
+            .await
+            .unwrap();
+        expect_h1(client, "Usage").await;
+        client
+            .execute("document.querySelector('#time-h').scrollIntoView()", vec![])
+            .await
+            .expect("scroll");
+        shot("usage-per-week").await;
+        client
+            .goto(&format!("{base}/dashboard/settings/keys"))
+            .await
+            .unwrap();
+        expect_h1(client, "API Keys").await;
+        client
+            .execute(&format!("document.querySelector(\"li[data-key-id='{billing}'] .budget\").scrollIntoView()"), vec![])
+            .await
+            .expect("scroll");
+        shot("key-budget").await;
+        client
+            .goto(&format!("{base}/dashboard/settings/keys/{billing}"))
+            .await
+            .unwrap();
+        expect_h1(client, "Edit limits").await;
+        client
+            .execute("document.querySelector('#budget').scrollIntoView()", vec![])
+            .await
+            .expect("scroll");
+        shot("budget-form").await;
     }
 }
 

@@ -299,6 +299,21 @@ impl Dashboard {
         }
     }
 
+    /// What the key has spent in its budget's current period, if it has a budget.
+    async fn budget_spend(&self, key: &KeyRecord) -> ApiResult<Option<proto::BudgetSpend>> {
+        let Some(budget) = &key.budget else {
+            return Ok(None);
+        };
+        let window = budget.at(self.door.spend_settings().clock.now());
+        let spent = self.door.limits().period_spend(&key.id, &window).await?;
+        Ok(Some(proto::BudgetSpend {
+            spent_micros: spent,
+            limit_micros: window.limit_micros,
+            period_start: Some(crate::convert::timestamp(window.period.start)),
+            resets_at: Some(crate::convert::timestamp(window.resets_at)),
+        }))
+    }
+
     async fn usage_of(&self, principal: &Principal) -> ApiResult<proto::KeyUsage> {
         let Principal::Key(key) = principal else {
             return Err(ApiError::invalid(
@@ -308,13 +323,15 @@ impl Dashboard {
         };
         let quota = self.door.quota(principal);
         let quotas = self.door.quotas(principal);
-        let (usage, sessions, cron_jobs) = tokio::join!(
+        let (usage, sessions, cron_jobs, budget_spend) = tokio::join!(
             self.door.limits().usage(&key.id),
             self.store.session_count(&key.id),
-            self.cron.job_count(&key.id)
+            self.cron.job_count(&key.id),
+            self.budget_spend(key)
         );
         let usage = usage?;
         Ok(proto::KeyUsage {
+            budget_spend: budget_spend?,
             sessions: sessions?,
             session_limit: quotas.max_sessions,
             cron_jobs: cron_jobs?,

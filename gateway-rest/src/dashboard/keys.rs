@@ -1,5 +1,5 @@
-//! Settings → API Keys: list with usage and quotas, Generate New Key (shown once), edit limits
-//! and quotas, revoke.
+//! Settings → API Keys: list with usage, quotas and spend against the budget, Generate New Key
+//! (shown once), edit limits, quotas and the budget, revoke.
 
 use std::collections::HashMap;
 
@@ -13,6 +13,7 @@ use maud::{Markup, html};
 
 use super::{
     Viewer,
+    money::{dollars, parse_dollars, percent},
     pages::{self, PageResult, meter, notice, page, when},
 };
 use crate::proto::{
@@ -297,9 +298,10 @@ pub(crate) async fn list(
                             }
                         }
                         (quota_list(key, usage.get(&key.id)))
+                        (budget_summary(key, usage.get(&key.id).and_then(|u| u.budget_spend.as_ref()).or(key.budget_spend.as_ref())))
                         @if viewer.is_operator() && !key.revoked {
                             p.actions {
-                                a href=(format!("/dashboard/settings/keys/{}", key.id)) { "Edit limits and quotas" span.sr-only { " of " (key.name) } }
+                                a href=(format!("/dashboard/settings/keys/{}", key.id)) { "Edit limits, quotas and budget" span.sr-only { " of " (key.name) } }
                                 " "
                                 a.danger href=(format!("/dashboard/settings/keys/{}/revoke", key.id)) { "Revoke" span.sr-only { " " (key.name) } }
                             }
@@ -310,6 +312,199 @@ pub(crate) async fn list(
         }
     };
     Ok(page(&viewer, "API Keys", "Settings", body).into_response())
+}
+
+/// The words for "this period" of a budget.
+fn this_period(period: &str) -> &'static str {
+    match period {
+        "week" => "this week",
+        "month" => "this month",
+        _ => "today",
+    }
+}
+
+/// What the key has spent in its budget's period, as a meter, with the limit, the reset and
+/// the alert thresholds; or that it has no budget.
+fn budget_summary(key: &proto::ApiKey, spend: Option<&proto::BudgetSpend>) -> Markup {
+    let Some(budget) = &key.budget else {
+        return html! { p.budget.hint { "Budget: none (spend is not limited)." } };
+    };
+    let spent = spend.map(|s| s.spent_micros).unwrap_or(0);
+    let limit = spend.map(|s| s.limit_micros).unwrap_or(budget.limit_micros);
+    let resets = spend.and_then(|s| s.resets_at.as_ref());
+    let fraction = |f: f64| (limit as f64 * f).round() as u64;
+    let low = budget.thresholds.first().copied().unwrap_or(0.7);
+    let high = budget.thresholds.last().copied().unwrap_or(0.9).max(low);
+    let level = if limit == 0 || spent >= fraction(high) {
+        "high"
+    } else {
+        "ok"
+    };
+    let said = format!(
+        "{} of {} {}",
+        dollars(spent),
+        dollars(limit),
+        this_period(&budget.period)
+    );
+    let zone = if budget.time_zone.is_empty() {
+        "UTC"
+    } else {
+        budget.time_zone.as_str()
+    };
+    html! {
+        div.usage.budget {
+            span.usage-label {
+                "Spend: " (said)
+                @if resets.is_some() { " " span.nowrap { "· resets " (when(resets)) } }
+            }
+            // Less is better: green below the first threshold, amber to the last, red beyond.
+            meter class=(level) min="0" max=(limit.max(1)) low=(fraction(low)) high=(fraction(high)) optimum="0"
+                value=(spent.min(limit.max(1))) aria-label=(format!("Spend: {said}")) {
+                (said)
+            }
+            @if !budget.thresholds.is_empty() || zone != "UTC" {
+                span.hint {
+                    @if !budget.thresholds.is_empty() {
+                        "Alerts at " (budget.thresholds.iter().map(|t| format!("{}%", percent(*t))).collect::<Vec<_>>().join(", ")) ". "
+                    }
+                    @if zone != "UTC" { "Periods start at midnight " (zone) "." }
+                }
+            }
+        }
+    }
+}
+
+/// The budget form: set (limit in dollars, period, time zone, alert thresholds as percentages)
+/// or remove. The core checks the values and says what is wrong.
+fn budget_form(viewer: &Viewer, key: &proto::ApiKey) -> Markup {
+    let budget = key.budget.clone();
+    let period = budget
+        .as_ref()
+        .map(|b| b.period.as_str())
+        .unwrap_or("month");
+    let limit = budget
+        .as_ref()
+        .map(|b| {
+            dollars(b.limit_micros)
+                .trim_start_matches('$')
+                .replace(',', "")
+        })
+        .unwrap_or_default();
+    let zone = budget
+        .as_ref()
+        .map(|b| b.time_zone.clone())
+        .filter(|z| !z.is_empty())
+        .unwrap_or_else(|| "UTC".into());
+    let thresholds = budget
+        .as_ref()
+        .map(|b| {
+            b.thresholds
+                .iter()
+                .map(|t| percent(*t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    html! {
+        form.card #budget method="post" action=(format!("/dashboard/settings/keys/{}/budget", key.id)) aria-labelledby="budget-h" {
+            h2 #budget-h { "Spend budget" }
+            (budget_summary(key, key.budget_spend.as_ref()))
+            input type="hidden" name="csrf" value=(viewer.identity.csrf_token);
+            label for="budget-limit" { "Limit per period, US dollars" }
+            input #budget-limit type="text" name="limit" inputmode="decimal" autocomplete="off"
+                value=(limit) placeholder="e.g. 5.00";
+            label for="budget-period" { "Period" }
+            select #budget-period name="period" {
+                @for (value, words) in [("day", "Day"), ("week", "Week (from Monday)"), ("month", "Month")] {
+                    option value=(value) selected[value == period] { (words) }
+                }
+            }
+            label for="budget-zone" { "Time zone whose midnight starts a period (IANA)" }
+            input #budget-zone type="text" name="timeZone" autocomplete="off" value=(zone) placeholder="UTC, Europe/Berlin, America/New_York";
+            label for="budget-thresholds" { "Alert thresholds, % of the limit (comma-separated)" }
+            input #budget-thresholds type="text" name="thresholds" inputmode="decimal" autocomplete="off"
+                value=(thresholds) placeholder="e.g. 50, 80";
+            p.hint { "Each threshold publishes one budget.threshold event per period. At the limit, model calls answer 402 BUDGET_EXCEEDED until the period resets." }
+            div.actions {
+                button type="submit" { "Save budget" }
+                @if budget.is_some() {
+                    button.danger type="submit" name="remove" value="yes" { "Remove budget" }
+                }
+                a href="/dashboard/settings/keys" { "Cancel" }
+            }
+        }
+    }
+}
+
+/// Reads the budget form: `None` for "remove the budget".
+fn budget(form: &[(String, String)]) -> Result<Option<proto::Budget>, Box<Response>> {
+    if field(form, "remove") == Some("yes") {
+        return Ok(None);
+    }
+    let invalid = |details: &str| {
+        Box::new(pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Invalid budget",
+            details,
+        ))
+    };
+    let limit_micros = parse_dollars(field(form, "limit").unwrap_or_default()).ok_or_else(|| {
+        invalid("The limit must be an amount in US dollars, such as 5 or 12.50 (at most 6 decimal places).")
+    })?;
+    let thresholds = field(form, "thresholds")
+        .unwrap_or_default()
+        .split([',', ' ', ';'])
+        .map(|t| t.trim().trim_end_matches('%'))
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<f64>().map(|p| p / 100.0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            invalid("Thresholds are percentages of the limit separated by commas, such as 50, 80.")
+        })?;
+    Ok(Some(proto::Budget {
+        limit_micros,
+        period: field(form, "period").unwrap_or_default().to_string(),
+        time_zone: field(form, "timeZone")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        thresholds,
+    }))
+}
+
+pub(crate) async fn set_budget(
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> PageResult {
+    if let Err(refused) = operator_post(&viewer, &form) {
+        return Ok(*refused);
+    }
+    let budget = match budget(&form) {
+        Ok(budget) => budget,
+        Err(refused) => return Ok(*refused),
+    };
+    let done = if budget.is_some() {
+        "budget"
+    } else {
+        "budget-removed"
+    };
+    viewer
+        .core
+        .call(
+            &viewer.caller,
+            proto::UpdateKeyRequest {
+                id,
+                name: None,
+                limits: None,
+                quotas: None,
+                remove_budget: budget.is_none(),
+                budget,
+            },
+            |channel, request| async move { KeyServiceClient::new(channel).update_key(request).await },
+        )
+        .await?;
+    Ok(Redirect::to(&format!("/dashboard/settings/keys?done={done}")).into_response())
 }
 
 fn limit_inputs(current: Option<&proto::Limits>) -> Markup {
@@ -460,15 +655,25 @@ async fn key_form(
 }
 
 pub(crate) async fn edit_form(viewer: Viewer, Path(id): Path<String>) -> PageResult {
-    key_form(&viewer, id, "Edit limits", "", |key| {
-        html! {
-            p { "Key " strong { (key.name) } " (" code { (key.prefix) "…" } ")" }
-            (limit_inputs(key.limits.as_ref()))
-            (quota_inputs(Some(key)))
-            button type="submit" { "Save limits" }
+    if let Err(refused) = needs_operator(&viewer) {
+        return Ok(*refused);
+    }
+    let key = get_key(&viewer, id).await?;
+    let body = html! {
+        div.forms {
+            form.card method="post" action=(format!("/dashboard/settings/keys/{}", key.id)) aria-label="Limits and quotas" {
+                input type="hidden" name="csrf" value=(viewer.identity.csrf_token);
+                p { "Key " strong { (key.name) } " (" code { (key.prefix) "…" } ")" }
+                (limit_inputs(key.limits.as_ref()))
+                (quota_inputs(Some(&key)))
+                button type="submit" { "Save limits" }
+                " "
+                a href="/dashboard/settings/keys" { "Cancel" }
+            }
+            (budget_form(&viewer, &key))
         }
-    })
-    .await
+    };
+    Ok(page(&viewer, "Edit limits", "Settings", body).into_response())
 }
 
 pub(crate) async fn update(

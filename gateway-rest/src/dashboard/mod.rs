@@ -7,8 +7,11 @@
 //! requests also need the session's CSRF token and a same-origin `Origin`. Responses carry a
 //! strict Content-Security-Policy: the only script is our own file, served from the binary.
 
+mod charts;
 mod keys;
+mod money;
 mod pages;
+mod usage;
 mod views;
 
 use axum::{
@@ -61,6 +64,8 @@ pub(crate) fn router() -> Router<AppState> {
         )
         .route("/dashboard/status", get(views::status))
         .route("/dashboard/api/traffic", get(views::traffic))
+        .route("/dashboard/usage", get(usage::view))
+        .route("/dashboard/usage.csv", get(usage::csv))
         .route("/dashboard/settings", get(views::settings))
         .route(
             "/dashboard/settings/keys",
@@ -70,6 +75,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route(
             "/dashboard/settings/keys/{id}",
             get(keys::edit_form).post(keys::update),
+        )
+        .route(
+            "/dashboard/settings/keys/{id}/budget",
+            post(keys::set_budget),
         )
         .route(
             "/dashboard/settings/keys/{id}/revoke",

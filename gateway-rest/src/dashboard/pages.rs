@@ -25,6 +25,7 @@ const STYLE: &str = include_str!("assets/dashboard.css");
 /// The sections in the navigation, with their paths.
 const SECTIONS: &[(&str, &str)] = &[
     ("Status", "/dashboard/status"),
+    ("Usage", "/dashboard/usage"),
     ("Sessions", "/dashboard/sessions"),
     ("Cron jobs", "/dashboard/cron"),
     ("Events", "/dashboard/events"),
@@ -313,38 +314,13 @@ pub(crate) fn meter(label: &str, used: u64, limit: u64) -> Markup {
     }
 }
 
-/// A per-minute bar chart as SVG; `dashboard.js` redraws it from `/dashboard/api/traffic`.
-pub(crate) fn chart(id: &str, title: &str, values: &[u64]) -> Markup {
-    let max = values.iter().copied().max().unwrap_or(0).max(1);
-    let total: u64 = values.iter().sum();
-    let width = 600;
-    let height = 120;
-    let step = width as f64 / values.len().max(1) as f64;
-    html! {
-        figure.chart {
-            figcaption {
-                (title) " "
-                span.chart-total data-total-for=(id) { "(" (total) " in the last hour, peak " (max) "/min)" }
-            }
-            svg #(id) viewBox=(format!("0 0 {width} {height}")) preserveAspectRatio="none"
-                role="img" aria-label=(format!("{title}: {total} in the last hour")) {
-                @for (i, value) in values.iter().enumerate() {
-                    @let h = (*value as f64 / max as f64) * (height as f64 - 4.0);
-                    rect x=(format!("{:.1}", i as f64 * step)) y=(format!("{:.1}", height as f64 - h))
-                        width=(format!("{:.1}", (step - 1.0).max(1.0))) height=(format!("{h:.1}")) {
-                        title { (value) }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Text for a notice after a redirect (`?done=...`); fixed strings only, never an echo.
 pub(crate) fn notice(done: Option<&str>) -> Markup {
     let text = match done {
         Some("revoked") => "The key was revoked. Clients using it get 401 within seconds.",
         Some("updated") => "The key's limits were saved.",
+        Some("budget") => "The key's budget was saved.",
+        Some("budget-removed") => "The key's budget was removed: its spend is no longer limited.",
         Some("enabled") => "The job is enabled.",
         Some("disabled") => "The job is disabled.",
         Some("ran") => "The job ran.",

@@ -18,7 +18,8 @@ use serde_json::json;
 
 use super::{
     CSRF_HEADER, Viewer,
-    pages::{self, PageResult, chart, meter, notice, page, when},
+    charts::chart,
+    pages::{self, PageResult, meter, notice, page, when},
 };
 use crate::proto::{
     self, cron_service_client::CronServiceClient, dashboard_service_client::DashboardServiceClient,

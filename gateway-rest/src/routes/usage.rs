@@ -188,7 +188,7 @@ const FIGURE_COLUMNS: &str =
 /// The report as CSV: a header line naming the columns (the grouping's, then the figures, with
 /// the JSON's names), then one line per row, CRLF-terminated. No totals line, so summing a
 /// column gives the totals.
-fn csv(report: &UsageReport) -> String {
+pub(crate) fn csv(report: &UsageReport) -> String {
     let group_columns = match report.group_by.as_str() {
         "model" => "model,provider",
         "key" => "keyId",

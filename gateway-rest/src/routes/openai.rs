@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::routes::sampling::SamplingInput;
+use crate::routes::sampling::{ResponseFormatInput, Stop, sampling};
 use crate::{
     core_client::{CoreClient, required},
     error::ApiError,
@@ -185,10 +185,27 @@ pub(crate) struct ChatCompletionRequest {
     stream_options: Option<StreamOptions>,
     /// Only 1 is supported.
     n: Option<u32>,
-    /// `stop`, `top_p`, `seed`, `presence_penalty`, `frequency_penalty`, `logit_bias`, `user`,
-    /// `response_format` (`text`, `json_object`, `json_schema` with `strict`).
-    #[serde(flatten)]
-    sampling: SamplingInput,
+    /// Up to 4 sequences (or one string) that end the reply where they appear.
+    #[schema(value_type = Option<Vec<String>>, example = json!(["\n\n"]))]
+    stop: Option<Stop>,
+    /// Nucleus sampling: above 0, at most 1.
+    #[schema(example = 0.9)]
+    top_p: Option<f32>,
+    /// Best-effort deterministic sampling.
+    #[schema(example = 42)]
+    seed: Option<i64>,
+    /// From -2 to 2.
+    presence_penalty: Option<f32>,
+    /// From -2 to 2.
+    frequency_penalty: Option<f32>,
+    /// Token id (as a string) → bias from -100 to 100.
+    logit_bias: Option<BTreeMap<String, f32>>,
+    /// The end user the call is made for, passed to the provider.
+    #[schema(example = "user-1234")]
+    user: Option<String>,
+    /// `{"type": "text"}`, `{"type": "json_object"}` or
+    /// `{"type": "json_schema", "json_schema": {"name", "schema", "strict"?, "description"?}}`.
+    response_format: Option<ResponseFormatInput>,
     /// Any other field: refused, named.
     #[serde(flatten)]
     #[schema(ignore)]
@@ -326,7 +343,7 @@ pub(crate) fn completion_request(
         .map(|(i, message)| message.into_proto(i))
         .collect::<Result<Vec<_>, _>>()?;
     let max_tokens = body.max_completion_tokens.or(body.max_tokens);
-    let options = body.sampling.into_options(body.temperature, max_tokens);
+    let options = sampling!(body).into_options(body.temperature, max_tokens);
     let include_usage = body
         .stream_options
         .and_then(|o| o.include_usage)

@@ -1,7 +1,8 @@
-//! The sampling options a request may set beyond temperature and the completion bound, as the
-//! sessions API (lowerCamelCase) and the OpenAI-compatible surface (snake_case) spell them;
-//! both spellings are read on both surfaces. Each is carried to the core, which checks its range
-//! and refuses it when the model's provider cannot honour it: none is dropped.
+//! The sampling options a request may set beyond temperature and the completion bound: the
+//! sessions API declares them in lowerCamelCase, the OpenAI-compatible surface in snake_case
+//! (`response_format`'s schema is `jsonSchema` or `json_schema` on either). Each is carried to the
+//! core, which checks its range and refuses it when the model's provider cannot honour it: none
+//! is dropped.
 
 use std::collections::BTreeMap;
 
@@ -11,36 +12,16 @@ use utoipa::ToSchema;
 
 use crate::proto;
 
-/// Sampling options beyond `temperature` and the completion bound.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+/// Sampling options beyond `temperature` and the completion bound, as a request declared them.
+#[derive(Debug, Default)]
 pub(crate) struct SamplingInput {
-    /// A sequence, or up to 4, that end the reply where they appear.
-    #[schema(value_type = Option<Object>, example = json!(["\n\n"]))]
     pub(crate) stop: Option<Stop>,
-    /// Nucleus sampling: above 0, at most 1.
-    #[serde(alias = "top_p")]
-    #[schema(example = 0.9)]
     pub(crate) top_p: Option<f32>,
-    /// Best-effort deterministic sampling.
-    #[schema(example = 42)]
     pub(crate) seed: Option<i64>,
-    /// From -2 to 2.
-    #[serde(alias = "presence_penalty")]
     pub(crate) presence_penalty: Option<f32>,
-    /// From -2 to 2.
-    #[serde(alias = "frequency_penalty")]
     pub(crate) frequency_penalty: Option<f32>,
-    /// Token id (as a string) → bias from -100 to 100.
-    #[serde(alias = "logit_bias")]
     pub(crate) logit_bias: Option<BTreeMap<String, f32>>,
-    /// The end user the call is made for, passed to the provider.
-    #[schema(example = "user-1234")]
     pub(crate) user: Option<String>,
-    /// `{"type": "text"}`, `{"type": "json_object"}` or
-    /// `{"type": "json_schema", "jsonSchema": {"name", "schema", "strict"?, "description"?}}`
-    /// (`json_schema` in OpenAI's spelling).
-    #[serde(alias = "response_format")]
     pub(crate) response_format: Option<ResponseFormatInput>,
 }
 
@@ -120,3 +101,22 @@ impl SamplingInput {
         (options != proto::GenerationOptions::default()).then_some(options)
     }
 }
+
+/// The sampling options of a request that declares them as its own fields (so its OpenAPI
+/// schema lists them), as the shared input.
+macro_rules! sampling {
+    ($request:expr) => {
+        $crate::routes::sampling::SamplingInput {
+            stop: $request.stop,
+            top_p: $request.top_p,
+            seed: $request.seed,
+            presence_penalty: $request.presence_penalty,
+            frequency_penalty: $request.frequency_penalty,
+            logit_bias: $request.logit_bias,
+            user: $request.user,
+            response_format: $request.response_format,
+        }
+    };
+}
+
+pub(crate) use sampling;

@@ -16,7 +16,10 @@ use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::routes::sampling::SamplingInput;
+use std::collections::BTreeMap;
+
+use crate::routes::sampling::{ResponseFormatInput, Stop, sampling};
+
 use crate::{
     core_client::{CoreClient, required},
     envelope::{ApiResult, Enveloped, ErrorObject, SuccessEnvelope},
@@ -110,9 +113,28 @@ pub(crate) struct CreateSessionRequest {
     /// a session accepts only its own value. See docs/retention.md.
     #[schema(value_type = Option<String>, format = DateTime, example = "2026-03-01T00:00:00Z")]
     expires_at: Option<String>,
-    /// Sampling options kept as the session's defaults (each send may override them).
-    #[serde(flatten)]
-    sampling: SamplingInput,
+    // Sampling options, kept as the session's defaults (each send may override them).
+    /// Up to 4 sequences (or one string) that end the reply where they appear.
+    #[schema(value_type = Option<Vec<String>>, example = json!(["\n\n"]))]
+    stop: Option<Stop>,
+    /// Nucleus sampling: above 0, at most 1.
+    #[schema(example = 0.9)]
+    top_p: Option<f32>,
+    /// Best-effort deterministic sampling (OpenAI-compatible providers).
+    #[schema(example = 42)]
+    seed: Option<i64>,
+    /// From -2 to 2 (OpenAI-compatible providers).
+    presence_penalty: Option<f32>,
+    /// From -2 to 2 (OpenAI-compatible providers).
+    frequency_penalty: Option<f32>,
+    /// Token id (as a string) → bias from -100 to 100 (OpenAI-compatible providers).
+    logit_bias: Option<BTreeMap<String, f32>>,
+    /// The end user the call is made for, passed to the provider.
+    #[schema(example = "user-1234")]
+    user: Option<String>,
+    /// `{"type": "text"}`, `{"type": "json_object"}` or
+    /// `{"type": "json_schema", "jsonSchema": {"name", "schema", "strict"?, "description"?}}`.
+    response_format: Option<ResponseFormatInput>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -128,9 +150,28 @@ pub(crate) struct SendMessageRequest {
     /// request's `Accept` asks for `text/event-stream`.
     #[schema(example = false)]
     stream: Option<bool>,
-    /// Sampling options for this send, over the session's.
-    #[serde(flatten)]
-    sampling: SamplingInput,
+    // Sampling options for this send, over the session's.
+    /// Up to 4 sequences (or one string) that end the reply where they appear.
+    #[schema(value_type = Option<Vec<String>>, example = json!(["\n\n"]))]
+    stop: Option<Stop>,
+    /// Nucleus sampling: above 0, at most 1.
+    #[schema(example = 0.9)]
+    top_p: Option<f32>,
+    /// Best-effort deterministic sampling (OpenAI-compatible providers).
+    #[schema(example = 42)]
+    seed: Option<i64>,
+    /// From -2 to 2 (OpenAI-compatible providers).
+    presence_penalty: Option<f32>,
+    /// From -2 to 2 (OpenAI-compatible providers).
+    frequency_penalty: Option<f32>,
+    /// Token id (as a string) → bias from -100 to 100 (OpenAI-compatible providers).
+    logit_bias: Option<BTreeMap<String, f32>>,
+    /// The end user the call is made for, passed to the provider.
+    #[schema(example = "user-1234")]
+    user: Option<String>,
+    /// `{"type": "text"}`, `{"type": "json_object"}` or
+    /// `{"type": "json_schema", "jsonSchema": {"name", "schema", "strict"?, "description"?}}`.
+    response_format: Option<ResponseFormatInput>,
 }
 
 impl CreateSessionRequest {
@@ -142,9 +183,7 @@ impl CreateSessionRequest {
                 session_id: context.session_id.unwrap_or_default(),
                 strategy: context.strategy.unwrap_or_default(),
             }),
-            options: self
-                .sampling
-                .into_options(self.temperature, self.max_tokens),
+            options: sampling!(self).into_options(self.temperature, self.max_tokens),
             expires_at: self.expires_at,
         }
     }
@@ -160,10 +199,8 @@ impl SendMessageRequest {
     ) -> (proto::SendMessageRequest, bool) {
         let request = proto::SendMessageRequest {
             session_id,
+            options: sampling!(self).into_options(self.temperature, self.max_tokens),
             message: self.message.map(Into::into),
-            options: self
-                .sampling
-                .into_options(self.temperature, self.max_tokens),
         };
         (request, self.stream.unwrap_or(accepts_event_stream))
     }

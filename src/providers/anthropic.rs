@@ -21,7 +21,7 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use super::event_stream::EventDecoder;
-use super::openai::{OpenAiConfig, classify, retry_after};
+use super::openai::{OpenAiConfig, classify, refusal};
 use super::{
     ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ProviderError, Sampling,
     StreamEnd,
@@ -43,13 +43,7 @@ pub struct Anthropic {
 
 impl Anthropic {
     pub fn new(config: OpenAiConfig, version: String) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("openclaw-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = config.client()?;
         let endpoint = config.endpoint("/v1/messages")?;
         let mut headers = config.header_map()?;
         headers.insert(
@@ -216,33 +210,12 @@ fn finish_reason(stop: Option<&str>) -> String {
     .to_owned()
 }
 
-#[derive(Deserialize)]
-struct WireError {
-    error: WireErrorBody,
-}
-
+/// An error event's body inside a stream.
 #[derive(Deserialize)]
 struct WireErrorBody {
     #[serde(rename = "type")]
     kind: Option<String>,
     message: Option<String>,
-}
-
-/// The provider's refusal, summarised without echoing more than a line of it.
-async fn refusal(response: reqwest::Response) -> ProviderError {
-    let status = response.status();
-    let retry_after = retry_after(response.headers());
-    let bytes = response.bytes().await.unwrap_or_default();
-    let message = serde_json::from_slice::<WireError>(&bytes)
-        .ok()
-        .and_then(|e| e.error.message)
-        .map(|m| m.chars().take(300).collect())
-        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
-    ProviderError::Status {
-        status: status.as_u16(),
-        message,
-        retry_after,
-    }
 }
 
 impl Anthropic {

@@ -34,6 +34,17 @@ pub struct OpenAiConfig {
 }
 
 impl OpenAiConfig {
+    /// The HTTP client of a provider: its timeouts, TCP_NODELAY, kept-alive connections.
+    pub(super) fn client(&self) -> anyhow::Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.request_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("openclaw-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()?)
+    }
+
     /// `{base_url}{path}` with the configured query parameters.
     pub(super) fn endpoint(&self, path: &str) -> anyhow::Result<reqwest::Url> {
         let endpoint = format!("{}{path}", self.base_url.trim_end_matches('/'));
@@ -82,13 +93,7 @@ pub struct OpenAiCompatible {
 
 impl OpenAiCompatible {
     pub fn new(config: OpenAiConfig) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("openclaw-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = config.client()?;
         let endpoint = config.endpoint("/chat/completions")?;
         let headers = config.header_map()?;
         Ok(Self {
@@ -258,8 +263,10 @@ pub(super) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
     Some(wait.to_std().unwrap_or(Duration::ZERO))
 }
 
-/// The provider's refusal, summarised without echoing more than a line of it.
-async fn refusal(response: reqwest::Response) -> ProviderError {
+/// The provider's refusal, summarised without echoing more than a line of it. OpenAI's error
+/// body (`{"error": {"message"}}`) and Anthropic's (`{"type": "error", "error": {"type",
+/// "message"}}`) both carry the message there.
+pub(super) async fn refusal(response: reqwest::Response) -> ProviderError {
     let status = response.status();
     let retry_after = retry_after(response.headers());
     let bytes = response.bytes().await.unwrap_or_default();

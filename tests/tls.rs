@@ -242,6 +242,8 @@ async fn the_edge_reaches_a_core_over_tls_by_name_and_by_address() {
             &[&core],
             &[("OPENCLAW_CORE_URL", &url), ("OPENCLAW_CORE_CA", &ca_path)],
         );
+        // Like a readiness probe in front of it: traffic once the edge has reached the core.
+        wait_until_ready(&edge).await;
         let http = reqwest::Client::new();
         create_and_talk(&http, &format!("http://127.0.0.1:{}", edge.port)).await;
     }
@@ -290,6 +292,7 @@ async fn mutual(client_from: Option<&str>) -> (tempfile::TempDir, Process, Proce
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_admits_an_edge_whose_certificate_the_cores_ca_signed() {
     let (_dir, _core, edge) = mutual(Some("internal")).await;
+    wait_until_ready(&edge).await;
     create_and_talk(
         &reqwest::Client::new(),
         &format!("http://127.0.0.1:{}", edge.port),

@@ -25,6 +25,9 @@
 //!   (`RATE_LIMIT_EXCEEDED`, `QUOTA_EXCEEDED`, storage pressure included) is recorded `skipped`
 //!   with the reason: it is the owner's usage, not a failure, so it neither backs off nor
 //!   publishes `job.failed`.
+//! - Store blips: the owner's key lookup and a `systemEvent`'s admission are asked again for up
+//!   to 10 s while the store does not answer, so a failover or a stall delays a run instead of
+//!   failing it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +51,7 @@ use crate::limits::Charge;
 use crate::proto::session_service_server::SessionService as _;
 use crate::sessions::retention::CronRunSession;
 use crate::sessions::{OnBehalfOf, Sessions};
-use crate::store::{Store, StoreResult};
+use crate::store::{Store, StoreError, StoreResult};
 
 /// The longest a tick sleeps: new jobs added on other replicas are seen this fast.
 pub const MAX_SLEEP: Duration = Duration::from_millis(250);
@@ -150,6 +153,35 @@ fn refusal(code: &str, described: String) -> Failure {
         ))
     } else {
         Failure::Error(described)
+    }
+}
+
+/// Waits between attempts at a store that did not answer: a run's own reads and its admission
+/// ride out a blip of the store (a failover, a stall) instead of being recorded as errors.
+struct StoreRetry {
+    deadline: Instant,
+    pause: Duration,
+}
+
+impl StoreRetry {
+    /// How long a run keeps asking a store that does not answer.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Self {
+            deadline: Instant::now() + Self::PATIENCE,
+            pause: Duration::from_millis(100),
+        }
+    }
+
+    /// Sleeps before the next attempt; false when patience has run out.
+    async fn wait(&mut self) -> bool {
+        if Instant::now() + self.pause > self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_secs(1));
+        true
     }
 }
 
@@ -650,12 +682,21 @@ impl CronScheduler {
         let principal = self.owner(&job.def.owner).await?;
         match &job.def.payload {
             Payload::SystemEvent { text } => {
-                // One request against the owner's limit, like any other call.
-                self.sessions
-                    .door()
-                    .admit(&principal, Charge::default())
-                    .await
-                    .map_err(|error| api_refusal(&error))?;
+                // One request against the owner's limit, like any other call. Admission
+                // changes nothing but a counter, so a store that did not answer is asked again.
+                let door = self.sessions.door();
+                let mut waits = StoreRetry::new();
+                loop {
+                    match door.admit(&principal, Charge::default()).await {
+                        Ok(_) => break,
+                        Err(error) if error.code == ErrorCode::Unavailable => {
+                            if !waits.wait().await {
+                                return Err(api_refusal(&error));
+                            }
+                        }
+                        Err(error) => return Err(api_refusal(&error)),
+                    }
+                }
                 let mut event = Event::new(SYSTEM_EVENT, text.clone());
                 event.job_id = job.def.id.clone();
                 event.run_id = run_id(&job.def.id, ticket.scheduled_ms);
@@ -722,7 +763,14 @@ impl CronScheduler {
         if owner == crate::auth::Principal::Internal.owner_id() {
             return Ok(Principal::Internal);
         }
-        match self.keys.key_by_id(owner).await {
+        let mut waits = StoreRetry::new();
+        let found = loop {
+            match self.keys.key_by_id(owner).await {
+                Err(StoreError::Unavailable(_) | StoreError::Timeout) if waits.wait().await => {}
+                found => break found,
+            }
+        };
+        match found {
             Ok(Some(key)) if !key.is_revoked() => Ok(Principal::Key(Arc::new(key))),
             Ok(Some(_)) => Err(Failure::OwnerGone(
                 "skipped: the API key that owns this job has been revoked; the job is switched off and runs no more".into(),

@@ -188,13 +188,39 @@ fn core_command(
         // The 10,000-stream memory figure holds streams open for tens of seconds.
         .env("OPENCLAW_PROVIDER_TIMEOUT_MS", "120000")
         .env(
-            "ZAI_BASE_URL",
-            format!("http://127.0.0.1:{upstream_port}/v1"),
+            "OPENCLAW_PROVIDERS_FILE",
+            providers_file(upstream_port, grpc_port)?,
         )
         .env("ZAI_API_KEY", "bench-upstream-key")
         .stderr(Stdio::null());
     pass_tuning(&mut command);
     Ok(command)
+}
+
+/// The guide's models on the fake upstream, as the built-in provider serves them, with
+/// glm-4.7-flash priced as resellers sell it ($0.07 in, $0.40 out per million tokens): so a key
+/// with a budget reserves and settles a real cost on every call (keys without one are priced
+/// the same and pay nothing for it).
+fn providers_file(upstream_port: u16, grpc_port: u16) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::temp_dir().join(format!("openclaw-bench-providers-{grpc_port}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"defaultModel = "zai/glm-4.7-flash"
+
+[[providers]]
+name = "zai"
+baseUrl = "http://127.0.0.1:{upstream_port}/v1"
+apiKeyEnv = "ZAI_API_KEY"
+models = [
+  {{ name = "glm-4.7-flash", inputPricePerMTok = 0.07, outputPricePerMTok = 0.4 }},
+  {{ name = "glm-4.5-flash" }},
+  {{ name = "glm-4-flash-250414" }},
+]
+"#
+        ),
+    )?;
+    Ok(path)
 }
 
 pub fn edge(binaries: &Binaries, core_port: u16) -> anyhow::Result<Process> {

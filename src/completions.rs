@@ -28,7 +28,7 @@ use crate::store::{CreateOutcome, Store, StoredMessage};
 use crate::streaming::{EventStream, StreamedAnswer};
 
 const SCOPE: Scope = Scope::Named("sessions");
-const ROLES: &[&str] = &["system", "developer", "user", "assistant"];
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
 
 pub(crate) struct Completions {
     door: Arc<FrontDoor>,
@@ -116,11 +116,15 @@ fn check(models: &ModelCatalog, body: proto::CompleteRequest) -> ApiResult<Asked
     for (i, message) in body.messages.iter().enumerate() {
         validate_message(message, &format!("messages[{i}]"), ROLES)?;
     }
-    if body.messages.last().is_some_and(|m| m.role != "user") {
+    if body
+        .messages
+        .last()
+        .is_some_and(|m| m.role != "user" && m.role != "tool")
+    {
         return Err(ApiError::invalid_field(
             "messages",
             "Nothing to answer",
-            "The last message must have the role 'user': the model answers it",
+            "The last message must have the role 'user' (or 'tool', the results of the tool calls the model made): the model answers it",
         ));
     }
     let sampling = sampling(body.options.as_ref())?;
@@ -134,11 +138,11 @@ fn check(models: &ModelCatalog, body: proto::CompleteRequest) -> ApiResult<Asked
         .into_iter()
         .map(|m: ChatMessage| {
             let role = if m.role == "developer" {
-                "system".into()
+                "system".to_owned()
             } else {
-                m.role
+                m.role.clone()
             };
-            StoredMessage::counted(role, m.content, now)
+            convert::stored(&m, role, now)
         })
         .collect();
     Ok(Asked {
@@ -357,10 +361,8 @@ impl StreamedAnswer for StreamedCompletion {
         )))
     }
 
-    fn delta(content: String) -> proto::CompleteEvent {
-        complete_event(proto::complete_event::Event::Delta(proto::Delta {
-            content,
-        }))
+    fn delta(delta: proto::Delta) -> proto::CompleteEvent {
+        complete_event(proto::complete_event::Event::Delta(delta))
     }
 
     async fn finish(self, answer: ApiResult<Answer>) -> ApiResult<proto::CompleteEvent> {
@@ -463,6 +465,9 @@ mod tests {
             role: role.into(),
             content: content.into(),
             created_at: Utc::now(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
             tokens: None,
         }
     }

@@ -36,7 +36,47 @@ pub fn message(stored: &StoredMessage) -> proto::ChatMessage {
             from: s.from,
             to: s.to,
         }),
+        tool_calls: stored.tool_calls.iter().map(tool_call).collect(),
+        tool_call_id: stored.tool_call_id.clone().unwrap_or_default(),
+        name: stored.name.clone().unwrap_or_default(),
     }
+}
+
+pub fn tool_call(call: &crate::providers::ToolCall) -> proto::ToolCall {
+    proto::ToolCall {
+        id: call.id.clone(),
+        name: call.name.clone(),
+        arguments: call.arguments.clone(),
+    }
+}
+
+/// A message as a caller sent it, to store: its tool calls, the call it answers and its
+/// author's name kept, its tokens counted once.
+pub fn stored(
+    message: &proto::ChatMessage,
+    role: String,
+    now: chrono::DateTime<chrono::Utc>,
+) -> StoredMessage {
+    let optional = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+    if message.tool_calls.is_empty() && message.tool_call_id.is_empty() && message.name.is_empty() {
+        return StoredMessage::counted(role, message.content.clone(), now);
+    }
+    StoredMessage::agent(
+        role,
+        message.content.clone(),
+        message
+            .tool_calls
+            .iter()
+            .map(|call| crate::providers::ToolCall {
+                id: call.id.clone(),
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+            })
+            .collect(),
+        optional(&message.tool_call_id),
+        optional(&message.name),
+        now,
+    )
 }
 
 pub fn limits(limits: &KeyLimits) -> proto::Limits {

@@ -96,6 +96,21 @@ fn fingerprint(body: &proto::SendMessageRequest) -> String {
         hash.update(message.role.as_bytes());
         hash.update([0]);
         hash.update(message.content.as_bytes());
+        // A tool call's or a tool result's parts, only when set (as the options below).
+        if !message.tool_calls.is_empty()
+            || !message.tool_call_id.is_empty()
+            || !message.name.is_empty()
+        {
+            let parts = proto::ChatMessage {
+                role: String::new(),
+                content: String::new(),
+                created_at: None,
+                summary: None,
+                ..message.clone()
+            };
+            hash.update([0]);
+            hash.update(prost::Message::encode_to_vec(&parts));
+        }
     }
     hash.update([0]);
     if let Some(options) = &body.options {
@@ -131,8 +146,7 @@ mod tests {
             message: Some(proto::ChatMessage {
                 role: "user".into(),
                 content: content.into(),
-                created_at: None,
-                summary: None,
+                ..Default::default()
             }),
             options: None,
         }

@@ -18,7 +18,8 @@ use crate::front_door::{FrontDoor, QueueSlot};
 use crate::limits::{Admission, Charge};
 use crate::proto;
 use crate::providers::{
-    ChatCompletion, ChatRequest, Chunk, ChunkStream, Model, ModelCatalog, Sampling, StreamEnd,
+    ChatCompletion, ChatRequest, Chunk, ChunkStream, Message, Model, ModelCatalog, Sampling,
+    StreamEnd, ToolCallAssembler,
 };
 use crate::spend::SpendRecord;
 use crate::store::StoredMessage;
@@ -99,16 +100,15 @@ impl Inference {
             ));
         }
         let max_tokens = max_tokens.unwrap_or(self.default_max_tokens);
+        // The tool definitions are part of the prompt the provider builds.
         let prompt_tokens = tokenizer::count_prompt_known(
             messages
                 .clone()
                 .into_iter()
                 .map(|m| (m.role.as_str(), m.content.as_str(), m.tokens)),
-        );
-        let transcript = messages
-            .into_iter()
-            .map(|m| (m.role.clone(), m.content.clone()))
-            .collect();
+        )
+        .saturating_add(sampling.tool_tokens());
+        let transcript = messages.into_iter().map(Message::from).collect();
         // The most the call can cost, at the dearest prices of the model and its fallbacks,
         // reserved against the key's budget and the gateway's while it runs (the limits ignore
         // it where there is no budget).
@@ -190,6 +190,7 @@ impl Call {
                 first: Some(answered.value.first),
                 rest: answered.value.rest,
                 content: String::new(),
+                tool_calls: ToolCallAssembler::default(),
             }),
             Err(failure) => {
                 let record = inference.record(&model, &admission, 0, 0, 0, false);
@@ -283,6 +284,9 @@ async fn settle(
         content: completion.content,
         created_at: Utc::now(),
         summary: None,
+        tool_calls: completion.tool_calls,
+        tool_call_id: None,
+        name: None,
         // The model's own count of its answer stands in for the BPE's in later admissions.
         tokens: Some(completion.completion_tokens),
     };
@@ -313,6 +317,8 @@ pub(crate) struct Streamed {
     rest: ChunkStream,
     /// The text so far.
     content: String,
+    /// The tool calls so far.
+    tool_calls: ToolCallAssembler,
 }
 
 impl Streamed {
@@ -331,7 +337,7 @@ impl Streamed {
     pub(crate) async fn relay<E>(
         mut self,
         events: &mpsc::Sender<Result<E, Status>>,
-        forward: impl Fn(String) -> E,
+        forward: impl Fn(proto::Delta) -> E,
     ) -> ApiResult<Answer> {
         let mut listening = true;
         loop {
@@ -344,32 +350,56 @@ impl Streamed {
                     )),
                 },
             };
-            match chunk {
+            let delta = match chunk {
                 Ok(Chunk::Delta(text)) => {
                     self.content.push_str(&text);
-                    if listening && events.send(Ok(forward(text))).await.is_err() {
-                        listening = false;
-                        tracing::info!(
-                            model = %self.model.id,
-                            "the caller left mid-stream; finishing the answer to store it"
-                        );
+                    proto::Delta {
+                        content: text,
+                        tool_call: None,
+                    }
+                }
+                Ok(Chunk::ToolCall(call)) => {
+                    self.tool_calls.add(&call);
+                    proto::Delta {
+                        content: String::new(),
+                        tool_call: Some(proto::ToolCallDelta {
+                            index: call.index,
+                            id: call.id.unwrap_or_default(),
+                            name: call.name.unwrap_or_default(),
+                            arguments: call.arguments,
+                        }),
                     }
                 }
                 Ok(Chunk::End(end)) => return Ok(self.finish(end).await),
                 Err(error) => return Err(self.abandon(error).await),
+            };
+            if listening && events.send(Ok(forward(delta))).await.is_err() {
+                listening = false;
+                tracing::info!(
+                    model = %self.model.id,
+                    "the caller left mid-stream; finishing the answer to store it"
+                );
             }
         }
     }
 
     async fn finish(self, end: StreamEnd) -> Answer {
-        let completion = ChatCompletion::from_stream(self.content, end, self.prompt_tokens);
+        let completion = ChatCompletion::from_stream(
+            self.content,
+            self.tool_calls.finish(),
+            end,
+            self.prompt_tokens,
+        );
         settle(&self.inference, &self.admission, &self.model, completion).await
     }
 
     /// A stream that broke after its first chunk: settled with what was
     /// sent and received so far, and never retried.
     async fn abandon(self, error: crate::providers::ProviderError) -> ApiError {
-        let completion = u64::from(tokenizer::count_text(&self.content));
+        let completion = u64::from(crate::providers::reply_tokens(
+            &self.content,
+            &self.tool_calls.finish(),
+        ));
         let used = u64::from(self.prompt_tokens) + completion;
         let charge = Charge {
             tokens: used,

@@ -14,6 +14,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::inference::{Answer, Streamed};
 use crate::limits::{Leased, StreamLease};
 use crate::metadata::{mark_simulated, respond};
+use crate::proto;
 use crate::providers::Model;
 
 /// Events of a streamed reply in flight to the caller.
@@ -37,7 +38,7 @@ pub(crate) trait StreamedAnswer: Send + 'static {
     }
 
     /// The event carrying one piece of the answer.
-    fn delta(content: String) -> Self::Event;
+    fn delta(delta: proto::Delta) -> Self::Event;
 
     /// Keeps the whole answer (or, when it broke off, gives back what the answer held) and
     /// returns the stream's last event.

@@ -266,8 +266,7 @@ async fn a_request_message_over_the_cores_limit_is_invalid_request_naming_it() {
         messages: vec![ChatMessage {
             role: "user".into(),
             content: big.clone(),
-            created_at: None,
-            summary: None,
+            ..Default::default()
         }],
         ..CreateSessionRequest::default()
     });

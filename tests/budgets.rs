@@ -466,8 +466,7 @@ async fn a_refused_key_reads_on(deployment: &Deployment) {
             message: Some(ChatMessage {
                 role: "user".into(),
                 content: "over gRPC".into(),
-                created_at: None,
-                summary: None,
+                ..Default::default()
             }),
             ..Default::default()
         });

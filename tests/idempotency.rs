@@ -236,8 +236,7 @@ async fn a_grpc_caller_repeating_its_request_id_gets_the_recorded_stream() {
             message: Some(proto::ChatMessage {
                 role: "user".into(),
                 content: "via grpc".into(),
-                created_at: None,
-                summary: None,
+                ..Default::default()
             }),
             options: None,
         });

@@ -35,8 +35,7 @@ fn chat_message() -> impl Strategy<Value = edge::ChatMessage> {
     (text(), text()).prop_map(|(role, content)| edge::ChatMessage {
         role,
         content,
-        created_at: None,
-        summary: None,
+        ..Default::default()
     })
 }
 

@@ -541,8 +541,7 @@ async fn grpc_callers_get_resource_exhausted_naming_the_quota() {
             messages: vec![ChatMessage {
                 role: "user".into(),
                 content: "hi".into(),
-                created_at: None,
-                summary: None,
+                ..Default::default()
             }],
             ..Default::default()
         });

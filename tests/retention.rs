@@ -654,8 +654,7 @@ async fn grpc_callers_set_and_read_expires_at() {
             messages: vec![ChatMessage {
                 role: "user".into(),
                 content: "hi".into(),
-                created_at: None,
-                summary: None,
+                ..Default::default()
             }],
             expires_at: Some(expires_at.to_string()),
             ..CreateSessionRequest::default()

@@ -100,6 +100,9 @@ fn msg(role: &str, content: &str, created_at: DateTime<Utc>) -> StoredMessage {
         content: content.into(),
         created_at,
         summary: None,
+        tool_calls: Vec::new(),
+        tool_call_id: None,
+        name: None,
         // Kept with the message and read back as written, like every other field.
         tokens: Some(content.len() as u32),
     }

@@ -264,8 +264,7 @@ async fn grpc_stream_message_sends_deltas_then_the_stored_reply() {
         message: Some(proto::ChatMessage {
             role: "user".into(),
             content: "over grpc".into(),
-            created_at: None,
-            summary: None,
+            ..Default::default()
         }),
         options: None,
     });

@@ -593,8 +593,7 @@ pub(crate) fn caller(
                     messages: vec![proto::ChatMessage {
                         role: "user".into(),
                         content: "Hello! Say something short.".into(),
-                        created_at: None,
-                        summary: None,
+                        ..Default::default()
                     }],
                     options: Some(proto::GenerationOptions {
                         max_tokens: Some(32),

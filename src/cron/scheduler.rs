@@ -718,8 +718,7 @@ impl CronScheduler {
                     messages: vec![crate::proto::ChatMessage {
                         role: "user".into(),
                         content: message.clone(),
-                        created_at: None,
-                        summary: None,
+                        ..Default::default()
                     }],
                     context: session_id.as_ref().map(|id| crate::proto::SessionContext {
                         session_id: id.clone(),

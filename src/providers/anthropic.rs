@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use super::event_stream::EventDecoder;
 use super::openai::{OpenAiConfig, classify, refusal};
 use super::{
-    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ProviderError, Sampling,
-    StreamEnd,
+    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, Message, ProviderError,
+    Sampling, StreamEnd, ToolCall, ToolCallDelta, ToolChoice,
 };
 
 /// The `anthropic-version` sent unless the providers file names another.
@@ -82,6 +82,10 @@ struct WireRequest<'a> {
     stop_sequences: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<WireMetadata<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     stream: bool,
 }
@@ -94,51 +98,104 @@ struct WireMetadata<'a> {
 #[derive(Serialize)]
 struct WireMessage<'a> {
     role: &'a str,
-    content: Vec<TextBlock<'a>>,
+    content: Vec<serde_json::Value>,
 }
 
-#[derive(Serialize)]
-struct TextBlock<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    text: &'a str,
+/// A message's content blocks: its text, its tool calls as `tool_use`, a tool result as
+/// `tool_result` (which Anthropic takes in a user message).
+fn blocks(message: &Message) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    if message.role == "tool" {
+        return vec![json!({
+            "type": "tool_result",
+            "tool_use_id": message.tool_call_id.as_deref().unwrap_or_default(),
+            "content": message.content,
+        })];
+    }
+    let mut blocks = Vec::new();
+    if !message.content.is_empty() || message.tool_calls.is_empty() {
+        blocks.push(json!({"type": "text", "text": message.content}));
+    }
+    for call in &message.tool_calls {
+        // The arguments are JSON text; Anthropic wants the object.
+        let input = serde_json::from_str::<serde_json::Value>(&call.arguments)
+            .ok()
+            .filter(serde_json::Value::is_object)
+            .unwrap_or_else(|| json!({}));
+        blocks.push(json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}));
+    }
+    blocks
 }
 
-/// The request body: the system prompt lifted out, roles made to alternate.
+/// Anthropic's tools: `{name, description, input_schema}`.
+fn wire_tools(sampling: &Sampling) -> Vec<serde_json::Value> {
+    sampling
+        .tools
+        .iter()
+        .map(|tool| {
+            let mut wire = serde_json::json!({
+                "name": tool.name,
+                "input_schema": tool
+                    .parameters
+                    .clone()
+                    .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+            });
+            if let Some(description) = &tool.description {
+                wire["description"] = serde_json::Value::from(description.as_str());
+            }
+            wire
+        })
+        .collect()
+}
+
+/// Anthropic's `tool_choice`: auto, any (OpenAI's required), tool (a named function) or none;
+/// `parallel_tool_calls: false` is its `disable_parallel_tool_use`.
+fn wire_tool_choice(sampling: &Sampling) -> Option<serde_json::Value> {
+    if sampling.tools.is_empty() {
+        return None;
+    }
+    let mut choice = match &sampling.tool_choice {
+        None if sampling.parallel_tool_calls != Some(false) => return None,
+        None | Some(ToolChoice::Auto) => serde_json::json!({"type": "auto"}),
+        Some(ToolChoice::None) => return Some(serde_json::json!({"type": "none"})),
+        Some(ToolChoice::Required) => serde_json::json!({"type": "any"}),
+        Some(ToolChoice::Function { function }) => {
+            serde_json::json!({"type": "tool", "name": function})
+        }
+    };
+    if sampling.parallel_tool_calls == Some(false) {
+        choice["disable_parallel_tool_use"] = serde_json::Value::Bool(true);
+    }
+    Some(choice)
+}
+
+/// The request body: the system prompt lifted out, roles made to alternate (tool results
+/// travel in user messages).
 fn wire_request<'a>(request: &'a ChatRequest, stream: bool) -> WireRequest<'a> {
     let system: Vec<&str> = request
         .messages
         .iter()
-        .filter(|(role, _)| role == "system")
-        .map(|(_, content)| content.as_str())
+        .filter(|m| m.role == "system")
+        .map(|m| m.content.as_str())
         .collect();
     let mut messages: Vec<WireMessage<'a>> = Vec::new();
-    for (role, content) in request.messages.iter().filter(|(role, _)| role != "system") {
-        let role = if role == "assistant" {
+    for message in request.messages.iter().filter(|m| m.role != "system") {
+        let role = if message.role == "assistant" {
             "assistant"
         } else {
             "user"
         };
-        let block = TextBlock {
-            kind: "text",
-            text: content.as_str(),
-        };
+        let content = blocks(message);
         match messages.last_mut() {
-            Some(last) if last.role == role => last.content.push(block),
+            Some(last) if last.role == role => last.content.extend(content),
             _ => {
                 if messages.is_empty() && role == "assistant" {
                     messages.push(WireMessage {
                         role: "user",
-                        content: vec![TextBlock {
-                            kind: "text",
-                            text: "(continue)",
-                        }],
+                        content: vec![serde_json::json!({"type": "text", "text": "(continue)"})],
                     });
                 }
-                messages.push(WireMessage {
-                    role,
-                    content: vec![block],
-                });
+                messages.push(WireMessage { role, content });
             }
         }
     }
@@ -155,6 +212,8 @@ fn wire_request<'a>(request: &'a ChatRequest, stream: bool) -> WireRequest<'a> {
             .user
             .as_deref()
             .map(|user_id| WireMetadata { user_id }),
+        tools: wire_tools(&request.sampling),
+        tool_choice: wire_tool_choice(&request.sampling),
         stream,
     }
 }
@@ -173,6 +232,13 @@ struct WireBlock {
     kind: String,
     #[serde(default)]
     text: Option<String>,
+    /// A `tool_use` block's id, name and input.
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    input: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -294,6 +360,19 @@ impl ChatProvider for Anthropic {
             .filter(|block| block.kind == "text")
             .filter_map(|block| block.text.as_deref())
             .collect();
+        let tool_calls: Vec<ToolCall> = wire
+            .content
+            .into_iter()
+            .filter(|block| block.kind == "tool_use")
+            .map(|block| ToolCall {
+                id: block.id.unwrap_or_default(),
+                name: block.name.unwrap_or_default(),
+                arguments: block
+                    .input
+                    .unwrap_or_else(|| serde_json::json!({}))
+                    .to_string(),
+            })
+            .collect();
         let usage = wire.usage.unwrap_or_default();
         Ok(ChatCompletion {
             prompt_tokens: usage.prompt_tokens().unwrap_or_else(|| {
@@ -301,14 +380,15 @@ impl ChatProvider for Anthropic {
                     request
                         .messages
                         .iter()
-                        .map(|(r, c)| (r.as_str(), c.as_str())),
+                        .map(|m| (m.role.as_str(), m.content.as_str())),
                 )
             }),
             completion_tokens: usage
                 .output_tokens
-                .unwrap_or_else(|| crate::tokenizer::count_text(&content)),
+                .unwrap_or_else(|| super::reply_tokens(&content, &tool_calls)),
             cached_tokens: usage.cache_read_input_tokens.unwrap_or(0),
             content,
+            tool_calls,
             finish_reason: finish_reason(wire.stop_reason.as_deref()),
         })
     }
@@ -324,6 +404,7 @@ impl ChatProvider for Anthropic {
             usage: WireUsage::default(),
             timeout: self.config.request_timeout,
             done: false,
+            tool_blocks: Vec::new(),
         };
         Ok(Box::pin(futures::stream::unfold(
             reader,
@@ -350,6 +431,11 @@ struct WireEvent {
     usage: Option<WireUsage>,
     #[serde(default)]
     error: Option<WireErrorBody>,
+    /// The content block a `content_block_*` event is about.
+    #[serde(default)]
+    index: Option<u32>,
+    #[serde(default)]
+    content_block: Option<WireBlock>,
 }
 
 #[derive(Deserialize)]
@@ -366,6 +452,9 @@ struct WireDelta {
     text: Option<String>,
     #[serde(default)]
     stop_reason: Option<String>,
+    /// An `input_json_delta`'s piece of a tool call's input.
+    #[serde(default)]
+    partial_json: Option<String>,
 }
 
 struct EventReader {
@@ -378,6 +467,8 @@ struct EventReader {
     usage: WireUsage,
     timeout: Duration,
     done: bool,
+    /// The content block index of each tool call streamed so far, in order.
+    tool_blocks: Vec<u32>,
 }
 
 impl EventReader {
@@ -424,15 +515,44 @@ impl EventReader {
                             self.absorb(usage);
                         }
                     }
-                    "content_block_delta" => {
-                        if let Some(delta) = event.delta
-                            && delta.kind.as_deref() == Some("text_delta")
-                            && let Some(text) = delta.text
-                            && !text.is_empty()
+                    "content_block_start" => {
+                        if let Some(block) = event.content_block
+                            && block.kind == "tool_use"
                         {
-                            return Some(Ok(Chunk::Delta(text)));
+                            let index = self.tool_blocks.len() as u32;
+                            self.tool_blocks.push(event.index.unwrap_or_default());
+                            return Some(Ok(Chunk::ToolCall(ToolCallDelta {
+                                index,
+                                id: block.id,
+                                name: block.name,
+                                arguments: String::new(),
+                            })));
                         }
                     }
+                    "content_block_delta" => match event.delta {
+                        Some(delta) if delta.kind.as_deref() == Some("text_delta") => {
+                            if let Some(text) = delta.text
+                                && !text.is_empty()
+                            {
+                                return Some(Ok(Chunk::Delta(text)));
+                            }
+                        }
+                        Some(delta) if delta.kind.as_deref() == Some("input_json_delta") => {
+                            let block = event.index.unwrap_or_default();
+                            if let Some(index) = self.tool_blocks.iter().position(|b| *b == block)
+                                && let Some(piece) = delta.partial_json
+                                && !piece.is_empty()
+                            {
+                                return Some(Ok(Chunk::ToolCall(ToolCallDelta {
+                                    index: index as u32,
+                                    id: None,
+                                    name: None,
+                                    arguments: piece,
+                                })));
+                            }
+                        }
+                        _ => {}
+                    },
                     "message_delta" => {
                         if let Some(reason) = event.delta.and_then(|d| d.stop_reason) {
                             self.stop_reason = Some(reason);
@@ -465,7 +585,7 @@ impl EventReader {
                             retry_after: None,
                         }));
                     }
-                    // ping, content_block_start/stop, and event types added later.
+                    // ping, content_block_stop, and event types added later.
                     _ => {}
                 }
             }
@@ -506,7 +626,7 @@ mod tests {
             model: "claude-sonnet-4-5".into(),
             messages: messages
                 .iter()
-                .map(|(r, c)| (r.to_string(), c.to_string()))
+                .map(|(r, c)| Message::text(*r, *c))
                 .collect(),
             temperature: Some(0.2),
             max_tokens: Some(64),

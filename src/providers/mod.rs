@@ -33,12 +33,118 @@ use crate::tokenizer;
 pub struct ChatRequest {
     /// The provider's own model name (`glm-4.7-flash`).
     pub model: String,
-    /// `(role, content)` in order.
-    pub messages: Vec<(String, String)>,
+    /// The conversation, in order.
+    pub messages: Vec<Message>,
     pub temperature: Option<f32>,
     pub max_tokens: Option<u32>,
     /// Every other sampling option a caller set.
     pub sampling: Sampling,
+}
+
+/// One message of a conversation sent to a provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+    /// An assistant message's tool calls.
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
+}
+
+impl Message {
+    /// A message of text alone.
+    #[cfg(test)]
+    pub fn text(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        }
+    }
+}
+
+impl From<&crate::store::StoredMessage> for Message {
+    fn from(stored: &crate::store::StoredMessage) -> Self {
+        Self {
+            role: stored.role.clone(),
+            content: stored.content.clone(),
+            tool_calls: stored.tool_calls.clone(),
+            tool_call_id: stored.tool_call_id.clone(),
+            name: stored.name.clone(),
+        }
+    }
+}
+
+/// A model's call of a function tool: stored in an assistant message as it was received.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// JSON text, as the model wrote it.
+    pub arguments: String,
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Tool {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON Schema object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum ToolChoice {
+    Auto,
+    None,
+    Required,
+    Function { function: String },
+}
+
+/// A piece of a streamed tool call: the first piece of each call has its id and name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
+/// Adds streamed tool-call pieces up to whole calls, in index order.
+#[derive(Debug, Default)]
+pub struct ToolCallAssembler {
+    calls: std::collections::BTreeMap<u32, ToolCall>,
+}
+
+impl ToolCallAssembler {
+    pub fn add(&mut self, delta: &ToolCallDelta) {
+        let call = self.calls.entry(delta.index).or_insert_with(|| ToolCall {
+            id: String::new(),
+            name: String::new(),
+            arguments: String::new(),
+        });
+        if let Some(id) = &delta.id {
+            call.id.clone_from(id);
+        }
+        if let Some(name) = &delta.name {
+            call.name.push_str(name);
+        }
+        call.arguments.push_str(&delta.arguments);
+    }
+
+    pub fn finish(self) -> Vec<ToolCall> {
+        self.calls.into_values().collect()
+    }
 }
 
 /// The sampling options beyond temperature and the completion bound, each carried to the
@@ -63,6 +169,12 @@ pub struct Sampling {
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<ResponseFormat>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Tool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
 }
 
 impl Sampling {
@@ -88,7 +200,26 @@ impl Sampling {
                 .response_format
                 .clone()
                 .or_else(|| self.response_format.clone()),
+            tools: if over.tools.is_empty() {
+                self.tools.clone()
+            } else {
+                over.tools.clone()
+            },
+            tool_choice: over
+                .tool_choice
+                .clone()
+                .or_else(|| self.tool_choice.clone()),
+            parallel_tool_calls: over.parallel_tool_calls.or(self.parallel_tool_calls),
         }
+    }
+
+    /// What the tool definitions add to a prompt (cl100k_base tokens of their JSON): providers
+    /// put them in the prompt, so the admission reserves them.
+    pub fn tool_tokens(&self) -> u32 {
+        if self.tools.is_empty() {
+            return 0;
+        }
+        serde_json::to_string(&self.tools).map_or(0, |json| tokenizer::count_text(&json))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -123,6 +254,8 @@ pub enum ResponseFormat {
 #[derive(Debug, Clone)]
 pub struct ChatCompletion {
     pub content: String,
+    /// The tools the model called (finish reason `tool_calls`).
+    pub tool_calls: Vec<ToolCall>,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     /// Prompt tokens the provider read from its cache (`usage.prompt_tokens_details.cached_tokens`).
@@ -135,6 +268,8 @@ pub struct ChatCompletion {
 pub enum Chunk {
     /// The next piece of the reply's text (never empty).
     Delta(String),
+    /// The next piece of a tool call.
+    ToolCall(ToolCallDelta),
     /// The last chunk: why the model stopped and, when the provider said, the usage.
     End(StreamEnd),
 }
@@ -147,6 +282,16 @@ pub struct StreamEnd {
     pub cached_tokens: Option<u32>,
 }
 
+/// The tokens of a reply (cl100k_base): its text and its tool calls' names and arguments.
+pub fn reply_tokens(content: &str, tool_calls: &[ToolCall]) -> u32 {
+    tool_calls
+        .iter()
+        .fold(tokenizer::count_text(content), |n, call| {
+            n.saturating_add(tokenizer::count_text(&call.name))
+                .saturating_add(tokenizer::count_text(&call.arguments))
+        })
+}
+
 /// Deltas, then one [`Chunk::End`]; an error ends the stream.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, ProviderError>> + Send>>;
 
@@ -154,15 +299,21 @@ impl ChatCompletion {
     /// The whole answer a stream added up to. Usage the provider did not
     /// report is counted: the prompt as `prompt_tokens` (the caller counted it
     /// before asking), the completion from its text.
-    pub fn from_stream(content: String, end: StreamEnd, prompt_tokens: u32) -> Self {
+    pub fn from_stream(
+        content: String,
+        tool_calls: Vec<ToolCall>,
+        end: StreamEnd,
+        prompt_tokens: u32,
+    ) -> Self {
         let completion_tokens = end
             .completion_tokens
-            .unwrap_or_else(|| tokenizer::count_text(&content));
+            .unwrap_or_else(|| reply_tokens(&content, &tool_calls));
         Self {
             prompt_tokens: end.prompt_tokens.unwrap_or(prompt_tokens),
             completion_tokens,
             cached_tokens: end.cached_tokens.unwrap_or(0),
             content,
+            tool_calls,
             finish_reason: end.finish_reason,
         }
     }
@@ -278,11 +429,19 @@ pub trait ChatProvider: Send + Sync + 'static {
             completion_tokens: Some(completion.completion_tokens),
             cached_tokens: Some(completion.cached_tokens),
         });
-        let chunks = if completion.content.is_empty() {
-            vec![Ok(end)]
-        } else {
-            vec![Ok(Chunk::Delta(completion.content)), Ok(end)]
-        };
+        let mut chunks = Vec::new();
+        if !completion.content.is_empty() {
+            chunks.push(Ok(Chunk::Delta(completion.content)));
+        }
+        for (index, call) in completion.tool_calls.into_iter().enumerate() {
+            chunks.push(Ok(Chunk::ToolCall(ToolCallDelta {
+                index: index as u32,
+                id: Some(call.id),
+                name: Some(call.name),
+                arguments: call.arguments,
+            })));
+        }
+        chunks.push(Ok(end));
         Ok(Box::pin(futures::stream::iter(chunks)))
     }
 }

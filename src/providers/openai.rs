@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::event_stream::EventDecoder;
 use super::{
-    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ProviderError, ResponseFormat,
-    StreamEnd,
+    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, Message, ProviderError,
+    ResponseFormat, StreamEnd, Tool, ToolCall, ToolCallDelta, ToolChoice,
 };
 use crate::config::Secret;
 use crate::tokenizer;
@@ -132,6 +132,38 @@ struct WireRequest<'a> {
     user: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+}
+
+/// OpenAI's function tool: `{"type": "function", "function": {...}}`.
+fn wire_tool(tool: &Tool) -> serde_json::Value {
+    let mut function = serde_json::json!({"name": tool.name});
+    if let Some(description) = &tool.description {
+        function["description"] = serde_json::Value::from(description.as_str());
+    }
+    if let Some(parameters) = &tool.parameters {
+        function["parameters"] = parameters.clone();
+    }
+    if let Some(strict) = tool.strict {
+        function["strict"] = serde_json::Value::from(strict);
+    }
+    serde_json::json!({"type": "function", "function": function})
+}
+
+fn wire_tool_choice(choice: &ToolChoice) -> serde_json::Value {
+    match choice {
+        ToolChoice::Auto => "auto".into(),
+        ToolChoice::None => "none".into(),
+        ToolChoice::Required => "required".into(),
+        ToolChoice::Function { function } => {
+            serde_json::json!({"type": "function", "function": {"name": function}})
+        }
+    }
 }
 
 /// OpenAI's `response_format`: `{"type": "json_schema", "json_schema": {...}}`.
@@ -165,7 +197,52 @@ struct StreamOptions {
 #[derive(Serialize)]
 struct WireMessage<'a> {
     role: &'a str,
-    content: &'a str,
+    /// Null on an assistant message that only calls tools.
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+impl<'a> From<&'a Message> for WireMessage<'a> {
+    fn from(message: &'a Message) -> Self {
+        let only_calls = message.content.is_empty() && !message.tool_calls.is_empty();
+        Self {
+            role: &message.role,
+            content: (!only_calls).then_some(message.content.as_str()),
+            tool_calls: message
+                .tool_calls
+                .iter()
+                .map(|call| {
+                    serde_json::json!({
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    })
+                })
+                .collect(),
+            tool_call_id: message.tool_call_id.as_deref(),
+            name: message.name.as_deref(),
+        }
+    }
+}
+
+/// A tool call as OpenAI sends it, whole (`message.tool_calls`) or in pieces
+/// (`delta.tool_calls`, where `index` says which call a piece adds to).
+#[derive(Deserialize)]
+struct WireToolCall {
+    index: Option<u32>,
+    id: Option<String>,
+    function: Option<WireFunction>,
+}
+
+#[derive(Deserialize)]
+struct WireFunction {
+    name: Option<String>,
+    arguments: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +260,7 @@ struct WireChoice {
 #[derive(Deserialize)]
 struct WireReply {
     content: Option<String>,
+    tool_calls: Option<Vec<WireToolCall>>,
 }
 
 #[derive(Deserialize)]
@@ -290,11 +368,7 @@ impl OpenAiCompatible {
     ) -> Result<reqwest::Response, ProviderError> {
         let body = WireRequest {
             model: &request.model,
-            messages: request
-                .messages
-                .iter()
-                .map(|(role, content)| WireMessage { role, content })
-                .collect(),
+            messages: request.messages.iter().map(WireMessage::from).collect(),
             temperature: request.temperature,
             max_tokens: request.max_tokens,
             stream,
@@ -313,6 +387,9 @@ impl OpenAiCompatible {
                 .response_format
                 .as_ref()
                 .map(wire_response_format),
+            tools: request.sampling.tools.iter().map(wire_tool).collect(),
+            tool_choice: request.sampling.tool_choice.as_ref().map(wire_tool_choice),
+            parallel_tool_calls: request.sampling.parallel_tool_calls,
         };
         let mut call = self.http.post(self.endpoint.clone()).json(&body);
         if !self.headers.is_empty() {
@@ -348,6 +425,8 @@ struct ChunkReader {
     body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     decoder: EventDecoder,
     events: std::collections::VecDeque<String>,
+    /// Chunks read from one event beyond the first (an event may carry several tool-call pieces).
+    pending: std::collections::VecDeque<Chunk>,
     scratch: Vec<String>,
     finish_reason: Option<String>,
     usage: Option<WireUsage>,
@@ -373,6 +452,9 @@ impl ChunkReader {
             return None;
         }
         loop {
+            if let Some(chunk) = self.pending.pop_front() {
+                return Some(Ok(chunk));
+            }
             while let Some(data) = self.events.pop_front() {
                 if data.trim() == "[DONE]" {
                     return Some(Ok(self.end()));
@@ -402,19 +484,28 @@ impl ChunkReader {
                 if chunk.usage.is_some() {
                     self.usage = chunk.usage;
                 }
-                let mut content = None;
                 for choice in chunk.choices {
                     if let Some(reason) = choice.finish_reason {
                         self.finish_reason = Some(reason);
                     }
-                    if let Some(text) = choice.delta.and_then(|d| d.content)
+                    let Some(delta) = choice.delta else { continue };
+                    if let Some(text) = delta.content
                         && !text.is_empty()
                     {
-                        content = Some(text);
+                        self.pending.push_back(Chunk::Delta(text));
+                    }
+                    for (i, call) in delta.tool_calls.into_iter().flatten().enumerate() {
+                        let function = call.function;
+                        self.pending.push_back(Chunk::ToolCall(ToolCallDelta {
+                            index: call.index.unwrap_or(i as u32),
+                            id: call.id,
+                            name: function.as_ref().and_then(|f| f.name.clone()),
+                            arguments: function.and_then(|f| f.arguments).unwrap_or_default(),
+                        }));
                     }
                 }
-                if let Some(text) = content {
-                    return Some(Ok(Chunk::Delta(text)));
+                if let Some(chunk) = self.pending.pop_front() {
+                    return Some(Ok(chunk));
                 }
             }
             match self.body.next().await {
@@ -464,6 +555,23 @@ impl ChatProvider for OpenAiCompatible {
             .next()
             .ok_or_else(|| ProviderError::BadResponse("no choices".into()))?;
         let content = choice.message.content.unwrap_or_default();
+        let tool_calls: Vec<ToolCall> = choice
+            .message
+            .tool_calls
+            .into_iter()
+            .flatten()
+            .map(|call| {
+                let function = call.function;
+                ToolCall {
+                    id: call.id.unwrap_or_default(),
+                    name: function
+                        .as_ref()
+                        .and_then(|f| f.name.clone())
+                        .unwrap_or_default(),
+                    arguments: function.and_then(|f| f.arguments).unwrap_or_default(),
+                }
+            })
+            .collect();
         let usage = wire.usage;
         let prompt_tokens = usage
             .as_ref()
@@ -473,15 +581,16 @@ impl ChatProvider for OpenAiCompatible {
                     request
                         .messages
                         .iter()
-                        .map(|(r, c)| (r.as_str(), c.as_str())),
+                        .map(|m| (m.role.as_str(), m.content.as_str())),
                 )
             });
         let completion_tokens = usage
             .as_ref()
             .and_then(|u| u.completion_tokens)
-            .unwrap_or_else(|| tokenizer::count_text(&content));
+            .unwrap_or_else(|| super::reply_tokens(&content, &tool_calls));
         Ok(ChatCompletion {
             content,
+            tool_calls,
             prompt_tokens,
             completion_tokens,
             cached_tokens: usage
@@ -498,6 +607,7 @@ impl ChatProvider for OpenAiCompatible {
             body: response.bytes_stream().boxed(),
             decoder: EventDecoder::default(),
             events: Default::default(),
+            pending: Default::default(),
             scratch: Vec::new(),
             finish_reason: None,
             usage: None,

@@ -8,7 +8,7 @@ use futures::StreamExt as _;
 
 use super::{
     ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ProviderError, ResponseFormat,
-    StreamEnd,
+    StreamEnd, Tool, ToolCall, ToolCallDelta, ToolChoice,
 };
 use crate::tokenizer;
 
@@ -67,6 +67,25 @@ fn instance(schema: &serde_json::Value, said: &str) -> serde_json::Value {
     }
 }
 
+/// The tool the simulated model calls, if any: the one `tool_choice` names or requires, else
+/// one the user's last message names, else the first when that message mentions a tool at all.
+fn chosen_tool<'a>(request: &'a ChatRequest, last_user: &str) -> Option<&'a Tool> {
+    let tools = &request.sampling.tools;
+    let asked = last_user.to_lowercase();
+    match &request.sampling.tool_choice {
+        Some(ToolChoice::None) => None,
+        Some(ToolChoice::Function { function }) => tools.iter().find(|t| &t.name == function),
+        Some(ToolChoice::Required) => tools
+            .iter()
+            .find(|t| asked.contains(&t.name.to_lowercase()))
+            .or_else(|| tools.first()),
+        Some(ToolChoice::Auto) | None => tools
+            .iter()
+            .find(|t| asked.contains(&t.name.to_lowercase()))
+            .or_else(|| tools.first().filter(|_| asked.contains("tool"))),
+    }
+}
+
 /// The pause between two streamed words, so a streamed answer looks like one.
 const WORD_PAUSE: Duration = Duration::from_millis(5);
 
@@ -96,20 +115,66 @@ impl ChatProvider for Simulator {
             .messages
             .iter()
             .rev()
-            .find(|(role, _)| role == "user")
-            .map_or("", |(_, content)| content.as_str());
-        let turns = request
+            .find(|m| m.role == "user")
+            .map_or("", |m| m.content.as_str());
+        let turns = request.messages.iter().filter(|m| m.role == "user").count();
+        let said: String = last_user.chars().take(200).collect();
+        let prompt_tokens = tokenizer::count_prompt(
+            request
+                .messages
+                .iter()
+                .map(|m| (m.role.as_str(), m.content.as_str())),
+        )
+        .saturating_add(request.sampling.tool_tokens());
+        // The tool results that came after the last assistant message, if any: the model
+        // answers from them. Otherwise a tool it is asked to use is called, with arguments
+        // built from its parameters' schema.
+        let results: Vec<&super::Message> = request
             .messages
             .iter()
-            .filter(|(role, _)| role == "user")
-            .count();
-        let said: String = last_user.chars().take(200).collect();
+            .rev()
+            .take_while(|m| m.role == "tool")
+            .collect();
+        if results.is_empty()
+            && let Some(tool) = chosen_tool(request, last_user)
+        {
+            let arguments = tool
+                .parameters
+                .as_ref()
+                .map_or_else(|| serde_json::json!({}), |schema| instance(schema, &said));
+            let call = ToolCall {
+                id: format!("call_sim_{turns}_{}", tool.name),
+                name: tool.name.clone(),
+                arguments: arguments.to_string(),
+            };
+            let tool_calls = vec![call];
+            return Ok(ChatCompletion {
+                completion_tokens: super::reply_tokens("", &tool_calls),
+                content: String::new(),
+                tool_calls,
+                prompt_tokens,
+                cached_tokens: 0,
+                finish_reason: "tool_calls".into(),
+            });
+        }
         let mut content = match &request.sampling.response_format {
             // JSON asked for: an object, or an instance of the schema, built from the question.
             Some(ResponseFormat::JsonObject) => {
                 serde_json::json!({"simulated": true, "youSaid": said, "turn": turns}).to_string()
             }
             Some(ResponseFormat::JsonSchema { schema, .. }) => instance(schema, &said).to_string(),
+            _ if !results.is_empty() => {
+                let returned: Vec<String> = results
+                    .iter()
+                    .rev()
+                    .map(|m| format!("\"{}\"", m.content.chars().take(200).collect::<String>()))
+                    .collect();
+                format!(
+                    "[offline simulator: {}] The tool returned {}. Set ZAI_API_KEY to get answers from the real model.",
+                    request.model,
+                    returned.join(" and ")
+                )
+            }
             _ => format!(
                 "[offline simulator: {}] You said: \"{said}\" (turn {turns}). Set ZAI_API_KEY to get answers from the real model.",
                 request.model,
@@ -132,15 +197,10 @@ impl ChatProvider for Simulator {
             content = content.chars().take(max as usize).collect();
             finish_reason = "length".into();
         }
-        let prompt_tokens = tokenizer::count_prompt(
-            request
-                .messages
-                .iter()
-                .map(|(r, c)| (r.as_str(), c.as_str())),
-        );
         Ok(ChatCompletion {
             completion_tokens: tokenizer::count_text(&content),
             content,
+            tool_calls: Vec::new(),
             prompt_tokens,
             cached_tokens: 0,
             finish_reason,
@@ -155,6 +215,31 @@ impl ChatProvider for Simulator {
             .split_inclusive(' ')
             .map(|word| Chunk::Delta(word.to_string()))
             .collect();
+        // A tool call comes as OpenAI streams one: its id and name, then its arguments in pieces.
+        for (index, call) in completion.tool_calls.into_iter().enumerate() {
+            let index = index as u32;
+            words.push(Chunk::ToolCall(ToolCallDelta {
+                index,
+                id: Some(call.id),
+                name: Some(call.name),
+                arguments: String::new(),
+            }));
+            let mut rest = call.arguments.as_str();
+            while !rest.is_empty() {
+                let mut cut = rest.len().min(16);
+                while !rest.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                let (piece, after) = rest.split_at(cut);
+                words.push(Chunk::ToolCall(ToolCallDelta {
+                    index,
+                    id: None,
+                    name: None,
+                    arguments: piece.to_owned(),
+                }));
+                rest = after;
+            }
+        }
         words.push(Chunk::End(StreamEnd {
             finish_reason: completion.finish_reason,
             prompt_tokens: Some(completion.prompt_tokens),

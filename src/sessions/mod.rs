@@ -457,15 +457,28 @@ impl SessionService for Sessions {
 /// A repeated send's recorded answer, as the stream it was: its whole content, then done.
 fn replay_stream(done: proto::SendMessageResponse) -> Response<EventStream<proto::StreamEvent>> {
     let reply = done.reply.clone();
-    let content = reply
+    let message = reply
         .as_ref()
-        .and_then(|r| r.message.as_ref())
-        .map(|m| m.content.clone())
+        .and_then(|r| r.message.clone())
         .unwrap_or_default();
-    let (events, stream) = tokio::sync::mpsc::channel(2);
-    // The buffer holds both events.
-    if !content.is_empty() {
-        let _ = events.try_send(Ok(delta_event(content)));
+    let (events, stream) = tokio::sync::mpsc::channel(message.tool_calls.len() + 2);
+    // The buffer holds every event.
+    if !message.content.is_empty() {
+        let _ = events.try_send(Ok(delta_event(proto::Delta {
+            content: message.content,
+            tool_call: None,
+        })));
+    }
+    for (index, call) in message.tool_calls.into_iter().enumerate() {
+        let _ = events.try_send(Ok(delta_event(proto::Delta {
+            content: String::new(),
+            tool_call: Some(proto::ToolCallDelta {
+                index: index as u32,
+                id: call.id,
+                name: call.name,
+                arguments: call.arguments,
+            }),
+        })));
     }
     let _ = events.try_send(Ok(done_event(done)));
     // A replay streams nothing from a model: it holds no lease.

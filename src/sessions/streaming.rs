@@ -23,9 +23,9 @@ pub(super) struct StreamedTurn {
     pub(super) key: Option<SendKey>,
 }
 
-pub(super) fn delta_event(content: String) -> proto::StreamEvent {
+pub(super) fn delta_event(delta: proto::Delta) -> proto::StreamEvent {
     proto::StreamEvent {
-        event: Some(proto::stream_event::Event::Delta(proto::Delta { content })),
+        event: Some(proto::stream_event::Event::Delta(delta)),
     }
 }
 
@@ -48,8 +48,8 @@ impl StreamedAnswer for StreamedTurn {
         Ok(streamed)
     }
 
-    fn delta(content: String) -> proto::StreamEvent {
-        delta_event(content)
+    fn delta(delta: proto::Delta) -> proto::StreamEvent {
+        delta_event(delta)
     }
 
     async fn finish(self, answer: ApiResult<Answer>) -> ApiResult<proto::StreamEvent> {

@@ -45,8 +45,12 @@ pub(super) struct Turn {
     pub(super) new: Vec<StoredMessage>,
 }
 
-fn ends_with_user(messages: &[StoredMessage]) -> bool {
-    messages.last().is_some_and(|m| m.role == "user")
+/// Whether the turn's new messages ask for an answer: they end with a user message, or with the
+/// results of the model's tool calls.
+fn awaits_answer(messages: &[StoredMessage]) -> bool {
+    messages
+        .last()
+        .is_some_and(|m| m.role == "user" || m.role == "tool")
 }
 
 /// What a send found before asking the model.
@@ -126,7 +130,7 @@ impl Turns {
         // Everything answered here is stored: refused while Redis is short of memory, before
         // the model is asked.
         self.door.check_growth(principal)?;
-        if !ends_with_user(new) {
+        if !awaits_answer(new) {
             return Ok((None, self.door.admit(principal, Charge::default()).await?));
         }
         let (answer, admission) = self
@@ -316,7 +320,7 @@ impl Turns {
         let outcome = async {
             let model = self.models().resolve_model(&session.model)?.clone();
             let (temperature, max_tokens, sampling) = merge_options(session, options.as_ref())?;
-            let prompt = if ends_with_user(new) {
+            let prompt = if awaits_answer(new) {
                 self.prompt(
                     principal, &model, lock, session, history, new, max_tokens, field,
                 )
@@ -529,6 +533,6 @@ pub(super) fn to_stored(messages: &[ChatMessage]) -> Vec<StoredMessage> {
     let now = Utc::now();
     messages
         .iter()
-        .map(|m| StoredMessage::counted(m.role.clone(), m.content.clone(), now))
+        .map(|m| crate::convert::stored(m, m.role.clone(), now))
         .collect()
 }

@@ -4,10 +4,10 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::proto::{self, ChatMessage};
-use crate::providers::{ResponseFormat, Sampling};
+use crate::providers::{ResponseFormat, Sampling, Tool, ToolChoice};
 
 /// The roles a session's messages may have.
-pub(crate) const ROLES: &[&str] = &["system", "user", "assistant"];
+pub(crate) const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
 const MAX_SESSION_ID_LEN: usize = 128;
 const MAX_TOKENS_CAP: u32 = 131_072;
 
@@ -57,7 +57,57 @@ pub(crate) fn validate_message(
             ),
         ));
     }
-    if message.content.trim().is_empty() {
+    let invalid =
+        |name: String, details: String| ApiError::invalid_field(name, "Invalid message", details);
+    if !message.name.is_empty() && !function_name_ok(&message.name) {
+        return Err(invalid(
+            format!("{field}.name"),
+            format!("The field '{field}.name' must be 1 to 64 letters, digits, '_' or '-'"),
+        ));
+    }
+    if message.role != "assistant" && !message.tool_calls.is_empty() {
+        return Err(invalid(
+            format!("{field}.toolCalls"),
+            format!("The field '{field}.toolCalls' belongs to assistant messages only"),
+        ));
+    }
+    for (i, call) in message.tool_calls.iter().enumerate() {
+        if call.id.is_empty() || call.id.len() > 256 {
+            return Err(invalid(
+                format!("{field}.toolCalls[{i}].id"),
+                format!(
+                    "The field '{field}.toolCalls[{i}].id' is required: the call's id, as the model gave it (at most 256 characters)"
+                ),
+            ));
+        }
+        if !function_name_ok(&call.name) {
+            return Err(invalid(
+                format!("{field}.toolCalls[{i}].name"),
+                format!(
+                    "The field '{field}.toolCalls[{i}].name' is required: 1 to 64 letters, digits, '_' or '-'"
+                ),
+            ));
+        }
+    }
+    if message.role == "tool" {
+        if message.tool_call_id.is_empty() || message.tool_call_id.len() > 256 {
+            return Err(invalid(
+                format!("{field}.toolCallId"),
+                format!(
+                    "The field '{field}.toolCallId' is required on a tool message: the id of the tool call it answers"
+                ),
+            ));
+        }
+        // A tool may return nothing.
+        return Ok(());
+    }
+    if !message.tool_call_id.is_empty() {
+        return Err(invalid(
+            format!("{field}.toolCallId"),
+            format!("The field '{field}.toolCallId' belongs to tool messages only"),
+        ));
+    }
+    if message.content.trim().is_empty() && message.tool_calls.is_empty() {
         return Err(ApiError::invalid_field(
             format!("{field}.content"),
             "Empty message",
@@ -72,9 +122,6 @@ pub(crate) fn validate_message(
 pub(crate) fn sampling(options: Option<&proto::GenerationOptions>) -> ApiResult<Sampling> {
     let Some(options) = options else {
         return Ok(Sampling::default());
-    };
-    let field = |name: &str, details: String| {
-        ApiError::invalid_field(name.to_owned(), format!("Invalid {name}"), details)
     };
     if options.stop.len() > 4 || options.stop.iter().any(|s| s.is_empty() || s.len() > 256) {
         return Err(field(
@@ -132,6 +179,8 @@ pub(crate) fn sampling(options: Option<&proto::GenerationOptions>) -> ApiResult<
         None => None,
         Some(format) => Some(response_format(format)?),
     };
+    let tools = tools(options)?;
+    let tool_choice = tool_choice(options, &tools)?;
     Ok(Sampling {
         stop: options.stop.clone(),
         top_p: options.top_p,
@@ -145,7 +194,119 @@ pub(crate) fn sampling(options: Option<&proto::GenerationOptions>) -> ApiResult<
             .collect(),
         user: (!options.user.is_empty()).then(|| options.user.clone()),
         response_format,
+        tools,
+        tool_choice,
+        parallel_tool_calls: options.parallel_tool_calls,
     })
+}
+
+fn field(name: &str, details: String) -> ApiError {
+    ApiError::invalid_field(name.to_owned(), format!("Invalid {name}"), details)
+}
+
+/// A function name: 1 to 64 letters, digits, '_' or '-' (what OpenAI and Anthropic accept).
+fn function_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+const MAX_TOOLS: usize = 128;
+
+fn tools(options: &proto::GenerationOptions) -> ApiResult<Vec<Tool>> {
+    if options.tools.len() > MAX_TOOLS {
+        return Err(field(
+            "tools",
+            format!("The field 'tools' takes at most {MAX_TOOLS} functions"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    options
+        .tools
+        .iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            if !function_name_ok(&tool.name) {
+                return Err(field(
+                    &format!("tools[{i}].name"),
+                    format!("The field 'tools[{i}].name' is required: 1 to 64 letters, digits, '_' or '-'"),
+                ));
+            }
+            if !seen.insert(tool.name.as_str()) {
+                return Err(field(
+                    &format!("tools[{i}].name"),
+                    format!("The field 'tools[{i}].name' repeats the function '{}'; each tool needs its own name", tool.name),
+                ));
+            }
+            let parameters = if tool.parameters.is_empty() {
+                None
+            } else {
+                Some(
+                    serde_json::from_str::<serde_json::Value>(&tool.parameters)
+                        .ok()
+                        .filter(serde_json::Value::is_object)
+                        .ok_or_else(|| {
+                            field(
+                                &format!("tools[{i}].parameters"),
+                                format!("The field 'tools[{i}].parameters' must be a JSON Schema object"),
+                            )
+                        })?,
+                )
+            };
+            Ok(Tool {
+                name: tool.name.clone(),
+                description: (!tool.description.is_empty()).then(|| tool.description.clone()),
+                parameters,
+                strict: tool.strict,
+            })
+        })
+        .collect()
+}
+
+fn tool_choice(
+    options: &proto::GenerationOptions,
+    tools: &[Tool],
+) -> ApiResult<Option<ToolChoice>> {
+    let Some(choice) = &options.tool_choice else {
+        return Ok(None);
+    };
+    let choice = match choice.mode.as_str() {
+        "auto" => ToolChoice::Auto,
+        "none" => ToolChoice::None,
+        "required" => ToolChoice::Required,
+        "function" => ToolChoice::Function {
+            function: choice.function.clone(),
+        },
+        other => {
+            return Err(field(
+                "toolChoice",
+                format!(
+                    "The field 'toolChoice' must be \"auto\", \"none\", \"required\" or a function to call, not '{}'",
+                    other.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
+    };
+    if let ToolChoice::Function { function } = &choice
+        && !tools.iter().any(|t| &t.name == function)
+    {
+        return Err(field(
+            "toolChoice",
+            format!(
+                "The field 'toolChoice' names the function '{}', which is not among 'tools'",
+                function.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
+    if tools.is_empty() && matches!(choice, ToolChoice::Required | ToolChoice::Function { .. }) {
+        return Err(field(
+            "toolChoice",
+            "The field 'toolChoice' requires a tool call, but 'tools' offers none".into(),
+        ));
+    }
+    Ok(Some(choice))
 }
 
 fn response_format(format: &proto::ResponseFormat) -> ApiResult<ResponseFormat> {

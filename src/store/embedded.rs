@@ -1415,6 +1415,9 @@ mod tests {
             content: content.into(),
             created_at: now,
             summary: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
             tokens: None,
         };
         let created = store

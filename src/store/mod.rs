@@ -234,6 +234,15 @@ pub struct StoredMessage {
     /// Set on a compaction summary (a `system` message the gateway wrote): what it stands for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<SummaryOf>,
+    /// An assistant message's tool calls, as the model made them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::providers::ToolCall>,
+    /// A `tool` message: the id of the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// The author's name, as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The content's tokens (cl100k_base), counted once when the message was stored, so a
     /// later turn's admission does not tokenize the whole history again. Messages stored
     /// without it are counted when read.
@@ -253,7 +262,39 @@ impl StoredMessage {
             content,
             created_at,
             summary: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
             tokens,
+        }
+    }
+
+    /// A message with an agent's parts (tool calls, the call a tool result answers, an author
+    /// name), its tokens counted once: content, calls and name together.
+    pub fn agent(
+        role: String,
+        content: String,
+        tool_calls: Vec<crate::providers::ToolCall>,
+        tool_call_id: Option<String>,
+        name: Option<String>,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        let tokens = crate::providers::reply_tokens(&content, &tool_calls)
+            .saturating_add(name.as_deref().map_or(0, crate::tokenizer::count_text))
+            .saturating_add(
+                tool_call_id
+                    .as_deref()
+                    .map_or(0, crate::tokenizer::count_text),
+            );
+        Self {
+            role,
+            content,
+            created_at,
+            summary: None,
+            tool_calls,
+            tool_call_id,
+            name,
+            tokens: Some(tokens),
         }
     }
 

@@ -305,8 +305,7 @@ impl InputMessage {
         Ok(proto::ChatMessage {
             role: self.role,
             content,
-            created_at: None,
-            summary: None,
+            ..Default::default()
         })
     }
 }

@@ -97,6 +97,7 @@ impl SamplingInput {
             logit_bias: self.logit_bias.unwrap_or_default().into_iter().collect(),
             user: self.user.unwrap_or_default(),
             response_format,
+            ..Default::default()
         };
         (options != proto::GenerationOptions::default()).then_some(options)
     }

@@ -52,8 +52,7 @@ impl From<MessageInput> for proto::ChatMessage {
         Self {
             role: message.role,
             content: message.content,
-            created_at: None,
-            summary: None,
+            ..Default::default()
         }
     }
 }

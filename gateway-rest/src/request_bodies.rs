@@ -79,11 +79,11 @@ pub fn translate(kind: RequestBody, bytes: &[u8]) -> Result<CoreRequest, Rejecti
     let id = || "id".to_owned();
     Ok(match kind {
         RequestBody::CreateSession => CoreRequest::CreateSession(
-            parse_json::<sessions::CreateSessionRequest>(bytes)?.into_proto(),
+            parse_json::<sessions::CreateSessionRequest>(bytes)?.into_proto()?,
         ),
         RequestBody::SendMessage => {
             let body = parse_json::<sessions::SendMessageRequest>(bytes)?;
-            CoreRequest::SendMessage(body.into_proto(id(), false).0)
+            CoreRequest::SendMessage(body.into_proto(id(), false)?.0)
         }
         RequestBody::CreateJob => {
             CoreRequest::CreateJob(parse_json::<cron::CreateJobRequest>(bytes)?.into_proto())

@@ -234,7 +234,7 @@ impl SessionService for Sessions {
         }
         // The first turn sends what of the given messages fits the window (whatever the
         // strategy: nothing is stored to summarise yet).
-        let prompt = if stored.last().is_some_and(|m| m.role == "user") {
+        let prompt = if turn::asks_model(&stored) {
             context::fit_initial(
                 &stored,
                 model.context_window,

@@ -45,12 +45,35 @@ pub(super) struct Turn {
     pub(super) new: Vec<StoredMessage>,
 }
 
-/// Whether the turn's new messages ask for an answer: they end with a user message, or with the
-/// results of the model's tool calls.
+/// Whether the turn's new messages may ask for an answer: they end with a user message, or with
+/// the result of one of the model's tool calls.
 fn awaits_answer(messages: &[StoredMessage]) -> bool {
     messages
         .last()
         .is_some_and(|m| m.role == "user" || m.role == "tool")
+}
+
+/// Whether the model is asked to answer `transcript`: it ends with a user message, or with tool
+/// results that answer every call of the last assistant message (results of parallel calls
+/// sent one per send are stored until the last one comes).
+pub(super) fn asks_model(transcript: &[StoredMessage]) -> bool {
+    match transcript.last() {
+        Some(last) if last.role == "user" => true,
+        Some(last) if last.role == "tool" => {
+            let Some(at) = transcript.iter().rposition(|m| m.role == "assistant") else {
+                return true;
+            };
+            let answered: std::collections::HashSet<&str> = transcript[at + 1..]
+                .iter()
+                .filter_map(|m| m.tool_call_id.as_deref())
+                .collect();
+            transcript[at]
+                .tool_calls
+                .iter()
+                .all(|call| answered.contains(call.id.as_str()))
+        }
+        _ => false,
+    }
 }
 
 /// What a send found before asking the model.
@@ -114,7 +137,7 @@ impl Turns {
         }
     }
 
-    /// Asks the model with `prompt` when `new` ends with a user message, appending its answer
+    /// Asks the model with `prompt` when it awaits an answer ([`asks_model`]), appending its answer
     /// to `new`; otherwise admits a plain request.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn answer(
@@ -130,7 +153,7 @@ impl Turns {
         // Everything answered here is stored: refused while Redis is short of memory, before
         // the model is asked.
         self.door.check_growth(principal)?;
-        if !awaits_answer(new) {
+        if !asks_model(prompt) {
             return Ok((None, self.door.admit(principal, Charge::default()).await?));
         }
         let (answer, admission) = self

@@ -21,6 +21,7 @@ pub(crate) mod openai;
 pub(crate) mod sampling;
 pub(crate) mod sessions;
 pub(crate) mod system;
+pub(crate) mod tools;
 pub(crate) mod usage;
 
 /// Every route with its OpenAPI operation, registered together so neither can drift.

@@ -18,6 +18,9 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::routes::sampling::{ResponseFormatInput, Stop, sampling};
+use crate::routes::tools::{
+    ToolCallChunk, ToolCallInput, ToolCallOutput, ToolChoiceInput, ToolInput,
+};
 use crate::{
     core_client::{CoreClient, required},
     error::ApiError,
@@ -77,8 +80,12 @@ pub(crate) struct OpenAiErrorObject {
 }
 
 /// The core names sampling fields as the sessions API spells them; OpenAI's spelling here.
-const OPENAI_NAMES: [(&str, &str); 9] = [
+const OPENAI_NAMES: [(&str, &str); 13] = [
     ("maxTokens", "max_tokens"),
+    ("toolCalls", "tool_calls"),
+    ("toolCallId", "tool_call_id"),
+    ("toolChoice", "tool_choice"),
+    ("parallelToolCalls", "parallel_tool_calls"),
     ("topP", "top_p"),
     ("presencePenalty", "presence_penalty"),
     ("frequencyPenalty", "frequency_penalty"),
@@ -96,6 +103,7 @@ fn openai_spelling(text: &str) -> String {
     let mut out = text.to_owned();
     for (camel, snake) in OPENAI_NAMES {
         out = out.replace(&format!("'{camel}"), &format!("'{snake}"));
+        out = out.replace(&format!(".{camel}"), &format!(".{snake}"));
         if out == camel || out.starts_with(&format!("{camel}.")) {
             out = out.replacen(camel, snake, 1);
         }
@@ -206,6 +214,15 @@ pub(crate) struct ChatCompletionRequest {
     /// `{"type": "text"}`, `{"type": "json_object"}` or
     /// `{"type": "json_schema", "json_schema": {"name", "schema", "strict"?, "description"?}}`.
     response_format: Option<ResponseFormatInput>,
+    /// Functions the model may call: `[{"type": "function", "function": {"name",
+    /// "description"?, "parameters"?, "strict"?}}]` (at most 128).
+    tools: Option<Vec<ToolInput>>,
+    /// `"auto"` (the default with tools), `"none"`, `"required"`, or
+    /// `{"type": "function", "function": {"name": "..."}}`.
+    #[schema(value_type = Option<Object>, example = "auto")]
+    tool_choice: Option<ToolChoiceInput>,
+    /// Whether the model may call several tools in one reply.
+    parallel_tool_calls: Option<bool>,
     /// Any other field: refused, named.
     #[serde(flatten)]
     #[schema(ignore)]
@@ -215,8 +232,8 @@ pub(crate) struct ChatCompletionRequest {
 /// What the gateway says of an OpenAI field it does not serve yet.
 fn unsupported_field(name: &str) -> ApiError {
     let why = match name {
-        "tools" | "tool_choice" | "parallel_tool_calls" | "functions" | "function_call" => {
-            "tool calling is not supported by this gateway yet"
+        "functions" | "function_call" => {
+            "OpenAI's deprecated function calling is not served; use 'tools' and 'tool_choice'"
         }
         "logprobs" | "top_logprobs" => "log probabilities are not returned by this gateway yet",
         "audio" | "modalities" => "only text replies are supported",
@@ -227,7 +244,7 @@ fn unsupported_field(name: &str) -> ApiError {
     invalid(
         name.to_owned(),
         format!(
-            "The field '{name}' is refused: {why}. Remove it; supported: model, messages, temperature, max_tokens, max_completion_tokens, stream, stream_options, n (1), stop, top_p, seed, presence_penalty, frequency_penalty, logit_bias, user, response_format"
+            "The field '{name}' is refused: {why}. Remove it; supported: model, messages, temperature, max_tokens, max_completion_tokens, stream, stream_options, n (1), stop, top_p, seed, presence_penalty, frequency_penalty, logit_bias, user, response_format, tools, tool_choice, parallel_tool_calls"
         ),
     )
 }
@@ -240,14 +257,21 @@ pub(crate) struct StreamOptions {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct InputMessage {
-    /// "system", "developer", "user" or "assistant".
+    /// "system", "developer", "user", "assistant" or "tool".
     #[serde(default)]
     #[schema(example = "user")]
     role: String,
-    /// Text, or an array of content parts of which only `{"type": "text", "text"}` is supported.
+    /// Text, or an array of content parts of which only `{"type": "text", "text"}` is supported;
+    /// null on an assistant message that only calls tools.
     #[schema(value_type = Object, example = "Hello")]
     content: Option<Content>,
-    /// Any other field (`name`, `tool_calls`, `tool_call_id`): refused, named.
+    /// An assistant message's tool calls, as the model returned them.
+    tool_calls: Option<Vec<ToolCallInput>>,
+    /// A "tool" message: the id of the tool call whose result `content` is.
+    tool_call_id: Option<String>,
+    /// The author's name (letters, digits, '_' and '-', at most 64).
+    name: Option<String>,
+    /// Any other field (`audio`, `refusal`, ...): refused, named.
     #[serde(flatten)]
     #[schema(ignore)]
     unsupported: BTreeMap<String, Value>,
@@ -277,7 +301,7 @@ impl InputMessage {
             return Err(invalid(
                 format!("messages[{index}].{name}"),
                 format!(
-                    "The field 'messages[{index}].{name}' is refused: a message carries only 'role' and 'content' through this gateway (tool calls and message names are not supported yet)"
+                    "The field 'messages[{index}].{name}' is refused: a message carries 'role', 'content', 'name', 'tool_calls' and 'tool_call_id' through this gateway"
                 ),
             ));
         }
@@ -293,7 +317,7 @@ impl InputMessage {
                             return Err(invalid(
                                 format!("messages[{index}].content[{p}]"),
                                 format!(
-                                    "The field 'messages[{index}].content[{p}]' must be a text part ({{\"type\": \"text\", \"text\": \"...\"}}); other content is not supported"
+                                    "The field 'messages[{index}].content[{p}]' must be a text part ({{\"type\": \"text\", \"text\": \"...\"}}); images, audio and files are not supported by this gateway"
                                 ),
                             ));
                         }
@@ -305,6 +329,12 @@ impl InputMessage {
         Ok(proto::ChatMessage {
             role: self.role,
             content,
+            tool_calls: crate::routes::tools::tool_calls(
+                self.tool_calls.unwrap_or_default(),
+                &format!("messages[{index}].tool_calls"),
+            )?,
+            tool_call_id: self.tool_call_id.unwrap_or_default(),
+            name: self.name.unwrap_or_default(),
             ..Default::default()
         })
     }
@@ -342,7 +372,7 @@ pub(crate) fn completion_request(
         .map(|(i, message)| message.into_proto(i))
         .collect::<Result<Vec<_>, _>>()?;
     let max_tokens = body.max_completion_tokens.or(body.max_tokens);
-    let options = sampling!(body).into_options(body.temperature, max_tokens);
+    let options = sampling!(body).into_options(body.temperature, max_tokens)?;
     let include_usage = body
         .stream_options
         .and_then(|o| o.include_usage)
@@ -397,7 +427,11 @@ pub(crate) struct Choice {
 pub(crate) struct OutputMessage {
     /// Always `assistant`.
     role: &'static str,
-    content: String,
+    /// Null when the model only called tools.
+    content: Option<String>,
+    /// The tools the model called (`finish_reason` is then "tool_calls").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallOutput>,
     /// Always null.
     #[schema(value_type = Option<String>)]
     refusal: Option<()>,
@@ -453,6 +487,8 @@ pub(crate) struct ChunkDelta<'a> {
     role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<ToolCallChunk>>,
 }
 
 /// `GET /v1/models`
@@ -552,7 +588,9 @@ pub(crate) async fn chat_completions(
             index: 0,
             message: OutputMessage {
                 role: "assistant",
-                content: message.content,
+                content: (!message.content.is_empty() || message.tool_calls.is_empty())
+                    .then_some(message.content),
+                tool_calls: message.tool_calls.into_iter().map(Into::into).collect(),
                 refusal: None,
             },
             logprobs: None,
@@ -650,6 +688,7 @@ async fn stream_completion(
         ChunkDelta {
             role: Some("assistant"),
             content: Some(""),
+            tool_calls: None,
         },
         None,
     );
@@ -659,13 +698,22 @@ async fn stream_completion(
             Some(Ok(proto::CompleteEvent {
                 event: Some(proto::complete_event::Event::Delta(delta)),
             })) => {
-                let event = head.chunk(
-                    ChunkDelta {
-                        role: None,
-                        content: Some(&delta.content),
-                    },
-                    None,
-                );
+                let event = match delta.tool_call {
+                    Some(call) => head.chunk(
+                        ChunkDelta {
+                            tool_calls: Some(vec![call.into()]),
+                            ..ChunkDelta::default()
+                        },
+                        None,
+                    ),
+                    None => head.chunk(
+                        ChunkDelta {
+                            content: Some(&delta.content),
+                            ..ChunkDelta::default()
+                        },
+                        None,
+                    ),
+                };
                 return Some((futures::stream::iter(vec![event]), Some((stream, head))));
             }
             Some(Ok(proto::CompleteEvent {

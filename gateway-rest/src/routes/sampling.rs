@@ -10,7 +10,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::error::ApiError;
 use crate::proto;
+use crate::routes::tools::{ToolChoiceInput, ToolInput};
 
 /// Sampling options beyond `temperature` and the completion bound, as a request declared them.
 #[derive(Debug, Default)]
@@ -23,6 +25,9 @@ pub(crate) struct SamplingInput {
     pub(crate) logit_bias: Option<BTreeMap<String, f32>>,
     pub(crate) user: Option<String>,
     pub(crate) response_format: Option<ResponseFormatInput>,
+    pub(crate) tools: Option<Vec<ToolInput>>,
+    pub(crate) tool_choice: Option<ToolChoiceInput>,
+    pub(crate) parallel_tool_calls: Option<bool>,
 }
 
 /// One stop sequence or several.
@@ -60,11 +65,18 @@ pub(crate) struct JsonSchemaInput {
 impl SamplingInput {
     /// The core's options with `temperature` and `max_tokens`; `None` when nothing is set. A
     /// `json_schema` format without its schema reaches the core, which names what is missing.
+    /// Tools of another kind than functions are refused here, named by the sessions API's
+    /// spelling (`/v1` renames them).
     pub(crate) fn into_options(
         self,
         temperature: Option<f32>,
         max_tokens: Option<u32>,
-    ) -> Option<proto::GenerationOptions> {
+    ) -> Result<Option<proto::GenerationOptions>, ApiError> {
+        let tools = crate::routes::tools::tools(self.tools.unwrap_or_default(), "tools")?;
+        let tool_choice = self
+            .tool_choice
+            .map(|choice| crate::routes::tools::tool_choice(choice, "toolChoice"))
+            .transpose()?;
         let response_format = self.response_format.map(|format| {
             let schema = format.json_schema;
             proto::ResponseFormat {
@@ -97,9 +109,11 @@ impl SamplingInput {
             logit_bias: self.logit_bias.unwrap_or_default().into_iter().collect(),
             user: self.user.unwrap_or_default(),
             response_format,
-            ..Default::default()
+            tools,
+            tool_choice,
+            parallel_tool_calls: self.parallel_tool_calls,
         };
-        (options != proto::GenerationOptions::default()).then_some(options)
+        Ok((options != proto::GenerationOptions::default()).then_some(options))
     }
 }
 
@@ -116,6 +130,9 @@ macro_rules! sampling {
             logit_bias: $request.logit_bias,
             user: $request.user,
             response_format: $request.response_format,
+            tools: $request.tools,
+            tool_choice: $request.tool_choice,
+            parallel_tool_calls: $request.parallel_tool_calls,
         }
     };
 }

@@ -19,6 +19,9 @@ use utoipa::{IntoParams, ToSchema};
 use std::collections::BTreeMap;
 
 use crate::routes::sampling::{ResponseFormatInput, Stop, sampling};
+use crate::routes::tools::{
+    ToolCallChunk, ToolCallInput, ToolCallOutput, ToolChoiceInput, ToolInput,
+};
 
 use crate::{
     core_client::{CoreClient, required},
@@ -37,23 +40,38 @@ pub(crate) const TAG: &str = "sessions";
 
 /// A chat message as the caller sends it.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct MessageInput {
-    /// "system", "user" or "assistant".
+    /// "system", "user", "assistant" or "tool".
     #[serde(default)]
     #[schema(example = "user")]
     role: String,
+    /// The text (may be empty on an assistant message that calls tools, or a tool's result).
     #[serde(default)]
     #[schema(example = "Hello")]
     content: String,
+    /// An assistant message's tool calls, as the model returned them.
+    tool_calls: Option<Vec<ToolCallInput>>,
+    /// A "tool" message: the id of the tool call whose result `content` is.
+    #[schema(example = "call_0194b6a0")]
+    tool_call_id: Option<String>,
+    /// The author's name (letters, digits, '_' and '-', at most 64), passed to the provider.
+    name: Option<String>,
 }
 
-impl From<MessageInput> for proto::ChatMessage {
-    fn from(message: MessageInput) -> Self {
-        Self {
-            role: message.role,
-            content: message.content,
+impl MessageInput {
+    fn into_proto(self, field: &str) -> Result<proto::ChatMessage, ApiError> {
+        Ok(proto::ChatMessage {
+            role: self.role,
+            content: self.content,
+            tool_calls: crate::routes::tools::tool_calls(
+                self.tool_calls.unwrap_or_default(),
+                &format!("{field}.toolCalls"),
+            )?,
+            tool_call_id: self.tool_call_id.unwrap_or_default(),
+            name: self.name.unwrap_or_default(),
             ..Default::default()
-        }
+        })
     }
 }
 
@@ -134,6 +152,15 @@ pub(crate) struct CreateSessionRequest {
     /// `{"type": "text"}`, `{"type": "json_object"}` or
     /// `{"type": "json_schema", "jsonSchema": {"name", "schema", "strict"?, "description"?}}`.
     response_format: Option<ResponseFormatInput>,
+    /// Functions the model may call: `[{"type": "function", "function": {"name",
+    /// "description"?, "parameters"?, "strict"?}}]` (at most 128).
+    tools: Option<Vec<ToolInput>>,
+    /// `"auto"` (the default with tools), `"none"`, `"required"`, or
+    /// `{"type": "function", "function": {"name": "..."}}`.
+    #[schema(value_type = Option<Object>, example = "auto")]
+    tool_choice: Option<ToolChoiceInput>,
+    /// Whether the model may call several tools in one reply.
+    parallel_tool_calls: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -171,20 +198,34 @@ pub(crate) struct SendMessageRequest {
     /// `{"type": "text"}`, `{"type": "json_object"}` or
     /// `{"type": "json_schema", "jsonSchema": {"name", "schema", "strict"?, "description"?}}`.
     response_format: Option<ResponseFormatInput>,
+    /// Functions the model may call: `[{"type": "function", "function": {"name",
+    /// "description"?, "parameters"?, "strict"?}}]` (at most 128).
+    tools: Option<Vec<ToolInput>>,
+    /// `"auto"` (the default with tools), `"none"`, `"required"`, or
+    /// `{"type": "function", "function": {"name": "..."}}`.
+    #[schema(value_type = Option<Object>, example = "auto")]
+    tool_choice: Option<ToolChoiceInput>,
+    /// Whether the model may call several tools in one reply.
+    parallel_tool_calls: Option<bool>,
 }
 
 impl CreateSessionRequest {
-    pub(crate) fn into_proto(self) -> proto::CreateSessionRequest {
-        proto::CreateSessionRequest {
+    pub(crate) fn into_proto(self) -> Result<proto::CreateSessionRequest, ApiError> {
+        Ok(proto::CreateSessionRequest {
             model: self.model.unwrap_or_default(),
-            messages: self.messages.into_iter().map(Into::into).collect(),
+            messages: self
+                .messages
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| m.into_proto(&format!("messages[{i}]")))
+                .collect::<Result<_, _>>()?,
             context: self.context.map(|context| proto::SessionContext {
                 session_id: context.session_id.unwrap_or_default(),
                 strategy: context.strategy.unwrap_or_default(),
             }),
-            options: sampling!(self).into_options(self.temperature, self.max_tokens),
+            options: sampling!(self).into_options(self.temperature, self.max_tokens)?,
             expires_at: self.expires_at,
-        }
+        })
     }
 }
 
@@ -195,13 +236,13 @@ impl SendMessageRequest {
         self,
         session_id: String,
         accepts_event_stream: bool,
-    ) -> (proto::SendMessageRequest, bool) {
+    ) -> Result<(proto::SendMessageRequest, bool), ApiError> {
         let request = proto::SendMessageRequest {
             session_id,
-            options: sampling!(self).into_options(self.temperature, self.max_tokens),
-            message: self.message.map(Into::into),
+            options: sampling!(self).into_options(self.temperature, self.max_tokens)?,
+            message: self.message.map(|m| m.into_proto("message")).transpose()?,
         };
-        (request, self.stream.unwrap_or(accepts_event_stream))
+        Ok((request, self.stream.unwrap_or(accepts_event_stream)))
     }
 }
 
@@ -220,11 +261,16 @@ pub(crate) struct PageQuery {
 
 /// A message as the gateway returns it.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct Message {
     #[schema(example = "assistant")]
     role: String,
     #[schema(example = "Response here")]
     content: String,
+    /// The tools the model called (the reply's `finishReason` is then "tool_calls"): run them
+    /// and send each result as a "tool" message with its `toolCallId`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallOutput>,
 }
 
 /// A stored message of a session's history.
@@ -242,6 +288,17 @@ pub(crate) struct StoredMessage {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     summary: Option<SummaryRange>,
+    /// An assistant message's tool calls.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallOutput>,
+    /// A "tool" message: the call it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    tool_call_id: Option<String>,
+    /// The author's name, as sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    name: Option<String>,
 }
 
 /// Tokens one model call used.
@@ -359,6 +416,7 @@ impl From<proto::ChatMessage> for Message {
         Self {
             role: message.role,
             content: message.content,
+            tool_calls: message.tool_calls.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -373,6 +431,9 @@ impl From<proto::ChatMessage> for StoredMessage {
                 from: s.from,
                 to: s.to,
             }),
+            tool_calls: message.tool_calls.into_iter().map(Into::into).collect(),
+            tool_call_id: non_empty(message.tool_call_id),
+            name: non_empty(message.name),
         }
     }
 }
@@ -441,7 +502,7 @@ pub(crate) async fn create_session(
     caller: Caller,
     JsonBody(body): JsonBody<CreateSessionRequest>,
 ) -> ApiResult<CreatedSession> {
-    let request = body.into_proto();
+    let request = body.into_proto()?;
     let reply = core
         .call(&caller, request, |channel, request| async move {
             SessionServiceClient::new(channel)
@@ -511,7 +572,7 @@ pub(crate) async fn send_message(
     PathId(session_id): PathId,
     JsonBody(body): JsonBody<SendMessageRequest>,
 ) -> Result<Response, ApiError> {
-    let (request, stream) = body.into_proto(session_id, accepts_event_stream(&headers));
+    let (request, stream) = body.into_proto(session_id, accepts_event_stream(&headers))?;
     if stream {
         return stream_message(core, caller, request).await;
     }
@@ -556,10 +617,16 @@ pub(crate) fn accepts_event_stream(headers: &HeaderMap) -> bool {
 
 /// A piece of a streamed reply (the `data` of a `delta` event).
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct StreamEvent {
-    /// The next piece of the reply's text.
+    /// The next piece of the reply's text (empty when the event is a tool call's).
     #[schema(example = "Hel")]
     content: String,
+    /// A piece of a tool call: the first of each call has its `id`, `type` and
+    /// `function.name`, the rest add to `function.arguments`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    tool_call: Option<ToolCallChunk>,
 }
 
 /// The reply as server-sent events. Errors before the first event (auth,
@@ -587,6 +654,7 @@ async fn stream_message(
                         "delta",
                         &StreamEvent {
                             content: delta.content,
+                            tool_call: delta.tool_call.map(Into::into),
                         },
                     )),
                     Some(stream),

@@ -660,6 +660,66 @@ mod tests {
     }
 
     #[test]
+    fn tools_calls_and_results_become_anthropic_blocks() {
+        let mut request = request(&[("user", "Weather in Paris?")]);
+        request.messages.push(Message {
+            role: "assistant".into(),
+            content: String::new(),
+            tool_calls: vec![ToolCall {
+                id: "toolu_1".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Paris"}"#.into(),
+            }],
+            tool_call_id: None,
+            name: None,
+        });
+        request.messages.push(Message {
+            role: "tool".into(),
+            content: "18 C".into(),
+            tool_calls: Vec::new(),
+            tool_call_id: Some("toolu_1".into()),
+            name: None,
+        });
+        request.sampling.tools = vec![super::super::Tool {
+            name: "get_weather".into(),
+            description: Some("The weather".into()),
+            parameters: Some(serde_json::json!({"type": "object"})),
+            strict: None,
+        }];
+        request.sampling.tool_choice = Some(ToolChoice::Required);
+        request.sampling.parallel_tool_calls = Some(false);
+        let body = serde_json::to_value(wire_request(&request, false)).unwrap();
+        assert_eq!(
+            body["tools"],
+            serde_json::json!([{"name": "get_weather", "description": "The weather", "input_schema": {"type": "object"}}])
+        );
+        assert_eq!(
+            body["tool_choice"],
+            serde_json::json!({"type": "any", "disable_parallel_tool_use": true})
+        );
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 3);
+        assert_eq!(
+            messages[1]["content"],
+            serde_json::json!([{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}])
+        );
+        assert_eq!(messages[2]["role"], "user");
+        assert_eq!(
+            messages[2]["content"],
+            serde_json::json!([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C"}])
+        );
+    }
+
+    #[test]
+    fn without_tools_no_tool_choice_is_sent() {
+        let mut request = request(&[("user", "Hi")]);
+        request.sampling.tool_choice = Some(ToolChoice::Auto);
+        let body = serde_json::to_value(wire_request(&request, false)).unwrap();
+        assert!(body.get("tools").is_none());
+        assert!(body.get("tool_choice").is_none());
+    }
+
+    #[test]
     fn a_conversation_opening_with_the_assistant_gets_a_user_turn_first() {
         let body =
             serde_json::to_value(wire_request(&request(&[("assistant", "Hi!")]), true)).unwrap();

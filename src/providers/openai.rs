@@ -623,3 +623,63 @@ impl ChatProvider for OpenAiCompatible {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_that_only_calls_tools_has_null_content_and_its_calls() {
+        let message = Message {
+            role: "assistant".into(),
+            content: String::new(),
+            tool_calls: vec![ToolCall {
+                id: "call_1".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Paris"}"#.into(),
+            }],
+            tool_call_id: None,
+            name: None,
+        };
+        assert_eq!(
+            serde_json::to_value(WireMessage::from(&message)).unwrap(),
+            serde_json::json!({
+                "role": "assistant",
+                "content": null,
+                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}],
+            })
+        );
+        let result = Message {
+            role: "tool".into(),
+            content: "18 C".into(),
+            tool_calls: Vec::new(),
+            tool_call_id: Some("call_1".into()),
+            name: Some("weather-bot".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(WireMessage::from(&result)).unwrap(),
+            serde_json::json!({"role": "tool", "content": "18 C", "tool_call_id": "call_1", "name": "weather-bot"})
+        );
+    }
+
+    #[test]
+    fn tools_and_the_tool_choice_take_openai_shapes() {
+        let tool = Tool {
+            name: "f".into(),
+            description: None,
+            parameters: Some(serde_json::json!({"type": "object"})),
+            strict: Some(true),
+        };
+        assert_eq!(
+            wire_tool(&tool),
+            serde_json::json!({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": true}})
+        );
+        assert_eq!(wire_tool_choice(&ToolChoice::Required), "required");
+        assert_eq!(
+            wire_tool_choice(&ToolChoice::Function {
+                function: "f".into()
+            }),
+            serde_json::json!({"type": "function", "function": {"name": "f"}})
+        );
+    }
+}

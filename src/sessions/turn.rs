@@ -559,3 +559,61 @@ pub(super) fn to_stored(messages: &[ChatMessage]) -> Vec<StoredMessage> {
         .map(|m| crate::convert::stored(m, m.role.clone(), now))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::ToolCall;
+
+    fn message(role: &str) -> StoredMessage {
+        StoredMessage::counted(role.into(), "text".into(), Utc::now())
+    }
+
+    fn calls(ids: &[&str]) -> StoredMessage {
+        let calls = ids
+            .iter()
+            .map(|id| ToolCall {
+                id: (*id).into(),
+                name: "f".into(),
+                arguments: "{}".into(),
+            })
+            .collect();
+        StoredMessage::agent(
+            "assistant".into(),
+            String::new(),
+            calls,
+            None,
+            None,
+            Utc::now(),
+        )
+    }
+
+    fn result(id: &str) -> StoredMessage {
+        StoredMessage::agent(
+            "tool".into(),
+            "r".into(),
+            Vec::new(),
+            Some(id.into()),
+            None,
+            Utc::now(),
+        )
+    }
+
+    #[test]
+    fn the_model_is_asked_once_every_call_has_its_result() {
+        assert!(asks_model(&[message("user")]));
+        assert!(!asks_model(&[message("user"), message("assistant")]));
+        assert!(!asks_model(&[]));
+        let pending = [message("user"), calls(&["a", "b"]), result("a")];
+        assert!(!asks_model(&pending));
+        let answered = [
+            message("user"),
+            calls(&["a", "b"]),
+            result("a"),
+            result("b"),
+        ];
+        assert!(asks_model(&answered));
+        // A result of a call the window no longer holds: the model is asked.
+        assert!(asks_model(&[result("z")]));
+    }
+}

@@ -240,7 +240,8 @@ impl SessionService for Sessions {
                 model.context_window,
                 session
                     .max_tokens
-                    .unwrap_or(self.turns.default_max_tokens()),
+                    .unwrap_or(self.turns.default_max_tokens())
+                    .saturating_add(sampling.tool_tokens()),
             )?
         } else {
             Vec::new()

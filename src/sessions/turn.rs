@@ -344,8 +344,19 @@ impl Turns {
             let model = self.models().resolve_model(&session.model)?.clone();
             let (temperature, max_tokens, sampling) = merge_options(session, options.as_ref())?;
             let prompt = if awaits_answer(new) {
+                // The tool definitions take room in the window beside the completion's.
+                let reserve = max_tokens
+                    .unwrap_or(self.default_max_tokens())
+                    .saturating_add(sampling.tool_tokens());
                 self.prompt(
-                    principal, &model, lock, session, history, new, max_tokens, field,
+                    principal,
+                    &model,
+                    lock,
+                    session,
+                    history,
+                    new,
+                    Some(reserve),
+                    field,
                 )
                 .await?
             } else {

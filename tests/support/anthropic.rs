@@ -1,9 +1,11 @@
 //! A fake of Anthropic's Messages API (`POST /v1/messages`, whole and streamed in its event
 //! format), beside a minimal OpenAI-compatible endpoint (`POST /openai/chat/completions`),
-//! both recording every request's path and query, headers and body. Each test file that uses
-//! it uses a part of it.
+//! both recording every request's path and query, headers and body. A test may script the next
+//! Messages answers to call a tool ([`FakeAnthropic::answer_with_tool_use`]); after those it
+//! echoes the last user turn again. Each test file that uses it uses a part of it.
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -28,7 +30,20 @@ struct FakeState {
     received: Mutex<Vec<Received>>,
     /// Answer the next requests with this status and an Anthropic error body.
     failing: Mutex<Option<(u16, String)>>,
+    /// The next answers, one a request, before the echo applies again.
+    scripted: Mutex<VecDeque<ToolUse>>,
 }
+
+/// A scripted answer: [`TOOL_USE_TEXT`], then a call of the tool `name` with `input`.
+#[derive(Clone, Debug)]
+struct ToolUse {
+    id: String,
+    name: String,
+    input: Value,
+}
+
+/// The text a scripted tool-use answer says before its call.
+pub const TOOL_USE_TEXT: &str = "Let me check.";
 
 /// The usage every Messages answer reports: 11 fresh input tokens, 7 read from the cache,
 /// 3 written to it, 5 output tokens.
@@ -78,6 +93,17 @@ impl FakeAnthropic {
     pub fn fail(&self, status: u16, kind: &str) {
         *self.state.failing.lock().unwrap() = Some((status, kind.to_owned()));
     }
+
+    /// The next `/v1/messages` request not yet scripted is answered with [`TOOL_USE_TEXT`] and a
+    /// `tool_use` block calling `name` with `input` (`stop_reason` "tool_use"), whole or
+    /// streamed as the request asks; the input streams as `input_json_delta` fragments.
+    pub fn answer_with_tool_use(&self, id: &str, name: &str, input: Value) {
+        self.state.scripted.lock().unwrap().push_back(ToolUse {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            input,
+        });
+    }
 }
 
 fn record(state: &FakeState, uri: &Uri, headers: &HeaderMap, body: &Value) {
@@ -97,10 +123,69 @@ fn echo(body: &Value) -> String {
         .unwrap_or(Value::Null);
     let text: Vec<&str> = match &last["content"] {
         Value::String(text) => vec![text.as_str()],
-        Value::Array(blocks) => blocks.iter().filter_map(|b| b["text"].as_str()).collect(),
+        Value::Array(blocks) => blocks.iter().flat_map(block_text).collect(),
         _ => Vec::new(),
     };
     format!("Claude heard: {}", text.join(" / "))
+}
+
+/// A block's text: a text block's, or a tool result's content (a string or text blocks).
+fn block_text(block: &Value) -> Vec<&str> {
+    match block["type"].as_str() {
+        Some("tool_result") => match &block["content"] {
+            Value::String(text) => vec![text.as_str()],
+            Value::Array(blocks) => blocks.iter().filter_map(|b| b["text"].as_str()).collect(),
+            _ => Vec::new(),
+        },
+        _ => block["text"].as_str().into_iter().collect(),
+    }
+}
+
+/// `text` in pieces of at most `pieces` parts, none empty (split at character boundaries).
+fn fragments(text: &str, pieces: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let size = chars.len().div_ceil(pieces).max(1);
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+/// The stream events of one content block at `index`: its start, its deltas, its stop.
+fn block_events(index: usize, block: &Value) -> Vec<(&'static str, Value)> {
+    let mut events = Vec::new();
+    if block["type"] == "tool_use" {
+        events.push((
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}}),
+        ));
+        // As Anthropic does, an empty fragment first, then the input's JSON text in pieces.
+        let mut pieces = vec![String::new()];
+        pieces.extend(fragments(&block["input"].to_string(), 3));
+        for piece in pieces {
+            events.push((
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            ));
+        }
+    } else {
+        let text = block["text"].as_str().unwrap_or_default();
+        events.push((
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}),
+        ));
+        if index == 0 {
+            events.push(("ping", json!({"type": "ping"})));
+        }
+        for word in text.split_inclusive(' ') {
+            events.push((
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": word}}),
+            ));
+        }
+    }
+    events.push((
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": index}),
+    ));
+    events
 }
 
 async fn messages(
@@ -117,33 +202,28 @@ async fn messages(
         )
             .into_response();
     }
-    let text = echo(&body);
+    let scripted = state.scripted.lock().unwrap().pop_front();
+    let (content, stop_reason) = match scripted {
+        Some(call) => (
+            vec![
+                json!({"type": "text", "text": TOOL_USE_TEXT}),
+                json!({"type": "tool_use", "id": call.id, "name": call.name, "input": call.input}),
+            ],
+            "tool_use",
+        ),
+        None => (vec![json!({"type": "text", "text": echo(&body)})], "end_turn"),
+    };
     if body["stream"] == true {
-        let words: Vec<String> = text.split_inclusive(' ').map(str::to_owned).collect();
-        let mut events = vec![
-            (
-                "message_start",
-                json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": body["model"], "stop_reason": null, "usage": {"input_tokens": INPUT, "cache_read_input_tokens": CACHE_READ, "cache_creation_input_tokens": CACHE_WRITE, "output_tokens": 1}}}),
-            ),
-            (
-                "content_block_start",
-                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-            ),
-            ("ping", json!({"type": "ping"})),
-        ];
-        for word in words {
-            events.push((
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}}),
-            ));
+        let mut events = vec![(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": body["model"], "stop_reason": null, "usage": {"input_tokens": INPUT, "cache_read_input_tokens": CACHE_READ, "cache_creation_input_tokens": CACHE_WRITE, "output_tokens": 1}}}),
+        )];
+        for (index, block) in content.iter().enumerate() {
+            events.extend(block_events(index, block));
         }
         events.push((
-            "content_block_stop",
-            json!({"type": "content_block_stop", "index": 0}),
-        ));
-        events.push((
             "message_delta",
-            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": OUTPUT}}),
+            json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": OUTPUT}}),
         ));
         events.push(("message_stop", json!({"type": "message_stop"})));
         let stream: String = events
@@ -157,8 +237,8 @@ async fn messages(
         "type": "message",
         "role": "assistant",
         "model": body["model"],
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "end_turn",
+        "content": content,
+        "stop_reason": stop_reason,
         "stop_sequence": null,
         "usage": {"input_tokens": INPUT, "cache_read_input_tokens": CACHE_READ, "cache_creation_input_tokens": CACHE_WRITE, "output_tokens": OUTPUT}
     }))

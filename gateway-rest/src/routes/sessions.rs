@@ -57,10 +57,40 @@ pub(crate) struct MessageInput {
     tool_call_id: Option<String>,
     /// The author's name (letters, digits, '_' and '-', at most 64), passed to the provider.
     name: Option<String>,
+    /// Any other field: refused, named.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    unknown: BTreeMap<String, serde_json::Value>,
 }
+
+/// Refuses a field a request body does not have, naming it and the ones it has: nothing a
+/// client sends is silently dropped.
+fn refuse_unknown(
+    unknown: &BTreeMap<String, serde_json::Value>,
+    at: &str,
+    fields: &str,
+) -> Result<(), ApiError> {
+    let Some(name) = unknown.keys().next() else {
+        return Ok(());
+    };
+    let field = if at.is_empty() {
+        name.clone()
+    } else {
+        format!("{at}.{name}")
+    };
+    Err(ApiError::invalid_field(
+        field.clone(),
+        "Unknown field",
+        format!("The field '{field}' is not one this request takes; remove it (fields: {fields})"),
+    ))
+}
+
+const MESSAGE_FIELDS: &str = "role, content, toolCalls, toolCallId, name";
+const OPTION_FIELDS: &str = "temperature, maxTokens, stop, topP, seed, presencePenalty, frequencyPenalty, logitBias, user, responseFormat, tools, toolChoice, parallelToolCalls";
 
 impl MessageInput {
     fn into_proto(self, field: &str) -> Result<proto::ChatMessage, ApiError> {
+        refuse_unknown(&self.unknown, field, MESSAGE_FIELDS)?;
         Ok(proto::ChatMessage {
             role: self.role,
             content: self.content,
@@ -89,6 +119,10 @@ pub(crate) struct ContextInput {
     /// place. Chosen when the session is created (docs/context-windows.md).
     #[schema(example = "window")]
     strategy: Option<String>,
+    /// Any other field: refused, named.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    unknown: BTreeMap<String, serde_json::Value>,
 }
 
 /// How a session's history is fitted into its model's context window.
@@ -161,6 +195,10 @@ pub(crate) struct CreateSessionRequest {
     tool_choice: Option<ToolChoiceInput>,
     /// Whether the model may call several tools in one reply.
     parallel_tool_calls: Option<bool>,
+    /// Any other field: refused, named.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    unknown: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -207,10 +245,19 @@ pub(crate) struct SendMessageRequest {
     tool_choice: Option<ToolChoiceInput>,
     /// Whether the model may call several tools in one reply.
     parallel_tool_calls: Option<bool>,
+    /// Any other field: refused, named.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    unknown: BTreeMap<String, serde_json::Value>,
 }
 
 impl CreateSessionRequest {
     pub(crate) fn into_proto(self) -> Result<proto::CreateSessionRequest, ApiError> {
+        refuse_unknown(
+            &self.unknown,
+            "",
+            &format!("model, messages, context, expiresAt, {OPTION_FIELDS}"),
+        )?;
         Ok(proto::CreateSessionRequest {
             model: self.model.unwrap_or_default(),
             messages: self
@@ -219,10 +266,16 @@ impl CreateSessionRequest {
                 .enumerate()
                 .map(|(i, m)| m.into_proto(&format!("messages[{i}]")))
                 .collect::<Result<_, _>>()?,
-            context: self.context.map(|context| proto::SessionContext {
-                session_id: context.session_id.unwrap_or_default(),
-                strategy: context.strategy.unwrap_or_default(),
-            }),
+            context: self
+                .context
+                .map(|context| {
+                    refuse_unknown(&context.unknown, "context", "sessionId, strategy")?;
+                    Ok::<_, ApiError>(proto::SessionContext {
+                        session_id: context.session_id.unwrap_or_default(),
+                        strategy: context.strategy.unwrap_or_default(),
+                    })
+                })
+                .transpose()?,
             options: sampling!(self).into_options(self.temperature, self.max_tokens)?,
             expires_at: self.expires_at,
         })
@@ -237,6 +290,11 @@ impl SendMessageRequest {
         session_id: String,
         accepts_event_stream: bool,
     ) -> Result<(proto::SendMessageRequest, bool), ApiError> {
+        refuse_unknown(
+            &self.unknown,
+            "",
+            &format!("message, stream, {OPTION_FIELDS}"),
+        )?;
         let request = proto::SendMessageRequest {
             session_id,
             options: sampling!(self).into_options(self.temperature, self.max_tokens)?,

@@ -344,6 +344,19 @@ impl SessionService for Sessions {
             PreparedSend::Replay(done) => return Ok(replay_stream(done)),
             PreparedSend::Turn(turn) => turn,
         };
+        if !turn.asks_model() {
+            // A tool result while other calls of the model's await theirs: stored, nothing
+            // streamed but the end.
+            let mut turn = turn;
+            let (reply, _) = self
+                .turns
+                .run(&principal, &mut turn, body.options, key.as_ref(), "message")
+                .await?;
+            return Ok(replay_stream(proto::SendMessageResponse {
+                session_id: body.session_id,
+                reply,
+            }));
+        }
         // Counted against the key's cap from before the model is asked until the caller
         // leaves or the stream ends.
         let lease = match self.door.open_stream(&principal, CapKind::Streams).await {

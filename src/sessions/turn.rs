@@ -57,22 +57,49 @@ fn awaits_answer(messages: &[StoredMessage]) -> bool {
 /// results that answer every call of the last assistant message (results of parallel calls
 /// sent one per send are stored until the last one comes).
 pub(super) fn asks_model(transcript: &[StoredMessage]) -> bool {
-    match transcript.last() {
+    asks_model_after(std::iter::empty(), transcript)
+}
+
+/// [`asks_model`] of `earlier` followed by `new`, without joining them.
+fn asks_model_after<'a>(
+    earlier: impl DoubleEndedIterator<Item = &'a StoredMessage>,
+    new: &'a [StoredMessage],
+) -> bool {
+    match new.last() {
         Some(last) if last.role == "user" => true,
         Some(last) if last.role == "tool" => {
-            let Some(at) = transcript.iter().rposition(|m| m.role == "assistant") else {
-                return true;
-            };
-            let answered: std::collections::HashSet<&str> = transcript[at + 1..]
-                .iter()
-                .filter_map(|m| m.tool_call_id.as_deref())
-                .collect();
-            transcript[at]
-                .tool_calls
-                .iter()
-                .all(|call| answered.contains(call.id.as_str()))
+            let newest_first = new.iter().rev().chain(earlier.rev());
+            let mut answered = std::collections::HashSet::new();
+            for message in newest_first {
+                match message.role.as_str() {
+                    "assistant" => {
+                        return message
+                            .tool_calls
+                            .iter()
+                            .all(|call| answered.contains(call.id.as_str()));
+                    }
+                    "tool" => {
+                        answered.extend(message.tool_call_id.as_deref());
+                    }
+                    _ => {}
+                }
+            }
+            true
         }
         _ => false,
+    }
+}
+
+impl Turn {
+    /// Whether the turn's messages, after the history read, ask the model ([`asks_model`]).
+    pub(super) fn asks_model(&self) -> bool {
+        asks_model_after(
+            self.history
+                .head
+                .iter()
+                .chain(self.history.tail.iter().map(|(_, m)| m)),
+            &self.new,
+        )
     }
 }
 
@@ -409,6 +436,10 @@ impl Turns {
             self.door.check_growth(principal)?;
             let model = self.models().resolve_model(&turn.session.model)?.clone();
             let (temperature, max_tokens, sampling) = merge_options(&turn.session, options)?;
+            // The tool definitions take room in the window beside the completion's.
+            let reserve = max_tokens
+                .unwrap_or(self.default_max_tokens())
+                .saturating_add(sampling.tool_tokens());
             let prompt = self
                 .prompt(
                     principal,
@@ -417,7 +448,7 @@ impl Turns {
                     &turn.session,
                     &mut turn.history,
                     &turn.new,
-                    max_tokens,
+                    Some(reserve),
                     "message",
                 )
                 .await?;
@@ -476,7 +507,8 @@ impl Turns {
                 "The field 'message' is required: {\"message\": {\"role\": \"user\", \"content\": \"...\"}}",
             ));
         };
-        validate_message(message, "message", &["user"])?;
+        // The next user message, or the result of one of the model's tool calls.
+        validate_message(message, "message", &["user", "tool"])?;
         check_message_bytes(&self.quotas(principal), &message.content, "message")?;
         validate_options(&body.options)?;
         let new = to_stored(std::slice::from_ref(message));

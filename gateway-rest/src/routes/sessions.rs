@@ -427,11 +427,18 @@ pub(crate) struct CreatedSession {
 pub(crate) struct SentMessage {
     #[schema(example = "session-123")]
     session_id: String,
-    message: Message,
-    usage: Usage,
+    /// The model's reply. Absent when the send was a tool result while other tool calls of the
+    /// model's still await theirs: it is stored, and the last result's send is answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    message: Option<Message>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    usage: Option<Usage>,
     /// The model that answered.
-    #[schema(example = "zai/glm-4.7-flash")]
-    model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "zai/glm-4.7-flash")]
+    model: Option<String>,
     /// Why the model stopped ("stop", "length", ...), when the provider said.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false, example = "stop")]
@@ -649,12 +656,20 @@ pub(crate) async fn send_message(
 }
 
 fn sent_message(response: proto::SendMessageResponse) -> Result<SentMessage, ApiError> {
-    let answer = required(response.reply, "SendMessageResponse.reply")?;
+    let Some(answer) = response.reply else {
+        return Ok(SentMessage {
+            session_id: response.session_id,
+            message: None,
+            usage: None,
+            model: None,
+            finish_reason: None,
+        });
+    };
     Ok(SentMessage {
         session_id: response.session_id,
-        message: required(answer.message, "Reply.message")?.into(),
-        usage: answer.usage.unwrap_or_default().into(),
-        model: answer.model,
+        message: Some(required(answer.message, "Reply.message")?.into()),
+        usage: Some(answer.usage.unwrap_or_default().into()),
+        model: Some(answer.model),
         finish_reason: non_empty(answer.finish_reason),
     })
 }

@@ -250,7 +250,18 @@ pub(crate) async fn session(viewer: Viewer, Path(id): Path<String>) -> PageResul
             @for m in &messages.messages {
                 li class=(format!("msg {}", m.role)) {
                     span.role { (m.role) }
-                    div.content { (m.content) }
+                    @if !m.tool_call_id.is_empty() {
+                        span.call { " result of " code { (m.tool_call_id) } }
+                    }
+                    @if !m.content.is_empty() || m.tool_calls.is_empty() {
+                        div.content { (m.content) }
+                    }
+                    @for call in &m.tool_calls {
+                        div.content.call {
+                            "calls " code { (call.name) } " with " code { (call.arguments) }
+                            " (" code { (call.id) } ")"
+                        }
+                    }
                 }
             }
         }

@@ -3,7 +3,10 @@
 //! Claude model, whole and streamed; the request as Anthropic wants it (system prompt lifted
 //! out, alternating roles, `max_tokens`, `x-api-key`, `anthropic-version`); its usage read
 //! back; a fallback from an OpenAI-compatible model to the Claude one; and a provider's extra
-//! headers and query parameters (Azure OpenAI's `api-key` and `api-version`).
+//! headers and query parameters (Azure OpenAI's `api-key` and `api-version`); and tool calling
+//! through a Claude model (OpenAI's tools, tool choice and tool messages as Anthropic's `tools`,
+//! `tool_choice`, `tool_use` and `tool_result` blocks, and its tool use read back), whole and
+//! streamed, on `/v1`, through the sessions API and across a fallback.
 
 mod support;
 
@@ -16,7 +19,9 @@ use support::{
     spawn_edge, wait_until_ready,
 };
 
-use fake_anthropic::{CACHE_READ, CACHE_WRITE, FakeAnthropic, INPUT, OUTPUT};
+use fake_anthropic::{
+    CACHE_READ, CACHE_WRITE, FakeAnthropic, INPUT, OUTPUT, Received, TOOL_USE_TEXT,
+};
 
 const CLAUDE: &str = "claude/claude-sonnet-4-5";
 
@@ -382,5 +387,501 @@ async fn a_header_naming_an_unset_variable_stops_the_start_with_its_name() {
     assert!(
         stderr.contains("AZURE_OPENAI_KEY_UNSET") && stderr.contains("api-key"),
         "{stderr}"
+    );
+}
+
+// ---- tool calling -----------------------------------------------------------------------------
+
+const CALL_ID: &str = "toolu_01A09q90qw90lq917835lq9";
+
+/// The arguments' JSON Schema of the `get_weather` tool every tool test offers.
+fn weather_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "description": "The city"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}
+        },
+        "required": ["city"]
+    })
+}
+
+/// The input the fake's model calls `get_weather` with.
+fn weather_input() -> Value {
+    json!({"city": "Paris", "unit": "celsius"})
+}
+
+/// `get_weather` as OpenAI's `tools` spell it (both surfaces take that shape).
+fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": weather_schema()
+    }}])
+}
+
+/// `get_weather` as Anthropic's `tools` spell it.
+fn anthropic_weather_tools() -> Value {
+    json!([{
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "input_schema": weather_schema()
+    }])
+}
+
+/// The roles of a Messages request, which must alternate starting with the user.
+fn assert_alternates(request: &Received) {
+    let roles: Vec<&str> = request.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    for (i, role) in roles.iter().enumerate() {
+        let want = if i % 2 == 0 { "user" } else { "assistant" };
+        assert_eq!(*role, want, "roles must alternate: {roles:?}");
+    }
+}
+
+/// The second request of a tool loop: the question, the assistant's text and `tool_use` block,
+/// then a user turn holding the `tool_result` for the call.
+fn assert_tool_round_trip(second: &Received, question: &str, result: &str) {
+    assert_alternates(second);
+    assert_eq!(
+        second.body["messages"],
+        json!([
+            {"role": "user", "content": [{"type": "text", "text": question}]},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": TOOL_USE_TEXT},
+                {"type": "tool_use", "id": CALL_ID, "name": "get_weather", "input": weather_input()}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": CALL_ID, "content": result}
+            ]}
+        ]),
+        "{}",
+        second.body
+    );
+    // Anthropic refuses tool_use/tool_result blocks in a request that defines no tools.
+    assert_eq!(second.body["tools"], anthropic_weather_tools());
+}
+
+/// The data of every `data:` line of an OpenAI-style stream but `[DONE]`, as JSON.
+fn stream_chunks(body: &str) -> Vec<Value> {
+    body.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str::<Value>(data).expect("a chunk is JSON"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_claude_model_calls_a_tool_and_answers_with_its_result_on_v1() {
+    let fake = FakeAnthropic::start().await;
+    fake.answer_with_tool_use(CALL_ID, "get_weather", weather_input());
+    let gateway = Gateway::start(
+        claude_provider(&fake),
+        &[("ANTHROPIC_API_KEY", "sk-ant-test-secret")],
+    )
+    .await;
+    let question = json!({"role": "user", "content": "Weather in Paris?"});
+
+    let first = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": CLAUDE, "messages": [question],
+                    "tools": weather_tools(),
+                    "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+                    "parallel_tool_calls": false}),
+        )
+        .await;
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    let choice = &first["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{first}");
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["message"]["content"], TOOL_USE_TEXT, "{first}");
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{first}");
+    assert_eq!(calls[0]["id"], CALL_ID);
+    assert_eq!(calls[0]["type"], "function");
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    let arguments: Value =
+        serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, weather_input());
+
+    let sent = fake.received();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].body["tools"], anthropic_weather_tools());
+    assert_eq!(sent[0].body["tools"][0]["input_schema"], weather_schema());
+    assert_eq!(
+        sent[0].body["tool_choice"],
+        json!({"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true})
+    );
+    assert_eq!(
+        sent[0].body["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]}])
+    );
+
+    // The client runs the tool and sends the assistant message back with its result. (Its
+    // role, content and tool calls: the reply's `"refusal": null` is refused on the way back,
+    // see `an_assistant_message_sent_back_verbatim_is_taken`.)
+    let assistant = json!({
+        "role": choice["message"]["role"],
+        "content": choice["message"]["content"],
+        "tool_calls": choice["message"]["tool_calls"],
+    });
+    let second = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": CLAUDE, "tools": weather_tools(), "messages": [
+                question,
+                assistant,
+                {"role": "tool", "tool_call_id": CALL_ID, "content": "18 C and sunny"}
+            ]}),
+        )
+        .await;
+    let status = second.status();
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(
+        second["choices"][0]["message"]["content"], "Claude heard: 18 C and sunny",
+        "{second}"
+    );
+    assert_eq!(second["choices"][0]["finish_reason"], "stop");
+    assert!(second["choices"][0]["message"].get("tool_calls").is_none());
+
+    let sent = fake.received();
+    assert_eq!(sent.len(), 2);
+    assert_tool_round_trip(&sent[1], "Weather in Paris?", "18 C and sunny");
+    assert!(
+        sent[1].body.get("tool_choice").is_none(),
+        "none was asked for: {}",
+        sent[1].body
+    );
+}
+
+#[tokio::test]
+async fn a_claude_model_streams_its_tool_call_on_v1() {
+    let fake = FakeAnthropic::start().await;
+    fake.answer_with_tool_use(CALL_ID, "get_weather", weather_input());
+    let gateway = Gateway::start(
+        claude_provider(&fake),
+        &[("ANTHROPIC_API_KEY", "sk-ant-test-secret")],
+    )
+    .await;
+    let question = json!({"role": "user", "content": "Weather in Paris?"});
+
+    let first = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": CLAUDE, "stream": true, "messages": [question],
+                    "tools": weather_tools(),
+                    "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+                    "parallel_tool_calls": false}),
+        )
+        .await;
+    assert_eq!(first.status(), 200);
+    let body = first.text().await.unwrap();
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    let chunks = stream_chunks(&body);
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, TOOL_USE_TEXT, "{body}");
+    let pieces: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert!(
+        pieces.len() >= 3,
+        "the call's head, then its arguments in pieces: {body}"
+    );
+    // The first piece opens the call; the others add to its arguments only.
+    assert_eq!(pieces[0]["id"], CALL_ID, "{body}");
+    assert_eq!(pieces[0]["type"], "function", "{body}");
+    assert_eq!(pieces[0]["function"]["name"], "get_weather", "{body}");
+    let (mut id, mut name, mut arguments) = (String::new(), String::new(), String::new());
+    for piece in &pieces {
+        assert_eq!(piece["index"], 0, "one call: {body}");
+        if let Some(piece_id) = piece["id"].as_str() {
+            assert!(id.is_empty(), "the id comes once: {body}");
+            id.push_str(piece_id);
+        }
+        if let Some(piece_name) = piece["function"]["name"].as_str() {
+            name.push_str(piece_name);
+        }
+        arguments.push_str(piece["function"]["arguments"].as_str().unwrap_or_default());
+    }
+    assert!(
+        pieces[1..]
+            .iter()
+            .filter(|p| !p["function"]["arguments"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty())
+            .count()
+            >= 2,
+        "the arguments come in several pieces: {body}"
+    );
+    assert_eq!(id, CALL_ID);
+    assert_eq!(name, "get_weather");
+    let arguments: Value = serde_json::from_str(&arguments).unwrap();
+    assert_eq!(arguments, weather_input());
+    let finishes: Vec<&Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finishes, [&json!("tool_calls")], "{body}");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "tool_calls", "{body}");
+
+    let sent = fake.received();
+    assert_eq!(sent[0].body["stream"], true);
+    assert_eq!(sent[0].body["tools"], anthropic_weather_tools());
+    assert_eq!(
+        sent[0].body["tool_choice"],
+        json!({"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true})
+    );
+
+    // The assembled call goes back with its result, and the answer streams as text.
+    let assistant = json!({"role": "assistant", "content": text, "tool_calls": [
+        {"id": id, "type": "function", "function": {"name": name, "arguments": arguments.to_string()}}
+    ]});
+    let second = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": CLAUDE, "stream": true, "tools": weather_tools(), "messages": [
+                question,
+                assistant,
+                {"role": "tool", "tool_call_id": CALL_ID, "content": "18 C and sunny"}
+            ]}),
+        )
+        .await;
+    assert_eq!(second.status(), 200);
+    let body = second.text().await.unwrap();
+    let chunks = stream_chunks(&body);
+    let answer: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(answer, "Claude heard: 18 C and sunny", "{body}");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()),
+        "{body}"
+    );
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop",
+        "{body}"
+    );
+
+    let sent = fake.received();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].body["stream"], true);
+    assert_tool_round_trip(&sent[1], "Weather in Paris?", "18 C and sunny");
+}
+
+#[tokio::test]
+async fn a_session_with_a_claude_model_runs_a_tool_loop() {
+    let fake = FakeAnthropic::start().await;
+    fake.answer_with_tool_use(CALL_ID, "get_weather", weather_input());
+    let gateway = Gateway::start(
+        claude_provider(&fake),
+        &[("ANTHROPIC_API_KEY", "sk-ant-test-secret")],
+    )
+    .await;
+
+    let created = gateway
+        .post(
+            "/api/v1/sessions",
+            &json!({"model": CLAUDE,
+                    "messages": [{"role": "user", "content": "Weather in Paris?"}],
+                    "tools": weather_tools(),
+                    "toolChoice": "auto"}),
+        )
+        .await;
+    let created = expect_data(created, 201).await;
+    let id = created["sessionId"].as_str().unwrap().to_owned();
+    let message = &created["message"];
+    assert_eq!(message["role"], "assistant", "{created}");
+    assert_eq!(message["content"], TOOL_USE_TEXT, "{created}");
+    let calls = message["toolCalls"].as_array().expect("toolCalls");
+    assert_eq!(calls.len(), 1, "{created}");
+    assert_eq!(calls[0]["id"], CALL_ID);
+    assert_eq!(calls[0]["type"], "function");
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    let arguments: Value =
+        serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, weather_input());
+
+    let sent = fake.received();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].body["tools"], anthropic_weather_tools());
+    assert_eq!(sent[0].body["tool_choice"], json!({"type": "auto"}));
+
+    let reply = gateway
+        .post(
+            &format!("/api/v1/sessions/{id}/messages"),
+            &json!({"message": {"role": "tool", "content": "18 C and sunny", "toolCallId": CALL_ID}}),
+        )
+        .await;
+    let reply = expect_data(reply, 200).await;
+    assert_eq!(
+        reply["message"]["content"], "Claude heard: 18 C and sunny",
+        "{reply}"
+    );
+    assert_eq!(reply["finishReason"], "stop", "{reply}");
+    assert!(reply["message"].get("toolCalls").is_none(), "{reply}");
+
+    let sent = fake.received();
+    assert_eq!(sent.len(), 2);
+    // The session's tools and tool choice stay its defaults.
+    assert_eq!(sent[1].body["tool_choice"], json!({"type": "auto"}));
+    assert_tool_round_trip(&sent[1], "Weather in Paris?", "18 C and sunny");
+
+    let history = gateway
+        .http
+        .get(url(
+            &gateway.edge,
+            &format!("/api/v1/sessions/{id}/messages"),
+        ))
+        .bearer_auth(&gateway.key)
+        .send()
+        .await
+        .unwrap();
+    let history = expect_data(history, 200).await;
+    let messages = history["messages"].as_array().unwrap();
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        ["user", "assistant", "tool", "assistant"],
+        "{history}"
+    );
+    assert_eq!(messages[0]["content"], "Weather in Paris?");
+    assert_eq!(messages[1]["content"], TOOL_USE_TEXT);
+    assert_eq!(messages[1]["toolCalls"][0]["id"], CALL_ID, "{history}");
+    assert_eq!(messages[1]["toolCalls"][0]["type"], "function");
+    assert_eq!(
+        messages[1]["toolCalls"][0]["function"]["name"],
+        "get_weather"
+    );
+    let stored: Value = serde_json::from_str(
+        messages[1]["toolCalls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored, weather_input());
+    assert_eq!(messages[2]["toolCallId"], CALL_ID, "{history}");
+    assert_eq!(messages[2]["content"], "18 C and sunny");
+    assert_eq!(messages[3]["content"], "Claude heard: 18 C and sunny");
+    assert!(messages[3].get("toolCalls").is_none(), "{history}");
+}
+
+#[tokio::test]
+async fn a_fallback_to_a_claude_model_carries_the_tools() {
+    let fake = FakeAnthropic::start().await;
+    fake.answer_with_tool_use(CALL_ID, "get_weather", weather_input());
+    let upstream = FakeUpstream::start().await;
+    upstream.behave(support::Behaviour::Fail {
+        status: 500,
+        message: "the primary is down".into(),
+    });
+    let providers = format!(
+        r#"
+        [[providers]]
+        name = "primary"
+        baseUrl = "{}"
+        retry = {{ maxRetries = 0 }}
+        models = [{{ name = "gpt-like", fallbacks = ["{CLAUDE}"] }}]
+        {}
+        "#,
+        upstream.base_url(),
+        claude_provider(&fake)
+    );
+    let gateway = Gateway::start(providers, &[("ANTHROPIC_API_KEY", "sk-ant-test-secret")]).await;
+    let response = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "primary/gpt-like",
+                    "messages": [{"role": "user", "content": "Weather in Paris?"}],
+                    "tools": weather_tools(),
+                    "tool_choice": "required"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["model"], CLAUDE,
+        "the answering model is named: {body}"
+    );
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{body}");
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{body}");
+    assert_eq!(calls[0]["id"], CALL_ID);
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    let arguments: Value =
+        serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, weather_input());
+
+    // The primary was asked first, in OpenAI's shape; the fallback got Anthropic's.
+    let primary = upstream.received();
+    assert_eq!(primary.len(), 1, "the primary was asked first");
+    assert_eq!(primary[0]["tools"], weather_tools());
+    assert_eq!(primary[0]["tool_choice"], "required");
+    let sent = fake.received();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].uri, "/v1/messages");
+    assert_eq!(sent[0].body["model"], "claude-sonnet-4-5");
+    assert_eq!(sent[0].body["tools"], anthropic_weather_tools());
+    assert_eq!(sent[0].body["tool_choice"], json!({"type": "any"}));
+}
+
+/// The documented tool loop appends the assistant message as the reply gave it; the reply carries
+/// `"refusal": null`, which OpenAI's API takes on an assistant message (its SDKs send it back).
+#[tokio::test]
+async fn an_assistant_message_sent_back_verbatim_is_taken() {
+    let fake = FakeAnthropic::start().await;
+    fake.answer_with_tool_use(CALL_ID, "get_weather", weather_input());
+    let gateway = Gateway::start(
+        claude_provider(&fake),
+        &[("ANTHROPIC_API_KEY", "sk-ant-test-secret")],
+    )
+    .await;
+    let question = json!({"role": "user", "content": "Weather in Paris?"});
+    let first = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": CLAUDE, "messages": [question], "tools": weather_tools()}),
+        )
+        .await;
+    let first: Value = first.json().await.unwrap();
+    let assistant = first["choices"][0]["message"].clone();
+    let second = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": CLAUDE, "tools": weather_tools(), "messages": [
+                question,
+                assistant,
+                {"role": "tool", "tool_call_id": CALL_ID, "content": "18 C and sunny"}
+            ]}),
+        )
+        .await;
+    let status = second.status();
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(
+        second["choices"][0]["message"]["content"],
+        "Claude heard: 18 C and sunny"
     );
 }

@@ -164,10 +164,10 @@ async fn fields_the_gateway_does_not_serve_are_refused_by_name() {
     let user = json!([{"role": "user", "content": "hi"}]);
     for (field, value) in [
         (
-            "tools",
-            json!([{"type": "function", "function": {"name": "f"}}]),
+            "functions",
+            json!([{"name": "f", "parameters": {"type": "object"}}]),
         ),
-        ("tool_choice", json!("auto")),
+        ("function_call", json!("auto")),
         ("logprobs", json!(true)),
         ("top_logprobs", json!(2)),
         ("modalities", json!(["text", "audio"])),
@@ -188,13 +188,13 @@ async fn fields_the_gateway_does_not_serve_are_refused_by_name() {
                 "/v1/chat/completions",
                 &key,
                 &json!({"model": "zai/glm-4.7-flash",
-                        "messages": [{"role": "user", "content": "hi", "name": "alice"}]}),
+                        "messages": [{"role": "user", "content": "hi", "audio": {"id": "a"}}]}),
             )
             .await,
         400,
     )
     .await;
-    assert_eq!(error["param"], "messages[0].name", "{error}");
+    assert_eq!(error["param"], "messages[0].audio", "{error}");
 
     // Out of range: named in each surface's own spelling.
     let error = openai_error(

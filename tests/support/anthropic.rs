@@ -141,7 +141,7 @@ fn block_text(block: &Value) -> Vec<&str> {
     }
 }
 
-/// `text` in pieces of at most `pieces` parts, none empty (split at character boundaries).
+/// `text` in at most `pieces` parts, none empty (cut at character boundaries).
 fn fragments(text: &str, pieces: usize) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
     let size = chars.len().div_ceil(pieces).max(1);
@@ -211,7 +211,10 @@ async fn messages(
             ],
             "tool_use",
         ),
-        None => (vec![json!({"type": "text", "text": echo(&body)})], "end_turn"),
+        None => (
+            vec![json!({"type": "text", "text": echo(&body)})],
+            "end_turn",
+        ),
     };
     if body["stream"] == true {
         let mut events = vec![(

@@ -291,13 +291,22 @@ pub(crate) struct ContentPart {
     text: Option<String>,
 }
 
+/// The first field of `fields` that is set (not null): null is how a client says "not set".
+fn unset_aside(fields: &BTreeMap<String, Value>) -> Option<&String> {
+    fields
+        .iter()
+        .find(|(_, value)| !value.is_null())
+        .map(|(name, _)| name)
+}
+
 fn invalid(field: String, details: String) -> ApiError {
     ApiError::invalid_field(field, "Invalid request", details)
 }
 
 impl InputMessage {
     fn into_proto(self, index: usize) -> Result<proto::ChatMessage, ApiError> {
-        if let Some(name) = self.unsupported.keys().next() {
+        // A null field is an absent one: SDKs send back the reply's `refusal: null` as it came.
+        if let Some(name) = unset_aside(&self.unsupported) {
             return Err(invalid(
                 format!("messages[{index}].{name}"),
                 format!(
@@ -350,7 +359,7 @@ pub(crate) fn completion_request(
             "The field 'n' must be 1: the gateway returns one choice".into(),
         ));
     }
-    if let Some(name) = body.unsupported.keys().next() {
+    if let Some(name) = unset_aside(&body.unsupported) {
         return Err(unsupported_field(name));
     }
     let session_id = match headers.get(&SESSION_HEADER) {

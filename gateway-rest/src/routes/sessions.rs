@@ -70,7 +70,12 @@ fn refuse_unknown(
     at: &str,
     fields: &str,
 ) -> Result<(), ApiError> {
-    let Some(name) = unknown.keys().next() else {
+    // A null field is an absent one.
+    let Some(name) = unknown
+        .iter()
+        .find(|(_, value)| !value.is_null())
+        .map(|(name, _)| name)
+    else {
         return Ok(());
     };
     let field = if at.is_empty() {

@@ -174,6 +174,15 @@ pub enum Behaviour {
         completion_tokens: u32,
         cached_tokens: u32,
     },
+    /// Answers with these tool calls (id, function name, arguments as JSON text) and no text,
+    /// `finish_reason` "tool_calls". Streamed (a stream request): per call a first piece with
+    /// its index, id, type and name (empty arguments), then its arguments in two or more
+    /// fragments, then the finish chunk, the usage chunk when asked, `[DONE]`.
+    ToolCalls {
+        calls: Vec<(String, String, String)>,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+    },
 }
 
 #[derive(Default)]
@@ -323,6 +332,19 @@ async fn chat(
             )
             .await;
         }
+        if let Some(Behaviour::ToolCalls {
+            calls,
+            prompt_tokens,
+            completion_tokens,
+        }) = behaviour.clone()
+        {
+            return stream_tool_calls(
+                model.clone(),
+                &calls,
+                (prompt_tokens, completion_tokens),
+                include_usage,
+            );
+        }
         match behaviour.clone() {
             None => {
                 return sse(
@@ -374,7 +396,8 @@ async fn chat(
             Some(
                 Behaviour::Fail { .. }
                 | Behaviour::RateLimited { .. }
-                | Behaviour::ReplyCached { .. },
+                | Behaviour::ReplyCached { .. }
+                | Behaviour::ToolCalls { .. },
             ) => {}
         }
     }
@@ -430,7 +453,97 @@ async fn chat(
             answer["usage"]["prompt_tokens_details"] = json!({"cached_tokens": cached_tokens});
             (status, Json(answer)).into_response()
         }
+        Some(Behaviour::ToolCalls {
+            calls,
+            prompt_tokens,
+            completion_tokens,
+        }) => {
+            let (status, Json(mut answer)) = reply(String::new(), prompt_tokens, completion_tokens);
+            let tool_calls: Vec<Value> = calls
+                .iter()
+                .map(|(id, name, arguments)| {
+                    json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
+                })
+                .collect();
+            answer["choices"][0]["message"] =
+                json!({"role": "assistant", "content": null, "tool_calls": tool_calls});
+            answer["choices"][0]["finish_reason"] = json!("tool_calls");
+            (status, Json(answer)).into_response()
+        }
     }
+}
+
+/// `text` in `parts` fragments (at least two when it has two characters), cut at character
+/// boundaries.
+fn fragments(text: &str, parts: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let size = chars.len().div_ceil(parts.max(1)).max(1);
+    chars
+        .chunks(size)
+        .map(|piece| piece.iter().collect())
+        .collect()
+}
+
+/// A streamed answer that calls `calls` (id, name, arguments), as OpenAI streams one: a role
+/// chunk, then for each call a first piece (index, id, type, name, empty arguments) and its
+/// arguments in three fragments, a finish chunk ("tool_calls"), the usage chunk when asked,
+/// `[DONE]`.
+fn stream_tool_calls(
+    model: Value,
+    calls: &[(String, String, String)],
+    (prompt, completion): (u32, u32),
+    include_usage: bool,
+) -> axum::response::Response {
+    let chunk = |delta: Value, finish: Value| {
+        let event = json!({
+            "id": "chatcmpl-test",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        format!("data: {event}\n\n")
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": null}),
+        Value::Null,
+    )];
+    for (index, (id, name, arguments)) in calls.iter().enumerate() {
+        events.push(chunk(
+            json!({"tool_calls": [{"index": index, "id": id, "type": "function",
+                                   "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        ));
+        for piece in fragments(arguments, 3) {
+            events.push(chunk(
+                json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}),
+                Value::Null,
+            ));
+        }
+    }
+    events.push(chunk(json!({}), json!("tool_calls")));
+    if include_usage {
+        let usage = json!({
+            "id": "chatcmpl-test",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "choices": [],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        });
+        events.push(format!("data: {usage}\n\n"));
+    }
+    events.push("data: [DONE]\n\n".to_string());
+    let body = futures::stream::iter(
+        events
+            .into_iter()
+            .map(|text| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(text))),
+    );
+    (
+        StatusCode::OK,
+        [("content-type", "text/event-stream")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// A streamed answer whose usage chunk also reports `cached` prompt tokens read from the

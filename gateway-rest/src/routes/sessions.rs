@@ -423,6 +423,10 @@ pub(crate) struct CreatedSession {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     usage: Option<Usage>,
+    /// Why the model stopped ("stop", "length", "tool_calls", ...), when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "stop")]
+    finish_reason: Option<String>,
     context: SessionContextOutput,
 }
 
@@ -444,7 +448,7 @@ pub(crate) struct SentMessage {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false, example = "zai/glm-4.7-flash")]
     model: Option<String>,
-    /// Why the model stopped ("stop", "length", ...), when the provider said.
+    /// Why the model stopped ("stop", "length", "tool_calls", ...), when the provider said.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false, example = "stop")]
     finish_reason: Option<String>,
@@ -600,6 +604,9 @@ pub(crate) async fn create_session(
             .as_ref()
             .and_then(|answer| answer.message.clone())
             .map(Into::into),
+        finish_reason: answer
+            .as_ref()
+            .and_then(|answer| non_empty(answer.finish_reason.clone())),
         usage: answer.and_then(|answer| answer.usage).map(Into::into),
     };
     let status = if created {

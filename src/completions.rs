@@ -190,11 +190,7 @@ impl Completer {
         // Stored into a session: each message is held to the key's maxMessageBytes first.
         let quotas = self.inference.door().quotas(principal);
         for (i, message) in asked.messages.iter().enumerate() {
-            crate::quotas::check_message_bytes(
-                &quotas,
-                &message.content,
-                &format!("messages[{i}]"),
-            )?;
+            crate::quotas::check_bytes(&quotas, message.bytes(), &format!("messages[{i}]"))?;
         }
         // The client sends the whole transcript; what of it is new is found by comparing it
         // with the whole stored history, so this read is not bounded by the window.
@@ -468,6 +464,7 @@ mod tests {
             tool_calls: Vec::new(),
             tool_call_id: None,
             name: None,
+            parts: Vec::new(),
             tokens: None,
         }
     }

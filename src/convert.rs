@@ -39,6 +39,39 @@ pub fn message(stored: &StoredMessage) -> proto::ChatMessage {
         tool_calls: stored.tool_calls.iter().map(tool_call).collect(),
         tool_call_id: stored.tool_call_id.clone().unwrap_or_default(),
         name: stored.name.clone().unwrap_or_default(),
+        parts: stored.parts.iter().map(content_part).collect(),
+    }
+}
+
+pub fn content_part(part: &crate::providers::ContentPart) -> proto::ContentPart {
+    use crate::providers::ContentPart;
+    match part {
+        ContentPart::Text { text } => proto::ContentPart {
+            r#type: "text".into(),
+            text: text.clone(),
+            ..Default::default()
+        },
+        ContentPart::ImageUrl { url, detail } => proto::ContentPart {
+            r#type: "image_url".into(),
+            image_url: url.clone(),
+            detail: detail.clone().unwrap_or_default(),
+            ..Default::default()
+        },
+    }
+}
+
+/// A checked part (see `validation::validate_message`) as the core keeps it.
+fn part_of(part: &proto::ContentPart) -> crate::providers::ContentPart {
+    use crate::providers::ContentPart;
+    if part.r#type == "image_url" {
+        ContentPart::ImageUrl {
+            url: part.image_url.clone(),
+            detail: (!part.detail.is_empty()).then(|| part.detail.clone()),
+        }
+    } else {
+        ContentPart::Text {
+            text: part.text.clone(),
+        }
     }
 }
 
@@ -58,12 +91,28 @@ pub fn stored(
     now: chrono::DateTime<chrono::Utc>,
 ) -> StoredMessage {
     let optional = |text: &str| (!text.is_empty()).then(|| text.to_owned());
-    if message.tool_calls.is_empty() && message.tool_call_id.is_empty() && message.name.is_empty() {
+    if message.tool_calls.is_empty()
+        && message.tool_call_id.is_empty()
+        && message.name.is_empty()
+        && message.parts.is_empty()
+    {
         return StoredMessage::counted(role, message.content.clone(), now);
     }
-    StoredMessage::agent(
+    // Sent as parts: the content is the text parts, joined.
+    let content = if message.parts.is_empty() {
+        message.content.clone()
+    } else {
+        message
+            .parts
+            .iter()
+            .filter(|p| p.r#type == "text")
+            .map(|p| p.text.as_str())
+            .collect()
+    };
+    StoredMessage::with_parts(
         role,
-        message.content.clone(),
+        content,
+        message.parts.iter().map(part_of).collect(),
         message
             .tool_calls
             .iter()

@@ -96,10 +96,12 @@ fn fingerprint(body: &proto::SendMessageRequest) -> String {
         hash.update(message.role.as_bytes());
         hash.update([0]);
         hash.update(message.content.as_bytes());
-        // A tool call's or a tool result's parts, only when set (as the options below).
+        // Tool calls, a tool result's call, a name and content parts, only when set (as the
+        // options below).
         if !message.tool_calls.is_empty()
             || !message.tool_call_id.is_empty()
             || !message.name.is_empty()
+            || !message.parts.is_empty()
         {
             let parts = proto::ChatMessage {
                 role: String::new(),

@@ -287,6 +287,7 @@ async fn settle(
         tool_calls: completion.tool_calls,
         tool_call_id: None,
         name: None,
+        parts: Vec::new(),
         // The model's own count of its answer stands in for the BPE's in later admissions.
         tokens: Some(completion.completion_tokens),
     };

@@ -103,7 +103,34 @@ pub fn refusal(breach: CapBreach) -> ApiError {
 /// `field` names the message (`messages[2]`), or its content field when it ends in `message`
 /// or `.message` itself (`payload.message`).
 pub fn check_message_bytes(quotas: &Quotas, content: &str, field: &str) -> Result<(), ApiError> {
-    let bytes = content.len() as u64;
+    check_bytes(quotas, content.len() as u64, field)
+}
+
+/// [`check_message_bytes`] of a whole message: its text, its parts (an image's URL, data URLs
+/// included) and its tool calls' arguments.
+pub fn check_chat_message_bytes(
+    quotas: &Quotas,
+    message: &crate::proto::ChatMessage,
+    field: &str,
+) -> Result<(), ApiError> {
+    let parts: usize = message
+        .parts
+        .iter()
+        .map(|p| p.text.len() + p.image_url.len())
+        .sum();
+    let calls: usize = message
+        .tool_calls
+        .iter()
+        .map(|c| c.name.len() + c.arguments.len())
+        .sum();
+    check_bytes(
+        quotas,
+        (message.content.len() + parts + calls) as u64,
+        field,
+    )
+}
+
+pub fn check_bytes(quotas: &Quotas, bytes: u64, field: &str) -> Result<(), ApiError> {
     if bytes <= quotas.max_message_bytes {
         return Ok(());
     }

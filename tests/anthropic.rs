@@ -885,3 +885,34 @@ async fn an_assistant_message_sent_back_verbatim_is_taken() {
         "Claude heard: 18 C and sunny"
     );
 }
+
+/// Images travel as Anthropic image blocks: a URL as a `url` source, a data URL as `base64`.
+#[tokio::test]
+async fn images_reach_a_claude_model_as_image_blocks() {
+    let fake = FakeAnthropic::start().await;
+    let gateway = Gateway::start(
+        claude_provider(&fake),
+        &[("ANTHROPIC_API_KEY", "sk-ant-test-secret")],
+    )
+    .await;
+    let answered = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": CLAUDE, "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What is in these?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}}
+            ]}]}),
+        )
+        .await;
+    assert_eq!(answered.status(), 200);
+    let sent = fake.received();
+    assert_eq!(
+        sent[0].body["messages"][0]["content"],
+        json!([
+            {"type": "text", "text": "What is in these?"},
+            {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+        ])
+    );
+}

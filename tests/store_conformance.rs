@@ -103,6 +103,7 @@ fn msg(role: &str, content: &str, created_at: DateTime<Utc>) -> StoredMessage {
         tool_calls: Vec::new(),
         tool_call_id: None,
         name: None,
+        parts: Vec::new(),
         // Kept with the message and read back as written, like every other field.
         tokens: Some(content.len() as u32),
     }

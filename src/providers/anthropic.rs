@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use super::event_stream::EventDecoder;
 use super::openai::{OpenAiConfig, classify, refusal};
 use super::{
-    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, Message, ProviderError,
-    Sampling, StreamEnd, ToolCall, ToolCallDelta, ToolChoice,
+    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ContentPart, Message,
+    ProviderError, Sampling, StreamEnd, ToolCall, ToolCallDelta, ToolChoice,
 };
 
 /// The `anthropic-version` sent unless the providers file names another.
@@ -113,7 +113,9 @@ fn blocks(message: &Message) -> Vec<serde_json::Value> {
         })];
     }
     let mut blocks = Vec::new();
-    if !message.content.is_empty() || message.tool_calls.is_empty() {
+    if !message.parts.is_empty() {
+        blocks.extend(message.parts.iter().map(part_block));
+    } else if !message.content.is_empty() || message.tool_calls.is_empty() {
         blocks.push(json!({"type": "text", "text": message.content}));
     }
     for call in &message.tool_calls {
@@ -125,6 +127,27 @@ fn blocks(message: &Message) -> Vec<serde_json::Value> {
         blocks.push(json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}));
     }
     blocks
+}
+
+/// A part as an Anthropic block: text, or an image by URL or base64 data (a data URL's media
+/// type and data).
+fn part_block(part: &ContentPart) -> serde_json::Value {
+    use serde_json::json;
+    match part {
+        ContentPart::Text { text } => json!({"type": "text", "text": text}),
+        ContentPart::ImageUrl { url, .. } => {
+            let data = url
+                .strip_prefix("data:")
+                .and_then(|rest| rest.split_once(";base64,"));
+            match data {
+                Some((media_type, data)) => json!({
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": media_type, "data": data},
+                }),
+                None => json!({"type": "image", "source": {"type": "url", "url": url}}),
+            }
+        }
+    }
 }
 
 /// Anthropic's tools: `{name, description, input_schema}`.
@@ -672,6 +695,7 @@ mod tests {
             }],
             tool_call_id: None,
             name: None,
+            parts: Vec::new(),
         });
         request.messages.push(Message {
             role: "tool".into(),
@@ -679,6 +703,7 @@ mod tests {
             tool_calls: Vec::new(),
             tool_call_id: Some("toolu_1".into()),
             name: None,
+            parts: Vec::new(),
         });
         request.sampling.tools = vec![super::super::Tool {
             name: "get_weather".into(),

@@ -51,6 +51,41 @@ pub struct Message {
     /// A `tool` message: the call it answers.
     pub tool_call_id: Option<String>,
     pub name: Option<String>,
+    /// A message sent as parts (text and images); `content` is then its text.
+    pub parts: Vec<ContentPart>,
+}
+
+/// A part of a message sent as parts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    Text {
+        text: String,
+    },
+    /// An image by URL (the provider fetches it) or data URL.
+    ImageUrl {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+}
+
+/// What an image counts in a prompt estimate: the gateway does not fetch images, so it counts
+/// what OpenAI charges for a 1024×1024 image, or a low-detail one.
+pub const IMAGE_TOKENS: u32 = 765;
+pub const LOW_DETAIL_IMAGE_TOKENS: u32 = 85;
+
+impl ContentPart {
+    /// The part's tokens in a prompt estimate.
+    pub fn tokens(&self) -> u32 {
+        match self {
+            ContentPart::Text { text } => tokenizer::count_text(text),
+            ContentPart::ImageUrl { detail, .. } if detail.as_deref() == Some("low") => {
+                LOW_DETAIL_IMAGE_TOKENS
+            }
+            ContentPart::ImageUrl { .. } => IMAGE_TOKENS,
+        }
+    }
 }
 
 impl Message {
@@ -63,6 +98,7 @@ impl Message {
             tool_calls: Vec::new(),
             tool_call_id: None,
             name: None,
+            parts: Vec::new(),
         }
     }
 }
@@ -75,6 +111,7 @@ impl From<&crate::store::StoredMessage> for Message {
             tool_calls: stored.tool_calls.clone(),
             tool_call_id: stored.tool_call_id.clone(),
             name: stored.name.clone(),
+            parts: stored.parts.clone(),
         }
     }
 }

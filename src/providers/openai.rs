@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::event_stream::EventDecoder;
 use super::{
-    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, Message, ProviderError,
-    ResponseFormat, StreamEnd, Tool, ToolCall, ToolCallDelta, ToolChoice,
+    ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ContentPart, Message,
+    ProviderError, ResponseFormat, StreamEnd, Tool, ToolCall, ToolCallDelta, ToolChoice,
 };
 use crate::config::Secret;
 use crate::tokenizer;
@@ -197,8 +197,8 @@ struct StreamOptions {
 #[derive(Serialize)]
 struct WireMessage<'a> {
     role: &'a str,
-    /// Null on an assistant message that only calls tools.
-    content: Option<&'a str>,
+    /// Null on an assistant message that only calls tools; parts for one sent as parts.
+    content: Option<WireContent<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tool_calls: Vec<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -207,12 +207,42 @@ struct WireMessage<'a> {
     name: Option<&'a str>,
 }
 
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireContent<'a> {
+    Text(&'a str),
+    Parts(Vec<serde_json::Value>),
+}
+
+/// OpenAI's content parts: `{"type": "text", "text"}`, `{"type": "image_url", "image_url":
+/// {"url", "detail"?}}`.
+fn wire_parts(parts: &[ContentPart]) -> Vec<serde_json::Value> {
+    parts
+        .iter()
+        .map(|part| match part {
+            ContentPart::Text { text } => serde_json::json!({"type": "text", "text": text}),
+            ContentPart::ImageUrl { url, detail } => {
+                let mut image = serde_json::json!({"url": url});
+                if let Some(detail) = detail {
+                    image["detail"] = serde_json::Value::from(detail.as_str());
+                }
+                serde_json::json!({"type": "image_url", "image_url": image})
+            }
+        })
+        .collect()
+}
+
 impl<'a> From<&'a Message> for WireMessage<'a> {
     fn from(message: &'a Message) -> Self {
         let only_calls = message.content.is_empty() && !message.tool_calls.is_empty();
+        let content = if !message.parts.is_empty() {
+            Some(WireContent::Parts(wire_parts(&message.parts)))
+        } else {
+            (!only_calls).then_some(WireContent::Text(message.content.as_str()))
+        };
         Self {
             role: &message.role,
-            content: (!only_calls).then_some(message.content.as_str()),
+            content,
             tool_calls: message
                 .tool_calls
                 .iter()
@@ -640,6 +670,7 @@ mod tests {
             }],
             tool_call_id: None,
             name: None,
+            parts: Vec::new(),
         };
         assert_eq!(
             serde_json::to_value(WireMessage::from(&message)).unwrap(),
@@ -655,6 +686,7 @@ mod tests {
             tool_calls: Vec::new(),
             tool_call_id: Some("call_1".into()),
             name: Some("weather-bot".into()),
+            parts: Vec::new(),
         };
         assert_eq!(
             serde_json::to_value(WireMessage::from(&result)).unwrap(),

@@ -118,7 +118,23 @@ impl ChatProvider for Simulator {
             .find(|m| m.role == "user")
             .map_or("", |m| m.content.as_str());
         let turns = request.messages.iter().filter(|m| m.role == "user").count();
+        let images = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map_or(0, |m| {
+                m.parts
+                    .iter()
+                    .filter(|p| matches!(p, super::ContentPart::ImageUrl { .. }))
+                    .count()
+            });
         let said: String = last_user.chars().take(200).collect();
+        let seen = match images {
+            0 => String::new(),
+            1 => ", with 1 image".to_owned(),
+            n => format!(", with {n} images"),
+        };
         let prompt_tokens = tokenizer::count_prompt(
             request
                 .messages
@@ -176,7 +192,7 @@ impl ChatProvider for Simulator {
                 )
             }
             _ => format!(
-                "[offline simulator: {}] You said: \"{said}\" (turn {turns}). Set ZAI_API_KEY to get answers from the real model.",
+                "[offline simulator: {}] You said: \"{said}\" (turn {turns}{seen}). Set ZAI_API_KEY to get answers from the real model.",
                 request.model,
             ),
         };

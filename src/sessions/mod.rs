@@ -30,7 +30,7 @@ use crate::limits::{Admission, CapKind, Leased};
 use crate::metadata::{mark_simulated, respond};
 use crate::proto;
 use crate::proto::session_service_server::SessionService;
-use crate::quotas::check_message_bytes;
+use crate::quotas::check_chat_message_bytes;
 use crate::store::{ContextStrategy, CreateOutcome, Store, first_messages_breach};
 use crate::streaming::EventStream;
 
@@ -126,7 +126,7 @@ impl SessionService for Sessions {
         let quotas = self.turns.quotas(&principal);
         for (i, message) in body.messages.iter().enumerate() {
             validate_message(message, &format!("messages[{i}]"), ROLES)?;
-            check_message_bytes(&quotas, &message.content, &format!("messages[{i}]"))?;
+            check_chat_message_bytes(&quotas, message, &format!("messages[{i}]"))?;
         }
         validate_options(&body.options)?;
         let expires_at = retention::parse_expires_at(body.expires_at.as_deref(), Utc::now())?;

@@ -15,7 +15,7 @@ use crate::limits::{Admission, Charge};
 use crate::proto::{self, ChatMessage};
 use crate::providers::Model;
 use crate::providers::Sampling;
-use crate::quotas::{Quotas, check_message_bytes};
+use crate::quotas::{Quotas, check_chat_message_bytes};
 use crate::store::{
     CapBreach, ContextStrategy, History, HistoryBudget, SessionCap, SessionRecord, Store,
     StoredMessage, SummaryOf,
@@ -509,7 +509,7 @@ impl Turns {
         };
         // The next user message, or the result of one of the model's tool calls.
         validate_message(message, "message", &["user", "tool"])?;
-        check_message_bytes(&self.quotas(principal), &message.content, "message")?;
+        check_chat_message_bytes(&self.quotas(principal), message, "message")?;
         validate_options(&body.options)?;
         let new = to_stored(std::slice::from_ref(message));
         let budget = self.budget(&new, body.options.as_ref().and_then(|o| o.max_tokens));

@@ -107,7 +107,13 @@ pub(crate) fn validate_message(
             format!("The field '{field}.toolCallId' belongs to tool messages only"),
         ));
     }
-    if message.content.trim().is_empty() && message.tool_calls.is_empty() {
+    if !message.parts.is_empty() {
+        parts(message, field)?;
+    }
+    if message.content.trim().is_empty()
+        && message.tool_calls.is_empty()
+        && message.parts.is_empty()
+    {
         return Err(ApiError::invalid_field(
             format!("{field}.content"),
             "Empty message",
@@ -198,6 +204,78 @@ pub(crate) fn sampling(options: Option<&proto::GenerationOptions>) -> ApiResult<
         tool_choice,
         parallel_tool_calls: options.parallel_tool_calls,
     })
+}
+
+const MAX_PARTS: usize = 100;
+const MAX_IMAGE_URL: usize = 2048;
+const IMAGE_TYPES: [&str; 4] = ["png", "jpeg", "gif", "webp"];
+
+/// A message's parts: text, or images by http(s) URL or base64 data URL, on user messages.
+fn parts(message: &ChatMessage, field: &str) -> ApiResult<()> {
+    let invalid = |name: String, details: String| {
+        ApiError::invalid_field(name, "Invalid message part", details)
+    };
+    if message.role != "user" {
+        return Err(invalid(
+            format!("{field}.content"),
+            format!(
+                "The field '{field}.content' may hold images on user messages only; send this message's content as text"
+            ),
+        ));
+    }
+    if message.parts.len() > MAX_PARTS {
+        return Err(invalid(
+            format!("{field}.content"),
+            format!("The field '{field}.content' holds at most {MAX_PARTS} parts"),
+        ));
+    }
+    for (i, part) in message.parts.iter().enumerate() {
+        let at = format!("{field}.content[{i}]");
+        match part.r#type.as_str() {
+            "text" => {}
+            "image_url" => {
+                let url = part.image_url.as_str();
+                let web = (url.starts_with("https://") || url.starts_with("http://"))
+                    && url.len() <= MAX_IMAGE_URL
+                    && reqwest::Url::parse(url).is_ok();
+                let data = url.strip_prefix("data:image/").and_then(|rest| {
+                    let (kind, data) = rest.split_once(";base64,")?;
+                    (IMAGE_TYPES.contains(&kind)
+                        && !data.is_empty()
+                        && data
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')))
+                    .then_some(())
+                });
+                if !web && data.is_none() {
+                    return Err(invalid(
+                        format!("{at}.imageUrl.url"),
+                        format!(
+                            "The field '{at}.imageUrl.url' must be an http(s) URL of at most {MAX_IMAGE_URL} characters, or a data URL data:image/<png|jpeg|gif|webp>;base64,<data>"
+                        ),
+                    ));
+                }
+                if !matches!(part.detail.as_str(), "" | "auto" | "low" | "high") {
+                    return Err(invalid(
+                        format!("{at}.imageUrl.detail"),
+                        format!(
+                            "The field '{at}.imageUrl.detail' must be \"auto\", \"low\" or \"high\""
+                        ),
+                    ));
+                }
+            }
+            other => {
+                return Err(invalid(
+                    format!("{at}.type"),
+                    format!(
+                        "The field '{at}.type' is '{}': a part is \"text\" or \"image_url\"",
+                        other.chars().take(40).collect::<String>()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn field(name: &str, details: String) -> ApiError {

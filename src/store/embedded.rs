@@ -1418,6 +1418,7 @@ mod tests {
             tool_calls: Vec::new(),
             tool_call_id: None,
             name: None,
+            parts: Vec::new(),
             tokens: None,
         };
         let created = store

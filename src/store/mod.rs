@@ -243,6 +243,9 @@ pub struct StoredMessage {
     /// The author's name, as sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// A message sent as parts (text and images), as sent; `content` holds its text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<crate::providers::ContentPart>,
     /// The content's tokens (cl100k_base), counted once when the message was stored, so a
     /// later turn's admission does not tokenize the whole history again. Messages stored
     /// without it are counted when read.
@@ -265,6 +268,7 @@ impl StoredMessage {
             tool_calls: Vec::new(),
             tool_call_id: None,
             name: None,
+            parts: Vec::new(),
             tokens,
         }
     }
@@ -279,7 +283,40 @@ impl StoredMessage {
         name: Option<String>,
         created_at: DateTime<Utc>,
     ) -> Self {
-        let tokens = crate::providers::reply_tokens(&content, &tool_calls)
+        Self::with_parts(
+            role,
+            content,
+            Vec::new(),
+            tool_calls,
+            tool_call_id,
+            name,
+            created_at,
+        )
+    }
+
+    /// [`Self::agent`] for a message sent as parts: its text parts and images counted (an
+    /// image at [`crate::providers::IMAGE_TOKENS`], or less at low detail).
+    pub fn with_parts(
+        role: String,
+        content: String,
+        parts: Vec<crate::providers::ContentPart>,
+        tool_calls: Vec<crate::providers::ToolCall>,
+        tool_call_id: Option<String>,
+        name: Option<String>,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        let text = if parts.is_empty() {
+            content.as_str()
+        } else {
+            ""
+        };
+        let tokens = crate::providers::reply_tokens(text, &tool_calls)
+            .saturating_add(
+                parts
+                    .iter()
+                    .map(crate::providers::ContentPart::tokens)
+                    .fold(0u32, u32::saturating_add),
+            )
             .saturating_add(name.as_deref().map_or(0, crate::tokenizer::count_text))
             .saturating_add(
                 tool_call_id
@@ -294,8 +331,28 @@ impl StoredMessage {
             tool_calls,
             tool_call_id,
             name,
+            parts,
             tokens: Some(tokens),
         }
+    }
+
+    /// What the message carries, in bytes: its text, its parts (an image's URL, data URLs
+    /// included) and its tool calls.
+    pub fn bytes(&self) -> u64 {
+        let parts: usize = self
+            .parts
+            .iter()
+            .map(|part| match part {
+                crate::providers::ContentPart::Text { text } => text.len(),
+                crate::providers::ContentPart::ImageUrl { url, .. } => url.len(),
+            })
+            .sum();
+        let calls: usize = self
+            .tool_calls
+            .iter()
+            .map(|c| c.name.len() + c.arguments.len())
+            .sum();
+        (self.content.len() + parts + calls) as u64
     }
 
     /// What the message costs in a prompt beyond the reply's priming (cl100k_base): its content,

@@ -256,6 +256,11 @@ pub(crate) async fn session(viewer: Viewer, Path(id): Path<String>) -> PageResul
                     @if !m.content.is_empty() || m.tool_calls.is_empty() {
                         div.content { (m.content) }
                     }
+                    @for part in m.parts.iter().filter(|p| p.r#type == "image_url") {
+                        div.content.call {
+                            "image " code { (part.image_url.chars().take(80).collect::<String>()) }
+                        }
+                    }
                     @for call in &m.tool_calls {
                         div.content.call {
                             "calls " code { (call.name) } " with " code { (call.arguments) }

@@ -13,6 +13,7 @@ use crate::{
     server::AppState,
 };
 
+pub(crate) mod content;
 pub(crate) mod cron;
 pub(crate) mod events;
 pub(crate) mod fallback;

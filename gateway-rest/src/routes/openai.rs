@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::routes::content::ContentInput;
 use crate::routes::sampling::{ResponseFormatInput, Stop, sampling};
 use crate::routes::tools::{
     ToolCallChunk, ToolCallInput, ToolCallOutput, ToolChoiceInput, ToolInput,
@@ -80,8 +81,9 @@ pub(crate) struct OpenAiErrorObject {
 }
 
 /// The core names sampling fields as the sessions API spells them; OpenAI's spelling here.
-const OPENAI_NAMES: [(&str, &str); 13] = [
+const OPENAI_NAMES: [(&str, &str); 14] = [
     ("maxTokens", "max_tokens"),
+    ("imageUrl", "image_url"),
     ("toolCalls", "tool_calls"),
     ("toolCallId", "tool_call_id"),
     ("toolChoice", "tool_choice"),
@@ -261,10 +263,11 @@ pub(crate) struct InputMessage {
     #[serde(default)]
     #[schema(example = "user")]
     role: String,
-    /// Text, or an array of content parts of which only `{"type": "text", "text"}` is supported;
-    /// null on an assistant message that only calls tools.
+    /// Text, or an array of parts: `{"type": "text", "text"}` and, on user messages,
+    /// `{"type": "image_url", "image_url": {"url", "detail"?}}` (an http(s) or data URL); null
+    /// on an assistant message that only calls tools.
     #[schema(value_type = Object, example = "Hello")]
-    content: Option<Content>,
+    content: Option<ContentInput>,
     /// An assistant message's tool calls, as the model returned them.
     tool_calls: Option<Vec<ToolCallInput>>,
     /// A "tool" message: the id of the tool call whose result `content` is.
@@ -275,20 +278,6 @@ pub(crate) struct InputMessage {
     #[serde(flatten)]
     #[schema(ignore)]
     unsupported: BTreeMap<String, Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Deserialize)]
-pub(crate) struct ContentPart {
-    #[serde(rename = "type")]
-    kind: String,
-    text: Option<String>,
 }
 
 /// The first field of `fields` that is set (not null): null is how a client says "not set".
@@ -314,30 +303,15 @@ impl InputMessage {
                 ),
             ));
         }
-        let content = match self.content {
-            None => String::new(),
-            Some(Content::Text(text)) => text,
-            Some(Content::Parts(parts)) => {
-                let mut text = String::new();
-                for (p, part) in parts.into_iter().enumerate() {
-                    match (part.kind.as_str(), part.text) {
-                        ("text", Some(piece)) => text.push_str(&piece),
-                        _ => {
-                            return Err(invalid(
-                                format!("messages[{index}].content[{p}]"),
-                                format!(
-                                    "The field 'messages[{index}].content[{p}]' must be a text part ({{\"type\": \"text\", \"text\": \"...\"}}); images, audio and files are not supported by this gateway"
-                                ),
-                            ));
-                        }
-                    }
-                }
-                text
-            }
-        };
+        let (content, parts) = crate::routes::content::content(
+            self.content,
+            &format!("messages[{index}].content"),
+            "image_url",
+        )?;
         Ok(proto::ChatMessage {
             role: self.role,
             content,
+            parts,
             tool_calls: crate::routes::tools::tool_calls(
                 self.tool_calls.unwrap_or_default(),
                 &format!("messages[{index}].tool_calls"),

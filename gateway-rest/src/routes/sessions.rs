@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use std::collections::BTreeMap;
 
+use crate::routes::content::ContentInput;
 use crate::routes::sampling::{ResponseFormatInput, Stop, sampling};
 use crate::routes::tools::{
     ToolCallChunk, ToolCallInput, ToolCallOutput, ToolChoiceInput, ToolInput,
@@ -46,10 +47,11 @@ pub(crate) struct MessageInput {
     #[serde(default)]
     #[schema(example = "user")]
     role: String,
-    /// The text (may be empty on an assistant message that calls tools, or a tool's result).
-    #[serde(default)]
-    #[schema(example = "Hello")]
-    content: String,
+    /// The text (may be empty on an assistant message that calls tools, or a tool's result),
+    /// or, on a user message, an array of parts: `{"type": "text", "text"}` and
+    /// `{"type": "image_url", "imageUrl": {"url", "detail"?}}` (an http(s) or data URL).
+    #[schema(value_type = Object, example = "Hello")]
+    content: Option<ContentInput>,
     /// An assistant message's tool calls, as the model returned them.
     tool_calls: Option<Vec<ToolCallInput>>,
     /// A "tool" message: the id of the tool call whose result `content` is.
@@ -96,9 +98,12 @@ const OPTION_FIELDS: &str = "temperature, maxTokens, stop, topP, seed, presenceP
 impl MessageInput {
     fn into_proto(self, field: &str) -> Result<proto::ChatMessage, ApiError> {
         refuse_unknown(&self.unknown, field, MESSAGE_FIELDS)?;
+        let (content, parts) =
+            crate::routes::content::content(self.content, &format!("{field}.content"), "imageUrl")?;
         Ok(proto::ChatMessage {
             role: self.role,
-            content: self.content,
+            content,
+            parts,
             tool_calls: crate::routes::tools::tool_calls(
                 self.tool_calls.unwrap_or_default(),
                 &format!("{field}.toolCalls"),
@@ -362,6 +367,45 @@ pub(crate) struct StoredMessage {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     name: Option<String>,
+    /// A message sent as parts (text and images), as sent; `content` holds its text.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    parts: Vec<PartOutput>,
+}
+
+/// A part of a message sent as parts.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum PartOutput {
+    Text {
+        text: String,
+    },
+    ImageUrl {
+        #[serde(rename = "imageUrl")]
+        image_url: ImageOutput,
+    },
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ImageOutput {
+    url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    detail: Option<String>,
+}
+
+impl From<proto::ContentPart> for PartOutput {
+    fn from(part: proto::ContentPart) -> Self {
+        if part.r#type == "image_url" {
+            PartOutput::ImageUrl {
+                image_url: ImageOutput {
+                    url: part.image_url,
+                    detail: non_empty(part.detail),
+                },
+            }
+        } else {
+            PartOutput::Text { text: part.text }
+        }
+    }
 }
 
 /// Tokens one model call used.
@@ -508,6 +552,7 @@ impl From<proto::ChatMessage> for StoredMessage {
             tool_calls: message.tool_calls.into_iter().map(Into::into).collect(),
             tool_call_id: non_empty(message.tool_call_id),
             name: non_empty(message.name),
+            parts: message.parts.into_iter().map(Into::into).collect(),
         }
     }
 }

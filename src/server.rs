@@ -79,9 +79,20 @@ pub async fn open_store(
                 RedisDownPolicy::Open => Some((LocalLimits::default(), config.core_replicas)),
             };
             tracing::info!(policy = ?config.rate_limit_redis_down, "rate limits: shared sliding window in Redis");
+            let limits = RedisLimits::new(store.connection());
+            match tokio::time::timeout(config.redis_timeout(), limits.preload()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "could not load the rate-limit scripts; Redis loads each on its first use");
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "Redis did not load the rate-limit scripts in time; it loads each on its first use"
+                    );
+                }
+            }
             let limiter =
-                RateLimiter::new(Arc::new(RedisLimits::new(store.connection())), fallback)
-                    .with_timeout(config.redis_timeout());
+                RateLimiter::new(Arc::new(limits), fallback).with_timeout(config.redis_timeout());
             let event_settings = EventSettings {
                 max_len: config.cron.events_max_len,
             };

@@ -267,6 +267,30 @@ impl RedisLimits {
     }
 }
 
+impl RedisLimits {
+    /// Loads the scripts into Redis (every primary of a cluster) ahead of the first call that
+    /// runs them. A script Redis does not hold yet is answered NOSCRIPT and sent again after
+    /// loading it: a model call's settle would then fall behind a request that followed it on
+    /// this replica's connection, which would read the reservation unsettled.
+    pub async fn preload(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        for script in [
+            &self.admit,
+            &self.settle,
+            &self.auth_failure,
+            &self.acquire_lease,
+            &self.renew_lease,
+        ] {
+            script
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await
+                .map_err(StoreError::from)?;
+        }
+        Ok(())
+    }
+}
+
 fn keys(key: &str) -> [String; 3] {
     [
         format!("oc:rl:{{{key}}}:log"),

@@ -938,18 +938,29 @@ mod tests {
     }
 
     #[test]
-    fn content_parts_are_joined_and_other_parts_refused() {
+    fn text_parts_are_joined_images_kept_and_other_parts_refused() {
         let message: InputMessage = serde_json::from_str(
             r#"{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}"#,
         )
         .expect("parts");
-        assert_eq!(message.into_proto(0).expect("text").content, "ab");
+        let text = message.into_proto(0).expect("text");
+        assert_eq!(text.content, "ab");
+        assert!(text.parts.is_empty(), "text alone travels as text");
         let image: InputMessage = serde_json::from_str(
-            r#"{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}"#,
+            r#"{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}}]}"#,
+        )
+        .expect("parts");
+        let image = image.into_proto(0).expect("an image");
+        assert_eq!(image.content, "a");
+        assert_eq!(image.parts.len(), 2);
+        assert_eq!(image.parts[1].image_url, "https://example.com/a.png");
+        assert_eq!(image.parts[1].detail, "low");
+        let audio: InputMessage = serde_json::from_str(
+            r#"{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}"#,
         )
         .expect("parts");
         assert!(
-            image
+            audio
                 .into_proto(2)
                 .expect_err("refused")
                 .details

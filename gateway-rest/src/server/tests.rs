@@ -301,10 +301,26 @@ async fn a_valid_body_reaches_the_core() {
     // With the core down, a well-formed request gets past every edge check and ends at 503.
     let answer = send(post_json(
         "/api/v1/sessions",
-        r#"{"model":"zai/glm-4.7-flash","messages":[{"role":"user","content":"Hello"}],"context":{"sessionId":"optional-session-id"},"temperature":0.7,"maxTokens":1000,"someFutureField":true}"#,
+        r#"{"model":"zai/glm-4.7-flash","messages":[{"role":"user","content":"Hello"}],"context":{"sessionId":"optional-session-id"},"temperature":0.7,"maxTokens":1000}"#,
     ))
     .await;
     answer.assert_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
+}
+
+#[tokio::test]
+async fn a_field_the_request_does_not_take_is_refused_at_the_edge() {
+    // Refused before the (down) core is asked: nothing a client sends is dropped unread.
+    let answer = send(post_json(
+        "/api/v1/sessions",
+        r#"{"model":"zai/glm-4.7-flash","messages":[{"role":"user","content":"Hello"}],"someFutureField":true}"#,
+    ))
+    .await;
+    answer.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    assert!(
+        answer.details().contains("'someFutureField'"),
+        "{}",
+        answer.body
+    );
 }
 
 /// Every route of the contract, as (OpenAPI path, method).

@@ -18,8 +18,8 @@ use crate::front_door::{FrontDoor, QueueSlot};
 use crate::limits::{Admission, Charge};
 use crate::proto;
 use crate::providers::{
-    ChatCompletion, ChatRequest, Chunk, ChunkStream, Message, Model, ModelCatalog, Sampling,
-    StreamEnd, ToolCallAssembler,
+    ChatCompletion, ChatRequest, Chunk, ChunkStream, LogprobsAssembler, Message, Model,
+    ModelCatalog, Sampling, StreamEnd, ToolCallAssembler,
 };
 use crate::spend::SpendRecord;
 use crate::store::StoredMessage;
@@ -191,6 +191,8 @@ impl Call {
                 rest: answered.value.rest,
                 content: String::new(),
                 tool_calls: ToolCallAssembler::default(),
+                logprobs: LogprobsAssembler::default(),
+                pending_logprobs: None,
             }),
             Err(failure) => {
                 let record = inference.record(&model, &admission, 0, 0, 0, false);
@@ -303,6 +305,10 @@ async fn settle(
         model: model.id.clone(),
         simulated: model.provider.simulated(),
         finish_reason: completion.finish_reason,
+        logprobs: completion
+            .logprobs
+            .map(|logprobs| logprobs.to_string())
+            .unwrap_or_default(),
     };
     Answer { reply, stored }
 }
@@ -320,6 +326,9 @@ pub(crate) struct Streamed {
     content: String,
     /// The tool calls so far.
     tool_calls: ToolCallAssembler,
+    /// The log probabilities so far, and those not yet passed on (they go with the next piece).
+    logprobs: LogprobsAssembler,
+    pending_logprobs: Option<serde_json::Value>,
 }
 
 impl Streamed {
@@ -351,29 +360,49 @@ impl Streamed {
                     )),
                 },
             };
-            let delta = match chunk {
+            let mut delta = match chunk {
                 Ok(Chunk::Delta(text)) => {
                     self.content.push_str(&text);
                     proto::Delta {
                         content: text,
-                        tool_call: None,
+                        ..Default::default()
                     }
                 }
                 Ok(Chunk::ToolCall(call)) => {
                     self.tool_calls.add(&call);
                     proto::Delta {
-                        content: String::new(),
                         tool_call: Some(proto::ToolCallDelta {
                             index: call.index,
                             id: call.id.unwrap_or_default(),
                             name: call.name.unwrap_or_default(),
                             arguments: call.arguments,
                         }),
+                        ..Default::default()
                     }
                 }
-                Ok(Chunk::End(end)) => return Ok(self.finish(end).await),
+                Ok(Chunk::Logprobs(logprobs)) => {
+                    self.logprobs.add(&logprobs);
+                    self.pending_logprobs = Some(logprobs);
+                    continue;
+                }
+                Ok(Chunk::End(end)) => {
+                    // Log probabilities no piece carried yet go in a piece of their own.
+                    if let Some(logprobs) = self.pending_logprobs.take()
+                        && listening
+                    {
+                        let delta = proto::Delta {
+                            logprobs: logprobs.to_string(),
+                            ..Default::default()
+                        };
+                        let _ = events.send(Ok(forward(delta))).await;
+                    }
+                    return Ok(self.finish(end).await);
+                }
                 Err(error) => return Err(self.abandon(error).await),
             };
+            if let Some(logprobs) = self.pending_logprobs.take() {
+                delta.logprobs = logprobs.to_string();
+            }
             if listening && events.send(Ok(forward(delta))).await.is_err() {
                 listening = false;
                 tracing::info!(
@@ -388,6 +417,7 @@ impl Streamed {
         let completion = ChatCompletion::from_stream(
             self.content,
             self.tool_calls.finish(),
+            self.logprobs.finish(),
             end,
             self.prompt_tokens,
         );

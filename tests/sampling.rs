@@ -2,7 +2,7 @@
 //! the penalties, `logit_bias`, `user` and `response_format` (`json_schema` with `strict`)
 //! arrive intact at an OpenAI-compatible upstream from `/v1` and from the sessions API (per
 //! session and per send); an Anthropic provider gets what its API has and refuses the rest;
-//! fields the gateway does not serve (`tools`, `logprobs`, message `name`, anything unknown)
+//! fields the gateway does not serve (`functions`, `audio`, a message's `audio`, anything unknown)
 //! are 400 naming the field; and the offline simulator answers JSON modes with JSON.
 
 mod support;
@@ -168,8 +168,8 @@ async fn fields_the_gateway_does_not_serve_are_refused_by_name() {
             json!([{"name": "f", "parameters": {"type": "object"}}]),
         ),
         ("function_call", json!("auto")),
-        ("logprobs", json!(true)),
-        ("top_logprobs", json!(2)),
+        ("audio", json!({"voice": "alloy", "format": "wav"})),
+        ("prediction", json!({"type": "content", "content": "x"})),
         ("modalities", json!(["text", "audio"])),
         ("no_such_field", json!(1)),
     ] {

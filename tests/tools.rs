@@ -1160,12 +1160,11 @@ async fn v1_refuses_what_it_does_not_serve_naming_the_field() {
             "functions",
         ),
         (with("function_call", json!("auto")), "function_call"),
-        (with("logprobs", json!(true)), "logprobs"),
         (with("top_logprobs", json!(2)), "top_logprobs"),
         (
             json!({"model": MODEL, "messages": [{"role": "user", "content": [
                 {"type": "text", "text": "What is this?"},
-                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}),
+                {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]}),
             "messages[0].content[1]",
         ),
         (
@@ -1348,10 +1347,6 @@ async fn the_sessions_api_refuses_openai_fields_it_does_not_serve() {
         (
             "functionCall",
             json!({"model": MODEL, "messages": [user], "functionCall": "auto"}),
-        ),
-        (
-            "logprobs",
-            json!({"model": MODEL, "messages": [user], "logprobs": true}),
         ),
         (
             "topLogprobs",

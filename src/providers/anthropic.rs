@@ -360,6 +360,9 @@ impl ChatProvider for Anthropic {
         if !sampling.logit_bias.is_empty() {
             return Some(("logitBias", NOT));
         }
+        if sampling.wants_logprobs() {
+            return Some(("logprobs", NOT));
+        }
         if sampling.wants_json() {
             return Some((
                 "responseFormat",
@@ -412,6 +415,7 @@ impl ChatProvider for Anthropic {
             cached_tokens: usage.cache_read_input_tokens.unwrap_or(0),
             content,
             tool_calls,
+            logprobs: None,
             finish_reason: finish_reason(wire.stop_reason.as_deref()),
         })
     }

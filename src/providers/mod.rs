@@ -212,6 +212,10 @@ pub struct Sampling {
     pub tool_choice: Option<ToolChoice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
 }
 
 impl Sampling {
@@ -247,7 +251,14 @@ impl Sampling {
                 .clone()
                 .or_else(|| self.tool_choice.clone()),
             parallel_tool_calls: over.parallel_tool_calls.or(self.parallel_tool_calls),
+            logprobs: over.logprobs.or(self.logprobs),
+            top_logprobs: over.top_logprobs.or(self.top_logprobs),
         }
+    }
+
+    /// Whether the reply's log probabilities are asked for.
+    pub fn wants_logprobs(&self) -> bool {
+        self.logprobs == Some(true)
     }
 
     /// What the tool definitions add to a prompt (cl100k_base tokens of their JSON): providers
@@ -293,6 +304,8 @@ pub struct ChatCompletion {
     pub content: String,
     /// The tools the model called (finish reason `tool_calls`).
     pub tool_calls: Vec<ToolCall>,
+    /// The reply's log probabilities (`{"content": [...]}`), when asked and given.
+    pub logprobs: Option<serde_json::Value>,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     /// Prompt tokens the provider read from its cache (`usage.prompt_tokens_details.cached_tokens`).
@@ -307,6 +320,9 @@ pub enum Chunk {
     Delta(String),
     /// The next piece of a tool call.
     ToolCall(ToolCallDelta),
+    /// The log probabilities of the tokens of the pieces since the last ones
+    /// (`{"content": [...]}`).
+    Logprobs(serde_json::Value),
     /// The last chunk: why the model stopped and, when the provider said, the usage.
     End(StreamEnd),
 }
@@ -339,6 +355,7 @@ impl ChatCompletion {
     pub fn from_stream(
         content: String,
         tool_calls: Vec<ToolCall>,
+        logprobs: Option<serde_json::Value>,
         end: StreamEnd,
         prompt_tokens: u32,
     ) -> Self {
@@ -351,8 +368,30 @@ impl ChatCompletion {
             cached_tokens: end.cached_tokens.unwrap_or(0),
             content,
             tool_calls,
+            logprobs,
             finish_reason: end.finish_reason,
         }
+    }
+}
+
+/// Adds the log probabilities of a streamed reply's pieces up to the whole reply's.
+#[derive(Debug, Default)]
+pub struct LogprobsAssembler {
+    content: Vec<serde_json::Value>,
+    seen: bool,
+}
+
+impl LogprobsAssembler {
+    pub fn add(&mut self, piece: &serde_json::Value) {
+        self.seen = true;
+        if let Some(tokens) = piece.get("content").and_then(serde_json::Value::as_array) {
+            self.content.extend(tokens.iter().cloned());
+        }
+    }
+
+    pub fn finish(self) -> Option<serde_json::Value> {
+        self.seen
+            .then(|| serde_json::json!({"content": self.content, "refusal": null}))
     }
 }
 
@@ -467,6 +506,9 @@ pub trait ChatProvider: Send + Sync + 'static {
             cached_tokens: Some(completion.cached_tokens),
         });
         let mut chunks = Vec::new();
+        if let Some(logprobs) = completion.logprobs {
+            chunks.push(Ok(Chunk::Logprobs(logprobs)));
+        }
         if !completion.content.is_empty() {
             chunks.push(Ok(Chunk::Delta(completion.content)));
         }

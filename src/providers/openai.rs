@@ -138,6 +138,10 @@ struct WireRequest<'a> {
     tool_choice: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_logprobs: Option<u32>,
 }
 
 /// OpenAI's function tool: `{"type": "function", "function": {...}}`.
@@ -285,6 +289,8 @@ struct WireResponse {
 struct WireChoice {
     message: WireReply,
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -324,6 +330,8 @@ struct WireChunk {
 struct WireChunkChoice {
     delta: Option<WireReply>,
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -420,6 +428,8 @@ impl OpenAiCompatible {
             tools: request.sampling.tools.iter().map(wire_tool).collect(),
             tool_choice: request.sampling.tool_choice.as_ref().map(wire_tool_choice),
             parallel_tool_calls: request.sampling.parallel_tool_calls,
+            logprobs: request.sampling.logprobs,
+            top_logprobs: request.sampling.top_logprobs,
         };
         let mut call = self.http.post(self.endpoint.clone()).json(&body);
         if !self.headers.is_empty() {
@@ -518,6 +528,9 @@ impl ChunkReader {
                     if let Some(reason) = choice.finish_reason {
                         self.finish_reason = Some(reason);
                     }
+                    if let Some(logprobs) = choice.logprobs.filter(|l| !l.is_null()) {
+                        self.pending.push_back(Chunk::Logprobs(logprobs));
+                    }
                     let Some(delta) = choice.delta else { continue };
                     if let Some(text) = delta.content
                         && !text.is_empty()
@@ -585,6 +598,7 @@ impl ChatProvider for OpenAiCompatible {
             .next()
             .ok_or_else(|| ProviderError::BadResponse("no choices".into()))?;
         let content = choice.message.content.unwrap_or_default();
+        let logprobs = choice.logprobs.filter(|l| !l.is_null());
         let tool_calls: Vec<ToolCall> = choice
             .message
             .tool_calls
@@ -621,6 +635,7 @@ impl ChatProvider for OpenAiCompatible {
         Ok(ChatCompletion {
             content,
             tool_calls,
+            logprobs,
             prompt_tokens,
             completion_tokens,
             cached_tokens: usage

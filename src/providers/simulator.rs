@@ -110,6 +110,14 @@ impl ChatProvider for Simulator {
         true
     }
 
+    /// The simulator writes its answers, it does not sample them: it has no log probabilities.
+    fn refuses(&self, sampling: &super::Sampling) -> Option<(&'static str, &'static str)> {
+        sampling.wants_logprobs().then_some((
+            "logprobs",
+            "the offline simulator has no log probabilities; set a provider key to use a real model",
+        ))
+    }
+
     async fn complete(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
         let last_user = request
             .messages
@@ -168,6 +176,7 @@ impl ChatProvider for Simulator {
                 completion_tokens: super::reply_tokens("", &tool_calls),
                 content: String::new(),
                 tool_calls,
+                logprobs: None,
                 prompt_tokens,
                 cached_tokens: 0,
                 finish_reason: "tool_calls".into(),
@@ -217,6 +226,7 @@ impl ChatProvider for Simulator {
             completion_tokens: tokenizer::count_text(&content),
             content,
             tool_calls: Vec::new(),
+            logprobs: None,
             prompt_tokens,
             cached_tokens: 0,
             finish_reason,

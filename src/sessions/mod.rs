@@ -477,21 +477,26 @@ fn replay_stream(done: proto::SendMessageResponse) -> Response<EventStream<proto
         .unwrap_or_default();
     let (events, stream) = tokio::sync::mpsc::channel(message.tool_calls.len() + 2);
     // The buffer holds every event.
-    if !message.content.is_empty() {
+    let logprobs = reply
+        .as_ref()
+        .map(|r| r.logprobs.clone())
+        .unwrap_or_default();
+    if !message.content.is_empty() || !logprobs.is_empty() {
         let _ = events.try_send(Ok(delta_event(proto::Delta {
             content: message.content,
-            tool_call: None,
+            logprobs,
+            ..Default::default()
         })));
     }
     for (index, call) in message.tool_calls.into_iter().enumerate() {
         let _ = events.try_send(Ok(delta_event(proto::Delta {
-            content: String::new(),
             tool_call: Some(proto::ToolCallDelta {
                 index: index as u32,
                 id: call.id,
                 name: call.name,
                 arguments: call.arguments,
             }),
+            ..Default::default()
         })));
     }
     let _ = events.try_send(Ok(done_event(done)));

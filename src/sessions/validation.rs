@@ -185,6 +185,20 @@ pub(crate) fn sampling(options: Option<&proto::GenerationOptions>) -> ApiResult<
         None => None,
         Some(format) => Some(response_format(format)?),
     };
+    if let Some(top) = options.top_logprobs {
+        if top > 20 {
+            return Err(field(
+                "topLogprobs",
+                format!("The field 'topLogprobs' must be from 0 to 20, not {top}"),
+            ));
+        }
+        if options.logprobs != Some(true) {
+            return Err(field(
+                "topLogprobs",
+                "The field 'topLogprobs' needs 'logprobs' set to true".into(),
+            ));
+        }
+    }
     let tools = tools(options)?;
     let tool_choice = tool_choice(options, &tools)?;
     Ok(Sampling {
@@ -203,6 +217,8 @@ pub(crate) fn sampling(options: Option<&proto::GenerationOptions>) -> ApiResult<
         tools,
         tool_choice,
         parallel_tool_calls: options.parallel_tool_calls,
+        logprobs: options.logprobs,
+        top_logprobs: options.top_logprobs,
     })
 }
 

@@ -174,6 +174,10 @@ pub enum Behaviour {
         completion_tokens: u32,
         cached_tokens: u32,
     },
+    /// Answers `content` word by word (streamed, or whole) with each word's log probability
+    /// (`logprobs.content`, OpenAI's shape: word i has logprob -(i+1)/10 and, asked for
+    /// `top_logprobs` n, n alternatives).
+    ReplyLogprobs { content: String },
     /// Answers with these tool calls (id, function name, arguments as JSON text) and no text,
     /// `finish_reason` "tool_calls". Streamed (a stream request): per call a first piece with
     /// its index, id, type and name (empty arguments), then its arguments in two or more
@@ -332,6 +336,9 @@ async fn chat(
             )
             .await;
         }
+        if let Some(Behaviour::ReplyLogprobs { content }) = behaviour.clone() {
+            return stream_logprobs(model.clone(), &content, &body);
+        }
         if let Some(Behaviour::ToolCalls {
             calls,
             prompt_tokens,
@@ -397,6 +404,7 @@ async fn chat(
                 Behaviour::Fail { .. }
                 | Behaviour::RateLimited { .. }
                 | Behaviour::ReplyCached { .. }
+                | Behaviour::ReplyLogprobs { .. }
                 | Behaviour::ToolCalls { .. },
             ) => {}
         }
@@ -453,6 +461,16 @@ async fn chat(
             answer["usage"]["prompt_tokens_details"] = json!({"cached_tokens": cached_tokens});
             (status, Json(answer)).into_response()
         }
+        Some(Behaviour::ReplyLogprobs { content }) => {
+            let (status, Json(mut answer)) = reply(content.clone(), 10, 5);
+            let tokens: Vec<Value> = content
+                .split_inclusive(' ')
+                .enumerate()
+                .map(|(i, word)| token_logprob(i, word, &body))
+                .collect();
+            answer["choices"][0]["logprobs"] = json!({"content": tokens, "refusal": null});
+            (status, Json(answer)).into_response()
+        }
         Some(Behaviour::ToolCalls {
             calls,
             prompt_tokens,
@@ -471,6 +489,56 @@ async fn chat(
             (status, Json(answer)).into_response()
         }
     }
+}
+
+/// Word `i`'s log probability entry, with as many alternatives as the request's
+/// `top_logprobs` asks.
+fn token_logprob(i: usize, word: &str, request: &Value) -> Value {
+    let top = request["top_logprobs"].as_u64().unwrap_or(0);
+    let logprob = -((i + 1) as f64) / 10.0;
+    let alternatives: Vec<Value> = (0..top)
+        .map(|k| json!({"token": format!("alt{k}"), "logprob": logprob - 1.0 - k as f64, "bytes": format!("alt{k}").into_bytes()}))
+        .collect();
+    json!({"token": word, "logprob": logprob, "bytes": word.as_bytes(), "top_logprobs": alternatives})
+}
+
+/// [`Behaviour::ReplyLogprobs`] streamed: one chunk per word, each with its log probability.
+fn stream_logprobs(model: Value, content: &str, request: &Value) -> axum::response::Response {
+    let chunk = |delta: Value, logprobs: Value, finish: Value| {
+        let event = json!({
+            "id": "chatcmpl-test",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+        });
+        format!("data: {event}\n\n")
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+        Value::Null,
+    )];
+    for (i, word) in content.split_inclusive(' ').enumerate() {
+        events.push(chunk(
+            json!({"content": word}),
+            json!({"content": [token_logprob(i, word, request)]}),
+            Value::Null,
+        ));
+    }
+    events.push(chunk(json!({}), Value::Null, json!("stop")));
+    events.push("data: [DONE]\n\n".to_string());
+    let body = futures::stream::iter(
+        events
+            .into_iter()
+            .map(|text| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(text))),
+    );
+    (
+        StatusCode::OK,
+        [("content-type", "text/event-stream")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// `text` in `parts` fragments (at least two when it has two characters), cut at character

@@ -81,8 +81,9 @@ pub(crate) struct OpenAiErrorObject {
 }
 
 /// The core names sampling fields as the sessions API spells them; OpenAI's spelling here.
-const OPENAI_NAMES: [(&str, &str); 14] = [
+const OPENAI_NAMES: [(&str, &str); 15] = [
     ("maxTokens", "max_tokens"),
+    ("topLogprobs", "top_logprobs"),
     ("imageUrl", "image_url"),
     ("toolCalls", "tool_calls"),
     ("toolCallId", "tool_call_id"),
@@ -225,6 +226,10 @@ pub(crate) struct ChatCompletionRequest {
     tool_choice: Option<ToolChoiceInput>,
     /// Whether the model may call several tools in one reply.
     parallel_tool_calls: Option<bool>,
+    /// Return the log probability of each token of the reply (OpenAI-compatible providers).
+    logprobs: Option<bool>,
+    /// With `logprobs`: the most likely alternatives at each position too, 0 to 20.
+    top_logprobs: Option<u32>,
     /// Any other field: refused, named.
     #[serde(flatten)]
     #[schema(ignore)]
@@ -237,7 +242,6 @@ fn unsupported_field(name: &str) -> ApiError {
         "functions" | "function_call" => {
             "OpenAI's deprecated function calling is not served; use 'tools' and 'tool_choice'"
         }
-        "logprobs" | "top_logprobs" => "log probabilities are not returned by this gateway yet",
         "audio" | "modalities" => "only text replies are supported",
         "prediction" | "web_search_options" | "reasoning_effort" | "service_tier" | "store"
         | "metadata" | "verbosity" => "this OpenAI option is not supported by this gateway",
@@ -246,7 +250,7 @@ fn unsupported_field(name: &str) -> ApiError {
     invalid(
         name.to_owned(),
         format!(
-            "The field '{name}' is refused: {why}. Remove it; supported: model, messages, temperature, max_tokens, max_completion_tokens, stream, stream_options, n (1), stop, top_p, seed, presence_penalty, frequency_penalty, logit_bias, user, response_format, tools, tool_choice, parallel_tool_calls"
+            "The field '{name}' is refused: {why}. Remove it; supported: model, messages, temperature, max_tokens, max_completion_tokens, stream, stream_options, n (1), stop, top_p, seed, presence_penalty, frequency_penalty, logit_bias, user, response_format, tools, tool_choice, parallel_tool_calls, logprobs, top_logprobs"
         ),
     )
 }
@@ -399,9 +403,10 @@ pub(crate) struct ChatCompletion {
 pub(crate) struct Choice {
     index: u32,
     message: OutputMessage,
-    /// Always null.
+    /// With `logprobs`: `{"content": [{"token", "logprob", "bytes", "top_logprobs"}], ...}` as
+    /// the provider gave it; null otherwise.
     #[schema(value_type = Option<Object>)]
-    logprobs: Option<()>,
+    logprobs: Option<Value>,
     #[schema(example = "stop")]
     finish_reason: String,
 }
@@ -458,8 +463,9 @@ pub(crate) struct ChatCompletionChunk<'a> {
 pub(crate) struct ChunkChoice<'a> {
     index: u32,
     delta: ChunkDelta<'a>,
+    /// With `logprobs`: this piece's tokens' log probabilities; null otherwise.
     #[schema(value_type = Option<Object>)]
-    logprobs: Option<()>,
+    logprobs: Option<Value>,
     #[schema(value_type = Option<String>)]
     finish_reason: Option<&'a str>,
 }
@@ -576,7 +582,7 @@ pub(crate) async fn chat_completions(
                 tool_calls: message.tool_calls.into_iter().map(Into::into).collect(),
                 refusal: None,
             },
-            logprobs: None,
+            logprobs: parse_logprobs(&answer.logprobs),
             finish_reason: finish_reason(&answer.finish_reason).to_owned(),
         }],
         usage: answer.usage.unwrap_or_default().into(),
@@ -595,8 +601,24 @@ struct ChunkHead {
     include_usage: bool,
 }
 
+/// The log probabilities the core passed on (JSON text), as JSON; null when none were asked.
+fn parse_logprobs(text: &str) -> Option<Value> {
+    (!text.is_empty())
+        .then(|| serde_json::from_str(text).ok())
+        .flatten()
+}
+
 impl ChunkHead {
     fn chunk(&self, delta: ChunkDelta<'_>, finish: Option<&str>) -> Event {
+        self.chunk_with(delta, None, finish)
+    }
+
+    fn chunk_with(
+        &self,
+        delta: ChunkDelta<'_>,
+        logprobs: Option<Value>,
+        finish: Option<&str>,
+    ) -> Event {
         self.event(&ChatCompletionChunk {
             id: &self.id,
             object: "chat.completion.chunk",
@@ -605,7 +627,7 @@ impl ChunkHead {
             choices: vec![ChunkChoice {
                 index: 0,
                 delta,
-                logprobs: None,
+                logprobs,
                 finish_reason: finish,
             }],
             usage: self.include_usage.then_some(None),
@@ -681,19 +703,22 @@ async fn stream_completion(
             Some(Ok(proto::CompleteEvent {
                 event: Some(proto::complete_event::Event::Delta(delta)),
             })) => {
+                let logprobs = parse_logprobs(&delta.logprobs);
                 let event = match delta.tool_call {
-                    Some(call) => head.chunk(
+                    Some(call) => head.chunk_with(
                         ChunkDelta {
                             tool_calls: Some(vec![call.into()]),
                             ..ChunkDelta::default()
                         },
+                        logprobs,
                         None,
                     ),
-                    None => head.chunk(
+                    None => head.chunk_with(
                         ChunkDelta {
-                            content: Some(&delta.content),
+                            content: (!delta.content.is_empty()).then_some(&delta.content),
                             ..ChunkDelta::default()
                         },
+                        logprobs,
                         None,
                     ),
                 };

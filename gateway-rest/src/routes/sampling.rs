@@ -28,6 +28,8 @@ pub(crate) struct SamplingInput {
     pub(crate) tools: Option<Vec<ToolInput>>,
     pub(crate) tool_choice: Option<ToolChoiceInput>,
     pub(crate) parallel_tool_calls: Option<bool>,
+    pub(crate) logprobs: Option<bool>,
+    pub(crate) top_logprobs: Option<u32>,
 }
 
 /// One stop sequence or several.
@@ -112,6 +114,8 @@ impl SamplingInput {
             tools,
             tool_choice,
             parallel_tool_calls: self.parallel_tool_calls,
+            logprobs: self.logprobs,
+            top_logprobs: self.top_logprobs,
         };
         Ok((options != proto::GenerationOptions::default()).then_some(options))
     }
@@ -133,6 +137,8 @@ macro_rules! sampling {
             tools: $request.tools,
             tool_choice: $request.tool_choice,
             parallel_tool_calls: $request.parallel_tool_calls,
+            logprobs: $request.logprobs,
+            top_logprobs: $request.top_logprobs,
         }
     };
 }

@@ -93,7 +93,7 @@ fn refuse_unknown(
 }
 
 const MESSAGE_FIELDS: &str = "role, content, toolCalls, toolCallId, name";
-const OPTION_FIELDS: &str = "temperature, maxTokens, stop, topP, seed, presencePenalty, frequencyPenalty, logitBias, user, responseFormat, tools, toolChoice, parallelToolCalls";
+const OPTION_FIELDS: &str = "temperature, maxTokens, stop, topP, seed, presencePenalty, frequencyPenalty, logitBias, user, responseFormat, tools, toolChoice, parallelToolCalls, logprobs, topLogprobs";
 
 impl MessageInput {
     fn into_proto(self, field: &str) -> Result<proto::ChatMessage, ApiError> {
@@ -205,6 +205,10 @@ pub(crate) struct CreateSessionRequest {
     tool_choice: Option<ToolChoiceInput>,
     /// Whether the model may call several tools in one reply.
     parallel_tool_calls: Option<bool>,
+    /// Return the log probability of each token of the reply (OpenAI-compatible providers).
+    logprobs: Option<bool>,
+    /// With `logprobs`: the most likely alternatives at each position too, 0 to 20.
+    top_logprobs: Option<u32>,
     /// Any other field: refused, named.
     #[serde(flatten)]
     #[schema(ignore)]
@@ -255,6 +259,10 @@ pub(crate) struct SendMessageRequest {
     tool_choice: Option<ToolChoiceInput>,
     /// Whether the model may call several tools in one reply.
     parallel_tool_calls: Option<bool>,
+    /// Return the log probability of each token of the reply (OpenAI-compatible providers).
+    logprobs: Option<bool>,
+    /// With `logprobs`: the most likely alternatives at each position too, 0 to 20.
+    top_logprobs: Option<u32>,
     /// Any other field: refused, named.
     #[serde(flatten)]
     #[schema(ignore)]
@@ -471,6 +479,10 @@ pub(crate) struct CreatedSession {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false, example = "stop")]
     finish_reason: Option<String>,
+    /// With `logprobs`: the reply's tokens' log probabilities, as on a send.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>, nullable = false)]
+    logprobs: Option<serde_json::Value>,
     context: SessionContextOutput,
 }
 
@@ -496,6 +508,11 @@ pub(crate) struct SentMessage {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false, example = "stop")]
     finish_reason: Option<String>,
+    /// With `logprobs`: the reply's tokens' log probabilities as the provider gave them, in
+    /// OpenAI's shape (`{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>, nullable = false)]
+    logprobs: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -593,6 +610,13 @@ fn strategy_name(strategy: String) -> String {
     }
 }
 
+/// The log probabilities the core passed on (JSON text), as JSON.
+fn parse_logprobs(text: &str) -> Option<serde_json::Value> {
+    (!text.is_empty())
+        .then(|| serde_json::from_str(text).ok())
+        .flatten()
+}
+
 fn non_empty(token: String) -> Option<String> {
     (!token.is_empty()).then_some(token)
 }
@@ -652,6 +676,9 @@ pub(crate) async fn create_session(
         finish_reason: answer
             .as_ref()
             .and_then(|answer| non_empty(answer.finish_reason.clone())),
+        logprobs: answer
+            .as_ref()
+            .and_then(|answer| parse_logprobs(&answer.logprobs)),
         usage: answer.and_then(|answer| answer.usage).map(Into::into),
     };
     let status = if created {
@@ -720,6 +747,7 @@ fn sent_message(response: proto::SendMessageResponse) -> Result<SentMessage, Api
             usage: None,
             model: None,
             finish_reason: None,
+            logprobs: None,
         });
     };
     Ok(SentMessage {
@@ -728,6 +756,7 @@ fn sent_message(response: proto::SendMessageResponse) -> Result<SentMessage, Api
         usage: Some(answer.usage.unwrap_or_default().into()),
         model: Some(answer.model),
         finish_reason: non_empty(answer.finish_reason),
+        logprobs: parse_logprobs(&answer.logprobs),
     })
 }
 
@@ -757,6 +786,10 @@ pub(crate) struct StreamEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     tool_call: Option<ToolCallChunk>,
+    /// With `logprobs`: this piece's tokens' log probabilities.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>, nullable = false)]
+    logprobs: Option<serde_json::Value>,
 }
 
 /// The reply as server-sent events. Errors before the first event (auth,
@@ -785,6 +818,7 @@ async fn stream_message(
                         &StreamEvent {
                             content: delta.content,
                             tool_call: delta.tool_call.map(Into::into),
+                            logprobs: parse_logprobs(&delta.logprobs),
                         },
                     )),
                     Some(stream),

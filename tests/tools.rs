@@ -1271,8 +1271,8 @@ async fn the_sessions_api_refuses_bad_tool_fields_naming_them_in_camel_case() {
         (
             json!({"model": MODEL, "messages": [{"role": "user", "content": [
                 {"type": "text", "text": "What is this?"},
-                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}),
-            "messages[0].content",
+                {"type": "file", "file": {"file_id": "file-1"}}]}]}),
+            "messages[0].content[1]",
         ),
     ];
     for (body, field) in cases {

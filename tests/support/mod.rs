@@ -174,9 +174,9 @@ pub enum Behaviour {
         completion_tokens: u32,
         cached_tokens: u32,
     },
-    /// Answers `content` word by word (streamed, or whole) with each word's log probability
-    /// (`logprobs.content`, OpenAI's shape: word i has logprob -(i+1)/10 and, asked for
-    /// `top_logprobs` n, n alternatives).
+    /// Answers `content` word by word (streamed, or whole) with, when the request asks for
+    /// `logprobs`, each word's log probability (`logprobs.content`, OpenAI's shape: word i has
+    /// logprob -(i+1)/10 and, asked for `top_logprobs` n, n alternatives).
     ReplyLogprobs { content: String },
     /// Answers with these tool calls (id, function name, arguments as JSON text) and no text,
     /// `finish_reason` "tool_calls". Streamed (a stream request): per call a first piece with
@@ -468,7 +468,9 @@ async fn chat(
                 .enumerate()
                 .map(|(i, word)| token_logprob(i, word, &body))
                 .collect();
-            answer["choices"][0]["logprobs"] = json!({"content": tokens, "refusal": null});
+            if body["logprobs"] == true {
+                answer["choices"][0]["logprobs"] = json!({"content": tokens, "refusal": null});
+            }
             (status, Json(answer)).into_response()
         }
         Some(Behaviour::ToolCalls {
@@ -520,11 +522,12 @@ fn stream_logprobs(model: Value, content: &str, request: &Value) -> axum::respon
         Value::Null,
     )];
     for (i, word) in content.split_inclusive(' ').enumerate() {
-        events.push(chunk(
-            json!({"content": word}),
-            json!({"content": [token_logprob(i, word, request)]}),
-            Value::Null,
-        ));
+        let logprobs = if request["logprobs"] == true {
+            json!({"content": [token_logprob(i, word, request)]})
+        } else {
+            Value::Null
+        };
+        events.push(chunk(json!({"content": word}), logprobs, Value::Null));
     }
     events.push(chunk(json!({}), Value::Null, json!("stop")));
     events.push("data: [DONE]\n\n".to_string());

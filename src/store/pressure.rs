@@ -136,6 +136,24 @@ impl Level {
         }
     }
 
+    /// The level a sample of `used` gives after `previous`: a threshold crossed upwards is left
+    /// only once memory is [`RELEASE_POINTS`] below it, so memory hovering at a threshold
+    /// (a flood's own transient buffers come and go) does not flip refusals on and off.
+    fn sampled(used: u64, max: u64, settings: &StorageSettings, previous: Level) -> Level {
+        let level = Level::of(used, max, settings);
+        if level >= previous || max == 0 {
+            return level;
+        }
+        let held = |percent: u8| {
+            used as u128 * 100 >= max as u128 * percent.saturating_sub(RELEASE_POINTS) as u128
+        };
+        match previous {
+            Level::Hard if held(settings.hard_percent) => Level::Hard,
+            Level::Hard | Level::Soft if held(settings.soft_percent) => Level::Soft,
+            _ => level,
+        }
+    }
+
     fn of(used: u64, max: u64, settings: &StorageSettings) -> Level {
         if max == 0 {
             return Level::Off;
@@ -151,6 +169,9 @@ impl Level {
         }
     }
 }
+
+/// How far (percentage points of maxmemory) below a threshold memory must fall to leave it.
+const RELEASE_POINTS: u8 = 5;
 
 /// The bytes each owner's stored messages gained or lost since the last flush, kept in memory
 /// by the store (no round trip on the request path).
@@ -285,7 +306,8 @@ impl StoragePressure {
                     return;
                 };
                 flush(&conn, &ledger).await;
-                match sample(&conn, &settings, &mut recounted).await {
+                let previous = pressure.snapshot().level;
+                match sample(&conn, &settings, previous, &mut recounted).await {
                     Ok(snapshot) => pressure.publish(snapshot),
                     Err(err) => {
                         // The last sample stays: a Redis that does not answer refuses writes
@@ -457,6 +479,7 @@ async fn flush(conn: &SharedConnection, ledger: &StorageLedger) {
 async fn sample(
     conn: &SharedConnection,
     settings: &StorageSettings,
+    previous: Level,
     recounted: &mut HashMap<String, Instant>,
 ) -> redis::RedisResult<Snapshot> {
     let mut conn = conn.clone();
@@ -487,7 +510,7 @@ async fn sample(
         .filter(|(_, max)| *max > 0)
         .max_by(|a, b| (a.0 as u128 * b.1 as u128).cmp(&(b.0 as u128 * a.1 as u128)))
         .unwrap_or((0, 0));
-    let level = Level::of(used, max, settings);
+    let level = Level::sampled(used, max, settings, previous);
     let mut snapshot = Snapshot {
         level,
         used_bytes: used,
@@ -642,6 +665,22 @@ mod tests {
 
     fn settings() -> StorageSettings {
         StorageSettings::default()
+    }
+
+    #[test]
+    fn a_threshold_is_left_only_well_below_it() {
+        let s = settings();
+        // Up: at once.
+        assert_eq!(Level::sampled(80, 100, &s, Level::Normal), Level::Soft);
+        assert_eq!(Level::sampled(90, 100, &s, Level::Soft), Level::Hard);
+        // Down: only 5 points below the threshold.
+        assert_eq!(Level::sampled(79, 100, &s, Level::Soft), Level::Soft);
+        assert_eq!(Level::sampled(75, 100, &s, Level::Soft), Level::Soft);
+        assert_eq!(Level::sampled(74, 100, &s, Level::Soft), Level::Normal);
+        assert_eq!(Level::sampled(86, 100, &s, Level::Hard), Level::Hard);
+        assert_eq!(Level::sampled(84, 100, &s, Level::Hard), Level::Soft);
+        assert_eq!(Level::sampled(10, 100, &s, Level::Hard), Level::Normal);
+        assert_eq!(Level::sampled(95, 0, &s, Level::Hard), Level::Off);
     }
 
     #[test]

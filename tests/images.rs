@@ -7,10 +7,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{
-    CoreOptions, Stack, create_key, expect_data, expect_error, post_with_key, spawn_core,
-    spawn_edge, wait_until_ready,
-};
+use support::{Offline, Stack, expect_data, expect_error};
 
 const MODEL: &str = "zai/glm-4.7-flash";
 const PNG: &str = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJRU5ErkJggg==";
@@ -141,25 +138,13 @@ async fn an_image_counts_in_the_prompt_estimate() {
 
 #[tokio::test]
 async fn the_offline_simulator_sees_the_images() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = spawn_core(&CoreOptions {
-        redis_url: None,
-        upstream: None,
-        data_dir: Some(dir.path().to_path_buf()),
-        env: Vec::new(),
-    });
-    let edge = spawn_edge(&[&core]);
-    wait_until_ready(&edge).await;
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{}", edge.port);
-    let key = create_key(&http, &base, "offline-images", json!({})).await;
-    let response = post_with_key(
-        &http,
-        format!("{base}/v1/chat/completions"),
-        &key,
-        &json!({"model": MODEL, "messages": [{"role": "user", "content": parts_v1()}]}),
-    )
-    .await;
+    let offline = Offline::start("offline-images").await;
+    let response = offline
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": MODEL, "messages": [{"role": "user", "content": parts_v1()}]}),
+        )
+        .await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     let text = body["choices"][0]["message"]["content"].as_str().unwrap();

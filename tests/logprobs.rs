@@ -6,10 +6,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{
-    Behaviour, CoreOptions, Stack, create_key, expect_data, expect_error, post_with_key,
-    spawn_core, spawn_edge, wait_until_ready,
-};
+use support::{Behaviour, Offline, Stack, expect_data, expect_error};
 
 const MODEL: &str = "zai/glm-4.7-flash";
 const ANSWER: &str = "Paris is sunny";
@@ -195,25 +192,13 @@ async fn what_cannot_give_them_refuses_them_by_name() {
     assert!(stack.upstream.received().is_empty());
 
     // The offline simulator writes its answers: it has no log probabilities to give.
-    let dir = tempfile::tempdir().unwrap();
-    let core = spawn_core(&CoreOptions {
-        redis_url: None,
-        upstream: None,
-        data_dir: Some(dir.path().to_path_buf()),
-        env: Vec::new(),
-    });
-    let edge = spawn_edge(&[&core]);
-    wait_until_ready(&edge).await;
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{}", edge.port);
-    let key = create_key(&http, &base, "offline-logprobs", json!({})).await;
-    let response = post_with_key(
-        &http,
-        format!("{base}/v1/chat/completions"),
-        &key,
-        &json!({"model": MODEL, "messages": user, "logprobs": true}),
-    )
-    .await;
+    let offline = Offline::start("offline-logprobs").await;
+    let response = offline
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": MODEL, "messages": user, "logprobs": true}),
+        )
+        .await;
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["error"]["param"], "logprobs", "{error}");

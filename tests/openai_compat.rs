@@ -5,32 +5,8 @@
 
 mod support;
 
-use std::process::Stdio;
-
 use serde_json::{Value, json};
-use support::{Stack, expect_data};
-
-/// The SDK version this test proves; installed with pip when missing.
-const OPENAI_SDK: &str = "openai==3.57.0";
-
-/// Makes sure `python3 -c "import openai"` works, installing the pinned SDK if needed.
-async fn ensure_sdk() {
-    let present = tokio::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .expect("python3 must be installed for this test");
-    if present.success() {
-        return;
-    }
-    let install = tokio::process::Command::new("python3")
-        .args(["-m", "pip", "install", "-q", OPENAI_SDK])
-        .status()
-        .await
-        .expect("run pip");
-    assert!(install.success(), "pip install {OPENAI_SDK} failed");
-}
+use support::{Stack, ensure_openai_sdk, expect_data};
 
 const SDK_SCRIPT: &str = r#"
 import json, os, sys
@@ -103,7 +79,7 @@ print(json.dumps(out))
 
 #[tokio::test]
 async fn the_official_openai_python_sdk_works_unchanged_whole_and_streamed() {
-    ensure_sdk().await;
+    ensure_openai_sdk().await;
     let stack = Stack::start().await;
     let key = stack.create_key("sdk").await;
     let output = tokio::process::Command::new("python3")

@@ -12,8 +12,8 @@ mod fake_anthropic;
 
 use serde_json::{Value, json};
 use support::{
-    CoreOptions, Process, Stack, create_key, expect_data, post_with_key, spawn_core, spawn_edge,
-    wait_until_ready,
+    CoreOptions, Offline, Process, Stack, create_key, expect_data, post_with_key, spawn_core,
+    spawn_edge, wait_until_ready,
 };
 
 fn zai(upstream: &support::FakeUpstream) -> String {
@@ -253,31 +253,11 @@ async fn fields_the_gateway_does_not_serve_are_refused_by_name() {
 
 #[tokio::test]
 async fn the_simulator_answers_json_modes_with_json() {
-    let stack = Stack::embedded().await;
-    let key = stack.create_key("offline").await;
-    // The embedded stack's zai provider is the real fake upstream; a providers-less gateway
-    // without a key answers with the simulator.
-    let dir = tempfile::tempdir().unwrap();
-    let core = spawn_core(&CoreOptions {
-        redis_url: None,
-        upstream: None,
-        data_dir: Some(dir.path().to_path_buf()),
-        env: Vec::new(),
-    });
-    let edge = spawn_edge(&[&core]);
-    wait_until_ready(&edge).await;
-    drop(key);
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{}", edge.port);
-    let key = create_key(&http, &base, "offline", json!({})).await;
-    let response = post_with_key(
-        &http,
-        format!("{base}/v1/chat/completions"),
-        &key,
-        &json!({"model": "zai/glm-4.7-flash",
+    // A gateway without a providers file or a provider key answers with the simulator.
+    let offline = Offline::start("offline").await;
+    let response = offline.post("/v1/chat/completions", &json!({"model": "zai/glm-4.7-flash",
                 "messages": [{"role": "user", "content": "Oslo"}],
-                "response_format": {"type": "json_schema", "json_schema": {"name": "weather", "schema": schema(), "strict": true}}}),
-    )
+                "response_format": {"type": "json_schema", "json_schema": {"name": "weather", "schema": schema(), "strict": true}}}))
     .await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
@@ -287,22 +267,20 @@ async fn the_simulator_answers_json_modes_with_json() {
     assert!(parsed["celsius"].is_number(), "{parsed}");
     assert_eq!(parsed.as_object().unwrap().len(), 2, "{parsed}");
 
-    let response = post_with_key(
-        &http,
-        format!("{base}/v1/chat/completions"),
-        &key,
-        &json!({"model": "zai/glm-4.7-flash",
+    let response = offline
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "zai/glm-4.7-flash",
                 "messages": [{"role": "user", "content": "anything"}],
                 "response_format": {"type": "json_object"}}),
-    )
-    .await;
+        )
+        .await;
     let body: Value = response.json().await.unwrap();
     let content = body["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(
         serde_json::from_str::<Value>(content).unwrap().is_object(),
         "{content}"
     );
-    drop((core, edge));
 }
 
 struct ClaudeGateway {

@@ -7,16 +7,10 @@
 
 mod support;
 
-use std::process::Stdio;
-
 use serde_json::{Value, json};
 use support::{
-    Behaviour, CoreOptions, Stack, create_key, expect_data, expect_error, post_with_key,
-    spawn_core, spawn_edge, wait_until_ready,
+    Behaviour, Offline, Stack, ensure_openai_sdk, expect_data, expect_error, post_with_key,
 };
-
-/// The SDK version this test proves; installed with pip when missing.
-const OPENAI_SDK: &str = "openai==3.57.0";
 
 const MODEL: &str = "zai/glm-4.7-flash";
 
@@ -24,25 +18,6 @@ const MODEL: &str = "zai/glm-4.7-flash";
 /// re-serialisation on the way shows.
 const PARIS_ARGS: &str = r#"{"city": "Paris",  "unit":"celsius", "note": "naïve ☀ \"quoted\""}"#;
 const OSLO_ARGS: &str = r#"{ "city" : "Oslo", "unit": "fahrenheit" }"#;
-
-/// Makes sure `python3 -c "import openai"` works, installing the pinned SDK if needed.
-async fn ensure_sdk() {
-    let present = tokio::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .expect("python3 must be installed for this test");
-    if present.success() {
-        return;
-    }
-    let install = tokio::process::Command::new("python3")
-        .args(["-m", "pip", "install", "-q", OPENAI_SDK])
-        .status()
-        .await
-        .expect("run pip");
-    assert!(install.success(), "pip install {OPENAI_SDK} failed");
-}
 
 /// Runs `script` with the gateway's `/v1` base, `key` and the tools offered; its printed JSON.
 async fn run_sdk(script: &str, stack: &Stack, key: &str) -> Value {
@@ -217,7 +192,7 @@ print(json.dumps(out))
 
 #[tokio::test]
 async fn the_official_openai_python_sdk_runs_a_tool_loop_whole_and_streamed() {
-    ensure_sdk().await;
+    ensure_openai_sdk().await;
     let stack = Stack::embedded().await;
     let key = stack.create_key("sdk-tools").await;
     stack.upstream.then([
@@ -371,7 +346,7 @@ print(json.dumps(out))
 
 #[tokio::test]
 async fn the_sdk_may_append_the_replys_message_object_as_it_is() {
-    ensure_sdk().await;
+    ensure_openai_sdk().await;
     let stack = Stack::embedded().await;
     let key = stack.create_key("sdk-append").await;
     stack.upstream.then([
@@ -1009,26 +984,16 @@ async fn grpc_runs_the_tool_loop_continuing_the_session_and_reads_it_back() {
 
 #[tokio::test]
 async fn the_offline_simulator_plays_the_tool_loop_without_credentials() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = spawn_core(&CoreOptions {
-        redis_url: None,
-        upstream: None,
-        data_dir: Some(dir.path().to_path_buf()),
-        env: Vec::new(),
-    });
-    let edge = spawn_edge(&[&core]);
-    wait_until_ready(&edge).await;
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{}", edge.port);
-    let key = create_key(&http, &base, "offline-tools", json!({})).await;
+    let offline = Offline::start("offline-tools").await;
+    let (http, base, key) = (&offline.http, &offline.base, &offline.key);
     let url = format!("{base}/v1/chat/completions");
     let question =
         json!({"role": "user", "content": "What is the weather in Paris? Use get_weather."});
 
     let response = post_with_key(
-        &http,
+        http,
         &url,
-        &key,
+        key,
         &json!({"model": MODEL, "messages": [question], "tools": [weather_tool()]}),
     )
     .await;
@@ -1053,9 +1018,9 @@ async fn the_offline_simulator_plays_the_tool_loop_without_credentials() {
 
     // Streamed, the same call comes in pieces.
     let streamed = post_with_key(
-        &http,
+        http,
         &url,
-        &key,
+        key,
         &json!({"model": MODEL, "messages": [question], "tools": [weather_tool()], "stream": true}),
     )
     .await
@@ -1089,9 +1054,9 @@ async fn the_offline_simulator_plays_the_tool_loop_without_credentials() {
 
     // The result goes back; the simulated model answers from it.
     let response = post_with_key(
-        &http,
+        http,
         &url,
-        &key,
+        key,
         &json!({"model": MODEL, "tools": [weather_tool()], "messages": [
             question,
             {"role": "assistant", "content": null, "tool_calls": [call]},
@@ -1114,9 +1079,9 @@ async fn the_offline_simulator_plays_the_tool_loop_without_credentials() {
 
     // A question that asks for no tool is answered with text.
     let response = post_with_key(
-        &http,
+        http,
         &url,
-        &key,
+        key,
         &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hello there"}],
                 "tools": [weather_tool()]}),
     )
@@ -1124,7 +1089,6 @@ async fn the_offline_simulator_plays_the_tool_loop_without_credentials() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
     assert!(body["choices"][0]["message"]["content"].is_string());
-    drop((core, edge));
 }
 
 // ---------------------------------------------------------------- refusals

@@ -1137,6 +1137,70 @@ pub async fn post_with_key(
         .expect("POST with a key")
 }
 
+/// The OpenAI Python SDK version the tests prove (scripts/test.sh installs the same).
+pub const OPENAI_SDK: &str = "openai==3.57.0";
+
+/// Makes sure `python3 -c "import openai"` works, installing the pinned SDK if needed.
+pub async fn ensure_openai_sdk() {
+    let present = tokio::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .expect("python3 must be installed for this test");
+    if present.success() {
+        return;
+    }
+    let install = tokio::process::Command::new("python3")
+        .args(["-m", "pip", "install", "-q", OPENAI_SDK])
+        .status()
+        .await
+        .expect("run pip");
+    assert!(install.success(), "pip install {OPENAI_SDK} failed");
+}
+
+/// A gateway whose models the offline simulator answers (no provider key, embedded store), with
+/// a key of its own.
+pub struct Offline {
+    pub http: reqwest::Client,
+    /// `http://127.0.0.1:<edge port>`.
+    pub base: String,
+    pub key: String,
+    _edge: Process,
+    _core: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl Offline {
+    pub async fn start(key_name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let core = spawn_core(&CoreOptions {
+            redis_url: None,
+            upstream: None,
+            data_dir: Some(dir.path().to_path_buf()),
+            env: Vec::new(),
+        });
+        let edge = spawn_edge(&[&core]);
+        wait_until_ready(&edge).await;
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{}", edge.port);
+        let key = create_key(&http, &base, key_name, json!({})).await;
+        Self {
+            http,
+            base,
+            key,
+            _edge: edge,
+            _core: core,
+            _dir: dir,
+        }
+    }
+
+    /// `POST path` with the key.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        post_with_key(&self.http, format!("{}{path}", self.base), &self.key, body).await
+    }
+}
+
 /// Waits until `edge` answers `GET /readyz` with 200: the channel its requests take has reached
 /// a core. An accepting REST port alone does not mean a first request gets through.
 pub async fn wait_until_ready(edge: &Process) {

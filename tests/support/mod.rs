@@ -531,6 +531,11 @@ fn stream_logprobs(model: Value, content: &str, request: &Value) -> axum::respon
     }
     events.push(chunk(json!({}), Value::Null, json!("stop")));
     events.push("data: [DONE]\n\n".to_string());
+    event_stream_response(events)
+}
+
+/// A `text/event-stream` answer of `events`, each already framed (`data: ...\n\n`).
+fn event_stream_response(events: Vec<String>) -> axum::response::Response {
     let body = futures::stream::iter(
         events
             .into_iter()
@@ -604,17 +609,7 @@ fn stream_tool_calls(
         events.push(format!("data: {usage}\n\n"));
     }
     events.push("data: [DONE]\n\n".to_string());
-    let body = futures::stream::iter(
-        events
-            .into_iter()
-            .map(|text| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(text))),
-    );
-    (
-        StatusCode::OK,
-        [("content-type", "text/event-stream")],
-        axum::body::Body::from_stream(body),
-    )
-        .into_response()
+    event_stream_response(events)
 }
 
 /// A streamed answer whose usage chunk also reports `cached` prompt tokens read from the

@@ -937,6 +937,94 @@ async fn a_key_holder_sees_only_its_own_key_and_sessions() {
     assert!(!client.source().await.unwrap().contains("someone-else"));
 }
 
+/// A session's history as a person reads it: the image a user sent, the tool the model called
+/// with its arguments and id, the result that answers it, and the answer.
+#[tokio::test]
+async fn a_session_history_shows_images_tool_calls_and_their_results() {
+    let stack = Stack::start().await;
+    let key = stack.create_key("agent").await;
+    stack.upstream.then([
+        Behaviour::ToolCalls {
+            calls: vec![(
+                "call_w1".into(),
+                "get_weather".into(),
+                r#"{"city":"Paris"}"#.into(),
+            )],
+            prompt_tokens: 20,
+            completion_tokens: 8,
+        },
+        Behaviour::Reply {
+            content: "It is 18 C in Paris.".into(),
+            prompt_tokens: 30,
+            completion_tokens: 6,
+        },
+    ]);
+    let tool = json!({"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}});
+    let session = expect_data(
+        stack
+            .post(
+                "/api/v1/sessions",
+                &key,
+                &json!({"tools": [tool], "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "Weather where this was taken?"},
+                    {"type": "image_url", "imageUrl": {"url": "https://example.com/paris.jpg"}}
+                ]}]}),
+            )
+            .await,
+        201,
+    )
+    .await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    expect_data(
+        stack
+            .post(
+                &format!("/api/v1/sessions/{session}/messages"),
+                &key,
+                &json!({"message": {"role": "tool", "toolCallId": "call_w1", "content": "18 C"}}),
+            )
+            .await,
+        200,
+    )
+    .await;
+
+    let browser = browser(1280, 800).await;
+    let client = &browser.client;
+    browser_sign_in(&stack, client, &key).await;
+    client
+        .goto(&stack.url(&format!("/dashboard/sessions/{session}")))
+        .await
+        .unwrap();
+    expect_h1(client, "Session history").await;
+    let text = |css: &'static str| async move {
+        client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|_| panic!("{css} is shown"))
+            .text()
+            .await
+            .unwrap()
+    };
+    let user = text("li.msg.user").await;
+    assert!(user.contains("Weather where this was taken?"), "{user}");
+    assert!(
+        user.contains("image https://example.com/paris.jpg"),
+        "{user}"
+    );
+    let call = text("li.msg.assistant").await;
+    assert!(
+        call.contains(r#"calls get_weather with {"city":"Paris"} (call_w1)"#),
+        "{call}"
+    );
+    let result = text("li.msg.tool").await;
+    assert!(result.contains("result of call_w1"), "{result}");
+    assert!(result.contains("18 C"), "{result}");
+    let answer = text("li.msg.assistant:last-child").await;
+    assert!(answer.contains("It is 18 C in Paris."), "{answer}");
+}
+
 #[tokio::test]
 async fn a_key_holder_signs_out_everywhere_from_settings_in_the_browser() {
     let stack = Stack::start().await;

@@ -18,7 +18,9 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::routes::content::ContentInput;
-use crate::routes::sampling::{ResponseFormatInput, Stop, sampling};
+use crate::routes::sampling::{
+    ResponseFormatInput, Stop, first_set_field, parse_logprobs, sampling,
+};
 use crate::routes::tools::{
     ToolCallChunk, ToolCallInput, ToolCallOutput, ToolChoiceInput, ToolInput,
 };
@@ -284,14 +286,6 @@ pub(crate) struct InputMessage {
     unsupported: BTreeMap<String, Value>,
 }
 
-/// The first field of `fields` that is set (not null): null is how a client says "not set".
-fn unset_aside(fields: &BTreeMap<String, Value>) -> Option<&String> {
-    fields
-        .iter()
-        .find(|(_, value)| !value.is_null())
-        .map(|(name, _)| name)
-}
-
 fn invalid(field: String, details: String) -> ApiError {
     ApiError::invalid_field(field, "Invalid request", details)
 }
@@ -299,7 +293,7 @@ fn invalid(field: String, details: String) -> ApiError {
 impl InputMessage {
     fn into_proto(self, index: usize) -> Result<proto::ChatMessage, ApiError> {
         // A null field is an absent one: SDKs send back the reply's `refusal: null` as it came.
-        if let Some(name) = unset_aside(&self.unsupported) {
+        if let Some(name) = first_set_field(&self.unsupported) {
             return Err(invalid(
                 format!("messages[{index}].{name}"),
                 format!(
@@ -337,7 +331,7 @@ pub(crate) fn completion_request(
             "The field 'n' must be 1: the gateway returns one choice".into(),
         ));
     }
-    if let Some(name) = unset_aside(&body.unsupported) {
+    if let Some(name) = first_set_field(&body.unsupported) {
         return Err(unsupported_field(name));
     }
     let session_id = match headers.get(&SESSION_HEADER) {
@@ -599,13 +593,6 @@ struct ChunkHead {
     created: i64,
     model: String,
     include_usage: bool,
-}
-
-/// The log probabilities the core passed on (JSON text), as JSON; null when none were asked.
-fn parse_logprobs(text: &str) -> Option<Value> {
-    (!text.is_empty())
-        .then(|| serde_json::from_str(text).ok())
-        .flatten()
 }
 
 impl ChunkHead {

@@ -144,3 +144,19 @@ macro_rules! sampling {
 }
 
 pub(crate) use sampling;
+
+/// The first of a request's undeclared fields that is set: a field sent as `null` counts as not
+/// sent (SDKs send a reply back with its `refusal: null`). Both surfaces refuse what this names.
+pub(crate) fn first_set_field(fields: &BTreeMap<String, Value>) -> Option<&String> {
+    fields
+        .iter()
+        .find(|(_, value)| !value.is_null())
+        .map(|(name, _)| name)
+}
+
+/// The log probabilities the core passed on (JSON text), as JSON; `None` when none were asked.
+pub(crate) fn parse_logprobs(text: &str) -> Option<Value> {
+    (!text.is_empty())
+        .then(|| serde_json::from_str(text).ok())
+        .flatten()
+}

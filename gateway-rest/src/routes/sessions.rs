@@ -19,7 +19,9 @@ use utoipa::{IntoParams, ToSchema};
 use std::collections::BTreeMap;
 
 use crate::routes::content::ContentInput;
-use crate::routes::sampling::{ResponseFormatInput, Stop, sampling};
+use crate::routes::sampling::{
+    ResponseFormatInput, Stop, first_set_field, parse_logprobs, sampling,
+};
 use crate::routes::tools::{
     ToolCallChunk, ToolCallInput, ToolCallOutput, ToolChoiceInput, ToolInput,
 };
@@ -72,12 +74,7 @@ fn refuse_unknown(
     at: &str,
     fields: &str,
 ) -> Result<(), ApiError> {
-    // A null field is an absent one.
-    let Some(name) = unknown
-        .iter()
-        .find(|(_, value)| !value.is_null())
-        .map(|(name, _)| name)
-    else {
+    let Some(name) = first_set_field(unknown) else {
         return Ok(());
     };
     let field = if at.is_empty() {
@@ -608,13 +605,6 @@ fn strategy_name(strategy: String) -> String {
     } else {
         strategy
     }
-}
-
-/// The log probabilities the core passed on (JSON text), as JSON.
-fn parse_logprobs(text: &str) -> Option<serde_json::Value> {
-    (!text.is_empty())
-        .then(|| serde_json::from_str(text).ok())
-        .flatten()
 }
 
 fn non_empty(token: String) -> Option<String> {

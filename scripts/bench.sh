@@ -23,7 +23,13 @@
 #                                         context window holds about 100 of them; prints a table
 #                                         for docs/benchmarks.md (see `target/release/history --help`)
 #
-# Set BENCH_NO_LITELLM=1 to skip installing and running LiteLLM.
+# Scenario 2 is also measured by oha (https://github.com/hatoo/oha), a widely used HTTP load
+# generator, beside our own: open loop at every rate of the sweep and closed loop (no rate
+# limit) once per topology. The full run installs the pinned version below with
+# `cargo install --locked` under target/tools when target/tools/bin/oha is missing or another
+# version (needs crates.io once); the smoke run never does.
+#
+# Set BENCH_NO_LITELLM=1 to skip installing and running LiteLLM, BENCH_NO_OHA=1 to skip oha.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +61,24 @@ if [ "${1:-}" = "--redis-topologies" ]; then
     --command "scripts/bench.sh --redis-topologies${*:+ $*}" "$@"
 fi
 
+# oha, pinned: its flags and its JSON are what bench/src/oha.rs passes and reads. 1.16.0 is the
+# newest on crates.io when pinned (MSRV 1.88; builds with rustc 1.95).
+OHA_VERSION=1.16.0
+oha_bin=target/tools/bin/oha
+oha=()
+if [ -n "${BENCH_NO_OHA:-}" ]; then
+  oha=(--oha-missing "skipped (BENCH_NO_OHA)")
+else
+  if [ "$("$oha_bin" --version 2>/dev/null)" != "oha $OHA_VERSION" ]; then
+    cargo install oha --version "$OHA_VERSION" --locked --force --root target/tools >&2 || true
+  fi
+  if [ "$("$oha_bin" --version 2>/dev/null)" = "oha $OHA_VERSION" ]; then
+    oha=(--oha "$oha_bin")
+  else
+    oha=(--oha-missing "cargo install oha --version $OHA_VERSION --locked did not succeed here")
+  fi
+fi
+
 litellm=()
 if [ -n "${BENCH_NO_LITELLM:-}" ]; then
   litellm=(--litellm-missing "skipped (BENCH_NO_LITELLM)")
@@ -65,4 +89,4 @@ else
 fi
 
 exec target/release/loadgen --bin-dir target/release --repeats "${BENCH_REPEATS:-5}" \
-  --command "scripts/bench.sh${*:+ $*}" "${litellm[@]}" "$@"
+  --command "scripts/bench.sh${*:+ $*}" "${litellm[@]}" "${oha[@]}" "$@"

@@ -1,8 +1,10 @@
 //! The benchmark harness of `docs/benchmarks.md`: a fast fake OpenAI-compatible upstream, the
 //! processes under test started on loopback, an open-loop constant-rate load generator recording
-//! HDR histograms, the scenarios, and the report (JSON, Markdown, SVG).
+//! HDR histograms, oha beside it on scenario 2, the scenarios, and the report (JSON, Markdown,
+//! SVG).
 
 pub mod load;
+pub mod oha;
 pub mod processes;
 pub mod redis_topology;
 pub mod report;

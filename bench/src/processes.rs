@@ -383,10 +383,13 @@ pub struct Meter {
     started: Instant,
 }
 
-/// What a [`Meter`] saw: per process, CPU in % of one core and peak RSS in MiB.
+/// What a [`Meter`] saw: per process, CPU in % of one core and in seconds (user + system, in
+/// clock ticks of 10 ms), and peak RSS in MiB.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub cpu_percent: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub cpu_seconds: BTreeMap<String, f64>,
     pub peak_rss_mib: BTreeMap<String, f64>,
 }
 
@@ -410,6 +413,9 @@ impl Meter {
             usage
                 .cpu_percent
                 .insert(name.clone(), (100.0 * used / wall * 10.0).round() / 10.0);
+            usage
+                .cpu_seconds
+                .insert(name.clone(), (used * 100.0).round() / 100.0);
             usage
                 .peak_rss_mib
                 .insert(name.clone(), (peak_rss_mib(*pid) * 10.0).round() / 10.0);

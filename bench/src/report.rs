@@ -43,6 +43,70 @@ pub struct Row {
     pub set_aside: usize,
     #[serde(default)]
     pub first_attempt_overhead_ms: Option<Percentiles>,
+    /// Every run's own figures (the medians above are taken over these).
+    #[serde(default)]
+    pub per_run: Vec<RunFigure>,
+}
+
+/// One run's figures of one (scenario, target, rate).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunFigure {
+    /// 1 for the first run.
+    pub run: usize,
+    pub achieved: f64,
+    pub errors: u64,
+    pub saturated: bool,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    /// Target − that run's own baseline at the rate.
+    pub overhead_p50_ms: Option<f64>,
+    pub overhead_p99_ms: Option<f64>,
+    /// Steps measured by oha: the status codes it got.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub status_codes: BTreeMap<String, u64>,
+}
+
+/// oha's closed-loop throughput of one (scenario, target), medians over the runs, and every run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClosedLoopRow {
+    pub scenario: String,
+    pub target: String,
+    pub connections: usize,
+    /// 2xx responses per second.
+    pub ok_per_sec: f64,
+    pub errors: f64,
+    pub latency_ms: Percentiles,
+    pub cpu_percent: BTreeMap<String, f64>,
+    pub per_run: Vec<ClosedLoopFigure>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClosedLoopFigure {
+    pub run: usize,
+    pub ok_per_sec: f64,
+    pub ok: u64,
+    pub errors: u64,
+    pub latency_ms: Percentiles,
+    pub status_codes: BTreeMap<String, u64>,
+    pub machine_stalls: Option<u64>,
+    pub machine_longest_ms: Option<f64>,
+}
+
+/// How fast this boot of the machine ran the same work: the fake upstream's CPU per request
+/// (user + system from `/proc/<pid>/stat`, 10-ms ticks) over one run's steps against it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CpuReference {
+    pub run: usize,
+    /// Which steps: the open-loop baselines of scenario 2 (or, when scenario 2 did not run,
+    /// of every non-streaming scenario against the fake upstream).
+    pub basis: String,
+    pub requests: u64,
+    pub cpu_seconds: f64,
+    pub us_per_request: Option<f64>,
+    /// oha's closed-loop runs against the upstream alone (absent without oha).
+    pub closed_loop_requests: u64,
+    pub closed_loop_cpu_seconds: f64,
+    pub closed_loop_us_per_request: Option<f64>,
 }
 
 impl Row {
@@ -60,7 +124,16 @@ pub struct Verdict {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
+    /// Runs summarised.
+    #[serde(default)]
+    pub runs: usize,
     pub rows: Vec<Row>,
+    #[serde(default)]
+    pub closed_loop: Vec<ClosedLoopRow>,
+    #[serde(default)]
+    pub cpu_reference: Vec<CpuReference>,
+    #[serde(default)]
+    pub oha_failures: Vec<String>,
     pub idle_rss_mib: BTreeMap<String, f64>,
     pub streams: Option<scenarios::StreamsMemory>,
     pub verdicts: Vec<Verdict>,
@@ -137,19 +210,20 @@ pub fn summarise(runs: &[Run]) -> Summary {
     }
     let mut rows = Vec::new();
     for (scenario, target, rate) in keys {
-        let found: Vec<(&Run, &Step)> = runs
+        let found: Vec<(usize, &Run, &Step)> = runs
             .iter()
-            .flat_map(|run| run.steps.iter().map(move |s| (run, s)))
-            .filter(|(_, s)| s.scenario == scenario && s.target == target && s.rate == rate)
+            .enumerate()
+            .flat_map(|(i, run)| run.steps.iter().map(move |s| (i + 1, run, s)))
+            .filter(|(_, _, s)| s.scenario == scenario && s.target == target && s.rate == rate)
             .collect();
-        let steps: Vec<&Step> = found.iter().map(|(_, s)| *s).collect();
+        let steps: Vec<&Step> = found.iter().map(|(_, _, s)| *s).collect();
         let differences = |pick: &dyn Fn(&Step) -> Option<Percentiles>| -> Option<Percentiles> {
             if is_baseline(&target) {
                 return None;
             }
             let diffs: Vec<Percentiles> = found
                 .iter()
-                .filter_map(|(run, step)| {
+                .filter_map(|(_, run, step)| {
                     let base = baseline(run, step)?;
                     Some(minus(&pick(step)?, &pick(base)?))
                 })
@@ -191,7 +265,7 @@ pub fn summarise(runs: &[Run]) -> Summary {
             untouched_overhead_ms: differences(&|s| s.machine.as_ref()?.clear_latency_ms),
             set_aside: found
                 .iter()
-                .map(|(run, step)| {
+                .map(|(_, run, step)| {
                     let base = match is_baseline(&step.target) {
                         true => None,
                         false => baseline(run, step),
@@ -202,6 +276,30 @@ pub fn summarise(runs: &[Run]) -> Summary {
             first_attempt_overhead_ms: differences(&|s| {
                 Some(s.set_aside.first().map_or(s.latency_ms, |a| a.latency_ms))
             }),
+            per_run: found
+                .iter()
+                .map(|(i, run, step)| {
+                    let overhead = (!is_baseline(&target))
+                        .then(|| baseline(run, step))
+                        .flatten()
+                        .map(|base| minus(&step.latency_ms, &base.latency_ms));
+                    RunFigure {
+                        run: *i,
+                        achieved: step.achieved,
+                        errors: step.errors,
+                        saturated: step.saturated(),
+                        latency_p50_ms: step.latency_ms.p50,
+                        latency_p99_ms: step.latency_ms.p99,
+                        overhead_p50_ms: overhead.map(|o| o.p50),
+                        overhead_p99_ms: overhead.map(|o| o.p99),
+                        status_codes: step
+                            .oha
+                            .as_ref()
+                            .map(|o| o.status_codes.clone())
+                            .unwrap_or_default(),
+                    }
+                })
+                .collect(),
             scenario,
             target,
             rate,
@@ -217,6 +315,22 @@ pub fn summarise(runs: &[Run]) -> Summary {
         rss_mib: median_map(streams.iter().map(|s| &s.rss_mib).collect()),
     });
     let mut summary = Summary {
+        runs: runs.len(),
+        closed_loop: closed_loop_rows(runs),
+        cpu_reference: runs
+            .iter()
+            .enumerate()
+            .map(|(i, run)| cpu_reference(i + 1, run))
+            .collect(),
+        oha_failures: runs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, run)| {
+                run.oha_failures
+                    .iter()
+                    .map(move |f| format!("run {}: {f}", i + 1))
+            })
+            .collect(),
         idle_rss_mib: median_map(runs.iter().map(|r| &r.idle_rss_mib).collect()),
         streams,
         rows,
@@ -226,6 +340,93 @@ pub fn summarise(runs: &[Run]) -> Summary {
     summary
 }
 
+fn closed_loop_rows(runs: &[Run]) -> Vec<ClosedLoopRow> {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for c in runs.iter().flat_map(|r| &r.closed_loop) {
+        let key = (c.scenario.clone(), c.target.clone());
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys.into_iter()
+        .map(|(scenario, target)| {
+            let found: Vec<(usize, &scenarios::ClosedLoop)> = runs
+                .iter()
+                .enumerate()
+                .flat_map(|(i, run)| run.closed_loop.iter().map(move |c| (i + 1, c)))
+                .filter(|(_, c)| c.scenario == scenario && c.target == target)
+                .collect();
+            ClosedLoopRow {
+                connections: found.first().map_or(0, |(_, c)| c.connections),
+                ok_per_sec: median(found.iter().map(|(_, c)| c.report.ok_per_sec).collect()),
+                errors: median(found.iter().map(|(_, c)| c.report.errors as f64).collect()),
+                latency_ms: median_percentiles(
+                    &found
+                        .iter()
+                        .map(|(_, c)| c.report.latency_ms)
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap_or_default(),
+                cpu_percent: median_map(found.iter().map(|(_, c)| &c.usage.cpu_percent).collect()),
+                per_run: found
+                    .iter()
+                    .map(|(i, c)| ClosedLoopFigure {
+                        run: *i,
+                        ok_per_sec: c.report.ok_per_sec,
+                        ok: c.report.ok,
+                        errors: c.report.errors,
+                        latency_ms: c.report.latency_ms,
+                        status_codes: c.report.status_codes.clone(),
+                        machine_stalls: c.machine.as_ref().map(|m| m.stalls),
+                        machine_longest_ms: c.machine.as_ref().map(|m| m.longest_ms),
+                    })
+                    .collect(),
+                scenario,
+                target,
+            }
+        })
+        .collect()
+}
+
+/// The fake upstream's CPU per request in one run (see [`CpuReference`]).
+fn cpu_reference(run_number: usize, run: &Run) -> CpuReference {
+    let upstream_steps = |keep: &dyn Fn(&Step) -> bool| -> (u64, f64) {
+        run.steps
+            .iter()
+            .filter(|s| s.target == "upstream" && keep(s))
+            .filter_map(|s| Some((s.ok, *s.usage.cpu_seconds.get("upstream")?)))
+            .fold((0, 0.0), |(n, cpu), (ok, used)| (n + ok, cpu + used))
+    };
+    let openai =
+        |s: &Step| s.scenario == scenarios::OPENAI || s.scenario == scenarios::OPENAI_COMBINED;
+    let (mut basis, (mut requests, mut cpu_seconds)) = (
+        "open-loop baselines of scenario 2 (split and combined), every rate",
+        upstream_steps(&openai),
+    );
+    if requests == 0 {
+        basis = "open-loop baselines of every non-streaming scenario against the fake upstream, every rate";
+        (requests, cpu_seconds) = upstream_steps(&|s| s.scenario != scenarios::STREAMING);
+    }
+    let (closed_requests, closed_cpu) = run
+        .closed_loop
+        .iter()
+        .filter(|c| c.target == "upstream")
+        .filter_map(|c| Some((c.report.ok, *c.usage.cpu_seconds.get("upstream")?)))
+        .fold((0, 0.0), |(n, cpu), (ok, used)| (n + ok, cpu + used));
+    let per_request =
+        |n: u64, cpu: f64| (n > 0).then(|| (cpu * 1e6 / n as f64 * 10.0).round() / 10.0);
+    CpuReference {
+        run: run_number,
+        basis: basis.into(),
+        requests,
+        cpu_seconds: (cpu_seconds * 100.0).round() / 100.0,
+        us_per_request: per_request(requests, cpu_seconds),
+        closed_loop_requests: closed_requests,
+        closed_loop_cpu_seconds: (closed_cpu * 100.0).round() / 100.0,
+        closed_loop_us_per_request: per_request(closed_requests, closed_cpu),
+    }
+}
+
 fn row<'a>(summary: &'a Summary, scenario: &str, target: &str, rate: f64) -> Option<&'a Row> {
     summary
         .rows
@@ -233,6 +434,13 @@ fn row<'a>(summary: &'a Summary, scenario: &str, target: &str, rate: f64) -> Opt
         .find(|r| r.scenario == scenario && r.target == target && r.rate == rate)
 }
 
+/// Figures of every run, in run order, as "0.35, 0.58, …".
+fn every_run(figures: impl Iterator<Item = String>) -> String {
+    figures.collect::<Vec<_>>().join(", ")
+}
+
+/// A p99 overhead bound at one rate, judged in every run: met only if every run measured the
+/// step, none saturated, and every run's overhead p99 is below the bound.
 fn overhead_target(
     summary: &Summary,
     scenario: &str,
@@ -240,54 +448,166 @@ fn overhead_target(
     bound_ms: f64,
     name: &str,
 ) -> Verdict {
-    let target = format!("{name}: overhead p99 below {bound_ms} ms at {rate} requests/s");
-    match row(summary, scenario, "gateway", rate) {
-        Some(r) if r.saturated() => Verdict {
-            target,
-            measured: format!(
-                "saturated at {rate}/s: {:.0}/s achieved, {} errors, p99 {:.2} ms",
-                r.achieved, r.errors, r.latency_ms.p99
-            ),
-            met: false,
-        },
-        Some(r) => {
-            let p99 = r.overhead_ms.map(|o| o.p99).unwrap_or(f64::NAN);
-            let met = p99 < bound_ms;
-            let measured = if met {
-                format!("{p99:.3} ms (met, {:.3} ms to spare)", bound_ms - p99)
-            } else {
-                format!(
-                    "{p99:.3} ms (missed by {:.3} ms, {:.1}×)",
-                    p99 - bound_ms,
-                    p99 / bound_ms
-                )
-            };
-            let mut machine = match (r.machine_stalls, r.untouched_overhead_ms) {
-                (Some(stalls), Some(untouched)) => format!(
-                    "; the machine stalled {stalls:.0} times in the step (median), and the requests no stall touched had overhead p99 {:.3} ms",
-                    untouched.p99
-                ),
-                _ => String::new(),
-            };
-            if let (n @ 1.., Some(first)) = (r.set_aside, r.first_attempt_overhead_ms) {
-                let _ = write!(
-                    machine,
-                    "; {n} attempt(s) at this step or its baseline set aside because the machine stalled ≥ {} ms (with the first attempts instead: {:.3} ms)",
-                    scenarios::REPEAT_AFTER_STALL_MS,
-                    first.p99
-                );
-            }
-            Verdict {
-                target,
-                measured: measured + &machine,
-                met,
-            }
-        }
-        None => Verdict {
+    let target =
+        format!("{name}: overhead p99 below {bound_ms} ms at {rate} requests/s, in every run");
+    let Some(r) = row(summary, scenario, "gateway", rate) else {
+        return Verdict {
             target,
             measured: "not measured (the sweep did not reach this rate)".into(),
             met: false,
-        },
+        };
+    };
+    let p99_of = |f: &RunFigure| f.overhead_p99_ms.unwrap_or(f64::INFINITY);
+    let runs = every_run(r.per_run.iter().map(|f| match f.saturated {
+        true => format!(
+            "{:.3} (saturated: {:.0}/s, {} errors)",
+            p99_of(f),
+            f.achieved,
+            f.errors
+        ),
+        false => format!("{:.3}", p99_of(f)),
+    }));
+    let missing = summary.runs.saturating_sub(r.per_run.len());
+    let worst = r
+        .per_run
+        .iter()
+        .max_by(|a, b| p99_of(a).total_cmp(&p99_of(b)));
+    let met = missing == 0
+        && !r.per_run.is_empty()
+        && r.per_run
+            .iter()
+            .all(|f| !f.saturated && p99_of(f) < bound_ms);
+    let median = r.overhead_ms.map_or(f64::NAN, |o| o.p99);
+    let mut measured = format!("median {median:.3} ms; every run: {runs} ms");
+    if let Some(w) = worst {
+        let p99 = p99_of(w);
+        if p99 < bound_ms {
+            let _ = write!(
+                measured,
+                "; worst run {}: {p99:.3} ms, {:.3} ms to spare",
+                w.run,
+                bound_ms - p99
+            );
+        } else {
+            let _ = write!(
+                measured,
+                "; worst run {}: {p99:.3} ms, over by {:.3} ms ({:.1}×)",
+                w.run,
+                p99 - bound_ms,
+                p99 / bound_ms
+            );
+        }
+    }
+    if missing > 0 {
+        let _ = write!(
+            measured,
+            "; measured in only {} of {} runs (the sweep stopped before this rate in the others)",
+            r.per_run.len(),
+            summary.runs
+        );
+    }
+    if let (Some(stalls), Some(untouched)) = (r.machine_stalls, r.untouched_overhead_ms) {
+        let _ = write!(
+            measured,
+            "; the machine stalled {stalls:.0} times in the step (median), and the requests no stall touched had overhead p99 {:.3} ms",
+            untouched.p99
+        );
+    }
+    if let (n @ 1.., Some(first)) = (r.set_aside, r.first_attempt_overhead_ms) {
+        let _ = write!(
+            measured,
+            "; {n} attempt(s) at this step or its baseline set aside because the machine stalled ≥ {} ms (with the first attempts instead: {:.3} ms)",
+            scenarios::REPEAT_AFTER_STALL_MS,
+            first.p99
+        );
+    }
+    if let Some(o) = row(summary, scenario, "oha", rate) {
+        let _ = write!(
+            measured,
+            "; oha at the same rate, against the same baseline (not judged): median {:.3} ms, every run: {} ms",
+            o.overhead_ms.map_or(f64::NAN, |o| o.p99),
+            every_run(o.per_run.iter().map(|f| format!("{:.3}", p99_of(f))))
+        );
+    }
+    Verdict {
+        target,
+        measured,
+        met,
+    }
+}
+
+/// oha's closed-loop throughput through the gateway, judged in every run: met only if every
+/// run sustained at least `min_per_sec` 2xx responses a second with at most 1 % errors.
+fn throughput_target(summary: &Summary, scenario: &str, min_per_sec: f64, name: &str) -> Verdict {
+    let found = |target: &str| {
+        summary
+            .closed_loop
+            .iter()
+            .find(|c| c.scenario == scenario && c.target == target)
+    };
+    let Some(r) = found("gateway") else {
+        let target = format!(
+            "{name}: closed-loop throughput (oha, no rate limit) at least {min_per_sec:.0} requests/s, in every run"
+        );
+        return Verdict {
+            target,
+            measured: "not measured: oha did not run (see the line “Second load generator” above)"
+                .into(),
+            met: false,
+        };
+    };
+    let target = format!(
+        "{name}: closed-loop throughput (oha, {} connections, no rate limit) at least {min_per_sec:.0} requests/s, in every run",
+        r.connections
+    );
+    let sustained =
+        |f: &ClosedLoopFigure| f.ok_per_sec >= min_per_sec && f.errors * 100 <= f.ok + f.errors;
+    let missing = summary.runs.saturating_sub(r.per_run.len());
+    let met = missing == 0 && !r.per_run.is_empty() && r.per_run.iter().all(sustained);
+    let mut measured = format!(
+        "median {:.0}/s; every run: {} /s",
+        r.ok_per_sec,
+        every_run(r.per_run.iter().map(|f| format!("{:.0}", f.ok_per_sec)))
+    );
+    if let Some(w) = r
+        .per_run
+        .iter()
+        .min_by(|a, b| a.ok_per_sec.total_cmp(&b.ok_per_sec))
+    {
+        let _ = write!(
+            measured,
+            "; worst run {}: {:.0}/s ({:+.0}/s against the target)",
+            w.run,
+            w.ok_per_sec,
+            w.ok_per_sec - min_per_sec
+        );
+    }
+    if r.per_run.iter().any(|f| f.errors > 0) {
+        let _ = write!(
+            measured,
+            "; errors every run: {}",
+            every_run(r.per_run.iter().map(|f| f.errors.to_string()))
+        );
+    }
+    if missing > 0 {
+        let _ = write!(
+            measured,
+            "; measured in only {} of {} runs",
+            r.per_run.len(),
+            summary.runs
+        );
+    }
+    if let Some(u) = found("upstream") {
+        let _ = write!(
+            measured,
+            "; the fake upstream alone under the same load: median {:.0}/s",
+            u.ok_per_sec
+        );
+    }
+    Verdict {
+        target,
+        measured,
+        met,
     }
 }
 
@@ -339,6 +659,18 @@ fn verdicts(summary: &Summary) -> Vec<Verdict> {
             1000.0,
             2.0,
             "Scenario 1, combined replica",
+        ),
+        throughput_target(
+            summary,
+            scenarios::OPENAI_COMBINED,
+            10_000.0,
+            "Scenario 2, combined replica",
+        ),
+        throughput_target(
+            summary,
+            scenarios::OPENAI,
+            8_000.0,
+            "Scenario 2, split edge and core",
         ),
     ];
     let target = "Gateway saturation throughput at least 10× LiteLLM's at equal p99".to_string();
@@ -394,21 +726,25 @@ fn triple(p: Option<Percentiles>) -> String {
     })
 }
 
+/// The figures of `names` in order, `–` for a process not measured in that step (oha runs only
+/// in its own steps), so the columns stay aligned.
 fn usage(map: &BTreeMap<String, f64>, names: &[&str]) -> String {
     names
         .iter()
-        .filter_map(|n| map.get(*n).map(|v| format!("{v:.0}")))
+        .map(|n| map.get(*n).map_or("–".into(), |v| format!("{v:.0}")))
         .collect::<Vec<_>>()
         .join(" / ")
 }
 
-/// The generated part of `docs/benchmarks.md`.
-pub fn markdown(summary: &Summary, meta: &str) -> String {
+/// The generated part of `docs/benchmarks.md`; `callgrind`, when given, the instruction counts
+/// of `scripts/profile.sh callgrind` to print beside the tables.
+pub fn markdown(summary: &Summary, meta: &str, callgrind: Option<&Callgrind>) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{meta}\n");
+    let _ = writeln!(out, "{meta}");
+    let _ = writeln!(out, "{}\n", speed_reference(summary));
     let _ = writeln!(
         out,
-        "### Targets\n\n| target | measured (median of runs) | |\n|---|---|---|"
+        "### Targets\n\nEach target is judged in every run: it is met only if every run meets it, and the worst run is named.\n\n| target | measured (median; every run; the worst) | |\n|---|---|---|"
     );
     for v in &summary.verdicts {
         let _ = writeln!(
@@ -416,11 +752,14 @@ pub fn markdown(summary: &Summary, meta: &str) -> String {
             "| {} | {} | {} |",
             v.target,
             v.measured,
-            if v.met { "met" } else { "**missed**" }
+            if v.met { "met" } else { "**MISSED**" }
         );
     }
+    if let Some(callgrind) = callgrind {
+        out.push_str(&callgrind_section(callgrind));
+    }
     let procs = [
-        "loadgen", "upstream", "redis", "core", "edge", "replica", "litellm",
+        "loadgen", "oha", "upstream", "redis", "core", "edge", "replica", "litellm",
     ];
     let scenarios_in_order = [
         (
@@ -523,6 +862,15 @@ pub fn markdown(summary: &Summary, meta: &str) -> String {
                 r.untouched_overhead_ms.map_or(String::new(), |o| ms(o.p99)),
             );
         }
+        let combined_follows = summary
+            .rows
+            .iter()
+            .any(|r| r.scenario == scenarios::OPENAI_COMBINED);
+        if scenario == scenarios::OPENAI_COMBINED
+            || (scenario == scenarios::OPENAI && !combined_follows)
+        {
+            out.push_str(&two_generators(summary));
+        }
     }
     let _ = writeln!(
         out,
@@ -572,6 +920,306 @@ pub fn markdown(summary: &Summary, meta: &str) -> String {
                 .chars()
                 .take(300)
                 .collect::<String>()
+        );
+    }
+    out
+}
+
+/// The machine's speed in this run: the fake upstream's CPU per request (see [`CpuReference`]).
+fn speed_reference(summary: &Summary) -> String {
+    let open: Vec<&CpuReference> = summary
+        .cpu_reference
+        .iter()
+        .filter(|c| c.us_per_request.is_some())
+        .collect();
+    let Some(first) = open.first() else {
+        return "- Speed of this boot: not measured (no step against the fake upstream alone)."
+            .into();
+    };
+    let us = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
+    let mut line = format!(
+        "- Speed of this boot (measured in this run, so that tables from different boots can be told apart): the fake upstream alone used **{} µs of CPU per request** (median) over its {} (every run: {} µs; {} requests and {:.2} s of CPU in all; user + system time from `/proc/<pid>/stat`, 10-ms ticks)",
+        us(median_of(open.iter().map(|c| c.us_per_request))),
+        first.basis,
+        every_run(open.iter().map(|c| us(c.us_per_request))),
+        open.iter().map(|c| c.requests).sum::<u64>(),
+        open.iter().map(|c| c.cpu_seconds).sum::<f64>(),
+    );
+    let closed: Vec<&CpuReference> = summary
+        .cpu_reference
+        .iter()
+        .filter(|c| c.closed_loop_us_per_request.is_some())
+        .collect();
+    if !closed.is_empty() {
+        let _ = write!(
+            line,
+            ", and {} µs per request under oha's closed loop (every run: {} µs; {} requests)",
+            us(median_of(
+                closed.iter().map(|c| c.closed_loop_us_per_request)
+            )),
+            every_run(closed.iter().map(|c| us(c.closed_loop_us_per_request))),
+            closed.iter().map(|c| c.closed_loop_requests).sum::<u64>(),
+        );
+    }
+    line.push('.');
+    line
+}
+
+/// How a scenario-2 target is named in the tables of both generators.
+fn topology(scenario: &str, target: &str) -> &'static str {
+    match (scenario, target) {
+        (_, "upstream") if scenario == scenarios::OPENAI => {
+            "fake upstream alone (before the split pair)"
+        }
+        (_, "upstream") => "fake upstream alone (before the combined replica)",
+        _ if scenario == scenarios::OPENAI => "split edge and core",
+        _ => "combined replica",
+    }
+}
+
+/// Status codes over the runs: `200: 5999, 6000, 6001`.
+fn status_codes_every_run<'a>(
+    runs: impl Iterator<Item = &'a BTreeMap<String, u64>> + Clone,
+) -> String {
+    let mut codes: Vec<&String> = runs.clone().flat_map(|m| m.keys()).collect();
+    codes.sort();
+    codes.dedup();
+    codes
+        .into_iter()
+        .map(|code| {
+            format!(
+                "{code}: {}",
+                every_run(
+                    runs.clone()
+                        .map(|m| m.get(code).copied().unwrap_or(0).to_string())
+                )
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Scenario 2 through our generator and oha side by side, and oha's closed-loop throughput.
+fn two_generators(summary: &Summary) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n### Scenario 2 measured by two load generators: ours and oha\n"
+    );
+    let oha_rows: Vec<&Row> = summary
+        .rows
+        .iter()
+        .filter(|r| {
+            r.target == "oha"
+                && (r.scenario == scenarios::OPENAI || r.scenario == scenarios::OPENAI_COMBINED)
+        })
+        .collect();
+    if oha_rows.is_empty() && summary.closed_loop.is_empty() {
+        let _ = writeln!(
+            out,
+            "oha was not run (see the line “Second load generator” above): the scenario-2 figures come from our generator alone."
+        );
+    }
+    if !oha_rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "At every rate, right after our generator's step, oha sends the same request (URL, headers, body) to the same running gateway at the same rate (`-q <rate> --latency-correction`, connections as the line “Second load generator” above says); both overheads are taken against our generator's baseline at that rate in the same run. oha's latency runs from when its scheduler released the request (its timer ticks in milliseconds), ours from when the request was due; oha opens its connections during the step, ours are already open.\n\n| rate/s | topology | ours: overhead p99 ms, median (every run) | oha: overhead p99 ms, median (every run) | ours: p50 / p99 ms | oha: p50 / p99 ms | oha: 2xx/s, median (every run) | oha: status codes (every run) | oha: errors | CPU % oha / upstream / core / edge / replica |\n|---:|---|---|---|---|---|---|---|---:|---|"
+        );
+        for o in &oha_rows {
+            let ours = row(summary, &o.scenario, "gateway", o.rate);
+            let overhead = |r: &Row| {
+                format!(
+                    "{} ({})",
+                    r.overhead_ms.map_or("–".into(), |p| ms(p.p99)),
+                    every_run(
+                        r.per_run
+                            .iter()
+                            .map(|f| f.overhead_p99_ms.map_or("–".into(), ms))
+                    )
+                )
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} / {} | {:.0}{} ({}) | {} | {} | {} |",
+                o.rate,
+                topology(&o.scenario, "gateway"),
+                ours.map_or("–".into(), overhead),
+                overhead(o),
+                ours.map_or("–".into(), |r| format!(
+                    "{} / {}",
+                    ms(r.latency_ms.p50),
+                    ms(r.latency_ms.p99)
+                )),
+                ms(o.latency_ms.p50),
+                ms(o.latency_ms.p99),
+                o.achieved,
+                if o.saturated() { " (saturated)" } else { "" },
+                every_run(o.per_run.iter().map(|f| format!("{:.0}", f.achieved))),
+                status_codes_every_run(o.per_run.iter().map(|f| &f.status_codes)),
+                o.errors,
+                usage(
+                    &o.cpu_percent,
+                    &["oha", "upstream", "core", "edge", "replica"]
+                ),
+            );
+        }
+    }
+    if !summary.closed_loop.is_empty() {
+        let connections = summary.closed_loop[0].connections;
+        let _ = writeln!(
+            out,
+            "\n#### Closed loop: what oha sustains with {connections} connections and no rate limit\n\nEach connection sends its next request as soon as the last is answered, for the step's length; the figure is 2xx responses per second over oha's whole run. oha shares the two cores with everything else, so this is the throughput of the whole machine, generator included.\n\n| target | 2xx responses/s, median (every run) | errors (every run) | p50 / p99 ms (median) | status codes (every run) | CPU % oha / upstream / core / edge / replica | machine stalls (every run) |\n|---|---|---|---|---|---|---|"
+        );
+        for c in &summary.closed_loop {
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} ({}) | {} | {} / {} | {} | {} | {} |",
+                topology(&c.scenario, &c.target),
+                c.ok_per_sec,
+                every_run(c.per_run.iter().map(|f| format!("{:.0}", f.ok_per_sec))),
+                every_run(c.per_run.iter().map(|f| f.errors.to_string())),
+                ms(c.latency_ms.p50),
+                ms(c.latency_ms.p99),
+                status_codes_every_run(c.per_run.iter().map(|f| &f.status_codes)),
+                usage(
+                    &c.cpu_percent,
+                    &["oha", "upstream", "core", "edge", "replica"]
+                ),
+                every_run(c.per_run.iter().map(|f| {
+                    match (f.machine_stalls, f.machine_longest_ms) {
+                        (Some(n), Some(longest)) => format!("{n} (longest {longest:.1} ms)"),
+                        _ => "–".into(),
+                    }
+                })),
+            );
+        }
+    }
+    if !summary.oha_failures.is_empty() {
+        let _ = writeln!(out, "\noha failed:\n");
+        for failure in &summary.oha_failures {
+            let _ = writeln!(
+                out,
+                "- `{}`",
+                failure
+                    .replace('`', "'")
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            );
+        }
+    }
+    out
+}
+
+/// The instruction counts of `scripts/profile.sh callgrind`, read back from its Markdown.
+#[derive(Debug, Clone)]
+pub struct Callgrind {
+    /// The file, as named in the document.
+    pub path: String,
+    /// Its "Generated … by …" line.
+    pub generated: String,
+    /// The commit that last changed the file, if it is committed.
+    pub commit: Option<String>,
+    /// Per scenario heading, the "process | instructions per request" rows.
+    pub scenarios: Vec<(String, Vec<(String, String)>)>,
+}
+
+/// Reads the summary tables (`| process | instructions per request |`) of each scenario of
+/// `docs/benchmarks/callgrind.md`; `None` when it has none.
+pub fn parse_callgrind(path: &str, text: &str, commit: Option<String>) -> Option<Callgrind> {
+    let generated = text
+        .lines()
+        .find(|l| l.starts_with("Generated"))
+        .unwrap_or("")
+        .trim()
+        .trim_end_matches(':')
+        .to_string();
+    let mut scenarios: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut heading: Option<String> = None;
+    let mut in_table = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(title) = line.strip_prefix("## ") {
+            heading = Some(title.trim().to_string());
+            in_table = false;
+            continue;
+        }
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        if line.starts_with('|') && cells == ["process", "instructions per request"] {
+            if let Some(title) = heading.take() {
+                scenarios.push((title, Vec::new()));
+                in_table = true;
+            }
+            continue;
+        }
+        if !in_table {
+            continue;
+        }
+        if !line.starts_with('|') {
+            in_table = false;
+        } else if let (true, Some((_, rows))) = (
+            cells.len() == 2 && !cells[1].starts_with("--") && !cells[1].starts_with(":-"),
+            scenarios.last_mut(),
+        ) {
+            rows.push((cells[0].to_string(), cells[1].to_string()));
+        }
+    }
+    scenarios.retain(|(_, rows)| !rows.is_empty());
+    (!scenarios.is_empty()).then(|| Callgrind {
+        path: path.to_string(),
+        generated,
+        commit,
+        scenarios,
+    })
+}
+
+fn callgrind_section(c: &Callgrind) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n### Instructions per request (callgrind; not measured in this run)\n\nFrom `{}` ({}{}): user-space instructions per request, requests sent one at a time under valgrind. They do not depend on the machine's speed or load, so they compare builds across boots, where the latency tables compare only runs of one boot.\n",
+        c.path,
+        if c.generated.is_empty() {
+            "no generation line".to_string()
+        } else {
+            format!("\"{}\"", c.generated)
+        },
+        c.commit
+            .as_deref()
+            .map_or(", not committed".to_string(), |h| format!(
+                ", last committed in {h}"
+            ))
+    );
+    let mut processes: Vec<&str> = Vec::new();
+    for (_, rows) in &c.scenarios {
+        for (process, _) in rows {
+            if !processes.contains(&process.as_str()) {
+                processes.push(process);
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "| process | {} |\n|---|{}",
+        c.scenarios
+            .iter()
+            .map(|(title, _)| title.as_str())
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---:|".repeat(c.scenarios.len())
+    );
+    for process in processes {
+        let _ = writeln!(
+            out,
+            "| {process} | {} |",
+            c.scenarios
+                .iter()
+                .map(|(_, rows)| rows
+                    .iter()
+                    .find(|(p, _)| p == process)
+                    .map_or("", |(_, v)| v.as_str()))
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
     }
     out
@@ -730,4 +1378,136 @@ pub fn chart(summary: &Summary) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oha;
+    use crate::processes::Usage;
+    use crate::scenarios::ClosedLoop;
+
+    fn step(scenario: &str, target: &str, rate: f64, p99: f64) -> Step {
+        Step {
+            scenario: scenario.into(),
+            target: target.into(),
+            rate,
+            achieved: rate,
+            sent: rate as u64,
+            ok: rate as u64,
+            errors: 0,
+            first_error: None,
+            latency_ms: Percentiles {
+                p50: p99 / 2.0,
+                p90: p99,
+                p99,
+                p999: p99,
+            },
+            first_token_ms: None,
+            token_gap_ms: None,
+            usage: Usage::default(),
+            slowest: Vec::new(),
+            machine: None,
+            set_aside: Vec::new(),
+            oha: None,
+        }
+    }
+
+    fn run(gateway_p99: f64, closed_loop_per_sec: f64) -> Run {
+        let mut report = oha::Report {
+            ok: closed_loop_per_sec as u64,
+            ok_per_sec: closed_loop_per_sec,
+            ..oha::Report::default()
+        };
+        report.status_codes.insert("200".into(), report.ok);
+        Run {
+            steps: vec![
+                step(scenarios::OPENAI, "upstream", 2000.0, 0.1),
+                step(scenarios::OPENAI, "gateway", 2000.0, gateway_p99),
+                step(scenarios::OPENAI, "oha", 2000.0, 0.5),
+            ],
+            closed_loop: vec![ClosedLoop {
+                scenario: scenarios::OPENAI.into(),
+                target: "gateway".into(),
+                connections: 64,
+                report,
+                usage: Usage::default(),
+                machine: None,
+            }],
+            ..Run::default()
+        }
+    }
+
+    fn verdict<'a>(summary: &'a Summary, starts: &str) -> &'a Verdict {
+        summary
+            .verdicts
+            .iter()
+            .find(|v| v.target.starts_with(starts))
+            .unwrap()
+    }
+
+    #[test]
+    fn an_overhead_target_is_met_only_if_every_run_meets_it_and_names_the_worst() {
+        let met = summarise(&[run(0.4, 9000.0), run(0.6, 9000.0), run(0.5, 9000.0)]);
+        let v = verdict(&met, "Scenario 2 (OpenAI-compatible, stateless): overhead");
+        assert!(v.met, "{}", v.measured);
+        assert!(v.measured.contains("every run: 0.300, 0.500, 0.400 ms"));
+        // The median (0.4 ms) is well below 1 ms, but one run is not.
+        let missed = summarise(&[run(0.4, 9000.0), run(1.3, 9000.0), run(0.5, 9000.0)]);
+        let v = verdict(
+            &missed,
+            "Scenario 2 (OpenAI-compatible, stateless): overhead",
+        );
+        assert!(!v.met);
+        assert!(v.measured.starts_with("median 0.400 ms"), "{}", v.measured);
+        assert!(
+            v.measured.contains("worst run 2: 1.200 ms"),
+            "{}",
+            v.measured
+        );
+        assert!(
+            v.measured.contains("oha at the same rate"),
+            "{}",
+            v.measured
+        );
+        let document = markdown(&missed, "meta", None);
+        assert!(document.contains("| **MISSED** |"));
+    }
+
+    #[test]
+    fn a_throughput_target_is_judged_in_every_run() {
+        let summary = summarise(&[run(0.4, 8500.0), run(0.4, 7900.0)]);
+        let v = verdict(&summary, "Scenario 2, split edge and core: closed-loop");
+        assert!(!v.met);
+        assert!(
+            v.measured.contains("every run: 8500, 7900 /s"),
+            "{}",
+            v.measured
+        );
+        assert!(v.measured.contains("worst run 2: 7900/s"), "{}", v.measured);
+        // Never measured: missed, and says why.
+        let v = verdict(&summary, "Scenario 2, combined replica: closed-loop");
+        assert!(!v.met);
+        assert!(v.measured.contains("oha did not run"));
+    }
+
+    #[test]
+    fn the_callgrind_summary_tables_are_read_per_scenario() {
+        let text = "# Instructions per request (callgrind)\n\nGenerated 2026-12-07 01:54 UTC by `scripts/profile.sh callgrind`:\nrelease binaries\n\n## Scenario 2, `POST /v1/chat/completions` (stateless)\n\n| process | instructions per request |\n|---|---:|\n| core | 300,722 |\n| edge | 167,798 |\n\n**core**, by crate:\n\n| crate | per request | share |\n|---|---:|---:|\n| `libc` | 74,156 | 24.7 % |\n\n## Scenario 1, send-message\n\n| process | instructions per request |\n|---|---:|\n| core | 577,625 |\n";
+        let c =
+            parse_callgrind("docs/benchmarks/callgrind.md", text, Some("abc1234".into())).unwrap();
+        assert_eq!(
+            c.generated,
+            "Generated 2026-12-07 01:54 UTC by `scripts/profile.sh callgrind`"
+        );
+        assert_eq!(c.scenarios.len(), 2);
+        assert_eq!(c.scenarios[0].1.len(), 2);
+        let section = callgrind_section(&c);
+        assert!(
+            section.contains("| core | 300,722 | 577,625 |"),
+            "{section}"
+        );
+        assert!(section.contains("| edge | 167,798 |  |"), "{section}");
+        assert!(section.contains("last committed in abc1234"));
+    }
 }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::load::{Call, Outcome, Sample, open_loop};
+use crate::oha::{self, Oha};
 use crate::processes::{self, Binaries, Meter, Process, Usage};
 use crate::redis_topology::{Layout, RedisDeployment};
 use crate::stalls::{self, Probe, Stall};
@@ -52,6 +53,9 @@ pub struct Plan {
     pub work_dir: PathBuf,
     /// Watch for the machine's own stalls during every step ([`crate::stalls`]).
     pub stall_probe: bool,
+    /// oha, run beside our own generator on scenario 2 (open loop at every rate of the sweep,
+    /// and closed loop once per topology); absent: not run.
+    pub oha: Option<Oha>,
 }
 
 impl Plan {
@@ -109,6 +113,11 @@ pub struct Step {
     /// Earlier attempts at this step, set aside because the machine stalled during them.
     #[serde(default)]
     pub set_aside: Vec<SetAside>,
+    /// Target `oha`: the step was measured by oha, not by our generator; what oha reported.
+    /// (oha gives no per-request times: no slowest requests, and no split of the requests by
+    /// whether a stall touched them.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oha: Option<oha::Report>,
 }
 
 /// An attempt at a step that was measured again because the machine stalled during it.
@@ -168,6 +177,25 @@ pub struct Run {
     pub idle_rss_mib: BTreeMap<String, f64>,
     pub steps: Vec<Step>,
     pub streams: Option<StreamsMemory>,
+    /// oha's closed-loop throughput runs (scenario 2: the upstream alone, then the gateway).
+    #[serde(default)]
+    pub closed_loop: Vec<ClosedLoop>,
+    /// oha runs that failed (oha did not start, exited with an error, or wrote no JSON).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oha_failures: Vec<String>,
+}
+
+/// One closed-loop run of oha: `connections` connections, each sending its next request as soon
+/// as the last is answered, for the step's length; no rate limit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClosedLoop {
+    pub scenario: String,
+    /// `upstream` (the fake upstream alone, the same request as its baseline) or `gateway`.
+    pub target: String,
+    pub connections: usize,
+    pub report: oha::Report,
+    pub usage: Usage,
+    pub machine: Option<MachineStalls>,
 }
 
 pub(crate) struct Stack {
@@ -341,11 +369,14 @@ pub async fn run(plan: &Plan, log: &dyn Fn(&str)) -> anyhow::Result<Run> {
             scenario,
             "gateway",
             &plan.rates,
-            gateway,
+            gateway.clone(),
             &mut result,
             log,
         )
         .await;
+        if let Some(oha) = &plan.oha {
+            closed_loops(plan, &stack, oha, scenario, &gateway, &mut result, log).await;
+        }
     }
     if plan.wants(GRPC) {
         let channel = tonic::transport::Endpoint::from_shared(format!(
@@ -672,18 +703,36 @@ async fn measure(
     duration: Duration,
     target: Target,
 ) -> Step {
+    let attempt = || async {
+        Ok::<_, std::convert::Infallible>(
+            measure_once(
+                plan,
+                stack,
+                scenario,
+                target_name,
+                rate,
+                duration,
+                target.clone(),
+            )
+            .await,
+        )
+    };
+    match again_while_stalled(attempt).await {
+        Ok(step) => step,
+        Err(never) => match never {},
+    }
+}
+
+/// Runs `attempt` again while the machine stalls during it (see [`REPEAT_AFTER_STALL_MS`]), at
+/// most [`ATTEMPTS`] times; the attempts set aside are kept in the step.
+async fn again_while_stalled<F, Fut, E>(mut attempt: F) -> Result<Step, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Step, E>>,
+{
     let mut set_aside = Vec::new();
     loop {
-        let mut step = measure_once(
-            plan,
-            stack,
-            scenario,
-            target_name,
-            rate,
-            duration,
-            target.clone(),
-        )
-        .await;
+        let mut step = attempt().await?;
         match step.machine.take() {
             Some(machine) if measure_again(&machine, set_aside.len()) => {
                 set_aside.push(SetAside {
@@ -695,7 +744,7 @@ async fn measure(
             machine => {
                 step.machine = machine;
                 step.set_aside = set_aside;
-                return step;
+                return Ok(step);
             }
         }
     }
@@ -797,12 +846,13 @@ async fn measure_once(
             .collect(),
         machine,
         set_aside: Vec::new(),
+        oha: None,
     }
 }
 
 fn describe(step: &Step) -> String {
     format!(
-        "{:<24} {:<9} rate {:>6} achieved {:>8.1} p50 {:>7.3} p99 {:>8.3} p99.9 {:>8.3} ms errors {}{}{}{}; slowest {}",
+        "{:<24} {:<9} rate {:>6} achieved {:>8.1} p50 {:>7.3} p99 {:>8.3} p99.9 {:>8.3} ms errors {}{}{}{}{}",
         step.scenario,
         step.target,
         step.rate,
@@ -817,13 +867,14 @@ fn describe(step: &Step) -> String {
             .unwrap_or_default(),
         step.machine
             .as_ref()
-            .map(|m| format!(
-                "; machine stalls {} (longest {:.1} ms, {} requests in flight), p99 of the rest {:.3} ms",
-                m.stalls,
-                m.longest_ms,
-                m.requests_hit,
-                m.clear_latency_ms.map_or(f64::NAN, |p| p.p99)
-            ))
+            .map(|m| match m.clear_latency_ms {
+                Some(clear) => format!(
+                    "; machine stalls {} (longest {:.1} ms, {} requests in flight), p99 of the rest {:.3} ms",
+                    m.stalls, m.longest_ms, m.requests_hit, clear.p99
+                ),
+                // oha's steps: no per-request times to split by the stalls.
+                None => format!("; machine stalls {} (longest {:.1} ms)", m.stalls, m.longest_ms),
+            })
             .unwrap_or_default(),
         step.set_aside
             .iter()
@@ -832,15 +883,22 @@ fn describe(step: &Step) -> String {
                 a.machine.stalls, a.machine.longest_ms, a.latency_ms.p99
             ))
             .collect::<String>(),
-        step.slowest
-            .iter()
-            .take(3)
-            .map(|s| format!(
-                "{:.1} ms due at +{:.0} ms (sent {:.1} ms late)",
-                s.latency_ms, s.due_ms, s.sent_late_ms
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
+        if step.slowest.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; slowest {}",
+                step.slowest
+                    .iter()
+                    .take(3)
+                    .map(|s| format!(
+                        "{:.1} ms due at +{:.0} ms (sent {:.1} ms late)",
+                        s.latency_ms, s.due_ms, s.sent_late_ms
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
     )
 }
 
@@ -919,10 +977,218 @@ async fn sweep_with(
         let saturated = step.saturated();
         result.steps.push(base);
         result.steps.push(step);
+        if let Some(oha) = plan.oha.as_ref().filter(|_| beside_oha(scenario)) {
+            match measure_oha(plan, stack, oha, scenario, rate, &target).await {
+                Ok(step) => {
+                    log(&describe(&step));
+                    result.steps.push(step);
+                }
+                Err(error) => {
+                    let error = format!("{scenario} at {rate}/s, open loop: {error:#}");
+                    log(&format!("oha failed: {error}"));
+                    result.oha_failures.push(error);
+                }
+            }
+        }
         if saturated {
             break;
         }
     }
+}
+
+// ---------------------------------------------------------------- oha beside our generator
+
+/// The scenarios oha measures beside our generator: scenario 2, split and combined.
+fn beside_oha(scenario: &str) -> bool {
+    scenario == OPENAI || scenario == OPENAI_COMBINED
+}
+
+/// The request of an HTTP target, for oha: the same URL, headers and body.
+fn oha_request(target: &Target) -> anyhow::Result<oha::Request> {
+    let Target::Http {
+        url, auth, body, ..
+    } = target
+    else {
+        bail!("oha sends only plain HTTP requests");
+    };
+    let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+    if let Some(auth) = auth {
+        headers.push(("authorization".into(), auth.to_str()?.to_string()));
+    }
+    Ok(oha::Request {
+        url: url.clone(),
+        headers,
+        body: body.clone(),
+    })
+}
+
+/// oha once against `request`, the processes metered and the stall probe watching meanwhile;
+/// oha's own CPU and peak RSS go into the usage as `oha`.
+async fn run_oha(
+    plan: &Plan,
+    stack: &Stack,
+    oha: &Oha,
+    request: &oha::Request,
+    load: oha::Load,
+) -> anyhow::Result<(oha::Report, Usage, Option<MachineStalls>)> {
+    let meter = Meter::start(&stack.processes());
+    let probe = plan.stall_probe.then(Probe::start);
+    let started = Instant::now();
+    let (runner, sent, duration) = (oha.clone(), request.clone(), plan.step);
+    let report = tokio::task::spawn_blocking(move || runner.run(&sent, load, duration)).await?;
+    let ended = Instant::now();
+    let mut usage = meter.stop();
+    let machine = probe.map(|probe| {
+        let realtime = probe.realtime;
+        let seen = stalls::split(probe.stop(), started, ended, &[]);
+        MachineStalls {
+            realtime,
+            stalls: seen.stalls.len() as u64,
+            longest_ms: tenths_of_ms(
+                seen.stalls
+                    .iter()
+                    .map(Stall::length)
+                    .max()
+                    .unwrap_or_default(),
+            ),
+            stalled_ms: tenths_of_ms(seen.stalls.iter().map(Stall::length).sum()),
+            requests_hit: 0,
+            clear_latency_ms: None,
+        }
+    });
+    let report = report?;
+    let wall = report.wall_seconds.max(1e-3);
+    usage.cpu_percent.insert(
+        "oha".into(),
+        (100.0 * report.cpu_seconds / wall * 10.0).round() / 10.0,
+    );
+    usage
+        .cpu_seconds
+        .insert("oha".into(), (report.cpu_seconds * 100.0).round() / 100.0);
+    usage
+        .peak_rss_mib
+        .insert("oha".into(), (report.peak_rss_mib * 10.0).round() / 10.0);
+    Ok((report, usage, machine))
+}
+
+/// oha open loop at `rate` against `target`, right after our generator's step at that rate and
+/// on the same running gateway; warmed up like every step (0.5 s of our own load at the rate),
+/// and measured again after a stall of the machine like every step.
+async fn measure_oha(
+    plan: &Plan,
+    stack: &Stack,
+    oha: &Oha,
+    scenario: &str,
+    rate: f64,
+    target: &Target,
+) -> anyhow::Result<Step> {
+    let request = oha_request(target)?;
+    let attempt = || async {
+        let warm_up = caller(
+            target.clone(),
+            stack.http.clone(),
+            RUN_IDS.fetch_add(1, Ordering::Relaxed),
+        );
+        open_loop(
+            rate,
+            WARM_UP,
+            plan.max_in_flight,
+            Duration::from_secs(20),
+            warm_up,
+        )
+        .await;
+        let (report, usage, machine) =
+            run_oha(plan, stack, oha, &request, oha::Load::Open { rate }).await?;
+        Ok::<_, anyhow::Error>(Step {
+            scenario: scenario.to_string(),
+            target: "oha".into(),
+            rate,
+            achieved: report.ok_per_sec,
+            sent: report.ok + report.errors,
+            ok: report.ok,
+            errors: report.errors,
+            first_error: report.first_error(),
+            latency_ms: report.latency_ms,
+            first_token_ms: None,
+            token_gap_ms: None,
+            usage,
+            slowest: Vec::new(),
+            machine,
+            set_aside: Vec::new(),
+            oha: Some(report),
+        })
+    };
+    again_while_stalled(attempt).await
+}
+
+/// oha closed loop for the step's length: the fake upstream alone (the same request as the
+/// scenario's baseline), then the gateway.
+async fn closed_loops(
+    plan: &Plan,
+    stack: &Stack,
+    oha: &Oha,
+    scenario: &str,
+    gateway: &Target,
+    result: &mut Run,
+    log: &dyn Fn(&str),
+) {
+    let upstream = Target::Http {
+        url: stack.upstream_url("/v1/chat/completions"),
+        auth: None,
+        body: openai_body("glm-4.7-flash", false),
+        streamed: false,
+    };
+    for (name, target) in [("upstream", &upstream), ("gateway", gateway)] {
+        let measured = async {
+            let request = oha_request(target)?;
+            run_oha(plan, stack, oha, &request, oha::Load::Closed).await
+        }
+        .await;
+        match measured {
+            Ok((report, usage, machine)) => {
+                let run = ClosedLoop {
+                    scenario: scenario.to_string(),
+                    target: name.to_string(),
+                    connections: oha.connections,
+                    report,
+                    usage,
+                    machine,
+                };
+                log(&describe_closed_loop(&run));
+                result.closed_loop.push(run);
+            }
+            Err(error) => {
+                let error = format!("{scenario} {name}, closed loop: {error:#}");
+                log(&format!("oha failed: {error}"));
+                result.oha_failures.push(error);
+            }
+        }
+    }
+}
+
+fn describe_closed_loop(run: &ClosedLoop) -> String {
+    format!(
+        "{:<24} {:<9} closed loop (oha, {} connections, no rate limit): {:.1} 2xx/s, errors {}{}, p50 {:.3} p99 {:.3} ms, CPU % {:?}{}",
+        run.scenario,
+        run.target,
+        run.connections,
+        run.report.ok_per_sec,
+        run.report.errors,
+        run.report
+            .first_error()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default(),
+        run.report.latency_ms.p50,
+        run.report.latency_ms.p99,
+        run.usage.cpu_percent,
+        run.machine
+            .as_ref()
+            .map(|m| format!(
+                "; machine stalls {} (longest {:.1} ms)",
+                m.stalls, m.longest_ms
+            ))
+            .unwrap_or_default(),
+    )
 }
 
 /// Scenario 5: the limiter's admission script alone, against a Redis PING at the same rate.

@@ -84,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         streams: 0,
         work_dir: work_dir.clone(),
         stall_probe: true,
+        oha: None,
     };
     let comparison = Comparison {
         layouts: vec![Layout::Standalone, Layout::Cluster(args.primaries)],

@@ -12,6 +12,10 @@ use openclaw_runtime::{
 };
 use tokio::net::TcpListener;
 
+/// The same allocator as the core (see its `main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// OpenClaw Gateway REST edge: serves the JSON API and forwards every call to the core over gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "openclaw-rest", version, about)]

@@ -1,8 +1,12 @@
 //! Token counting with a real BPE (OpenAI's cl100k_base): used to estimate a
 //! prompt before the provider has answered, and to report usage for the
 //! simulator. Provider-reported usage always wins when there is one.
+//!
+//! The encoder is GitHub's `bpe-openai`, which gives the same tokens as tiktoken
+//! (the tests below check it against tiktoken-rs) at a third of the instructions
+//! per count: every request's prompt estimate goes through here.
 
-use tiktoken_rs::{CoreBPE, cl100k_base_singleton};
+use bpe_openai::Tokenizer;
 
 /// Tokens every chat message costs beyond its text (role and separators), as
 /// in OpenAI's accounting for chat formats.
@@ -13,8 +17,8 @@ pub const REPLY_PRIMING: u32 = 3;
 /// role (one token each in cl100k_base).
 pub const MESSAGE_OVERHEAD: u32 = PER_MESSAGE_OVERHEAD + 1;
 
-fn bpe() -> &'static CoreBPE {
-    cl100k_base_singleton()
+fn bpe() -> &'static Tokenizer {
+    bpe_openai::cl100k_base()
 }
 
 /// Loads the vocabulary now, so the first request does not pay for it.
@@ -23,19 +27,19 @@ pub fn warm_up() {
 }
 
 pub fn count_text(text: &str) -> u32 {
-    u32::try_from(bpe().encode_ordinary(text).len()).unwrap_or(u32::MAX)
+    u32::try_from(bpe().count(text)).unwrap_or(u32::MAX)
 }
 
 /// The longest start of `text` that is at most `max` tokens.
 pub fn truncate(text: &str, max: u32) -> String {
-    let tokens = bpe().encode_ordinary(text);
+    let tokens = bpe().encode(text);
     if tokens.len() <= max as usize {
         return text.to_string();
     }
     let mut keep = max as usize;
     // A cut inside a character decodes to invalid UTF-8: give back tokens until it does not.
     while keep > 0 {
-        if let Ok(start) = bpe().decode(&tokens[..keep]) {
+        if let Some(start) = bpe().decode(&tokens[..keep]) {
             return start;
         }
         keep -= 1;
@@ -122,6 +126,38 @@ mod tests {
         let cut = truncate(text, 4);
         assert!(count_text(&cut) <= 4 && text.starts_with(&cut), "{cut}");
         assert!(count_text(&truncate("你好，世界，你好", 2)) <= 2);
+    }
+
+    /// Pieces that exercise cl100k_base's pre-tokenizer: contractions, letters after a
+    /// non-letter, runs of 1–3 digits, punctuation with trailing newlines, and whitespace runs
+    /// before text, before newlines and at the end (its `\s+(?!\S)` look-ahead).
+    const PIECES: &[&str] = &[
+        "a", "Z", "the", " the", "ing", " ", "  ", "\n", "\r\n", "\t", "'s", "'LL", "'ve", "’",
+        "1", "23", "456789", "!", "?", "...", "--", "\\", "\"", "{", "}", "你", "好", "é",
+        "e\u{301}", "ü", "🙂", "\u{a0}", "\u{3000}", "ا", "ع", "Ω",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn counts_and_truncates_exactly_as_tiktoken_does(
+            picks in proptest::collection::vec(0..PIECES.len(), 0..40),
+            max in 0u32..12,
+        ) {
+            let text: String = picks.iter().map(|&i| PIECES[i]).collect();
+            let reference = tiktoken_rs::cl100k_base_singleton();
+            let tokens = reference.encode_ordinary(&text);
+            proptest::prop_assert_eq!(count_text(&text) as usize, tokens.len());
+            proptest::prop_assert_eq!(bpe().encode(text.as_str()), tokens.clone());
+            // The same cut as tiktoken's tokens give: the longest start of at most `max` tokens
+            // that decodes to whole characters.
+            let keep = (0..=tokens.len().min(max as usize))
+                .rev()
+                .find_map(|n| reference.decode(&tokens[..n]).ok())
+                .unwrap_or_default();
+            proptest::prop_assert_eq!(truncate(&text, max), keep);
+        }
     }
 
     #[test]

@@ -25,6 +25,10 @@ use crate::spend::SpendRecord;
 use crate::store::StoredMessage;
 use crate::tokenizer;
 
+/// `openclaw_tokens_total` by model: (prompt, completion).
+static TOKENS: openclaw_runtime::metrics::Handles<String, (metrics::Counter, metrics::Counter)> =
+    openclaw_runtime::metrics::Handles::new();
+
 /// The model's answer to one turn, ready to store and return.
 pub(crate) struct Answer {
     pub(crate) reply: proto::Reply,
@@ -277,10 +281,14 @@ async fn settle(
         true,
     );
     settle_behind(inference, admission, used, record).await;
-    metrics::counter!("openclaw_tokens_total", "model" => model.id.clone(), "kind" => "prompt")
-        .increment(u64::from(completion.prompt_tokens));
-    metrics::counter!("openclaw_tokens_total", "model" => model.id.clone(), "kind" => "completion")
-        .increment(u64::from(completion.completion_tokens));
+    let (prompt, completed) = TOKENS.labelled(&[&model.id], || {
+        (
+            metrics::counter!("openclaw_tokens_total", "model" => model.id.clone(), "kind" => "prompt"),
+            metrics::counter!("openclaw_tokens_total", "model" => model.id.clone(), "kind" => "completion"),
+        )
+    });
+    prompt.increment(u64::from(completion.prompt_tokens));
+    completed.increment(u64::from(completion.completion_tokens));
     let stored = StoredMessage {
         role: "assistant".into(),
         content: completion.content,

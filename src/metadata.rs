@@ -13,7 +13,12 @@ pub(crate) const SIMULATED: &str = "openclaw-simulated";
 /// A response carrying the caller's remaining quota as metadata.
 pub(crate) fn respond<T>(message: T, admission: &Admission) -> Response<T> {
     let mut response = Response::new(message);
-    add_metadata(response.metadata_mut(), admission.headers());
+    if let Some(values) = admission.header_values() {
+        let metadata = response.metadata_mut();
+        for (name, value) in values {
+            metadata.insert(name, MetadataValue::from(value));
+        }
+    }
     response
 }
 

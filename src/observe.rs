@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use openclaw_runtime::metrics::Handles;
 use openclaw_runtime::telemetry;
 use tower::{Layer, Service};
 use tracing::Instrument as _;
@@ -48,6 +49,15 @@ pub struct Observe<S> {
     inner: S,
 }
 
+/// A call's method label, written only when a span is recorded.
+struct MethodLabel<'a>(&'a str);
+
+impl std::fmt::Display for MethodLabel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&method_label(self.0))
+    }
+}
+
 /// `/openclaw.v1.SessionService/SendMessage` → `SessionService/SendMessage`.
 fn method_label(path: &str) -> String {
     let path = path.trim_start_matches('/');
@@ -60,18 +70,25 @@ fn method_label(path: &str) -> String {
     }
 }
 
+fn in_flight() -> metrics::Gauge {
+    static GAUGE: Handles<(), metrics::Gauge> = Handles::new();
+    GAUGE.get(&(), || {
+        ((), metrics::gauge!("openclaw_grpc_requests_in_flight"))
+    })
+}
+
 struct InFlight;
 
 impl InFlight {
     fn start() -> Self {
-        metrics::gauge!("openclaw_grpc_requests_in_flight").increment(1.0);
+        in_flight().increment(1.0);
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!("openclaw_grpc_requests_in_flight").decrement(1.0);
+        in_flight().decrement(1.0);
     }
 }
 
@@ -91,14 +108,18 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = method_label(request.uri().path());
+        let path = request.uri().path().to_owned();
         let request_id = request
             .headers()
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let span = tracing::info_span!("grpc", method = %method, request_id = %request_id);
+        let span = tracing::info_span!(
+            "grpc",
+            method = %MethodLabel(&path),
+            request_id = %request_id
+        );
         telemetry::adopt(&span, &telemetry::HeaderSource(request.headers()));
         // The ready service handles this call; a fresh clone takes its place.
         let clone = self.inner.clone();
@@ -116,16 +137,24 @@ where
                             .headers()
                             .get("grpc-status")
                             .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse::<i32>().ok())
-                            .map_or("Ok".to_string(), |code| {
-                                format!("{:?}", tonic::Code::from(code))
-                            }),
-                        Err(_) => "Transport".to_string(),
+                            .unwrap_or("Ok"),
+                        Err(_) => "Transport",
                     };
-                    let labels = [("method", method), ("status", status)];
-                    metrics::counter!("openclaw_grpc_requests_total", &labels).increment(1);
-                    metrics::histogram!("openclaw_grpc_request_duration_seconds", &labels)
-                        .record(started.elapsed().as_secs_f64());
+                    static SERIES: Handles<String, (metrics::Counter, metrics::Histogram)> =
+                        Handles::new();
+                    let (count, duration) = SERIES.labelled(&[&path, status], || {
+                        let status = match status.parse::<i32>() {
+                            Ok(code) => format!("{:?}", tonic::Code::from(code)),
+                            Err(_) => status.to_owned(),
+                        };
+                        let labels = [("method", method_label(&path)), ("status", status)];
+                        (
+                            metrics::counter!("openclaw_grpc_requests_total", &labels),
+                            metrics::histogram!("openclaw_grpc_request_duration_seconds", &labels),
+                        )
+                    });
+                    count.increment(1);
+                    duration.record(started.elapsed().as_secs_f64());
                     outcome
                 })
                 .instrument(span),

@@ -92,3 +92,97 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .await
         .with_context(|| format!("binding the metrics address {addr} (set OPENCLAW_METRICS_ADDR)"))
 }
+
+/// Metric handles by their label values, each series registered once. `metrics::counter!` and
+/// its kin look the series up in the recorder on every call (building the key, hashing its
+/// labels, taking the registry's lock): a metric recorded on every request keeps its handles
+/// here instead, and a later call costs one read lock and one hash of the labels.
+pub struct Handles<K, H> {
+    map: std::sync::OnceLock<std::sync::RwLock<std::collections::HashMap<K, H>>>,
+}
+
+impl<K: std::hash::Hash + Eq, H: Clone> Handles<K, H> {
+    pub const fn new() -> Self {
+        Self {
+            map: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The handles for `key`, registered by `register` the first time (with the process-wide
+    /// recorder installed first, so a handle is never one of the no-op recorder's).
+    pub fn get<Q>(&self, key: &Q, register: impl FnOnce() -> (K, H)) -> H
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let map = self.map.get_or_init(Default::default);
+        if let Some(handles) = map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+        {
+            return handles.clone();
+        }
+        recorder();
+        let (key, handles) = register();
+        map.write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key)
+            .or_insert(handles)
+            .clone()
+    }
+}
+
+impl<H: Clone> Handles<String, H> {
+    /// The handles for a series named by its label values, in a fixed order; the key is built
+    /// in a buffer of the thread's, so a known series costs no allocation.
+    pub fn labelled(&self, values: &[&str], register: impl FnOnce() -> H) -> H {
+        thread_local! {
+            static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        KEY.with_borrow_mut(|key| {
+            key.clear();
+            for value in values {
+                key.push_str(value);
+                // A separator no label value holds.
+                key.push('\u{1f}');
+            }
+            self.get(key.as_str(), || (key.clone(), register()))
+        })
+    }
+}
+
+impl<K: std::hash::Hash + Eq, H: Clone> Default for Handles<K, H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod handle_tests {
+    use super::*;
+
+    #[test]
+    fn a_series_is_registered_once_and_counts_every_call() {
+        static COUNTS: Handles<(String, u16), metrics::Counter> = Handles::new();
+        let handle = recorder();
+        let mut registered = 0;
+        for _ in 0..3 {
+            COUNTS
+                .get(&("/v1/test".to_string(), 200), || {
+                    registered += 1;
+                    (
+                        ("/v1/test".to_string(), 200),
+                        metrics::counter!("openclaw_handles_test_total", "route" => "/v1/test"),
+                    )
+                })
+                .increment(1);
+        }
+        assert_eq!(registered, 1);
+        let text = handle.render();
+        assert!(
+            text.contains("openclaw_handles_test_total{route=\"/v1/test\"} 3"),
+            "{text}"
+        );
+    }
+}

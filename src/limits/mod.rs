@@ -202,33 +202,38 @@ impl Admission {
     }
 
     /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens,context}` (reset in whole seconds).
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let Some(quota) = self.quota else {
-            return Vec::new();
-        };
-        rate_headers(quota, self.usage)
+    pub fn header_values(&self) -> Option<[(&'static str, u64); 9]> {
+        Some(rate_values(self.quota?, self.usage))
     }
 }
 
 fn rate_headers(quota: Quota, usage: Usage) -> Vec<(&'static str, String)> {
-    let reset = usage.reset_ms.div_ceil(1000).to_string();
-    vec![
-        ("x-ratelimit-limit-requests", quota.requests.to_string()),
+    rate_values(quota, usage)
+        .into_iter()
+        .map(|(name, value)| (name, value.to_string()))
+        .collect()
+}
+
+/// The rate-limit headers' values: limit, remaining and reset (whole seconds) of each resource.
+fn rate_values(quota: Quota, usage: Usage) -> [(&'static str, u64); 9] {
+    let reset = usage.reset_ms.div_ceil(1000);
+    [
+        ("x-ratelimit-limit-requests", quota.requests),
         (
             "x-ratelimit-remaining-requests",
-            quota.requests.saturating_sub(usage.requests).to_string(),
+            quota.requests.saturating_sub(usage.requests),
         ),
-        ("x-ratelimit-reset-requests", reset.clone()),
-        ("x-ratelimit-limit-tokens", quota.tokens.to_string()),
+        ("x-ratelimit-reset-requests", reset),
+        ("x-ratelimit-limit-tokens", quota.tokens),
         (
             "x-ratelimit-remaining-tokens",
-            quota.tokens.saturating_sub(usage.tokens).to_string(),
+            quota.tokens.saturating_sub(usage.tokens),
         ),
-        ("x-ratelimit-reset-tokens", reset.clone()),
-        ("x-ratelimit-limit-context", quota.context.to_string()),
+        ("x-ratelimit-reset-tokens", reset),
+        ("x-ratelimit-limit-context", quota.context),
         (
             "x-ratelimit-remaining-context",
-            quota.context.saturating_sub(usage.context).to_string(),
+            quota.context.saturating_sub(usage.context),
         ),
         ("x-ratelimit-reset-context", reset),
     ]
@@ -400,7 +405,15 @@ impl RateLimiter {
                     .admit_spending(key, quota, charge, &reservation, budget.as_ref()),
             )
             .await;
-        metrics::histogram!("openclaw_rate_limit_decision_seconds")
+        static DECISIONS: openclaw_runtime::metrics::Handles<(), metrics::Histogram> =
+            openclaw_runtime::metrics::Handles::new();
+        DECISIONS
+            .get(&(), || {
+                (
+                    (),
+                    metrics::histogram!("openclaw_rate_limit_decision_seconds"),
+                )
+            })
             .record(started.elapsed().as_secs_f64());
         let (decision, local) = match outcome {
             Ok(decision) => {

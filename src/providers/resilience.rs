@@ -13,6 +13,7 @@
 //! (which system status shows). Retries, fallbacks and calls refused by an open
 //! circuit have counters of their own.
 
+use openclaw_runtime::metrics::Handles;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -347,19 +348,26 @@ impl ModelCatalog {
                 Err(error) => outcome_name(error),
             };
             span.record("outcome", outcome);
-            metrics::counter!(
-                "openclaw_provider_attempts_total",
-                "provider" => guard.name.clone(),
-                "model" => model.id.clone(),
-                "outcome" => outcome
-            )
-            .increment(1);
-            metrics::histogram!(
-                "openclaw_provider_attempt_duration_seconds",
-                "provider" => guard.name.clone(),
-                "outcome" => outcome
-            )
-            .record(latency.as_secs_f64());
+            static ATTEMPTS: Handles<String, (metrics::Counter, metrics::Histogram)> =
+                Handles::new();
+            let (attempts, duration) =
+                ATTEMPTS.labelled(&[&guard.name, &model.id, outcome], || {
+                    (
+                        metrics::counter!(
+                            "openclaw_provider_attempts_total",
+                            "provider" => guard.name.clone(),
+                            "model" => model.id.clone(),
+                            "outcome" => outcome
+                        ),
+                        metrics::histogram!(
+                            "openclaw_provider_attempt_duration_seconds",
+                            "provider" => guard.name.clone(),
+                            "outcome" => outcome
+                        ),
+                    )
+                });
+            attempts.increment(1);
+            duration.record(latency.as_secs_f64());
             let error = match result {
                 Ok(outcome) => {
                     permit.succeeded();

@@ -15,7 +15,8 @@
 #   scripts/profile.sh             both
 #
 # BIN_DIR=<dir> profiles the openclaw-gateway and openclaw-rest found there instead of this
-# tree's release build (to compare two builds by instruction counts).
+# tree's release build (to compare two builds by instruction counts). KEEP_PROFILES=<dir> keeps
+# callgrind's own outputs there, for `callgrind_annotate --inclusive=yes`.
 #
 # Needs perf, valgrind (callgrind_annotate) and inferno (`cargo install inferno`), redis-server.
 set -euo pipefail
@@ -138,6 +139,10 @@ callgrind() {
   stop
   trap - EXIT
   python3 scripts/profile_report.py --work "$work" --calls "$calls" --out "$out/callgrind.md"
+  if [ -n "${KEEP_PROFILES:-}" ]; then
+    mkdir -p "$KEEP_PROFILES" && cp "$work"/*.out* "$KEEP_PROFILES"/
+    echo "kept the callgrind outputs in $KEEP_PROFILES (callgrind_annotate --inclusive=yes <file>)"
+  fi
   rm -rf "$work"
 }
 

@@ -186,9 +186,10 @@ impl CoreClient {
             request.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
             match tokio::time::timeout_at(deadline, call(self.channel.clone(), request)).await {
                 Ok(Ok(response)) => {
+                    let (metadata, message, _) = response.into_parts();
                     return Ok(CoreReply {
-                        headers: headers::forwardable(response.metadata()),
-                        message: response.into_inner(),
+                        headers: headers::forwardable(metadata),
+                        message,
                     });
                 }
                 Ok(Err(status))

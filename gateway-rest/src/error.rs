@@ -300,7 +300,7 @@ impl IntoResponse for ApiError {
 /// The field at fault and its reason come from `BadRequest`, the wait from `RetryInfo`.
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
-        let forwarded = headers::forwardable(status.metadata());
+        let forwarded = headers::forwardable(status.metadata().clone());
         let details = status.get_error_details();
         let named = details.error_info().and_then(|info| {
             ErrorCode::from_str_name(&info.reason)

@@ -232,7 +232,8 @@ impl Caller {
 
     fn from_parts(parts: &Parts) -> Self {
         let headers = &parts.headers;
-        let mut forwarded = HeaderMap::new();
+        // Room for everything below without growing.
+        let mut forwarded = HeaderMap::with_capacity(16);
         // Verbatim: deciding whether the credential is any good is the core's job.
         if let Some(authorization) = headers.get(header::AUTHORIZATION) {
             let mut authorization = authorization.clone();
@@ -270,7 +271,7 @@ impl Caller {
             None => peer.map(|addr| addr.ip()),
         };
         if let Some(ip) = client
-            && let Ok(value) = HeaderValue::from_str(&ip.to_string())
+            && let Ok(value) = HeaderValue::from_str(&ip_text(ip))
         {
             forwarded.insert(CLIENT_IP, value);
         }
@@ -293,19 +294,43 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// An address as text; an IPv4 address without the formatting machinery `to_string` goes through.
+fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
+}
+
 /// The core metadata that belongs on the HTTP response: the simulator flag and rate-limit state.
 /// Everything else in the core's metadata stays inside.
-pub(crate) fn forwardable(metadata: &MetadataMap) -> HeaderMap {
-    metadata
-        .clone()
-        .into_headers()
-        .into_iter()
-        .filter_map(|(name, value)| Some((name?, value)))
-        .filter(|(name, _)| is_forwardable(name))
-        .fold(HeaderMap::new(), |mut out, (name, value)| {
-            out.append(name, value);
-            out
-        })
+pub(crate) fn forwardable(metadata: MetadataMap) -> HeaderMap {
+    let all = metadata.into_headers();
+    let mut out = HeaderMap::with_capacity(all.len());
+    let mut last = None;
+    for (name, value) in all {
+        // A name is given once, before the first of its values.
+        if let Some(name) = name {
+            last = is_forwardable(&name).then_some(name);
+        }
+        if let Some(name) = &last {
+            out.append(name.clone(), value);
+        }
+    }
+    out
 }
 
 fn is_forwardable(name: &HeaderName) -> bool {
@@ -329,6 +354,21 @@ mod tests {
             builder = builder.header(*name, *value);
         }
         builder.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.199.255",
+            "100.9.90.109",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().expect("address");
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
     }
 
     #[test]
@@ -471,7 +511,7 @@ mod tests {
         ] {
             metadata.insert(key, value.parse().expect("ascii"));
         }
-        let headers = forwardable(&metadata);
+        let headers = forwardable(metadata.clone());
         let mut names: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
         names.sort();
         assert_eq!(

@@ -292,18 +292,25 @@ impl RedisLimits {
 }
 
 fn keys(key: &str) -> [String; 3] {
-    [
-        format!("oc:rl:{{{key}}}:log"),
-        format!("oc:rl:{{{key}}}:amt"),
-        format!("oc:rl:{{{key}}}:sum"),
-    ]
+    [tagged(key, "log"), tagged(key, "amt"), tagged(key, "sum")]
+}
+
+/// `oc:rl:{<key>}:<suffix>`: one of a key's records, under its hash tag. Written by hand
+/// rather than with `format!`: several are built for every call.
+fn tagged(key: &str, suffix: &str) -> String {
+    let mut name = String::with_capacity(key.len() + suffix.len() + 9);
+    name.push_str("oc:rl:{");
+    name.push_str(key);
+    name.push_str("}:");
+    name.push_str(suffix);
+    name
 }
 
 /// A key's spend in one budget period (`spent`, and a `t<permille>` flag per threshold
 /// crossed), under the key's hash tag; `-` names the one never written (no budget).
 fn spend_hash(key: &str, budget: Option<&BudgetWindow>) -> String {
     let period = budget.map_or("-", |b| b.id.as_str());
-    format!("oc:rl:{{{key}}}:spend:{period}")
+    tagged(key, &["spend:", period].concat())
 }
 
 /// A key's ledger for one UTC day, under the key's hash tag.
@@ -311,12 +318,12 @@ fn spend_hash(key: &str, budget: Option<&BudgetWindow>) -> String {
 const USAGE_DAYS_PER_ROUND_TRIP: usize = 100;
 
 fn usage_hash(key: &str, day: &str) -> String {
-    format!("oc:rl:{{{key}}}:usage:{day}")
+    tagged(key, &["usage:", day].concat())
 }
 
 /// The ledger field prefix of a model: `<model>\t<provider>`.
 fn usage_field(model: &str, provider: &str) -> String {
-    format!("{model}\t{provider}")
+    [model, "\t", provider].concat()
 }
 
 fn unix_ms(at: chrono::DateTime<chrono::Utc>) -> i64 {
@@ -543,5 +550,22 @@ impl LimitBackend for RedisLimits {
             .await
             .map_err(StoreError::from)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod key_names {
+    #[test]
+    fn records_are_named_under_the_keys_hash_tag() {
+        assert_eq!(
+            super::keys("k1"),
+            ["oc:rl:{k1}:log", "oc:rl:{k1}:amt", "oc:rl:{k1}:sum"]
+        );
+        assert_eq!(super::spend_hash("k1", None), "oc:rl:{k1}:spend:-");
+        assert_eq!(
+            super::usage_hash("k1", "2026-12-07"),
+            "oc:rl:{k1}:usage:2026-12-07"
+        );
+        assert_eq!(super::usage_field("m", "p"), "m\tp");
     }
 }

@@ -290,7 +290,22 @@ pub struct SpendRecord {
 
 /// The UTC day of `at`, as the ledger names days.
 pub fn ledger_day(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%d").to_string()
+    use chrono::Datelike as _;
+    let (year, month, day) = (at.year(), at.month(), at.day());
+    if !(0..=9999).contains(&year) {
+        return at.format("%Y-%m-%d").to_string();
+    }
+    // Every call names its day: written by hand rather than through chrono's formatter.
+    let mut text = String::with_capacity(10);
+    for (value, width) in [(year as u32, 4), (month, 2), (day, 2)] {
+        if width == 2 {
+            text.push('-');
+        }
+        for place in (0..width).rev() {
+            text.push(char::from(b'0' + (value / 10u32.pow(place) % 10) as u8));
+        }
+    }
+    text
 }
 
 /// What settling a call found: the budget's spend after it, and the thresholds (permille; 1000
@@ -413,6 +428,17 @@ pub fn dollars(micros: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ledger_day_is_the_utc_date_as_chrono_writes_it() {
+        let start = DateTime::parse_from_rfc3339("0999-12-31T23:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for step in 0..3000i64 {
+            let at = start + chrono::Duration::hours(step * 2_917);
+            assert_eq!(ledger_day(at), at.format("%Y-%m-%d").to_string());
+        }
+    }
 
     #[test]
     fn prices_are_read_to_the_micro_dollar() {

@@ -12,6 +12,7 @@ pub mod pressure;
 mod redis;
 pub mod redis_connection;
 mod redis_error;
+mod timestamp;
 
 use std::time::Duration;
 
@@ -230,6 +231,7 @@ pub struct SummaryOf {
 pub struct StoredMessage {
     pub role: String,
     pub content: String,
+    #[serde(with = "timestamp")]
     pub created_at: DateTime<Utc>,
     /// Set on a compaction summary (a `system` message the gateway wrote): what it stands for.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -221,7 +221,7 @@ impl Scripts {
             // JSON) plus the chat format's 5; one stored without a count costs the length of its
             // content as stored (escaped JSON), which no count of it exceeds (a token is at
             // least a byte); the quotes around it cannot occur unescaped inside it. Nothing is
-            // decoded but the session record.
+            // decoded but the session record. The messages are returned joined by line breaks.
             lock_session: Script::new(
                 r#"
                 if redis.call('EXISTS', KEYS[2]) == 0 then return {'none'} end
@@ -293,9 +293,10 @@ impl Scripts {
                 end
                 local out = {'ok', meta[1], meta[2] or '', tostring(len), tostring(#head),
                   tostring(summaryAt or -1), tostring(at + 1), complete}
-                for i = 1, #head do out[#out + 1] = head[i] end
-                if summary then out[#out + 1] = summary end
-                for i = #tail, 1, -1 do out[#out + 1] = tail[i] end
+                local msgs = head
+                if summary then msgs[#msgs + 1] = summary end
+                for i = #tail, 1, -1 do msgs[#msgs + 1] = tail[i] end
+                if #msgs > 0 then out[#out + 1] = table.concat(msgs, '\n') end
                 return out
                 "#,
             ),
@@ -511,8 +512,10 @@ const APPEND_QUOTA_CHECK: &str = r#"
 /// How many of a full index's oldest entries a create looks at for sessions that are gone.
 const FULL_INDEX_SCAN: isize = 1024;
 
+/// `oc:s:{<owner>/<id>}`: the prefix of a session's records, its hash tag. Joined rather than
+/// formatted, as the records' names built from it are: a turn names several.
 pub(super) fn session_base(owner: &str, id: &str) -> String {
-    format!("oc:s:{{{owner}/{id}}}")
+    ["oc:s:{", owner, "/", id, "}"].concat()
 }
 
 pub(super) fn owner_index(owner: &str) -> String {
@@ -1001,8 +1004,8 @@ impl Store for RedisStore {
         };
         let mut invocation = self.scripts.create_session.prepare_invoke();
         invocation
-            .key(format!("{base}:meta"))
-            .key(format!("{base}:msgs"))
+            .key([base.as_str(), ":meta"].concat())
+            .key([base.as_str(), ":msgs"].concat())
             .arg(encode(session)?)
             .arg(session.updated_at.to_rfc3339())
             .arg(session.created_at.timestamp_millis())
@@ -1049,10 +1052,10 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         let ((record, updated_at), count): ((Option<String>, Option<String>), u32) = redis::pipe()
             .cmd("HMGET")
-            .arg(format!("{base}:meta"))
+            .arg([base.as_str(), ":meta"].concat())
             .arg("record")
             .arg("updatedAt")
-            .llen(format!("{base}:msgs"))
+            .llen([base.as_str(), ":msgs"].concat())
             .query_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
@@ -1085,10 +1088,10 @@ impl Store for RedisStore {
             async move {
                 let mut pipe = redis::pipe();
                 pipe.cmd("HMGET")
-                    .arg(format!("{base}:meta"))
+                    .arg([base.as_str(), ":meta"].concat())
                     .arg("record")
                     .arg("updatedAt");
-                pipe.llen(format!("{base}:msgs"));
+                pipe.llen([base.as_str(), ":msgs"].concat());
                 pipe.query_async::<((Option<String>, Option<String>), u32)>(&mut conn)
                     .await
                     .map_err(StoreError::from)
@@ -1126,7 +1129,7 @@ impl Store for RedisStore {
         let start = offset as isize;
         let stop = start + limit as isize;
         let raws: Vec<String> = conn
-            .lrange(format!("{base}:msgs"), start, stop)
+            .lrange([base.as_str(), ":msgs"].concat(), start, stop)
             .await
             .map_err(StoreError::from)?;
         let more = raws.len() > limit as usize;
@@ -1149,18 +1152,18 @@ impl Store for RedisStore {
         let bytes: i64 = self
             .scripts
             .session_bytes
-            .key(format!("{base}:msgs"))
+            .key([base.as_str(), ":msgs"].concat())
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
         let deleted: i64 = self
             .scripts
             .delete_session
-            .key(format!("{base}:meta"))
-            .key(format!("{base}:msgs"))
-            .key(format!("{base}:results"))
-            .key(format!("{base}:results:exp"))
-            .key(format!("{base}:lock"))
+            .key([base.as_str(), ":meta"].concat())
+            .key([base.as_str(), ":msgs"].concat())
+            .key([base.as_str(), ":results"].concat())
+            .key([base.as_str(), ":results:exp"].concat())
+            .key([base.as_str(), ":lock"].concat())
             .invoke_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
@@ -1179,7 +1182,7 @@ impl Store for RedisStore {
             .map_err(StoreError::from)?;
         // A session created again under this id between the two steps keeps its entries.
         let recreated: Option<String> = conn
-            .hget(format!("{base}:meta"), "record")
+            .hget([base.as_str(), ":meta"].concat(), "record")
             .await
             .map_err(StoreError::from)?;
         if let Some(record) = recreated {
@@ -1215,9 +1218,9 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         let mut invocation = self.scripts.lock_session.prepare_invoke();
         invocation
-            .key(format!("{base}:lock"))
-            .key(format!("{base}:meta"))
-            .key(format!("{base}:msgs"))
+            .key([base.as_str(), ":lock"].concat())
+            .key([base.as_str(), ":meta"].concat())
+            .key([base.as_str(), ":msgs"].concat())
             .arg(token)
             .arg(lease.as_millis().max(1) as u64)
             .arg(budget.fixed)
@@ -1250,11 +1253,18 @@ impl Store for RedisStore {
                 let summary_at = u64::try_from(number(5)?).ok();
                 let tail_from = number(6)?.max(0) as u64;
                 let complete = field(7) == "1";
-                let mut rest = reply[8..].iter().flatten();
+                // The messages come as one string, a line each: one reply value to parse
+                // rather than one per message (stored JSON never holds a raw line break).
+                let mut rest = reply
+                    .get(8)
+                    .and_then(|r| r.as_deref())
+                    .unwrap_or("")
+                    .split('\n')
+                    .filter(|line| !line.is_empty());
                 let head = rest
                     .by_ref()
                     .take(head_len)
-                    .map(|raw| decode(raw))
+                    .map(decode)
                     .collect::<StoreResult<Vec<StoredMessage>>>()?;
                 let summary = match summary_at {
                     Some(at) => {
@@ -1308,9 +1318,9 @@ impl Store for RedisStore {
         let outcome: String = self
             .scripts
             .append_summary
-            .key(format!("{base}:lock"))
-            .key(format!("{base}:meta"))
-            .key(format!("{base}:msgs"))
+            .key([base.as_str(), ":lock"].concat())
+            .key([base.as_str(), ":meta"].concat())
+            .key([base.as_str(), ":msgs"].concat())
             .arg(fence.token)
             .arg(fence.incarnation)
             .arg(&encoded)
@@ -1343,11 +1353,11 @@ impl Store for RedisStore {
         let base = session_base(owner, id);
         let mut invocation = self.scripts.append_turn.prepare_invoke();
         invocation
-            .key(format!("{base}:lock"))
-            .key(format!("{base}:meta"))
-            .key(format!("{base}:msgs"))
-            .key(format!("{base}:results"))
-            .key(format!("{base}:results:exp"))
+            .key([base.as_str(), ":lock"].concat())
+            .key([base.as_str(), ":meta"].concat())
+            .key([base.as_str(), ":msgs"].concat())
+            .key([base.as_str(), ":results"].concat())
+            .key([base.as_str(), ":results:exp"].concat())
             .arg(fence.token)
             .arg(at.to_rfc3339())
             .arg(fence.incarnation)
@@ -1372,7 +1382,7 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         self.scripts
             .unlock_session
-            .key(format!("{base}:lock"))
+            .key([base.as_str(), ":lock"].concat())
             .arg(token)
             .invoke_async::<i64>(&mut conn)
             .await
@@ -1394,11 +1404,11 @@ impl Store for RedisStore {
         let base = session_base(owner, id);
         let mut invocation = self.scripts.append_turn_recording.prepare_invoke();
         invocation
-            .key(format!("{base}:lock"))
-            .key(format!("{base}:meta"))
-            .key(format!("{base}:msgs"))
-            .key(format!("{base}:results"))
-            .key(format!("{base}:results:exp"))
+            .key([base.as_str(), ":lock"].concat())
+            .key([base.as_str(), ":meta"].concat())
+            .key([base.as_str(), ":msgs"].concat())
+            .key([base.as_str(), ":results"].concat())
+            .key([base.as_str(), ":results:exp"].concat())
             .arg(fence.token)
             .arg(at.to_rfc3339())
             .arg(result.request_id)
@@ -1431,8 +1441,8 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         self.scripts
             .recorded_result
-            .key(format!("{base}:results"))
-            .key(format!("{base}:results:exp"))
+            .key([base.as_str(), ":results"].concat())
+            .key([base.as_str(), ":results:exp"].concat())
             .arg(request_id)
             .invoke_async(&mut conn)
             .await

@@ -297,14 +297,11 @@ pub fn ledger_day(at: DateTime<Utc>) -> String {
     }
     // Every call names its day: written by hand rather than through chrono's formatter.
     let mut text = String::with_capacity(10);
-    for (value, width) in [(year as u32, 4), (month, 2), (day, 2)] {
-        if width == 2 {
-            text.push('-');
-        }
-        for place in (0..width).rev() {
-            text.push(char::from(b'0' + (value / 10u32.pow(place) % 10) as u8));
-        }
-    }
+    crate::store::push_digits(&mut text, year as u32, 4);
+    text.push('-');
+    crate::store::push_digits(&mut text, month, 2);
+    text.push('-');
+    crate::store::push_digits(&mut text, day, 2);
     text
 }
 

@@ -13,6 +13,7 @@ mod redis;
 pub mod redis_connection;
 mod redis_error;
 mod timestamp;
+pub(crate) use timestamp::push_digits;
 
 use std::time::Duration;
 

@@ -128,8 +128,10 @@ impl<T: Serialize> IntoResponse for Enveloped<T> {
 /// Serializes a body with its content type. Our types always serialize; should one ever fail,
 /// the caller still gets an envelope rather than an empty 500.
 pub(crate) fn json_body<T: Serialize>(value: &T) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(bytes) => (
+    // Room for a typical answer up front, rather than growing from nothing.
+    let mut bytes = Vec::with_capacity(1024);
+    match serde_json::to_writer(&mut bytes, value) {
+        Ok(()) => (
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),

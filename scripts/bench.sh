@@ -24,8 +24,9 @@
 #                                         for docs/benchmarks.md (see `target/release/history --help`)
 #
 # Scenario 2 is also measured by oha (https://github.com/hatoo/oha), a widely used HTTP load
-# generator, beside our own: open loop at every rate of the sweep and closed loop (no rate
-# limit) once per topology. The full run installs the pinned version below with
+# generator, beside our own: open loop at every rate of the sweep, against the fake upstream
+# alone (oha's own baseline) and then the gateway, and closed loop (no rate limit) once per
+# topology. The full run installs the pinned version below with
 # `cargo install --locked` under target/tools when target/tools/bin/oha is missing or another
 # version (needs crates.io once); the smoke run never does.
 #

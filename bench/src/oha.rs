@@ -1,7 +1,10 @@
 //! oha (<https://github.com/hatoo/oha>), a widely used HTTP load generator, run beside our own on
 //! scenario 2: the same request to the same running gateway, so a figure of ours that only our
-//! generator produces shows up as a difference between the two. `scripts/bench.sh` installs one
-//! pinned version under `target/tools` and passes its path (`loadgen --oha`).
+//! generator produces shows up as a difference between the two. oha's overhead is taken against
+//! oha's own baseline (the same command against the fake upstream alone at the same rate), never
+//! against ours, so each overhead is a difference of two figures of one generator.
+//! `scripts/bench.sh` installs one pinned version under `target/tools` and passes its path
+//! (`loadgen --oha`).
 //!
 //! Two ways it runs here:
 //! - open loop, `-q <rate> --latency-correction`: oha's latency then runs from the moment its
@@ -123,7 +126,12 @@ impl Oha {
         })
     }
 
-    fn arguments(&self, request: &Request, load: Load, duration: Duration) -> Vec<String> {
+    pub(crate) fn arguments(
+        &self,
+        request: &Request,
+        load: Load,
+        duration: Duration,
+    ) -> Vec<String> {
         let mut args = vec![
             "--no-tui".to_string(),
             "--output-format".into(),

@@ -190,14 +190,27 @@ fn median_map(maps: Vec<&BTreeMap<String, f64>>) -> BTreeMap<String, f64> {
 }
 
 fn is_baseline(target: &str) -> bool {
-    matches!(target, "upstream" | "redis")
+    matches!(target, "upstream" | "redis" | scenarios::OHA_UPSTREAM)
 }
 
-/// The baseline step measured beside `step` in the same run.
+/// Whether a step on `candidate` is the baseline of a step on `target`: oha's steps against
+/// oha's own run on the fake upstream alone, so that each overhead is the difference of two
+/// figures of one generator; ours against the fake upstream or Redis measured by ours.
+fn is_baseline_of(target: &str, candidate: &str) -> bool {
+    match target {
+        scenarios::OHA => candidate == scenarios::OHA_UPSTREAM,
+        _ => matches!(candidate, "upstream" | "redis"),
+    }
+}
+
+/// The baseline step measured beside `step` in the same run (none for oha's steps in a JSON
+/// written before oha had a baseline of its own).
 fn baseline<'a>(run: &'a Run, step: &Step) -> Option<&'a Step> {
-    run.steps
-        .iter()
-        .find(|s| s.scenario == step.scenario && s.rate == step.rate && is_baseline(&s.target))
+    run.steps.iter().find(|s| {
+        s.scenario == step.scenario
+            && s.rate == step.rate
+            && is_baseline_of(&step.target, &s.target)
+    })
 }
 
 pub fn summarise(runs: &[Run]) -> Summary {
@@ -521,13 +534,28 @@ fn overhead_target(
             first.p99
         );
     }
-    if let Some(o) = row(summary, scenario, "oha", rate) {
-        let _ = write!(
-            measured,
-            "; oha at the same rate, against the same baseline (not judged): median {:.3} ms, every run: {} ms",
-            o.overhead_ms.map_or(f64::NAN, |o| o.p99),
-            every_run(o.per_run.iter().map(|f| format!("{:.3}", p99_of(f))))
-        );
+    if let Some(o) = row(summary, scenario, scenarios::OHA, rate) {
+        match o.overhead_ms {
+            Some(overhead) => {
+                let _ = write!(
+                    measured,
+                    "; oha at the same rate, against oha's own baseline (not judged): median {:.3} ms, every run: {} ms",
+                    overhead.p99,
+                    every_run(
+                        o.per_run
+                            .iter()
+                            .map(|f| f.overhead_p99_ms.map_or("–".into(), |v| format!("{v:.3}")))
+                    )
+                );
+            }
+            None => {
+                let _ = write!(
+                    measured,
+                    "; oha at the same rate (not judged): {NO_OHA_BASELINE}, so no oha overhead (gateway p99 median {:.3} ms)",
+                    o.latency_ms.p99
+                );
+            }
+        }
     }
     Verdict {
         target,
@@ -535,6 +563,9 @@ fn overhead_target(
         met,
     }
 }
+
+/// Said where oha's overhead would be, for runs recorded before oha measured its own baseline.
+const NO_OHA_BASELINE: &str = "no oha baseline recorded";
 
 /// oha's closed-loop throughput through the gateway, judged in every run: met only if every
 /// run sustained at least `min_per_sec` 2xx responses a second with at most 1 % errors.
@@ -849,7 +880,10 @@ pub fn markdown(summary: &Summary, meta: &str, callgrind: Option<&Callgrind>) ->
                 ms(r.latency_ms.p90),
                 ms(r.latency_ms.p99),
                 ms(r.latency_ms.p999),
-                triple(r.overhead_ms),
+                match r.overhead_ms {
+                    None if r.target == scenarios::OHA => NO_OHA_BASELINE.into(),
+                    overhead => triple(overhead),
+                },
                 r.errors,
                 usage(&r.cpu_percent, &present),
                 usage(&r.peak_rss_mib, &present),
@@ -999,6 +1033,20 @@ fn status_codes_every_run<'a>(
         .join("; ")
 }
 
+/// A figure of every run's overhead, as "median (run 1, run 2, …)"; `–` for a run without one.
+fn overhead_every_run(
+    row: &Row,
+    pick: fn(&Percentiles) -> f64,
+    of_run: fn(&RunFigure) -> Option<f64>,
+) -> Option<String> {
+    let median = row.overhead_ms.as_ref().map(pick)?;
+    Some(format!(
+        "{} ({})",
+        ms(median),
+        every_run(row.per_run.iter().map(|f| of_run(f).map_or("–".into(), ms)))
+    ))
+}
+
 /// Scenario 2 through our generator and oha side by side, and oha's closed-loop throughput.
 fn two_generators(summary: &Summary) -> String {
     let mut out = String::new();
@@ -1010,7 +1058,7 @@ fn two_generators(summary: &Summary) -> String {
         .rows
         .iter()
         .filter(|r| {
-            r.target == "oha"
+            r.target == scenarios::OHA
                 && (r.scenario == scenarios::OPENAI || r.scenario == scenarios::OPENAI_COMBINED)
         })
         .collect();
@@ -1021,42 +1069,53 @@ fn two_generators(summary: &Summary) -> String {
         );
     }
     if !oha_rows.is_empty() {
+        let without_baseline = oha_rows.iter().any(|o| o.overhead_ms.is_none());
         let _ = writeln!(
             out,
-            "At every rate, right after our generator's step, oha sends the same request (URL, headers, body) to the same running gateway at the same rate (`-q <rate> --latency-correction`, connections as the line “Second load generator” above says); both overheads are taken against our generator's baseline at that rate in the same run. oha's latency runs from when its scheduler released the request (its timer ticks in milliseconds), ours from when the request was due; oha opens its connections during the step, ours are already open.\n\n| rate/s | topology | ours: overhead p99 ms, median (every run) | oha: overhead p99 ms, median (every run) | ours: p50 / p99 ms | oha: p50 / p99 ms | oha: 2xx/s, median (every run) | oha: status codes (every run) | oha: errors | CPU % oha / upstream / core / edge / replica |\n|---:|---|---|---|---|---|---|---|---:|---|"
+            "At every rate, right after our generator's steps (the fake upstream alone, then the gateway), oha runs the same open-loop command (`-q <rate> --latency-correction`, connections as the line “Second load generator” above says, the same length, warm-up, request body and headers) twice: against the fake upstream alone, then against the same running gateway. Each generator's overhead is its own gateway figure minus its own upstream-alone figure at that rate in the same run, so no overhead mixes the two generators. oha's latency runs from when its scheduler released the request (its timer ticks in milliseconds), ours from when the request was due; oha opens its connections during the step, ours are already open.{}\n\n| rate/s | topology | ours: overhead p50 ms, median (every run) | ours: overhead p99 ms, median (every run) | oha: overhead p50 ms, median (every run) | oha: overhead p99 ms, median (every run) | ours: upstream alone p50 / p99 ms | ours: gateway p50 / p99 ms | oha: upstream alone p50 / p99 ms | oha: gateway p50 / p99 ms | oha: gateway 2xx/s, median (every run) | oha: gateway status codes (every run) | oha: errors, gateway / upstream alone | CPU % oha / upstream / core / edge / replica (oha at the gateway) |\n|---:|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            if without_baseline {
+                " These runs were recorded before oha measured its own baseline: where it is missing the oha overhead cells say so, and no oha figure is taken against ours."
+            } else {
+                ""
+            }
         );
+        let p50 = |p: &Percentiles| p.p50;
+        let p99 = |p: &Percentiles| p.p99;
+        let latency = |r: Option<&Row>| {
+            r.map_or("–".into(), |r| {
+                format!("{} / {}", ms(r.latency_ms.p50), ms(r.latency_ms.p99))
+            })
+        };
         for o in &oha_rows {
             let ours = row(summary, &o.scenario, "gateway", o.rate);
-            let overhead = |r: &Row| {
-                format!(
-                    "{} ({})",
-                    r.overhead_ms.map_or("–".into(), |p| ms(p.p99)),
-                    every_run(
-                        r.per_run
-                            .iter()
-                            .map(|f| f.overhead_p99_ms.map_or("–".into(), ms))
-                    )
-                )
+            let ours_upstream = row(summary, &o.scenario, "upstream", o.rate);
+            let oha_upstream = row(summary, &o.scenario, scenarios::OHA_UPSTREAM, o.rate);
+            let ours_overhead = |pick, of_run| {
+                ours.and_then(|r| overhead_every_run(r, pick, of_run))
+                    .unwrap_or_else(|| "–".into())
+            };
+            let oha_overhead = |pick, of_run| {
+                overhead_every_run(o, pick, of_run).unwrap_or_else(|| NO_OHA_BASELINE.into())
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} / {} | {:.0}{} ({}) | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0}{} ({}) | {} | {} / {} | {} |",
                 o.rate,
                 topology(&o.scenario, "gateway"),
-                ours.map_or("–".into(), overhead),
-                overhead(o),
-                ours.map_or("–".into(), |r| format!(
-                    "{} / {}",
-                    ms(r.latency_ms.p50),
-                    ms(r.latency_ms.p99)
-                )),
-                ms(o.latency_ms.p50),
-                ms(o.latency_ms.p99),
+                ours_overhead(p50, |f| f.overhead_p50_ms),
+                ours_overhead(p99, |f| f.overhead_p99_ms),
+                oha_overhead(p50, |f| f.overhead_p50_ms),
+                oha_overhead(p99, |f| f.overhead_p99_ms),
+                latency(ours_upstream),
+                latency(ours),
+                oha_upstream.map_or(NO_OHA_BASELINE.into(), |r| latency(Some(r))),
+                latency(Some(o)),
                 o.achieved,
                 if o.saturated() { " (saturated)" } else { "" },
                 every_run(o.per_run.iter().map(|f| format!("{:.0}", f.achieved))),
                 status_codes_every_run(o.per_run.iter().map(|f| &f.status_codes)),
                 o.errors,
+                oha_upstream.map_or("–".into(), |r| r.errors.to_string()),
                 usage(
                     &o.cpu_percent,
                     &["oha", "upstream", "core", "edge", "replica"]
@@ -1424,7 +1483,8 @@ mod tests {
             steps: vec![
                 step(scenarios::OPENAI, "upstream", 2000.0, 0.1),
                 step(scenarios::OPENAI, "gateway", 2000.0, gateway_p99),
-                step(scenarios::OPENAI, "oha", 2000.0, 0.5),
+                step(scenarios::OPENAI, scenarios::OHA_UPSTREAM, 2000.0, 0.3),
+                step(scenarios::OPENAI, scenarios::OHA, 2000.0, 0.5),
             ],
             closed_loop: vec![ClosedLoop {
                 scenario: scenarios::OPENAI.into(),
@@ -1466,12 +1526,89 @@ mod tests {
             v.measured
         );
         assert!(
-            v.measured.contains("oha at the same rate"),
+            v.measured
+                .contains("oha at the same rate, against oha's own baseline"),
             "{}",
             v.measured
         );
         let document = markdown(&missed, "meta", None);
         assert!(document.contains("| **MISSED** |"));
+    }
+
+    #[test]
+    fn oha_s_overhead_is_taken_against_oha_s_own_baseline_never_against_ours() {
+        let runs = [run(0.4, 9000.0), run(0.6, 9000.0)];
+        let summary = summarise(&runs);
+        let oha = row(&summary, scenarios::OPENAI, scenarios::OHA, 2000.0).unwrap();
+        // oha at the gateway (p99 0.5, p50 0.25) minus oha at the upstream (0.3, 0.15); our
+        // baseline (0.1) plays no part.
+        let overhead = oha.overhead_ms.unwrap();
+        assert!((overhead.p99 - 0.2).abs() < 1e-9, "{overhead:?}");
+        assert!((overhead.p50 - 0.1).abs() < 1e-9, "{overhead:?}");
+        assert!(
+            oha.per_run
+                .iter()
+                .all(|f| (f.overhead_p99_ms.unwrap() - 0.2).abs() < 1e-9)
+        );
+        let base = row(&summary, scenarios::OPENAI, scenarios::OHA_UPSTREAM, 2000.0).unwrap();
+        assert!(base.overhead_ms.is_none());
+        // Ours stays against our own baseline.
+        let ours = row(&summary, scenarios::OPENAI, "gateway", 2000.0).unwrap();
+        assert!((ours.overhead_ms.unwrap().p99 - 0.4).abs() < 1e-9);
+        let v = verdict(
+            &summary,
+            "Scenario 2 (OpenAI-compatible, stateless): overhead",
+        );
+        assert!(
+            v.measured.contains(
+                "oha at the same rate, against oha's own baseline (not judged): median 0.200 ms, every run: 0.200, 0.200 ms"
+            ),
+            "{}",
+            v.measured
+        );
+        let document = markdown(&summary, "meta", None);
+        assert!(
+            document.contains(
+                "| 2000 | split edge and core | 0.200 (0.150, 0.250) | 0.400 (0.300, 0.500) | 0.100 (0.100, 0.100) | 0.200 (0.200, 0.200) | 0.050 / 0.100 | 0.250 / 0.500 | 0.150 / 0.300 | 0.250 / 0.500 |"
+            ),
+            "{document}"
+        );
+        assert!(!document.contains(NO_OHA_BASELINE));
+    }
+
+    #[test]
+    fn runs_recorded_before_oha_had_its_own_baseline_say_so() {
+        let mut old = run(0.4, 9000.0);
+        old.steps.retain(|s| s.target != scenarios::OHA_UPSTREAM);
+        // As an old JSON has it: read back through serde.
+        let old: Run = serde_json::from_value(serde_json::to_value(&old).unwrap()).unwrap();
+        let summary = summarise(&[old]);
+        let oha = row(&summary, scenarios::OPENAI, scenarios::OHA, 2000.0).unwrap();
+        assert!(oha.overhead_ms.is_none());
+        assert!(oha.per_run[0].overhead_p99_ms.is_none());
+        let v = verdict(
+            &summary,
+            "Scenario 2 (OpenAI-compatible, stateless): overhead",
+        );
+        assert!(v.met, "{}", v.measured);
+        assert!(
+            v.measured.contains("no oha baseline recorded"),
+            "{}",
+            v.measured
+        );
+        let document = markdown(&summary, "meta", None);
+        assert!(
+            document.contains(
+                "| 2000 | split edge and core | 0.150 (0.150) | 0.300 (0.300) | no oha baseline recorded | no oha baseline recorded | 0.050 / 0.100 | 0.200 / 0.400 | no oha baseline recorded | 0.250 / 0.500 |"
+            ),
+            "{document}"
+        );
+        assert!(
+            document.contains(
+                "| 2000 | oha | 2000 | 0.250 | 0.500 | 0.500 | 0.500 | no oha baseline recorded | 0 |"
+            ),
+            "{document}"
+        );
     }
 
     #[test]

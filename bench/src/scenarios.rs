@@ -37,6 +37,12 @@ pub const STREAMING: &str = "s4-streaming";
 pub const ADMISSION: &str = "s5-rate-limit-admission";
 pub const LITELLM: &str = "litellm-openai";
 
+/// The target of a step oha measured against the gateway (scenario 2, split or combined).
+pub const OHA: &str = "oha";
+/// The target of a step oha measured against the fake upstream alone: oha's own baseline, the
+/// same command as its gateway step at that rate with only the URL changed.
+pub const OHA_UPSTREAM: &str = "oha-upstream";
+
 /// How a run is shaped.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -91,8 +97,9 @@ impl Percentiles {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
     pub scenario: String,
-    /// `upstream` (the fake upstream alone), `gateway`, `litellm`, `redis` (a PING) or
-    /// `admission` (the limiter's script).
+    /// `upstream` (the fake upstream alone), `gateway`, `litellm`, `redis` (a PING),
+    /// `admission` (the limiter's script), or, measured by oha, `oha` (the gateway) and
+    /// `oha-upstream` (the fake upstream alone: oha's baseline).
     pub target: String,
     pub rate: f64,
     pub achieved: f64,
@@ -113,7 +120,8 @@ pub struct Step {
     /// Earlier attempts at this step, set aside because the machine stalled during them.
     #[serde(default)]
     pub set_aside: Vec<SetAside>,
-    /// Target `oha`: the step was measured by oha, not by our generator; what oha reported.
+    /// Targets `oha` and `oha-upstream`: the step was measured by oha, not by our generator;
+    /// what oha reported.
     /// (oha gives no per-request times: no slowest requests, and no split of the requests by
     /// whether a stall touched them.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -978,15 +986,20 @@ async fn sweep_with(
         result.steps.push(base);
         result.steps.push(step);
         if let Some(oha) = plan.oha.as_ref().filter(|_| beside_oha(scenario)) {
-            match measure_oha(plan, stack, oha, scenario, rate, &target).await {
-                Ok(step) => {
-                    log(&describe(&step));
-                    result.steps.push(step);
-                }
-                Err(error) => {
-                    let error = format!("{scenario} at {rate}/s, open loop: {error:#}");
-                    log(&format!("oha failed: {error}"));
-                    result.oha_failures.push(error);
+            // oha's own baseline first, as ours: the same command against the fake upstream
+            // alone, so that oha's overhead is a difference of two oha figures.
+            let upstream = oha_upstream(stack.upstream_url("/v1/chat/completions"), &target);
+            for (name, target) in [(OHA_UPSTREAM, &upstream), (OHA, &target)] {
+                match measure_oha(plan, stack, oha, scenario, name, rate, target).await {
+                    Ok(step) => {
+                        log(&describe(&step));
+                        result.steps.push(step);
+                    }
+                    Err(error) => {
+                        let error = format!("{scenario} {name} at {rate}/s, open loop: {error:#}");
+                        log(&format!("oha failed: {error}"));
+                        result.oha_failures.push(error);
+                    }
                 }
             }
         }
@@ -1001,6 +1014,17 @@ async fn sweep_with(
 /// The scenarios oha measures beside our generator: scenario 2, split and combined.
 fn beside_oha(scenario: &str) -> bool {
     scenario == OPENAI || scenario == OPENAI_COMBINED
+}
+
+/// oha's baseline of an HTTP target: the same headers and body, sent to the fake upstream alone
+/// at the URL our own baseline uses (the fake upstream answers every non-streamed request with
+/// the same bytes, whatever the model or the key).
+fn oha_upstream(upstream_url: String, target: &Target) -> Target {
+    let mut upstream = target.clone();
+    if let Target::Http { url, .. } = &mut upstream {
+        *url = upstream_url;
+    }
+    upstream
 }
 
 /// The request of an HTTP target, for oha: the same URL, headers and body.
@@ -1071,14 +1095,16 @@ async fn run_oha(
     Ok((report, usage, machine))
 }
 
-/// oha open loop at `rate` against `target`, right after our generator's step at that rate and
-/// on the same running gateway; warmed up like every step (0.5 s of our own load at the rate),
-/// and measured again after a stall of the machine like every step.
+/// oha open loop at `rate` against `target` (named `target_name`: [`OHA_UPSTREAM`] for the fake
+/// upstream alone, [`OHA`] for the gateway), right after our generator's steps at that rate and
+/// on the same running processes; warmed up like every step (0.5 s of our own load at the rate
+/// on the same target), and measured again after a stall of the machine like every step.
 async fn measure_oha(
     plan: &Plan,
     stack: &Stack,
     oha: &Oha,
     scenario: &str,
+    target_name: &str,
     rate: f64,
     target: &Target,
 ) -> anyhow::Result<Step> {
@@ -1101,7 +1127,7 @@ async fn measure_oha(
             run_oha(plan, stack, oha, &request, oha::Load::Open { rate }).await?;
         Ok::<_, anyhow::Error>(Step {
             scenario: scenario.to_string(),
-            target: "oha".into(),
+            target: target_name.to_string(),
             rate,
             achieved: report.ok_per_sec,
             sent: report.ok + report.errors,
@@ -1430,6 +1456,36 @@ mod tests {
         assert!(measure_again(&stalled(30.0), 1));
         // The third attempt counts whatever the machine did.
         assert!(!measure_again(&stalled(30.0), 2));
+    }
+
+    #[test]
+    fn oha_s_baseline_is_the_same_command_as_its_gateway_step_but_for_the_url() {
+        let gateway = Target::Http {
+            url: "http://127.0.0.1:2/v1/chat/completions".into(),
+            auth: Some(HeaderValue::from_static("Bearer secret")),
+            body: openai_body("zai/glm-4.7-flash", false),
+            streamed: false,
+        };
+        let upstream = oha_upstream("http://127.0.0.1:1/v1/chat/completions".into(), &gateway);
+        let oha = Oha {
+            path: "oha".into(),
+            version: "1.16.0".into(),
+            connections: 64,
+        };
+        let load = oha::Load::Open { rate: 500.0 };
+        let step = Duration::from_secs(3);
+        let mut at_gateway = oha.arguments(&oha_request(&gateway).unwrap(), load, step);
+        let mut at_upstream = oha.arguments(&oha_request(&upstream).unwrap(), load, step);
+        assert_eq!(
+            at_gateway.pop().unwrap(),
+            "http://127.0.0.1:2/v1/chat/completions"
+        );
+        assert_eq!(
+            at_upstream.pop().unwrap(),
+            "http://127.0.0.1:1/v1/chat/completions"
+        );
+        assert_eq!(at_gateway, at_upstream);
+        assert!(at_upstream.contains(&"authorization: Bearer secret".to_string()));
     }
 
     #[test]

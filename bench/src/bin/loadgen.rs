@@ -57,8 +57,9 @@ struct Args {
     #[arg(long)]
     litellm_missing: Option<String>,
     /// oha's executable (scripts/bench.sh installs a pinned version under target/tools): runs it
-    /// beside our generator on scenario 2, open loop at every rate of the sweep and closed loop
-    /// once per topology. Without it oha is not run, and the report says so.
+    /// beside our generator on scenario 2, open loop at every rate of the sweep (against the fake
+    /// upstream alone, its own baseline, and then the gateway) and closed loop once per topology.
+    /// Without it oha is not run, and the report says so.
     #[arg(long)]
     oha: Option<PathBuf>,
     /// Why oha is absent, for the document, when it is.
@@ -186,7 +187,7 @@ fn meta(args: &Args, oha: Option<&Oha>, runs: usize, elapsed: Duration) -> Strin
     };
     let oha = match (oha, &args.oha_missing) {
         (Some(oha), _) => format!(
-            "oha {} (`{}`) beside our generator on scenario 2: open loop at every rate (`-q <rate> --latency-correction -c {}`) and closed loop (`-c {}`, no rate limit), each {:.1} s",
+            "oha {} (`{}`) beside our generator on scenario 2: open loop at every rate (`-q <rate> --latency-correction -c {}`), against the fake upstream alone and then the gateway (oha's overhead is the one minus the other), and closed loop (`-c {}`, no rate limit), each {:.1} s",
             oha.version,
             oha.path.display(),
             oha.connections,

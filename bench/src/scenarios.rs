@@ -769,16 +769,9 @@ fn tenths_of_ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
-async fn measure_once(
-    plan: &Plan,
-    stack: &Stack,
-    scenario: &str,
-    target_name: &str,
-    rate: f64,
-    duration: Duration,
-    target: Target,
-) -> Step {
-    let warm_up = caller(
+/// Our own load at `rate` on `target` for `WARM_UP`, before any measured step (ours or oha's).
+async fn warm_up(plan: &Plan, stack: &Stack, rate: f64, target: &Target) {
+    let call = caller(
         target.clone(),
         stack.http.clone(),
         RUN_IDS.fetch_add(1, Ordering::Relaxed),
@@ -788,9 +781,21 @@ async fn measure_once(
         WARM_UP,
         plan.max_in_flight,
         Duration::from_secs(20),
-        warm_up,
+        call,
     )
     .await;
+}
+
+async fn measure_once(
+    plan: &Plan,
+    stack: &Stack,
+    scenario: &str,
+    target_name: &str,
+    rate: f64,
+    duration: Duration,
+    target: Target,
+) -> Step {
+    warm_up(plan, stack, rate, &target).await;
     let meter = Meter::start(&stack.processes());
     let probe = plan.stall_probe.then(Probe::start);
     let call = caller(
@@ -1110,19 +1115,7 @@ async fn measure_oha(
 ) -> anyhow::Result<Step> {
     let request = oha_request(target)?;
     let attempt = || async {
-        let warm_up = caller(
-            target.clone(),
-            stack.http.clone(),
-            RUN_IDS.fetch_add(1, Ordering::Relaxed),
-        );
-        open_loop(
-            rate,
-            WARM_UP,
-            plan.max_in_flight,
-            Duration::from_secs(20),
-            warm_up,
-        )
-        .await;
+        warm_up(plan, stack, rate, target).await;
         let (report, usage, machine) =
             run_oha(plan, stack, oha, &request, oha::Load::Open { rate }).await?;
         Ok::<_, anyhow::Error>(Step {

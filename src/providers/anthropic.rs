@@ -14,14 +14,13 @@
 //! - usage: prompt tokens are `input_tokens` plus the cache's reads and writes
 //!   (`cache_read_input_tokens`, `cache_creation_input_tokens`), the cached ones the reads.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use super::event_stream::EventDecoder;
-use super::openai::{OpenAiConfig, classify, refusal};
+use super::http::{ByteStream, Endpoint, Response};
+use super::openai::OpenAiConfig;
 use super::{
     ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ContentPart, Message,
     ProviderError, Sampling, StreamEnd, ToolCall, ToolCallDelta, ToolChoice,
@@ -35,16 +34,12 @@ const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 pub struct Anthropic {
     config: OpenAiConfig,
-    endpoint: reqwest::Url,
-    /// The configured extra headers and `anthropic-version`, built once.
-    headers: reqwest::header::HeaderMap,
-    http: reqwest::Client,
+    /// Built once: the URL, the client, the configured headers, `anthropic-version` and the key.
+    endpoint: Endpoint,
 }
 
 impl Anthropic {
     pub fn new(config: OpenAiConfig, version: String) -> anyhow::Result<Self> {
-        let http = config.client()?;
-        let endpoint = config.endpoint("/v1/messages")?;
         let mut headers = config.header_map()?;
         headers.insert(
             "anthropic-version",
@@ -58,12 +53,8 @@ impl Anthropic {
             value.set_sensitive(true);
             headers.insert("x-api-key", value);
         }
-        Ok(Self {
-            config,
-            endpoint,
-            headers,
-            http,
-        })
+        let endpoint = Endpoint::new(&config, "/v1/messages", headers)?;
+        Ok(Self { config, endpoint })
     }
 }
 
@@ -308,34 +299,10 @@ struct WireErrorBody {
 }
 
 impl Anthropic {
-    async fn send(
-        &self,
-        request: &ChatRequest,
-        stream: bool,
-    ) -> Result<reqwest::Response, ProviderError> {
-        let mut call = self
-            .http
-            .post(self.endpoint.clone())
-            .headers(self.headers.clone())
-            .json(&wire_request(request, stream));
-        if stream {
-            call = call.header(reqwest::header::ACCEPT, "text/event-stream");
-        }
-        let mut trace = reqwest::header::HeaderMap::new();
-        openclaw_runtime::telemetry::inject(
-            &tracing::Span::current(),
-            &mut openclaw_runtime::telemetry::HeaderCarrier(&mut trace),
-        );
-        call = call.headers(trace);
-        let response = call
-            .send()
-            .await
-            .map_err(|e| classify(e, self.config.request_timeout))?;
-        if response.status().is_success() {
-            Ok(response)
-        } else {
-            Err(refusal(response).await)
-        }
+    async fn send(&self, request: &ChatRequest, stream: bool) -> Result<Response, ProviderError> {
+        let body = serde_json::to_vec(&wire_request(request, stream))
+            .map_err(|e| ProviderError::BadResponse(format!("the request did not encode: {e}")))?;
+        self.endpoint.post(body, stream).await
     }
 }
 
@@ -374,10 +341,7 @@ impl ChatProvider for Anthropic {
 
     async fn complete(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
         let response = self.send(request, false).await?;
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| classify(e, self.config.request_timeout))?;
+        let bytes = response.bytes().await?;
         let wire: WireResponse = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::BadResponse(e.to_string()))?;
         let content: String = wire
@@ -423,13 +387,12 @@ impl ChatProvider for Anthropic {
     async fn stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
         let response = self.send(request, true).await?;
         let reader = EventReader {
-            body: response.bytes_stream().boxed(),
+            body: response.bytes_stream(),
             decoder: EventDecoder::default(),
             events: Default::default(),
             scratch: Vec::new(),
             stop_reason: None,
             usage: WireUsage::default(),
-            timeout: self.config.request_timeout,
             done: false,
             tool_blocks: Vec::new(),
         };
@@ -485,14 +448,13 @@ struct WireDelta {
 }
 
 struct EventReader {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    body: ByteStream,
     decoder: EventDecoder,
     events: std::collections::VecDeque<String>,
     scratch: Vec<String>,
     stop_reason: Option<String>,
     /// Input figures from `message_start`, output from `message_delta`.
     usage: WireUsage,
-    timeout: Duration,
     done: bool,
     /// The content block index of each tool call streamed so far, in order.
     tool_blocks: Vec<u32>,
@@ -623,7 +585,7 @@ impl EventReader {
                 }
                 Some(Err(err)) => {
                     self.done = true;
-                    return Some(Err(classify(err, self.timeout)));
+                    return Some(Err(err));
                 }
                 None => {
                     self.decoder.finish(&mut self.scratch);

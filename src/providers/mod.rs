@@ -8,6 +8,7 @@ mod anthropic;
 mod circuit;
 mod event_stream;
 mod file;
+mod http;
 mod openai;
 mod resilience;
 mod simulator;

@@ -10,6 +10,7 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use super::event_stream::EventDecoder;
+use super::http::{ByteStream, Endpoint, Response};
 use super::{
     ChatCompletion, ChatProvider, ChatRequest, Chunk, ChunkStream, ContentPart, Message,
     ProviderError, ResponseFormat, StreamEnd, Tool, ToolCall, ToolCallDelta, ToolChoice,
@@ -34,7 +35,8 @@ pub struct OpenAiConfig {
 }
 
 impl OpenAiConfig {
-    /// The HTTP client of a provider: its timeouts, TCP_NODELAY, kept-alive connections.
+    /// The reqwest client of a provider reached through a proxy: its timeouts, TCP_NODELAY,
+    /// kept-alive connections (see [`super::http`]).
     pub(super) fn client(&self) -> anyhow::Result<reqwest::Client> {
         Ok(reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
@@ -84,24 +86,22 @@ impl OpenAiConfig {
 
 pub struct OpenAiCompatible {
     config: OpenAiConfig,
-    /// Parsed once: every call posts to it.
-    endpoint: reqwest::Url,
-    /// The configured extra headers, built once.
-    headers: reqwest::header::HeaderMap,
-    http: reqwest::Client,
+    /// Built once: the URL, the client, the configured headers and the bearer token.
+    endpoint: Endpoint,
 }
 
 impl OpenAiCompatible {
     pub fn new(config: OpenAiConfig) -> anyhow::Result<Self> {
-        let http = config.client()?;
-        let endpoint = config.endpoint("/chat/completions")?;
-        let headers = config.header_map()?;
-        Ok(Self {
-            config,
-            endpoint,
-            headers,
-            http,
-        })
+        let mut headers = config.header_map()?;
+        if let Some(key) = &config.api_key {
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                    .map_err(|_| anyhow::anyhow!("the API key is not valid in an HTTP header"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let endpoint = Endpoint::new(&config, "/chat/completions", headers)?;
+        Ok(Self { config, endpoint })
     }
 }
 
@@ -335,24 +335,13 @@ struct WireChunkChoice {
 }
 
 #[derive(Deserialize)]
-struct WireError {
-    error: WireErrorBody,
+pub(super) struct WireError {
+    pub(super) error: WireErrorBody,
 }
 
 #[derive(Deserialize)]
-struct WireErrorBody {
-    message: Option<String>,
-}
-
-pub(super) fn classify(err: reqwest::Error, timeout: Duration) -> ProviderError {
-    if err.is_timeout() {
-        ProviderError::Timeout(timeout)
-    } else if err.is_connect() || (err.is_request() && err.status().is_none()) {
-        // Refused, reset or closed before an answer began: the request was not served.
-        ProviderError::Connect(err.to_string())
-    } else {
-        ProviderError::BadResponse(err.to_string())
-    }
+pub(super) struct WireErrorBody {
+    pub(super) message: Option<String>,
 }
 
 /// How long the provider asks to be left alone: `retry-after-ms` (OpenAI's),
@@ -379,31 +368,8 @@ pub(super) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
     Some(wait.to_std().unwrap_or(Duration::ZERO))
 }
 
-/// The provider's refusal, summarised without echoing more than a line of it. OpenAI's error
-/// body (`{"error": {"message"}}`) and Anthropic's (`{"type": "error", "error": {"type",
-/// "message"}}`) both carry the message there.
-pub(super) async fn refusal(response: reqwest::Response) -> ProviderError {
-    let status = response.status();
-    let retry_after = retry_after(response.headers());
-    let bytes = response.bytes().await.unwrap_or_default();
-    let message = serde_json::from_slice::<WireError>(&bytes)
-        .ok()
-        .and_then(|e| e.error.message)
-        .map(|m| m.chars().take(300).collect())
-        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
-    ProviderError::Status {
-        status: status.as_u16(),
-        message,
-        retry_after,
-    }
-}
-
 impl OpenAiCompatible {
-    async fn send(
-        &self,
-        request: &ChatRequest,
-        stream: bool,
-    ) -> Result<reqwest::Response, ProviderError> {
+    async fn send(&self, request: &ChatRequest, stream: bool) -> Result<Response, ProviderError> {
         let body = WireRequest {
             model: &request.model,
             messages: request.messages.iter().map(WireMessage::from).collect(),
@@ -431,38 +397,15 @@ impl OpenAiCompatible {
             logprobs: request.sampling.logprobs,
             top_logprobs: request.sampling.top_logprobs,
         };
-        let mut call = self.http.post(self.endpoint.clone()).json(&body);
-        if !self.headers.is_empty() {
-            call = call.headers(self.headers.clone());
-        }
-        if let Some(key) = &self.config.api_key {
-            call = call.bearer_auth(key.expose());
-        }
-        if stream {
-            call = call.header(reqwest::header::ACCEPT, "text/event-stream");
-        }
-        // The trace continues into the provider (W3C traceparent), when traces are exported.
-        let mut trace = reqwest::header::HeaderMap::new();
-        openclaw_runtime::telemetry::inject(
-            &tracing::Span::current(),
-            &mut openclaw_runtime::telemetry::HeaderCarrier(&mut trace),
-        );
-        call = call.headers(trace);
-        let response = call
-            .send()
-            .await
-            .map_err(|e| classify(e, self.config.request_timeout))?;
-        if response.status().is_success() {
-            Ok(response)
-        } else {
-            Err(refusal(response).await)
-        }
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| ProviderError::BadResponse(format!("the request did not encode: {e}")))?;
+        self.endpoint.post(body, stream).await
     }
 }
 
 /// Reads an OpenAI streamed answer: each event's delta as it comes, then one end.
 struct ChunkReader {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    body: ByteStream,
     decoder: EventDecoder,
     events: std::collections::VecDeque<String>,
     /// Chunks read from one event beyond the first (an event may carry several tool-call pieces).
@@ -470,7 +413,6 @@ struct ChunkReader {
     scratch: Vec<String>,
     finish_reason: Option<String>,
     usage: Option<WireUsage>,
-    timeout: Duration,
     done: bool,
 }
 
@@ -558,7 +500,7 @@ impl ChunkReader {
                 }
                 Some(Err(err)) => {
                     self.done = true;
-                    return Some(Err(classify(err, self.timeout)));
+                    return Some(Err(err));
                 }
                 None => {
                     self.decoder.finish(&mut self.scratch);
@@ -587,9 +529,8 @@ impl ChatProvider for OpenAiCompatible {
     }
 
     async fn complete(&self, request: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
-        let timeout = self.config.request_timeout;
         let response = self.send(request, false).await?;
-        let bytes = response.bytes().await.map_err(|e| classify(e, timeout))?;
+        let bytes = response.bytes().await?;
         let wire: WireResponse = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::BadResponse(e.to_string()))?;
         let choice = wire
@@ -649,14 +590,13 @@ impl ChatProvider for OpenAiCompatible {
     async fn stream(&self, request: &ChatRequest) -> Result<ChunkStream, ProviderError> {
         let response = self.send(request, true).await?;
         let reader = ChunkReader {
-            body: response.bytes_stream().boxed(),
+            body: response.bytes_stream(),
             decoder: EventDecoder::default(),
             events: Default::default(),
             pending: Default::default(),
             scratch: Vec::new(),
             finish_reason: None,
             usage: None,
-            timeout: self.config.request_timeout,
             done: false,
         };
         Ok(Box::pin(futures::stream::unfold(

@@ -896,6 +896,14 @@ impl Stack {
         .await
     }
 
+    /// Redis-backed stack whose core also has the environment `env` returns, given the fake
+    /// upstream (set after the defaults, so it may replace them).
+    pub async fn with_core_env(env: impl FnOnce(&FakeUpstream) -> Vec<(String, String)>) -> Self {
+        let redis = start_redis();
+        let url = redis_url(&redis);
+        Self::configured(Some(redis), Some(url), |upstream, _| env(upstream), &[]).await
+    }
+
     async fn configured(
         redis: Option<Process>,
         redis_url: Option<String>,

@@ -13,6 +13,7 @@ pub mod events;
 mod front_door;
 mod idempotency;
 mod inference;
+mod json_text;
 mod keys;
 pub mod limits;
 mod metadata;

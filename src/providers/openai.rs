@@ -16,7 +16,7 @@ use super::{
     ProviderError, ResponseFormat, StreamEnd, Tool, ToolCall, ToolCallDelta, ToolChoice,
 };
 use crate::config::Secret;
-use crate::tokenizer;
+use crate::{json_text, tokenizer};
 
 #[derive(Clone)]
 pub struct OpenAiConfig {
@@ -105,10 +105,17 @@ impl OpenAiCompatible {
     }
 }
 
-#[derive(Serialize)]
+/// A chat-completions request: `model` and `messages` first, written by [`encode`]; the
+/// options after them by serde.
 struct WireRequest<'a> {
     model: &'a str,
-    messages: Vec<WireMessage<'a>>,
+    messages: &'a [Message],
+    options: WireOptions<'a>,
+}
+
+/// Everything a chat-completions request carries beside its model and messages.
+#[derive(Serialize)]
+struct WireOptions<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -193,6 +200,30 @@ fn wire_response_format(format: &ResponseFormat) -> serde_json::Value {
     }
 }
 
+impl WireRequest<'_> {
+    /// The request's JSON. The messages, most of a request's bytes, are written by hand:
+    /// their text with [`crate::json_text::write_str`], the rest (parts, tool calls) by serde.
+    fn encode(&self) -> serde_json::Result<Vec<u8>> {
+        let text: usize = self.messages.iter().map(|m| m.content.len() + 48).sum();
+        let mut out = Vec::with_capacity(text + 256);
+        out.extend_from_slice(b"{\"model\":");
+        json_text::write_str(&mut out, self.model);
+        out.extend_from_slice(b",\"messages\":[");
+        for (i, message) in self.messages.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            WireMessage::from(message).encode(&mut out)?;
+        }
+        out.push(b']');
+        // The options object always holds `stream`: its `{` becomes the `,` after the messages.
+        let options = out.len();
+        serde_json::to_writer(&mut out, &self.options)?;
+        out[options] = b',';
+        Ok(out)
+    }
+}
+
 #[derive(Serialize)]
 struct StreamOptions {
     include_usage: bool,
@@ -234,6 +265,34 @@ fn wire_parts(parts: &[ContentPart]) -> Vec<serde_json::Value> {
             }
         })
         .collect()
+}
+
+impl WireMessage<'_> {
+    /// Appends the message's JSON, byte for byte what its `Serialize` writes.
+    fn encode(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        out.extend_from_slice(b"{\"role\":");
+        json_text::write_str(out, self.role);
+        out.extend_from_slice(b",\"content\":");
+        match &self.content {
+            None => out.extend_from_slice(b"null"),
+            Some(WireContent::Text(text)) => json_text::write_str(out, text),
+            Some(WireContent::Parts(parts)) => serde_json::to_writer(&mut *out, parts)?,
+        }
+        if !self.tool_calls.is_empty() {
+            out.extend_from_slice(b",\"tool_calls\":");
+            serde_json::to_writer(&mut *out, &self.tool_calls)?;
+        }
+        if let Some(id) = self.tool_call_id {
+            out.extend_from_slice(b",\"tool_call_id\":");
+            json_text::write_str(out, id);
+        }
+        if let Some(name) = self.name {
+            out.extend_from_slice(b",\"name\":");
+            json_text::write_str(out, name);
+        }
+        out.push(b'}');
+        Ok(())
+    }
 }
 
 impl<'a> From<&'a Message> for WireMessage<'a> {
@@ -372,32 +431,35 @@ impl OpenAiCompatible {
     async fn send(&self, request: &ChatRequest, stream: bool) -> Result<Response, ProviderError> {
         let body = WireRequest {
             model: &request.model,
-            messages: request.messages.iter().map(WireMessage::from).collect(),
-            temperature: request.temperature,
-            max_tokens: request.max_tokens,
-            stream,
-            stream_options: stream.then_some(StreamOptions {
-                include_usage: true,
-            }),
-            stop: &request.sampling.stop,
-            top_p: request.sampling.top_p,
-            seed: request.sampling.seed,
-            presence_penalty: request.sampling.presence_penalty,
-            frequency_penalty: request.sampling.frequency_penalty,
-            logit_bias: &request.sampling.logit_bias,
-            user: request.sampling.user.as_deref(),
-            response_format: request
-                .sampling
-                .response_format
-                .as_ref()
-                .map(wire_response_format),
-            tools: request.sampling.tools.iter().map(wire_tool).collect(),
-            tool_choice: request.sampling.tool_choice.as_ref().map(wire_tool_choice),
-            parallel_tool_calls: request.sampling.parallel_tool_calls,
-            logprobs: request.sampling.logprobs,
-            top_logprobs: request.sampling.top_logprobs,
+            messages: &request.messages,
+            options: WireOptions {
+                temperature: request.temperature,
+                max_tokens: request.max_tokens,
+                stream,
+                stream_options: stream.then_some(StreamOptions {
+                    include_usage: true,
+                }),
+                stop: &request.sampling.stop,
+                top_p: request.sampling.top_p,
+                seed: request.sampling.seed,
+                presence_penalty: request.sampling.presence_penalty,
+                frequency_penalty: request.sampling.frequency_penalty,
+                logit_bias: &request.sampling.logit_bias,
+                user: request.sampling.user.as_deref(),
+                response_format: request
+                    .sampling
+                    .response_format
+                    .as_ref()
+                    .map(wire_response_format),
+                tools: request.sampling.tools.iter().map(wire_tool).collect(),
+                tool_choice: request.sampling.tool_choice.as_ref().map(wire_tool_choice),
+                parallel_tool_calls: request.sampling.parallel_tool_calls,
+                logprobs: request.sampling.logprobs,
+                top_logprobs: request.sampling.top_logprobs,
+            },
         };
-        let body = serde_json::to_vec(&body)
+        let body = body
+            .encode()
             .map_err(|e| ProviderError::BadResponse(format!("the request did not encode: {e}")))?;
         self.endpoint.post(body, stream).await
     }
@@ -668,5 +730,144 @@ mod tests {
             }),
             serde_json::json!({"type": "function", "function": {"name": "f"}})
         );
+    }
+
+    /// Every shape of message, with text that needs escaping.
+    fn conversation() -> Vec<Message> {
+        let plain = |role: &str, content: &str| Message {
+            role: role.into(),
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+            parts: Vec::new(),
+        };
+        vec![
+            plain(
+                "system",
+                "Answer in \"quotes\", a \\ and\na new line;\tno\u{1} controls.",
+            ),
+            Message {
+                name: Some("ana \"the\" user".into()),
+                ..plain("user", "naïve café — 日本語 🙂")
+            },
+            Message {
+                tool_calls: vec![ToolCall {
+                    id: "call_1".into(),
+                    name: "get_weather".into(),
+                    arguments: r#"{"city":"Paris"}"#.into(),
+                }],
+                ..plain("assistant", "")
+            },
+            Message {
+                tool_call_id: Some("call_1".into()),
+                ..plain("tool", "18 C")
+            },
+            Message {
+                parts: vec![
+                    ContentPart::Text {
+                        text: "what is \"this\"?".into(),
+                    },
+                    ContentPart::ImageUrl {
+                        url: "https://example.com/a.png".into(),
+                        detail: Some("low".into()),
+                    },
+                ],
+                ..plain("user", "what is \"this\"?")
+            },
+        ]
+    }
+
+    #[test]
+    fn the_request_is_written_byte_for_byte_as_serde_writes_it() {
+        #[derive(Serialize)]
+        struct Serde<'a> {
+            model: &'a str,
+            messages: Vec<WireMessage<'a>>,
+            #[serde(flatten)]
+            options: &'a WireOptions<'a>,
+        }
+        let messages = conversation();
+        let stop = vec!["END".to_string()];
+        let bias = std::collections::BTreeMap::from([("50256".to_string(), -100.0)]);
+        let tools = vec![wire_tool(&Tool {
+            name: "get_weather".into(),
+            description: Some("The \"weather\"".into()),
+            parameters: Some(serde_json::json!({"type": "object"})),
+            strict: None,
+        })];
+        let empty = std::collections::BTreeMap::new();
+        for (model, options) in [
+            (
+                "glm-4.7-flash",
+                WireOptions {
+                    temperature: None,
+                    max_tokens: None,
+                    stream: false,
+                    stream_options: None,
+                    stop: &[],
+                    top_p: None,
+                    seed: None,
+                    presence_penalty: None,
+                    frequency_penalty: None,
+                    logit_bias: &empty,
+                    user: None,
+                    response_format: None,
+                    tools: Vec::new(),
+                    tool_choice: None,
+                    parallel_tool_calls: None,
+                    logprobs: None,
+                    top_logprobs: None,
+                },
+            ),
+            (
+                "a \"model\"",
+                WireOptions {
+                    temperature: Some(0.7),
+                    max_tokens: Some(64),
+                    stream: true,
+                    stream_options: Some(StreamOptions {
+                        include_usage: true,
+                    }),
+                    stop: &stop,
+                    top_p: Some(0.9),
+                    seed: Some(-3),
+                    presence_penalty: Some(0.5),
+                    frequency_penalty: Some(-0.5),
+                    logit_bias: &bias,
+                    user: Some("u-1"),
+                    response_format: Some(wire_response_format(&ResponseFormat::JsonObject)),
+                    tools: tools.clone(),
+                    tool_choice: Some(wire_tool_choice(&ToolChoice::Auto)),
+                    parallel_tool_calls: Some(false),
+                    logprobs: Some(true),
+                    top_logprobs: Some(2),
+                },
+            ),
+        ] {
+            for count in 0..=messages.len() {
+                let request = WireRequest {
+                    model,
+                    messages: &messages[..count],
+                    options: WireOptions {
+                        tools: options.tools.clone(),
+                        response_format: options.response_format.clone(),
+                        tool_choice: options.tool_choice.clone(),
+                        stream_options: options.stream_options.as_ref().map(|o| StreamOptions {
+                            include_usage: o.include_usage,
+                        }),
+                        ..options
+                    },
+                };
+                let expected = serde_json::to_string(&Serde {
+                    model,
+                    messages: messages[..count].iter().map(WireMessage::from).collect(),
+                    options: &request.options,
+                })
+                .unwrap();
+                let written = String::from_utf8(request.encode().unwrap()).unwrap();
+                assert_eq!(written, expected);
+            }
+        }
     }
 }

@@ -17,11 +17,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The descriptor set backs gRPC server reflection.
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(out.join("openclaw_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure()
+    println!("cargo:rerun-if-env-changed=CARGO_FEATURE_REST");
+    let mut config = tonic_prost_build::configure()
         // Maps in a deterministic order: a send's options are fingerprinted by their encoding.
         .btree_map(".")
         .build_server(true)
-        .build_client(true)
-        .compile_fds(fds)?;
+        .build_client(true);
+    if env::var_os("CARGO_FEATURE_REST").is_some() {
+        // With the edge in the binary, the messages are the edge's own types (built from the
+        // same files, maps as BTreeMap too): the edge of a combined replica hands its requests
+        // to the core's services as they are, with nothing encoded or decoded between them.
+        config = config.extern_path(".openclaw.v1", "::gateway_rest::proto");
+    }
+    config.compile_fds(fds)?;
     Ok(())
 }

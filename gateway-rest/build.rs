@@ -10,6 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     protos.sort();
     let fds = protox::compile(&protos, ["../proto"])?;
     tonic_prost_build::configure()
+        // The core's maps are BTreeMaps (its fingerprints need an order); a combined replica's
+        // core uses these very types, so they are here too.
+        .btree_map(".")
         .build_server(false)
         .build_client(true)
         .compile_fds(fds)?;

@@ -140,26 +140,70 @@ where
                             .unwrap_or("Ok"),
                         Err(_) => "Transport",
                     };
-                    static SERIES: Handles<String, (metrics::Counter, metrics::Histogram)> =
-                        Handles::new();
-                    let (count, duration) = SERIES.labelled(&[&path, status], || {
-                        let status = match status.parse::<i32>() {
-                            Ok(code) => format!("{:?}", tonic::Code::from(code)),
-                            Err(_) => status.to_owned(),
-                        };
-                        let labels = [("method", method_label(&path)), ("status", status)];
-                        (
-                            metrics::counter!("openclaw_grpc_requests_total", &labels),
-                            metrics::histogram!("openclaw_grpc_request_duration_seconds", &labels),
-                        )
-                    });
-                    count.increment(1);
-                    duration.record(started.elapsed().as_secs_f64());
+                    record(&path, status, started);
                     outcome
                 })
                 .instrument(span),
         )
     }
+}
+
+/// Counts a finished call and its duration under its method and status (a gRPC status code's
+/// number, `Ok`, or `Transport`).
+fn record(path: &str, status: &str, started: Instant) {
+    static SERIES: Handles<String, (metrics::Counter, metrics::Histogram)> = Handles::new();
+    let (count, duration) = SERIES.labelled(&[path, status], || {
+        let status = match status.parse::<i32>() {
+            Ok(code) => format!("{:?}", tonic::Code::from(code)),
+            Err(_) => status.to_owned(),
+        };
+        let labels = [("method", method_label(path)), ("status", status)];
+        (
+            metrics::counter!("openclaw_grpc_requests_total", &labels),
+            metrics::histogram!("openclaw_grpc_request_duration_seconds", &labels),
+        )
+    });
+    count.increment(1);
+    duration.record(started.elapsed().as_secs_f64());
+}
+
+/// A call made directly by the edge of this process (`gateway_rest::DirectCalls`), observed as
+/// [`Observe`] observes a gRPC call: the same span, request id, metrics and in-flight gauge.
+#[cfg(feature = "rest")]
+pub(crate) async fn observed<R, T, F>(
+    path: &'static str,
+    request: tonic::Request<R>,
+    call: impl FnOnce(tonic::Request<R>) -> F,
+) -> Result<tonic::Response<T>, tonic::Status>
+where
+    F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let headers: &http::HeaderMap = request.metadata().as_ref();
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let span = tracing::info_span!(
+        "grpc",
+        method = %MethodLabel(path),
+        request_id = %request_id
+    );
+    telemetry::adopt(&span, &telemetry::HeaderSource(headers));
+    REQUEST_ID
+        .scope(request_id, async move {
+            let in_flight = InFlight::start();
+            let started = Instant::now();
+            let outcome = call(request).await;
+            drop(in_flight);
+            match &outcome {
+                Ok(_) => record(path, "Ok", started),
+                Err(status) => record(path, &(status.code() as i32).to_string(), started),
+            }
+            outcome
+        })
+        .instrument(span)
+        .await
 }
 
 #[cfg(test)]

@@ -297,6 +297,9 @@ pub struct CoreApi {
     routes: Routes,
     health: tonic_health::server::HealthReporter,
     scheduler: Arc<CronScheduler>,
+    /// What the edge of a combined replica calls directly.
+    #[cfg_attr(not(feature = "rest"), allow(dead_code))]
+    direct: Direct,
 }
 
 impl CoreApi {
@@ -339,14 +342,21 @@ impl CoreApi {
             core.retention,
         ));
         let scheduler = CronScheduler::start(core.cron.clone(), core.store.clone(), sessions());
+        let direct = Direct {
+            sessions: Arc::new(sessions()),
+            completions: Arc::new(Completions::new(core.door.clone(), completer)),
+        };
         const LIMIT: usize = MAX_REQUEST_MESSAGE_BYTES;
         let mut routes = Routes::builder();
         routes
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(SessionServiceServer::new(sessions()).max_decoding_message_size(LIMIT))
             .add_service(
-                CompletionServiceServer::new(Completions::new(core.door.clone(), completer))
+                SessionServiceServer::from_arc(direct.sessions.clone())
+                    .max_decoding_message_size(LIMIT),
+            )
+            .add_service(
+                CompletionServiceServer::from_arc(direct.completions.clone())
                     .max_decoding_message_size(LIMIT),
             )
             .add_service(
@@ -399,6 +409,7 @@ impl CoreApi {
             routes: routes.routes(),
             health,
             scheduler,
+            direct,
         })
     }
 
@@ -416,7 +427,7 @@ impl CoreApi {
                 request
             })
             .service(self.routes.clone());
-        gateway_rest::CoreService::in_process(service)
+        gateway_rest::CoreService::in_process(service).with_direct_calls(self.direct.clone())
     }
 
     /// Serves the API on `listener` (over TLS when `tls` is given, see [`grpc_tls`]) until
@@ -433,6 +444,7 @@ impl CoreApi {
             routes,
             health,
             scheduler: stopping,
+            direct: _,
         } = self;
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
@@ -598,17 +610,104 @@ where
         Box::pin(async move {
             let response = answer.await?;
             Ok(match oversized_message(response.headers()) {
-                Some(found) => tonic::Status::from(crate::error::ApiError::invalid(
-                    "Request message too large",
-                    format!(
-                        "The request message is {found} bytes; a call may carry at most {MAX_REQUEST_MESSAGE_BYTES} bytes. \
-                         Send less in one call (fewer or shorter messages)"
-                    ),
-                ))
-                .into_http(),
+                Some(found) => too_large(&found).into_http(),
                 None => response,
             })
         })
+    }
+}
+
+/// The refusal of a request message over [`MAX_REQUEST_MESSAGE_BYTES`], `found` bytes long.
+fn too_large(found: &dyn std::fmt::Display) -> tonic::Status {
+    tonic::Status::from(crate::error::ApiError::invalid(
+        "Request message too large",
+        format!(
+            "The request message is {found} bytes; a call may carry at most {MAX_REQUEST_MESSAGE_BYTES} bytes. \
+             Send less in one call (fewer or shorter messages)"
+        ),
+    ))
+}
+
+/// The services whose calls the edge of a combined replica makes directly
+/// ([`gateway_rest::DirectCalls`]): the same services the gRPC routes hold.
+#[derive(Clone)]
+struct Direct {
+    sessions: Arc<Sessions>,
+    completions: Arc<Completions>,
+}
+
+/// A direct call passes what a gRPC call passes through: the in-process mark (its client
+/// address is believed), the bound on the message's size and the observation of the call.
+#[cfg(feature = "rest")]
+fn direct_call<R, T, F>(
+    path: &'static str,
+    mut request: tonic::Request<R>,
+    call: impl FnOnce(tonic::Request<R>) -> F + Send + 'static,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send>,
+>
+where
+    R: prost::Message + Send + 'static,
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
+{
+    request
+        .extensions_mut()
+        .insert(crate::front_door::InProcessEdge);
+    Box::pin(crate::observe::observed(
+        path,
+        request,
+        move |request| async move {
+            let size = request.get_ref().encoded_len();
+            if size > MAX_REQUEST_MESSAGE_BYTES {
+                return Err(too_large(&size));
+            }
+            call(request).await
+        },
+    ))
+}
+
+#[cfg(feature = "rest")]
+impl gateway_rest::DirectCalls for Direct {
+    fn complete(
+        &self,
+        request: tonic::Request<crate::proto::CompleteRequest>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<tonic::Response<crate::proto::CompleteResponse>, tonic::Status>,
+                > + Send,
+        >,
+    > {
+        use crate::proto::completion_service_server::CompletionService as _;
+        let completions = self.completions.clone();
+        direct_call(
+            "/openclaw.v1.CompletionService/Complete",
+            request,
+            move |request| async move { completions.complete(request).await },
+        )
+    }
+
+    fn send_message(
+        &self,
+        request: tonic::Request<crate::proto::SendMessageRequest>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<
+                        tonic::Response<crate::proto::SendMessageResponse>,
+                        tonic::Status,
+                    >,
+                > + Send,
+        >,
+    > {
+        use crate::proto::session_service_server::SessionService as _;
+        let sessions = self.sessions.clone();
+        direct_call(
+            "/openclaw.v1.SessionService/SendMessage",
+            request,
+            move |request| async move { sessions.send_message(request).await },
+        )
     }
 }
 

@@ -216,3 +216,102 @@ async fn a_combined_replica_streams_and_drains_on_sigterm() {
         "the combined replica exits 0 after draining"
     );
 }
+
+#[tokio::test]
+async fn a_combined_replica_serves_v1_completions_and_counts_the_calls_its_edge_makes() {
+    let redis = support::start_redis();
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = CoreOptions::shared(&redis, &upstream, dir.path());
+    let (replica, http_port) = spawn_combined(&options);
+    let http = reqwest::Client::new();
+    let combined = format!("http://127.0.0.1:{http_port}");
+    let key = support::create_key(
+        &http,
+        &combined,
+        "combined-v1",
+        json!({"limits": {"requestsPerMinute": 3}}),
+    )
+    .await;
+    let v1 = format!("{combined}/v1/chat/completions");
+    let complete = |body: serde_json::Value| {
+        let request = http.post(&v1).bearer_auth(&key).json(&body);
+        async move { request.send().await.unwrap() }
+    };
+
+    // OpenAI's shape, the rate limit's headers, the provider's answer.
+    let answered = complete(json!({
+        "model": "zai/glm-4.7-flash",
+        "messages": [{"role": "user", "content": "Hello from the combined replica"}]
+    }))
+    .await;
+    assert_eq!(answered.status(), 200);
+    assert_eq!(answered.headers()["x-ratelimit-remaining-requests"], "2");
+    let answer: serde_json::Value = answered.json().await.unwrap();
+    assert_eq!(answer["object"], "chat.completion");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "echo: Hello from the combined replica"
+    );
+
+    // A refusal from the core reaches the client as OpenAI's error, naming the field (a
+    // request refused as invalid is not counted against the limit).
+    let refused = complete(json!({
+        "model": "zai/no-such-model",
+        "messages": [{"role": "user", "content": "Hello"}]
+    }))
+    .await;
+    assert!(refused.status().is_client_error(), "{}", refused.status());
+    let refused: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"]["param"], "model", "{refused}");
+
+    // A session's turn, then the limit, through the same direct calls.
+    let created = support::post_with_key(
+        &http,
+        format!("{combined}/api/v1/sessions"),
+        &key,
+        &json!({"messages": [{"role": "system", "content": "Be brief"}]}),
+    )
+    .await;
+    let id = expect_data(created, 201).await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sent = support::post_with_key(
+        &http,
+        format!("{combined}/api/v1/sessions/{id}/messages"),
+        &key,
+        &json!({"message": {"role": "user", "content": "a turn"}}),
+    )
+    .await;
+    assert_eq!(
+        expect_data(sent, 200).await["message"]["content"],
+        "echo: a turn"
+    );
+    let over = complete(json!({
+        "model": "zai/glm-4.7-flash",
+        "messages": [{"role": "user", "content": "one too many"}]
+    }))
+    .await;
+    assert_eq!(over.status(), 429);
+    assert_eq!(upstream.received().len(), 2);
+
+    // Every call the edge made is counted as a call of the core's API.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", replica.metrics_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "openclaw_grpc_requests_total{method=\"CompletionService/Complete\",status=\"Ok\"} 1",
+        "openclaw_grpc_requests_total{method=\"SessionService/SendMessage\",status=\"Ok\"} 1",
+        "openclaw_grpc_requests_total{method=\"SessionService/CreateSession\",status=\"Ok\"} 1",
+        "openclaw_grpc_requests_total{method=\"CompletionService/Complete\",status=\"ResourceExhausted\"} 1",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "the replica counts {series}:\n{metrics}"
+        );
+    }
+}

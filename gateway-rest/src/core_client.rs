@@ -27,7 +27,43 @@ pub enum CoreService {
     /// HTTP/2 connections to the core replicas, calls spread over them (`openclaw-rest`).
     Network(CorePool),
     /// The core's services in this process (a combined replica).
-    InProcess(InProcessCore),
+    InProcess(InProcessCore, Option<Direct>),
+}
+
+type Unary<T> = BoxFuture<Result<tonic::Response<T>, tonic::Status>>;
+
+/// The core's busiest calls as plain method calls, for the edge of the same process: the
+/// request and its answer are handed over as they are, not encoded into gRPC frames and decoded
+/// again. The core observes and bounds them as its gRPC layers do every other call
+/// (`openclaw_gateway::server`).
+pub trait DirectCalls: Send + Sync + 'static {
+    /// `CompletionService/Complete`.
+    fn complete(
+        &self,
+        request: tonic::Request<crate::proto::CompleteRequest>,
+    ) -> Unary<crate::proto::CompleteResponse>;
+    /// `SessionService/SendMessage`.
+    fn send_message(
+        &self,
+        request: tonic::Request<crate::proto::SendMessageRequest>,
+    ) -> Unary<crate::proto::SendMessageResponse>;
+}
+
+/// A handle on the core's [`DirectCalls`].
+#[derive(Clone)]
+pub struct Direct(std::sync::Arc<dyn DirectCalls>);
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Direct")
+    }
+}
+
+impl std::ops::Deref for Direct {
+    type Target = dyn DirectCalls;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
 }
 
 type InProcessCore = BoxCloneSyncService<
@@ -50,7 +86,25 @@ impl CoreService {
             + 'static,
         S::Future: Send + 'static,
     {
-        Self::InProcess(BoxCloneSyncService::new(service))
+        Self::InProcess(BoxCloneSyncService::new(service), None)
+    }
+
+    /// The core's own service, with its busiest calls also made as plain method calls.
+    pub fn with_direct_calls(self, calls: impl DirectCalls) -> Self {
+        match self {
+            Self::InProcess(service, _) => {
+                Self::InProcess(service, Some(Direct(std::sync::Arc::new(calls))))
+            }
+            network => network,
+        }
+    }
+
+    /// The core's [`DirectCalls`], when it runs in this process.
+    pub(crate) fn direct(&self) -> Option<&Direct> {
+        match self {
+            Self::InProcess(_, direct) => direct.as_ref(),
+            Self::Network(_) => None,
+        }
     }
 }
 
@@ -80,7 +134,7 @@ impl tower::Service<axum::http::Request<tonic::body::Body>> for CoreService {
         match self {
             // A call waits for a connection itself, bounded by the connect timeout.
             Self::Network(_) => std::task::Poll::Ready(Ok(())),
-            Self::InProcess(core) => core.poll_ready(cx).map_err(never),
+            Self::InProcess(core, _) => core.poll_ready(cx).map_err(never),
         }
     }
 
@@ -90,7 +144,7 @@ impl tower::Service<axum::http::Request<tonic::body::Body>> for CoreService {
             Self::Network(pool) => {
                 futures::future::Either::Left(Box::pin(pool.clone().call(request)))
             }
-            Self::InProcess(core) => futures::future::Either::Right(
+            Self::InProcess(core, _) => futures::future::Either::Right(
                 core.call(request)
                     .map_err(never as fn(std::convert::Infallible) -> _),
             ),

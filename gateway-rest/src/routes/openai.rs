@@ -554,6 +554,9 @@ pub(crate) async fn chat_completions(
     }
     let reply = core
         .call(&caller, request, |channel, request| async move {
+            if let Some(core) = channel.direct() {
+                return core.complete(request).await;
+            }
             CompletionServiceClient::new(channel)
                 .complete(request)
                 .await

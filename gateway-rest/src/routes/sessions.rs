@@ -717,6 +717,9 @@ pub(crate) async fn send_message(
     }
     let reply = core
         .call(&caller, request, |channel, request| async move {
+            if let Some(core) = channel.direct() {
+                return core.send_message(request).await;
+            }
             SessionServiceClient::new(channel)
                 .send_message(request)
                 .await

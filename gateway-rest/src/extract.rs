@@ -168,6 +168,11 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
             "Send a JSON object as the request body",
         ));
     }
+    // Most bodies are valid: read them without tracking the path, and read a refused one
+    // again with it, so its error names the field.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(describe)?;
     deserializer.end().map_err(|error| syntax_error(&error))?;

@@ -319,6 +319,11 @@ fn ip_text(ip: std::net::IpAddr) -> String {
 /// Everything else in the core's metadata stays inside.
 pub(crate) fn forwardable(metadata: MetadataMap) -> HeaderMap {
     let all = metadata.into_headers();
+    // A call answered in this process carries only what the core wrote, all of it for the
+    // response: the map is kept as it is, not built again.
+    if all.keys().all(is_forwardable) {
+        return all;
+    }
     let mut out = HeaderMap::with_capacity(all.len());
     let mut last = None;
     for (name, value) in all {
@@ -523,5 +528,18 @@ mod tests {
                 "x-ratelimit-limit-requests"
             ]
         );
+    }
+
+    #[test]
+    fn metadata_that_is_all_forwardable_is_forwarded_whole() {
+        let mut metadata = MetadataMap::new();
+        metadata.insert(
+            "x-ratelimit-remaining-requests",
+            "59".parse().expect("ascii"),
+        );
+        metadata.insert("ratelimit", "limit=60".parse().expect("ascii"));
+        metadata.append("ratelimit", "remaining=59".parse().expect("ascii"));
+        let expected = metadata.clone().into_headers();
+        assert_eq!(forwardable(metadata), expected);
     }
 }

@@ -109,18 +109,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path().to_owned();
-        let request_id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let span = tracing::info_span!(
-            "grpc",
-            method = %MethodLabel(&path),
-            request_id = %request_id
-        );
-        telemetry::adopt(&span, &telemetry::HeaderSource(request.headers()));
+        let (request_id, span) = call_span(&path, request.headers());
         // The ready service handles this call; a fresh clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -146,6 +135,23 @@ where
                 .instrument(span),
         )
     }
+}
+
+/// A call's request id (`x-request-id`, empty without one) and its span, continuing the
+/// caller's trace.
+fn call_span(path: &str, headers: &http::HeaderMap) -> (String, tracing::Span) {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let span = tracing::info_span!(
+        "grpc",
+        method = %MethodLabel(path),
+        request_id = %request_id
+    );
+    telemetry::adopt(&span, &telemetry::HeaderSource(headers));
+    (request_id, span)
 }
 
 /// Counts a finished call and its duration under its method and status (a gRPC status code's
@@ -178,18 +184,7 @@ pub(crate) async fn observed<R, T, F>(
 where
     F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let headers: &http::HeaderMap = request.metadata().as_ref();
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let span = tracing::info_span!(
-        "grpc",
-        method = %MethodLabel(path),
-        request_id = %request_id
-    );
-    telemetry::adopt(&span, &telemetry::HeaderSource(headers));
+    let (request_id, span) = call_span(path, request.metadata().as_ref());
     REQUEST_ID
         .scope(request_id, async move {
             let in_flight = InFlight::start();

@@ -643,9 +643,7 @@ fn direct_call<R, T, F>(
     path: &'static str,
     mut request: tonic::Request<R>,
     call: impl FnOnce(tonic::Request<R>) -> F + Send + 'static,
-) -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send>,
->
+) -> gateway_rest::Unary<T>
 where
     R: prost::Message + Send + 'static,
     T: Send + 'static,
@@ -672,13 +670,7 @@ impl gateway_rest::DirectCalls for Direct {
     fn complete(
         &self,
         request: tonic::Request<crate::proto::CompleteRequest>,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<tonic::Response<crate::proto::CompleteResponse>, tonic::Status>,
-                > + Send,
-        >,
-    > {
+    ) -> gateway_rest::Unary<crate::proto::CompleteResponse> {
         use crate::proto::completion_service_server::CompletionService as _;
         let completions = self.completions.clone();
         direct_call(
@@ -691,16 +683,7 @@ impl gateway_rest::DirectCalls for Direct {
     fn send_message(
         &self,
         request: tonic::Request<crate::proto::SendMessageRequest>,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<
-                        tonic::Response<crate::proto::SendMessageResponse>,
-                        tonic::Status,
-                    >,
-                > + Send,
-        >,
-    > {
+    ) -> gateway_rest::Unary<crate::proto::SendMessageResponse> {
         use crate::proto::session_service_server::SessionService as _;
         let sessions = self.sessions.clone();
         direct_call(

@@ -30,7 +30,8 @@ pub enum CoreService {
     InProcess(InProcessCore, Option<Direct>),
 }
 
-type Unary<T> = BoxFuture<Result<tonic::Response<T>, tonic::Status>>;
+/// The answer, to come, of a [`DirectCalls`] call.
+pub type Unary<T> = BoxFuture<Result<tonic::Response<T>, tonic::Status>>;
 
 /// The core's busiest calls as plain method calls, for the edge of the same process: the
 /// request and its answer are handed over as they are, not encoded into gRPC frames and decoded

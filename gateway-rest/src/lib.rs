@@ -31,7 +31,7 @@ mod server;
 mod timestamp;
 pub mod tls;
 
-pub use core_client::{CoreService, DirectCalls};
+pub use core_client::{CoreService, DirectCalls, Unary};
 pub use openclaw_runtime::rest_listener::EdgeArgs;
 pub use server::serve;
 

@@ -1,5 +1,7 @@
 //! How a provider is called over HTTP: `POST` of a JSON body to one endpoint, the answer's
-//! status, headers and body, bounded as a whole by the provider's request timeout.
+//! status, headers and body. The provider's request timeout bounds the whole of every attempt
+//! (the call and its answer, streamed or not) in `super::resilience`, the only caller of a
+//! provider, so no second timer is set here.
 //!
 //! Calls go through hyper's pooled client (kept-alive connections, TCP_NODELAY, TLS by rustls
 //! with the platform's roots, HTTP/2 where the provider offers it). The endpoint, its headers
@@ -16,7 +18,6 @@ use futures::StreamExt as _;
 use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use tokio::time::Instant;
 
 use super::ProviderError;
 use super::openai::OpenAiConfig;
@@ -29,6 +30,7 @@ pub(super) struct Endpoint {
     uri: Uri,
     /// Every call's headers: user agent, `accept`, `content-type`, credentials, the configured.
     headers: HeaderMap,
+    /// What a proxied call's timeout error names (reqwest keeps its own bound).
     timeout: Duration,
 }
 
@@ -42,7 +44,6 @@ enum Transport {
 /// A provider's successful answer.
 pub(super) struct Response {
     body: Body,
-    deadline: Instant,
     timeout: Duration,
 }
 
@@ -51,7 +52,7 @@ enum Body {
     Proxied(reqwest::Response),
 }
 
-/// The stream of a streamed answer's bytes, each piece bounded by the call's deadline.
+/// The stream of a streamed answer's bytes.
 pub(super) type ByteStream = futures::stream::BoxStream<'static, Result<Bytes, ProviderError>>;
 
 impl Endpoint {
@@ -96,13 +97,12 @@ impl Endpoint {
     }
 
     /// Posts `body`; a non-2xx answer is the provider's refusal. `stream` asks for server-sent
-    /// events. The call, and reading its answer, end by the provider's request timeout.
+    /// events.
     pub(super) async fn post(
         &self,
         body: Vec<u8>,
         stream: bool,
     ) -> Result<Response, ProviderError> {
-        let deadline = Instant::now() + self.timeout;
         let mut headers = self.headers.clone();
         if stream {
             headers.insert(
@@ -121,13 +121,11 @@ impl Endpoint {
                 *request.method_mut() = http::Method::POST;
                 *request.uri_mut() = self.uri.clone();
                 *request.headers_mut() = headers;
-                let response =
-                    match tokio::time::timeout_at(deadline, client.request(request)).await {
-                        Ok(Ok(response)) => response,
-                        // Refused, reset or closed before an answer began: the request was not served.
-                        Ok(Err(error)) => return Err(ProviderError::Connect(describe(&error))),
-                        Err(_) => return Err(ProviderError::Timeout(self.timeout)),
-                    };
+                // Refused, reset or closed before an answer began: the request was not served.
+                let response = client
+                    .request(request)
+                    .await
+                    .map_err(|error| ProviderError::Connect(describe(&error)))?;
                 let (parts, body) = response.into_parts();
                 (parts.status, parts.headers, Body::Direct(body))
             }
@@ -148,7 +146,6 @@ impl Endpoint {
         };
         let response = Response {
             body,
-            deadline,
             timeout: self.timeout,
         };
         if status.is_success() {
@@ -162,7 +159,6 @@ impl Endpoint {
 /// hyper's client: connect timeout, TCP_NODELAY, idle connections kept 90 s, TLS by rustls
 /// (aws-lc-rs) verifying against the platform's roots, ALPN offering HTTP/2 and HTTP/1.1.
 fn direct(config: &OpenAiConfig) -> anyhow::Result<Direct> {
-    openclaw_runtime::tls::install_crypto_provider();
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = rustls_platform_verifier::Verifier::new(provider.clone())?;
     let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -211,28 +207,25 @@ pub(super) fn classify(err: reqwest::Error, timeout: Duration) -> ProviderError 
 }
 
 impl Response {
-    /// The whole body, read by the call's deadline.
+    /// The whole body.
     pub(super) async fn bytes(self) -> Result<Bytes, ProviderError> {
-        let timeout = self.timeout;
-        let read = async {
-            match self.body {
-                Body::Direct(body) => body
-                    .collect()
-                    .await
-                    .map(|whole| whole.to_bytes())
-                    .map_err(|e| ProviderError::BadResponse(describe(&e))),
-                Body::Proxied(response) => response.bytes().await.map_err(|e| classify(e, timeout)),
-            }
-        };
-        tokio::time::timeout_at(self.deadline, read)
-            .await
-            .unwrap_or(Err(ProviderError::Timeout(timeout)))
+        match self.body {
+            Body::Direct(body) => body
+                .collect()
+                .await
+                .map(|whole| whole.to_bytes())
+                .map_err(|e| ProviderError::BadResponse(describe(&e))),
+            Body::Proxied(response) => response
+                .bytes()
+                .await
+                .map_err(|e| classify(e, self.timeout)),
+        }
     }
 
-    /// The body as it arrives, each piece read by the call's deadline.
+    /// The body as it arrives.
     pub(super) fn bytes_stream(self) -> ByteStream {
-        let (deadline, timeout) = (self.deadline, self.timeout);
-        let pieces: ByteStream = match self.body {
+        let timeout = self.timeout;
+        match self.body {
             Body::Direct(body) => body
                 .into_data_stream()
                 .map(|piece| piece.map_err(|e| ProviderError::BadResponse(describe(&e))))
@@ -241,16 +234,7 @@ impl Response {
                 .bytes_stream()
                 .map(move |piece| piece.map_err(|e| classify(e, timeout)))
                 .boxed(),
-        };
-        futures::stream::unfold(Some(pieces), move |pieces| async move {
-            let mut pieces = pieces?;
-            match tokio::time::timeout_at(deadline, pieces.next()).await {
-                Ok(Some(piece)) => Some((piece, Some(pieces))),
-                Ok(None) => None,
-                Err(_) => Some((Err(ProviderError::Timeout(timeout)), None)),
-            }
-        })
-        .boxed()
+        }
     }
 
     /// The provider's refusal, summarised without echoing more than a line of it. OpenAI's

@@ -115,6 +115,7 @@ struct WireRequest<'a> {
 
 /// Everything a chat-completions request carries beside its model and messages.
 #[derive(Serialize)]
+#[cfg_attr(test, derive(Clone))]
 struct WireOptions<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
@@ -225,6 +226,7 @@ impl WireRequest<'_> {
 }
 
 #[derive(Serialize)]
+#[cfg_attr(test, derive(Clone))]
 struct StreamOptions {
     include_usage: bool,
 }
@@ -734,14 +736,7 @@ mod tests {
 
     /// Every shape of message, with text that needs escaping.
     fn conversation() -> Vec<Message> {
-        let plain = |role: &str, content: &str| Message {
-            role: role.into(),
-            content: content.into(),
-            tool_calls: Vec::new(),
-            tool_call_id: None,
-            name: None,
-            parts: Vec::new(),
-        };
+        let plain = Message::text;
         vec![
             plain(
                 "system",
@@ -849,15 +844,7 @@ mod tests {
                 let request = WireRequest {
                     model,
                     messages: &messages[..count],
-                    options: WireOptions {
-                        tools: options.tools.clone(),
-                        response_format: options.response_format.clone(),
-                        tool_choice: options.tool_choice.clone(),
-                        stream_options: options.stream_options.as_ref().map(|o| StreamOptions {
-                            include_usage: o.include_usage,
-                        }),
-                        ..options
-                    },
+                    options: options.clone(),
                 };
                 let expected = serde_json::to_string(&Serde {
                     model,
